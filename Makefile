@@ -1,0 +1,39 @@
+# longtake developer entry points. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint format services
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU build, so that nothing later pulls the CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Render the demo video on the embedded default (SQLite, local storage, tiny model, CPU).
+demo: setup
+	$(VENV)/bin/longtake demo
+
+## Start Postgres and Redis when needed, lint, then run every test (slow end-to-end ones included).
+test: setup services lint
+	$(PY) -m pytest
+
+## Everything but the tests marked slow.
+test-fast: setup services
+	$(PY) -m pytest -m "not slow"
+
+services:
+	bash ops/dev/start-services.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

@@ -1,0 +1,1 @@
+"""The job model: SQLAlchemy models, repository functions for the state machine, Alembic migrations."""

@@ -1,0 +1,1 @@
+"""Operator tooling: the longtake CLI, settings, benchmarks, monitoring configuration."""

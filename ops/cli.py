@@ -1,0 +1,5 @@
+"""The `longtake` command."""
+
+
+def main() -> None:
+    raise SystemExit("longtake: no commands yet")

@@ -1,0 +1,1 @@
+"""Job lifecycle: claim a lease, drive the generator, encode segments, checkpoint, stitch, upload."""
