@@ -1,0 +1,180 @@
+"""The schema: jobs, their append-only event history, the outbox, and rendered segments.
+
+The row in `jobs` is the source of truth for a render; broker messages are only wake-ups.
+Types are chosen to work on both PostgreSQL and SQLite (the embedded mode).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from db.states import JobStatus
+
+# JSONB on Postgres (indexable, compact), plain JSON text elsewhere.
+JSONDoc = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite has no 64-bit autoincrement besides INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+STATUS_VALUES = tuple(s.value for s in JobStatus)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    # The validated request: prompt, size, resolved width/height, num_clips, infer_frames,
+    # sample_steps, seed, checkpoint_every, audio duration. Plain data, read by the worker.
+    params: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    image_key: Mapped[str] = mapped_column(sa.String(1024))
+    audio_key: Mapped[str] = mapped_column(sa.String(1024))
+
+    # progress
+    clips_total: Mapped[int] = mapped_column(sa.Integer)
+    clips_done: Mapped[int] = mapped_column(sa.Integer, default=0)
+    frames_done: Mapped[int] = mapped_column(sa.Integer, default=0)
+    fps: Mapped[float | None] = mapped_column(sa.Float)
+    eta_s: Mapped[float | None] = mapped_column(sa.Float)
+    last_checkpoint_clip: Mapped[int | None] = mapped_column(sa.Integer)
+    """Clips completed at the newest checkpoint whose manifest exists; resume starts here."""
+
+    # attempts and lease: who runs the job now, until when
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    worker_id: Mapped[str | None] = mapped_column(sa.String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    output_key: Mapped[str | None] = mapped_column(sa.String(1024))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("status").in_(STATUS_VALUES), name="status"),
+        sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
+        sa.CheckConstraint("clips_total >= 1 AND clips_done >= 0", name="clips"),
+        sa.UniqueConstraint("tenant", "idempotency_key"),
+        # claim_next: the best queued job (highest priority, then oldest)
+        sa.Index("ix_jobs_claim", "status", sa.desc("priority"), "created_at"),
+        # listings: a tenant's jobs, newest first (scanned backwards)
+        sa.Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        # the reaper: leases that may have expired
+        sa.Index("ix_jobs_lease", "lease_expires_at"),
+    )
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+
+
+class JobEvent(Base):
+    """Append-only history: every transition and notable fact, with the reason."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    event: Mapped[str] = mapped_column(sa.String(32))
+    from_status: Mapped[str | None] = mapped_column(sa.String(16))
+    to_status: Mapped[str | None] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    worker_id: Mapped[str | None] = mapped_column(sa.String(255))
+    attempt: Mapped[int | None] = mapped_column(sa.Integer)
+
+    __table_args__ = (sa.Index("ix_job_events_job", "job_id", "id"),)
+
+
+class OutboxMessage(Base):
+    """A wake-up to publish to the broker, written in the transaction that made it due."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    topic: Mapped[str] = mapped_column(sa.String(32), default="render")
+    reason: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    publish_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.Index(
+            "ix_outbox_unsent",
+            "id",
+            postgresql_where=sa.text("sent_at IS NULL"),
+            sqlite_where=sa.text("sent_at IS NULL"),
+        ),
+    )
+
+
+class JobSegment(Base):
+    """One encoded segment: the video of one checkpoint interval, stitched at the end."""
+
+    __tablename__ = "job_segments"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(1024))
+    first_clip: Mapped[int] = mapped_column(sa.Integer)
+    clips: Mapped[int] = mapped_column(sa.Integer)
+    frames: Mapped[int] = mapped_column(sa.Integer)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,710 @@
+"""Repository functions: the job state machine and the queries the API and workers need.
+
+Every function runs inside the caller's transaction (`with db.transaction() as s: ...`), so a
+caller can combine several (the API writes a job and its outbox row together). Functions that
+change status go through `_transition`, which checks the table in `db.states` and appends a
+`job_events` row. Functions a worker calls while rendering take `(job_id, worker_id, attempt)`
+and act only while that worker still holds that attempt's lease: a worker that lost its lease
+(and whose job may already run elsewhere) cannot overwrite anything.
+
+Times come from the application clock in UTC; pass `now` to control it in tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobEvent, JobSegment, OutboxMessage, utcnow
+from db.states import LEASED, TERMINAL, IllegalTransition, JobStatus, check_transition
+
+RENDER_TOPIC = "render"
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: uuid.UUID):
+        self.job_id = job_id
+        super().__init__(f"job {job_id} does not exist")
+
+
+class LeaseLost(Exception):
+    """The caller no longer holds the job's lease (expired and reaped, or another attempt)."""
+
+    def __init__(self, job_id: uuid.UUID, worker_id: str, attempt: int):
+        self.job_id = job_id
+        super().__init__(
+            f"worker {worker_id} no longer holds the lease of job {job_id} (attempt {attempt})"
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's right to run one attempt of a job until `expires_at` (extended by heartbeats)."""
+
+    job_id: uuid.UUID
+    worker_id: str
+    attempt: int
+    expires_at: datetime
+    resume_from_clip: int | None
+    """The last checkpoint clip: render from here (None: from the start)."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: uuid.UUID
+    tenant: str
+    params: dict[str, Any]
+    image_key: str
+    audio_key: str
+    clips_total: int
+    max_attempts: int
+    priority: int = 0
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    index: int
+    key: str
+    first_clip: int
+    clips: int
+    frames: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReapedJob:
+    job_id: uuid.UUID
+    status: JobStatus
+    """Where the job went: queued, failed (attempts exhausted) or canceled (cancel pending)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else utcnow()
+
+
+def _lock(session: Session, job_id: uuid.UUID, *, skip_locked: bool = False) -> Job | None:
+    stmt = (
+        sa.select(Job)
+        .where(Job.id == job_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def _lock_existing(session: Session, job_id: uuid.UUID, tenant: str | None) -> Job:
+    job = _lock(session, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+def _lock_owned(session: Session, job_id: uuid.UUID, worker_id: str, attempt: int) -> Job:
+    job = _lock(session, job_id)
+    if (
+        job is None
+        or job.job_status not in LEASED
+        or job.worker_id != worker_id
+        or job.attempt != attempt
+    ):
+        raise LeaseLost(job_id, worker_id, attempt)
+    return job
+
+
+def _owned_filter(job_id: uuid.UUID, worker_id: str, attempt: int) -> list[sa.ColumnElement[bool]]:
+    return [
+        Job.id == job_id,
+        Job.worker_id == worker_id,
+        Job.attempt == attempt,
+        Job.status.in_([s.value for s in LEASED]),
+    ]
+
+
+def _event(
+    session: Session,
+    job: Job,
+    event: str,
+    reason: str,
+    now: datetime,
+    *,
+    from_status: JobStatus | None = None,
+    to_status: JobStatus | None = None,
+    worker_id: str | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job.id,
+            at=now,
+            event=event,
+            from_status=from_status.value if from_status else None,
+            to_status=to_status.value if to_status else None,
+            reason=reason,
+            worker_id=worker_id,
+            attempt=job.attempt,
+        )
+    )
+
+
+def _enqueue(session: Session, job: Job, reason: str, now: datetime) -> None:
+    session.add(OutboxMessage(job_id=job.id, topic=RENDER_TOPIC, reason=reason, created_at=now))
+
+
+def _transition(
+    session: Session,
+    job: Job,
+    target: JobStatus,
+    *,
+    event: str,
+    reason: str,
+    now: datetime,
+    worker_id: str | None = None,
+    action: str | None = None,
+) -> None:
+    current = job.job_status
+    check_transition(job.id, current, target, action or event)
+    job.status = target.value
+    job.updated_at = now
+    if target not in LEASED:
+        job.worker_id = None
+        job.lease_expires_at = None
+    if target is JobStatus.QUEUED:
+        # The next attempt resumes from the last checkpoint; later progress is lost.
+        job.clips_done = job.last_checkpoint_clip or 0
+        job.frames_done = job.clips_done * int(job.params.get("infer_frames", 0))
+        job.fps = None
+        job.eta_s = None
+        job.finished_at = None
+    if target in TERMINAL:
+        job.finished_at = now
+        job.eta_s = None
+    _event(
+        session, job, event, reason, now, from_status=current, to_status=target, worker_id=worker_id
+    )
+
+
+def _take(session: Session, job: Job, worker_id: str, lease_s: float, now: datetime) -> Lease:
+    job.attempt += 1
+    _transition(
+        session,
+        job,
+        JobStatus.RUNNING,
+        event="claimed",
+        reason=f"claimed by {worker_id} (attempt {job.attempt} of {job.max_attempts})",
+        now=now,
+        worker_id=worker_id,
+        action="claim",
+    )
+    job.worker_id = worker_id
+    job.lease_expires_at = now + timedelta(seconds=lease_s)
+    job.heartbeat_at = now
+    if job.started_at is None:
+        job.started_at = now
+    return Lease(job.id, worker_id, job.attempt, job.lease_expires_at, job.last_checkpoint_clip)
+
+
+def _expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) -> JobStatus:
+    """A leased job whose worker stopped heartbeating: requeue, fail or finish its cancel."""
+    worker, attempt = job.worker_id, job.attempt
+    expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
+    lost = f"lease of worker {worker} (attempt {attempt}) expired at {expired}"
+    if job.cancel_requested:
+        _transition(
+            session,
+            job,
+            JobStatus.CANCELED,
+            event="canceled",
+            reason=f"{lost} with a cancel pending",
+            now=now,
+            worker_id=worker,
+        )
+    elif attempt >= job.max_attempts:
+        job.error = f"{lost}; no attempts left ({attempt} of {job.max_attempts} used)"
+        _transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            event="failed",
+            reason=job.error,
+            now=now,
+            worker_id=worker,
+        )
+    else:
+        _transition(
+            session,
+            job,
+            JobStatus.QUEUED,
+            event="lease_expired",
+            reason=lost,
+            now=now,
+            worker_id=worker,
+        )
+        if enqueue:
+            _enqueue(session, job, "lease_expired", now)
+    return job.job_status
+
+
+# --------------------------------------------------------------------------- API side
+
+
+def create_job(session: Session, new: NewJob, *, now: datetime | None = None) -> Job:
+    """Insert a queued job, its `created` event and its outbox row (one transaction: the caller's)."""
+    now = _now(now)
+    job = Job(
+        id=new.id,
+        tenant=new.tenant,
+        status=JobStatus.QUEUED.value,
+        priority=new.priority,
+        params=new.params,
+        image_key=new.image_key,
+        audio_key=new.audio_key,
+        clips_total=new.clips_total,
+        clips_done=0,
+        frames_done=0,
+        attempt=0,
+        max_attempts=new.max_attempts,
+        cancel_requested=False,
+        idempotency_key=new.idempotency_key,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()  # surfaces a duplicate idempotency key here, not at commit
+    _event(session, job, "created", "submitted", now, to_status=JobStatus.QUEUED)
+    _enqueue(session, job, "created", now)
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID, *, tenant: str | None = None) -> Job | None:
+    stmt = sa.select(Job).where(Job.id == job_id)
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    return session.scalars(stmt).one_or_none()
+
+
+def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | None:
+    stmt = sa.select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant: str | None = None,
+    statuses: list[JobStatus] | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first. `before` is the (created_at, id) of the last job of the previous page."""
+    stmt = sa.select(Job)
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    if statuses:
+        stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
+    if before is not None:
+        created_at, job_id = before
+        stmt = stmt.where(
+            sa.or_(
+                Job.created_at < created_at,
+                sa.and_(Job.created_at == created_at, Job.id < job_id),
+            )
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
+    stmt = sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    return list(session.scalars(stmt))
+
+
+def request_cancel(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    tenant: str | None = None,
+    reason: str = "cancel requested",
+    now: datetime | None = None,
+) -> Job:
+    """Cancel a queued job at once; flag a running one (its worker stops at the next clip).
+
+    Canceling a canceled job is a no-op; a succeeded or failed job cannot be canceled.
+    """
+    now = _now(now)
+    job = _lock_existing(session, job_id, tenant)
+    status = job.job_status
+    if status is JobStatus.CANCELED:
+        return job
+    if status is JobStatus.QUEUED:
+        _transition(session, job, JobStatus.CANCELED, event="canceled", reason=reason, now=now)
+    elif status in LEASED:
+        if not job.cancel_requested:
+            job.cancel_requested = True
+            job.updated_at = now
+            _event(session, job, "cancel_requested", reason, now, worker_id=job.worker_id)
+    else:
+        raise IllegalTransition(job.id, status, JobStatus.CANCELED, "cancel")
+    return job
+
+
+def retry(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    attempts: int,
+    tenant: str | None = None,
+    reason: str = "retry requested",
+    now: datetime | None = None,
+) -> Job:
+    """Queue a failed or canceled job again; it resumes from its last checkpoint.
+
+    Attempt numbers keep counting (a stale worker of an old attempt can never match the new
+    lease); `attempts` more are allowed from here.
+    """
+    now = _now(now)
+    job = _lock_existing(session, job_id, tenant)
+    if job.job_status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise IllegalTransition(
+            job.id,
+            job.job_status,
+            JobStatus.QUEUED,
+            "retry",
+            hint="only failed or canceled jobs can be retried",
+        )
+    resume = job.last_checkpoint_clip
+    _transition(
+        session,
+        job,
+        JobStatus.QUEUED,
+        event="retried",
+        reason=f"{reason}; resuming from clip {resume or 0}",
+        now=now,
+    )
+    job.max_attempts = job.attempt + attempts
+    job.error = None
+    job.cancel_requested = False
+    _enqueue(session, job, "retry", now)
+    return job
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def claim(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Take the lease of one job (what a worker does on a wake-up message).
+
+    None when the job is final, unknown, or leased to someone whose lease is alive: that
+    message was a duplicate and is dropped. A leased job whose lease expired but was not yet
+    reaped is taken over (or failed when it has no attempts left).
+    """
+    now = _now(now)
+    job = _lock(session, job_id)  # waits for a concurrent claimer, then sees its result
+    if job is None or job.job_status in TERMINAL:
+        return None
+    if job.job_status in LEASED:
+        if job.lease_expires_at is not None and job.lease_expires_at > now:
+            return None
+        if _expire_lease(session, job, now, enqueue=False) is not JobStatus.QUEUED:
+            return None
+    return _take(session, job, worker_id, lease_s, now)
+
+
+def claim_next(
+    session: Session,
+    worker_id: str,
+    lease_s: float,
+    *,
+    tenant: str | None = None,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Take the best queued job: highest priority, then oldest. Concurrent callers each get a
+    different job (`FOR UPDATE SKIP LOCKED`; on SQLite the transaction is serialised)."""
+    now = _now(now)
+    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value)
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    stmt = (
+        stmt.order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    job = session.scalars(stmt).one_or_none()
+    if job is None:
+        return None
+    return _take(session, job, worker_id, lease_s, now)
+
+
+def heartbeat(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Extend the lease. False: the lease is lost and the worker must stop (without writing)."""
+    now = _now(now)
+    result = session.execute(
+        sa.update(Job)
+        .where(*_owned_filter(job_id, worker_id, attempt))
+        .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
+    return bool(session.scalar(sa.select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def update_progress(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    *,
+    clips_done: int,
+    frames_done: int,
+    fps: float | None = None,
+    eta_s: float | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Record progress; False when the lease is lost (nothing is written then)."""
+    now = _now(now)
+    result = session.execute(
+        sa.update(Job)
+        .where(*_owned_filter(job_id, worker_id, attempt))
+        .values(
+            clips_done=clips_done, frames_done=frames_done, fps=fps, eta_s=eta_s, updated_at=now
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def record_checkpoint(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    clip: int,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """The checkpoint after `clip` clips is complete (its manifest exists): resume from here."""
+    if clip < 0:
+        raise ValueError(f"checkpoint clip must be >= 0, got {clip}")
+    now = _now(now)
+    try:
+        job = _lock_owned(session, job_id, worker_id, attempt)
+    except LeaseLost:
+        return False
+    job.last_checkpoint_clip = clip
+    job.updated_at = now
+    _event(session, job, "checkpoint", f"checkpoint at clip {clip}", now, worker_id=worker_id)
+    return True
+
+
+def record_segment(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    segment: SegmentRecord,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Insert or replace the record of one uploaded segment (a resumed interval replaces it)."""
+    now = _now(now)
+    try:
+        job = _lock_owned(session, job_id, worker_id, attempt)
+    except LeaseLost:
+        return False
+    row = session.get(JobSegment, (job.id, segment.index))
+    if row is None:
+        row = JobSegment(job_id=job.id, index=segment.index)
+        session.add(row)
+    row.key = segment.key
+    row.first_clip = segment.first_clip
+    row.clips = segment.clips
+    row.frames = segment.frames
+    row.bytes = segment.bytes
+    row.sha256 = segment.sha256
+    row.attempt = attempt
+    row.created_at = now
+    return True
+
+
+def list_segments(session: Session, job_id: uuid.UUID) -> list[JobSegment]:
+    stmt = sa.select(JobSegment).where(JobSegment.job_id == job_id).order_by(JobSegment.index)
+    return list(session.scalars(stmt))
+
+
+def release(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    *,
+    reason: str = "worker shutting down",
+    now: datetime | None = None,
+) -> Job:
+    """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued."""
+    now = _now(now)
+    job = _lock_owned(session, job_id, worker_id, attempt)
+    _transition(
+        session,
+        job,
+        JobStatus.QUEUED,
+        event="released",
+        reason=reason,
+        now=now,
+        worker_id=worker_id,
+    )
+    _enqueue(session, job, "released", now)
+    return job
+
+
+def reap_expired(
+    session: Session, *, now: datetime | None = None, limit: int = 100
+) -> list[ReapedJob]:
+    """Return jobs whose lease expired to the queue (or fail them when out of attempts)."""
+    now = _now(now)
+    stmt = (
+        sa.select(Job)
+        .where(Job.status.in_([s.value for s in LEASED]), Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return [
+        ReapedJob(job.id, _expire_lease(session, job, now, enqueue=True))
+        for job in session.scalars(stmt).all()
+    ]
+
+
+def mark_stitching(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    *,
+    now: datetime | None = None,
+) -> Job:
+    now = _now(now)
+    job = _lock_owned(session, job_id, worker_id, attempt)
+    _transition(
+        session,
+        job,
+        JobStatus.STITCHING,
+        event="stitching",
+        reason=f"all {job.clips_total} clips rendered",
+        now=now,
+        worker_id=worker_id,
+    )
+    return job
+
+
+def mark_succeeded(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    output_key: str,
+    *,
+    now: datetime | None = None,
+) -> Job:
+    now = _now(now)
+    job = _lock_owned(session, job_id, worker_id, attempt)
+    _transition(
+        session,
+        job,
+        JobStatus.SUCCEEDED,
+        event="succeeded",
+        reason=f"output stored at {output_key}",
+        now=now,
+        worker_id=worker_id,
+    )
+    job.output_key = output_key
+    job.error = None
+    return job
+
+
+def mark_failed(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    error: str,
+    *,
+    retryable: bool = False,
+    now: datetime | None = None,
+) -> Job:
+    """Record an error. A retryable one requeues the job while attempts remain."""
+    now = _now(now)
+    job = _lock_owned(session, job_id, worker_id, attempt)
+    job.error = error
+    if retryable and job.attempt < job.max_attempts:
+        _transition(
+            session,
+            job,
+            JobStatus.QUEUED,
+            event="retry_scheduled",
+            reason=f"attempt {attempt} of {job.max_attempts} failed: {error}",
+            now=now,
+            worker_id=worker_id,
+        )
+        _enqueue(session, job, "retry", now)
+    else:
+        _transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            event="failed",
+            reason=error,
+            now=now,
+            worker_id=worker_id,
+        )
+    return job
+
+
+def mark_canceled(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    *,
+    reason: str = "canceled by its worker after a cancel request",
+    now: datetime | None = None,
+) -> Job:
+    now = _now(now)
+    job = _lock_owned(session, job_id, worker_id, attempt)
+    _transition(
+        session,
+        job,
+        JobStatus.CANCELED,
+        event="canceled",
+        reason=reason,
+        now=now,
+        worker_id=worker_id,
+    )
+    return job

@@ -1,0 +1,151 @@
+"""Shared fixtures: real PostgreSQL, SQLite, Redis and an S3 API (moto server on loopback).
+
+Every test session gets its own Postgres database (`longtake_test_<random>`, migrated with
+Alembic, dropped at the end), its own Redis key prefix and its own bucket prefix, so several
+sessions can share the machine's services at once.
+
+Service addresses default to the local ones; LONGTAKE_TEST_POSTGRES (an admin URL) and
+LONGTAKE_TEST_REDIS override them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from db import migrate
+from db.database import Database, make_engine
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "LONGTAKE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("LONGTAKE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TABLES = ("job_segments", "job_events", "outbox", "jobs")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def _create_postgres_database() -> tuple[str, str]:
+    name = f"longtake_test_{secrets.token_hex(6)}"
+    admin = make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name)
+    return name, url.render_as_string(hide_password=False)
+
+
+def _drop_postgres_database(name: str) -> None:
+    admin = make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url_factory() -> Iterator:
+    """Creates empty Postgres databases on demand; drops them all at the end of the session."""
+    names: list[str] = []
+
+    def create() -> str:
+        name, url = _create_postgres_database()
+        names.append(name)
+        return url
+
+    yield create
+    for name in names:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_url_factory) -> str:
+    """The session's migrated Postgres database."""
+    url = postgres_url_factory()
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_url: str) -> Iterator[Database]:
+    database = Database(postgres_url)
+    yield database
+    database.dispose()
+
+
+def truncate(database: Database) -> None:
+    with database.transaction() as s:
+        if database.is_sqlite:
+            for table in TABLES:
+                s.execute(sa.text(f"DELETE FROM {table}"))
+        else:
+            s.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def pg_db(postgres_database: Database) -> Iterator[Database]:
+    """The session's Postgres database, emptied after the test."""
+    yield postgres_database
+    truncate(postgres_database)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.sqlite3"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_db(sqlite_template: Path, tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database of its own (a copy of a migrated template)."""
+    path = tmp_path / "longtake.sqlite3"
+    shutil.copy(sqlite_template, path)
+    database = Database(f"sqlite:///{path}")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db(request) -> Database:
+    """Both backends: every test that takes `db` runs on Postgres and on SQLite."""
+    return request.getfixturevalue("pg_db" if request.param == "postgres" else "sqlite_db")
+
+
+@pytest.fixture
+def create_job():
+    """`create_job(db, **overrides) -> Job`: insert a queued job (and its outbox row) directly."""
+    import uuid
+
+    from db import repository as repo
+
+    def create(database: Database, **overrides) -> repo.Job:
+        job_id = overrides.pop("id", None) or uuid.uuid4()
+        fields = dict(
+            id=job_id,
+            tenant="default",
+            params={"prompt": "a person talking", "size": "720*400", "infer_frames": 48},
+            image_key=f"jobs/{job_id}/inputs/image.png",
+            audio_key=f"jobs/{job_id}/inputs/audio.wav",
+            clips_total=10,
+            max_attempts=3,
+        )
+        fields.update(overrides)
+        now = fields.pop("now", None)
+        with database.transaction() as s:
+            return repo.create_job(s, repo.NewJob(**fields), now=now)
+
+    return create
