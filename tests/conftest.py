@@ -204,11 +204,21 @@ def s3_config(s3_endpoint: str):
     )
 
 
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint: str):
+    """One client for the session: creating boto3 clients is slow, using them is thread-safe."""
+    from storage.s3 import S3Config, make_client
+
+    return make_client(
+        S3Config(bucket=TEST_BUCKET, endpoint_url=s3_endpoint, region="us-east-1", path_style=True)
+    )
+
+
 @pytest.fixture
-def s3_storage(s3_config):
+def s3_storage(s3_config, s3_client):
     from storage.s3 import S3Storage
 
-    return S3Storage(s3_config)
+    return S3Storage(s3_config, client=s3_client)
 
 
 @pytest.fixture
@@ -229,3 +239,50 @@ def local_storage(tmp_path: Path, url_signer):
 def storage(request):
     """Both backends: every test that takes `storage` runs on S3 (moto) and on a directory."""
     return request.getfixturevalue(f"{request.param}_storage")
+
+
+# --------------------------------------------------------------------------- API
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def api_config():
+    """Small limits, so the tests can cross them cheaply."""
+    from api.config import ApiConfig, InputLimits
+
+    return ApiConfig(
+        limits=InputLimits(
+            max_image_bytes=2 * MiB,
+            max_image_pixels=4_000_000,
+            max_audio_bytes=4 * MiB,
+            max_audio_seconds=60,
+        ),
+        allowed_input_buckets=(INPUT_BUCKET,),
+    )
+
+
+@pytest.fixture
+def api_services(api_config, pg_db, s3_storage, s3_client):
+    """The API's components over Postgres and S3 (moto)."""
+    from api.services import Services
+    from storage.s3 import S3Reader
+
+    return Services(
+        config=api_config, database=pg_db, storage=s3_storage, s3_reader=S3Reader(s3_client)
+    )
+
+
+@pytest.fixture
+def api_client(api_services) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from api import create_app
+
+    with TestClient(create_app(api_services)) as client:
+        yield client
+
+
+def count_rows(database: Database) -> dict[str, int]:
+    with database.transaction() as s:
+        return {t: s.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in TABLES}

@@ -1,0 +1,137 @@
+"""POST /v1/jobs: the accepted forms of a submission and what they store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from db import outbox
+from db import repository as repo
+from tests import media
+from tests.conftest import INPUT_BUCKET, count_rows
+
+
+def submit(client, image=None, audio=None, **fields):
+    files = {
+        "image": ("portrait.png", image or media.png(), "image/png"),
+        "audio": ("speech.wav", audio or media.wav(2.0), "audio/wav"),
+    }
+    return client.post("/v1/jobs", files=files, data=fields)
+
+
+def test_multipart_submission_stores_inputs_and_queues_the_job(api_client, api_services):
+    image, audio = media.png(), media.wav(3.0)
+    r = submit(api_client, image, audio, prompt="A teacher explains fractions", size="720*400",
+               seed="7", priority="3")  # fmt: skip
+    assert r.status_code == 201, r.text
+    body = r.json()
+    job_id = uuid.UUID(body["id"])
+    assert r.headers["location"] == f"/v1/jobs/{job_id}"
+    assert body["status"] == "queued"
+    assert body["priority"] == 3
+    assert body["params"]["prompt"] == "A teacher explains fractions"
+    assert body["params"]["seed"] == 7
+    assert (body["params"]["width"], body["params"]["height"]) == (384, 576)  # 2:3 portrait
+    assert body["params"]["checkpoint_every"] == api_services.config.checkpoint_every
+    assert body["params"]["audio_duration_s"] == pytest.approx(3.0)
+    # 3 s at 25 fps = 75 frames = 2 clips of 48
+    assert body["progress"] == {
+        "clips_done": 0, "clips_total": 2, "frames_done": 0, "frames_total": 96,
+        "fps": None, "eta_s": None, "last_checkpoint_clip": None,
+    }  # fmt: skip
+    assert body["links"]["result"] == f"/v1/jobs/{job_id}/result"
+
+    storage = api_services.storage
+    assert body["inputs"] == {
+        "image": f"jobs/{job_id}/inputs/image.png",
+        "audio": f"jobs/{job_id}/inputs/audio.wav",
+    }
+    assert storage.get_bytes(body["inputs"]["image"]) == image
+    assert storage.get_bytes(body["inputs"]["audio"]) == audio
+    assert storage.list() == sorted(body["inputs"].values())
+
+    db = api_services.database
+    assert count_rows(db) == {"jobs": 1, "outbox": 1, "job_events": 1, "job_segments": 0}
+    with db.transaction() as s:
+        (message,) = outbox.lock_unsent(s)
+        assert (message.job_id, message.reason) == (job_id, "created")
+        assert repo.get_job(s, job_id).tenant == "default"
+
+
+def test_parameters_as_one_json_field(api_client):
+    params = {"prompt": "p", "num_clips": 1, "sample_steps": 2, "infer_frames": 24}
+    r = submit(api_client, params=json.dumps(params))
+    assert r.status_code == 201, r.text
+    got = r.json()["params"]
+    assert (got["num_clips"], got["sample_steps"], got["infer_frames"]) == (1, 2, 24)
+    assert r.json()["progress"]["clips_total"] == 1
+    assert isinstance(got["seed"], int)  # chosen and stored, so a resume renders the same
+
+
+@pytest.mark.parametrize("value", ["", "audio", "to_end_of_audio"])
+def test_num_clips_to_end_of_audio(api_client, value):
+    r = submit(api_client, audio=media.wav(5.0), prompt="p", num_clips=value)
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["num_clips"] is None
+    assert r.json()["progress"]["clips_total"] == 3  # 125 frames / 48
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")])
+def test_image_formats(api_client, fmt, ext):
+    r = submit(api_client, image=media.image_bytes(fmt), prompt="p")
+    assert r.status_code == 201, r.text
+    assert r.json()["inputs"]["image"].endswith(f"/inputs/image.{ext}")
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "m4a", "flac"])
+def test_audio_formats(api_client, fmt):
+    r = submit(api_client, audio=media.encoded_audio(fmt, 2.0), prompt="p")
+    assert r.status_code == 201, r.text
+    assert r.json()["inputs"]["audio"].endswith(f"/inputs/audio.{fmt}")
+    assert r.json()["params"]["audio_duration_s"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_json_submission_with_s3_references(api_client, api_services, s3_client):
+    prefix = f"refs-{uuid.uuid4().hex}"
+    image, audio = media.png(), media.encoded_audio("flac", 1.5)
+    s3_client.put_object(Bucket=INPUT_BUCKET, Key=f"{prefix}/face.png", Body=image)
+    s3_client.put_object(Bucket=INPUT_BUCKET, Key=f"{prefix}/voice.flac", Body=audio)
+    r = api_client.post(
+        "/v1/jobs",
+        json={
+            "prompt": "A narrator",
+            "image": f"s3://{INPUT_BUCKET}/{prefix}/face.png",
+            "audio": f"s3://{INPUT_BUCKET}/{prefix}/voice.flac",
+            "num_clips": None,
+            "size": "480*832",
+        },
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert api_services.storage.get_bytes(body["inputs"]["image"]) == image
+    assert api_services.storage.get_bytes(body["inputs"]["audio"]) == audio
+    assert body["params"]["size"] == "480*832"
+
+
+def test_idempotency_key_returns_the_first_job(api_client, api_services):
+    headers = {"Idempotency-Key": "batch-7-video-3"}
+    files = {"image": ("a.png", media.png()), "audio": ("a.wav", media.wav(1.0))}
+    first = api_client.post("/v1/jobs", files=files, data={"prompt": "p"}, headers=headers)
+    second = api_client.post("/v1/jobs", files=files, data={"prompt": "p"}, headers=headers)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert count_rows(api_services.database)["jobs"] == 1
+    assert len(api_services.storage.list()) == 2
+
+
+def test_wake_up_hook_runs_after_commit(api_services, api_client):
+    seen = []
+
+    def hook():
+        seen.append(count_rows(api_services.database)["outbox"])
+
+    api_services.on_job_queued = hook
+    assert submit(api_client, prompt="p").status_code == 201
+    assert seen == [1]  # the outbox row was visible when the hook ran
