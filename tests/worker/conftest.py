@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from media_helpers import encode_segment
 
+from tests.worker.media_helpers import encode_segment
 from worker.segments import SegmentInfo
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from media_helpers import FPS, H, W, decoded_times, encode_segment, make_clip
 
+from tests.worker.media_helpers import FPS, H, W, decoded_times, encode_segment, make_clip
 from worker.segments import EncoderError, EncoderSettings, SegmentEncoder
 
 
