@@ -30,6 +30,7 @@ import numpy as np
 from worker.segments import SegmentInfo, file_sha256
 
 MANIFEST_FORMAT = "longtake-manifest/1"
+MAX_REPORTED = 20  # differing frame indices listed in a verdict
 FRAME_HASH = "sha256('<pix_fmt>:<width>x<height>:' + decoded planes, visible pixels, row-major)"
 
 
@@ -204,8 +205,6 @@ class VerifyResult:
             parts.append(f"differing frames: {shown}{more}")
         return "\n".join(parts)
 
-
-MAX_REPORTED = 20
 
 
 def verify(
