@@ -23,6 +23,7 @@ from .audio_encoder import load_audio_encoder, load_feature_extractor
 from .dit import DiTLoadReport, load_dit
 from .layout import CheckpointPaths
 from .placement import Placement
+from .specs import ReleaseSpec
 from .text_encoder import load_text_encoder, load_tokenizer
 from .vae import load_vae
 from .verify import verify
@@ -113,9 +114,12 @@ class _Timer:
         log.info("loaded %s in %.1f s", self.part, self.into[self.part])
 
 
-def resolve_preset(root: str | os.PathLike[str]) -> str:
-    """`liveavatar-14b` when the release under `root` verifies, else `tiny` (and say why)."""
-    report = verify(root)
+def resolve_preset(root: str | os.PathLike[str], spec: ReleaseSpec | None = None) -> str:
+    """`liveavatar-14b` when the release under `root` verifies, else `tiny` (and say why).
+
+    `spec` is what "verifies" means: the published release unless a test says otherwise.
+    """
+    report = verify(root, spec)
     if report.ok:
         return LIVEAVATAR_PRESET
     log.warning(
