@@ -602,6 +602,30 @@ def reap_expired(
     ]
 
 
+def redispatch_stale(
+    session: Session, *, older_than: datetime, limit: int = 100, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Send a new wake-up for queued jobs untouched since `older_than` that have none pending.
+
+    A safety net: a broker that loses messages (a Redis restart without persistence) must not
+    leave jobs queued forever. Duplicate wake-ups are harmless; the claim drops them.
+    """
+    now = _now(now)
+    pending = sa.exists().where(OutboxMessage.job_id == Job.id, OutboxMessage.sent_at.is_(None))
+    stmt = (
+        sa.select(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.updated_at < older_than, ~pending)
+        .order_by(Job.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    jobs = list(session.scalars(stmt))
+    for job in jobs:
+        job.updated_at = now
+        _enqueue(session, job, "redispatch", now)
+    return [job.id for job in jobs]
+
+
 def mark_stitching(
     session: Session,
     job_id: uuid.UUID,

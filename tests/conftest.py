@@ -286,3 +286,88 @@ def api_client(api_services) -> Iterator:
 def count_rows(database: Database) -> dict[str, int]:
     with database.transaction() as s:
         return {t: s.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in TABLES}
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"longtake_test_{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def celery_config(redis_prefix):
+    from worker.celery_app import CeleryConfig
+
+    return CeleryConfig(broker_url=REDIS_URL, key_prefix=redis_prefix, connect_timeout_s=2)
+
+
+@pytest.fixture
+def celery_app(celery_config):
+    from worker.celery_app import make_celery_app
+
+    app = make_celery_app(celery_config, task_modules=())
+    yield app
+    app.close()
+
+
+def queued_messages(broker_url: str, prefix: str, queue: str = "render") -> list[dict]:
+    """The task messages waiting in a Redis-backed queue, decoded: [{"task", "args"}, ...]."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        raw = client.lrange(f"{prefix}{queue}", 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for item in reversed(raw):  # kombu pushes on the left
+        envelope = json.loads(item)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": args})
+    return messages
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator:
+    """Starts private redis-server processes (a broker the test can stop and start)."""
+    import subprocess
+    import time
+
+    import redis
+
+    processes: list[subprocess.Popen] = []
+
+    def start(port: int) -> str:
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        processes.append(process)
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                return url
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {port} did not start")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)

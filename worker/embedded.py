@@ -1,0 +1,90 @@
+"""Embedded mode: Celery's place taken by two threads in the serving process.
+
+The relay thread drains the outbox (and reaps expired leases) exactly as the standalone relay
+does, but "publishes" into an in-process queue; the worker thread takes job ids from it and
+calls the handler, one job at a time. Without a handler nothing is dispatched: jobs stay
+queued, their outbox rows unsent, until a process with a handler runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+
+from db.database import Database
+from worker.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+JobHandler = Callable[[uuid.UUID], None]
+
+
+class EmbeddedRunner:
+    """Implements the Dispatcher interface for its own relay."""
+
+    def __init__(
+        self,
+        database: Database,
+        handler: JobHandler | None,
+        *,
+        poll_s: float = 0.5,
+        redispatch_after_s: float = 3600.0,
+    ):
+        self.handler = handler
+        self.poll_s = poll_s
+        self.relay = OutboxRelay(database, self, redispatch_after_s=redispatch_after_s)
+        self._jobs: queue.Queue[uuid.UUID | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # Dispatcher
+    def publish(self, job_id: uuid.UUID) -> None:
+        self._jobs.put(job_id)
+
+    def ping(self) -> None:
+        if self.handler is not None and not all(t.is_alive() for t in self._threads):
+            raise RuntimeError("the embedded runner is not running")
+
+    @property
+    def dispatching(self) -> bool:
+        return self.handler is not None
+
+    def wake(self) -> None:
+        """Publish new outbox rows now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self.handler is None:
+            log.warning("embedded runner has no job handler: jobs stay queued")
+            return
+        self._threads = [
+            threading.Thread(target=self._relay_loop, name="longtake-relay", daemon=True),
+            threading.Thread(target=self._worker_loop, name="longtake-worker", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _relay_loop(self) -> None:
+        self.relay.run(self._stop, poll_s=self.poll_s, wake=self._wake)
+
+    def _worker_loop(self) -> None:
+        assert self.handler is not None
+        while not self._stop.is_set():
+            job_id = self._jobs.get()
+            if job_id is None:
+                return
+            try:
+                self.handler(job_id)
+            except Exception:  # the job's lease expires and the reaper requeues it
+                log.exception("handler failed for job %s", job_id)
