@@ -49,6 +49,9 @@ SIZES: dict[str, tuple[int, int]] = {
     "704*384": (704, 384),
     "688*368": (688, 368),
     "384*256": (384, 256),
+    # small sizes for previews and the tiny model
+    "128*128": (128, 128),
+    "64*64": (64, 64),
 }
 SIZE_DEFAULT = "720*400"
 
