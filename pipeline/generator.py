@@ -1,0 +1,79 @@
+"""The generator: models loaded once, serving render streams one after another."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pipeline import state as state_io
+from pipeline.components import Components, build_random, load_released
+from pipeline.presets import Preset, get_preset
+from pipeline.request import RenderRequest
+from pipeline.stream import Decode, Stream
+
+
+class Generator:
+    def __init__(self, preset: Preset, components: Components):
+        self.preset = preset
+        self.components = components
+        self._active: Stream | None = None
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        random_weights: bool = False,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        dit_overrides: dict[str, Any] | None = None,
+    ) -> Generator:
+        """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
+
+        random_weights: seeded random weights instead of a checkpoint (the `tiny` preset always
+        uses them); benchmarks of the 14B architecture use this, as speed does not depend on
+        weight values. dit_overrides: change DiT settings (e.g. num_layers for a reduced depth).
+        """
+        preset = get_preset(name)
+        if dit_overrides:
+            preset = preset.with_dit(**dit_overrides)
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if random_weights or preset.name == "tiny":
+            return cls(preset, build_random(preset, device, dtype, seed))
+        if checkpoint_dir is None:
+            raise ValueError(
+                f"preset {preset.name!r} needs checkpoint_dir (or random_weights=True)"
+            )
+        return cls(preset, load_released(preset, checkpoint_dir, device, dtype))
+
+    def open(
+        self,
+        request: RenderRequest,
+        state: state_io.StateDict | None = None,
+        *,
+        resume_from: str | os.PathLike[str] | None = None,
+        decode: Decode = "online",
+        progress: Callable[[int], None] | None = None,
+    ) -> Stream:
+        """Start a stream for `request`, or continue one from a state / checkpoint directory.
+
+        A resumed stream must be opened with the same request (ValueError otherwise). Opening a
+        stream closes the generator's previous one and frees its caches.
+        """
+        if state is not None and resume_from is not None:
+            raise ValueError("give either state or resume_from, not both")
+        if resume_from is not None:
+            state = state_io.read_checkpoint(resume_from)
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+        stream = Stream(self, request, state=state, decode=decode, progress=progress)
+        self._active = stream
+        return stream

@@ -1,0 +1,132 @@
+"""Transformer building blocks of the S2V DiT (checkpoint names: `blocks.N.*`, `head.*`).
+
+Precision follows the reference: linear layers and attention run in the weights' dtype (bf16 on
+GPU), while norms, the adaptive modulation and the residual sums are computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.model.attention import attention
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Self-attention of one layer: (q, k, v) [B, L, H, D] -> [B, L, H, D]. The caller decides
+positions (RoPE), which cached keys to attend to and what to write to the cache."""
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * self.weight
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))
+        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))
+        v = self.v(x).unflatten(2, (self.num_heads, -1))
+        return self.o(attend(q, k, v).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from tokens to a fixed context (text, or one frame's audio tokens)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a context [B, Lc, C]; computed once, reused by every call."""
+        k = self.norm_k(self.k(context)).unflatten(2, (self.num_heads, -1))
+        v = self.v(context).unflatten(2, (self.num_heads, -1))
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))
+        return self.o(attention(q, k, v).flatten(2))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, text cross-attention and FFN, modulated by the timestep (AdaLN)."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.self_attn = SelfAttention(dim, num_heads, eps)
+        self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, num_heads, eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_mod: torch.Tensor,
+        attend: Attend,
+        text_kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x [B, L, C] in the weights' dtype; time_mod [6, C] float32 (one timestep for all L)."""
+        dtype = x.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (
+            self.modulation[0].float() + time_mod
+        ).unbind(0)
+        h = x.float()
+
+        y = self.self_attn((self._norm(h) * (1 + scale1) + shift1).to(dtype), attend)
+        h = h + y.float() * gate1
+
+        c = F.layer_norm(
+            h, h.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps
+        )
+        h = h + self.cross_attn(c.to(dtype), *text_kv).float()
+
+        y = self.ffn((self._norm(h) * (1 + scale2) + shift2).to(dtype))
+        h = h + y.float() * gate2
+        return h.to(dtype)
+
+
+class Head(nn.Module):
+    """Final AdaLN + projection to patch velocities."""
+
+    def __init__(self, dim: int, out_dim: int, patch_size: tuple[int, int, int], eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.head = nn.Linear(dim, out_dim * patch_size[0] * patch_size[1] * patch_size[2])
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C]; time_emb [C] float32 -> [B, L, prod(patch) * out_dim] float32."""
+        shift, scale = (self.modulation[0].float() + time_emb).unbind(0)
+        h = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        return F.linear(h, self.head.weight.float(), self.head.bias.float())

@@ -1,0 +1,339 @@
+"""A render stream: (portrait, speech, prompt) -> clips of frames, clip by clip, in fixed memory.
+
+Per clip (48 frames = 12 latent frames = 4 blocks of 3):
+
+    noise (seeded by the request's seed and the clip index)
+    for each block:
+        audio context of the block's 12 video frames
+        for each step i: latents = denoiser.step(cache[i], latents, i, block)   # timestep forcing
+        online decode: the block's 12 frames, uint8, to the host
+    after clip 0: the sink is rebuilt around the model's own first latent frame (adaptive sink)
+
+Before clip 0 the sink (the reference frame plus motion frames made from it) is run through the
+model once and cached, and the streaming decoder is primed by decoding motion latents, whose
+frames are discarded. At every clip boundary `state_dict()` captures everything the rest of the
+stream depends on; a stream opened with it continues with identical frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from pipeline import params
+from pipeline import state as state_io
+from pipeline import vae as vae_mod
+from pipeline.audio_features import AudioFeatures
+from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.denoise import Denoiser, derive_seed
+from pipeline.geometry import Geometry
+from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
+from pipeline.request import Clip, RenderRequest, sha256
+from pipeline.sampler import flow_schedule
+from pipeline.text import encode_prompt
+
+if TYPE_CHECKING:
+    from pipeline.generator import Generator
+
+Decode = Literal["online", "offline"]
+
+
+class Stream:
+    """Iterate to get `Clip`s. Made by `Generator.open`; one stream per generator at a time."""
+
+    def __init__(
+        self,
+        gen: Generator,
+        request: RenderRequest,
+        state: state_io.StateDict | None = None,
+        decode: Decode = "online",
+        progress: Callable[[int], None] | None = None,
+    ):
+        request.validate()
+        if decode not in ("online", "offline"):
+            raise ValueError("decode must be 'online' or 'offline'")
+        if decode == "offline" and state is not None:
+            raise ValueError("offline decode keeps no resumable state; resume with decode='online'")
+        self.gen = gen
+        self.request = request
+        self.decode_mode = decode
+        self.progress = progress
+        comps, preset = gen.components, gen.preset
+        self._dit = comps.dit
+        self._vae = comps.vae
+        self._device = comps.dit.device
+
+        # inputs
+        image_bytes = read_bytes(request.image)
+        audio_in = (
+            request.audio if isinstance(request.audio, Waveform) else read_bytes(request.audio)
+        )
+        samples = load_audio(audio_in)
+        self.reference_frame = fit_image(load_image(image_bytes), request.size)  # uint8 [H, W, 3]
+        self.height, self.width = self.reference_frame.shape[:2]
+        self.audio_duration_s = len(samples) / 16_000
+        self.num_clips = request.num_clips or params.clips_for_duration(
+            self.audio_duration_s, request.infer_frames
+        )
+        self.fps = params.FPS
+        self.fingerprint = {
+            "preset": preset.name,
+            "dit": _config_hash(preset),
+            "seed": request.seed,
+            "size": request.size,
+            "width": self.width,
+            "height": self.height,
+            "infer_frames": request.infer_frames,
+            "sample_steps": request.sample_steps,
+            "num_clips": self.num_clips,
+            "prompt_sha256": sha256(request.prompt.encode("utf-8")),
+            "image_sha256": sha256(image_bytes),
+            "audio_sha256": sha256(
+                audio_in.tobytes() if isinstance(audio_in, Waveform) else audio_in
+            ),
+        }
+
+        # fixed conditioning
+        g = self.geometry = Geometry(
+            self.width, self.height, request.infer_frames, preset.dit.zip_frame_buckets
+        )
+        self.schedule = flow_schedule(
+            request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
+        )
+        text = encode_prompt(
+            comps.text_encoder, comps.tokenizer, request.prompt, preset.dit.text_len
+        )
+        self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
+        self.audio = AudioFeatures(
+            comps.audio_encoder,
+            samples,
+            preset.stream.audio_chunk_frames,
+            preset.stream.audio_context_frames,
+        )
+
+        # fixed-size state
+        cfg, dtype = preset.dit, self._dit.dtype
+        self.caches = [
+            StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype)
+            for _ in range(request.sample_steps)
+        ]
+        self.sink_keys = SinkKeys(
+            g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
+        )
+        self.decoder = vae_mod.StreamingDecoder(self._vae)
+        self._motion: torch.Tensor | None = None
+        self._offline_latents: list[torch.Tensor] = []
+        self._offline_clips: list[Clip] = []
+        self._closed = False
+
+        if state is not None:
+            self._load_state(state)
+        else:
+            self.next_clip = 0
+            reference, motion = self._reference_latents()
+            self.denoiser.prefill_sink(self.caches, self.sink_keys, reference, motion)
+            warmup = motion[:, : preset.stream.vae_warmup_frames]
+            if decode == "online":
+                self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
+            else:
+                self._offline_latents.append(warmup.cpu())
+
+    # ---- iteration -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Clip]:
+        return self
+
+    def __next__(self) -> Clip:
+        self._check_open()
+        if self.decode_mode == "offline":
+            return self._next_offline()
+        if self.next_clip >= self.num_clips:
+            raise StopIteration
+        frames = self._generate_clip()
+        return self._clip(self.next_clip - 1, frames)
+
+    def _clip(self, index: int, frames: np.ndarray) -> Clip:
+        seconds = self.request.infer_frames / self.fps
+        return Clip(index, frames, index * seconds, (index + 1) * seconds)
+
+    @torch.no_grad()
+    def _generate_clip(self) -> np.ndarray | None:
+        """Generate clip `next_clip`; online: its frames uint8 [T, H, W, 3], offline: None."""
+        g, r = self.geometry, self.next_clip
+        steps = self.request.sample_steps
+        gen = torch.Generator().manual_seed(derive_seed(self.request.seed, "noise", r))
+        shape = (self._dit.cfg.in_dim, g.latent_frames_per_clip, g.latent_h, g.latent_w)
+        noise = torch.randn(shape, generator=gen).to(self._device)
+        frames: list[torch.Tensor] = []
+        first_latent = None
+        for b in range(g.blocks_per_clip):
+            block = r * g.blocks_per_clip + b
+            feats = self.audio.video_frames(
+                block * g.video_frames_per_block, g.video_frames_per_block
+            )
+            audio = self.denoiser.audio(feats)
+            x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
+            for i in range(steps):
+                x = self.denoiser.step(self.caches[i], self.sink_keys, x, i, block, audio)
+            if b == 0:
+                first_latent = x[:, :1].clone()
+            if self.decode_mode == "online":
+                frames.append(vae_mod.to_uint8_frames(self.decoder.decode(x)).cpu())
+            else:
+                self._offline_latents.append(x.cpu())
+        if r == 0 and self.num_clips > 1:
+            # adaptive sink: from now on the sink is the model's own first frame
+            assert first_latent is not None
+            _, motion = self._reference_latents()
+            self.denoiser.prefill_sink(self.caches, self.sink_keys, first_latent, motion)
+            self._motion = None
+        self.next_clip += 1
+        if self.progress is not None:
+            self.progress(r)
+        return torch.cat(frames).numpy() if frames else None
+
+    def _next_offline(self) -> Clip:
+        if self.next_clip < self.num_clips:
+            while self.next_clip < self.num_clips:
+                self._generate_clip()
+            self._decode_offline()
+        if not self._offline_clips:
+            raise StopIteration
+        return self._offline_clips.pop(0)
+
+    @torch.no_grad()
+    def _decode_offline(self) -> None:
+        """Decode all kept latents with one `vae.decode()` call (for comparison only)."""
+        z = torch.cat(self._offline_latents, dim=1).to(self._device)
+        self._offline_latents = []
+        z = vae_mod.denormalize_latents(self._vae, z.unsqueeze(0))
+        video = self._vae.decode(z.to(next(self._vae.parameters()).dtype)).sample
+        warmup = self.gen.preset.stream.vae_warmup_frames
+        frames = vae_mod.to_uint8_frames(video)[1 + 4 * (warmup - 1) :].cpu().numpy()
+        per_clip = self.request.infer_frames
+        self._offline_clips = [
+            self._clip(i, frames[i * per_clip : (i + 1) * per_clip]) for i in range(self.num_clips)
+        ]
+
+    def _reference_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference latent [16, 1, h, w], motion latents [16, 19, h, w]) of the portrait.
+
+        The motion context of the first clip is the portrait held still for `motion_frames`
+        frames; the reference latent is its second latent frame (the first encodes one frame
+        alone). The VAE is causal, so both come from one encoding.
+        """
+        if self._motion is None:
+            still = torch.tensor(self.reference_frame).permute(2, 0, 1).float() / 127.5 - 1.0
+            video = still.unsqueeze(1).expand(-1, self.gen.preset.stream.motion_frames, -1, -1)
+            self._motion = vae_mod.encode(self._vae, video)
+        return self._motion[:, 1:2], self._motion
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> state_io.StateDict:
+        """Everything needed to continue exactly, on the host: call between clips."""
+        self._check_open()
+        if self.decode_mode == "offline":
+            raise RuntimeError("offline decode keeps no resumable state")
+        g = self.geometry
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        tensors = {
+            "sink.ref_keys": host(self.sink_keys.ref),
+            "sink.motion_keys": host(self.caches[0].sink_motion_keys),
+            "sink.values": host(self.caches[0].sink_values),
+        }
+        for i, cache in enumerate(self.caches):
+            tensors[f"step.{i}.ring"] = host(cache.ring)
+        dec_tensors, dec_meta = self.decoder.state_dict()
+        tensors.update({f"decoder.{k}": host(v) for k, v in dec_tensors.items()})
+        meta: dict[str, Any] = {
+            "next_clip": self.next_clip,
+            "request": self.fingerprint,
+            "decoder": dec_meta,
+            "cache_tokens": g.cache_tokens,
+            "dtype": str(self._dit.dtype),
+        }
+        return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
+
+    def _load_state(self, state: state_io.StateDict) -> None:
+        meta, tensors = state["meta"], state["tensors"]
+        saved = meta.get("request", {})
+        diff = sorted(
+            k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k)
+        )
+        if diff:
+            raise ValueError(
+                "the stream state belongs to a different request or model; differing: "
+                + ", ".join(diff)
+            )
+        if not 0 <= meta["next_clip"] <= self.num_clips:
+            raise ValueError("stream state has an invalid clip index")
+        dev = self._device
+        self.sink_keys.ref.copy_(tensors["sink.ref_keys"].to(dev))
+        for i, cache in enumerate(self.caches):
+            cache.sink_motion_keys.copy_(tensors["sink.motion_keys"].to(dev))
+            cache.sink_values.copy_(tensors["sink.values"].to(dev))
+            cache.ring.copy_(tensors[f"step.{i}.ring"].to(dev))
+        prefix = "decoder."
+        self.decoder.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            meta["decoder"],
+        )
+        self.next_clip = int(meta["next_clip"])
+
+    def checkpoint(self, directory: str | Path) -> list[Path]:
+        """Write the state's shards into `directory`, then manifest.json last."""
+        return state_io.write_checkpoint(self.state_dict(), directory)
+
+    # ---- housekeeping --------------------------------------------------------------------
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of tensors this stream holds, by owner (models excluded)."""
+        text = sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size()
+            for k, v in self.denoiser.text_kv
+        )
+        held = sum(t.numel() * t.element_size() for t in self._offline_latents)
+        held += sum(c.frames.nbytes for c in self._offline_clips)
+        return {
+            "kv_caches": sum(c.nbytes() for c in self.caches) + self.sink_keys.nbytes(),
+            "decoder": self.decoder.nbytes(),
+            "audio_features": self.audio.nbytes(),
+            "text": text,
+            "motion": 0 if self._motion is None else self._motion.numel() * 4,
+            "offline": held,
+        }
+
+    def close(self) -> None:
+        """Release the caches; the stream can no longer be used."""
+        self._closed = True
+        self.caches = []
+        self._offline_latents = []
+        self._offline_clips = []
+        self._motion = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this stream is closed (a generator runs one stream at a time)")
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _config_hash(preset: Any) -> str:
+    text = json.dumps(
+        {"dit": repr(preset.dit), "vae": preset.vae, "stream": repr(preset.stream)}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,118 @@
+"""The Wan2.1 VAE (diffusers `AutoencoderKLWan`): encoding the inputs, streaming decode.
+
+Latents inside the pipeline are normalised per channel, (z - mean) / std, as the DiT expects.
+
+`StreamingDecoder` decodes a latent video piece by piece with the decoder's causal-convolution
+feature cache kept between calls. diffusers' `vae.decode()` decodes frame by frame with that
+same cache but clears it on every call; driving `vae.decoder` per latent frame with a persistent
+cache makes any split of the latents into calls give exactly the frames of one `vae.decode()`
+over all of them. The first latent frame of a stream decodes to 1 video frame, every later one
+to 4.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+_REPEAT = "Rep"  # diffusers' marker in the cache of a temporal upsampler that has seen one frame
+
+
+def _stats(vae: AutoencoderKLWan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device)
+    return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+
+
+def normalize_latents(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    mean, std = _stats(vae, z.device)
+    return (z.float() - mean) / std
+
+
+def denormalize_latents(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    mean, std = _stats(vae, z.device)
+    return z.float() * std + mean
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """Pixels [3, T, H, W] in [-1, 1] -> normalised latents [16, 1 + (T-1)/4, H/8, W/8] float32
+    (the posterior's mean)."""
+    param = next(vae.parameters())
+    x = video.unsqueeze(0).to(device=param.device, dtype=param.dtype)
+    z = vae.encode(x).latent_dist.mode()
+    return normalize_latents(vae, z)[0]
+
+
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """Decoded video [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (on the same device)."""
+    x = ((video[0].float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0)
+
+
+class StreamingDecoder:
+    """Decodes normalised latents call by call; the causal conv cache lives across calls."""
+
+    def __init__(self, vae: AutoencoderKLWan):
+        self.vae = vae
+        self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+        self._cache: list[torch.Tensor | str | None] = [None] * self.num_convs
+        self.frames_decoded = 0  # latent frames
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [16, T, h, w] -> video [1, 3, T', H, W] in [-1, 1] (VAE dtype)."""
+        param = next(self.vae.parameters())
+        z = denormalize_latents(self.vae, latents.unsqueeze(0).to(param.device))
+        x = self.vae.post_quant_conv(z.to(param.dtype))
+        out = []
+        for i in range(x.shape[2]):
+            out.append(
+                self.vae.decoder(
+                    x[:, :, i : i + 1],
+                    feat_cache=self._cache,
+                    feat_idx=[0],
+                    first_chunk=self.frames_decoded == 0,
+                )
+            )
+            self.frames_decoded += 1
+        return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        """(tensors, plain metadata) to resume decoding exactly where it stands."""
+        tensors: dict[str, torch.Tensor] = {}
+        markers: dict[str, str] = {}
+        for i, entry in enumerate(self._cache):
+            if isinstance(entry, torch.Tensor):
+                tensors[f"feat.{i}"] = entry
+            elif entry is not None:
+                markers[str(i)] = str(entry)
+        meta = {
+            "num_convs": self.num_convs,
+            "frames_decoded": self.frames_decoded,
+            "markers": markers,
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
+        if meta["num_convs"] != self.num_convs:
+            raise ValueError("decoder state is for a different VAE")
+        device = next(self.vae.parameters()).device
+        cache: list[torch.Tensor | str | None] = [None] * self.num_convs
+        for i in range(self.num_convs):
+            if f"feat.{i}" in tensors:
+                cache[i] = tensors[f"feat.{i}"].to(device)
+        markers = meta["markers"]
+        assert isinstance(markers, dict)
+        for i, value in markers.items():
+            if value != _REPEAT:
+                raise ValueError(f"unknown decoder cache marker {value!r}")
+            cache[int(i)] = value
+        self._cache = cache
+        self.frames_decoded = int(meta["frames_decoded"])  # type: ignore[arg-type]
+
+    def nbytes(self) -> int:
+        return sum(e.numel() * e.element_size() for e in self._cache if isinstance(e, torch.Tensor))
