@@ -8,9 +8,31 @@ for clip in stream:            # Clip(index, frames uint8 [T, H, W, 3], audio_st
 sd = stream.state_dict()       # between clips; pipeline.state.save_state / load_state
 """
 
-from pipeline.generator import Generator
-from pipeline.inputs import Waveform
-from pipeline.request import Clip, RenderRequest
-from pipeline.stream import Stream
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.generator import Generator
+    from pipeline.inputs import Waveform
+    from pipeline.request import Clip, RenderRequest
+    from pipeline.stream import Stream
 
 __all__ = ["Clip", "Generator", "RenderRequest", "Stream", "Waveform"]
+
+# Loaded on first use, so that `pipeline.params` (request validation in the API) does not
+# import torch and the model code.
+_EXPORTS = {
+    "Clip": "pipeline.request",
+    "Generator": "pipeline.generator",
+    "RenderRequest": "pipeline.request",
+    "Stream": "pipeline.stream",
+    "Waveform": "pipeline.inputs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
