@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -67,7 +67,7 @@ class S2VArchitecture:
     enable_motioner: bool = False
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    audio_layers: int = field(default=25, compare=True)
+    audio_layers: int = 25
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], audio_layers: int = 25) -> S2VArchitecture:
@@ -78,6 +78,18 @@ class S2VArchitecture:
                 values[key] = tuple(values[key])
         values["audio_layers"] = audio_layers
         return cls(**values)
+
+    def to_config(self) -> dict[str, Any]:
+        """config.json as the release writes it (Wan's register_to_config output)."""
+        config: dict[str, Any] = {"_class_name": "WanModel_S2V", "model_type": "s2v"}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "audio_layers":
+                continue  # not a config field: it is the audio encoder's depth + 1
+            if f.name in _LEFT_OUT_OF_CONFIG and value == f.default:
+                continue
+            config[f.name] = list(value) if isinstance(value, tuple) else value
+        return config
 
     def unsupported(self) -> list[str]:
         """Features of Wan's S2V model that the LiveAvatar checkpoint does not use."""
@@ -92,6 +104,9 @@ class S2VArchitecture:
             problems.append("qk_norm and cross_attn_norm must both be true")
         return problems
 
+
+# Wan lists these in ignore_for_config, so the release's config.json does not carry them.
+_LEFT_OUT_OF_CONFIG = {"patch_size", "text_dim", "qk_norm", "cross_attn_norm"}
 
 LIVEAVATAR_14B = S2VArchitecture()
 

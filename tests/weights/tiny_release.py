@@ -53,12 +53,10 @@ TINY = ReleaseSpec(
     lora_rank=4,
 )
 
-# config.json as diffusers' register_to_config writes it for Wan's WanModel_S2V: every
-# constructor argument except those Wan lists in ignore_for_config.
+# What else Wan's config.json holds (register_to_config keeps every constructor argument):
+# settings that do not change tensor shapes.
 _CONFIG_EXTRAS = {
-    "_class_name": "WanModel_S2V",
     "_diffusers_version": "0.35.0",
-    "model_type": "s2v",
     "zero_init": True,
     "zero_timestep": True,
     "add_last_motion": True,
@@ -69,23 +67,6 @@ _CONFIG_EXTRAS = {
     "text_len": 512,
     "eps": 1e-06,
 }
-_CONFIG_FIELDS = [
-    "cond_dim",
-    "audio_dim",
-    "num_audio_token",
-    "enable_adain",
-    "adain_mode",
-    "audio_inject_layers",
-    "enable_motioner",
-    "enable_framepack",
-    "in_dim",
-    "dim",
-    "ffn_dim",
-    "freq_dim",
-    "out_dim",
-    "num_heads",
-    "num_layers",
-]
 
 
 def random_tensors(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.Tensor]:
@@ -97,15 +78,7 @@ def random_tensors(specs: dict[str, TensorSpec], seed: int) -> dict[str, torch.T
 
 
 def dit_config(arch: S2VArchitecture) -> dict:
-    config = dict(_CONFIG_EXTRAS)
-    for key in _CONFIG_FIELDS:
-        value = getattr(arch, key)
-        config[key] = list(value) if isinstance(value, tuple) else value
-    if arch.text_dim != 4096:
-        # Wan leaves text_dim out of config.json (it is always umT5-XXL's 4096); a scaled-down
-        # release has to say what it uses.
-        config["text_dim"] = arch.text_dim
-    return config
+    return arch.to_config() | _CONFIG_EXTRAS
 
 
 def write_dit(base: Path, spec: ReleaseSpec, shards: int = 3, seed: int = 0) -> dict:
