@@ -7,11 +7,17 @@ synthesised with numpy), so the demo needs no downloads.
 from __future__ import annotations
 
 import io
+import socket
+import sys
 import wave
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from ops.settings import Settings
 
 SAMPLE_RATE = 16_000
 # (F1, F2) formant frequencies in Hz of a few vowels
@@ -95,3 +101,61 @@ def write_demo_inputs(directory: Path, seconds: float = 4.0) -> tuple[Path, Path
     image.write_bytes(portrait_png())
     audio.write_bytes(wav_bytes(synthesize_speech(seconds)))
     return image, audio
+
+
+DEMO_PROMPT = (
+    "A friendly presenter in a blue sweater speaks to the camera in a bright studio, "
+    "natural head movement, soft light."
+)
+DEMO_SIZE = "384*256"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_demo(settings: Settings, *, port: int | None = None, out: TextIO | None = None) -> int:
+    """Submit the demo job to a fresh embedded service and follow it to the end."""
+    out = out or sys.stderr
+    from api.client import LongtakeClient
+    from ops.cli import watch
+    from ops.server import BackgroundServer, build
+
+    port = port or free_port()
+    settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"})
+    demo_dir = settings.data_dir / "demo"
+    image, audio = write_demo_inputs(demo_dir)
+    out.write(f"demo inputs: {image} and {audio}\n")
+
+    server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
+    server.start()
+    try:
+        with LongtakeClient(settings.api_url) as client:
+            client.wait_ready()
+            job = client.submit(image, audio, prompt=DEMO_PROMPT, size=DEMO_SIZE, seed=42)
+            job_id = job["id"]
+            out.write(
+                f"submitted job {job_id} to the embedded service at {settings.api_url}: "
+                f"{job['progress']['clips_total']} clips at {job['params']['width']}x"
+                f"{job['params']['height']}\n"
+            )
+            if not server.process.dispatching:
+                out.write(
+                    f"job {job_id} is {client.get(job_id)['status']}. No renderer is configured "
+                    "for embedded mode (LONGTAKE_EMBEDDED_HANDLER is unset), so nothing will "
+                    "render it in this process; the demo stops here. The job stays queued in "
+                    f"{settings.data_dir / 'longtake.sqlite3'}.\n"
+                )
+                return 0
+            code = watch(client, job_id, out=out)
+            if code != 0:
+                out.write(f"the demo job ended {client.get(job_id)['status']}\n")
+                return code
+            video = demo_dir / "output.mp4"
+            size = client.download(client.result(job_id)["url"], video)
+            out.write(f"the demo video is at {video} ({size} bytes)\n")
+            return 0
+    finally:
+        server.stop()

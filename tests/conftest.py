@@ -371,3 +371,36 @@ def redis_server_factory() -> Iterator:
     for process in processes:
         process.terminate()
         process.wait(10)
+
+
+# --------------------------------------------------------------------------- embedded service
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, monkeypatch) -> Path:
+    """LONGTAKE_* variables for an embedded service under a fresh data directory."""
+    data = tmp_path / "var"
+    for name in list(os.environ):
+        if name.startswith("LONGTAKE_") and not name.startswith("LONGTAKE_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LONGTAKE_DATA_DIR", str(data))
+    return data
+
+
+@pytest.fixture
+def embedded_service(embedded_env: Path) -> Iterator:
+    """A running embedded service (SQLite, local files, in-process runner) on a free port.
+
+    Yields the BackgroundServer; `.process.app.state.services` holds its components and the
+    URL is `http://127.0.0.1:<port>`. Set LONGTAKE_EMBEDDED_HANDLER first to give it a handler.
+    """
+    from ops.server import BackgroundServer, build
+    from ops.settings import Settings
+
+    port = free_port()
+    settings = Settings(api_url=f"http://127.0.0.1:{port}")
+    server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
+    server.start()
+    server.url = settings.api_url
+    yield server
+    server.stop()

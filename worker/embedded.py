@@ -59,7 +59,7 @@ class EmbeddedRunner:
 
     def start(self) -> None:
         if self.handler is None:
-            log.warning("embedded runner has no job handler: jobs stay queued")
+            log.info("embedded runner has no job handler: jobs stay queued")
             return
         self._threads = [
             threading.Thread(target=self._relay_loop, name="longtake-relay", daemon=True),

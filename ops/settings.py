@@ -1,0 +1,141 @@
+"""Configuration from the environment: the one place that reads it.
+
+Every variable is `LONGTAKE_<FIELD>` (case-insensitive), e.g. LONGTAKE_DATABASE_URL. The
+packages never read the environment; they take the typed configs built here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from api.config import ApiConfig, InputLimits
+from storage.base import Storage
+from storage.local import LocalStorage
+from storage.s3 import S3Config, S3Reader, S3Storage, make_client
+from storage.signing import UrlSigner
+from worker.celery_app import CeleryConfig
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LONGTAKE_", extra="ignore")
+
+    # services
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/longtake"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_key_prefix: str = ""
+    broker_visibility_timeout_s: int = 12 * 3600
+
+    # object storage
+    storage_backend: Literal["s3", "local"] = "s3"
+    storage_bucket: str = "longtake"
+    storage_prefix: str = ""
+    storage_endpoint_url: str | None = None
+    storage_region: str | None = None
+    storage_path_style: bool = False
+    storage_dir: Path = Path("var/storage")
+    """Root of the local backend."""
+    multipart_threshold_mb: int = 64
+    allowed_input_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated buckets that s3:// input references may name."""
+
+    # API
+    api_url: str = "http://127.0.0.1:8000"
+    """Where the API is reached: the CLI's target, and the base of local download links."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tenant: str = "default"
+    signing_key: str | None = None
+    """HMAC key of local download links; a random one per process when unset."""
+    presign_expires_s: int = 3600
+
+    # input limits
+    max_image_mb: int = 20
+    max_image_pixels: int = 40_000_000
+    max_audio_mb: int = 1024
+    max_audio_seconds: float = 4 * 3600
+
+    # jobs
+    max_attempts: int = 3
+    checkpoint_every: int = 10
+    lease_s: int = 120
+    relay_poll_s: float = 0.5
+    redispatch_after_s: float = 3600
+    soft_shutdown_timeout_s: float = 60
+
+    # embedded mode
+    data_dir: Path = Path("var")
+    embedded_handler: str | None = None
+    """`module:function` returning the job handler of embedded mode, given these settings."""
+
+    @field_validator("allowed_input_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [b.strip() for b in v.split(",") if b.strip()]
+        return v
+
+    def embedded(self) -> Settings:
+        """The embedded variant: SQLite and local files under the data directory."""
+        data = self.data_dir.resolve()
+        return self.model_copy(
+            update={
+                "database_url": f"sqlite:///{data / 'longtake.sqlite3'}",
+                "storage_backend": "local",
+                "storage_dir": data / "storage",
+            }
+        )
+
+    # ---- typed configs for the packages
+
+    def s3_config(self) -> S3Config:
+        return S3Config(
+            bucket=self.storage_bucket,
+            prefix=self.storage_prefix,
+            endpoint_url=self.storage_endpoint_url,
+            region=self.storage_region,
+            path_style=self.storage_path_style,
+            multipart_threshold=self.multipart_threshold_mb * MiB,
+            multipart_chunksize=self.multipart_threshold_mb * MiB,
+        )
+
+    def make_storage(self) -> Storage:
+        if self.storage_backend == "local":
+            secret = (self.signing_key or secrets.token_hex(32)).encode()
+            return LocalStorage(self.storage_dir, signer=UrlSigner(secret, self.api_url))
+        return S3Storage(self.s3_config())
+
+    def make_s3_reader(self, storage: Storage) -> S3Reader | None:
+        if not self.allowed_input_buckets:
+            return None
+        client = storage.client if isinstance(storage, S3Storage) else make_client(self.s3_config())
+        return S3Reader(client)
+
+    def api_config(self) -> ApiConfig:
+        return ApiConfig(
+            tenant=self.tenant,
+            limits=InputLimits(
+                max_image_bytes=self.max_image_mb * MiB,
+                max_image_pixels=self.max_image_pixels,
+                max_audio_bytes=self.max_audio_mb * MiB,
+                max_audio_seconds=self.max_audio_seconds,
+            ),
+            allowed_input_buckets=tuple(self.allowed_input_buckets),
+            max_attempts=self.max_attempts,
+            checkpoint_every=self.checkpoint_every,
+            presign_expires_s=self.presign_expires_s,
+        )
+
+    def celery_config(self) -> CeleryConfig:
+        return CeleryConfig(
+            broker_url=self.broker_url,
+            key_prefix=self.broker_key_prefix,
+            visibility_timeout_s=self.broker_visibility_timeout_s,
+            soft_shutdown_timeout_s=self.soft_shutdown_timeout_s,
+        )

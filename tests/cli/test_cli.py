@@ -1,0 +1,193 @@
+"""The `longtake` command, against a real embedded service over HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from db import migrate
+from db import repository as repo
+from ops import cli
+from storage import keys
+from tests import media
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    image, audio = tmp_path / "face.png", tmp_path / "voice.wav"
+    image.write_bytes(media.png())
+    audio.write_bytes(media.wav(3.0))
+    return image, audio
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def services_of(server):
+    return server.process.app.state.services
+
+
+def test_client_commands(embedded_service, inputs, capsys, tmp_path):
+    url = embedded_service.url
+    image, audio = inputs
+    code, out, _ = run(capsys, "submit", str(image), str(audio), "--prompt", "A narrator",
+                       "--size", "384*256", "--seed", "5", "--api-url", url)  # fmt: skip
+    assert code == 0
+    job_id = out.strip()
+    uuid.UUID(job_id)
+
+    code, out, _ = run(capsys, "status", job_id, "--api-url", url)
+    assert code == 0 and "status    queued" in out and "0/2 clips" in out
+    code, out, _ = run(capsys, "status", job_id, "--json", "--api-url", url)
+    assert code == 0 and '"seed": 5' in out
+    code, out, _ = run(capsys, "list", "--api-url", url)
+    assert code == 0 and out.startswith(job_id) and "queued" in out
+
+    code, out, _ = run(capsys, "cancel", job_id, "--api-url", url)
+    assert (code, out.strip()) == (0, f"job {job_id} canceled")
+    code, out, _ = run(capsys, "retry", job_id, "--api-url", url)
+    assert (code, out.strip()) == (0, f"job {job_id} queued again; it resumes from clip 0")
+
+    # a worker renders it (driven through the repository, as the render lifecycle will)
+    services = services_of(embedded_service)
+    jid = uuid.UUID(job_id)
+    with services.database.transaction() as s:
+        lease = repo.claim(s, jid, "w1", 60)
+        repo.update_progress(s, jid, "w1", lease.attempt, clips_done=2, frames_done=96, fps=9.5)
+        repo.mark_stitching(s, jid, "w1", lease.attempt)
+        services.storage.put_bytes(keys.output_key(jid), b"an mp4")
+        repo.mark_succeeded(s, jid, "w1", lease.attempt, keys.output_key(jid))
+
+    code, _, err = run(capsys, "watch", job_id, "--api-url", url)
+    assert code == 0 and "[" + "#" * 30 + "] 2/2 clips" in err and "succeeded" in err
+
+    dest = tmp_path / "result.mp4"
+    code, out, _ = run(capsys, "fetch", job_id, "-o", str(dest), "--api-url", url)
+    assert code == 0 and dest.read_bytes() == b"an mp4"
+    assert out.strip() == f"{dest} (6 bytes)"
+
+
+def test_errors_are_reported_with_the_apis_message(embedded_service, inputs, capsys):
+    url = embedded_service.url
+    missing = str(uuid.uuid4())
+    code, _, err = run(capsys, "status", missing, "--api-url", url)
+    assert code == 1 and err.strip() == f"error: job {missing} does not exist"
+
+    image, audio = inputs
+    code, _, err = run(capsys, "submit", str(audio), str(audio), "--prompt", "p", "--api-url", url)
+    assert code == 1 and "could not be read as an image" in err
+
+    code, _, err = run(capsys, "status", missing, "--api-url", f"http://127.0.0.1:{free_port()}")
+    assert code == 1 and "cannot reach the API" in err
+
+    code, _, err = run(capsys, "submit", "nope.png", str(audio), "--prompt", "p")
+    assert code == 2 and "nope.png is not a file" in err
+
+
+def test_watch_exit_codes_follow_the_final_status(embedded_service, create_job):
+    from api.client import LongtakeClient
+
+    db = services_of(embedded_service).database
+    failed, canceled = create_job(db), create_job(db)
+    with db.transaction() as s:
+        lease = repo.claim(s, failed.id, "w", 60)
+        repo.mark_failed(s, failed.id, "w", lease.attempt, "CUDA out of memory")
+        repo.request_cancel(s, canceled.id)
+    out = io.StringIO()
+    with LongtakeClient(embedded_service.url) as client:
+        assert cli.watch(client, str(failed.id), out=out) == 1
+        assert "error: CUDA out of memory" in out.getvalue()
+        assert cli.watch(client, str(canceled.id), out=out) == 3
+        queued = create_job(db)
+        assert cli.watch(client, str(queued.id), out=out, interval=0.05, timeout=0.2) == 124
+
+
+def test_progress_line():
+    job = {
+        "status": "running", "cancel_requested": False, "attempt": 2, "max_attempts": 3,
+        "progress": {"clips_done": 5, "clips_total": 20, "fps": 21.04, "eta_s": 3725.0},
+    }  # fmt: skip
+    assert cli.progress_line(job, width=20) == (
+        "[#####...............] 5/20 clips  21.0 fps  eta 1:02:05  running, attempt 2/3"
+    )
+
+
+def test_migrate_embedded_and_postgres(embedded_env, postgres_url_factory, capsys, monkeypatch):
+    code, out, _ = run(capsys, "migrate", "--embedded")
+    assert code == 0 and out.strip() == "database at revision 0001"
+    assert migrate.current_revision(f"sqlite:///{embedded_env / 'longtake.sqlite3'}") == "0001"
+
+    url = postgres_url_factory()
+    monkeypatch.setenv("LONGTAKE_DATABASE_URL", url)
+    assert run(capsys, "migrate")[1].strip() == "database at revision 0001"
+    assert run(capsys, "migrate", "base", "--down")[1].strip() == "database at revision None"
+
+
+def test_demo_submits_and_reports_the_queued_job(embedded_env, capsys):
+    code, _, err = run(capsys, "demo")
+    assert code == 0
+    assert "submitted job" in err and "the demo stops here" in err
+    assert (embedded_env / "demo" / "portrait.png").is_file()
+    from db.database import Database
+
+    db = Database(f"sqlite:///{embedded_env / 'longtake.sqlite3'}")
+    with db.transaction() as s:
+        (job,) = repo.list_jobs(s)
+    db.dispose()
+    assert job.status == "queued" and job.params["size"] == "384*256"
+
+
+def test_worker_refuses_to_start_without_a_render_task(
+    embedded_env, capsys, redis_prefix, monkeypatch
+):
+    import worker.celery_app
+
+    monkeypatch.setattr(worker.celery_app, "TASK_MODULES", ())
+    monkeypatch.setenv("LONGTAKE_BROKER_KEY_PREFIX", redis_prefix)
+    code, _, err = run(capsys, "worker")
+    assert code == 1 and "no longtake.render task is installed" in err
+
+
+@pytest.mark.slow
+def test_serve_embedded_and_submit_as_processes(embedded_env, inputs):
+    """The installed console command, as an operator runs it."""
+    port = free_port()
+    env = {**os.environ, "LONGTAKE_API_URL": f"http://127.0.0.1:{port}"}
+    longtake = [sys.executable, "-m", "ops.cli"]
+    server = subprocess.Popen(
+        [*longtake, "serve", "--embedded", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        image, audio = inputs
+        submitted = subprocess.run(
+            [*longtake, "submit", str(image), str(audio), "--prompt", "p"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job_id}").json()["status"] == "queued"
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "no job handler is configured" in err
