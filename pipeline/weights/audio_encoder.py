@@ -19,6 +19,12 @@ from .safetensors_file import read_header
 UNUSED_PREFIXES = ("lm_head.",)
 
 
+class _ReleasedWav2Vec2(Wav2Vec2Model):
+    """Wav2Vec2Model that expects the release's CTC head and leaves it out without a warning."""
+
+    _keys_to_ignore_on_load_unexpected = [r"lm_head\..*"]  # noqa: RUF012 (transformers' API)
+
+
 def weights_file(folder: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
@@ -38,7 +44,7 @@ def load_audio_encoder(
     if weights.suffix == ".safetensors":
         read_header(weights)  # a truncated download fails here with a clear message
     try:
-        model, info = Wav2Vec2Model.from_pretrained(
+        model, info = _ReleasedWav2Vec2.from_pretrained(
             folder, dtype=dtype, local_files_only=True, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError) as exc:

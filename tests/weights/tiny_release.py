@@ -154,10 +154,12 @@ def wav2vec2_config(spec: ReleaseSpec) -> Wav2Vec2Config:
     )
 
 
-def write_wav2vec2(folder: Path, spec: ReleaseSpec, seed: int = 4) -> dict:
+def write_wav2vec2(
+    folder: Path, spec: ReleaseSpec, seed: int = 4, config: Wav2Vec2Config | None = None
+) -> dict:
     """A CTC fine-tune folder whose weights use the original names (weight_g / weight_v)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = wav2vec2_config(spec)
+    config = config or wav2vec2_config(spec)
     torch.manual_seed(seed)
     model = Wav2Vec2ForCTC(config)
     config.to_json_file(folder / "config.json")
@@ -189,14 +191,20 @@ class TinyRelease:
         return TinyRelease(root, self.spec, self.written)
 
 
-def write_release(root: Path, spec: ReleaseSpec = TINY) -> TinyRelease:
+def write_release(
+    root: Path, spec: ReleaseSpec = TINY, audio_config: dict | None = None
+) -> TinyRelease:
+    """The whole release; `audio_config` (Wav2Vec2Config arguments) as a preset has it."""
     paths = CheckpointPaths.at(root)
     release = TinyRelease(root, spec)
     release.written["dit"] = write_dit(paths.base, spec)
     release.written["lora"] = write_lora(paths.lora, spec)
     release.written["text"] = write_pth(paths.text_encoder, spec.text_specs(), seed=2)
     release.written["vae"] = write_pth(paths.vae, spec.vae_specs(), seed=3)
-    release.written["audio"] = write_wav2vec2(paths.wav2vec2, spec)
+    config = None
+    if audio_config is not None:
+        config = Wav2Vec2Config(**audio_config, vocab_size=12, architectures=["Wav2Vec2ForCTC"])
+    release.written["audio"] = write_wav2vec2(paths.wav2vec2, spec, config=config)
     write_tokenizer(paths.tokenizer)
     return release
 
