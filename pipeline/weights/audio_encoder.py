@@ -22,7 +22,7 @@ UNUSED_PREFIXES = ("lm_head.",)
 class _ReleasedWav2Vec2(Wav2Vec2Model):
     """Wav2Vec2Model that expects the release's CTC head and leaves it out without a warning."""
 
-    _keys_to_ignore_on_load_unexpected = [r"lm_head\..*"]  # noqa: RUF012 (transformers' API)
+    _keys_to_ignore_on_load_unexpected = [r"lm_head\..*"]
 
 
 def weights_file(folder: Path) -> Path:
