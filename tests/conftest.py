@@ -87,12 +87,10 @@ def postgres_database(postgres_url: str) -> Iterator[Database]:
 
 
 def truncate(database: Database) -> None:
+    # DELETE, not TRUNCATE: for a handful of rows it is several times faster on Postgres
     with database.transaction() as s:
-        if database.is_sqlite:
-            for table in TABLES:
-                s.execute(sa.text(f"DELETE FROM {table}"))
-        else:
-            s.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        for table in TABLES:
+            s.execute(sa.text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture
