@@ -13,7 +13,8 @@ One call does everything:
              the meta device, then the LoRA merged;
        text  the umT5 encoder into UMT5EncoderModel;
        vae   the VAE into AutoencoderKLWan;
-  3. prints a table (seconds, GB/s, peak host RSS, GPU memory) and writes it as JSON to --out.
+  3. prints a table (seconds, GB/s, peak host RSS and its anonymous part, GPU memory) and
+     writes it as JSON to --out. RSS figures are in GiB, sizes in GB.
 
 --layout small runs the same on a few-MB release, on CPU too (the test suite does).
 """
@@ -28,6 +29,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -200,6 +202,35 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+class RssSampler:
+    """Peaks of anonymous and file-backed resident memory, sampled every few milliseconds.
+
+    VmHWM counts both. Pages of a memory-mapped file (torch.load(mmap=True) for the .pth
+    files) are file-backed: resident while mapped, but the kernel can drop them at any time,
+    unlike anonymous memory (copies, staging buffers), which is what a load really costs.
+    """
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak_anon_kib = self.peak_file_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_anon_kib = max(self.peak_anon_kib, _status_kib("RssAnon"))
+            self.peak_file_kib = max(self.peak_file_kib, _status_kib("RssFile"))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -270,10 +301,16 @@ def measure(part: str, root: Path, layout: str, device_name: str) -> list[dict[s
             evict(part_files(root, part))
         peak_reset = _reset_peak_rss() or cache == "cold"
         baseline = _status_kib("VmRSS")
+        baseline_anon = _status_kib("RssAnon")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        row = {"part": part, "cache": cache, **load_once(part, root, spec, device)}
+        with RssSampler() as sampled:
+            row = {"part": part, "cache": cache, **load_once(part, root, spec, device)}
         peak = _status_kib("VmHWM")
+        row["peak_anon_above_baseline_gb"] = round(
+            (sampled.peak_anon_kib - baseline_anon) / 2**20, 2
+        )
+        row["peak_file_backed_gb"] = round(sampled.peak_file_kib / 2**20, 2)
         row["gb_per_s"] = round(row["gb"] / row["seconds"], 2)
         row["baseline_rss_gb"] = round(baseline / 2**20, 2)
         row["peak_rss_gb"] = round(peak / 2**20, 2) if peak_reset else None
@@ -334,13 +371,14 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"checkpoint load, layout {report['layout']}, {report['device']}",
         f"{'part':5} {'cache':5} {'GB':>7} {'s':>7} {'GB/s':>6} "
-        f"{'RSS peak':>9} {'above base':>10} {'GPU peak':>9}",
+        f"{'RSS peak':>9} {'above base':>10} {'anon above':>10} {'GPU peak':>9}",
     ]
     for r in report["results"]:
         line = (
             f"{r['part']:5} {r['cache']:5} {r['gb']:7.2f} {r['seconds']:7.2f} "
             f"{r['gb_per_s']:6.2f} {_gb(r, 'peak_rss_gb'):>9} "
-            f"{_gb(r, 'peak_rss_above_baseline_gb'):>10} {_gb(r, 'gpu_peak_gb'):>9}"
+            f"{_gb(r, 'peak_rss_above_baseline_gb'):>10} "
+            f"{_gb(r, 'peak_anon_above_baseline_gb'):>10} {_gb(r, 'gpu_peak_gb'):>9}"
         )
         if r.get("lora_merge_seconds") is not None:
             line += f"   (LoRA merge {r['lora_merge_seconds']:.2f} s of it)"
