@@ -16,6 +16,7 @@ from worker.provenance import (
     MANIFEST_FORMAT,
     ProvenanceError,
     build_manifest,
+    iter_frame_hashes,
     load_manifest,
     main_verify,
     verify,
@@ -156,3 +157,23 @@ def test_building_a_manifest_for_the_wrong_segments_fails(rendered):
     segs, out, _ = rendered
     with pytest.raises(ProvenanceError, match="decodes to 29 frames but its segments hold 18"):
         build_manifest(segs[:2], out)
+
+
+def test_hashes_taken_from_the_segments_give_the_same_manifest(rendered, manifest):
+    segs, out, _ = rendered
+    per_segment = [list(iter_frame_hashes(s.path)) for s in segs]
+    created = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    fast = build_manifest(
+        segs,
+        out,
+        metadata={"job_id": "j-1", "tenant": "acme"},
+        created_at=created,
+        segment_frame_hashes=per_segment,
+    )
+    assert fast == manifest
+    with pytest.raises(ProvenanceError, match="segment 1 has 8 frames but 7 hashes"):
+        build_manifest(
+            segs, out, segment_frame_hashes=[per_segment[0], per_segment[1][:7], per_segment[2]]
+        )
+    with pytest.raises(ProvenanceError, match="holds 29 frames but its segments hold 18"):
+        build_manifest(segs[:2], out, segment_frame_hashes=per_segment[:2])
