@@ -23,6 +23,7 @@ from .errors import (
 from .layout import PARTS, CheckpointPaths, release_files
 from .loader import LoadedWeights, load_weights, resolve_preset
 from .placement import Placement, visiting
+from .preset_spec import release_spec
 from .specs import ReleaseSpec, S2VArchitecture
 from .verify import VerifyReport, verify
 
@@ -47,6 +48,7 @@ __all__ = [
     "load_weights",
     "open_sharded",
     "release_files",
+    "release_spec",
     "resolve_preset",
     "verify",
     "visiting",

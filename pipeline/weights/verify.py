@@ -122,6 +122,9 @@ def verify(root: str | os.PathLike[str], spec: ReleaseSpec | None = None) -> Ver
             item.errors.append(str(exc).replace(str(paths.root) + os.sep, ""))
         except CheckpointError as exc:
             item.errors.append(str(exc).replace(str(paths.root) + os.sep, ""))
+        except (OSError, ValueError) as exc:  # unreadable file, malformed config, ...
+            message = f"cannot be read: {type(exc).__name__}: {exc}"
+            item.errors.append(message.replace(str(paths.root) + os.sep, ""))
         if item.errors and item.status == OK:
             item.status = ERROR
         elif item.warnings and item.status == OK:

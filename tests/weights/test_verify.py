@@ -146,3 +146,10 @@ def test_fallback_names_the_broken_part(release, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.weights"):
         assert resolve_preset(release.root, TINY) == "tiny"
     assert "missing: Wan2.2-S2V-14B/Wan2.1_VAE.pth" in caplog.text
+
+
+def test_malformed_config_is_reported_not_raised(release):
+    (release.paths.wav2vec2 / "config.json").write_text("{ truncated")
+    report = verify(release.root, TINY)
+    item = next(i for i in report.items if "wav2vec2" in i.label)
+    assert item.status == "error" and item.errors[0].startswith("cannot be read")
