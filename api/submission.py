@@ -56,18 +56,21 @@ async def submit(
             "invalid_idempotency_key",
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
         )
-    submission = await read_request(request, services)
-    if idempotency_key is not None:
-        existing = await run_in_threadpool(_find_idempotent, services, idempotency_key)
-        if existing is not None:
-            return existing, False
-    limits = services.config.limits
-    image_path = await _materialise(
-        services, submission.image, "image", limits.max_image_bytes, workdir / "image"
-    )
-    audio_path = await _materialise(
-        services, submission.audio, "audio", limits.max_audio_bytes, workdir / "audio"
-    )
+    try:
+        submission = await read_request(request, services)
+        if idempotency_key is not None:
+            existing = await run_in_threadpool(_find_idempotent, services, idempotency_key)
+            if existing is not None:
+                return existing, False
+        limits = services.config.limits
+        image_path = await _materialise(
+            services, submission.image, "image", limits.max_image_bytes, workdir / "image"
+        )
+        audio_path = await _materialise(
+            services, submission.audio, "audio", limits.max_audio_bytes, workdir / "audio"
+        )
+    finally:
+        await request.close()  # the uploads' spooled temporary files
     return await run_in_threadpool(
         _accept, services, submission.request, image_path, audio_path, idempotency_key
     )
