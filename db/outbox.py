@@ -23,13 +23,13 @@ def lock_unsent(session: Session, limit: int = 100) -> list[OutboxMessage]:
     return list(session.scalars(stmt))
 
 
-def mark_sent(session: Session, message: OutboxMessage, *, now: datetime | None = None) -> None:
+def mark_sent(message: OutboxMessage, *, now: datetime | None = None) -> None:
     message.sent_at = now or utcnow()
     message.publish_attempts += 1
     message.last_error = None
 
 
-def note_failure(session: Session, message: OutboxMessage, error: str) -> None:
+def note_failure(message: OutboxMessage, error: str) -> None:
     message.publish_attempts += 1
     message.last_error = error[:2000]
 

@@ -166,7 +166,11 @@ def describe(job: dict[str, Any]) -> str:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get(args.job)
+        events = client.events(args.job) if args.events else []
     print(json.dumps(job, indent=2) if args.json else describe(job))
+    for e in events:
+        change = f"{e['from_status'] or ''} -> {e['to_status']}" if e["to_status"] else ""
+        print(f"{e['at']}  {e['event']:<16} {change:<22} {e['reason']}")
     return 0
 
 
@@ -339,6 +343,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = add("status", cmd_status, "show a job", api=True)
     p.add_argument("job")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--events", action="store_true", help="and its history")
 
     p = add("list", cmd_list, "list jobs, newest first", api=True)
     p.add_argument("--status", action="append", help="repeat to match several")

@@ -13,14 +13,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from api.config import ApiConfig, InputLimits
+from api.config import ApiConfig, InputLimits, MiB
 from storage.base import Storage
 from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Reader, S3Storage, make_client
 from storage.signing import UrlSigner
 from worker.celery_app import CeleryConfig
-
-MiB = 1024 * 1024
 
 
 class Settings(BaseSettings):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,18 +21,13 @@ import sqlalchemy as sa
 
 from db import migrate
 from db.database import Database, make_engine
+from ops.demo import free_port
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LONGTAKE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("LONGTAKE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TABLES = ("job_segments", "job_events", "outbox", "jobs")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- databases
@@ -241,13 +235,11 @@ def storage(request):
 
 # --------------------------------------------------------------------------- API
 
-MiB = 1024 * 1024
-
 
 @pytest.fixture
 def api_config():
     """Small limits, so the tests can cross them cheaply."""
-    from api.config import ApiConfig, InputLimits
+    from api.config import ApiConfig, InputLimits, MiB
 
     return ApiConfig(
         limits=InputLimits(

@@ -88,11 +88,11 @@ class OutboxRelay:
                     try:
                         self.dispatcher.publish(message.job_id)
                     except Exception as e:  # the broker refused: keep the row, try later
-                        outbox.note_failure(s, message, f"{type(e).__name__}: {e}")
+                        outbox.note_failure(message, f"{type(e).__name__}: {e}")
                         log.warning("could not publish wake-up for job %s: %s", message.job_id, e)
                         failed = True
                         break
-                    outbox.mark_sent(s, message)
+                    outbox.mark_sent(message)
                     published += 1
             if failed or len(messages) < self.batch_size:
                 return published, failed

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from api.config import MiB
 from tests import media
-from tests.conftest import INPUT_BUCKET, MiB, count_rows
+from tests.conftest import INPUT_BUCKET, count_rows
 
 NOTHING = {"jobs": 0, "outbox": 0, "job_events": 0, "job_segments": 0}
 

@@ -58,6 +58,13 @@ def test_client_commands(embedded_service, inputs, capsys, tmp_path):
     assert (code, out.strip()) == (0, f"job {job_id} canceled")
     code, out, _ = run(capsys, "retry", job_id, "--api-url", url)
     assert (code, out.strip()) == (0, f"job {job_id} queued again; it resumes from clip 0")
+    code, out, _ = run(capsys, "status", job_id, "--events", "--api-url", url)
+    history = [line.split()[1:5] for line in out.splitlines()[-3:]]
+    assert history == [
+        ["created", "->", "queued", "submitted"],
+        ["canceled", "queued", "->", "canceled"],
+        ["retried", "canceled", "->", "queued"],
+    ]
 
     # a worker renders it (driven through the repository, as the render lifecycle will)
     services = services_of(embedded_service)
