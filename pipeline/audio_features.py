@@ -47,7 +47,10 @@ class AudioFeatures:
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers + 1
         self.dim = cfg.hidden_size
-        self._chunks: dict[int, torch.Tensor] = {}
+        # two chunk slots, allocated up front: chunk c lives in slot c % 2, so the pair of
+        # neighbours a block may straddle is always at hand
+        self._slots = torch.zeros(2, self.num_layers, chunk_frames, self.dim, device=self.device)
+        self._slot_chunk = [-1, -1]
 
     @property
     def device(self) -> torch.device:
@@ -78,15 +81,20 @@ class AudioFeatures:
 
     def _frames(self, first: int, end: int) -> torch.Tensor:
         """Hidden states of 50 Hz frames [first, end): [layers, end - first, dim] float32."""
-        c0, c1 = first // self.chunk_frames, (end - 1) // self.chunk_frames
-        parts = [self._chunk(c) for c in range(c0, c1 + 1)]
-        joined = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        offset = c0 * self.chunk_frames
-        return joined[:, first - offset : end - offset]
+        out = torch.empty(self.num_layers, end - first, self.dim, device=self.device)
+        at = first
+        while at < end:
+            c = at // self.chunk_frames
+            upto = min(end, (c + 1) * self.chunk_frames)
+            base = c * self.chunk_frames
+            out[:, at - first : upto - first] = self._chunk(c)[:, at - base : upto - base]
+            at = upto
+        return out
 
     @torch.no_grad()
     def _chunk(self, index: int) -> torch.Tensor:
-        if index not in self._chunks:
+        slot = index % 2
+        if self._slot_chunk[slot] != index:
             f0 = index * self.chunk_frames - self.context_frames
             n = self.chunk_frames + 2 * self.context_frames
             s0, s1 = f0 * HOP, (f0 + n - 1) * HOP + WINDOW
@@ -97,12 +105,12 @@ class AudioFeatures:
             param = next(self.model.parameters())
             x = torch.from_numpy(window).to(device=param.device, dtype=param.dtype).unsqueeze(0)
             hidden = self.model(x, output_hidden_states=True).hidden_states
-            states = torch.stack([h[0] for h in hidden]).float()  # [layers, n, dim]
-            keep = states[:, self.context_frames : self.context_frames + self.chunk_frames]
-            while len(self._chunks) >= 2:  # the stream only moves forward
-                self._chunks.pop(next(iter(self._chunks)))
-            self._chunks[index] = keep.contiguous()
-        return self._chunks[index]
+            for layer, h in enumerate(hidden):
+                self._slots[slot, layer] = h[
+                    0, self.context_frames : self.context_frames + self.chunk_frames
+                ]
+            self._slot_chunk[slot] = index
+        return self._slots[slot]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._chunks.values())
+        return self._slots.numel() * self._slots.element_size()

@@ -83,14 +83,12 @@ class Preset:
 
     def with_dit(self, **overrides: Any) -> Preset:
         """This preset with some DiT settings changed (benchmarks use a reduced depth)."""
-        dit = dataclasses.replace(self.dit, **overrides)
         if "num_layers" in overrides and "audio_inject_layers" not in overrides:
-            dit = dataclasses.replace(
-                dit,
-                audio_inject_layers=tuple(
-                    i for i in self.dit.audio_inject_layers if i < dit.num_layers
-                ),
+            depth = overrides["num_layers"]
+            overrides["audio_inject_layers"] = tuple(
+                i for i in self.dit.audio_inject_layers if i < depth
             )
+        dit = dataclasses.replace(self.dit, **overrides)
         return dataclasses.replace(self, dit=dit)
 
 

@@ -1,0 +1,138 @@
+"""Exact stream state: a stream cut at a clip boundary and restored elsewhere continues with
+the very frames it would have produced; seeds decide everything random."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import Generator, Waveform
+from pipeline import state as state_io
+from tests.pipeline.conftest import request, speech
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def six_clips(tiny) -> list[np.ndarray]:
+    return [c.frames for c in tiny.open(request(seconds=6.0, num_clips=6))]
+
+
+def test_six_clips_equal_three_then_restore_in_a_new_process(tiny, six_clips, tmp_path):
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    first = [next(stream).frames for _ in range(3)]
+    assert stream.next_clip == 3
+    buf = io.BytesIO()
+    state_io.save_state(stream.state_dict(), buf)
+    (tmp_path / "state.bin").write_bytes(buf.getvalue())
+
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, torch
+        from pipeline import Generator
+        from pipeline import state as state_io
+        from tests.pipeline.conftest import request
+        torch.set_num_threads(1)  # as the test session: same kernels, same bits
+        gen = Generator.from_preset("tiny", device="cpu", random_weights=True)
+        with open({str(tmp_path / "state.bin")!r}, "rb") as f:
+            sd = state_io.load_state(f.read())
+        stream = gen.open(request(seconds=6.0, num_clips=6), state=sd)
+        assert stream.next_clip == 3, stream.next_clip
+        frames = [c.frames for c in stream]
+        np.save({str(tmp_path / "rest.npy")!r}, np.stack(frames))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=300, env=_env())
+    rest = list(np.load(tmp_path / "rest.npy"))
+    assert len(first) + len(rest) == 6
+    for got, want in zip(first + rest, six_clips, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_checkpoint_directory_round_trip(tiny, six_clips, tmp_path):
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    for _ in range(4):
+        next(stream)
+    written = stream.checkpoint(tmp_path / "ckpt")
+    assert written[-1].name == "manifest.json"
+    names = {p.name for p in written}
+    assert {"sink.safetensors", "decoder.safetensors", "step-0.safetensors"} <= names
+    assert len([n for n in names if n.startswith("step-")]) == 4  # one shard per step
+
+    resumed = Generator.from_preset("tiny", device="cpu", random_weights=True).open(
+        request(seconds=6.0, num_clips=6), resume_from=tmp_path / "ckpt"
+    )
+    assert [c.index for c in resumed] == [4, 5]
+    resumed = Generator.from_preset("tiny", device="cpu", random_weights=True).open(
+        request(seconds=6.0, num_clips=6), resume_from=tmp_path / "ckpt"
+    )
+    for clip in resumed:
+        assert np.array_equal(clip.frames, six_clips[clip.index])
+
+
+def test_a_directory_without_manifest_is_not_a_checkpoint(tiny, tmp_path):
+    stream = tiny.open(request(seconds=2.0, num_clips=2))
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="manifest.json is missing"):
+        tiny.open(request(seconds=2.0, num_clips=2), resume_from=tmp_path / "ckpt")
+
+
+def test_resume_refuses_a_different_request(tiny):
+    stream = tiny.open(request(seconds=2.0, num_clips=2))
+    next(stream)
+    state = stream.state_dict()
+    for change in (dict(seed=8), dict(prompt="someone else"), dict(sample_steps=3)):
+        with pytest.raises(ValueError, match="different request") as err:
+            tiny.open(request(seconds=2.0, num_clips=2, **change), state=state)
+        assert next(iter(change)) in str(err.value).replace("prompt_sha256", "prompt")
+    other_audio = request(seconds=2.0, num_clips=2, audio=Waveform(speech(2.0) * 0.5))
+    with pytest.raises(ValueError, match="audio_sha256"):
+        tiny.open(other_audio, state=state)
+
+
+def test_state_is_portable_data(tiny, tmp_path):
+    stream = tiny.open(request(seconds=2.0, num_clips=2))
+    next(stream)
+    sd = stream.state_dict()
+    assert all(t.device.type == "cpu" for t in sd["tensors"].values())
+    json.dumps(sd["meta"])  # plain metadata
+    state_io.save_state(sd, tmp_path / "s.safetensors")
+    raw = (tmp_path / "s.safetensors").read_bytes()
+    assert b"pickle" not in raw[:4096] and raw[8:9] == b"{"  # a safetensors JSON header
+    back = state_io.load_state(tmp_path / "s.safetensors")
+    assert back["meta"] == sd["meta"]
+    assert set(back["tensors"]) == set(sd["tensors"])
+    with pytest.raises(ValueError, match="not a longtake stream state"):
+        state_io.load_state(b"\x00" * 16)
+
+
+def test_same_seed_same_frames_other_seed_other_frames(tiny):
+    a = [c.frames for c in tiny.open(request(seconds=1.0, num_clips=2, seed=11))]
+    b = [c.frames for c in tiny.open(request(seconds=1.0, num_clips=2, seed=11))]
+    c = [c.frames for c in tiny.open(request(seconds=1.0, num_clips=2, seed=12))]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not any(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_opening_a_stream_closes_the_previous_one(tiny):
+    first = tiny.open(request(seconds=1.0, num_clips=1))
+    tiny.open(request(seconds=1.0, num_clips=1))
+    with pytest.raises(RuntimeError, match="closed"):
+        next(first)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
