@@ -47,9 +47,9 @@ class EncoderSettings:
     """libx264 settings shared by every segment of a job (segments with different settings
     cannot be joined by stream copy).
 
-    ``veryfast`` encodes 720x400 at well over 100 frames/s on 2 cores (ops/bench/stitch.py),
-    comfortably ahead of a generator producing ~50 frames/s. ``gop`` is the keyframe interval
-    in frames (default: 2 s); ``threads`` 0 lets x264 choose from the core count.
+    ``veryfast`` encodes 720x400 at well over 100 frames/s on 2 cores (ops/bench/stitch.py,
+    docs/benchmarks.md), ahead of a generator producing ~50 frames/s. ``gop_seconds`` is the
+    fixed keyframe interval; ``threads`` 0 lets x264 choose from the core count.
     """
 
     preset: str = "veryfast"
