@@ -81,7 +81,8 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     database = Database(settings.database_url)
     relay = OutboxRelay(
         database,
-        CeleryDispatcher(make_celery_app(settings.celery_config())),
+        # publishes by task name: no task modules, so the relay never imports the render stack
+        CeleryDispatcher(make_celery_app(settings.celery_config(), task_modules=())),
         redispatch_after_s=settings.redispatch_after_s,
     )
     stop = threading.Event()

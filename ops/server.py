@@ -108,7 +108,8 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
         services.on_job_queued = process.runner.wake
         services.readiness["runner"] = process.runner.ping
     else:
-        dispatcher = CeleryDispatcher(make_celery_app(settings.celery_config()))
+        # publishes by task name: no task modules, so the API never imports the render stack
+        dispatcher = CeleryDispatcher(make_celery_app(settings.celery_config(), task_modules=()))
         services.readiness["broker"] = dispatcher.ping
         if relay:
             process.relay = OutboxRelay(
