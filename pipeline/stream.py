@@ -236,15 +236,24 @@ class Stream:
 
     # ---- state ---------------------------------------------------------------------------
 
-    def state_dict(self) -> state_io.StateDict:
-        """Everything needed to continue exactly, on the host: call between clips."""
+    def state_dict(self, pin_memory: bool = False) -> state_io.StateDict:
+        """Everything needed to continue exactly, on the host: call between clips.
+
+        pin_memory: copy GPU tensors into page-locked host memory (faster transfers; a writer
+        thread can then save them while the GPU goes on).
+        """
         self._check_open()
         if self.decode_mode == "offline":
             raise RuntimeError("offline decode keeps no resumable state")
         g = self.geometry
+        pin = pin_memory and self._device.type == "cuda"
 
         def host(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to("cpu", copy=True)
+            if not pin:
+                return t.detach().to("cpu", copy=True)
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out.copy_(t, non_blocking=True)
+            return out
 
         tensors = {
             "sink.ref_keys": host(self.sink_keys.ref),
@@ -255,6 +264,8 @@ class Stream:
             tensors[f"step.{i}.ring"] = host(cache.ring)
         dec_tensors, dec_meta = self.decoder.state_dict()
         tensors.update({f"decoder.{k}": host(v) for k, v in dec_tensors.items()})
+        if pin:
+            torch.cuda.synchronize(self._device)
         meta: dict[str, Any] = {
             "next_clip": self.next_clip,
             "request": self.fingerprint,

@@ -18,7 +18,10 @@ from pipeline.model.layers import CrossAttention
 
 
 class CausalConv1d(nn.Module):
-    """Conv1d over time that sees only the past (left padding by edge replication)."""
+    """Conv1d over time that sees only the past (left padding by edge replication).
+
+    Runs in the input's dtype (the audio path is float32 even when the weights are bf16).
+    """
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 3, stride: int = 1):
         super().__init__()
@@ -26,7 +29,9 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T]
-        return self.conv(F.pad(x, (self.left_pad, 0), mode="replicate"))
+        x = F.pad(x, (self.left_pad, 0), mode="replicate")
+        conv = self.conv
+        return F.conv1d(x, conv.weight.to(x.dtype), conv.bias.to(x.dtype), conv.stride)
 
 
 class AudioMotionEncoder(nn.Module):
@@ -61,10 +66,12 @@ class AudioMotionEncoder(nn.Module):
         local = local.unflatten(1, (self.num_tokens, -1)).flatten(0, 1)  # [B*n, C/4, T]
         local = self._compress(local)  # [B*n, T', C]
         local = local.unflatten(0, (b, self.num_tokens)).transpose(1, 2)  # [B, T', n, C]
-        pad = self.padding_tokens.expand(b, local.shape[1], 1, -1)
+        pad = self.padding_tokens.to(local.dtype).expand(b, local.shape[1], 1, -1)
         local = torch.cat([local, pad], dim=2)
 
-        glob = self.final_linear(self._compress(self.conv1_global(x)))  # [B, T', C]
+        glob = self._compress(self.conv1_global(x))  # [B, T', C]
+        lin = self.final_linear
+        glob = F.linear(glob, lin.weight.to(glob.dtype), lin.bias.to(glob.dtype))
         return glob.unsqueeze(2), local
 
 
