@@ -1,4 +1,6 @@
-"""The schema: jobs, their append-only event history, the outbox, and rendered segments.
+"""The schema: jobs, their append-only event history, the outbox, and rendered segments; the
+tenants that own jobs and their API keys; batches and uploaded inputs; webhooks and the
+durable queue of their deliveries.
 
 The row in `jobs` is the source of truth for a render; broker messages are only wake-ups.
 Types are chosen to work on both PostgreSQL and SQLite (the embedded mode).
@@ -12,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.states import JobStatus
 
@@ -95,6 +97,15 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     output_key: Mapped[str | None] = mapped_column(sa.String(1024))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    """sha256 of the submitted request (parameters and input digests): an Idempotency-Key
+    sent again with a different request is a conflict, not a replay."""
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("batches.id", ondelete="SET NULL")
+    )
+    output_meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    """What the output is: bytes, sha256, frames, duration_s (recorded at success, or
+    measured once on the first request for the result)."""
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -108,6 +119,10 @@ class Job(Base):
         sa.UniqueConstraint("tenant", "idempotency_key"),
         # claim_next: the best queued job (highest priority, then oldest)
         sa.Index("ix_jobs_claim", "status", sa.desc("priority"), "created_at"),
+        # fair share: the best queued job of each tenant, running jobs per tenant, quotas
+        sa.Index("ix_jobs_fair", "status", "tenant", sa.desc("priority"), "created_at", "id"),
+        # batch status and cancel
+        sa.Index("ix_jobs_batch", "batch_id", "status"),
         # listings: a tenant's jobs, newest first (scanned backwards)
         sa.Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         # the reaper: leases that may have expired
@@ -133,6 +148,9 @@ class JobEvent(Base):
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     worker_id: Mapped[str | None] = mapped_column(sa.String(255))
     attempt: Mapped[int | None] = mapped_column(sa.Integer)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    """Facts of the event as plain data: progress (clips, frames, fps, clip time), the
+    checkpoint's clip and cost, a segment's size and digest. Metrics are derived from it."""
 
     __table_args__ = (sa.Index("ix_job_events_job", "job_id", "id"),)
 
@@ -178,3 +196,143 @@ class JobSegment(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64))
     attempt: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Tenant(Base):
+    """A customer account: owns jobs, API keys and webhooks. Limits left NULL take the
+    server's defaults."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    max_queued_jobs: Mapped[int | None] = mapped_column(sa.Integer)
+    """Jobs this tenant may have unfinished (queued, running or stitching) at once."""
+    max_image_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_audio_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_audio_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    webhook_secret: Mapped[str] = mapped_column(sa.String(128))
+    """Signs the tenant's webhooks that were registered without a secret of their own."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer token of one tenant. Only its sha256 is stored: tokens are 256-bit random,
+    so a fast hash is as safe as a slow one and keeps authentication cheap."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.ForeignKey("tenants.name", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(255), default="")
+    token_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    rate_limit_per_s: Mapped[float | None] = mapped_column(sa.Float)
+    """Requests per second (bursts of twice that); NULL: the server default; 0: unlimited."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index("ix_api_keys_tenant", "tenant"),)
+
+
+class Batch(Base):
+    """Jobs submitted together: status and cancel act on all of them."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str | None] = mapped_column(sa.String(255))
+    jobs_total: Mapped[int] = mapped_column(sa.Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "idempotency_key"),
+        sa.Index("ix_batches_tenant_created", "tenant", "created_at", "id"),
+    )
+
+
+class Upload(Base):
+    """A validated input stored once and referenced by any number of jobs (`upl_...` ids).
+    Content-addressed per tenant: the same bytes uploaded again are the same upload."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    kind: Mapped[str] = mapped_column(sa.String(8))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    key: Mapped[str] = mapped_column(sa.String(1024))
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    info: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    """What inspection found: width/height/format, or duration/codec/sample rate/channels."""
+    source: Mapped[str | None] = mapped_column(sa.String(2048))
+    """The s3:// reference it was imported from, if any."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("kind").in_(("image", "audio")), name="kind"),
+        sa.UniqueConstraint("tenant", "kind", "sha256"),
+    )
+
+
+class Webhook(Base):
+    """Where to POST a tenant's job events: for all its jobs (job_id NULL) or for one job."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONDoc)
+    secret: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.Index("ix_webhooks_tenant_job", "tenant", "job_id"),)
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: a durable queue entry and its delivery log.
+
+    Written in the transaction that appended the event, so no event is ever missed; worked
+    by the delivery loop with retries and backoff until delivered or out of attempts.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(sa.ForeignKey("job_events.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    """The body without its event id (added at send time: the id exists after the insert)."""
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    event: Mapped[JobEvent] = relationship()
+
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("status").in_(DELIVERY_STATUSES), name="status"),
+        sa.UniqueConstraint("webhook_id", "event_id"),
+        sa.Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        ),
+        sa.Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+        sa.Index("ix_webhook_deliveries_job", "job_id", "id"),
+    )

@@ -7,12 +7,17 @@ change status go through `_transition`, which checks the table in `db.states` an
 and act only while that worker still holds that attempt's lease: a worker that lost its lease
 (and whose job may already run elsewhere) cannot overwrite anything.
 
+Events are the system's history and its feed: the SSE stream, webhooks and the render metrics
+all read `job_events`. Progress events are appended at a bounded rate per job (see
+`update_progress`), so a worker can report after every clip without flooding them.
+
 Times come from the application clock in UTC; pass `now` to control it in tests.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,10 +25,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from db import webhooks
 from db.models import Job, JobEvent, JobSegment, OutboxMessage, utcnow
 from db.states import LEASED, TERMINAL, IllegalTransition, JobStatus, check_transition
 
 RENDER_TOPIC = "render"
+PROGRESS_EVENT_INTERVAL_S = 1.0
+"""At most one `progress` event per job this often (the job row always has the latest)."""
 
 
 class JobNotFound(LookupError):
@@ -65,6 +73,8 @@ class NewJob:
     max_attempts: int
     priority: int = 0
     idempotency_key: str | None = None
+    request_hash: str | None = None
+    batch_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -140,19 +150,22 @@ def _event(
     from_status: JobStatus | None = None,
     to_status: JobStatus | None = None,
     worker_id: str | None = None,
-) -> None:
-    session.add(
-        JobEvent(
-            job_id=job.id,
-            at=now,
-            event=event,
-            from_status=from_status.value if from_status else None,
-            to_status=to_status.value if to_status else None,
-            reason=reason,
-            worker_id=worker_id,
-            attempt=job.attempt,
-        )
+    data: Mapping[str, Any] | None = None,
+) -> JobEvent:
+    row = JobEvent(
+        job_id=job.id,
+        at=now,
+        event=event,
+        from_status=from_status.value if from_status else None,
+        to_status=to_status.value if to_status else None,
+        reason=reason,
+        worker_id=worker_id,
+        attempt=job.attempt,
+        data=dict(data) if data is not None else None,
     )
+    session.add(row)
+    webhooks.fan_out(session, job, row)  # deliveries commit (or roll back) with the event
+    return row
 
 
 def _enqueue(session: Session, job: Job, reason: str, now: datetime) -> None:
@@ -169,6 +182,7 @@ def _transition(
     now: datetime,
     worker_id: str | None = None,
     action: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> None:
     current = job.job_status
     check_transition(job.id, current, target, action or event)
@@ -188,7 +202,15 @@ def _transition(
         job.finished_at = now
         job.eta_s = None
     _event(
-        session, job, event, reason, now, from_status=current, to_status=target, worker_id=worker_id
+        session,
+        job,
+        event,
+        reason,
+        now,
+        from_status=current,
+        to_status=target,
+        worker_id=worker_id,
+        data=data,
     )
 
 
@@ -274,6 +296,8 @@ def create_job(session: Session, new: NewJob, *, now: datetime | None = None) ->
         max_attempts=new.max_attempts,
         cancel_requested=False,
         idempotency_key=new.idempotency_key,
+        request_hash=new.request_hash,
+        batch_id=new.batch_id,
         created_at=now,
         updated_at=now,
     )
@@ -303,11 +327,14 @@ def list_jobs(
     statuses: list[JobStatus] | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 50,
+    batch_id: uuid.UUID | None = None,
 ) -> list[Job]:
     """Newest first. `before` is the (created_at, id) of the last job of the previous page."""
     stmt = sa.select(Job)
     if tenant is not None:
         stmt = stmt.where(Job.tenant == tenant)
+    if batch_id is not None:
+        stmt = stmt.where(Job.batch_id == batch_id)
     if statuses:
         stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
     if before is not None:
@@ -322,8 +349,17 @@ def list_jobs(
     return list(session.scalars(stmt))
 
 
-def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
-    stmt = sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+def list_events(
+    session: Session, job_id: uuid.UUID, *, after_id: int | None = None, limit: int | None = None
+) -> list[JobEvent]:
+    """The job's events in order. Ids grow with every event of a job (its transactions hold
+    the job's row lock), so `after_id` resumes a feed where it stopped."""
+    stmt = sa.select(JobEvent).where(JobEvent.job_id == job_id)
+    if after_id is not None:
+        stmt = stmt.where(JobEvent.id > after_id)
+    stmt = stmt.order_by(JobEvent.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return list(session.scalars(stmt))
 
 
@@ -433,9 +469,23 @@ def claim_next(
     tenant: str | None = None,
     now: datetime | None = None,
 ) -> Lease | None:
-    """Take the best queued job: highest priority, then oldest. Concurrent callers each get a
-    different job (`FOR UPDATE SKIP LOCKED`; on SQLite the transaction is serialised)."""
+    """Take the best queued job: highest priority; among equals, the tenant with the fewest
+    running jobs (fair share: one tenant's bulk upload cannot starve another's single job);
+    then the oldest. Concurrent callers each get a different job (`FOR UPDATE SKIP LOCKED`;
+    on SQLite the transaction is serialised). `tenant` restricts the choice to one tenant.
+    """
     now = _now(now)
+    candidates = [] if tenant is not None else _fair_share_candidates(session)
+    for job_id in candidates:
+        job = session.scalars(
+            sa.select(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if job is not None:
+            return _take(session, job, worker_id, lease_s, now)
+    # one tenant only, or every candidate was just taken by concurrent claimers
     stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value)
     if tenant is not None:
         stmt = stmt.where(Job.tenant == tenant)
@@ -449,6 +499,36 @@ def claim_next(
     if job is None:
         return None
     return _take(session, job, worker_id, lease_s, now)
+
+
+# Each tenant with queued jobs (found by skipping through the ix_jobs_fair index, one probe per
+# tenant), its best queued job and its running count; best first. Costs one index probe per
+# tenant, however many jobs are queued.
+_FAIR_SHARE = sa.text(
+    """
+    WITH RECURSIVE queued_tenants(tenant) AS (
+        SELECT (SELECT min(tenant) FROM jobs WHERE status = 'queued')
+        UNION ALL
+        SELECT (SELECT min(j.tenant) FROM jobs j WHERE j.status = 'queued' AND j.tenant > q.tenant)
+        FROM queued_tenants q WHERE q.tenant IS NOT NULL
+    ),
+    best AS (
+        SELECT
+            (SELECT b.id FROM jobs b WHERE b.status = 'queued' AND b.tenant = q.tenant
+             ORDER BY b.priority DESC, b.created_at, b.id LIMIT 1) AS job_id,
+            (SELECT count(*) FROM jobs r WHERE r.status IN ('running', 'stitching')
+             AND r.tenant = q.tenant) AS running
+        FROM queued_tenants q WHERE q.tenant IS NOT NULL
+    )
+    SELECT jobs.id FROM best JOIN jobs ON jobs.id = best.job_id
+    ORDER BY jobs.priority DESC, best.running, jobs.created_at, jobs.id
+    LIMIT 16
+    """
+).columns(id=sa.Uuid)
+
+
+def _fair_share_candidates(session: Session) -> list[uuid.UUID]:
+    return list(session.scalars(_FAIR_SHARE))
 
 
 def heartbeat(
@@ -485,19 +565,56 @@ def update_progress(
     frames_done: int,
     fps: float | None = None,
     eta_s: float | None = None,
+    clip_s: float | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Record progress; False when the lease is lost (nothing is written then)."""
+    """Record progress; False when the lease is lost (nothing is written then).
+
+    `clip_s` is how long the last clip took. A `progress` event is appended when the clip
+    count changed and the job's previous one is at least PROGRESS_EVENT_INTERVAL_S old (the
+    last clip and a new attempt always get one).
+    """
     now = _now(now)
-    result = session.execute(
-        sa.update(Job)
-        .where(*_owned_filter(job_id, worker_id, attempt))
-        .values(
-            clips_done=clips_done, frames_done=frames_done, fps=fps, eta_s=eta_s, updated_at=now
+    try:
+        job = _lock_owned(session, job_id, worker_id, attempt)
+    except LeaseLost:
+        return False
+    job.clips_done = clips_done
+    job.frames_done = frames_done
+    job.fps = fps
+    job.eta_s = eta_s
+    job.updated_at = now
+    last = session.execute(
+        sa.select(JobEvent.at, JobEvent.attempt, JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.event == "progress")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).one_or_none()
+    due = (
+        last is None
+        or last.attempt != attempt
+        or (
+            (last.data or {}).get("clips_done") != clips_done
+            and (
+                (now - last.at).total_seconds() >= PROGRESS_EVENT_INTERVAL_S
+                or clips_done >= job.clips_total
+            )
         )
-        .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if due:
+        infer_frames = int(job.params.get("infer_frames", 0))
+        data = {
+            "clips_done": clips_done,
+            "clips_total": job.clips_total,
+            "frames_done": frames_done,
+            "frames_total": job.clips_total * infer_frames,
+            "fps": fps,
+            "eta_s": eta_s,
+            "clip_s": clip_s,
+        }
+        reason = f"clip {clips_done} of {job.clips_total}"
+        _event(session, job, "progress", reason, now, worker_id=worker_id, data=data)
+    return True
 
 
 def record_checkpoint(
@@ -507,9 +624,14 @@ def record_checkpoint(
     attempt: int,
     clip: int,
     *,
+    duration_s: float | None = None,
+    bytes: int | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """The checkpoint after `clip` clips is complete (its manifest exists): resume from here."""
+    """The checkpoint after `clip` clips is complete (its manifest exists): resume from here.
+
+    `duration_s` (what writing it cost the render) and `bytes` (its size) feed the metrics.
+    """
     if clip < 0:
         raise ValueError(f"checkpoint clip must be >= 0, got {clip}")
     now = _now(now)
@@ -519,7 +641,16 @@ def record_checkpoint(
         return False
     job.last_checkpoint_clip = clip
     job.updated_at = now
-    _event(session, job, "checkpoint", f"checkpoint at clip {clip}", now, worker_id=worker_id)
+    data = {"clip": clip, "duration_s": duration_s, "bytes": bytes}
+    _event(
+        session,
+        job,
+        "checkpoint",
+        f"checkpoint at clip {clip}",
+        now,
+        worker_id=worker_id,
+        data=data,
+    )
     return True
 
 
@@ -550,6 +681,17 @@ def record_segment(
     row.sha256 = segment.sha256
     row.attempt = attempt
     row.created_at = now
+    data = {
+        "index": segment.index,
+        "key": segment.key,
+        "first_clip": segment.first_clip,
+        "clips": segment.clips,
+        "frames": segment.frames,
+        "bytes": segment.bytes,
+        "sha256": segment.sha256,
+    }
+    reason = f"segment {segment.index} uploaded ({segment.clips} clips)"
+    _event(session, job, "segment", reason, now, worker_id=worker_id, data=data)
     return True
 
 
@@ -655,10 +797,16 @@ def mark_succeeded(
     attempt: int,
     output_key: str,
     *,
+    output: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Job:
+    """The output is stored. `output` describes it: {"bytes", "sha256", "frames",
+    "duration_s"} (the API measures what is missing on the first request for the result)."""
     now = _now(now)
     job = _lock_owned(session, job_id, worker_id, attempt)
+    job.output_key = output_key
+    job.output_meta = dict(output) if output is not None else None
+    job.error = None
     _transition(
         session,
         job,
@@ -667,10 +815,19 @@ def mark_succeeded(
         reason=f"output stored at {output_key}",
         now=now,
         worker_id=worker_id,
+        data={"output_key": output_key, **(output or {})},
     )
-    job.output_key = output_key
-    job.error = None
     return job
+
+
+def set_output_meta(session: Session, job_id: uuid.UUID, output: Mapping[str, Any]) -> None:
+    """Store what was measured about a succeeded job's output."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id)
+        .values(output_meta=dict(output))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def mark_failed(

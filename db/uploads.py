@@ -1,0 +1,74 @@
+"""Uploaded inputs: validated once, stored once, referenced by any number of jobs."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db.models import Upload, utcnow
+
+
+def new_upload_id() -> str:
+    return f"upl_{secrets.token_hex(12)}"
+
+
+def is_upload_id(value: str) -> bool:
+    return value.startswith("upl_")
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    id: str
+    tenant: str
+    kind: str
+    sha256: str
+    key: str
+    bytes: int
+    info: dict[str, Any]
+    source: str | None = None
+
+
+def get_upload(session: Session, upload_id: str, *, tenant: str) -> Upload | None:
+    return session.scalars(
+        sa.select(Upload).where(Upload.id == upload_id, Upload.tenant == tenant)
+    ).one_or_none()
+
+
+def get_uploads(session: Session, upload_ids: list[str], *, tenant: str) -> dict[str, Upload]:
+    if not upload_ids:
+        return {}
+    rows = session.scalars(
+        sa.select(Upload).where(Upload.id.in_(upload_ids), Upload.tenant == tenant)
+    )
+    return {row.id: row for row in rows}
+
+
+def find_by_digest(session: Session, *, tenant: str, kind: str, sha256: str) -> Upload | None:
+    return session.scalars(
+        sa.select(Upload).where(
+            Upload.tenant == tenant, Upload.kind == kind, Upload.sha256 == sha256
+        )
+    ).one_or_none()
+
+
+def add_upload(session: Session, new: NewUpload, *, now: datetime | None = None) -> Upload:
+    """Insert the record; the unique (tenant, kind, sha256) surfaces a concurrent twin here."""
+    upload = Upload(
+        id=new.id,
+        tenant=new.tenant,
+        kind=new.kind,
+        sha256=new.sha256,
+        key=new.key,
+        bytes=new.bytes,
+        info=new.info,
+        source=new.source,
+        created_at=now or utcnow(),
+    )
+    session.add(upload)
+    session.flush()
+    return upload

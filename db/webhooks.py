@@ -1,0 +1,290 @@
+"""Webhooks: which job events they receive, the fan-out of an event into deliveries, and the
+durable delivery queue the delivery loop works.
+
+A delivery row is written in the same transaction as the event it carries, so an event that
+happened is never missed, whatever crashes afterwards. The delivery loop takes due rows under a
+short lease (`next_attempt_at` moved past the request's timeout), posts them, and records the
+outcome; a loop that dies mid-request leaves the row to be taken again when the lease runs out.
+That is at-least-once delivery: receivers deduplicate on the event id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobEvent, Webhook, WebhookDelivery, utcnow
+
+WEBHOOK_EVENTS = ("started", "checkpoint", "succeeded", "failed", "canceled")
+"""What a webhook can subscribe to. `started` is every claim (a resumed job starts again,
+with its attempt number in the payload)."""
+
+
+def new_webhook_id() -> str:
+    return f"wh_{secrets.token_hex(12)}"
+
+
+def new_secret() -> str:
+    return f"whsec_{secrets.token_urlsafe(32)}"
+
+
+def webhook_type(event: JobEvent) -> str | None:
+    """The webhook event a job event is, or None for events webhooks do not carry."""
+    if event.event == "claimed":
+        return "started"
+    if event.event == "checkpoint":
+        return "checkpoint"
+    if event.to_status in ("succeeded", "failed", "canceled"):
+        return event.to_status
+    return None
+
+
+def job_snapshot(job: Job) -> dict[str, Any]:
+    """The job as a webhook payload shows it (GET /v1/jobs/{id} has the rest)."""
+    return {
+        "id": str(job.id),
+        "batch_id": str(job.batch_id) if job.batch_id else None,
+        "status": job.status,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "clips_done": job.clips_done,
+        "clips_total": job.clips_total,
+        "frames_done": job.frames_done,
+        "last_checkpoint_clip": job.last_checkpoint_clip,
+        "error": job.error,
+        "output_key": job.output_key,
+    }
+
+
+def fan_out(session: Session, job: Job, event: JobEvent) -> int:
+    """Queue one delivery of `event` per active webhook that wants it; returns how many."""
+    kind = webhook_type(event)
+    if kind is None:
+        return 0
+    hooks = session.scalars(
+        sa.select(Webhook).where(
+            Webhook.tenant == job.tenant,
+            Webhook.disabled_at.is_(None),
+            sa.or_(Webhook.job_id.is_(None), Webhook.job_id == job.id),
+        )
+    ).all()  # (autoflush inserts the event first, so it has its id below)
+    wanted = [hook for hook in hooks if kind in hook.events]
+    if not wanted:
+        return 0
+    if event.id is None:
+        session.flush([event])
+    payload = {
+        "id": event.id,
+        "type": kind,
+        "created_at": event.at.isoformat(),
+        "reason": event.reason,
+        "data": event.data,
+        "job": job_snapshot(job),
+    }
+    for hook in wanted:
+        session.add(
+            WebhookDelivery(
+                webhook_id=hook.id,
+                event_id=event.id,
+                job_id=job.id,
+                event_type=kind,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=event.at,
+                created_at=event.at,
+            )
+        )
+    return len(wanted)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def create_webhook(
+    session: Session,
+    *,
+    tenant: str,
+    url: str,
+    events: Iterable[str],
+    secret: str,
+    job_id: uuid.UUID | None = None,
+    now: datetime | None = None,
+) -> Webhook:
+    events = list(dict.fromkeys(events))
+    unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
+    if unknown or not events:
+        raise ValueError(
+            f"unknown webhook events {unknown}; choose from {', '.join(WEBHOOK_EVENTS)}"
+            if unknown
+            else "a webhook needs at least one event"
+        )
+    hook = Webhook(
+        id=new_webhook_id(),
+        tenant=tenant,
+        job_id=job_id,
+        url=url,
+        events=events,
+        secret=secret,
+        created_at=now or utcnow(),
+    )
+    session.add(hook)
+    return hook
+
+
+def get_webhook(session: Session, webhook_id: str, *, tenant: str) -> Webhook | None:
+    return session.scalars(
+        sa.select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant == tenant)
+    ).one_or_none()
+
+
+def list_webhooks(
+    session: Session, *, tenant: str, job_id: uuid.UUID | None = None, include_job: bool = False
+) -> list[Webhook]:
+    """The tenant's active webhooks: tenant-wide ones, plus one job's (or every job's)."""
+    stmt = sa.select(Webhook).where(Webhook.tenant == tenant, Webhook.disabled_at.is_(None))
+    if job_id is not None:
+        stmt = stmt.where(Webhook.job_id == job_id)
+    elif not include_job:
+        stmt = stmt.where(Webhook.job_id.is_(None))
+    return list(session.scalars(stmt.order_by(Webhook.created_at, Webhook.id)))
+
+
+def disable_webhook(session: Session, hook: Webhook, *, now: datetime | None = None) -> None:
+    """No new deliveries; pending ones are dropped by the delivery loop."""
+    if hook.disabled_at is None:
+        hook.disabled_at = now or utcnow()
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    webhook_id: str | None = None,
+    job_id: uuid.UUID | None = None,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> list[WebhookDelivery]:
+    """The delivery log, oldest first, one page at a time (`after_id`: the last one seen)."""
+    stmt = sa.select(WebhookDelivery)
+    if webhook_id is not None:
+        stmt = stmt.where(WebhookDelivery.webhook_id == webhook_id)
+    if job_id is not None:
+        stmt = stmt.where(WebhookDelivery.job_id == job_id)
+    if after_id is not None:
+        stmt = stmt.where(WebhookDelivery.id > after_id)
+    return list(session.scalars(stmt.order_by(WebhookDelivery.id).limit(limit)))
+
+
+# --------------------------------------------------------------------------- delivery queue
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """What the delivery loop needs to make one attempt."""
+
+    id: int
+    webhook_id: str
+    url: str
+    secret: str
+    event_id: int
+    event_type: str
+    payload: dict[str, Any]
+    attempt: int
+    """1 for the first attempt."""
+
+
+def take_due(
+    session: Session, *, lease_s: float, limit: int = 50, now: datetime | None = None
+) -> list[DueDelivery]:
+    """Due deliveries, leased to the caller for `lease_s` (longer than its request timeout).
+
+    Deliveries of webhooks disabled since are marked failed instead. Rows another loop has
+    locked are skipped (`SKIP LOCKED`; the transaction is serialised on SQLite).
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        sa.select(WebhookDelivery, Webhook)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=WebhookDelivery)
+    ).all()
+    due = []
+    for delivery, hook in rows:
+        if hook.disabled_at is not None:
+            delivery.status = "failed"
+            delivery.last_error = "the webhook was disabled"
+            continue
+        delivery.attempts += 1
+        delivery.last_attempt_at = now
+        delivery.next_attempt_at = now + timedelta(seconds=lease_s)
+        due.append(
+            DueDelivery(
+                id=delivery.id,
+                webhook_id=hook.id,
+                url=hook.url,
+                secret=hook.secret,
+                event_id=delivery.event_id,
+                event_type=delivery.event_type,
+                payload=delivery.payload,
+                attempt=delivery.attempts,
+            )
+        )
+    return due
+
+
+def record_attempt(
+    session: Session,
+    delivery_id: int,
+    *,
+    attempt: int,
+    status_code: int | None,
+    error: str | None,
+    retry_in_s: float | None,
+    now: datetime | None = None,
+) -> None:
+    """The outcome of one attempt. Success when `error` is None; otherwise the delivery is
+    tried again in `retry_in_s` seconds, or given up when that is None.
+
+    An outcome for an attempt that is no longer the current one (the lease ran out and another
+    loop took the delivery) is ignored.
+    """
+    now = now or utcnow()
+    delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+    if delivery is None or delivery.attempts != attempt or delivery.status != "pending":
+        return
+    delivery.last_status_code = status_code
+    delivery.last_attempt_at = now
+    if error is None:
+        delivery.status = "delivered"
+        delivery.delivered_at = now
+        delivery.last_error = None
+    elif retry_in_s is None:
+        delivery.status = "failed"
+        delivery.last_error = error[:2000]
+    else:
+        delivery.last_error = error[:2000]
+        delivery.next_attempt_at = now + timedelta(seconds=retry_in_s)
+
+
+def next_due_in(session: Session, *, now: datetime | None = None) -> float | None:
+    """Seconds until the next pending delivery is due (0 if one is due now); None if none."""
+    now = now or utcnow()
+    first = session.scalar(
+        sa.select(sa.func.min(WebhookDelivery.next_attempt_at)).where(
+            WebhookDelivery.status == "pending"
+        )
+    )
+    if first is None:
+        return None
+    if first.tzinfo is None:  # min() on SQLite bypasses the column type
+        first = datetime.fromisoformat(str(first)).replace(tzinfo=now.tzinfo)
+    return max(0.0, (first - now).total_seconds())
