@@ -7,7 +7,7 @@ padded with silence where the speech ends before the last frame. ``-movflags +fa
 puts the index first so players can start before the download ends.
 
 Encoding an hour of AAC costs more CPU than the whole stream copy (ffmpeg's AAC encoder runs
-about 40-120x real time on one core), so the worker encodes the audio track with
+about 30-45x real time on one core for speech, ops/bench/stitch.py), so the worker encodes the audio track with
 ``prepare_audio`` while the video renders; ``stitch`` then only copies it.
 """
 
