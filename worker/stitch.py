@@ -6,9 +6,9 @@ an hour stitches in seconds. The audio is muxed once, as AAC, cut to the video's
 padded with silence where the speech ends before the last frame. ``-movflags +faststart``
 puts the index first so players can start before the download ends.
 
-Encoding an hour of AAC costs more CPU than the whole stream copy (ffmpeg's AAC encoder runs
-about 30-45x real time on one core for speech, ops/bench/stitch.py), so the worker encodes the audio track with
-``prepare_audio`` while the video renders; ``stitch`` then only copies it.
+Encoding an hour of AAC costs far more than the whole stream copy (ffmpeg's AAC encoder runs
+about 30-45x real time on one core for speech; docs/benchmarks.md), so the worker encodes the
+audio track with ``prepare_audio`` while the video renders; ``stitch`` then only copies it.
 """
 
 from __future__ import annotations
