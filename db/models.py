@@ -315,6 +315,8 @@ class WebhookDelivery(Base):
     """The body without its event id (added at send time: the id exists after the insert)."""
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    """Attempts that failed (refused, timed out or answered with an error)."""
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status_code: Mapped[int | None] = mapped_column(sa.Integer)

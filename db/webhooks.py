@@ -98,6 +98,7 @@ def fan_out(session: Session, job: Job, event: JobEvent) -> int:
                 payload=payload,
                 status="pending",
                 attempts=0,
+                failures=0,
                 next_attempt_at=event.at,
                 created_at=event.at,
             )
@@ -267,12 +268,13 @@ def record_attempt(
         delivery.status = "delivered"
         delivery.delivered_at = now
         delivery.last_error = None
-    elif retry_in_s is None:
-        delivery.status = "failed"
-        delivery.last_error = error[:2000]
     else:
+        delivery.failures += 1
         delivery.last_error = error[:2000]
-        delivery.next_attempt_at = now + timedelta(seconds=retry_in_s)
+        if retry_in_s is None:
+            delivery.status = "failed"
+        else:
+            delivery.next_attempt_at = now + timedelta(seconds=retry_in_s)
 
 
 def next_due_in(session: Session, *, now: datetime | None = None) -> float | None:

@@ -159,8 +159,8 @@ def test_the_delivery_queue_leases_retries_and_gives_up(db, create_job):
             s, due.id, attempt=2, status_code=None, error="refused", retry_in_s=None, now=at(14)
         )
         (row,) = webhooks.list_deliveries(s, webhook_id=hook.id)
-    assert (row.status, row.attempts, row.last_error, row.delivered_at) == (
-        "failed", 2, "refused", None,
+    assert (row.status, row.attempts, row.failures, row.last_error, row.delivered_at) == (
+        "failed", 2, 2, "refused", None,
     )  # fmt: skip
     assert take(100) == []
 

@@ -131,6 +131,7 @@ def upgrade() -> None:
         sa.Column("payload", JSONDoc, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", UTC, nullable=False),
         sa.Column("last_attempt_at", UTC, nullable=True),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
