@@ -4,6 +4,7 @@
     jobs/<job_id>/segments/<index:05d>.mp4        one segment per checkpoint interval
     jobs/<job_id>/checkpoints/<clip:06d>/...      stream state at a clip boundary + manifest.json
     jobs/<job_id>/output.mp4                       the stitched video with its audio track
+    uploads/<upload_id>.<ext>                      an input shared by any number of jobs
 
 Keys are relative to the storage's own prefix and use `/` separators.
 """
@@ -101,3 +102,15 @@ def checkpoint_manifest_key(job_id: uuid.UUID, clip: int) -> str:
 
 def output_key(job_id: uuid.UUID) -> str:
     return f"{job_prefix(job_id)}output.mp4"
+
+
+_UPLOAD_ID = re.compile(r"^upl_[a-z0-9]{8,36}$")
+
+
+def upload_key(upload_id: str, ext: str) -> str:
+    """An uploaded input, referenced by the jobs that use it (their image_key / audio_key)."""
+    if not _UPLOAD_ID.match(upload_id):
+        raise ValueError(f"upload id must look like upl_<hex>, got {upload_id!r}")
+    if not _EXT.match(ext):
+        raise ValueError(f"file extension must be 1-8 lowercase letters or digits, got {ext!r}")
+    return f"uploads/{upload_id}.{ext}"
