@@ -4,6 +4,11 @@ The relay thread drains the outbox (and reaps expired leases) exactly as the sta
 does, but "publishes" into an in-process queue; the worker thread takes job ids from it and
 calls the handler, one job at a time. Without a handler nothing is dispatched: jobs stay
 queued, their outbox rows unsent, until a process with a handler runs.
+
+The default handler (`make_render_handler`) is the render lifecycle itself, the same one a
+Celery worker runs: `longtake serve --embedded` renders end to end on SQLite, local storage
+and the configured model (tiny, on the CPU, unless configured otherwise). Stopping the runner
+asks a handler that can (`request_shutdown`) to release its job after the current clip.
 """
 
 from __future__ import annotations
@@ -13,13 +18,26 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from db.database import Database
+from storage.base import Storage
 from worker.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
-JobHandler = Callable[[uuid.UUID], None]
+JobHandler = Callable[[uuid.UUID], Any]
+
+
+class WorkerSettings(Protocol):
+    def worker_config(self) -> Any: ...
+
+
+def make_render_handler(settings: WorkerSettings, database: Database, storage: Storage) -> Any:
+    """The embedded handler: the render lifecycle, configured by `settings.worker_config()`."""
+    from worker.lifecycle import Lifecycle
+
+    return Lifecycle(settings.worker_config(), database, storage)
 
 
 class EmbeddedRunner:
@@ -69,9 +87,13 @@ class EmbeddedRunner:
             thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop both threads; a running job is asked to release itself and given `timeout`."""
         self._stop.set()
         self._wake.set()
         self._jobs.put(None)
+        request_shutdown = getattr(self.handler, "request_shutdown", None)
+        if request_shutdown is not None:
+            request_shutdown()
         for thread in self._threads:
             thread.join(timeout)
 

@@ -1,0 +1,243 @@
+"""Closing an interval in the background: segment, checkpoint, then one database record.
+
+Every N clips the render hands the interval it just finished (its segment encoder and the
+stream state captured at that clip) to an `IntervalCommitter` and goes on generating. On the
+committer's thread, in this order:
+
+    1. close the segment encoder (it finishes encoding the interval's last frames)
+    2. upload the segment to jobs/<id>/segments/<index:05d>.mp4 (a fixed key: idempotent)
+    3. write the stream state to local files and upload them under
+       jobs/<id>/checkpoints/<clip:06d>/, manifest.json last
+    4. one transaction, guarded by the lease: the segment's row and `last_checkpoint_clip`
+    5. delete the previous checkpoint (and any garbage) from storage
+
+The database is the only resume point, and it moves only in step 4, after everything it points
+at is stored: a crash at any instant leaves either the previous consistent point or the new
+one, never a checkpoint that points past a segment that was not uploaded. What a crash leaves
+in storage past the recorded point is overwritten by the next attempt or pruned in step 5.
+
+One interval is in flight at a time: the render waits for the previous commit only if it is
+still running when the next boundary comes, which is also what bounds host memory to one
+captured state.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from db import repository as repo
+from db.database import Database
+from pipeline import state as state_io
+from storage import keys
+from storage.base import Storage
+from worker.backoff import with_retries
+from worker.checkpoints import prune_checkpoints, upload_checkpoint
+from worker.config import WorkerConfig
+from worker.faults import FaultPlan
+from worker.provenance import iter_frame_hashes
+from worker.segments import SegmentEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Interval:
+    """The segment being encoded: clips [first_clip, first_clip + clips)."""
+
+    index: int
+    first_clip: int
+    encoder: SegmentEncoder
+    clips: int = 0
+
+
+@dataclass
+class SegmentRef:
+    """A recorded segment, and where its file is on this machine once it is there."""
+
+    index: int
+    key: str
+    first_clip: int
+    clips: int
+    frames: int
+    bytes: int
+    sha256: str
+    path: Path | None = None
+    frame_hashes: list[str] | None = None
+
+    @property
+    def end_clip(self) -> int:
+        return self.first_clip + self.clips
+
+
+@dataclass
+class CommitTiming:
+    end_clip: int
+    seconds: float
+    checkpoint_bytes: int
+
+
+@dataclass
+class _Commit:
+    interval: Interval
+    end_clip: int
+    state: dict[str, Any] | None
+    """The stream state at `end_clip`; None at the end of the job (nothing left to resume)."""
+    render_cost_s: float
+    """What this boundary cost the generator (state capture, waiting for the previous commit)."""
+
+
+@dataclass
+class IntervalCommitter:
+    config: WorkerConfig
+    database: Database
+    storage: Storage
+    job_id: uuid.UUID
+    attempt: int
+    scratch: Path
+    faults: FaultPlan
+    stop: threading.Event
+    """Set when the attempt ends early (lost lease, failure): retries stop waiting."""
+    committed: list[SegmentRef] = field(default_factory=list)
+    timings: list[CommitTiming] = field(default_factory=list)
+    _executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="interval-commit")
+    )
+    _pending: Future[SegmentRef] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None and not self._pending.done()
+
+    def submit(
+        self,
+        interval: Interval,
+        end_clip: int,
+        state: dict[str, Any] | None,
+        *,
+        render_cost_s: float = 0.0,
+    ) -> None:
+        """Commit `interval` in the background (the previous commit must be finished)."""
+        if self._pending is not None:
+            raise RuntimeError("the previous interval is still being committed; wait() first")
+        commit = _Commit(interval, end_clip, state, render_cost_s)
+        self._pending = self._executor.submit(self._commit, commit)
+
+    def wait(self) -> None:
+        """Wait for the commit in flight, if any; raise what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.committed.append(pending.result())
+
+    def raise_if_failed(self) -> None:
+        """Between clips: surface a failed commit without waiting for a running one."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def shutdown(self) -> None:
+        """Stop: the commit in flight is waited for (its errors are only logged)."""
+        try:
+            self.wait()
+        except Exception as exc:
+            log.warning("job %s: the last interval was not committed: %s", self.job_id, exc)
+        self._executor.shutdown(wait=True)
+
+    # -- the committer's thread --------------------------------------------------------
+
+    def _commit(self, c: _Commit) -> SegmentRef:
+        started = time.monotonic()
+        policy = self.config.storage_retry
+        interval = c.interval
+        info = interval.encoder.close()
+        frame_hashes = list(iter_frame_hashes(info.path))
+        key = keys.segment_key(self.job_id, interval.index)
+        with_retries(
+            lambda: self.storage.put_file(key, info.path, "video/mp4"),
+            f"upload {key}",
+            policy,
+            stop=self.stop,
+        )
+        self.faults.hit("segment_upload")
+
+        checkpoint_bytes = 0
+        if c.state is not None:
+            local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
+            shutil.rmtree(local, ignore_errors=True)
+            state_io.write_checkpoint(c.state, local)
+            c.state = None  # the host copy of the state can go as soon as it is on disk
+            checkpoint_bytes = upload_checkpoint(
+                self.storage,
+                self.job_id,
+                c.end_clip,
+                local,
+                policy,
+                after_first_file=lambda: self.faults.hit("checkpoint_write"),
+                stop=self.stop,
+            )
+            shutil.rmtree(local, ignore_errors=True)
+
+        segment = repo.SegmentRecord(
+            index=interval.index,
+            key=key,
+            first_clip=interval.first_clip,
+            clips=interval.clips,
+            frames=info.frames,
+            bytes=info.bytes,
+            sha256=info.sha256,
+        )
+        held = with_retries(
+            lambda: self._record(segment, c, checkpoint_bytes),
+            f"record the checkpoint at clip {c.end_clip}",
+            self.config.database_retry,
+            stop=self.stop,
+        )
+        if not held:
+            raise repo.LeaseLost(self.job_id, self.config.worker_id, self.attempt)
+        try:
+            prune_checkpoints(self.storage, self.job_id, c.end_clip, policy, stop=self.stop)
+        except Exception as exc:  # garbage only: the next boundary or the end prunes it
+            log.warning("job %s: could not prune old checkpoints: %s", self.job_id, exc)
+        seconds = time.monotonic() - started
+        self.timings.append(CommitTiming(c.end_clip, seconds, checkpoint_bytes))
+        log.info(
+            "job %s: segment %d (clips %d-%d) and checkpoint at clip %d committed in %.2f s",
+            self.job_id,
+            interval.index,
+            interval.first_clip,
+            c.end_clip - 1,
+            c.end_clip,
+            seconds,
+        )
+        return SegmentRef(
+            index=segment.index,
+            key=key,
+            first_clip=segment.first_clip,
+            clips=segment.clips,
+            frames=segment.frames,
+            bytes=segment.bytes,
+            sha256=segment.sha256,
+            path=info.path,
+            frame_hashes=frame_hashes,
+        )
+
+    def _record(self, segment: repo.SegmentRecord, c: _Commit, checkpoint_bytes: int) -> bool:
+        worker_id = self.config.worker_id
+        with self.database.transaction() as s:
+            if not repo.record_segment(s, self.job_id, worker_id, self.attempt, segment):
+                return False
+            return repo.record_checkpoint(
+                s,
+                self.job_id,
+                worker_id,
+                self.attempt,
+                c.end_clip,
+                duration_s=c.render_cost_s,
+                bytes=checkpoint_bytes,
+            )

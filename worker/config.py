@@ -1,0 +1,107 @@
+"""The render worker's configuration: typed values built by ops/settings.py from LONGTAKE_*."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.segments import EncoderSettings
+from worker.stitch import AudioSettings
+from worker.watermark import WatermarkSpec
+
+
+def default_worker_id() -> str:
+    """host:pid: unique per process, so a restarted worker is never mistaken for a dead one."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_scratch_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "longtake-worker"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for operations on external services (S3, the database).
+
+    The delays double from ``base_delay_s`` up to ``max_delay_s``; ``attempts`` counts the
+    first try. The defaults ride out about a minute of unavailability.
+    """
+
+    attempts: int = 7
+    base_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be at least 1, got {self.attempts}")
+        if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
+            raise ValueError("retry delays must satisfy 0 <= base_delay_s <= max_delay_s")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th failure (1-based)."""
+        return min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1))
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which generator a worker process loads (once, at its first job).
+
+    ``factory`` names a plug-in, ``module:function`` called with this spec that returns an
+    engine (anything with ``open(request, resume_from=...) -> stream``, see worker/engine.py);
+    None builds ``pipeline.Generator.from_preset(preset, ...)``.
+    """
+
+    preset: str = "tiny"
+    device: str = "auto"
+    """"auto" (the first GPU if there is one, else the CPU), "cpu", "cuda", "cuda:1", ..."""
+    checkpoint_dir: Path = Path("checkpoints")
+    """Released weights (unused by the tiny preset, which has random weights)."""
+    random_weights: bool = False
+    factory: str | None = None
+    torch_threads: int = 0
+    """CPU threads of torch (0: torch's default). Renders are bit-identical only between
+    processes with the same device, dtype and thread count."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str = field(default_factory=default_worker_id)
+    lease_s: float = 120.0
+    heartbeat_s: float | None = None
+    """Seconds between heartbeats; None: a quarter of the lease, so three can be missed."""
+    progress_interval_s: float = 1.0
+    """Progress is written at a clip boundary at most this often (and at every checkpoint):
+    clips slower than this write every clip, a tiny model's fast clips every few."""
+    soft_shutdown_timeout_s: float = 60.0
+    """What a shutdown (SIGTERM) leaves the job: it checkpoints the clips since the last
+    checkpoint only if the previous checkpoint took well under this long."""
+    scratch_dir: Path = field(default_factory=default_scratch_dir)
+    """Local working files: segments being encoded, checkpoint files, the stitched output."""
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
+    """The operator's default mark; a job's ``params["watermark"]`` overrides its fields."""
+    watermark_allowed: bool = True
+    """False disables the mark for every job, whatever the job asks."""
+    keep_segments: bool = False
+    """Keep the segments in storage after the output is stored (they hold the same frames)."""
+    storage_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    database_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fault: str | None = None
+    """Fault injection for the crash tests (worker/faults.py); None in production."""
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {self.lease_s}")
+        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_s:
+            raise ValueError(
+                f"heartbeat_s must be positive and shorter than the lease ({self.lease_s} s)"
+            )
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 4
