@@ -377,6 +377,8 @@ def embedded_env(tmp_path: Path, monkeypatch) -> Path:
         if name.startswith("LONGTAKE_") and not name.startswith("LONGTAKE_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LONGTAKE_DATA_DIR", str(data))
+    # no job handler unless a test sets one: jobs stay queued for the test to drive
+    monkeypatch.setenv("LONGTAKE_EMBEDDED_HANDLER", "")
     return data
 
 
@@ -385,7 +387,8 @@ def embedded_service(embedded_env: Path) -> Iterator:
     """A running embedded service (SQLite, local files, in-process runner) on a free port.
 
     Yields the BackgroundServer; `.process.app.state.services` holds its components and the
-    URL is `http://127.0.0.1:<port>`. Set LONGTAKE_EMBEDDED_HANDLER first to give it a handler.
+    URL is `http://127.0.0.1:<port>`. It has no job handler (jobs stay queued) unless the test
+    sets LONGTAKE_EMBEDDED_HANDLER first.
     """
     from ops.server import BackgroundServer, build
     from ops.settings import Settings
