@@ -78,21 +78,26 @@ def check_worker(name: str, timeout_s: float = 3.0) -> str:
     return f"worker {name} answered"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="longtake container health checks")
     sub = parser.add_subparsers(dest="role", required=True)
     sub.add_parser("api", help="the API's /readyz")
     sub.add_parser("relay", help="the outbox relay's database and broker")
     p = sub.add_parser("worker", help="this container's render worker")
     p.add_argument("--name", default=None, help="the worker's node name (default render@HOST)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     p = sub.add_parser("url", help="an HTTP endpoint")
     p.add_argument("url")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     checks: dict[str, Callable[[], str]] = {
         "api": check_api,
         "relay": check_relay,
-        "worker": lambda: check_worker(args.name or default_worker_name()),
+        "worker": lambda: check_worker(args.name or default_worker_name(), args.timeout),
         "url": lambda: check_url(args.url),
     }
     try:

@@ -15,13 +15,16 @@ github.com/compose-spec/compose-spec (Apache-2.0) at commit 170098ba07d9.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -29,6 +32,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
+
+
+def load_script(name: str) -> ModuleType:
+    """docker/<name>.py, imported by path (docker/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"docker_{name}", DOCKER / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------- compose
