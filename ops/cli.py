@@ -56,10 +56,24 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from db.database import Database
+    from worker import tasks
+    from worker.lifecycle import Lifecycle
+
+    # Built in the worker at its first job: database, storage and (lazily) the model.
+    tasks.install(
+        app,
+        lambda: Lifecycle(
+            settings.worker_config(), Database(settings.database_url), settings.make_storage()
+        ),
+    )
+    # One thread runs the task (the model lives in this process, never forked); the main
+    # thread keeps answering pings and handling signals while an hour-long render runs.
     app.worker_main(
         [
             "worker",
             f"--queues={ca.RENDER_QUEUE}",
+            "--pool=threads",
             "--concurrency=1",
             f"--loglevel={args.log_level.upper()}",
             "--task-events",
@@ -67,6 +81,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.provenance import main_verify
+
+    return main_verify(args.video, args.manifest)
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
@@ -310,6 +330,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = add("worker", cmd_worker, "run a render worker (Celery, queue `render`, one job at a time)")
     p.add_argument("--name", default="render@%h", help="worker node name (default %(default)s)")
     p.add_argument("--log-level", default="info")
+
+    p = add(
+        "verify",
+        cmd_verify,
+        "check that VIDEO is the rendered output its provenance MANIFEST describes",
+    )
+    p.add_argument("video", type=Path)
+    p.add_argument("manifest", type=Path)
 
     p = add("relay", cmd_relay, "publish queued wake-ups to the broker and requeue lost jobs")
     p.add_argument("--log-level", default="info")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,9 @@ from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Reader, S3Storage, make_client
 from storage.signing import UrlSigner
 from worker.celery_app import CeleryConfig
+
+if TYPE_CHECKING:
+    from worker.config import WorkerConfig
 
 
 class Settings(BaseSettings):
@@ -67,10 +70,36 @@ class Settings(BaseSettings):
     redispatch_after_s: float = 3600
     soft_shutdown_timeout_s: float = 60
 
+    # render worker
+    model_preset: str = "tiny"
+    """`tiny` (random weights, CPU-friendly) or `liveavatar-14b` (weights under model_dir)."""
+    model_device: str = "auto"
+    model_dir: Path = Path("checkpoints")
+    model_random_weights: bool = False
+    """Build the preset with random weights (benchmarks; speed does not depend on values)."""
+    engine_factory: str | None = None
+    """`module:function` building another engine (e.g. multi-GPU) from the worker's EngineSpec."""
+    torch_threads: int = 0
+    scratch_dir: Path | None = None
+    """The worker's local working files (default: <tmp>/longtake-worker; embedded: data_dir)."""
+    heartbeat_s: float | None = None
+    progress_interval_s: float = 1.0
+    encoder_preset: str = "veryfast"
+    encoder_crf: int = 20
+    watermark_enabled: bool = True
+    """False turns the visible "AI-generated" mark off for every job."""
+    watermark_text: str = "AI-generated"
+    watermark_corner: str = "bottom-right"
+    keep_segments: bool = False
+    """Keep the segments in storage after a job succeeds (the output holds the same frames)."""
+    fault: str | None = None
+    """Crash injection for the fault-tolerance tests (worker/faults.py); never in production."""
+
     # embedded mode
     data_dir: Path = Path("var")
-    embedded_handler: str | None = None
-    """`module:function` returning the job handler of embedded mode, given these settings."""
+    embedded_handler: str | None = "worker.embedded:make_render_handler"
+    """`module:function` returning the job handler of embedded mode, given these settings
+    (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
     @field_validator("allowed_input_buckets", mode="before")
     @classmethod
@@ -87,6 +116,7 @@ class Settings(BaseSettings):
                 "database_url": f"sqlite:///{data / 'longtake.sqlite3'}",
                 "storage_backend": "local",
                 "storage_dir": data / "storage",
+                "scratch_dir": self.scratch_dir or data / "scratch",
             }
         )
 
@@ -128,6 +158,32 @@ class Settings(BaseSettings):
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
+        )
+
+    def worker_config(self) -> WorkerConfig:
+        from worker.config import EngineSpec, WorkerConfig, default_scratch_dir
+        from worker.segments import EncoderSettings
+        from worker.watermark import WatermarkSpec
+
+        return WorkerConfig(
+            lease_s=self.lease_s,
+            heartbeat_s=self.heartbeat_s,
+            progress_interval_s=self.progress_interval_s,
+            soft_shutdown_timeout_s=self.soft_shutdown_timeout_s,
+            scratch_dir=self.scratch_dir or default_scratch_dir(),
+            engine=EngineSpec(
+                preset=self.model_preset,
+                device=self.model_device,
+                checkpoint_dir=self.model_dir,
+                random_weights=self.model_random_weights,
+                factory=self.engine_factory,
+                torch_threads=self.torch_threads,
+            ),
+            encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
+            watermark=WatermarkSpec(text=self.watermark_text, corner=self.watermark_corner),  # type: ignore[arg-type]
+            watermark_allowed=self.watermark_enabled,
+            keep_segments=self.keep_segments,
+            fault=self.fault,
         )
 
     def celery_config(self) -> CeleryConfig:
