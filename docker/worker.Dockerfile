@@ -92,8 +92,8 @@ RUN pip install --no-deps /src \
  && install -m 0644 /src/docker/healthcheck.py /app/docker/ \
  && rm -rf /src
 
-# An unprivileged user. /app/checkpoints is the mount point of the weights (read-only);
-# without weights there the worker runs the `tiny` preset and says so in its log.
+# An unprivileged user. /app/checkpoints is the mount point of the weights (read-only), the
+# default LONGTAKE_MODEL_DIR (`checkpoints` under the working directory).
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/longtake longtake \
  && install -d -o longtake -g longtake /app/var \
  && install -d -m 0755 /app/checkpoints

@@ -211,15 +211,42 @@ def test_services_are_configured_to_reach_each_other(env, monkeypatch):
         ), name
 
 
-def test_the_cpu_worker_has_the_same_configuration_as_the_gpu_worker():
+MODEL = ("LONGTAKE_MODEL_PRESET", "LONGTAKE_MODEL_DIR", "LONGTAKE_MODEL_DEVICE")
+
+
+def test_the_cpu_worker_has_the_same_configuration_as_the_gpu_worker_but_the_model():
     """compose.cpu.yaml repeats the shared variables (anchors do not cross files)."""
     for env in ({}, {"POSTGRES_PASSWORD": "x", "MINIO_ROOT_PASSWORD": "y"}):
         project = compose(*CPU, env=env)
-        assert project.environment("worker-cpu") == project.environment("worker")
-        assert project.environment("worker") == {
+        gpu, cpu = project.environment("worker"), project.environment("worker-cpu")
+        assert {k: v for k, v in cpu.items() if k not in MODEL} == {
+            k: v for k, v in gpu.items() if k not in MODEL
+        }
+        assert {k: v for k, v in gpu.items() if k not in MODEL} == {
             **project.environment("api"),
             "LONGTAKE_SOFT_SHUTDOWN_TIMEOUT_S": "300",
         }
+
+
+def test_workers_load_the_model_they_are_meant_to(monkeypatch):
+    """The GPU worker: the published weights from its read-only mount, on a GPU or not at all.
+    The CPU worker: the tiny preset on the CPU."""
+    from pipeline.presets import PRESETS
+
+    project = compose(*CPU)
+    gpu = settings_for(monkeypatch, project.environment("worker")).worker_config().engine
+    assert gpu.preset == "liveavatar-14b" and gpu.preset in PRESETS
+    assert gpu.device == "cuda" and gpu.factory is None
+    mounts = [v.split(":") for v in project.config["services"]["worker"]["volumes"]]
+    assert [str(gpu.checkpoint_dir), "ro"] in [m[1:] for m in mounts]
+
+    cpu = settings_for(monkeypatch, project.environment("worker-cpu")).worker_config().engine
+    assert (cpu.preset, cpu.device, cpu.random_weights) == ("tiny", "cpu", False)
+
+    node = settings_for(
+        monkeypatch, compose(*NODE, env=NODE_ENV).environment("worker")
+    ).worker_config()
+    assert node.engine == gpu
 
 
 # --------------------------------------------------------------------------- start order, health
