@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,19 @@ class ApiClientError(Exception):
 
 
 class LongtakeClient:
-    def __init__(self, base_url: str, *, timeout: float = 60.0, transport: Any = None):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: Any = None,
+    ):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -39,13 +51,17 @@ class LongtakeClient:
         except httpx.TransportError as e:
             raise ApiClientError(f"cannot reach the API at {self.base_url}: {e}") from None
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                code, message = error["code"], error["message"]
-            except (ValueError, KeyError, TypeError):
-                code, message = None, response.text[:500] or response.reason_phrase
-            raise ApiClientError(message, response.status_code, code)
+            self._raise(response)
         return response
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
+        try:
+            error = response.json()["error"]
+            code, message = error["code"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = None, response.text[:500] or response.reason_phrase
+        raise ApiClientError(message, response.status_code, code)
 
     def submit(
         self,
@@ -87,6 +103,65 @@ class LongtakeClient:
     def result(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}/result").json()
 
+    def segments(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/segments").json()
+
+    def upload(self, path: Path, kind: str) -> dict[str, Any]:
+        """Store an image or audio file once; the same bytes give back the same upload."""
+        with path.open("rb") as f:
+            files = {"file": (path.name, f)}
+            return self._request("POST", "/v1/uploads", files=files, data={"kind": kind}).json()
+
+    def create_batch(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/batches", json=body, headers=headers).json()
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/batches/{batch_id}").json()
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/batches/{batch_id}/cancel").json()
+
+    def follow(
+        self,
+        job_id: str,
+        *,
+        last_event_id: int | None = None,
+        timeout: float | None = None,
+        reconnect_delay: float = 1.0,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's Server-Sent Events as (event name, data): its history after
+        `last_event_id`, then live. Reconnects with Last-Event-ID when the connection drops,
+        so no event is lost or repeated. Raises TimeoutError once `timeout` seconds pass."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = str(last_event_id)
+            remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
+            read_timeout = 60.0 if remaining is None else min(60.0, remaining)
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=read_timeout),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        self._raise(response)
+                    for name, event_id, data in _parse_sse(response.iter_lines()):
+                        if event_id is not None:
+                            last_event_id = event_id
+                        yield name, data
+            except (httpx.TransportError, httpx.StreamError):
+                pass  # dropped or timed out: reconnect where we were, unless time is up
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no end of job {job_id} within {timeout} s")
+            time.sleep(reconnect_delay)
+
     def download(self, url: str, dest: Path) -> int:
         """Stream a (presigned) URL to `dest`; returns the bytes written."""
         partial = dest.with_name(dest.name + ".partial")
@@ -122,3 +197,22 @@ class LongtakeClient:
                     f"the API at {self.base_url} did not come up in {timeout:.0f} s"
                 )
             time.sleep(0.1)
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, int | None, dict[str, Any]]]:
+    """(event, id, data) per Server-Sent Event; comments and `retry:` lines are skipped."""
+    name, event_id, data = "message", None, []
+    for line in lines:
+        if not line:
+            if data:
+                yield name, event_id, json.loads("\n".join(data))
+            name, event_id, data = "message", None, []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "id" and value.isdigit():
+            event_id = int(value)
+        elif field == "data":
+            data.append(value)

@@ -29,12 +29,38 @@ class InputLimits:
 @dataclass(frozen=True)
 class ApiConfig:
     tenant: str = "default"
-    """Every job belongs to this tenant until API keys map requests to tenants."""
+    """The tenant of every request when authentication is off."""
+    auth_required: bool = True
+    """Requests need `Authorization: Bearer <API key>`; off only for a loopback server."""
+    auth_cache_s: float = 5.0
+    """How long a key lookup is reused: a revoked key stops working within this time."""
     limits: InputLimits = field(default_factory=InputLimits)
+    """The input limits of tenants that have none of their own."""
+    max_request_bytes: int | None = None
+    """No request body may exceed this (default: what the largest upload needs)."""
+    max_json_bytes: int = MiB
+    max_batch_bytes: int = 32 * MiB
+    max_batch_jobs: int = 10_000
+    max_queued_jobs: int = 100_000
+    """Unfinished (queued, running, stitching) jobs a tenant may have at once, by default."""
+    rate_limit_per_s: float = 50.0
+    """Requests per second per API key by default (0: unlimited); bursts of twice that."""
     allowed_input_buckets: tuple[str, ...] = ()
     """Buckets that `s3://` input references may name; empty disables references."""
     max_attempts: int = 3
     checkpoint_every: int = 10
     """Clips between checkpoints when a request does not say."""
     presign_expires_s: int = 3600
+    """Default lifetime of result and segment URLs."""
+    presign_max_s: int = 7 * 24 * 3600
+    """The longest lifetime a client may ask for (S3 signatures last at most 7 days)."""
     max_page_size: int = 200
+    sse_poll_s: float = 0.5
+    """How often an event stream looks for new events."""
+    sse_keepalive_s: float = 15.0
+
+    @property
+    def request_cap(self) -> int:
+        return self.max_request_bytes or max(
+            self.limits.max_request_bytes, self.max_batch_bytes, self.max_json_bytes
+        )

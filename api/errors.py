@@ -14,12 +14,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -45,11 +53,51 @@ def pydantic_error(errors: list[Any]) -> ApiError:
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
+# What the documented error answers look like (OpenAPI), for `responses=` on the routes.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+        }
+    },
+}
+_ERROR_TEXT = {
+    400: "the request cannot be parsed",
+    401: "no valid API key (`Authorization: Bearer <key>`)",
+    404: "no such resource for this tenant",
+    409: "a conflict with the resource's state or an earlier request",
+    411: "an upload without Content-Length",
+    413: "the body or a file is over the limits",
+    415: "an unsupported Content-Type",
+    422: "a value is wrong; the message says which and why",
+    429: "over the rate limit (see Retry-After) or the tenant's queued-job limit",
+    503: "a dependency (database, storage) is unreachable; retry later",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses (401, 422 and 429 always)."""
+    return {
+        status: {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
+        }
+        for status in sorted({401, 422, 429, *statuses})
+    }
+
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

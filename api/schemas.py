@@ -6,14 +6,41 @@ import secrets
 import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.config import InputLimits
 from db.models import Job, JobEvent
+from db.webhooks import WEBHOOK_EVENTS
 from pipeline import params as P
 
 TO_END_OF_AUDIO = {"", "audio", "to_end_of_audio", "null", "none"}
+
+
+def check_webhook_url(url: str) -> str:
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("a webhook URL must be an absolute http:// or https:// URL")
+    if len(url) > 2048:
+        raise ValueError("a webhook URL may have at most 2048 characters")
+    return url
+
+
+def check_webhook_events(events: list[str]) -> list[str]:
+    unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+    if unknown or not events:
+        raise ValueError(
+            f"webhook events must be some of {', '.join(WEBHOOK_EVENTS)}"
+            + (f"; {unknown[0]!r} is not one" if unknown else "")
+        )
+    return list(dict.fromkeys(events))
+
+
+def check_webhook_secret(secret: str) -> str:
+    if not 16 <= len(secret) <= 128:
+        raise ValueError("a webhook secret must have 16 to 128 characters")
+    return secret
 
 
 class JobRequest(BaseModel):
@@ -31,8 +58,25 @@ class JobRequest(BaseModel):
     seed: int | None = Field(None, description="Fixes the output; a random one when omitted.")
     checkpoint_every: int | None = Field(None, description="Clips between checkpoints.")
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
-    image: str | None = Field(None, description="s3://bucket/key of the portrait (JSON requests).")
-    audio: str | None = Field(None, description="s3://bucket/key of the speech (JSON requests).")
+    image: str | None = Field(
+        None, description="The portrait by reference (JSON): s3://bucket/key or an upload id."
+    )
+    audio: str | None = Field(
+        None, description="The speech by reference (JSON): s3://bucket/key or an upload id."
+    )
+    webhook_url: str | None = Field(
+        None, description="POST this job's events to this http(s) URL, signed (see docs/api.md)."
+    )
+    webhook_events: list[str] | None = Field(
+        None,
+        description="Which events the webhook receives (a list, or comma-separated): any of "
+        + ", ".join(WEBHOOK_EVENTS)
+        + "; all when omitted.",
+    )
+    webhook_secret: str | None = Field(
+        None, description="Signs this job's deliveries (16 to 128 characters); the tenant's "
+        "webhook secret (GET /v1/webhooks/secret) when omitted.",
+    )  # fmt: skip
 
     @staticmethod
     def _limits(info: ValidationInfo) -> InputLimits:
@@ -94,6 +138,28 @@ class JobRequest(BaseModel):
             raise ValueError(f"checkpoint_every must be between 1 and {limit} clips")
         return v
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_webhook_url(v)
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _webhook_events_words(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [e.strip() for e in v.split(",") if e.strip()]
+        return v
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_webhook_events(v)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v: str | None) -> str | None:
+        return None if v is None else check_webhook_secret(v)
+
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(2**31)
 
@@ -112,6 +178,7 @@ class JobOut(BaseModel):
     id: uuid.UUID
     status: str
     priority: int
+    batch_id: uuid.UUID | None
     params: dict[str, Any]
     inputs: dict[str, str]
     progress: Progress
@@ -133,6 +200,7 @@ class JobOut(BaseModel):
             id=job.id,
             status=job.status,
             priority=job.priority,
+            batch_id=job.batch_id,
             params=job.params,
             inputs={"image": job.image_key, "audio": job.audio_key},
             progress=Progress(
@@ -159,6 +227,7 @@ class JobOut(BaseModel):
                 "cancel": f"{base}/cancel",
                 "retry": f"{base}/retry",
                 "result": f"{base}/result",
+                "segments": f"{base}/segments",
             },
         )
 
@@ -169,6 +238,7 @@ class JobList(BaseModel):
 
 
 class EventOut(BaseModel):
+    id: int = Field(description="Increases with every event of a job; the SSE event id.")
     at: datetime
     event: str
     from_status: str | None
@@ -176,10 +246,14 @@ class EventOut(BaseModel):
     reason: str
     worker_id: str | None
     attempt: int | None
+    data: dict[str, Any] | None = Field(
+        description="Facts of the event: progress, the checkpoint's clip, a segment's size..."
+    )
 
     @classmethod
     def of(cls, e: JobEvent) -> EventOut:
         return cls(
+            id=e.id,
             at=e.at,
             event=e.event,
             from_status=e.from_status,
@@ -187,6 +261,7 @@ class EventOut(BaseModel):
             reason=e.reason,
             worker_id=e.worker_id,
             attempt=e.attempt,
+            data=e.data,
         )
 
 
@@ -194,7 +269,34 @@ class EventList(BaseModel):
     events: list[EventOut]
 
 
+class OutputMeta(BaseModel):
+    bytes: int
+    sha256: str
+    frames: int | None
+    duration_s: float | None
+
+
 class ResultOut(BaseModel):
     url: str
     expires_in_s: int
     output_key: str
+    output: OutputMeta
+
+
+class SegmentOut(BaseModel):
+    index: int
+    first_clip: int
+    clips: int
+    frames: int
+    bytes: int
+    sha256: str
+    url: str
+    created_at: datetime
+
+
+class SegmentList(BaseModel):
+    job_id: uuid.UUID
+    status: str
+    clips_total: int
+    expires_in_s: int
+    segments: list[SegmentOut] = Field(description="Finished segments in order, with URLs.")

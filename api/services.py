@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -11,6 +13,11 @@ from api.config import ApiConfig
 from db.database import Database
 from storage.base import Storage
 from storage.s3 import S3Reader
+
+if TYPE_CHECKING:
+    from api.auth import Authenticator
+    from api.metrics import Metrics
+    from api.ratelimit import RateLimiter
 
 
 @dataclass
@@ -24,6 +31,25 @@ class Services:
     """Called after a job (and its outbox row) is committed, e.g. to wake the relay at once."""
     readiness: dict[str, Callable[[], None]] = field(default_factory=dict)
     """Named checks for /readyz: each raises when its dependency is unreachable."""
+    rate_limiter: RateLimiter | Any = None
+    """Per-key token buckets; in memory unless given (Redis when API processes share them)."""
+    authenticator: Authenticator | Any = None
+    metrics: Metrics | Any = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the process shuts down: open event streams end."""
+
+    def __post_init__(self) -> None:
+        # built here by default so that tests and embedded mode need to pass nothing
+        from api.auth import Authenticator
+        from api.metrics import Metrics
+        from api.ratelimit import MemoryRateLimiter
+
+        if self.rate_limiter is None:
+            self.rate_limiter = MemoryRateLimiter()
+        if self.authenticator is None:
+            self.authenticator = Authenticator(self.database, self.config)
+        if self.metrics is None:
+            self.metrics = Metrics(self.database)
 
     def job_queued(self) -> None:
         if self.on_job_queued is not None:

@@ -2,10 +2,16 @@
 
 Nothing is stored before every check has passed; if writing the job fails afterwards, the
 stored inputs are deleted again. A rejected request leaves no row, no object, no message.
+
+Idempotency: a request with an `Idempotency-Key` is fingerprinted (its parameters and the
+sha256 of its files, or the references it names). The same key with the same fingerprint
+returns the first job; with another fingerprint it is a 409. Concurrent twins race on the
+unique (tenant, idempotency_key) constraint: one inserts, the others find its job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -16,27 +22,39 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Request
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.auth import Caller
 from api.errors import ApiError, pydantic_error
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
+from api.limits import declared_length, read_json_object
+from api.references import (
+    LocalInput,
+    StoredInput,
+    check_stored,
+    copy_upload,
+    download_reference,
+    load_uploads,
+    reference_kind,
+)
 from api.schemas import JobRequest
 from api.services import Services
 from db import repository as repo
+from db import tenants, webhooks
 from db.models import Job
 from pipeline import params as P
 from storage import keys
-from storage.base import ObjectNotFound, StorageError
-from storage.s3 import parse_s3_uri
+from storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
-JSON_BODY_LIMIT = 1024 * 1024
 FORM_FIELD_LIMIT = 256 * 1024
 IDEMPOTENCY_KEY_MAX = 255
-_CHUNK = 1024 * 1024
+
+Input = LocalInput | StoredInput
 
 
 @dataclass
@@ -46,54 +64,72 @@ class Submission:
     audio: UploadFile | str
 
 
-async def submit(
-    request: Request, services: Services, workdir: Path, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Returns (job, created). An idempotency key seen before returns the earlier job."""
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
         raise ApiError(
             400,
             "invalid_idempotency_key",
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
         )
+
+
+async def submit(
+    request: Request,
+    services: Services,
+    caller: Caller,
+    workdir: Path,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Returns (job, created). An idempotency key seen before returns the earlier job."""
+    check_idempotency_key(idempotency_key)
     try:
-        submission = await read_request(request, services)
-        if idempotency_key is not None:
-            existing = await run_in_threadpool(_find_idempotent, services, idempotency_key)
-            if existing is not None:
-                return existing, False
-        limits = services.config.limits
-        image_path = await _materialise(
-            services, submission.image, "image", limits.max_image_bytes, workdir / "image"
-        )
-        audio_path = await _materialise(
-            services, submission.audio, "audio", limits.max_audio_bytes, workdir / "audio"
-        )
+        submission = await read_request(request, services, caller)
+        image = await _materialise(services, caller, submission.image, "image", workdir / "image")
+        audio = await _materialise(services, caller, submission.audio, "audio", workdir / "audio")
     finally:
         await request.close()  # the uploads' spooled temporary files
-    return await run_in_threadpool(
-        _accept, services, submission.request, image_path, audio_path, idempotency_key
+    fingerprint = request_fingerprint(
+        submission.request.model_dump(mode="json", exclude={"image", "audio"}),
+        _identity(submission.image, image),
+        _identity(submission.audio, audio),
     )
+    return await run_in_threadpool(
+        _accept, services, caller, submission.request, image, audio, idempotency_key, fingerprint
+    )
+
+
+def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
+    canonical = json.dumps({**fields, "image": image, "audio": audio}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _identity(source: UploadFile | str, got: Input) -> str:
+    """What identifies an input in a fingerprint: the bytes of a file, else its reference."""
+    if isinstance(source, UploadFile):
+        assert isinstance(got, LocalInput)
+        return f"sha256:{got.sha256}"
+    return source
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-async def read_request(request: Request, services: Services) -> Submission:
+async def read_request(request: Request, services: Services, caller: Caller) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        raw, files = await _read_form(request, services)
+        raw, files = await _read_form(request, caller)
     elif content_type == "application/json":
-        raw, files = await _read_json(request), {}
+        raw, files = await read_json_object(request, services.config.max_json_bytes), {}
     else:
         raise ApiError(
             415,
             "unsupported_media_type",
             f"Content-Type {content_type or '(none)'} is not accepted; send multipart/form-data "
-            "(files image and audio, plus parameters) or application/json (s3:// references)",
+            "(files image and audio, plus parameters) or application/json (references to "
+            "s3:// objects or uploads)",
         )
     try:
-        job_request = JobRequest.model_validate(raw, context={"limits": services.config.limits})
+        job_request = JobRequest.model_validate(raw, context={"limits": caller.limits})
     except ValidationError as e:
         raise pydantic_error(list(e.errors())) from None
     image = files.get("image") or job_request.image
@@ -103,40 +139,20 @@ async def read_request(request: Request, services: Services) -> Submission:
             how = (
                 "upload it as a file field"
                 if content_type == "multipart/form-data"
-                else "give an s3:// reference"
+                else "give an s3:// reference or an upload id"
             )
             raise ApiError(422, "missing_input", f"{name} is required: {how} named {name}", name)
     return Submission(job_request, image, audio)  # type: ignore[arg-type]
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > JSON_BODY_LIMIT:
-        raise ApiError(
-            413, "request_too_large", f"JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
-        )
-    body = await request.body()
-    if len(body) > JSON_BODY_LIMIT:
-        raise ApiError(
-            413, "request_too_large", f"JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
-        )
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ApiError(400, "malformed_json", "the body must be a JSON object of parameters")
-    return raw
-
-
 async def _read_form(
-    request: Request, services: Services
+    request: Request, caller: Caller
 ) -> tuple[dict[str, Any], dict[str, UploadFile]]:
-    length = request.headers.get("content-length")
-    limit = services.config.limits.max_request_bytes
-    if length is None or not length.isdigit():
+    length = declared_length(request.headers)
+    limit = caller.limits.max_request_bytes
+    if length is None:
         raise ApiError(411, "length_required", "send a Content-Length header with uploads")
-    if int(length) > limit:
+    if length > limit:
         raise ApiError(
             413,
             "request_too_large",
@@ -185,82 +201,43 @@ async def _read_form(
 
 
 async def _materialise(
-    services: Services, source: UploadFile | str, kind: str, limit: int, dest: Path
-) -> Path:
-    """The input as a local file: an upload copied out, or an s3:// reference downloaded."""
+    services: Services, caller: Caller, source: UploadFile | str, kind: str, dest: Path
+) -> Input:
+    """An upload copied out, an s3:// reference downloaded, or an earlier upload looked up."""
+    limits = caller.limits
+    limit = limits.max_image_bytes if kind == "image" else limits.max_audio_bytes
     if isinstance(source, UploadFile):
-        size = 0
-        with dest.open("wb") as out:
-            while chunk := await source.read(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413,
-                        f"{kind}_too_large",
-                        f"the {kind} file is larger than the limit of {limit} bytes",
-                        kind,
-                    )
-                out.write(chunk)
-        return dest
-    await run_in_threadpool(_download_reference, services, source, kind, limit, dest)
-    return dest
+        return await copy_upload(source, kind, limit, dest)
+    if reference_kind(source, kind) == "upload":
+        stored = await run_in_threadpool(load_uploads, services, caller.tenant, [source])
+        check_stored(stored[source], kind, limits, kind)  # type: ignore[arg-type]
+        return stored[source]
+    return await run_in_threadpool(download_reference, services, source, kind, limit, dest)
 
 
-def _download_reference(services: Services, uri: str, kind: str, limit: int, dest: Path) -> None:
-    try:
-        bucket, key = parse_s3_uri(uri)
-        keys.validate_key(key)
-    except ValueError as e:
-        raise ApiError(422, "invalid_reference", f"{kind}: {e}", kind) from None
-    allowed = services.config.allowed_input_buckets
-    if services.s3_reader is None or not allowed:
-        raise ApiError(
-            422,
-            "references_disabled",
-            f"{kind}: this server accepts no s3:// references; upload the file instead",
-            kind,
-        )
-    if bucket not in allowed:
-        raise ApiError(
-            422,
-            "bucket_not_allowed",
-            f"{kind}: bucket {bucket!r} is not an allowed input bucket; use one of: "
-            + ", ".join(allowed),
-            kind,
-        )
-    try:
-        size = services.s3_reader.head(bucket, key)
-        if size > limit:
-            raise ApiError(
-                413, f"{kind}_too_large", f"{uri} is {size} bytes; the limit is {limit} bytes", kind
-            )
-        services.s3_reader.download(bucket, key, dest)
-    except ObjectNotFound:
-        raise ApiError(422, "input_not_found", f"{kind}: {uri} does not exist", kind) from None
-    except StorageError as e:
-        raise ApiError(
-            503, "storage_unavailable", f"{kind}: could not read {uri}: {e}", kind
-        ) from None
+def inspect(got: Input, kind: str, caller: Caller) -> ImageInfo | AudioInfo:
+    if isinstance(got, StoredInput):
+        return got.info()
+    check = inspect_image if kind == "image" else inspect_audio
+    return check(got.path, caller.limits)
 
 
 # --------------------------------------------------------------------------- accepting
 
 
-def _find_idempotent(services: Services, key: str) -> Job | None:
-    with services.database.transaction() as s:
-        return repo.find_by_idempotency_key(s, services.config.tenant, key)
-
-
-def _job_params(req: JobRequest, image: ImageInfo, audio: AudioInfo) -> tuple[dict[str, Any], int]:
+def job_params(
+    req: JobRequest, image: ImageInfo, audio: AudioInfo, checkpoint_every: int, field: str = ""
+) -> tuple[dict[str, Any], int]:
+    """The stored parameters of a validated request, and its number of clips."""
     covered = P.clips_for_duration(audio.duration_s, req.infer_frames)
     if req.num_clips is not None and req.num_clips > covered:
         raise ApiError(
             422,
             "num_clips_exceeds_audio",
-            f"num_clips={req.num_clips} needs more audio than the {audio.duration_s:.2f} s sent "
-            f"(it covers {covered} clips of {req.infer_frames} frames); lower num_clips or omit "
-            "it to render to the end of the audio",
-            "num_clips",
+            f"{field}num_clips={req.num_clips} needs more audio than the {audio.duration_s:.2f} s "
+            f"sent (it covers {covered} clips of {req.infer_frames} frames); lower num_clips or "
+            "omit it to render to the end of the audio",
+            f"{field}num_clips",
         )
     width, height = P.fit_size(image.width, image.height, req.size)
     params = {
@@ -272,7 +249,7 @@ def _job_params(req: JobRequest, image: ImageInfo, audio: AudioInfo) -> tuple[di
         "infer_frames": req.infer_frames,
         "sample_steps": req.sample_steps,
         "seed": req.resolved_seed(),
-        "checkpoint_every": req.checkpoint_every,
+        "checkpoint_every": req.checkpoint_every or checkpoint_every,
         "audio_duration_s": audio.duration_s,
         "image": {"width": image.width, "height": image.height, "format": image.format},
         "audio": {
@@ -284,34 +261,70 @@ def _job_params(req: JobRequest, image: ImageInfo, audio: AudioInfo) -> tuple[di
     return params, req.num_clips or covered
 
 
+def check_quota(session: Session, caller: Caller, adding: int) -> None:
+    """429 when `adding` more jobs would take the tenant past its unfinished-job limit.
+
+    Counted without a lock: concurrent submissions can pass the limit by what is in flight.
+    """
+    unfinished = tenants.count_unfinished(session, caller.tenant)
+    if unfinished + adding > caller.max_queued_jobs:
+        raise ApiError(
+            429,
+            "queued_job_limit",
+            f"tenant {caller.tenant} has {unfinished} unfinished jobs and may have at most "
+            f"{caller.max_queued_jobs}; {adding} more do not fit. Wait for some to finish or "
+            "cancel some",
+        )
+
+
+def replay(existing: Job, fingerprint: str, key: str) -> Job:
+    """The job an idempotent retry gets back; 409 when the key came with another request."""
+    if existing.request_hash is not None and existing.request_hash != fingerprint:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was sent before with a different request (job "
+            f"{existing.id}); send the same request to get that job, or use a new key",
+        )
+    return existing
+
+
+def _find_idempotent(services: Services, tenant: str, key: str) -> Job | None:
+    with services.database.transaction() as s:
+        return repo.find_by_idempotency_key(s, tenant, key)
+
+
 def _accept(
     services: Services,
+    caller: Caller,
     req: JobRequest,
-    image_path: Path,
-    audio_path: Path,
+    image_in: Input,
+    audio_in: Input,
     idempotency_key: str | None,
+    fingerprint: str,
 ) -> tuple[Job, bool]:
-    limits = services.config.limits
-    image = inspect_image(image_path, limits)
-    audio = inspect_audio(audio_path, limits)
-    params, clips_total = _job_params(req, image, audio)
-    params["checkpoint_every"] = req.checkpoint_every or services.config.checkpoint_every
+    if idempotency_key is not None:
+        existing = _find_idempotent(services, caller.tenant, idempotency_key)
+        if existing is not None:
+            return replay(existing, fingerprint, idempotency_key), False
+    image = inspect(image_in, "image", caller)
+    audio = inspect(audio_in, "audio", caller)
+    assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)
+    params, clips_total = job_params(req, image, audio, services.config.checkpoint_every)
 
     job_id = uuid.uuid4()
-    image_key = keys.input_key(job_id, "image", image.ext)
-    audio_key = keys.input_key(job_id, "audio", audio.ext)
     stored: list[str] = []
     try:
-        services.storage.put_file(image_key, image_path, image.content_type)
-        stored.append(image_key)
-        services.storage.put_file(audio_key, audio_path, audio.content_type)
-        stored.append(audio_key)
+        with services.database.transaction() as s:
+            check_quota(s, caller, 1)
+        image_key = _store(services, job_id, image_in, image, "image", stored)
+        audio_key = _store(services, job_id, audio_in, audio, "audio", stored)
         with services.database.transaction() as s:
             job = repo.create_job(
                 s,
                 repo.NewJob(
                     id=job_id,
-                    tenant=services.config.tenant,
+                    tenant=caller.tenant,
                     params=params,
                     image_key=image_key,
                     audio_key=audio_key,
@@ -319,14 +332,20 @@ def _accept(
                     max_attempts=services.config.max_attempts,
                     priority=req.priority,
                     idempotency_key=idempotency_key,
+                    request_hash=fingerprint,
                 ),
             )
+            if req.webhook_url:
+                add_job_webhook(s, caller.tenant, job_id, req)
     except sa.exc.IntegrityError:
         _delete_quietly(services, stored)
-        existing = _find_idempotent(services, idempotency_key) if idempotency_key else None
+        existing = (
+            _find_idempotent(services, caller.tenant, idempotency_key) if idempotency_key else None
+        )
         if existing is None:
             raise
-        return existing, False  # the same key was submitted concurrently; that one won
+        # the same key was submitted concurrently and that one won
+        return replay(existing, fingerprint, idempotency_key), False  # type: ignore[arg-type]
     except StorageError as e:
         _delete_quietly(services, stored)
         raise ApiError(
@@ -346,6 +365,34 @@ def _accept(
     except Exception:  # the outbox row is committed: the relay's next poll publishes it
         log.exception("wake-up after job %s failed", job_id)
     return job, True
+
+
+def add_job_webhook(session: Session, tenant: str, job_id: uuid.UUID, req: JobRequest) -> None:
+    secret = req.webhook_secret or tenants.ensure_tenant(session, tenant).webhook_secret
+    webhooks.create_webhook(
+        session,
+        tenant=tenant,
+        url=req.webhook_url,  # type: ignore[arg-type]
+        events=req.webhook_events or list(webhooks.WEBHOOK_EVENTS),
+        secret=secret,
+        job_id=job_id,
+    )
+
+
+def _store(
+    services: Services,
+    job_id: uuid.UUID,
+    got: Input,
+    info: ImageInfo | AudioInfo,
+    kind: str,
+    stored: list[str],
+) -> str:
+    if isinstance(got, StoredInput):
+        return got.key
+    key = keys.input_key(job_id, kind, info.ext)  # type: ignore[arg-type]
+    services.storage.put_file(key, got.path, info.content_type)
+    stored.append(key)
+    return key
 
 
 def _delete_quietly(services: Services, stored: list[str]) -> None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from api.client import ApiClientError, LongtakeClient
+from api.logs import configure as configure_logging
 from ops.settings import Settings
 
 FINAL = {"succeeded": 0, "failed": 1, "canceled": 3}
 """Exit codes of `watch` (and `submit --watch`) by final status; 2 is a usage error."""
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 # --------------------------------------------------------------------------- services
@@ -27,7 +28,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     if "api_url" not in settings.model_fields_set:
         settings = settings.model_copy(update={"api_url": f"http://{args.host}:{args.port}"})
+    if settings.auth == "off" and args.host not in LOOPBACK:
+        print(
+            f"LONGTAKE_AUTH=off is allowed on a loopback address only, not {args.host}",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logging(settings.log_format, args.log_level)
     process = build(settings, embedded=args.embedded, relay=not args.no_relay)
+    if process.api_key_file is not None:
+        print(f"API key of tenant {settings.tenant}: {process.api_key_file}", file=sys.stderr)
     if args.embedded:
         data = settings.data_dir.resolve()
         print(f"embedded mode: SQLite and files under {data}", file=sys.stderr)
@@ -39,7 +49,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             )
     process.start()
     try:
-        uvicorn.run(process.app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            process.app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,  # longtake.access logs every request, with tenant and job ids
+            log_config=None,
+        )
     finally:
         process.stop()
     return 0
@@ -93,11 +110,12 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from api.delivery import WebhookDeliverer
     from db.database import Database
     from worker.celery_app import make_celery_app
     from worker.relay import CeleryDispatcher, OutboxRelay
 
-    logging.basicConfig(level=args.log_level.upper())
+    configure_logging(settings.log_format, args.log_level)
     database = Database(settings.database_url)
     relay = OutboxRelay(
         database,
@@ -105,9 +123,17 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
         CeleryDispatcher(make_celery_app(settings.celery_config(), task_modules=())),
         redispatch_after_s=settings.redispatch_after_s,
     )
+    deliverer = WebhookDeliverer(database, settings.delivery_config())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    relay.run(stop, poll_s=settings.relay_poll_s)
+    webhooks = threading.Thread(target=deliverer.run, args=(stop,), name="longtake-webhooks")
+    webhooks.start()
+    try:
+        relay.run(stop, poll_s=settings.relay_poll_s)
+    finally:
+        stop.set()
+        webhooks.join()
+        deliverer.close()
     return 0
 
 
@@ -134,8 +160,16 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- client
 
 
+def api_key_of(settings: Settings, args: argparse.Namespace) -> str | None:
+    """--api-key, else LONGTAKE_API_KEY, else embedded mode's key file if there is one."""
+    if args.api_key:
+        return args.api_key
+    path = settings.api_key_file
+    return path.read_text().strip() if path.is_file() else None
+
+
 def _client(args: argparse.Namespace) -> LongtakeClient:
-    return LongtakeClient(args.api_url)
+    return LongtakeClient(args.api_url, api_key=args.resolved_api_key)
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -234,31 +268,61 @@ def watch(
     out: TextIO | None = None,
     timeout: float | None = None,
 ) -> int:
-    """A live progress bar until the job ends; the exit code says how it ended."""
+    """A live progress bar until the job ends, fed by the job's event stream (reconnecting
+    after `interval` seconds if it drops); the exit code says how the job ended."""
     out = out or sys.stderr
     live = out.isatty()
-    last = ""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        job = client.get(job_id)
+    shown = {"line": ""}
+
+    def show(job: dict[str, Any]) -> None:
         line = progress_line(job)
         if live:
             out.write("\r\033[K" + line)
-        elif line != last:
+        elif line != shown["line"]:
             out.write(line + "\n")
         out.flush()
-        last = line
-        if job["status"] in FINAL:
-            if live:
-                out.write("\n")
-            if job["error"]:
-                out.write(f"error: {job['error']}\n")
-            return FINAL[job["status"]]
-        if deadline is not None and time.monotonic() > deadline:
-            if live:
-                out.write("\n")
-            return 124
-        time.sleep(interval)
+        shown["line"] = line
+
+    def note(text: str) -> None:
+        out.write(("\r\033[K" if live else "") + text + "\n")
+        if live and shown["line"]:
+            out.write(shown["line"])
+        out.flush()
+
+    def finish(job: dict[str, Any]) -> int:
+        if live:
+            out.write("\n")
+        if job["error"]:
+            out.write(f"error: {job['error']}\n")
+        return FINAL[job["status"]]
+
+    job = client.get(job_id)
+    show(job)
+    if job["status"] in FINAL:
+        return finish(job)
+    try:
+        for name, data in client.follow(job_id, timeout=timeout, reconnect_delay=interval):
+            if name == "job":
+                show(data)
+                if data["status"] in FINAL:
+                    return finish(data)
+            elif name in NOTES:
+                note(NOTES[name](data))
+    except TimeoutError:
+        if live:
+            out.write("\n")
+        return 124
+    raise AssertionError("the event stream never ends")  # follow() reconnects forever
+
+
+NOTES = {
+    "checkpoint": lambda e: f"checkpoint saved after clip {e['data']['clip']}",
+    "segment": lambda e: f"segment {e['data']['index']} ready ({e['data']['clips']} clips)",
+    "lease_expired": lambda e: f"worker lost: {e['reason']}; the job resumes from its checkpoint",
+    "released": lambda e: f"released by its worker: {e['reason']}",
+    "retry_scheduled": lambda e: f"attempt failed: {e['reason']}",
+}
+"""Events worth a line of their own while watching."""
 
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -293,6 +357,225 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- keys and tenants
+
+
+def _database(settings: Settings, args: argparse.Namespace):
+    from db.database import Database
+
+    return Database((settings.embedded() if args.embedded else settings).database_url)
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from db import tenants
+
+    database = _database(settings, args)
+    try:
+        with database.transaction() as s:
+            new = tenants.create_key(
+                s, args.tenant, name=args.name or "", rate_limit_per_s=args.rate
+            )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        database.dispose()
+    print(new.token)
+    print(
+        f"created {new.key.id} for tenant {args.tenant}; the key above is shown only once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from db import tenants
+
+    database = _database(settings, args)
+    try:
+        with database.transaction() as s:
+            keys = tenants.list_keys(s, tenant=args.tenant)
+    finally:
+        database.dispose()
+    for key in keys:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never"
+        rate = "default" if key.rate_limit_per_s is None else f"{key.rate_limit_per_s:g}/s"
+        print(f"{key.id}  {key.tenant:<20} {state:<24} used {used:<16} rate {rate:<8} {key.name}")
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from db import tenants
+
+    database = _database(settings, args)
+    try:
+        with database.transaction() as s:
+            key = tenants.revoke_key(s, args.key_id)
+    finally:
+        database.dispose()
+    if key is None:
+        print(f"error: no key {args.key_id}", file=sys.stderr)
+        return 1
+    print(f"{key.id} of tenant {key.tenant} revoked")
+    return 0
+
+
+def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    from db import tenants
+
+    database = _database(settings, args)
+    try:
+        with database.transaction() as s:
+            rows = [(t, tenants.count_unfinished(s, t.name)) for t in tenants.list_tenants(s)]
+    finally:
+        database.dispose()
+    for t, unfinished in rows:
+        limits = ", ".join(
+            f"{f}={getattr(t, f)}" for f in tenants.LIMIT_FIELDS if getattr(t, f) is not None
+        )
+        print(f"{t.name:<24} {unfinished:>7} unfinished  {limits or 'default limits'}")
+    return 0
+
+
+def cmd_tenants_set(settings: Settings, args: argparse.Namespace) -> int:
+    from api.config import MiB
+    from db import tenants
+
+    changes: dict[str, float | None] = {}
+    if args.max_queued_jobs is not None:
+        changes["max_queued_jobs"] = args.max_queued_jobs
+    if args.max_image_mb is not None:
+        changes["max_image_bytes"] = args.max_image_mb * MiB
+    if args.max_audio_mb is not None:
+        changes["max_audio_bytes"] = args.max_audio_mb * MiB
+    if args.max_audio_seconds is not None:
+        changes["max_audio_seconds"] = args.max_audio_seconds
+    for name in args.reset or []:
+        changes[name] = None
+    database = _database(settings, args)
+    try:
+        with database.transaction() as s:
+            tenants.set_limits(s, args.tenant, changes)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        database.dispose()
+    print(f"tenant {args.tenant} updated")
+    return 0
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def batch_line(batch: dict[str, Any], width: int = 30) -> str:
+    counts = batch["counts"]
+    total = max(batch["jobs_total"], 1)
+    ended = sum(counts.get(s, 0) for s in FINAL)
+    filled = int(width * ended / total)
+    bar = "#" * filled + "." * (width - filled)
+    parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts.get(s)]
+    return (
+        f"[{bar}] {ended}/{batch['jobs_total']} jobs done  "
+        f"{batch['clips_done']}/{batch['clips_total']} clips  ({', '.join(parts)})"
+    )
+
+
+STATUS_ORDER = ("queued", "running", "stitching", "succeeded", "failed", "canceled")
+
+
+def watch_batch(
+    client: LongtakeClient,
+    batch_id: str,
+    *,
+    interval: float = 2.0,
+    out: TextIO | None = None,
+    timeout: float | None = None,
+) -> int:
+    """One progress line for the whole batch until every job has ended: exit 0 when all
+    succeeded, 1 when any failed, 3 when any was canceled (and none failed)."""
+    out = out or sys.stderr
+    live = out.isatty()
+    last = ""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        batch = client.batch(batch_id)
+        line = batch_line(batch)
+        if live:
+            out.write("\r\033[K" + line)
+        elif line != last:
+            out.write(line + "\n")
+        out.flush()
+        last = line
+        if batch["finished"]:
+            if live:
+                out.write("\n")
+            counts = batch["counts"]
+            return 1 if counts.get("failed") else 3 if counts.get("canceled") else 0
+        if deadline is not None and time.monotonic() > deadline:
+            if live:
+                out.write("\n")
+            return 124
+        time.sleep(interval)
+
+
+def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.manifest import ManifestError, batch_key, read_jobs, upload_local_files
+
+    try:
+        jobs = read_jobs(args.source, image=args.image, prompt=args.prompt)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    defaults = {
+        k: v
+        for k, v in {
+            "size": args.size,
+            "priority": args.priority,
+            "checkpoint_every": args.checkpoint_every,
+            "webhook_url": args.webhook,
+        }.items()
+        if v is not None
+    }
+    with _client(args) as client:
+        try:
+            uploaded = upload_local_files(jobs, client.upload)
+        except ManifestError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        body = {"name": args.name or args.source.name, "defaults": defaults, "jobs": jobs}
+        batch = client.create_batch(body, idempotency_key=batch_key(body))
+        print(batch["id"])
+        print(
+            f"batch {batch['id']}: {batch['jobs_total']} jobs queued "
+            f"({len(uploaded)} files uploaded)",
+            file=sys.stderr,
+        )
+        if args.wait:
+            return watch_batch(client, batch["id"], interval=args.interval)
+    return 0
+
+
+def cmd_batch_status(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        batch = client.batch(args.batch)
+    print(json.dumps(batch, indent=2) if args.json else batch_line(batch))
+    return 0
+
+
+def cmd_batch_watch(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return watch_batch(client, args.batch, interval=args.interval)
+
+
+def cmd_batch_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.cancel_batch(args.batch)
+    print(f"batch {args.batch}: {result['canceled']} jobs canceled or stopping")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -307,6 +590,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--api-url",
         default=settings.api_url,
         help="the API to talk to (LONGTAKE_API_URL; default %(default)s)",
+    )
+    client.add_argument(
+        "--api-key",
+        default=settings.api_key,
+        help="the API key (LONGTAKE_API_KEY; default: embedded mode's key file)",
+    )
+    direct = argparse.ArgumentParser(add_help=False)
+    direct.add_argument(
+        "--embedded", action="store_true", help="the embedded SQLite database under the data dir"
     )
 
     def add(name: str, func: Any, help: str, api: bool = False) -> argparse.ArgumentParser:
@@ -398,12 +690,77 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = add("fetch", cmd_fetch, "download the finished video", api=True)
     p.add_argument("job")
     p.add_argument("-o", "--output", type=Path, default=None, help="default: <job id>.mp4")
+
+    # API keys and tenants: operator commands on the database itself
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (on the database)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", parents=[direct], help="a new key; printed once")
+    p.set_defaults(func=cmd_keys_create)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", help="what the key is for")
+    p.add_argument("--rate", type=float, default=None, help="requests per second (0: unlimited)")
+    p = keys_sub.add_parser("list", parents=[direct], help="keys, with state and last use")
+    p.set_defaults(func=cmd_keys_list)
+    p.add_argument("--tenant")
+    p = keys_sub.add_parser("revoke", parents=[direct], help="a revoked key stops working")
+    p.set_defaults(func=cmd_keys_revoke)
+    p.add_argument("key_id", help="key_<id>, as `keys list` shows")
+
+    tenants = sub.add_parser("tenants", help="tenants and their limits (on the database)")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    p = tenants_sub.add_parser("list", parents=[direct], help="tenants, unfinished jobs, limits")
+    p.set_defaults(func=cmd_tenants_list)
+    p = tenants_sub.add_parser("set", parents=[direct], help="set a tenant's own limits")
+    p.set_defaults(func=cmd_tenants_set)
+    p.add_argument("tenant")
+    p.add_argument("--max-queued-jobs", type=int, help="unfinished jobs at once")
+    p.add_argument("--max-image-mb", type=int)
+    p.add_argument("--max-audio-mb", type=int)
+    p.add_argument("--max-audio-seconds", type=float)
+    p.add_argument(
+        "--reset",
+        action="append",
+        choices=["max_queued_jobs", "max_image_bytes", "max_audio_bytes", "max_audio_seconds"],
+        help="back to the server default (repeat for several)",
+    )
+
+    batch = sub.add_parser("batch", help="submit and follow many jobs at once")
+    batch_sub = batch.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    p = batch_sub.add_parser(
+        "submit",
+        parents=[client],
+        help="a folder of speech tracks, or a CSV/JSONL manifest; prints the batch id",
+    )
+    p.set_defaults(func=cmd_batch_submit)
+    p.add_argument("source", type=Path, help="a folder, or a .csv / .jsonl manifest")
+    p.add_argument("--image", type=Path, help="the portrait of jobs that name none")
+    p.add_argument("--prompt", help="the prompt of jobs that have none")
+    p.add_argument("--size", help="area key such as 720*400, for every job")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--webhook", help="POST every job's events to this URL")
+    p.add_argument("--name", help="a label (default: the folder or manifest name)")
+    p.add_argument("--wait", action="store_true", help="then follow it until every job ends")
+    p.add_argument("--interval", type=float, default=2.0)
+    p = batch_sub.add_parser("status", parents=[client], help="a batch's jobs by status")
+    p.set_defaults(func=cmd_batch_status)
+    p.add_argument("batch")
+    p.add_argument("--json", action="store_true")
+    p = batch_sub.add_parser("watch", parents=[client], help="one progress line until it ends")
+    p.set_defaults(func=cmd_batch_watch)
+    p.add_argument("batch")
+    p.add_argument("--interval", type=float, default=2.0)
+    p = batch_sub.add_parser("cancel", parents=[client], help="cancel every unfinished job")
+    p.set_defaults(func=cmd_batch_cancel)
+    p.add_argument("batch")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     args = build_parser(settings).parse_args(argv)
+    if hasattr(args, "api_url"):
+        args.resolved_api_key = api_key_of(settings, args)
     try:
         return args.func(settings, args)
     except ApiClientError as e:

@@ -132,7 +132,9 @@ def run_demo(settings: Settings, *, port: int | None = None, out: TextIO | None 
     server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
     server.start()
     try:
-        with LongtakeClient(settings.api_url) as client:
+        key_file = server.process.api_key_file
+        api_key = key_file.read_text().strip() if key_file is not None else None
+        with LongtakeClient(settings.api_url, api_key=api_key) as client:
             client.wait_ready()
             job = client.submit(image, audio, prompt=DEMO_PROMPT, size=DEMO_SIZE, seed=42)
             job_id = job["id"]

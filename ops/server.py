@@ -1,18 +1,22 @@
 """Assembling and running the API process: components from settings, the relay (or the
-embedded runner) beside the HTTP server."""
+embedded runner) and the webhook delivery loop beside the HTTP server."""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
 from api import Services, create_app
-from db import migrate
+from api.delivery import WebhookDeliverer
+from api.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from db import migrate, tenants
 from db.database import Database
 from ops.settings import Settings
 from storage.base import Storage
@@ -49,9 +53,13 @@ class ApiProcess:
     database: Database
     runner: EmbeddedRunner | None = None
     relay: OutboxRelay | None = None
+    deliverer: WebhookDeliverer | None = None
+    api_key_file: Path | None = None
+    """Embedded mode: where the local API key was written."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
     _relay_thread: threading.Thread | None = None
+    _delivery_thread: threading.Thread | None = None
 
     @property
     def dispatching(self) -> bool:
@@ -69,18 +77,59 @@ class ApiProcess:
                 daemon=True,
             )
             self._relay_thread.start()
+        if self.deliverer is not None:
+            deliverer = self.deliverer
+            self._delivery_thread = threading.Thread(
+                target=lambda: deliverer.run(self._stop), name="longtake-webhooks", daemon=True
+            )
+            self._delivery_thread.start()
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
+        self.app.state.services.stopping.set()  # open event streams end
         if self.runner is not None:
             self.runner.stop()
         self._stop.set()
         self._wake.set()
         if self._relay_thread is not None:
             self._relay_thread.join(10)
+        if self._delivery_thread is not None:
+            self._delivery_thread.join(30)
+        if self.deliverer is not None:
+            self.deliverer.close()
         self.database.dispose()
+
+
+def ensure_local_key(settings: Settings, database: Database) -> Path:
+    """Embedded mode's single local key: the one in <data_dir>/api-key if it still works,
+    else a new key of LONGTAKE_TENANT written there (readable by its owner only)."""
+    path = settings.data_dir / "api-key"
+    if path.is_file():
+        with database.transaction() as s:
+            if tenants.authenticate(s, path.read_text().strip()) is not None:
+                return path
+    with database.transaction() as s:
+        token = tenants.create_key(s, settings.tenant, name="embedded").token
+    partial = path.with_name(".api-key.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def make_rate_limiter(
+    settings: Settings, *, embedded: bool
+) -> MemoryRateLimiter | RedisRateLimiter:
+    """Shared through Redis when one is configured (the broker's by default), else per process."""
+    url = settings.rate_limit_redis_url
+    if url is None and settings.broker_url.startswith(("redis://", "rediss://")):
+        url = settings.broker_url
+    if embedded or not url:
+        return MemoryRateLimiter()
+    return RedisRateLimiter(url, prefix=settings.broker_key_prefix)
 
 
 def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProcess:
@@ -88,15 +137,20 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
         settings = settings.embedded()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.database_url)
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, **settings.database_pool())
     storage = settings.make_storage()
     services = Services(
         config=settings.api_config(),
         database=database,
         storage=storage,
         s3_reader=settings.make_s3_reader(storage),
+        rate_limiter=make_rate_limiter(settings, embedded=embedded),
     )
     process = ApiProcess(app=create_app(services), database=database)
+    if relay or embedded:
+        process.deliverer = WebhookDeliverer(database, settings.delivery_config())
+    if embedded and settings.auth == "keys":
+        process.api_key_file = ensure_local_key(settings, database)
     if embedded:
         handler = load_embedded_handler(settings, database, storage)
         process.runner = EmbeddedRunner(

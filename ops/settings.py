@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
+from api.delivery import DeliveryConfig
 from storage.base import Storage
 from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Reader, S3Storage, make_client
@@ -52,9 +53,28 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     tenant: str = "default"
+    """The tenant of embedded mode's local key, and of every request when auth is off."""
+    auth: Literal["keys", "off"] = "keys"
+    """`keys`: requests need an API key. `off` (loopback servers only): no keys."""
+    api_key: str | None = None
+    """The key client commands send (default: embedded mode's key file, <data_dir>/api-key)."""
+    auth_cache_s: float = 5.0
+    rate_limit_per_s: float = 50.0
+    """Requests per second per API key unless the key says otherwise (0: unlimited)."""
+    rate_limit_redis_url: str | None = None
+    """Where API processes share rate limits (default: the broker's Redis; "" for none)."""
+    max_queued_jobs: int = 100_000
+    """Unfinished jobs a tenant may have, unless its own limit says otherwise."""
+    max_batch_jobs: int = 10_000
+    database_pool_size: int = 10
+    log_format: Literal["json", "text"] = "json"
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_s: float = 5.0
     signing_key: str | None = None
     """HMAC key of local download links; a random one per process when unset."""
     presign_expires_s: int = 3600
+    presign_max_s: int = 7 * 24 * 3600
 
     # input limits
     max_image_mb: int = 20
@@ -145,9 +165,30 @@ class Settings(BaseSettings):
         client = storage.client if isinstance(storage, S3Storage) else make_client(self.s3_config())
         return S3Reader(client)
 
+    @property
+    def api_key_file(self) -> Path:
+        """Embedded mode writes its local API key here."""
+        return self.data_dir / "api-key"
+
+    def database_pool(self) -> dict[str, int]:
+        return {"pool_size": self.database_pool_size, "max_overflow": self.database_pool_size}
+
+    def delivery_config(self) -> DeliveryConfig:
+        return DeliveryConfig(
+            timeout_s=self.webhook_timeout_s,
+            max_attempts=self.webhook_max_attempts,
+            backoff_base_s=self.webhook_backoff_s,
+        )
+
     def api_config(self) -> ApiConfig:
         return ApiConfig(
             tenant=self.tenant,
+            auth_required=self.auth == "keys",
+            auth_cache_s=self.auth_cache_s,
+            rate_limit_per_s=self.rate_limit_per_s,
+            max_queued_jobs=self.max_queued_jobs,
+            max_batch_jobs=self.max_batch_jobs,
+            presign_max_s=self.presign_max_s,
             limits=InputLimits(
                 max_image_bytes=self.max_image_mb * MiB,
                 max_image_pixels=self.max_image_pixels,

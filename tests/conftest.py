@@ -266,13 +266,29 @@ def api_services(api_config, pg_db, s3_storage, s3_client):
     )
 
 
+def make_api_key(database: Database, tenant: str = "default", **kwargs) -> str:
+    """A new API key of `tenant` (created with its tenant row when needed)."""
+    from db import tenants
+
+    with database.transaction() as s:
+        return tenants.create_key(s, tenant, **kwargs).token
+
+
 @pytest.fixture
-def api_client(api_services) -> Iterator:
+def api_key(api_services) -> str:
+    """An API key of tenant `default`, the tenant of `create_job`'s jobs."""
+    return make_api_key(api_services.database, name="tests")
+
+
+@pytest.fixture
+def api_client(api_services, api_key) -> Iterator:
+    """The app in-process, authenticated as tenant `default`."""
     from fastapi.testclient import TestClient
 
     from api import create_app
 
-    with TestClient(create_app(api_services)) as client:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with TestClient(create_app(api_services), headers=headers) as client:
         yield client
 
 
@@ -386,9 +402,9 @@ def embedded_env(tmp_path: Path, monkeypatch) -> Path:
 def embedded_service(embedded_env: Path) -> Iterator:
     """A running embedded service (SQLite, local files, in-process runner) on a free port.
 
-    Yields the BackgroundServer; `.process.app.state.services` holds its components and the
-    URL is `http://127.0.0.1:<port>`. It has no job handler (jobs stay queued) unless the test
-    sets LONGTAKE_EMBEDDED_HANDLER first.
+    Yields the BackgroundServer; `.process.app.state.services` holds its components, the
+    URL is `.url` (`http://127.0.0.1:<port>`) and its local API key `.api_key`. It has no job
+    handler (jobs stay queued) unless the test sets LONGTAKE_EMBEDDED_HANDLER first.
     """
     from ops.server import BackgroundServer, build
     from ops.settings import Settings
@@ -398,5 +414,6 @@ def embedded_service(embedded_env: Path) -> Iterator:
     server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
     server.start()
     server.url = settings.api_url
+    server.api_key = server.process.api_key_file.read_text().strip()  # the local key
     yield server
     server.stop()

@@ -1,4 +1,7 @@
-"""/v1/jobs: submit, inspect, list, cancel, retry, fetch the result."""
+"""/v1/jobs: submit, inspect, list, follow (events, SSE), cancel, retry, segments, result.
+
+Every route acts for the calling tenant only: another tenant's job is a 404, never a 403.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,23 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from api import submission
-from api.errors import ApiError
-from api.schemas import EventList, EventOut, JobList, JobOut, ResultOut
+from api import event_stream, submission
+from api.auth import Caller, CallerDep
+from api.errors import ApiError, error_responses
+from api.outputs import measure_output
+from api.schemas import (
+    EventList,
+    EventOut,
+    JobList,
+    JobOut,
+    OutputMeta,
+    ResultOut,
+    SegmentList,
+    SegmentOut,
+)
 from api.services import Services, get_services
 from db import repository as repo
 from db.models import Job
@@ -71,39 +86,48 @@ def _conflict(e: IllegalTransition) -> ApiError:
     status_code=201,
     response_model=JobOut,
     openapi_extra=SUBMIT_DOC,
-    responses={200: {"description": "an earlier job with the same Idempotency-Key"}},
+    responses={
+        200: {"description": "an earlier job with the same Idempotency-Key and request"},
+        **error_responses(400, 409, 411, 413, 415, 503),
+    },
 )
 async def submit_job(
     request: Request,
     services: ServicesDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     """Validate the inputs and parameters, store the inputs, queue the job."""
     with tempfile.TemporaryDirectory(prefix="longtake-submit-") as workdir:
-        job, created = await submission.submit(request, services, Path(workdir), idempotency_key)
+        job, created = await submission.submit(
+            request, services, caller, Path(workdir), idempotency_key
+        )
+    request.state.job_id = str(job.id)
     return _job_response(job, 201 if created else 200)
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{item_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, job_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
+        created, _, item_id = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(item_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ApiError(
             400, "invalid_cursor", "cursor is not one this API returned; start without it"
         ) from None
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=error_responses(400))
 def list_jobs(
     services: ServicesDep,
+    caller: CallerDep,
     status: Annotated[list[str] | None, Query(description="Repeat to match several.")] = None,
+    batch_id: Annotated[uuid.UUID | None, Query(description="Only this batch's jobs.")] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
     cursor: str | None = None,
 ) -> JobList:
@@ -121,46 +145,85 @@ def list_jobs(
                 "status",
             ) from None
     limit = min(limit, services.config.max_page_size)
-    before = _decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor else None
     with services.database.transaction() as s:
         jobs = repo.list_jobs(
-            s, tenant=services.config.tenant, statuses=statuses, before=before, limit=limit + 1
+            s,
+            tenant=caller.tenant,
+            statuses=statuses,
+            before=before,
+            limit=limit + 1,
+            batch_id=batch_id,
         )
     page, more = jobs[:limit], len(jobs) > limit
     return JobList(
         jobs=[JobOut.of(j) for j in page],
-        next_cursor=_encode_cursor(page[-1]) if more else None,
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     )
 
 
-def _get(services: Services, job_id: uuid.UUID) -> Job:
+def get_owned(services: Services, caller: Caller, job_id: uuid.UUID) -> Job:
     with services.database.transaction() as s:
-        job = repo.get_job(s, job_id, tenant=services.config.tenant)
+        job = repo.get_job(s, job_id, tenant=caller.tenant)
     if job is None:
         raise _not_found(job_id)
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: uuid.UUID, services: ServicesDep) -> JobOut:
-    return JobOut.of(_get(services, job_id))
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
+def get_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> JobOut:
+    return JobOut.of(get_owned(services, caller, job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventList)
-def get_events(job_id: uuid.UUID, services: ServicesDep) -> EventList:
-    """The job's history: every state change with its reason."""
-    _get(services, job_id)
-    with services.database.transaction() as s:
-        return EventList(events=[EventOut.of(e) for e in repo.list_events(s, job_id)])
+EVENTS_DOC = {
+    200: {
+        "description": "JSON (the history), or with `Accept: text/event-stream` a live stream",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **error_responses(400, 404),
+}
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: uuid.UUID, services: ServicesDep) -> JobOut:
+@router.get("/{job_id}/events", response_model=EventList, responses=EVENTS_DOC)
+async def get_events(
+    job_id: uuid.UUID,
+    request: Request,
+    services: ServicesDep,
+    caller: CallerDep,
+    after: Annotated[int | None, Query(ge=0, description="Only events after this id.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+):
+    """The job's history, every state change with its reason, progress, checkpoints and
+    segments; as Server-Sent Events when asked for `text/event-stream` (replaying events after
+    `Last-Event-ID`, then live until the job ends)."""
+    await run_in_threadpool(get_owned, services, caller, job_id)
+    start = after or 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id")
+        start = max(start, int(last_event_id))
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            event_stream.stream(services, job_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def history() -> EventList:
+        with services.database.transaction() as s:
+            events = repo.list_events(s, job_id, after_id=start or None)
+        return EventList(events=[EventOut.of(e) for e in events])
+
+    return await run_in_threadpool(history)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409))
+def cancel_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> JobOut:
     """A queued job is canceled at once; a running one stops at its next clip boundary."""
     try:
         with services.database.transaction() as s:
             job = repo.request_cancel(
-                s, job_id, tenant=services.config.tenant, reason="canceled through the API"
+                s, job_id, tenant=caller.tenant, reason="canceled through the API"
             )
     except repo.JobNotFound:
         raise _not_found(job_id) from None
@@ -169,15 +232,15 @@ def cancel_job(job_id: uuid.UUID, services: ServicesDep) -> JobOut:
     return JobOut.of(job)
 
 
-@router.post("/{job_id}/retry", response_model=JobOut)
-def retry_job(job_id: uuid.UUID, services: ServicesDep) -> JobOut:
+@router.post("/{job_id}/retry", response_model=JobOut, responses=error_responses(404, 409))
+def retry_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> JobOut:
     """Queue a failed or canceled job again; it resumes from its last checkpoint."""
     try:
         with services.database.transaction() as s:
             job = repo.retry(
                 s,
                 job_id,
-                tenant=services.config.tenant,
+                tenant=caller.tenant,
                 attempts=services.config.max_attempts,
                 reason="retried through the API",
             )
@@ -189,10 +252,78 @@ def retry_job(job_id: uuid.UUID, services: ServicesDep) -> JobOut:
     return JobOut.of(job)
 
 
-@router.get("/{job_id}/result", response_model=ResultOut)
-def get_result(job_id: uuid.UUID, services: ServicesDep, redirect: bool = False):
-    """A presigned URL of the finished video (`?redirect=true`: a redirect to it)."""
-    job = _get(services, job_id)
+ExpiresIn = Annotated[
+    int | None,
+    Query(ge=1, description="Lifetime of the URLs in seconds (default: the server's)."),
+]
+
+
+def _expires(services: Services, expires_in: int | None) -> int:
+    if expires_in is None:
+        return services.config.presign_expires_s
+    if expires_in > services.config.presign_max_s:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"expires_in: at most {services.config.presign_max_s} seconds",
+            "expires_in",
+        )
+    return expires_in
+
+
+def _presign(services: Services, key: str, expires: int) -> str:
+    try:
+        return services.storage.presign_get(key, expires)
+    except StorageError as e:
+        raise ApiError(503, "storage_unavailable", f"could not sign a URL: {e}") from None
+
+
+@router.get("/{job_id}/segments", response_model=SegmentList, responses=error_responses(404, 503))
+def get_segments(
+    job_id: uuid.UUID, services: ServicesDep, caller: CallerDep, expires_in: ExpiresIn = None
+) -> SegmentList:
+    """The segments finished so far, in order, with presigned URLs: a long render can be
+    watched or used before it ends. A resumed interval's segment replaces the old one."""
+    job = get_owned(services, caller, job_id)
+    expires = _expires(services, expires_in)
+    with services.database.transaction() as s:
+        segments = repo.list_segments(s, job_id)
+    return SegmentList(
+        job_id=job.id,
+        status=job.status,
+        clips_total=job.clips_total,
+        expires_in_s=expires,
+        segments=[
+            SegmentOut(
+                index=g.index,
+                first_clip=g.first_clip,
+                clips=g.clips,
+                frames=g.frames,
+                bytes=g.bytes,
+                sha256=g.sha256,
+                url=_presign(services, g.key, expires),
+                created_at=g.created_at,
+            )
+            for g in segments
+        ],
+    )
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=ResultOut,
+    responses={307: {"description": "with ?redirect=true"}, **error_responses(404, 409, 503)},
+)
+def get_result(
+    job_id: uuid.UUID,
+    services: ServicesDep,
+    caller: CallerDep,
+    redirect: bool = False,
+    expires_in: ExpiresIn = None,
+):
+    """A presigned URL of the finished video and what it is (bytes, sha256, frames,
+    duration); `?redirect=true` answers with a redirect to the URL."""
+    job = get_owned(services, caller, job_id)
     if job.status != JobStatus.SUCCEEDED or not job.output_key:
         progress = f"clip {job.clips_done} of {job.clips_total}"
         raise ApiError(
@@ -200,11 +331,26 @@ def get_result(job_id: uuid.UUID, services: ServicesDep, redirect: bool = False)
             "result_not_ready",
             f"job {job_id} is {job.status} ({progress}); its result exists once it has succeeded",
         )
-    expires = services.config.presign_expires_s
-    try:
-        url = services.storage.presign_get(job.output_key, expires)
-    except StorageError as e:
-        raise ApiError(503, "storage_unavailable", f"could not sign the result URL: {e}") from None
+    expires = _expires(services, expires_in)
+    url = _presign(services, job.output_key, expires)
     if redirect:
         return RedirectResponse(url, status_code=307)
-    return ResultOut(url=url, expires_in_s=expires, output_key=job.output_key)
+    meta = job.output_meta or {}
+    if not {"bytes", "sha256"} <= meta.keys():
+        try:
+            meta = {**measure_output(services.storage, job.output_key), **meta}
+        except StorageError as e:
+            raise ApiError(503, "storage_unavailable", f"could not read the output: {e}") from None
+        with services.database.transaction() as s:
+            repo.set_output_meta(s, job.id, meta)
+    return ResultOut(
+        url=url,
+        expires_in_s=expires,
+        output_key=job.output_key,
+        output=OutputMeta(
+            bytes=meta["bytes"],
+            sha256=meta["sha256"],
+            frames=meta.get("frames"),
+            duration_s=meta.get("duration_s"),
+        ),
+    )

@@ -122,7 +122,7 @@ CASES = [
          json={"prompt": "p", "image": "s3://someone-elses-bucket/face.png", "audio": REF}),
     Case("s3-object-missing", 422, "input_not_found", "does not exist",
          json={"prompt": "p", "image": REF, "audio": REF}),
-    Case("s3-not-an-s3-uri", 422, "invalid_reference", "not an s3:// URI",
+    Case("s3-not-an-s3-uri", 422, "invalid_reference", "neither an s3:// URI nor an upload id",
          json={"prompt": "p", "image": "https://example.com/a.png", "audio": REF}),
     Case("s3-key-traversal", 422, "invalid_reference", "'..'",
          json={"prompt": "p", "image": f"s3://{INPUT_BUCKET}/a/../../b.png", "audio": REF}),

@@ -10,6 +10,7 @@ import pytest
 
 from db import repository as repo
 from storage import keys
+from tests.conftest import make_api_key
 
 
 def finish(db, storage, job_id, content=b"the video"):
@@ -173,7 +174,8 @@ def local_client(api_config, sqlite_db, local_storage):
     from api import Services, create_app
 
     services = Services(config=api_config, database=sqlite_db, storage=local_storage)
-    with TestClient(create_app(services)) as client:
+    headers = {"Authorization": f"Bearer {make_api_key(sqlite_db)}"}
+    with TestClient(create_app(services), headers=headers) as client:
         yield client, services
 
 

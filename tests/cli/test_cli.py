@@ -112,7 +112,7 @@ def test_watch_exit_codes_follow_the_final_status(embedded_service, create_job):
         repo.mark_failed(s, failed.id, "w", lease.attempt, "CUDA out of memory")
         repo.request_cancel(s, canceled.id)
     out = io.StringIO()
-    with LongtakeClient(embedded_service.url) as client:
+    with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
         assert cli.watch(client, str(failed.id), out=out) == 1
         assert "error: CUDA out of memory" in out.getvalue()
         assert cli.watch(client, str(canceled.id), out=out) == 3
@@ -193,7 +193,11 @@ def test_serve_embedded_and_submit_as_processes(embedded_env, inputs):
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.strip()
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job_id}").json()["status"] == "queued"
+        url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
+        assert httpx.get(url).status_code == 401  # the API wants the local key...
+        key = (embedded_env / "api-key").read_text().strip()  # ...which the CLI found here
+        job = httpx.get(url, headers={"Authorization": f"Bearer {key}"}).json()
+        assert job["status"] == "queued"
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)

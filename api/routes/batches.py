@@ -1,0 +1,413 @@
+"""/v1/batches: many jobs in one request, their combined status, and cancel for all.
+
+A batch is JSON: `jobs` (each a job request, as for POST /v1/jobs), `defaults` merged under
+every job, and `inputs`, shared inputs named once (`s3://` URIs or upload ids) that jobs
+refer to by name. Each distinct input is read and checked once, however many jobs use it; an
+`s3://` input is stored once, as an upload. Every job is validated before anything is written;
+then the batch and all its jobs are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Caller, CallerDep
+from api.errors import ApiError, error_responses, pydantic_error
+from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
+from api.limits import read_json_object
+from api.references import (
+    LocalInput,
+    StoredInput,
+    check_stored,
+    download_reference,
+    load_uploads,
+    reference_kind,
+)
+from api.routes.jobs import decode_cursor, encode_cursor
+from api.routes.uploads import store_upload
+from api.schemas import JobRequest
+from api.services import Services, get_services
+from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
+from db import batches, tenants, webhooks
+from db import repository as repo
+from db.models import Batch
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+INPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=255, description="A label for people.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Shared inputs by name: s3://bucket/key or an upload id. A job's image or "
+        "audio may be one of these names.",
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters every job gets unless it sets its own."
+    )
+    jobs: list[dict[str, Any]] = Field(
+        min_length=1, description="Job requests (see JobRequest), image and audio by reference."
+    )
+
+
+class BatchCreated(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    jobs_total: int
+    job_ids: list[uuid.UUID] = Field(description="In the order of the request's jobs.")
+    created_at: datetime
+
+
+class BatchOut(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    jobs_total: int
+    counts: dict[str, int] = Field(description="Jobs by status.")
+    clips_done: int
+    clips_total: int
+    finished: bool = Field(description="No job is queued, running or stitching.")
+    created_at: datetime
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, summary: batches.BatchSummary) -> BatchOut:
+        b = summary.batch
+        return cls(
+            id=b.id,
+            name=b.name,
+            jobs_total=b.jobs_total,
+            counts=summary.counts,
+            clips_done=summary.clips_done,
+            clips_total=summary.clips_total,
+            finished=summary.finished,
+            created_at=b.created_at,
+            links={
+                "self": f"/v1/batches/{b.id}",
+                "jobs": f"/v1/jobs?batch_id={b.id}",
+                "cancel": f"/v1/batches/{b.id}/cancel",
+            },
+        )
+
+
+class BatchList(BaseModel):
+    batches: list[BatchOut]
+    next_cursor: str | None
+
+
+class BatchCanceled(BaseModel):
+    batch: BatchOut
+    canceled: int = Field(description="Jobs canceled now, or flagged to stop after their clip.")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Ref:
+    value: str
+    kind: str
+    field: str
+    got: LocalInput | StoredInput | None = None
+    info: ImageInfo | AudioInfo | None = None
+    key: str | None = None
+
+
+def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest, str, str]]:
+    """Each job as a JobRequest with the references of its image and audio."""
+    import re
+
+    for name, value in body.inputs.items():
+        if not re.match(INPUT_NAME, name):
+            raise ApiError(
+                422, "invalid_parameter", f"inputs: {name!r} is not a valid input name", "inputs"
+            )
+        reference_kind(value, f"inputs.{name}")
+    checked = []
+    for i, job in enumerate(body.jobs):
+        field = f"jobs[{i}]"
+        try:
+            req = JobRequest.model_validate(
+                {**body.defaults, **job}, context={"limits": caller.limits}
+            )
+        except ValidationError as e:
+            error = pydantic_error(list(e.errors()))
+            error.field = f"{field}.{error.field}" if error.field else field
+            error.message = f"{field}.{error.message}"
+            raise error from None
+        refs = []
+        for kind in ("image", "audio"):
+            value = getattr(req, kind)
+            if not value:
+                raise ApiError(
+                    422,
+                    "missing_input",
+                    f"{field}.{kind} is required: an input name, s3:// URI or upload id",
+                    f"{field}.{kind}",
+                )
+            value = body.inputs.get(value, value)
+            reference_kind(value, f"{field}.{kind}")
+            refs.append(value)
+        checked.append((req, refs[0], refs[1]))
+    return checked
+
+
+def _resolve(
+    services: Services, caller: Caller, refs: dict[tuple[str, str], _Ref], workdir: Path
+) -> None:
+    """Read and check each distinct input once (uploads: look up; s3: download and inspect)."""
+    upload_ids = [r.value for r in refs.values() if reference_kind(r.value, r.field) == "upload"]
+    stored = load_uploads(services, caller.tenant, upload_ids)
+    limits = caller.limits
+    for n, ref in enumerate(refs.values()):
+        if ref.value in stored:
+            ref.got = stored[ref.value]
+            check_stored(ref.got, ref.kind, limits, ref.field)  # type: ignore[arg-type]
+            ref.info, ref.key = ref.got.info(), ref.got.key
+            continue
+        limit = limits.max_image_bytes if ref.kind == "image" else limits.max_audio_bytes
+        local = download_reference(
+            services, ref.value, ref.kind, limit, workdir / str(n), ref.field
+        )
+        try:
+            ref.info = (inspect_image if ref.kind == "image" else inspect_audio)(local.path, limits)
+        except ApiError as e:
+            e.message, e.field = f"{ref.field} ({ref.value}): {e.message}", ref.field
+            raise
+        ref.got = local
+
+
+def _store_imports(services: Services, caller: Caller, refs: dict[tuple[str, str], _Ref]) -> None:
+    for ref in refs.values():
+        if isinstance(ref.got, LocalInput):
+            upload, _ = store_upload(
+                services, caller.tenant, ref.kind, ref.got, caller.limits, ref.info
+            )
+            ref.key = upload.key
+
+
+def _create(
+    services: Services,
+    caller: Caller,
+    body: BatchRequest,
+    idempotency_key: str | None,
+    fingerprint: str,
+    workdir: Path,
+) -> tuple[Batch, list[uuid.UUID], bool]:
+    if idempotency_key is not None:
+        replayed = _replay(services, caller, idempotency_key, fingerprint)
+        if replayed is not None:
+            return *replayed, False
+    checked = _validate_jobs(body, caller)
+    refs: dict[tuple[str, str], _Ref] = {}
+    for i, (_req, image, audio) in enumerate(checked):
+        refs.setdefault((image, "image"), _Ref(image, "image", f"jobs[{i}].image"))
+        refs.setdefault((audio, "audio"), _Ref(audio, "audio", f"jobs[{i}].audio"))
+    _resolve(services, caller, refs, workdir)
+
+    job_ids = sorted(uuid.uuid4() for _ in checked)  # ascending: listing by id keeps the order
+    new_jobs, hooks = [], []
+    for i, (req, image, audio) in enumerate(checked):
+        image_ref, audio_ref = refs[(image, "image")], refs[(audio, "audio")]
+        params, clips_total = job_params(
+            req,
+            image_ref.info,  # type: ignore[arg-type]
+            audio_ref.info,  # type: ignore[arg-type]
+            services.config.checkpoint_every,
+            field=f"jobs[{i}].",
+        )
+        new_jobs.append([req, params, clips_total])
+        hooks.append(req)
+    with services.database.transaction() as s:
+        check_quota(s, caller, len(new_jobs))
+        secret = None
+        if any(req.webhook_url and not req.webhook_secret for req in hooks):
+            secret = tenants.ensure_tenant(s, caller.tenant).webhook_secret
+    _store_imports(services, caller, refs)
+
+    batch_id = uuid.uuid4()
+    jobs = [
+        repo.NewJob(
+            id=job_id,
+            tenant=caller.tenant,
+            params=params,
+            image_key=refs[(image, "image")].key,  # type: ignore[arg-type]
+            audio_key=refs[(audio, "audio")].key,  # type: ignore[arg-type]
+            clips_total=clips_total,
+            max_attempts=services.config.max_attempts,
+            priority=req.priority,
+            batch_id=batch_id,
+        )
+        for job_id, (req, params, clips_total), (_r, image, audio) in zip(
+            job_ids, new_jobs, checked, strict=True
+        )
+    ]
+    job_hooks = [
+        batches.JobWebhook(
+            url=req.webhook_url,
+            events=req.webhook_events or list(webhooks.WEBHOOK_EVENTS),
+            secret=req.webhook_secret or secret,  # type: ignore[arg-type]
+        )
+        if req.webhook_url
+        else None
+        for req in hooks
+    ]
+    new = batches.NewBatch(
+        id=batch_id,
+        tenant=caller.tenant,
+        jobs=jobs,
+        webhooks=job_hooks,
+        name=body.name,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+    )
+    try:
+        with services.database.transaction() as s:
+            batch = batches.create_batch(s, new)
+    except sa.exc.IntegrityError:
+        replayed = (
+            _replay(services, caller, idempotency_key, fingerprint) if idempotency_key else None
+        )
+        if replayed is None:
+            raise
+        return *replayed, False
+    return batch, job_ids, True
+
+
+def _replay(
+    services: Services, caller: Caller, key: str, fingerprint: str
+) -> tuple[Batch, list[uuid.UUID]] | None:
+    with services.database.transaction() as s:
+        batch = batches.find_by_idempotency_key(s, caller.tenant, key)
+        if batch is None:
+            return None
+        if batch.request_hash != fingerprint:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                f"Idempotency-Key {key!r} was sent before with a different batch ({batch.id}); "
+                "send the same batch to get it back, or use a new key",
+            )
+        return batch, batches.job_ids(s, batch.id)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+BATCH_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=BatchCreated,
+    openapi_extra=BATCH_DOC,
+    responses={
+        200: {"description": "an earlier batch with the same Idempotency-Key and request"},
+        **error_responses(400, 409, 413, 503),
+    },
+)
+async def create_batch(
+    request: Request,
+    services: ServicesDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Queue many jobs at once; their ids come back in the order of `jobs`."""
+    check_idempotency_key(idempotency_key)
+    raw = await read_json_object(request, services.config.max_batch_bytes, "batch requests")
+    try:
+        body = BatchRequest.model_validate(raw)
+    except ValidationError as e:
+        raise pydantic_error(list(e.errors())) from None
+    limit = services.config.max_batch_jobs
+    if len(body.jobs) > limit:
+        raise ApiError(
+            422,
+            "too_many_jobs",
+            f"a batch holds at most {limit} jobs, this one has {len(body.jobs)}; split it",
+            "jobs",
+        )
+    fingerprint = request_fingerprint(raw, "", "")
+    with tempfile.TemporaryDirectory(prefix="longtake-batch-") as workdir:
+        batch, job_ids, created = await run_in_threadpool(
+            _create, services, caller, body, idempotency_key, fingerprint, Path(workdir)
+        )
+    if created:
+        services.job_queued()
+    out = BatchCreated(
+        id=batch.id,
+        name=batch.name,
+        jobs_total=batch.jobs_total,
+        job_ids=job_ids,
+        created_at=batch.created_at,
+    )
+    return JSONResponse(
+        out.model_dump(mode="json"),
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/batches/{batch.id}"},
+    )
+
+
+def _get(services: Services, caller: Caller, batch_id: uuid.UUID) -> batches.BatchSummary:
+    with services.database.transaction() as s:
+        batch = batches.get_batch(s, batch_id, tenant=caller.tenant)
+        if batch is None:
+            raise ApiError(404, "batch_not_found", f"batch {batch_id} does not exist")
+        return batches.summarize(s, batch)
+
+
+@router.get("", response_model=BatchList, responses=error_responses(400))
+def list_batches(
+    services: ServicesDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    cursor: str | None = None,
+) -> BatchList:
+    """Batches, newest first."""
+    limit = min(limit, services.config.max_page_size)
+    before = decode_cursor(cursor) if cursor else None
+    with services.database.transaction() as s:
+        rows = batches.list_batches(s, tenant=caller.tenant, before=before, limit=limit + 1)
+        page = [BatchOut.of(batches.summarize(s, b)) for b in rows[:limit]]
+    more = len(rows) > limit
+    return BatchList(
+        batches=page,
+        next_cursor=encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if more else None,
+    )
+
+
+@router.get("/{batch_id}", response_model=BatchOut, responses=error_responses(404))
+def get_batch(batch_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> BatchOut:
+    """How far the batch is: its jobs by status and their clips."""
+    return BatchOut.of(_get(services, caller, batch_id))
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchCanceled, responses=error_responses(404))
+def cancel_batch(batch_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> BatchCanceled:
+    """Cancel every unfinished job: queued ones at once, running ones after their clip."""
+    with services.database.transaction() as s:
+        batch = batches.get_batch(s, batch_id, tenant=caller.tenant)
+        if batch is None:
+            raise ApiError(404, "batch_not_found", f"batch {batch_id} does not exist")
+        changed = batches.cancel_batch(s, batch, reason="batch canceled through the API")
+    return BatchCanceled(batch=BatchOut.of(_get(services, caller, batch_id)), canceled=changed)
