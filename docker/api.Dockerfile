@@ -31,7 +31,7 @@ COPY . /src
 RUN pip install --no-deps /src \
  && install -d -m 0755 /app/docker \
  && install -m 0755 /src/docker/entrypoint.sh /app/docker/entrypoint.sh \
- && install -m 0644 /src/docker/healthcheck.py /src/docker/celery_flower.py /app/docker/ \
+ && install -m 0644 /src/docker/healthcheck.py /src/docker/celery_cli.py /app/docker/ \
  && rm -rf /src
 
 # An unprivileged user; /app/var is where `serve --embedded` keeps its SQLite file and objects.

@@ -7,6 +7,8 @@
 #   worker         a render worker: `longtake worker` (Celery, queue `render`, one job at a time)
 #   migrate        `longtake migrate`, then exit
 #   flower         Celery's web monitor (the `flower` stage of the API image)
+#   celery ARGS    Celery's own tools on the deployment's broker: `celery inspect active`,
+#                  `celery control cancel_consumer render` (see docker/celery_cli.py)
 #   health ROLE    the container health check of ROLE (docker/healthcheck.py)
 #   anything else  run as given: `longtake submit ...`, `bash`, ...
 #
@@ -27,7 +29,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 
 if [[ $# -eq 0 ]]; then
-  echo "usage: entrypoint.sh [--dry-run] {api|relay|worker|migrate|flower|health ROLE|COMMAND...}" >&2
+  echo "usage: entrypoint.sh [--dry-run] {api|relay|worker|migrate|flower|celery ARGS|health ROLE|COMMAND...}" >&2
   exit 2
 fi
 
@@ -38,9 +40,10 @@ case "$role" in
   relay) cmd=(longtake relay "$@") ;;
   worker) cmd=(longtake worker "$@") ;;
   migrate) cmd=(longtake migrate "$@") ;;
-  flower)
+  flower | celery)
     cd "$HERE" # celery imports the --app module from the working directory
-    cmd=(celery --app celery_flower flower "$@")
+    if [[ "$role" == flower ]]; then set -- flower "$@"; fi
+    cmd=(celery --app celery_cli "$@")
     ;;
   health) cmd=(python "$HERE/healthcheck.py" "$@") ;;
   *) cmd=("$role" "$@") ;;

@@ -61,7 +61,11 @@ def test_entrypoint_is_valid_bash():
         (["worker"], ["longtake", "worker"]),
         (["worker", "--name", "render-a@%h"], ["longtake", "worker", "--name", "render-a@%h"]),
         (["migrate"], ["longtake", "migrate"]),
-        (["flower", "--port=5555"], ["celery", "--app", "celery_flower", "flower", "--port=5555"]),
+        (["flower", "--port=5555"], ["celery", "--app", "celery_cli", "flower", "--port=5555"]),
+        (
+            ["celery", "control", "cancel_consumer", "render"],
+            ["celery", "--app", "celery_cli", "control", "cancel_consumer", "render"],
+        ),
         (["health", "worker"], ["python", f"{DOCKER}/healthcheck.py", "worker"]),
         (["longtake", "list", "--status", "queued"], ["longtake", "list", "--status", "queued"]),
         (["bash", "-c", "echo 'two words'"], ["bash", "-c", "echo 'two words'"]),
@@ -159,19 +163,17 @@ def test_every_command_the_containers_run_exists():
         ):
             healthcheck.build_parser().parse_args(argv[2:])
         elif argv[0] == "celery":
-            assert (
-                argv[1:3] == ["--app", "celery_flower"] and (DOCKER / "celery_flower.py").is_file()
-            )
+            assert argv[1:3] == ["--app", "celery_cli"] and (DOCKER / "celery_cli.py").is_file()
         else:
             raise AssertionError(f"unexpected command {argv}")
         checked.add(argv[1] if argv[0] == "longtake" else argv[0])
     assert {"serve", "relay", "worker", "migrate", "python", "celery"} <= checked
 
 
-def test_flower_watches_the_deployments_broker(monkeypatch):
+def test_celery_tools_use_the_deployments_broker(monkeypatch):
     monkeypatch.setenv("LONGTAKE_BROKER_URL", "redis://broker.internal:6379/3")
     monkeypatch.setenv("LONGTAKE_BROKER_KEY_PREFIX", "prod:")
-    app = load_script("celery_flower").app
+    app = load_script("celery_cli").app
     assert app.conf.broker_url == "redis://broker.internal:6379/3"
     assert app.conf.broker_transport_options["global_keyprefix"] == "prod:"
     assert "longtake.render" not in app.tasks
@@ -222,6 +224,34 @@ def test_worker_health_is_a_ping_to_this_containers_node(broker_env, celery_app,
     ):
         assert healthcheck.main(["worker", "--name", name]) == 0
         assert healthcheck.main(["worker", "--name", name + "-other", "--timeout", "1"]) == 1
+
+
+def test_drain_stops_a_worker_taking_new_jobs(broker_env, celery_app):
+    """The first step of a zero-loss upgrade (docs/operations.md), through the entrypoint's
+    `celery` role: `control cancel_consumer render` leaves the worker running, off the queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    name = f"render@deploy-test-{secrets.token_hex(4)}"
+    with start_worker(
+        celery_app,
+        pool="solo",
+        hostname=name,
+        queues=["render"],
+        perform_ping_check=False,
+        shutdown_timeout=10,
+    ):
+
+        def queues() -> list[str]:
+            replies = celery_app.control.inspect(destination=[name], timeout=2).active_queues()
+            return [q["name"] for q in (replies or {}).get(name, [])]
+
+        assert queues() == ["render"]
+        drained = entrypoint(
+            "celery", "control", "cancel_consumer", "render", "--destination", name, env=broker_env
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert queues() == []
+        assert healthcheck.main(["worker", "--name", name]) == 0  # still up, just idle
 
 
 def test_url_health(capsys):
