@@ -101,6 +101,12 @@ def run_job(db, job_id):
         repo.mark_succeeded(s, job_id, "gpu-1", lease.attempt, keys.output_key(job_id))
 
 
+def the_hook(db):
+    with db.transaction() as s:
+        (hook,) = webhooks.list_webhooks(s, tenant="default")
+        return hook.id
+
+
 def deliveries(db, hook_id):
     with db.transaction() as s:
         return webhooks.list_deliveries(s, webhook_id=hook_id)
@@ -148,9 +154,12 @@ def test_a_failing_receiver_is_retried_with_backoff(pg_db, create_job, receiver,
     )
     receiver.fail_next = 3
     times = []
-    deliverer = WebhookDeliverer(
-        pg_db, FAST, clock=lambda: times.append(time.monotonic()) or time.time()
-    )
+
+    def clock():  # read once per attempt, to sign it
+        times.append(time.monotonic())
+        return time.time()
+
+    deliverer = WebhookDeliverer(pg_db, FAST, clock=clock)
     job = create_job(pg_db)
     api_client.post(f"/v1/jobs/{job.id}/cancel")
     try:
@@ -188,7 +197,7 @@ def test_repeats_have_no_duplicate_effects_for_a_deduplicating_receiver(
     api_client.post(f"/v1/jobs/{job.id}/cancel")
     deliver_all(deliverer, until=lambda: len(receiver.requests) == 2)
     deliver_all(
-        deliverer, until=lambda: deliveries(pg_db, deliveries_hook(pg_db))[0].status == "delivered"
+        deliverer, until=lambda: deliveries(pg_db, the_hook(pg_db))[0].status == "delivered"
     )
     first, second = receiver.requests
     assert first["body"] == second["body"]  # the same event, the same id: a repeat, not news
@@ -198,11 +207,6 @@ def test_repeats_have_no_duplicate_effects_for_a_deduplicating_receiver(
         and second["headers"]["X-Longtake-Attempt"] == "2"
     )
     assert len(receiver.applied) == 1
-
-
-def deliveries_hook(db):
-    with db.transaction() as s:
-        return webhooks.list_webhooks(s, tenant="default")[0].id
 
 
 def test_delivery_gives_up_after_its_attempts(pg_db, create_job, receiver, api_client):
