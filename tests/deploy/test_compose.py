@@ -451,3 +451,27 @@ def test_project_helper_renders_like_compose():
     assert seconds("1m30s") == 90 and seconds("330s") == 330
     with pytest.raises(ValueError):
         seconds("5 minutes")
+
+
+def test_the_operations_guides_two_engine_node_is_a_valid_compose_file(tmp_path, monkeypatch):
+    """docs/operations.md: an 8-GPU node as two workers of 4 GPUs each."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    (example,) = [b for b in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "engine-a" in b]
+    (tmp_path / "compose.yaml").write_text(example)
+    project = Project((tmp_path / "compose.yaml",), {**NODE_ENV, "LONGTAKE_ENGINE_FACTORY": "m:f"})
+    validator = jsonschema.Draft7Validator(compose_schema())
+    assert not list(validator.iter_errors(project.config))
+    services = project.config["services"]
+    gpus = [
+        services[name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        for name in ("engine-a", "engine-b")
+    ]
+    assert gpus == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
+    main_worker = compose(*NODE, env=NODE_ENV).config["services"]["worker"]
+    for name in ("engine-a", "engine-b"):
+        env = project.environment(name)
+        settings = settings_for(monkeypatch, env)
+        assert settings.worker_config().engine.factory == "m:f"
+        assert services[name]["stop_grace_period"] == main_worker["stop_grace_period"]
+        assert env["LONGTAKE_SOFT_SHUTDOWN_TIMEOUT_S"] == "300"
+        assert services[name]["volumes"] == main_worker["volumes"]
