@@ -3,7 +3,8 @@
 #
 #   api            the HTTP API: `longtake serve --no-relay` (the relay runs as its own service;
 #                  the schema is brought up to date by a `migrate` run before the API starts)
-#   relay          the outbox relay and lease reaper: `longtake relay` (any number may run)
+#   relay          the outbox relay, lease reaper and webhook deliveries: `longtake relay`
+#                  (any number may run)
 #   worker         a render worker: `longtake worker` (Celery, queue `render`, one job at a time)
 #   migrate        `longtake migrate`, then exit
 #   flower         Celery's web monitor (the `flower` stage of the API image)
