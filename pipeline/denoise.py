@@ -59,6 +59,12 @@ class Denoiser:
         self.zero_time = dit.time_modulation(0.0)
         rows, cols = geometry.grid
         self._rows, self._cols = range(rows), range(cols)
+        # token positions of a block at frame 0 and of the reference frame, kept on the model's
+        # device: a step shifts them along the frame axis without a host round trip
+        frames = range(geometry.frames_per_block)
+        self._block_grid = rope_mod.grid(list(frames), self._rows, self._cols).to(dit.device)
+        self._frame_grid = rope_mod.grid([0], self._rows, self._cols).to(dit.device)
+        self._frame_axis = torch.tensor([1, 0, 0], device=dit.device)
 
     def sink_offset(self, block_index: int, step: int) -> int:
         lo, hi = self.cfg.sink_offset_range
@@ -111,10 +117,9 @@ class Denoiser:
         g = self.geometry
         dit = self.dit
         first = block_index * g.frames_per_block
-        frames = list(range(first, first + g.frames_per_block))
-        q_freqs = dit.rope.freqs(rope_mod.grid(frames, self._rows, self._cols), dit.device)
+        q_freqs = dit.rope.freqs(self._block_grid + self._frame_axis * first, dit.device)
         ref_frame = max(self.cfg.sink_frame, first + self.sink_offset(block_index, step))
-        ref_freqs = dit.rope.freqs(rope_mod.grid([ref_frame], self._rows, self._cols), dit.device)
+        ref_freqs = dit.rope.freqs(self._frame_grid + self._frame_axis * ref_frame, dit.device)
         start, valid = cache.ring_slot(block_index)
         end = start + g.block_tokens
 

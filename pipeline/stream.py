@@ -130,6 +130,7 @@ class Stream:
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
+        self._pinned: dict[str, torch.Tensor] = {}  # reused state capture buffers
         self._closed = False
 
         if state is not None:
@@ -239,8 +240,9 @@ class Stream:
     def state_dict(self, pin_memory: bool = False) -> state_io.StateDict:
         """Everything needed to continue exactly, on the host: call between clips.
 
-        pin_memory: copy GPU tensors into page-locked host memory (faster transfers; a writer
-        thread can then save them while the GPU goes on).
+        pin_memory (GPU streams): copy into page-locked host buffers that the stream allocates
+        once and reuses, so a capture is one fast device-to-host copy. The returned tensors
+        are then those buffers: write them out before the next `state_dict(pin_memory=True)`.
         """
         self._check_open()
         if self.decode_mode == "offline":
@@ -248,22 +250,25 @@ class Stream:
         g = self.geometry
         pin = pin_memory and self._device.type == "cuda"
 
-        def host(t: torch.Tensor) -> torch.Tensor:
+        def host(name: str, t: torch.Tensor) -> torch.Tensor:
             if not pin:
                 return t.detach().to("cpu", copy=True)
-            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            out.copy_(t, non_blocking=True)
-            return out
+            buf = self._pinned.get(name)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = self._pinned[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            return buf
 
-        tensors = {
-            "sink.ref_keys": host(self.sink_keys.ref),
-            "sink.motion_keys": host(self.caches[0].sink_motion_keys),
-            "sink.values": host(self.caches[0].sink_values),
+        live = {
+            "sink.ref_keys": self.sink_keys.ref,
+            "sink.motion_keys": self.caches[0].sink_motion_keys,
+            "sink.values": self.caches[0].sink_values,
         }
         for i, cache in enumerate(self.caches):
-            tensors[f"step.{i}.ring"] = host(cache.ring)
+            live[f"step.{i}.ring"] = cache.ring
         dec_tensors, dec_meta = self.decoder.state_dict()
-        tensors.update({f"decoder.{k}": host(v) for k, v in dec_tensors.items()})
+        live.update({f"decoder.{k}": v for k, v in dec_tensors.items()})
+        tensors = {name: host(name, t) for name, t in live.items()}
         if pin:
             torch.cuda.synchronize(self._device)
         meta: dict[str, Any] = {
@@ -330,6 +335,7 @@ class Stream:
         self.caches = []
         self._offline_latents = []
         self._offline_clips = []
+        self._pinned = {}
         self._motion = None
 
     def _check_open(self) -> None:

@@ -44,6 +44,8 @@ from PIL import Image
 
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
+from pipeline.model import fused
+from pipeline.model.attention import attention
 from pipeline.model.transformer import dit_flops_per_block_step
 
 T0 = time.perf_counter()
@@ -131,6 +133,26 @@ class Timer:
             if keep:
                 self.spans.setdefault(name, []).append(seconds)
         self.pending = []
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of fn() after warm-up calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1000)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def sync(device: torch.device) -> None:
@@ -271,16 +293,69 @@ def bench_generation(
     )
 
     result["state"] = bench_state(args, stream, device)
+    result["attention_s"] = bench_attention(g, cfg, device)
+    result["step_eager_s"] = bench_eager_step(stream, device)
+    log(f"eager step {result['step_eager_s']:.3f}s; attention {result['attention_s']}")
     stream.close()
     return result, gen
 
 
+def bench_eager_step(stream: Any, device: torch.device) -> float:
+    """The same DiT step with the elementwise glue left to eager PyTorch (no torch.compile).
+
+    Runs after the measured clips on the stream's own caches (it overwrites one ring slot)."""
+    g = stream.geometry
+    block = stream.next_clip * g.blocks_per_clip
+    audio = stream.denoiser.audio(stream.audio.video_frames(block * 12, 12))
+    x = torch.randn(16, 3, g.latent_h, g.latent_w, device=device)
+    sync(device)
+    step = type(stream.denoiser).step  # the class's function: not the timing wrapper
+    fused.set_compile(False)
+    try:
+        return time_call(
+            lambda: step(stream.denoiser, stream.caches[1], stream.sink_keys, x, 1, block, audio),
+            device,
+            warmup=1,
+            repeats=4,
+        )
+    finally:
+        fused.set_compile(True)
+
+
+def bench_attention(g: Any, cfg: Any, device: torch.device) -> dict[str, float | None]:
+    """One layer's self-attention at the stream's shapes (queries of a block over a full
+    cache), through each SDPA backend and through pipeline's `attention()`."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    h, d = cfg.num_heads, cfg.head_dim
+    q = torch.randn(1, g.block_tokens, h, d, device=device, dtype=torch.bfloat16, generator=gen)
+    kv = torch.randn(2, g.cache_tokens, h, d, device=device, dtype=torch.bfloat16, generator=gen)
+    k, v = kv[0].unsqueeze(0), kv[1].unsqueeze(0)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        return time_call(fn, device, warmup=3, repeats=10)
+
+    out: dict[str, float | None] = {"pipeline attention()": timed(lambda: attention(q, k, v))}
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    for backend in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, backend)]):
+                out[backend.lower()] = timed(
+                    lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+                )
+        except RuntimeError:  # not available for these inputs on this device
+            out[backend.lower()] = None
+    return out
+
+
 def bench_state(args: argparse.Namespace, stream: Any, device: torch.device) -> dict:
     out: dict[str, Any] = {}
-    # the first capture also grows the VM's memory (first touch); the second is the steady cost
+    # pageable: fresh host memory each time; pinned: the stream's buffers, allocated by the
+    # first pinned capture and reused by the next (the steady cost of a checkpoint)
     for label, pinned in (
-        ("capture_first_s", False),
         ("capture_s", False),
+        ("capture_pinned_first_s", True),
         ("capture_pinned_s", True),
     ):
         sync(device)
@@ -290,7 +365,6 @@ def bench_state(args: argparse.Namespace, stream: Any, device: torch.device) -> 
         out[label] = time.perf_counter() - t
         if label != "capture_s":
             del sd
-            gc.collect()
             continue
         nbytes = sum(v.numel() * v.element_size() for v in sd["tensors"].values())
         out["bytes"] = nbytes
@@ -322,8 +396,9 @@ def bench_state(args: argparse.Namespace, stream: Any, device: torch.device) -> 
         del sd
         gc.collect()
     log(
-        f"state {out['bytes'] / 1e9:.1f} GB: capture {out['capture_s']:.1f}s "
-        f"(pinned {out['capture_pinned_s']:.1f}s), write {out['write_s']:.1f}s"
+        f"state {out['bytes'] / 1e9:.1f} GB: capture {out['capture_s']:.1f}s, pinned "
+        f"{out['capture_pinned_first_s']:.1f}s then {out['capture_pinned_s']:.1f}s, "
+        f"write {out['write_s']:.1f}s"
     )
     return out
 
@@ -393,7 +468,9 @@ def bench_memory(args: argparse.Namespace, device: torch.device, deadline: float
         args.preset, device=device, random_weights=True, dit_overrides={"num_layers": layers}
     )
     out: dict[str, Any] = {"dit_layers": layers}
-    for mode, marks in (("online", args.mem_online), ("offline", args.mem_offline)):
+    for mode, marks in (("offline", args.mem_offline), ("online", args.mem_online)):
+        if not marks:
+            continue
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -420,15 +497,27 @@ def table(r: dict) -> str:
         ("frames per second, one GPU", f"{g['fps']:.2f}"),
         ("peak GPU memory (allocated)", f"{g['peak_gpu_allocated'] / 2**30:.1f} GiB"),
         ("stream state size", f"{g['state']['bytes'] / 1e9:.1f} GB"),
+        ("state capture: pageable", f"{g['state']['capture_s']:.1f} s"),
         (
-            "state capture (pageable / pinned)",
-            f"{g['state']['capture_s']:.1f} s / {g['state']['capture_pinned_s']:.1f} s",
+            "state capture: pinned, first / reused",
+            f"{g['state']['capture_pinned_first_s']:.1f} s / {g['state']['capture_pinned_s']:.1f} s",
         ),
         ("state write", f"{g['state']['write_s']:.1f} s ({g['state']['write_gb_per_s']:.2f} GB/s)"),
     ]
+    if "step_eager_s" in g:
+        rows.append(("DiT step without torch.compile", f"{g['step_eager_s']:.3f} s"))
+    for name, secs in g.get("attention_s", {}).items():
+        rows.append(
+            (
+                f"self-attention, one layer: {name}",
+                "n/a" if secs is None else f"{secs * 1e3:.2f} ms",
+            )
+        )
     mem = r.get("memory")
     if mem:
         for mode in ("online", "offline"):
+            if mode not in mem:
+                continue
             for s in mem[mode]["samples"]:
                 rows.append(
                     (
@@ -459,8 +548,8 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.size, args.clips, args.mem_online, args.mem_offline = "64*64", 1, "2,4", "2,4,6"
-    args.mem_online = [int(v) for v in args.mem_online.split(",")]
-    args.mem_offline = [int(v) for v in args.mem_offline.split(",")]
+    args.mem_online = [int(v) for v in args.mem_online.split(",") if v]
+    args.mem_offline = [int(v) for v in args.mem_offline.split(",") if v]
     device = torch.device(args.device)
     deadline = T0 + args.deadline
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.model import fused
 from pipeline.model.attention import attention
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -26,7 +27,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype) * self.weight
+        return fused.rms_norm(x, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -86,9 +87,6 @@ class TransformerBlock(nn.Module):
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -97,23 +95,20 @@ class TransformerBlock(nn.Module):
         text_kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         """x [B, L, C] in the weights' dtype; time_mod [6, C] float32 (one timestep for all L)."""
-        dtype = x.dtype
+        dtype, eps = x.dtype, self.eps
         shift1, scale1, gate1, shift2, scale2, gate2 = (
             self.modulation[0].float() + time_mod
         ).unbind(0)
-        h = x.float()
+        h = x.float()  # the residual stream, float32 inside the block
 
-        y = self.self_attn((self._norm(h) * (1 + scale1) + shift1).to(dtype), attend)
-        h = h + y.float() * gate1
+        y = self.self_attn(fused.modulated_norm(h, shift1, scale1, eps, dtype), attend)
+        h = fused.gated_residual(h, y, gate1)
 
-        c = F.layer_norm(
-            h, h.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps
-        )
-        h = h + self.cross_attn(c.to(dtype), *text_kv).float()
+        c = fused.affine_norm(h, self.norm3.weight, self.norm3.bias, eps, dtype)
+        h = fused.residual(h, self.cross_attn(c, *text_kv))
 
-        y = self.ffn((self._norm(h) * (1 + scale2) + shift2).to(dtype))
-        h = h + y.float() * gate2
-        return h.to(dtype)
+        y = self.ffn(fused.modulated_norm(h, shift2, scale2, eps, dtype))
+        return fused.gated_residual(h, y, gate2).to(dtype)
 
 
 class Head(nn.Module):
@@ -128,5 +123,5 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         """x [B, L, C]; time_emb [C] float32 -> [B, L, prod(patch) * out_dim] float32."""
         shift, scale = (self.modulation[0].float() + time_emb).unbind(0)
-        h = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        h = fused.modulated_norm(x.float(), shift, scale, self.eps, torch.float32)
         return F.linear(h, self.head.weight.float(), self.head.bias.float())

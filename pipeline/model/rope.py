@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.model import fused
+
 
 def _inv_freqs(dim: int) -> torch.Tensor:
     # built on the CPU explicitly: the model may be constructed under a meta-device context
@@ -25,30 +27,29 @@ class Rope:
         spatial = 2 * (head_dim // 6)
         self.inv_f = _inv_freqs(head_dim - 2 * spatial)
         self.inv_s = _inv_freqs(spatial)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def freqs(self, positions: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         """Rotations for tokens at `positions` [L, 3] (int64: frame, row, column).
 
-        Returns complex64 [L, 1, D/2], broadcastable over heads.
+        Returns float32 [L, 1, D/2, 2]: (cos, sin) of each channel pair, broadcastable over heads.
+        Computed where `positions` live (keep them on the GPU to avoid a host round trip).
         """
+        inv_f, inv_s = self._inverse_frequencies(positions.device)
         p = positions.to(torch.float64)
-        angles = torch.cat(
-            [
-                p[:, 0:1] * self.inv_f,
-                p[:, 1:2] * self.inv_s,
-                p[:, 2:3] * self.inv_s,
-            ],
-            dim=1,
-        )
-        rot = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+        angles = torch.cat([p[:, 0:1] * inv_f, p[:, 1:2] * inv_s, p[:, 2:3] * inv_s], dim=1)
+        rot = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1).float()
         return rot.unsqueeze(1).to(device)
+
+    def _inverse_frequencies(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.inv_f.to(device), self.inv_s.to(device))
+        return self._on_device[device]
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, L, H, D] by freqs [L, 1, D/2]; float32 arithmetic, result in x's dtype."""
-    b, n, h, d = x.shape
-    xc = torch.view_as_complex(x.float().reshape(b, n, h, d // 2, 2))
-    return torch.view_as_real(xc * freqs).reshape(b, n, h, d).to(x.dtype)
+    """Rotate x [B, L, H, D] by freqs [L, 1, D/2, 2]; float32 arithmetic, result in x's dtype."""
+    return fused.rope(x, freqs)
 
 
 def grid(frames: list[int], rows: list[int] | range, cols: list[int] | range) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.model import rope
+from pipeline.model import fused, rope
 from pipeline.model.attention import attention
 from pipeline.model.audio import AudioInjector, CausalAudioEncoder
 from pipeline.model.frame_pack import FramePacker
@@ -206,9 +206,9 @@ class WanS2VTransformer(nn.Module):
         k, v = audio.kv[j]
         shift, scale = audio.adain[j]
         frames = x.view(k.shape[0], -1, x.shape[-1])  # [F, tokens per frame, C]
-        h = F.layer_norm(frames.float(), frames.shape[-1:], eps=1e-5) * (1 + scale) + shift
+        h = fused.modulated_norm(frames.float(), shift, scale, 1e-5, x.dtype)
         inj = self.audio_injector.injector[j]
-        q = inj.norm_q(inj.q(h.to(x.dtype))).unflatten(2, (inj.num_heads, -1))
+        q = inj.norm_q(inj.q(h)).unflatten(2, (inj.num_heads, -1))
         out = inj.o(attention(q, k, v).flatten(2))
         return x + out.reshape(x.shape)
 

@@ -1,0 +1,89 @@
+"""The DiT's elementwise glue (norms, modulation, gates, RoPE), fused on GPU.
+
+Between its matrix products a block runs a dozen memory-bound elementwise steps in float32;
+eager PyTorch spends one kernel, and one round trip through GPU memory, on each. On CUDA these
+functions are compiled with `torch.compile` (one kernel each); on the CPU they run eagerly, as
+written. `set_compile(False)` turns compilation off (benchmarks compare both).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_enabled = True
+
+
+def set_compile(enabled: bool) -> None:
+    global _enabled
+    _enabled = enabled
+
+
+def _gpu_compiled(fn: _F) -> _F:
+    compiled: Callable[..., Any] | None = None
+
+    def call(*args: Any) -> Any:
+        nonlocal compiled
+        if not (_enabled and args[0].is_cuda):
+            return fn(*args)
+        if compiled is None:
+            compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+        try:
+            return compiled(*args)
+        except Exception as exc:  # no working compiler here: stay correct, run eagerly
+            warnings.warn(
+                f"torch.compile of {fn.__name__} failed, running eagerly: {exc}", stacklevel=2
+            )
+            compiled = fn
+            return fn(*args)
+
+    call.__doc__ = fn.__doc__
+    return call  # type: ignore[return-value]
+
+
+@_gpu_compiled
+def modulated_norm(
+    h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """LayerNorm (no affine) of float32 h, then AdaLN: * (1 + scale) + shift, cast to dtype."""
+    return (F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift).to(dtype)
+
+
+@_gpu_compiled
+def affine_norm(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """LayerNorm with its own scale and bias, in float32, cast to dtype."""
+    return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(dtype)
+
+
+@_gpu_compiled
+def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """h + y * gate in float32 (h float32, y in the weights' dtype)."""
+    return h + y.float() * gate
+
+
+@_gpu_compiled
+def residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return h + y.float()
+
+
+@_gpu_compiled
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32, rounded to x's dtype, then scaled (Wan's order)."""
+    return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * weight
+
+
+@_gpu_compiled
+def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x [B, L, H, D] by rot [L, 1, D/2, 2] (cos, sin); float32 math."""
+    xr = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xr[..., 0], xr[..., 1]
+    cos, sin = rot[..., 0], rot[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
