@@ -16,6 +16,13 @@ at is stored: a crash at any instant leaves either the previous consistent point
 one, never a checkpoint that points past a segment that was not uploaded. What a crash leaves
 in storage past the recorded point is overwritten by the next attempt or pruned in step 5.
 
+A worker told to stop (SIGTERM) in the middle of an interval commits an *open* interval
+instead: no segment, but a checkpoint at the current clip that also holds the interval's
+frames so far (``open-interval.rgb``, uint8 RGB as generated, described by
+``open-interval.json``). The next attempt encodes them again into the same segment before
+its first new clip, so segment boundaries, and with them the encoded video, are exactly those
+of a render that never stopped.
+
 One interval is in flight at a time: the render waits for the previous commit only if it is
 still running when the next boundary comes, which is also what bounds host memory to one
 captured state.
@@ -23,6 +30,7 @@ captured state.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -32,6 +40,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from db import repository as repo
 from db.database import Database
@@ -47,6 +57,9 @@ from worker.segments import SegmentEncoder
 
 log = logging.getLogger(__name__)
 
+OPEN_INTERVAL = "open-interval.json"
+OPEN_INTERVAL_FRAMES = "open-interval.rgb"
+
 
 @dataclass
 class Interval:
@@ -56,6 +69,47 @@ class Interval:
     first_clip: int
     encoder: SegmentEncoder
     clips: int = 0
+
+
+@dataclass(frozen=True)
+class OpenInterval:
+    """The unfinished interval a mid-interval checkpoint carries."""
+
+    index: int
+    first_clip: int
+    clips: int
+    frames: int
+    width: int
+    height: int
+    frames_path: Path
+
+    def read_frames(self) -> np.ndarray:
+        """uint8 [frames, height, width, 3], as generated (before the mark)."""
+        data = np.fromfile(self.frames_path, dtype=np.uint8)
+        expected = self.frames * self.height * self.width * 3
+        if data.size != expected:
+            raise ValueError(
+                f"{self.frames_path} holds {data.size} bytes, the interval needs {expected}"
+            )
+        return data.reshape(self.frames, self.height, self.width, 3)
+
+
+def read_open_interval(directory: Path) -> OpenInterval | None:
+    """The open interval stored in a checkpoint directory, or None if it holds none."""
+    meta_path = directory / OPEN_INTERVAL
+    frames_path = directory / OPEN_INTERVAL_FRAMES
+    if not meta_path.is_file() or not frames_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return OpenInterval(
+        index=int(meta["index"]),
+        first_clip=int(meta["first_clip"]),
+        clips=int(meta["clips"]),
+        frames=int(meta["frames"]),
+        width=int(meta["width"]),
+        height=int(meta["height"]),
+        frames_path=frames_path,
+    )
 
 
 @dataclass
@@ -92,6 +146,8 @@ class _Commit:
     """The stream state at `end_clip`; None at the end of the job (nothing left to resume)."""
     render_cost_s: float
     """What this boundary cost the generator (state capture, waiting for the previous commit)."""
+    open: bool = False
+    """The interval is unfinished: checkpoint its frames instead of recording a segment."""
 
 
 @dataclass
@@ -110,7 +166,7 @@ class IntervalCommitter:
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="interval-commit")
     )
-    _pending: Future[SegmentRef] | None = None
+    _pending: Future[SegmentRef | None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -123,18 +179,27 @@ class IntervalCommitter:
         state: dict[str, Any] | None,
         *,
         render_cost_s: float = 0.0,
+        open: bool = False,
     ) -> None:
-        """Commit `interval` in the background (the previous commit must be finished)."""
+        """Commit `interval` in the background (the previous commit must be finished).
+
+        `open`: the interval stops short of its boundary (shutdown); its frames so far go into
+        the checkpoint at `end_clip` and no segment is recorded.
+        """
         if self._pending is not None:
             raise RuntimeError("the previous interval is still being committed; wait() first")
-        commit = _Commit(interval, end_clip, state, render_cost_s)
+        if open and (state is None or interval.encoder.raw_copy is None):
+            raise ValueError("an open interval needs the stream state and a raw copy of frames")
+        commit = _Commit(interval, end_clip, state, render_cost_s, open)
         self._pending = self._executor.submit(self._commit, commit)
 
     def wait(self) -> None:
         """Wait for the commit in flight, if any; raise what it raised."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            self.committed.append(pending.result())
+            segment = pending.result()
+            if segment is not None:
+                self.committed.append(segment)
 
     def raise_if_failed(self) -> None:
         """Between clips: surface a failed commit without waiting for a running one."""
@@ -151,47 +216,42 @@ class IntervalCommitter:
 
     # -- the committer's thread --------------------------------------------------------
 
-    def _commit(self, c: _Commit) -> SegmentRef:
+    def _commit(self, c: _Commit) -> SegmentRef | None:
         started = time.monotonic()
-        policy = self.config.storage_retry
         interval = c.interval
         info = interval.encoder.close()
-        frame_hashes = list(iter_frame_hashes(info.path))
-        key = keys.segment_key(self.job_id, interval.index)
-        with_retries(
-            lambda: self.storage.put_file(key, info.path, "video/mp4"),
-            f"upload {key}",
-            policy,
-            stop=self.stop,
-        )
-        self.faults.hit("segment_upload")
+        raw = interval.encoder.raw_copy
 
-        checkpoint_bytes = 0
-        if c.state is not None:
-            local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
-            shutil.rmtree(local, ignore_errors=True)
-            state_io.write_checkpoint(c.state, local)
-            c.state = None  # the host copy of the state can go as soon as it is on disk
-            checkpoint_bytes = upload_checkpoint(
-                self.storage,
-                self.job_id,
-                c.end_clip,
-                local,
-                policy,
-                after_first_file=lambda: self.faults.hit("checkpoint_write"),
+        if c.open:
+            info.path.unlink(missing_ok=True)  # re-encoded whole by the next attempt
+            assert raw is not None
+            checkpoint_bytes = self._checkpoint(c, open_interval=(interval, info.frames, raw))
+            segment = None
+        else:
+            if raw is not None:
+                raw.unlink(missing_ok=True)
+            frame_hashes = list(iter_frame_hashes(info.path))
+            key = keys.segment_key(self.job_id, interval.index)
+            with_retries(
+                lambda: self.storage.put_file(key, info.path, "video/mp4"),
+                f"upload {key}",
+                self.config.storage_retry,
                 stop=self.stop,
             )
-            shutil.rmtree(local, ignore_errors=True)
+            self.faults.hit("segment_upload")
+            checkpoint_bytes = self._checkpoint(c) if c.state is not None else 0
+            segment = SegmentRef(
+                index=interval.index,
+                key=key,
+                first_clip=interval.first_clip,
+                clips=interval.clips,
+                frames=info.frames,
+                bytes=info.bytes,
+                sha256=info.sha256,
+                path=info.path,
+                frame_hashes=frame_hashes,
+            )
 
-        segment = repo.SegmentRecord(
-            index=interval.index,
-            key=key,
-            first_clip=interval.first_clip,
-            clips=interval.clips,
-            frames=info.frames,
-            bytes=info.bytes,
-            sha256=info.sha256,
-        )
         held = with_retries(
             lambda: self._record(segment, c, checkpoint_bytes),
             f"record the checkpoint at clip {c.end_clip}",
@@ -201,37 +261,74 @@ class IntervalCommitter:
         if not held:
             raise repo.LeaseLost(self.job_id, self.config.worker_id, self.attempt)
         try:
-            prune_checkpoints(self.storage, self.job_id, c.end_clip, policy, stop=self.stop)
+            prune_checkpoints(
+                self.storage, self.job_id, c.end_clip, self.config.storage_retry, stop=self.stop
+            )
         except Exception as exc:  # garbage only: the next boundary or the end prunes it
             log.warning("job %s: could not prune old checkpoints: %s", self.job_id, exc)
         seconds = time.monotonic() - started
         self.timings.append(CommitTiming(c.end_clip, seconds, checkpoint_bytes))
         log.info(
-            "job %s: segment %d (clips %d-%d) and checkpoint at clip %d committed in %.2f s",
+            "job %s: %s (clips %d-%d) and checkpoint at clip %d committed in %.2f s",
             self.job_id,
-            interval.index,
+            f"segment {interval.index}" if segment else f"open interval {interval.index}",
             interval.first_clip,
             c.end_clip - 1,
             c.end_clip,
             seconds,
         )
-        return SegmentRef(
-            index=segment.index,
-            key=key,
-            first_clip=segment.first_clip,
-            clips=segment.clips,
-            frames=segment.frames,
-            bytes=segment.bytes,
-            sha256=segment.sha256,
-            path=info.path,
-            frame_hashes=frame_hashes,
-        )
+        return segment
 
-    def _record(self, segment: repo.SegmentRecord, c: _Commit, checkpoint_bytes: int) -> bool:
+    def _checkpoint(
+        self, c: _Commit, open_interval: tuple[Interval, int, Path] | None = None
+    ) -> int:
+        """Write the state at `c.end_clip` (and an open interval's frames) and upload it."""
+        local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
+        shutil.rmtree(local, ignore_errors=True)
+        assert c.state is not None
+        # write_checkpoint writes manifest.json last; the open interval's files go in before
+        # the upload, which sends the manifest last too.
+        state_io.write_checkpoint(c.state, local)
+        c.state = None  # the host copy of the state can go as soon as it is on disk
+        if open_interval is not None:
+            interval, frames, raw = open_interval
+            shutil.move(raw, local / OPEN_INTERVAL_FRAMES)
+            meta = {
+                "index": interval.index,
+                "first_clip": interval.first_clip,
+                "clips": interval.clips,
+                "frames": frames,
+                "width": interval.encoder.width,
+                "height": interval.encoder.height,
+            }
+            (local / OPEN_INTERVAL).write_text(json.dumps(meta))
+        uploaded = upload_checkpoint(
+            self.storage,
+            self.job_id,
+            c.end_clip,
+            local,
+            self.config.storage_retry,
+            after_first_file=lambda: self.faults.hit("checkpoint_write"),
+            stop=self.stop,
+        )
+        shutil.rmtree(local, ignore_errors=True)
+        return uploaded
+
+    def _record(self, segment: SegmentRef | None, c: _Commit, checkpoint_bytes: int) -> bool:
         worker_id = self.config.worker_id
         with self.database.transaction() as s:
-            if not repo.record_segment(s, self.job_id, worker_id, self.attempt, segment):
-                return False
+            if segment is not None:
+                record = repo.SegmentRecord(
+                    index=segment.index,
+                    key=segment.key,
+                    first_clip=segment.first_clip,
+                    clips=segment.clips,
+                    frames=segment.frames,
+                    bytes=segment.bytes,
+                    sha256=segment.sha256,
+                )
+                if not repo.record_segment(s, self.job_id, worker_id, self.attempt, record):
+                    return False
             return repo.record_checkpoint(
                 s,
                 self.job_id,

@@ -44,7 +44,13 @@ from storage import keys
 from storage.base import ObjectNotFound, Storage
 from worker.backoff import with_retries
 from worker.checkpoints import download_checkpoint, prune_checkpoints
-from worker.commit import Interval, IntervalCommitter, SegmentRef
+from worker.commit import (
+    Interval,
+    IntervalCommitter,
+    OpenInterval,
+    SegmentRef,
+    read_open_interval,
+)
 from worker.config import EngineSpec, WorkerConfig
 from worker.engine import ENGINES, Engine, RenderStream, capture_state
 from worker.errors import JobInputError, describe, is_retryable
@@ -104,6 +110,18 @@ class AttemptStats:
     def checkpoint_overhead(self) -> float:
         """Share of the render the generator spent on checkpoints."""
         return (self.capture_s + self.commit_wait_s) / self.render_s if self.render_s else 0.0
+
+
+@dataclass
+class _Start:
+    """Where an attempt starts."""
+
+    clip: int
+    segments: list[SegmentRef]
+    """Recorded segments before `clip` (all of them, unless an open interval is carried)."""
+    checkpoint: Path | None = None
+    """The downloaded checkpoint directory at `clip` (None: from the start, or stitch only)."""
+    open_interval: OpenInterval | None = None
 
 
 class _Stop(Exception):
@@ -249,46 +267,49 @@ class _Attempt:
             default_watermark=self.config.watermark,
             watermark_allowed=self.config.watermark_allowed,
         )
-        resume, kept = self._resume_point(plan, self.lease.resume_from_clip or 0)
-        self.stats.resumed_from = resume
-        log.info(
-            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept)",
-            self.job_id,
-            self.attempt,
-            job.max_attempts,
-            resume,
-            plan.clips_total,
-            len(kept),
-        )
         image = self._input_bytes(plan.image_key)
         audio = self.scratch / f"source{Path(plan.audio_key).suffix}"
         self._input_file(plan.audio_key, audio)
         audio_track: Future[Path] = self._background.submit(
             prepare_audio, audio, self.scratch / "audio.m4a", plan.duration_s, self.config.audio
         )
-        segments = kept
-        if resume < plan.clips_total:
-            segments = kept + self._render(plan, image, audio, resume, first_index=len(kept))
+        start = self._resume_point(plan, self.lease.resume_from_clip or 0)
+        self.stats.resumed_from = start.clip
+        log.info(
+            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept)",
+            self.job_id,
+            self.attempt,
+            job.max_attempts,
+            start.clip,
+            plan.clips_total,
+            len(start.segments),
+        )
+        segments = start.segments
+        if start.clip < plan.clips_total:
+            segments = segments + self._render(plan, image, audio, start)
         return self._finish(plan, segments, audio_track)
 
     # ---- resume point --------------------------------------------------------------------
 
-    def _resume_point(self, plan: JobPlan, recorded: int) -> tuple[int, list[SegmentRef]]:
-        """The clip to start at and the recorded segments before it.
+    def _resume_point(self, plan: JobPlan, recorded: int) -> _Start:
+        """Where this attempt starts: the recorded checkpoint, its files, the segments before it.
 
-        Rows are recorded with their checkpoint, so segments 0..k tile [0, recorded). If they
-        do not (rows lost, or a checkpoint missing), the job starts over from clip 0: its
-        segments are regenerated and their rows replaced.
+        Segment rows are recorded with their checkpoints, so segments 0..k tile [0, e) with
+        e == recorded, or e < recorded when the checkpoint carries the open interval [e,
+        recorded). Anything else (rows or checkpoint files lost) starts the job over from
+        clip 0: its segments are regenerated and their rows replaced.
         """
         if recorded == 0:
-            return 0, []
+            return _Start(0, [])
         rows: list[JobSegment] = self._db(
             lambda s: repo.list_segments(s, self.job_id), "read the segments"
         )
         kept: list[SegmentRef] = []
         end = 0
         for row in rows:
-            if row.index != len(kept) or row.first_clip != end or row.first_clip >= recorded:
+            if row.index != len(kept) or row.first_clip != end:
+                break
+            if row.first_clip + row.clips > recorded:
                 break
             kept.append(
                 SegmentRef(
@@ -296,15 +317,34 @@ class _Attempt:
                 )
             )
             end = row.first_clip + row.clips
-        if end != recorded:
-            log.warning(
-                "job %s: recorded segments cover clips [0, %d), not [0, %d): starting over",
-                self.job_id,
-                end,
-                recorded,
-            )
-            return 0, []
-        return recorded, kept
+        if recorded == plan.clips_total and end == recorded:
+            return _Start(recorded, kept)  # every clip is in a segment: only the stitch is left
+        if recorded < plan.clips_total:
+            try:
+                directory = self._download_checkpoint(recorded)
+            except JobInputError as exc:
+                log.warning("job %s: %s", self.job_id, exc)
+                directory = None
+            if directory is not None:
+                carried = read_open_interval(directory)
+                if end == recorded and carried is None:
+                    return _Start(recorded, kept, directory)
+                if (
+                    carried is not None
+                    and carried.index == len(kept)
+                    and carried.first_clip == end
+                    and carried.first_clip + carried.clips == recorded
+                    and carried.frames == carried.clips * plan.infer_frames
+                ):
+                    return _Start(recorded, kept, directory, carried)
+        log.warning(
+            "job %s: the checkpoint at clip %d and the segments before it (clips [0, %d)) do "
+            "not make a resume point: starting over",
+            self.job_id,
+            recorded,
+            end,
+        )
+        return _Start(0, [])
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -332,38 +372,48 @@ class _Attempt:
 
     # ---- rendering -----------------------------------------------------------------------
 
-    def _render(
-        self, plan: JobPlan, image: bytes, audio: Path, resume: int, first_index: int
-    ) -> list[SegmentRef]:
-        """Generate clips [resume, clips_total); return the segments committed meanwhile.
+    def _render(self, plan: JobPlan, image: bytes, audio: Path, start: _Start) -> list[SegmentRef]:
+        """Generate clips [start.clip, clips_total); return the segments committed meanwhile.
 
         Ends the attempt early (`_Stop`) on cancel or shutdown.
         """
-        self._check_flags(plan, resume)  # a cancel or a shutdown before the model is touched
+        self._check_flags(plan, start.clip)  # a cancel or a shutdown before the model is touched
         started = time.monotonic()
         engine = self.lc.engine()
         self.stats.engine_s = time.monotonic() - started
 
         started = time.monotonic()
         request = plan.request(image, audio)
-        if resume > 0:
-            directory = self._download_checkpoint(resume)
-            stream = engine.open(request, resume_from=directory)
-            shutil.rmtree(directory, ignore_errors=True)
+        if start.checkpoint is not None:
+            stream = engine.open(request, resume_from=start.checkpoint)
         else:
             stream = engine.open(request)
         self._stream = stream
         self.stats.open_s = time.monotonic() - started
-        if stream.num_clips != plan.clips_total or stream.next_clip != resume:
+        if stream.num_clips != plan.clips_total or stream.next_clip != start.clip:
             raise RuntimeError(
                 f"the engine's stream renders clips {stream.next_clip}..{stream.num_clips}, "
-                f"the job needs {resume}..{plan.clips_total}"
+                f"the job needs {start.clip}..{plan.clips_total}"
             )
         watermark = Watermark(plan.watermark, stream.width, stream.height)
 
-        done = resume
-        index = first_index
-        self._interval = self._open_interval(plan, stream, watermark, index, done)
+        done = start.clip
+        index = len(start.segments)
+        carried = start.open_interval
+        first_clip = carried.first_clip if carried is not None else done
+        self._interval = self._open_interval(stream, watermark, index, first_clip)
+        if carried is not None:
+            # The frames an interrupted attempt generated for this segment, encoded again
+            # so the segment is the one an uninterrupted render makes.
+            frames = carried.read_frames()
+            for i in range(carried.clips):
+                self._interval.encoder.submit(
+                    frames[i * plan.infer_frames : (i + 1) * plan.infer_frames]
+                )
+            self._interval.clips = carried.clips
+        if start.checkpoint is not None:
+            shutil.rmtree(start.checkpoint, ignore_errors=True)
+
         render_started = time.monotonic()
         self._last_progress = render_started
         while done < plan.clips_total:
@@ -388,24 +438,19 @@ class _Attempt:
                 self._boundary(stream, done, final)
                 if not final:
                     index += 1
-                    self._interval = self._open_interval(plan, stream, watermark, index, done)
+                    self._interval = self._open_interval(stream, watermark, index, done)
             self.stats.render_s = time.monotonic() - render_started
             self._clip_s = time.monotonic() - clip_started
-            self._progress(plan, done, resume)
+            self._progress(plan, done, start.clip)
             self._check_flags(plan, done)
 
         self.committer.wait()
         self._close_stream()
-        self._progress(plan, done, resume, force=True)
+        self._progress(plan, done, start.clip, force=True)
         return list(self.committer.committed)
 
     def _open_interval(
-        self,
-        plan: JobPlan,
-        stream: RenderStream,
-        watermark: Watermark,
-        index: int,
-        first_clip: int,
+        self, stream: RenderStream, watermark: Watermark, index: int, first_clip: int
     ) -> Interval:
         path = self.scratch / "segments" / f"{index:05d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,12 +461,13 @@ class _Attempt:
             stream.fps,
             self.config.encoder,
             watermark=watermark,
+            raw_copy=path.with_suffix(".rgb"),  # what a shutdown mid-interval checkpoints
         )
         return Interval(index=index, first_clip=first_clip, encoder=encoder)
 
-    def _boundary(self, stream: RenderStream, clip: int, final: bool) -> None:
-        """Hand the finished interval to the committer; the generator waits only for the
-        previous commit (if still running) and for the device-to-host copy of the state."""
+    def _boundary(self, stream: RenderStream, clip: int, final: bool, open: bool = False) -> None:
+        """Hand the interval to the committer; the generator waits only for the previous
+        commit (if still running) and for the device-to-host copy of the state."""
         assert self._interval is not None
         waited = time.monotonic()
         self.committer.wait()
@@ -430,10 +476,11 @@ class _Attempt:
         state = None if final else capture_state(stream)
         done = time.monotonic()
         self.stats.capture_s += done - captured
-        self.committer.submit(self._interval, clip, state, render_cost_s=done - waited)
+        self.committer.submit(self._interval, clip, state, render_cost_s=done - waited, open=open)
         self._interval = None
 
     def _download_checkpoint(self, clip: int) -> Path:
+        shutil.rmtree(self.scratch / "resume", ignore_errors=True)
         return download_checkpoint(
             self.storage,
             self.job_id,
@@ -509,12 +556,13 @@ class _Attempt:
     def _release(self, done: int) -> Outcome:
         interval = self._interval
         if interval is not None and interval.clips > 0 and self._stream is not None:
-            # Checkpoint the clips since the last boundary if the commit fits in what is left
-            # of the shutdown timeout (judged by the last commit); else they are regenerated.
+            # Checkpoint here, with the open interval's frames, if that fits in what is left
+            # of the shutdown timeout (judged by the last commit); else the clips since the
+            # last checkpoint are regenerated by the next attempt.
             self.committer.wait()
             last = self.committer.timings[-1].seconds if self.committer.timings else 0.0
             if 2 * last < self.lc.shutdown_time_left():
-                self._boundary(self._stream, done, final=False)
+                self._boundary(self._stream, done, final=False, open=True)
         if self._interval is not None:
             self._interval.encoder.abort()
             self._interval = None

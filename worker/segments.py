@@ -114,6 +114,11 @@ class SegmentEncoder:
     segment that exists at its final path is complete. ``abort`` (or leaving a ``with`` block
     on an exception) discards it. A submitted array belongs to the encoder: the watermark is
     composited into it in place, so the caller must not reuse it.
+
+    ``raw_copy`` names a file to which the encoder thread appends every clip as submitted
+    (uint8 RGB, before the mark): a worker that must stop in the middle of a segment keeps
+    those frames, and the next attempt encodes the segment whole, bit for bit as if it had
+    never stopped (a segment cut in two would encode differently).
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class SegmentEncoder:
         *,
         watermark: Watermark | None = None,
         max_pending_clips: int = 4,
+        raw_copy: str | os.PathLike[str] | None = None,
     ) -> None:
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(
@@ -146,6 +152,10 @@ class SegmentEncoder:
         self.settings = settings or EncoderSettings()
         self.watermark = watermark if watermark is not None and watermark.active else None
         self._partial = self.path.with_name(self.path.name + ".partial")
+        # The frames as submitted (before the mark), appended by the encoder thread: what a
+        # worker that must stop mid-segment keeps, so the segment can be re-encoded whole.
+        self.raw_copy = Path(raw_copy) if raw_copy is not None else None
+        self._raw = open(self.raw_copy, "ab") if self.raw_copy is not None else None  # noqa: SIM115
 
         self._container = av.open(str(self._partial), mode="w", format="mp4")
         try:
@@ -153,6 +163,8 @@ class SegmentEncoder:
         except BaseException:
             self._container.close()
             self._partial.unlink(missing_ok=True)
+            if self._raw is not None:
+                self._raw.close()
             raise
         self._frames_submitted = 0
         self._frames_encoded = 0  # touched only by the encoder thread until it has finished
@@ -181,9 +193,13 @@ class SegmentEncoder:
             "preset": s.preset,
             "crf": str(s.crf),
             "profile": s.profile,
-            # Fixed GOP: IDR every `gop` frames, no scene-cut keyframes, closed GOPs, so every
-            # segment starts decodable on its own and shares one structure with the others.
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0",
+            # Fixed GOP: IDR every `gop` frames (min-keyint = keyint: a scene cut gets a
+            # non-IDR I-frame at most), closed GOPs, so every segment starts decodable on its
+            # own and shares one structure with the others. Scene-cut detection stays on:
+            # with it off (scenecut=0) and mb-tree on, this x264 encodes the same frames
+            # differently from run to run (7 distinct outputs in 60 encodes of one tiny-model
+            # clip), and a resumed render must encode exactly as an uninterrupted one.
+            "x264-params": f"keyint={gop}:min-keyint={gop}:open-gop=0",
         }
         return stream
 
@@ -302,8 +318,13 @@ class SegmentEncoder:
         finally:
             with contextlib.suppress(Exception):
                 self._container.close()
+            if self._raw is not None:
+                with contextlib.suppress(Exception):
+                    self._raw.close()
 
     def _encode_clip(self, frames: np.ndarray) -> None:
+        if self._raw is not None:
+            self._raw.write(np.ascontiguousarray(frames).data)
         if self.watermark is not None:
             self.watermark.apply(frames, inplace=True)
         for rgb in frames:

@@ -1,0 +1,154 @@
+"""Helpers for the render lifecycle tests: jobs as the API stores them, probes of the output,
+and a view of the worker's per-clip log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from db import repository as repo
+from db.database import Database
+from storage import keys
+from storage.base import Storage
+from tests import media
+
+# Small and quick with the tiny model: 64x64, clips of 12 frames, 2.3 s of speech = 5 clips.
+AUDIO_S = 2.3
+CLIPS = 5
+INFER_FRAMES = 12
+CHECKPOINT_EVERY = 2
+SEED = 7
+
+CLIP_LINE = re.compile(
+    r"job (?P<job>[0-9a-f-]{36}): attempt (?P<attempt>\d+) generated clip (?P<clip>\d+)"
+)
+
+
+def make_job(
+    database: Database,
+    storage: Storage,
+    *,
+    image: bytes | None = None,
+    audio: bytes | None = None,
+    clips: int = CLIPS,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    max_attempts: int = 3,
+    **params: Any,
+) -> uuid.UUID:
+    """Store the inputs and insert a queued job with its outbox row, as the API does."""
+    job_id = uuid.uuid4()
+    image_key = keys.input_key(job_id, "image", "png")
+    audio_key = keys.input_key(job_id, "audio", "wav")
+    storage.put_bytes(image_key, image if image is not None else media.png(128, 128))
+    storage.put_bytes(audio_key, audio if audio is not None else media.wav(AUDIO_S))
+    all_params = {
+        "prompt": "a person talking",
+        "size": "64*64",
+        "width": 64,
+        "height": 64,
+        "num_clips": None,
+        "infer_frames": INFER_FRAMES,
+        "sample_steps": 4,
+        "seed": SEED,
+        "checkpoint_every": checkpoint_every,
+        "audio_duration_s": AUDIO_S,
+        **params,
+    }
+    with database.transaction() as s:
+        repo.create_job(
+            s,
+            repo.NewJob(
+                id=job_id,
+                tenant="default",
+                params=all_params,
+                image_key=image_key,
+                audio_key=audio_key,
+                clips_total=clips,
+                max_attempts=max_attempts,
+            ),
+        )
+    return job_id
+
+
+def job(database: Database, job_id: uuid.UUID) -> repo.Job:
+    with database.transaction() as s:
+        return repo.get_job(s, job_id)
+
+
+def events(database: Database, job_id: uuid.UUID) -> list[tuple[str, str]]:
+    with database.transaction() as s:
+        return [(e.event, e.reason) for e in repo.list_events(s, job_id)]
+
+
+def segments(database: Database, job_id: uuid.UUID) -> list[tuple[int, int, int]]:
+    """(index, first_clip, clips) of the recorded segments."""
+    with database.transaction() as s:
+        return [(r.index, r.first_clip, r.clips) for r in repo.list_segments(s, job_id)]
+
+
+@dataclass
+class Probe:
+    video_streams: int
+    audio_streams: int
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    video_s: float
+    audio_s: float
+    audio_codec: str
+
+
+def probe(path: Path) -> Probe:
+    """What the file holds, counted by decoding (not from the container's claims)."""
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames = sum(1 for _ in c.decode(v))
+        audio_s = float(a.duration * a.time_base)
+        return Probe(
+            video_streams=len(c.streams.video),
+            audio_streams=len(c.streams.audio),
+            frames=frames,
+            fps=Fraction(v.average_rate),
+            width=v.codec_context.width,
+            height=v.codec_context.height,
+            video_s=frames / float(v.average_rate),
+            audio_s=audio_s,
+            audio_codec=a.codec_context.name,
+        )
+
+
+class ClipLog(logging.Handler):
+    """Collects the worker's "generated clip" lines; runs `on_clip(job, attempt, clip)` hooks
+    synchronously, in the worker's thread, right after the clip was generated."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.clips: list[tuple[str, int, int]] = []
+        self.hooks: list[Callable[[str, int, int], None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = CLIP_LINE.search(record.getMessage())
+        if m is None:
+            return
+        entry = (m["job"], int(m["attempt"]), int(m["clip"]))
+        self.clips.append(entry)
+        for hook in list(self.hooks):
+            hook(*entry)
+
+    def generated(self, job_id: uuid.UUID, attempt: int | None = None) -> list[int]:
+        return [
+            c for j, a, c in self.clips if j == str(job_id) and (attempt is None or a == attempt)
+        ]
+
+
+def parse_clip_lines(text: str) -> list[tuple[str, int, int]]:
+    return [(m["job"], int(m["attempt"]), int(m["clip"])) for m in CLIP_LINE.finditer(text)]

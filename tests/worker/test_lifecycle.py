@@ -1,0 +1,403 @@
+"""The render lifecycle in-process, with the tiny model on the CPU: a job rendered end to end,
+checkpoints and resume, cancel, shutdown, a lost lease, and failures.
+
+Jobs are 5 clips of 12 frames at 64x64 with a checkpoint every 2 clips, so segments cover
+clips [0, 2), [2, 4) and [4, 5). Every resumed render is compared frame for frame (decoded
+frame hashes) with one uninterrupted render of the same job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from db import repository as repo
+from db.database import Database
+from db.models import OutboxMessage, utcnow
+from storage import keys
+from storage.local import LocalStorage
+from storage.s3 import S3Config, S3Storage
+from tests.conftest import TEST_BUCKET, free_port
+from tests.worker.lifecycle_helpers import (
+    CLIPS,
+    INFER_FRAMES,
+    ClipLog,
+    events,
+    job,
+    make_job,
+    probe,
+    segments,
+)
+from worker.config import EngineSpec, RetryPolicy, WorkerConfig
+from worker.embedded import EmbeddedRunner
+from worker.lifecycle import Lifecycle, Outcome, manifest_key
+from worker.provenance import iter_frame_hashes, verify
+from worker.watermark import Watermark, WatermarkSpec
+
+pytestmark = pytest.mark.slow
+
+FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.2)
+UNINTERRUPTED_SEGMENTS = [(0, 0, 2), (1, 2, 2), (2, 4, 1)]
+
+
+def config(tmp_path: Path, **overrides) -> WorkerConfig:
+    fields = dict(
+        scratch_dir=tmp_path / "scratch",
+        lease_s=30,
+        engine=EngineSpec(preset="tiny", device="cpu", torch_threads=1),
+        storage_retry=FAST_RETRY,
+        database_retry=FAST_RETRY,
+    )
+    fields.update(overrides)
+    return WorkerConfig(**fields)
+
+
+@pytest.fixture
+def clip_log():
+    import logging
+
+    logger = logging.getLogger("worker.lifecycle")
+    handler, level = ClipLog(), logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def reference(sqlite_template, tmp_path_factory) -> list[str]:
+    """Decoded frame hashes of the standard job rendered without interruption."""
+    root = tmp_path_factory.mktemp("reference")
+    shutil.copy(sqlite_template, root / "db.sqlite3")
+    database = Database(f"sqlite:///{root / 'db.sqlite3'}")
+    storage = LocalStorage(root / "objects")
+    job_id = make_job(database, storage)
+    assert Lifecycle(config(root), database, storage).run(job_id) is Outcome.SUCCEEDED
+    manifest = json.loads(storage.get_bytes(manifest_key(job_id)))
+    database.dispose()
+    return manifest["frame_hashes"]
+
+
+def output_hashes(storage, job_id, tmp_path: Path) -> list[str]:
+    path = tmp_path / f"{job_id}.mp4"
+    storage.get_file(keys.output_key(job_id), path)
+    return list(iter_frame_hashes(path))
+
+
+@pytest.mark.parametrize("backend", ["postgres+s3", "sqlite+local"])
+def test_a_job_renders_end_to_end(backend, request, tmp_path, clip_log, reference):
+    database_name, storage_name = backend.split("+")
+    database = request.getfixturevalue("pg_db" if database_name == "postgres" else "sqlite_db")
+    storage = request.getfixturevalue(f"{storage_name}_storage")
+    job_id = make_job(database, storage)
+
+    lifecycle = Lifecycle(config(tmp_path), database, storage)
+    assert lifecycle.run(job_id) is Outcome.SUCCEEDED
+
+    row = job(database, job_id)
+    assert (row.status, row.attempt, row.error, row.worker_id) == ("succeeded", 1, None, None)
+    assert (row.clips_done, row.frames_done, row.last_checkpoint_clip) == (5, 60, 5)
+    assert row.output_key == keys.output_key(job_id)
+    assert row.output_meta["frames"] == CLIPS * INFER_FRAMES
+    assert segments(database, job_id) == UNINTERRUPTED_SEGMENTS
+    assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
+    history = events(database, job_id)
+    assert [r for e, r in history if e == "checkpoint"] == [
+        "checkpoint at clip 2",
+        "checkpoint at clip 4",
+        "checkpoint at clip 5",
+    ]
+    assert [e for e, _ in history if e in ("claimed", "stitching", "succeeded")] == [
+        "claimed",
+        "stitching",
+        "succeeded",
+    ]
+
+    # storage: the output and its manifest; checkpoints and (by default) segments are gone
+    prefix = keys.job_prefix(job_id)
+    assert sorted(k[len(prefix) :] for k in storage.list(prefix)) == [
+        "inputs/audio.wav",
+        "inputs/image.png",
+        "output.manifest.json",
+        "output.mp4",
+    ]
+
+    output = tmp_path / "output.mp4"
+    storage.get_file(keys.output_key(job_id), output)
+    p = probe(output)
+    assert (p.video_streams, p.audio_streams, p.audio_codec) == (1, 1, "aac")
+    assert (p.frames, p.width, p.height, p.fps) == (CLIPS * INFER_FRAMES, 64, 64, 25)
+    assert p.video_s == pytest.approx(2.4)
+    assert p.audio_s == pytest.approx(p.video_s, abs=0.03)  # the speech, padded to the video
+
+    manifest_path = tmp_path / "manifest.json"
+    manifest_path.write_bytes(storage.get_bytes(manifest_key(job_id)))
+    assert verify(output, manifest_path).verdict == "exact"
+    manifest = json.loads(manifest_path.read_text())
+    assert [s["frames"] for s in manifest["segments"]] == [24, 24, 12]
+    assert manifest["metadata"]["job_id"] == str(job_id)
+    assert manifest["frame_hashes"] == reference  # same frames on every backend
+
+    stats = lifecycle.last_stats
+    assert stats.clips == 5 and len(stats.commit_s) == 3 and stats.checkpoint_bytes > 0
+    assert 0 < stats.checkpoint_overhead < 0.5
+
+
+def test_cancel_stops_within_one_clip_and_retry_resumes_from_the_checkpoint(
+    sqlite_db, local_storage, tmp_path, clip_log, reference
+):
+    job_id = make_job(sqlite_db, local_storage)
+
+    def cancel_after_clip_2(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 2):
+            with sqlite_db.transaction() as s:
+                repo.request_cancel(s, job_id)
+
+    clip_log.hooks.append(cancel_after_clip_2)
+    assert Lifecycle(config(tmp_path), sqlite_db, local_storage).run(job_id) is Outcome.CANCELED
+    assert clip_log.generated(job_id, 1) == [0, 1, 2]  # the flag came during clip 2: no clip 3
+    row = job(sqlite_db, job_id)
+    assert (row.status, row.worker_id, row.lease_expires_at) == ("canceled", None, None)
+    assert row.last_checkpoint_clip == 2 and segments(sqlite_db, job_id) == [(0, 0, 2)]
+    assert local_storage.exists(keys.checkpoint_manifest_key(job_id, 2))
+
+    # Garbage past the recorded checkpoint (what a crash mid-upload leaves) is not used.
+    local_storage.put_bytes(keys.segment_key(job_id, 1), b"a truncated segment")
+    local_storage.put_bytes(keys.checkpoint_key(job_id, 4, "step-0.safetensors"), b"partial")
+
+    with sqlite_db.transaction() as s:
+        repo.retry(s, job_id, attempts=3)
+    assert Lifecycle(config(tmp_path), sqlite_db, local_storage).run(job_id) is Outcome.SUCCEEDED
+    assert clip_log.generated(job_id, 2) == [2, 3, 4]  # nothing before the checkpoint again
+    assert segments(sqlite_db, job_id) == UNINTERRUPTED_SEGMENTS
+    assert output_hashes(local_storage, job_id, tmp_path) == reference
+    assert local_storage.list(keys.checkpoints_prefix(job_id)) == []
+
+
+def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
+    sqlite_db, local_storage, tmp_path, clip_log, reference
+):
+    job_id = make_job(sqlite_db, local_storage)
+    first = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+
+    def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 2):
+            first.request_shutdown()  # as SIGTERM does, while clip 2 is being finished
+
+    clip_log.hooks.append(shutdown_during_clip_2)
+    assert first.run(job_id) is Outcome.RELEASED
+    assert clip_log.generated(job_id, 1) == [0, 1, 2]
+    row = job(sqlite_db, job_id)
+    assert (row.status, row.worker_id, row.last_checkpoint_clip) == ("queued", None, 3)
+    assert row.clips_done == 3
+    assert segments(sqlite_db, job_id) == [(0, 0, 2)]  # clip 2 waits in the checkpoint
+    names = local_storage.list(keys.checkpoint_prefix(job_id, 3))
+    assert any(n.endswith("open-interval.rgb") for n in names)
+    assert [e for e, _ in events(sqlite_db, job_id)][-1] == "released"
+    with sqlite_db.transaction() as s:  # the release queued a new wake-up
+        assert s.scalar(
+            sa.select(sa.func.count()).where(
+                OutboxMessage.job_id == job_id, OutboxMessage.reason == "released"
+            )
+        )
+
+    second = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    assert second.run(job_id) is Outcome.SUCCEEDED
+    assert clip_log.generated(job_id, 2) == [3, 4]
+    assert segments(sqlite_db, job_id) == UNINTERRUPTED_SEGMENTS
+    assert output_hashes(local_storage, job_id, tmp_path) == reference
+
+
+def test_a_lost_lease_stops_the_render_and_writes_nothing_more(
+    sqlite_db, local_storage, tmp_path, clip_log
+):
+    job_id = make_job(sqlite_db, local_storage)
+
+    def taken_over_after_clip_1(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 1):
+            # This worker went silent too long: its lease expired and another worker took the
+            # job (attempt 2).
+            later = utcnow() + timedelta(seconds=60)
+            with sqlite_db.transaction() as s:
+                assert repo.claim(s, job_id, "another-worker", 600, now=later).attempt == 2
+
+    clip_log.hooks.append(taken_over_after_clip_1)
+    lifecycle = Lifecycle(config(tmp_path, progress_interval_s=0.0), sqlite_db, local_storage)
+    assert lifecycle.run(job_id) is Outcome.LEASE_LOST
+    assert clip_log.generated(job_id, 1) == [0, 1]  # stopped at the first write after clip 1
+    row = job(sqlite_db, job_id)
+    assert (row.status, row.worker_id, row.attempt) == ("running", "another-worker", 2)
+    assert row.last_checkpoint_clip is None and row.error is None
+    assert segments(sqlite_db, job_id) == []
+
+
+def test_an_undecodable_input_fails_the_job_at_once_with_its_traceback(
+    sqlite_db, local_storage, tmp_path
+):
+    job_id = make_job(sqlite_db, local_storage, image=b"\x89PNG\r\n\x1a\n but not really")
+    lifecycle = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    assert lifecycle.run(job_id) is Outcome.FAILED
+    row = job(sqlite_db, job_id)
+    assert (row.status, row.attempt, row.worker_id) == ("failed", 1, None)
+    assert row.error.startswith("ValueError: image is not decodable")
+    assert "traceback (innermost last):" in row.error and "pipeline/inputs.py" in row.error
+    assert "retry_scheduled" not in [e for e, _ in events(sqlite_db, job_id)]
+    assert lifecycle.run(job_id) is Outcome.DROPPED  # a late wake-up of a failed job
+
+
+def test_watermark_follows_the_job_and_the_operator(sqlite_db, local_storage, tmp_path, reference):
+    marked = make_job(
+        sqlite_db, local_storage, watermark={"text": "Synthetic", "corner": "top-left"}
+    )
+    Lifecycle(config(tmp_path), sqlite_db, local_storage).run(marked)
+    unmarked = make_job(sqlite_db, local_storage)
+    kept = Lifecycle(
+        config(tmp_path, watermark_allowed=False, keep_segments=True), sqlite_db, local_storage
+    )
+    kept.run(unmarked)
+
+    def frames(job_id) -> np.ndarray:
+        import av
+
+        path = tmp_path / f"{job_id}.mp4"
+        local_storage.get_file(keys.output_key(job_id), path)
+        with av.open(str(path)) as c:
+            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+    def meta(job_id) -> dict:
+        return json.loads(local_storage.get_bytes(manifest_key(job_id)))["metadata"]
+
+    assert meta(marked)["watermark"] == "Synthetic" and meta(unmarked)["watermark"] == ""
+    default_box = Watermark(WatermarkSpec(), 64, 64).box
+    custom_box = Watermark(WatermarkSpec(text="Synthetic", corner="top-left"), 64, 64).box
+
+    def difference(a: np.ndarray, b: np.ndarray, box) -> float:
+        x0, y0, x1, y1 = box
+        return float(np.abs(a[:, y0:y1, x0:x1].astype(int) - b[:, y0:y1, x0:x1]).mean())
+
+    plain = frames(unmarked)
+    # The default mark (bottom right) is gone where the operator turned marks off ...
+    assert reference != list(iter_frame_hashes(tmp_path / f"{unmarked}.mp4"))
+    assert difference(frames(marked), plain, custom_box) > 20
+    assert difference(frames(marked), plain, default_box) < 8  # only coding noise there
+    # ... and segments stay in storage when configured so.
+    assert len(local_storage.list(keys.segments_prefix(unmarked))) == 3
+
+
+def test_a_storage_outage_is_ridden_out_with_backoff(sqlite_db, tmp_path, clip_log, reference):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Config(
+        bucket=TEST_BUCKET,
+        prefix="outage/",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region="us-east-1",
+        path_style=True,
+        max_attempts=1,  # the worker's own backoff rides the outage out
+    )
+    storage = S3Storage(s3)
+    storage.client.create_bucket(Bucket=TEST_BUCKET)
+    job_id = make_job(sqlite_db, storage)
+    servers = [server]
+
+    def restart() -> None:
+        servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+        servers[-1].start()
+
+    def outage_after_clip_1(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 1):
+            server.stop()  # the segment upload at the boundary after clip 1 meets it
+            threading.Timer(1.5, restart).start()
+
+    clip_log.hooks.append(outage_after_clip_1)
+    patient = RetryPolicy(attempts=8, base_delay_s=0.2, max_delay_s=1.0)
+    lifecycle = Lifecycle(config(tmp_path, storage_retry=patient), sqlite_db, storage)
+    try:
+        assert lifecycle.run(job_id) is Outcome.SUCCEEDED
+        assert len(servers) == 2  # the outage did happen
+        assert job(sqlite_db, job_id).attempt == 1
+        assert output_hashes(storage, job_id, tmp_path) == reference
+    finally:
+        servers[-1].stop()
+
+
+def test_a_job_that_keeps_failing_stops_at_max_attempts(sqlite_db, tmp_path):
+    """A retryable failure every time (its storage is gone for good): the job is requeued
+    until its attempts are used up, then fails with the error; it never loops."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Config(
+        bucket=TEST_BUCKET,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region="us-east-1",
+        path_style=True,
+        max_attempts=1,
+    )
+    storage = S3Storage(s3)
+    storage.client.create_bucket(Bucket=TEST_BUCKET)
+    job_id = make_job(sqlite_db, storage, max_attempts=3)
+    server.stop()
+
+    lifecycle = Lifecycle(config(tmp_path), sqlite_db, storage)
+    runner = EmbeddedRunner(sqlite_db, lifecycle, poll_s=0.05)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while job(sqlite_db, job_id).status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # time for a loop to show, if there were one
+    finally:
+        runner.stop()
+    row = job(sqlite_db, job_id)
+    assert (row.status, row.attempt) == ("failed", 3)
+    assert row.error.startswith("StorageError: could not download")
+    history = [e for e, _ in events(sqlite_db, job_id)]
+    assert history.count("claimed") == 3 and history.count("retry_scheduled") == 2
+    assert history[-1] == "failed"
+
+
+def test_the_same_frames_always_encode_to_the_same_segment(tmp_path):
+    """What makes a resumed video identical to an uninterrupted one, after identical frames:
+    the encoder is deterministic on the model's output (x264 with scene-cut detection off is
+    not, on frames like these)."""
+    from pipeline import RenderRequest
+    from tests import media
+    from worker.engine import ENGINES
+    from worker.segments import EncoderSettings, SegmentEncoder
+
+    engine = ENGINES.get(config(tmp_path).engine)
+    request = RenderRequest(
+        image=media.png(128, 128),
+        audio=media.wav(2.3),
+        prompt="a person talking",
+        size="64*64",
+        num_clips=3,
+        infer_frames=INFER_FRAMES,
+        seed=7,
+    )
+    clips = [c.frames for c in engine.open(request)]
+    mark = Watermark(WatermarkSpec(), 64, 64)
+    digests = set()
+    for i in range(30):
+        encoder = SegmentEncoder(
+            tmp_path / f"{i}.mp4", 64, 64, 25, EncoderSettings(), watermark=mark
+        )
+        for clip in clips:
+            encoder.submit(clip.copy())
+        digests.add(encoder.close().sha256)
+    assert len(digests) == 1
