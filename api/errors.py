@@ -72,6 +72,7 @@ ERROR_SCHEMA = {
 _ERROR_TEXT = {
     400: "the request cannot be parsed",
     401: "no valid API key (`Authorization: Bearer <key>`)",
+    403: "the download link is invalid or has expired",
     404: "no such resource for this tenant",
     409: "a conflict with the resource's state or an earlier request",
     411: "an upload without Content-Length",
@@ -83,14 +84,16 @@ _ERROR_TEXT = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses (401, 422 and 429 always)."""
+def error_responses(*statuses: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses (and 400, 401, 422 and 429 on
+    routes that need an API key)."""
+    always = {400, 401, 422, 429} if authenticated else {422}
     return {
         status: {
             "description": _ERROR_TEXT[status],
             "content": {"application/json": {"schema": ERROR_SCHEMA}},
         }
-        for status in sorted({401, 422, 429, *statuses})
+        for status in sorted({*always, *statuses})
     }
 
 
@@ -109,6 +112,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint; the API lives under /v1 (see /docs)"
+        if exc.status_code == 400 and "parsing the body" in message:
+            code, message = "malformed_json", "the body is not valid JSON"
         return error_response(ApiError(exc.status_code, code, message), exc.headers)
 
     @app.exception_handler(Exception)

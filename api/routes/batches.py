@@ -43,7 +43,7 @@ from db import batches, tenants, webhooks
 from db import repository as repo
 from db.models import Batch
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=error_responses())
 ServicesDep = Annotated[Services, Depends(get_services)]
 INPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 

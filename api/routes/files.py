@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from api.errors import ApiError
+from api.errors import ApiError, error_responses
 from api.services import Services, get_services
 from storage.keys import InvalidKey
 from storage.local import LocalStorage
@@ -15,7 +15,7 @@ from storage.local import LocalStorage
 router = APIRouter(tags=["files"])
 
 
-@router.get("/v1/files/{key:path}")
+@router.get("/v1/files/{key:path}", responses=error_responses(400, 403, 404, authenticated=False))
 def download(
     key: str, expires: int, signature: str, services: Annotated[Services, Depends(get_services)]
 ) -> FileResponse:

@@ -19,7 +19,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "a dependency is unreachable"}})
 async def readyz(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
     """Every dependency (database, broker) is reachable; 503 naming the ones that are not."""
     checks = {"database": services.database.ping, **services.readiness}

@@ -37,7 +37,7 @@ from db.models import Job
 from db.states import IllegalTransition, JobStatus
 from storage.base import StorageError
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses())
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 SUBMIT_DOC = {

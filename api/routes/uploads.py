@@ -28,7 +28,7 @@ from db.models import Upload
 from storage import keys
 from storage.base import StorageError
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=error_responses())
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 

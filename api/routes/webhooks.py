@@ -22,7 +22,7 @@ from db import repository as repo
 from db import tenants, webhooks
 from db.models import Webhook, WebhookDelivery
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=error_responses())
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
