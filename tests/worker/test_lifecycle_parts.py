@@ -1,0 +1,190 @@
+"""The lifecycle's small parts: failure classification, backoff, fault injection, job plans,
+the heartbeat."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy.exc as sa_exc
+
+from db import repository as repo
+from storage.base import ObjectNotFound, StorageError
+from worker.backoff import with_retries
+from worker.config import RetryPolicy, WorkerConfig
+from worker.errors import JobInputError, describe, is_retryable
+from worker.faults import FaultPlan
+from worker.heartbeat import Heartbeat
+from worker.plan import JobPlan, watermark_for
+from worker.segments import EncoderError
+from worker.watermark import WatermarkSpec
+
+
+def caused(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as c:
+            raise outer from c
+    except BaseException as e:
+        return e
+
+
+@pytest.mark.parametrize(
+    "exc, retryable",
+    [
+        (StorageError("could not upload: read timeout"), True),
+        (ConnectionResetError("peer reset"), True),
+        (TimeoutError("timed out"), True),
+        (sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (OSError(28, "No space left on device"), True),
+        (caused(EncoderError("encoding segment 3 failed"), OSError(28, "disk full")), True),
+        (ObjectNotFound("jobs/x/inputs/image.png"), False),
+        (JobInputError("input jobs/x/inputs/audio.wav is missing from storage"), False),
+        (ValueError("image is not decodable"), False),
+        (RuntimeError("CUDA out of memory"), False),
+        (FileNotFoundError("no such file"), False),
+        (KeyError("seed"), False),
+    ],
+)
+def test_failures_are_classified(exc, retryable):
+    assert is_retryable(exc) is retryable
+
+
+def test_an_error_is_described_with_its_innermost_frames():
+    def model_step():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    try:
+        model_step()
+    except RuntimeError as e:
+        text = describe(e)
+    lines = text.splitlines()
+    assert lines[0] == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert lines[1] == "traceback (innermost last):"
+    assert lines[-1].endswith("in model_step") and "test_lifecycle_parts.py" in lines[-1]
+    assert len(describe(RuntimeError("x" * 10_000))) == 4000
+
+
+def test_retries_back_off_and_give_up():
+    policy = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0.01, 0.02, 0.02, 0.02]
+
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise StorageError("503 Slow Down")
+        return "stored"
+
+    assert with_retries(flaky, "upload", policy) == "stored" and len(calls) == 3
+    assert calls[1] - calls[0] >= 0.01
+
+    def failing(exc: Exception):
+        def operation():
+            calls.append(1)
+            raise exc
+
+        return operation
+
+    calls.clear()
+    with pytest.raises(StorageError):
+        with_retries(failing(StorageError("down")), "upload", policy)
+    assert len(calls) == 4  # attempts counts the first try
+
+    calls.clear()
+    with pytest.raises(ObjectNotFound):  # not retryable: raised at once
+        with_retries(failing(ObjectNotFound("jobs/x/inputs/image.png")), "download", policy)
+    assert len(calls) == 1
+
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    slow = RetryPolicy(attempts=5, base_delay_s=10, max_delay_s=10)
+    with pytest.raises(StorageError):  # a stopped attempt does not wait out its backoff
+        with_retries(failing(StorageError("down")), "upload", slow, stop=stop)
+    assert time.monotonic() - started < 1
+
+
+def test_fault_plans_are_inert_unless_set():
+    assert not FaultPlan.parse(None).armed and not FaultPlan.parse("").armed
+    plan = FaultPlan.parse("segment_upload:3")
+    assert (plan.point, plan.occurrence) == ("segment_upload", 3)
+    assert FaultPlan.parse("stitch").occurrence == 1
+    FaultPlan.parse(None).hit("stitch")  # nothing happens
+    for bad in ("segment-upload", "stitch:0", "stitch:two"):
+        with pytest.raises(ValueError):
+            FaultPlan.parse(bad)
+
+
+def test_a_fault_kills_the_process_at_the_planned_occurrence(tmp_path):
+    script = textwrap.dedent(
+        """
+        from worker.faults import FaultPlan
+        plan = FaultPlan.parse("checkpoint_write:2")
+        plan.hit("stitch")
+        plan.hit("checkpoint_write")
+        print("survived the first", flush=True)
+        plan.hit("checkpoint_write")
+        print("survived the second", flush=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9
+    assert "survived the first" in proc.stdout and "survived the second" not in proc.stdout
+
+
+def test_job_plan_and_watermark_settings(create_job, sqlite_db):
+    job = create_job(
+        sqlite_db,
+        params={
+            "prompt": "p",
+            "size": "720*400",
+            "infer_frames": 48,
+            "sample_steps": 4,
+            "seed": 11,
+            "checkpoint_every": 4,
+            "watermark": {"text": "Made by ACME (synthetic)", "corner": "top-left"},
+        },
+        clips_total=10,
+    )
+    plan = JobPlan.from_job(job, default_watermark=WatermarkSpec(), watermark_allowed=True)
+    assert (plan.frames_total, plan.duration_s) == (480, 19.2)
+    assert [c for c in range(1, 11) if plan.is_boundary(c)] == [4, 8, 10]
+    assert (plan.watermark.text, plan.watermark.corner) == ("Made by ACME (synthetic)", "top-left")
+    assert plan.watermark.opacity == WatermarkSpec().opacity  # the operator's default stays
+    request = plan.request(b"image", Path("audio.wav"))
+    assert (request.num_clips, request.seed, request.audio) == (10, 11, Path("audio.wav"))
+
+    off = JobPlan.from_job(job, default_watermark=WatermarkSpec(), watermark_allowed=False)
+    assert not off.watermark.enabled  # the operator's switch wins over the job
+    assert not watermark_for({"enabled": False}, WatermarkSpec()).enabled
+    with pytest.raises(ValueError, match="unknown watermark settings colour"):
+        watermark_for({"colour": "red"}, WatermarkSpec())
+    with pytest.raises(ValueError, match="corner"):
+        watermark_for({"corner": "middle"}, WatermarkSpec())
+
+
+def test_heartbeats_extend_the_lease_until_it_is_lost(pg_db, create_job):
+    job = create_job(pg_db)
+    with pg_db.transaction() as s:
+        lease = repo.claim(s, job.id, "w1", 1.0)
+    with Heartbeat(pg_db, job.id, "w1", lease.attempt, lease_s=1.0, interval_s=0.1) as beat:
+        time.sleep(1.5)  # longer than the lease: only the heartbeats keep it
+        with pg_db.transaction() as s:
+            assert repo.reap_expired(s) == []
+            repo.release(s, job.id, "w1", lease.attempt)  # as if another party took it away
+        assert beat.lost.wait(2)
+    assert not beat.beat()
+
+
+def test_worker_config_checks_its_heartbeat():
+    assert WorkerConfig(lease_s=120).heartbeat_interval_s == 30
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        WorkerConfig(lease_s=10, heartbeat_s=10)
