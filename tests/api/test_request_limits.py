@@ -23,7 +23,13 @@ def raw_request(url: str, head: str, body_chunks: list[bytes]) -> tuple[int, byt
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before the rest of the body
         answer = b""
-        while b"\r\n\r\n" not in answer:
+        while True:  # until the headers and the whole body of the answer are in
+            head, _, body = answer.partition(b"\r\n\r\n")
+            lengths = [
+                line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+            ]
+            if lengths and len(body) >= int(lengths[0].split(b":")[1]):
+                break
             data = sock.recv(65536)
             if not data:
                 break
