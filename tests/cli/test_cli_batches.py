@@ -1,0 +1,198 @@
+"""The CLI's keys, tenants, batch and watch commands against a real embedded service."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from api.client import LongtakeClient
+from db import repository as repo
+from db import tenants
+from ops import cli
+from ops.manifest import ManifestError, jobs_from_manifest, read_jobs
+from storage import keys
+from tests import media
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def database_of(server):
+    return server.process.app.state.services.database
+
+
+def test_keys_and_tenants(embedded_service, capsys):
+    url = embedded_service.url
+    code, out, err = run(capsys, "keys", "create", "--tenant", "acme", "--name", "ci",
+                         "--rate", "5", "--embedded")  # fmt: skip
+    assert code == 0 and "shown only once" in err
+    token = out.strip()
+    with LongtakeClient(url, api_key=token) as client:
+        assert client.list()["jobs"] == []
+    code, out, _ = run(capsys, "keys", "list", "--tenant", "acme", "--embedded")
+    (line,) = out.splitlines()
+    key_id = line.split()[0]
+    assert "acme" in line and "active" in line and "rate 5/s" in line and line.endswith("ci")
+    assert token.startswith(f"lt_{key_id.removeprefix('key_')}_")
+
+    code, out, _ = run(capsys, "keys", "revoke", key_id, "--embedded")
+    assert (code, out.strip()) == (0, f"{key_id} of tenant acme revoked")
+    assert run(capsys, "keys", "revoke", "key_nope", "--embedded")[0] == 1
+    with database_of(embedded_service).transaction() as s:
+        assert tenants.authenticate(s, token) is None
+
+    code, _, _ = run(capsys, "tenants", "set", "acme", "--max-queued-jobs", "10",
+                     "--max-audio-seconds", "600", "--embedded")  # fmt: skip
+    assert code == 0
+    code, out, _ = run(capsys, "tenants", "list", "--embedded")
+    assert "max_queued_jobs=10" in out and "max_audio_seconds=600.0" in out
+    run(capsys, "tenants", "set", "acme", "--reset", "max_queued_jobs", "--embedded")
+    assert "max_queued_jobs" not in run(capsys, "tenants", "list", "--embedded")[1]
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A folder: three lessons, one portrait, scripts for two of them."""
+    folder = tmp_path / "course"
+    folder.mkdir()
+    (folder / "teacher.png").write_bytes(media.png())
+    for i, seconds in enumerate((2.0, 3.0, 4.0)):
+        (folder / f"lesson-{i}.wav").write_bytes(media.wav(seconds))
+    (folder / "lesson-0.txt").write_text("A teacher introduces fractions\n")
+    (folder / "lesson-1.txt").write_text("A teacher adds fractions")
+    return folder
+
+
+def finish_all(database, batch_id: str, *, fail: int = 0) -> None:
+    """Render every job of the batch the way workers record it (`fail` of them fail)."""
+    with database.transaction() as s:
+        ids = [j.id for j in repo.list_jobs(s, batch_id=uuid.UUID(batch_id), limit=100)]
+    for n, job_id in enumerate(ids):
+        time.sleep(0.05)
+        with database.transaction() as s:
+            lease = repo.claim(s, job_id, "gpu", 60)
+            if n < fail:
+                repo.mark_failed(s, job_id, "gpu", lease.attempt, "CUDA out of memory")
+                continue
+            repo.mark_stitching(s, job_id, "gpu", lease.attempt)
+            repo.mark_succeeded(s, job_id, "gpu", lease.attempt, keys.output_key(job_id))
+
+
+def test_batch_submit_a_folder_and_wait(embedded_service, course, capsys):
+    url = embedded_service.url
+    argv = ["batch", "submit", str(course), "--prompt", "A teacher", "--size", "384*256",
+            "--priority", "5", "--api-url", url]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    batch_id = out.strip()
+    assert "3 jobs queued (4 files uploaded)" in err
+    with LongtakeClient(url, api_key=embedded_service.api_key) as client:
+        jobs = client.list(limit=10)["jobs"]
+        assert client.batch(batch_id)["counts"] == {"queued": 3}
+    by_prompt = {j["params"]["prompt"]: j for j in jobs}
+    assert set(by_prompt) == {
+        "A teacher introduces fractions",
+        "A teacher adds fractions",
+        "A teacher",
+    }
+    assert {j["inputs"]["image"] for j in jobs} == {jobs[0]["inputs"]["image"]}  # one upload
+    assert {j["priority"] for j in jobs} == {5} and {j["batch_id"] for j in jobs} == {batch_id}
+    assert sorted(j["progress"]["clips_total"] for j in jobs) == [2, 2, 3]
+
+    # the same command again returns the same batch
+    code, out, _ = run(capsys, *argv)
+    assert (code, out.strip()) == (0, batch_id)
+
+    worker = threading.Thread(target=finish_all, args=(database_of(embedded_service), batch_id),
+                              kwargs={"fail": 1})  # fmt: skip
+    worker.start()
+    code, _, err = run(capsys, "batch", "watch", batch_id, "--interval", "0.05", "--api-url", url)
+    worker.join()
+    assert code == 1  # one job failed
+    assert err.splitlines()[-1].startswith("[" + "#" * 30 + "] 3/3 jobs done")
+    assert "2 succeeded, 1 failed" in err.splitlines()[-1]
+    code, out, _ = run(capsys, "batch", "status", batch_id, "--json", "--api-url", url)
+    assert json.loads(out)["finished"] is True
+
+
+def test_batch_cancel(embedded_service, course, capsys):
+    url = embedded_service.url
+    code, out, _ = run(capsys, "batch", "submit", str(course), "--prompt", "p", "--api-url", url)
+    batch_id = out.strip()
+    code, out, _ = run(capsys, "batch", "cancel", batch_id, "--api-url", url)
+    assert (code, out.strip()) == (0, f"batch {batch_id}: 3 jobs canceled or stopping")
+    code, _, err = run(capsys, "batch", "watch", batch_id, "--api-url", url)
+    assert code == 3
+
+
+def test_manifests(tmp_path, course):
+    csv_file = tmp_path / "jobs.csv"
+    csv_file.write_text(
+        "image,audio,prompt,seed,num_clips\n"
+        "course/teacher.png,course/lesson-0.wav,First,7,\n"
+        "s3://inputs/face.png,upl_0123456789abcdef,Second,,1\n"
+    )
+    first, second = jobs_from_manifest(csv_file)
+    assert first == {"image": str(course / "teacher.png"), "audio": str(course / "lesson-0.wav"),
+                     "prompt": "First", "seed": "7"}  # fmt: skip
+    assert (second["image"], second["audio"], second["num_clips"]) == (
+        "s3://inputs/face.png", "upl_0123456789abcdef", "1",
+    )  # fmt: skip
+    jsonl = tmp_path / "jobs.jsonl"
+    jsonl.write_text('{"image": "course/teacher.png", "audio": "course/lesson-1.wav"}\n\n')
+    assert read_jobs(jsonl, image=None, prompt="Default")[0]["prompt"] == "Default"
+    with pytest.raises(ManifestError, match="has no audio"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"image": "a.png"}\n')
+        jobs_from_manifest(bad)
+    (course / "lesson-2.txt").unlink(missing_ok=True)
+    with pytest.raises(ManifestError, match="no prompt for lesson-2.wav"):
+        read_jobs(course, image=None, prompt=None)
+
+
+def test_watch_follows_the_event_stream(embedded_service):
+    database = database_of(embedded_service)
+    with database.transaction() as s:
+        job = repo.create_job(
+            s,
+            repo.NewJob(
+                id=uuid.uuid4(), tenant="default", params={"infer_frames": 48},
+                image_key="i", audio_key="a", clips_total=4, max_attempts=3,
+            ),
+        )  # fmt: skip
+    job_id = job.id
+
+    def render():
+        time.sleep(0.3)
+        with database.transaction() as s:
+            lease = repo.claim(s, job_id, "gpu", 60)
+        for clip in range(1, 5):
+            with database.transaction() as s:
+                repo.update_progress(s, job_id, "gpu", lease.attempt, clips_done=clip,
+                                     frames_done=48 * clip, fps=12.0)  # fmt: skip
+                if clip == 2:
+                    repo.record_checkpoint(s, job_id, "gpu", lease.attempt, 2)
+            time.sleep(0.05)
+        with database.transaction() as s:
+            repo.mark_stitching(s, job_id, "gpu", lease.attempt)
+            repo.mark_succeeded(s, job_id, "gpu", lease.attempt, keys.output_key(job_id))
+
+    worker = threading.Thread(target=render)
+    worker.start()
+    out = io.StringIO()
+    with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
+        code = cli.watch(client, str(job_id), out=out, timeout=30)
+    worker.join()
+    lines = out.getvalue().splitlines()
+    assert code == 0
+    assert lines[0].startswith("[" + "." * 30 + "] 0/4 clips") and "queued" in lines[0]
+    assert "checkpoint saved after clip 2" in lines
+    assert lines[-1].startswith("[" + "#" * 30 + "] 4/4 clips") and "succeeded" in lines[-1]
