@@ -21,7 +21,6 @@ from storage.base import Storage
 from tests import media
 
 # Small and quick with the tiny model: 64x64, clips of 12 frames, 2.3 s of speech = 5 clips.
-AUDIO_S = 2.3
 CLIPS = 5
 INFER_FRAMES = 12
 CHECKPOINT_EVERY = 2
@@ -43,12 +42,16 @@ def make_job(
     max_attempts: int = 3,
     **params: Any,
 ) -> uuid.UUID:
-    """Store the inputs and insert a queued job with its outbox row, as the API does."""
+    """Store the inputs and insert a queued job with its outbox row, as the API does.
+
+    The speech lasts 0.1 s less than the clips (the last clip is padded with silence).
+    """
     job_id = uuid.uuid4()
     image_key = keys.input_key(job_id, "image", "png")
     audio_key = keys.input_key(job_id, "audio", "wav")
+    seconds = round(clips * INFER_FRAMES / 25 - 0.1, 3)
     storage.put_bytes(image_key, image if image is not None else media.png(128, 128))
-    storage.put_bytes(audio_key, audio if audio is not None else media.wav(AUDIO_S))
+    storage.put_bytes(audio_key, audio if audio is not None else media.wav(seconds))
     all_params = {
         "prompt": "a person talking",
         "size": "64*64",
@@ -59,7 +62,7 @@ def make_job(
         "sample_steps": 4,
         "seed": SEED,
         "checkpoint_every": checkpoint_every,
-        "audio_duration_s": AUDIO_S,
+        "audio_duration_s": seconds,
         **params,
     }
     with database.transaction() as s:
