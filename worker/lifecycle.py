@@ -150,6 +150,8 @@ class Lifecycle:
         self.shutdown = threading.Event()
         self._shutdown_at: float | None = None
         self.last_stats: AttemptStats | None = None
+        self.running: uuid.UUID | None = None
+        """The job of the attempt in progress, if any."""
 
     def engine(self, spec: EngineSpec | None = None) -> Engine:
         return self._engines(spec or self.config.engine)
@@ -159,7 +161,10 @@ class Lifecycle:
         if not self.shutdown.is_set():
             self._shutdown_at = time.monotonic()
             self.shutdown.set()
-            log.warning("shutdown requested: the running job is released after its current clip")
+            if self.running is not None:
+                log.warning(
+                    "shutdown requested: job %s is released after its current clip", self.running
+                )
 
     def shutdown_time_left(self) -> float:
         if self._shutdown_at is None:
@@ -179,7 +184,11 @@ class Lifecycle:
         if lease is None:
             log.info("job %s: wake-up dropped (job is final or leased by a live worker)", job_id)
             return Outcome.DROPPED
-        outcome = _Attempt(self, lease).run()
+        self.running = job_id
+        try:
+            outcome = _Attempt(self, lease).run()
+        finally:
+            self.running = None
         log.info("job %s: attempt %d ended %s", job_id, lease.attempt, outcome.value)
         return outcome
 
