@@ -15,6 +15,7 @@ import pytest
 from db import migrate
 from db import repository as repo
 from ops import cli
+from ops.demo import DEMO_SIZE
 from storage import keys
 from tests import media
 from tests.conftest import free_port
@@ -152,7 +153,7 @@ def test_demo_submits_and_reports_the_queued_job(embedded_env, capsys):
     with db.transaction() as s:
         (job,) = repo.list_jobs(s)
     db.dispose()
-    assert job.status == "queued" and job.params["size"] == "384*256"
+    assert job.status == "queued" and job.params["size"] == DEMO_SIZE
 
 
 def test_worker_refuses_to_start_without_a_render_task(
