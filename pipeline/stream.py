@@ -12,7 +12,11 @@ Per clip (48 frames = 12 latent frames = 4 blocks of 3):
 Before clip 0 the sink (the reference frame plus motion frames made from it) is run through the
 model once and cached, and the streaming decoder is primed by decoding motion latents, whose
 frames are discarded. At every clip boundary `state_dict()` captures everything the rest of the
-stream depends on; a stream opened with it continues with identical frames.
+stream depends on (per-step ring caches, the sink, the decoder's cache, the clip index); a
+stream opened with it continues with identical frames on the same device and dtype. Random
+draws need no saved generator state: each is a pure function of the request's seed and its
+place in the stream (the noise of clip c, the sink offset of block b at step i), and the
+speech features of a clip depend only on the audio.
 """
 
 from __future__ import annotations

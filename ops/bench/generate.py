@@ -539,15 +539,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips", type=int, default=2, help="measured clips after the warm-up clip")
     p.add_argument("--mem-layers", type=int, default=2)
-    p.add_argument("--mem-online", default="10,100,300")
-    p.add_argument("--mem-offline", default="10,100,300")
+    p.add_argument("--mem-online", default=None, help="clip counts to sample (default 10,100,300)")
+    p.add_argument("--mem-offline", default=None, help="clip counts to sample (default 10,100,300)")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds; growth runs stop before")
     p.add_argument("--state-dir", default=None, help="scratch directory for the state write")
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.quick:
-        args.size, args.clips, args.mem_online, args.mem_offline = "64*64", 1, "2,4", "2,4,6"
+        args.size, args.clips = "64*64", 1
+    default_marks = "2,4" if args.quick else "10,100,300"
+    args.mem_online = default_marks if args.mem_online is None else args.mem_online
+    args.mem_offline = default_marks if args.mem_offline is None else args.mem_offline
     args.mem_online = [int(v) for v in args.mem_online.split(",") if v]
     args.mem_offline = [int(v) for v in args.mem_offline.split(",") if v]
     device = torch.device(args.device)
