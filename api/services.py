@@ -17,6 +17,7 @@ from storage.s3 import S3Reader
 if TYPE_CHECKING:
     from api.auth import Authenticator
     from api.metrics import Metrics
+    from api.quota import QuotaCounter
     from api.ratelimit import RateLimiter
 
 
@@ -35,6 +36,8 @@ class Services:
     """Per-key token buckets; in memory unless given (Redis when API processes share them)."""
     authenticator: Authenticator | Any = None
     metrics: Metrics | Any = None
+    quota: QuotaCounter | Any = None
+    """Unfinished jobs per tenant, counted at most once a second per process."""
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the process shuts down: open event streams end."""
 
@@ -42,6 +45,7 @@ class Services:
         # built here by default so that tests and embedded mode need to pass nothing
         from api.auth import Authenticator
         from api.metrics import Metrics
+        from api.quota import QuotaCounter
         from api.ratelimit import MemoryRateLimiter
 
         if self.rate_limiter is None:
@@ -50,6 +54,8 @@ class Services:
             self.authenticator = Authenticator(self.database, self.config)
         if self.metrics is None:
             self.metrics = Metrics(self.database)
+        if self.quota is None:
+            self.quota = QuotaCounter()
 
     def job_queued(self) -> None:
         if self.on_job_queued is not None:

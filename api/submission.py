@@ -37,13 +37,12 @@ from api.references import (
     check_stored,
     copy_upload,
     download_reference,
-    load_uploads,
     reference_kind,
 )
 from api.schemas import JobRequest
 from api.services import Services
 from db import repository as repo
-from db import tenants, webhooks
+from db import tenants, uploads, webhooks
 from db.models import Job
 from pipeline import params as P
 from storage import keys
@@ -103,7 +102,7 @@ def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _identity(source: UploadFile | str, got: Input) -> str:
+def _identity(source: UploadFile | str, got: LocalInput | UploadRef) -> str:
     """What identifies an input in a fingerprint: the bytes of a file, else its reference."""
     if isinstance(source, UploadFile):
         assert isinstance(got, LocalInput)
@@ -200,19 +199,41 @@ async def _read_form(
 # --------------------------------------------------------------------------- inputs
 
 
+@dataclass(frozen=True)
+class UploadRef:
+    """An earlier upload named by id: looked up in the transaction that writes the job."""
+
+    id: str
+
+
 async def _materialise(
     services: Services, caller: Caller, source: UploadFile | str, kind: str, dest: Path
-) -> Input:
-    """An upload copied out, an s3:// reference downloaded, or an earlier upload looked up."""
+) -> LocalInput | UploadRef:
+    """An upload copied out, an s3:// reference downloaded, or an upload id to look up."""
     limits = caller.limits
     limit = limits.max_image_bytes if kind == "image" else limits.max_audio_bytes
     if isinstance(source, UploadFile):
         return await copy_upload(source, kind, limit, dest)
     if reference_kind(source, kind) == "upload":
-        stored = await run_in_threadpool(load_uploads, services, caller.tenant, [source])
-        check_stored(stored[source], kind, limits, kind)  # type: ignore[arg-type]
-        return stored[source]
+        return UploadRef(source)
     return await run_in_threadpool(download_reference, services, source, kind, limit, dest)
+
+
+def _resolve(
+    session: Session, caller: Caller, image: LocalInput | UploadRef, audio: LocalInput | UploadRef
+) -> tuple[Input, Input]:
+    ids = [got.id for got in (image, audio) if isinstance(got, UploadRef)]
+    found = uploads.get_uploads(session, ids, tenant=caller.tenant) if ids else {}
+    resolved: list[Input] = []
+    for kind, got in (("image", image), ("audio", audio)):
+        if isinstance(got, UploadRef):
+            if got.id not in found:
+                raise ApiError(422, "input_not_found", f"upload {got.id} does not exist", kind)
+            stored = StoredInput(found[got.id])
+            check_stored(stored, kind, caller.limits, kind)  # type: ignore[arg-type]
+            got = stored
+        resolved.append(got)
+    return resolved[0], resolved[1]
 
 
 def inspect(got: Input, kind: str, caller: Caller) -> ImageInfo | AudioInfo:
@@ -261,12 +282,10 @@ def job_params(
     return params, req.num_clips or covered
 
 
-def check_quota(session: Session, caller: Caller, adding: int) -> None:
-    """429 when `adding` more jobs would take the tenant past its unfinished-job limit.
-
-    Counted without a lock: concurrent submissions can pass the limit by what is in flight.
-    """
-    unfinished = tenants.count_unfinished(session, caller.tenant)
+def check_quota(services: Services, session: Session, caller: Caller, adding: int) -> None:
+    """429 when `adding` more jobs would take the tenant past its unfinished-job limit
+    (a soft limit: see api.quota)."""
+    unfinished = services.quota.unfinished(session, caller.tenant)
     if unfinished + adding > caller.max_queued_jobs:
         raise ApiError(
             429,
@@ -298,45 +317,43 @@ def _accept(
     services: Services,
     caller: Caller,
     req: JobRequest,
-    image_in: Input,
-    audio_in: Input,
+    image_in: LocalInput | UploadRef,
+    audio_in: LocalInput | UploadRef,
     idempotency_key: str | None,
     fingerprint: str,
 ) -> tuple[Job, bool]:
-    if idempotency_key is not None:
-        existing = _find_idempotent(services, caller.tenant, idempotency_key)
-        if existing is not None:
-            return replay(existing, fingerprint, idempotency_key), False
-    image = inspect(image_in, "image", caller)
-    audio = inspect(audio_in, "audio", caller)
-    assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)
-    params, clips_total = job_params(req, image, audio, services.config.checkpoint_every)
-
+    """Check, store and write the job. Inputs by reference need no storing: then everything,
+    from the idempotency check to the insert, is one transaction."""
     job_id = uuid.uuid4()
     stored: list[str] = []
+    # files are decoded before the transaction, so no connection waits on a decode
+    local_info = {
+        kind: inspect(got, kind, caller)
+        for kind, got in (("image", image_in), ("audio", audio_in))
+        if isinstance(got, LocalInput)
+    }
     try:
         with services.database.transaction() as s:
-            check_quota(s, caller, 1)
-        image_key = _store(services, job_id, image_in, image, "image", stored)
-        audio_key = _store(services, job_id, audio_in, audio, "audio", stored)
-        with services.database.transaction() as s:
-            job = repo.create_job(
-                s,
-                repo.NewJob(
-                    id=job_id,
-                    tenant=caller.tenant,
-                    params=params,
-                    image_key=image_key,
-                    audio_key=audio_key,
-                    clips_total=clips_total,
-                    max_attempts=services.config.max_attempts,
-                    priority=req.priority,
-                    idempotency_key=idempotency_key,
-                    request_hash=fingerprint,
-                ),
-            )
-            if req.webhook_url:
-                add_job_webhook(s, caller.tenant, job_id, req)
+            if idempotency_key is not None:
+                existing = repo.find_by_idempotency_key(s, caller.tenant, idempotency_key)
+                if existing is not None:
+                    return replay(existing, fingerprint, idempotency_key), False
+            image_got, audio_got = _resolve(s, caller, image_in, audio_in)
+            image = local_info.get("image") or inspect(image_got, "image", caller)
+            audio = local_info.get("audio") or inspect(audio_got, "audio", caller)
+            assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)
+            params, clips_total = job_params(req, image, audio, services.config.checkpoint_every)
+            check_quota(services, s, caller, 1)
+            local = isinstance(image_got, LocalInput) or isinstance(audio_got, LocalInput)
+            if not local:
+                job = _create(s, services, caller, req, job_id, params, clips_total,
+                              image_got.key, audio_got.key, idempotency_key, fingerprint)  # fmt: skip
+        if local:  # store the files, then write the job (deleting them again if that fails)
+            image_key = _store(services, job_id, image_got, image, "image", stored)
+            audio_key = _store(services, job_id, audio_got, audio, "audio", stored)
+            with services.database.transaction() as s:
+                job = _create(s, services, caller, req, job_id, params, clips_total,
+                              image_key, audio_key, idempotency_key, fingerprint)  # fmt: skip
     except sa.exc.IntegrityError:
         _delete_quietly(services, stored)
         existing = (
@@ -360,11 +377,45 @@ def _accept(
     except BaseException:
         _delete_quietly(services, stored)
         raise
+    services.quota.admitted(caller.tenant, 1)
     try:
         services.job_queued()
     except Exception:  # the outbox row is committed: the relay's next poll publishes it
         log.exception("wake-up after job %s failed", job_id)
     return job, True
+
+
+def _create(
+    s: Session,
+    services: Services,
+    caller: Caller,
+    req: JobRequest,
+    job_id: uuid.UUID,
+    params: dict[str, Any],
+    clips_total: int,
+    image_key: str,
+    audio_key: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> Job:
+    job = repo.create_job(
+        s,
+        repo.NewJob(
+            id=job_id,
+            tenant=caller.tenant,
+            params=params,
+            image_key=image_key,
+            audio_key=audio_key,
+            clips_total=clips_total,
+            max_attempts=services.config.max_attempts,
+            priority=req.priority,
+            idempotency_key=idempotency_key,
+            request_hash=fingerprint,
+        ),
+    )
+    if req.webhook_url:
+        add_job_webhook(s, caller.tenant, job_id, req)
+    return job
 
 
 def add_job_webhook(session: Session, tenant: str, job_id: uuid.UUID, req: JobRequest) -> None:

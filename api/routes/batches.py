@@ -233,7 +233,7 @@ def _create(
         new_jobs.append([req, params, clips_total])
         hooks.append(req)
     with services.database.transaction() as s:
-        check_quota(s, caller, len(new_jobs))
+        check_quota(services, s, caller, len(new_jobs))
         secret = None
         if any(req.webhook_url and not req.webhook_secret for req in hooks):
             secret = tenants.ensure_tenant(s, caller.tenant).webhook_secret
@@ -278,6 +278,7 @@ def _create(
     try:
         with services.database.transaction() as s:
             batch = batches.create_batch(s, new)
+        services.quota.admitted(caller.tenant, len(jobs))
     except sa.exc.IntegrityError:
         replayed = (
             _replay(services, caller, idempotency_key, fingerprint) if idempotency_key else None

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
+from api.quota import QuotaCounter
 from api.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from db import repository as repo
 from db import tenants, webhooks
@@ -168,6 +169,7 @@ def test_listings_and_references_stay_within_the_tenant(api_client, other_tenant
 
 
 def test_tenant_limits_apply_to_submissions(api_services, api_client):
+    api_services.quota = QuotaCounter(ttl_s=0)  # counted at every submission here
     with api_services.database.transaction() as s:
         tenants.set_limits(s, "default", {"max_queued_jobs": 2, "max_image_bytes": 1000})
     files = {"image": ("a.png", media.png()), "audio": ("a.wav", media.wav(1.0))}
