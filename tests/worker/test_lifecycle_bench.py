@@ -1,0 +1,52 @@
+"""ops/bench/lifecycle.py at toy sizes: it runs end to end, writes its JSON, and its overhead
+model says what it should."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ops.bench import lifecycle as bench
+
+
+def test_the_overhead_model():
+    # 1 s capture, 30 s of background work, 2 s clips
+    assert bench.overhead(1.0, 30.0, 2.0, 10) == pytest.approx((1 + 10) / 20)  # waits 10 s
+    assert bench.overhead(1.0, 30.0, 2.0, 20) == pytest.approx(1 / 40)  # background fits
+    assert bench.smallest_interval(1.0, 30.0, 2.0, 0.02) == 25
+    # the 14B figures of docs/benchmarks.md: 0.92 s capture, 4.8 s clips, 24.3 s write
+    assert bench.smallest_interval(0.92, 24.3, 4.8, 0.02) == 10
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_at_toy_size(tmp_path: Path):
+    out = tmp_path / "lifecycle.json"
+    doc = bench.main(
+        [
+            "--parts", "engine,tiny",
+            "--engine-preset", "tiny",
+            "--engine-device", "cpu",
+            "--engine-size", "64*64",
+            "--engine-clips", "1",
+            "--captures", "2",
+            "--write-steps", "1",
+            "--infer-frames", "12",
+            "--tiny-clips", "4",
+            "--tiny-intervals", "2",
+            "--tiny-repeats", "1",
+            "--tiny-storage", "dir",
+            "--workdir", str(tmp_path / "work"),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc, default=str))
+    engine = doc["parts"]["engine"]
+    assert engine["state_bytes"] > engine["measured_on_bytes"] > 0  # 1 of 4 steps written
+    assert set(engine["shard_bytes"]) == {"sink", "decoder", "step-0", "step-1", "step-2", "step-3"}
+    assert engine["clip_s"] > 0 and engine["smallest_interval_under_2pct"] >= 1
+    tiny = doc["parts"]["tiny"]["by_interval"]
+    assert set(tiny) == {"2", "none"}
+    assert tiny["2"]["checkpoint_bytes"] > 0 and tiny["none"]["checkpoint_bytes"] == 0
+    assert 0 <= tiny["2"]["stall_fraction"] < 1
