@@ -73,6 +73,8 @@ class Outcome(StrEnum):
     REQUEUED = "requeued"
     LEASE_LOST = "lease_lost"
     DROPPED = "dropped"
+    UNCLAIMED = "unclaimed"
+    """The database could not be reached to claim the job: the wake-up should come again."""
     ABANDONED = "abandoned"
     """The attempt failed and the database could not be told; the lease will expire."""
 
@@ -178,9 +180,10 @@ class Lifecycle:
                 lambda: self._claim(job_id), f"claim job {job_id}", self.config.database_retry
             )
         except Exception:
-            # The job stays queued; the relay re-sends its wake-up later.
+            # The job stays queued: the Celery task retries the wake-up, and the relay
+            # re-sends wake-ups of jobs that stay queued.
             log.exception("job %s: could not claim it", job_id)
-            return Outcome.DROPPED
+            return Outcome.UNCLAIMED
         if lease is None:
             log.info("job %s: wake-up dropped (job is final or leased by a live worker)", job_id)
             return Outcome.DROPPED
@@ -257,12 +260,13 @@ class _Attempt:
                 outcome = self._fail(exc)
         finally:
             self.stop.set()
+            self._close_stream()
             if self._interval is not None:
                 self._interval.encoder.abort()
             self.committer.shutdown()
-            self._background.shutdown(wait=True)
+            # An audio track still being encoded is not waited for (it is not needed now).
+            self._background.shutdown(wait=False, cancel_futures=True)
             self.heartbeat.stop()
-            self._close_stream()
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.stats.commit_s = [t.seconds for t in self.committer.timings]
             self.stats.checkpoint_bytes = sum(t.checkpoint_bytes for t in self.committer.timings)
@@ -422,6 +426,7 @@ class _Attempt:
             self._interval.clips = carried.clips
         if start.checkpoint is not None:
             shutil.rmtree(start.checkpoint, ignore_errors=True)
+        self._check_flags(plan, start.clip)  # loading and opening may take minutes
 
         render_started = time.monotonic()
         self._last_progress = render_started
@@ -551,11 +556,11 @@ class _Attempt:
 
     def _cancel(self, done: int) -> Outcome:
         log.info("job %s: cancel requested; stopping after clip %d", self.job_id, done - 1)
+        self._close_stream()  # the GPU is free at once
         if self._interval is not None:
             self._interval.encoder.abort()  # the open interval is not kept
             self._interval = None
         self.committer.shutdown()  # a commit in flight still becomes the resume point
-        self._close_stream()
         self._db(
             lambda s: repo.mark_canceled(s, self.job_id, self.worker_id, self.attempt),
             "record the cancel",
@@ -572,11 +577,11 @@ class _Attempt:
             last = self.committer.timings[-1].seconds if self.committer.timings else 0.0
             if 2 * last < self.lc.shutdown_time_left():
                 self._boundary(self._stream, done, final=False, open=True)
+        self._close_stream()
         if self._interval is not None:
             self._interval.encoder.abort()
             self._interval = None
         self.committer.wait()
-        self._close_stream()
         self._db(
             lambda s: repo.release(
                 s,

@@ -70,9 +70,20 @@ def install(app: Celery, factory: LifecycleFactory) -> None:
     worker_shutting_down.connect(on_shutdown, weak=False)
 
 
+UNCLAIMED_RETRY_S = 15
+"""A wake-up that could not be claimed (database unreachable) comes back after this long."""
+
+
 def register(app: Celery) -> None:
-    @app.task(name=RENDER_TASK, shared=False, queue=RENDER_QUEUE, ignore_result=True)
-    def render(job_id: str) -> str:
+    @app.task(
+        name=RENDER_TASK,
+        shared=False,
+        queue=RENDER_QUEUE,
+        ignore_result=True,
+        bind=True,
+        max_retries=None,
+    )
+    def render(task: Any, job_id: str) -> str:
         runtime: _Runtime | None = getattr(app, _RUNTIME_ATTR, None)
         if runtime is None:
             raise RuntimeError(
@@ -83,4 +94,7 @@ def register(app: Celery) -> None:
         except ValueError:
             log.error("dropping a wake-up with an invalid job id: %r", job_id)
             return Outcome.DROPPED.value
-        return runtime.get().run(parsed).value
+        outcome = runtime.get().run(parsed)
+        if outcome is Outcome.UNCLAIMED and not runtime.shutting_down:
+            raise task.retry(countdown=UNCLAIMED_RETRY_S)
+        return outcome.value

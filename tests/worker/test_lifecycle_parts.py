@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,17 @@ def test_worker_config_checks_its_heartbeat():
     assert WorkerConfig(lease_s=120).heartbeat_interval_s == 30
     with pytest.raises(ValueError, match="heartbeat_s"):
         WorkerConfig(lease_s=10, heartbeat_s=10)
+
+
+def test_a_wake_up_that_cannot_be_claimed_is_not_dropped(tmp_path, local_storage):
+    """With the database unreachable, the outcome says so (the Celery task then retries the
+    wake-up later) instead of claiming the job was a duplicate."""
+    from db.database import Database
+    from tests.conftest import free_port
+    from worker.lifecycle import Lifecycle, Outcome
+
+    nowhere = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    quick = RetryPolicy(attempts=2, base_delay_s=0.01, max_delay_s=0.01)
+    config = WorkerConfig(scratch_dir=tmp_path, database_retry=quick)
+    assert Lifecycle(config, nowhere, local_storage).run(uuid.uuid4()) is Outcome.UNCLAIMED
+    nowhere.dispose()
