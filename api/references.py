@@ -52,6 +52,23 @@ class StoredInput:
         return cls(**{k: v for k, v in self.upload.info.items() if k in fields})
 
 
+class UploadCache:
+    """Uploads this process has looked up. An upload never changes once written, so a job
+    that names one needs no query for it after the first."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._rows: dict[tuple[str, str], Upload] = {}
+
+    def get(self, tenant: str, upload_id: str) -> Upload | None:
+        return self._rows.get((tenant, upload_id))
+
+    def put(self, upload: Upload) -> None:
+        if len(self._rows) >= self.size:
+            self._rows.clear()
+        self._rows[(upload.tenant, upload.id)] = upload
+
+
 def info_dict(info: ImageInfo | AudioInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 

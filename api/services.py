@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from api.metrics import Metrics
     from api.quota import QuotaCounter
     from api.ratelimit import RateLimiter
+    from api.references import UploadCache
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     metrics: Metrics | Any = None
     quota: QuotaCounter | Any = None
     """Unfinished jobs per tenant, counted at most once a second per process."""
+    upload_cache: UploadCache | Any = None
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the process shuts down: open event streams end."""
 
@@ -47,6 +49,7 @@ class Services:
         from api.metrics import Metrics
         from api.quota import QuotaCounter
         from api.ratelimit import MemoryRateLimiter
+        from api.references import UploadCache
 
         if self.rate_limiter is None:
             self.rate_limiter = MemoryRateLimiter()
@@ -56,6 +59,8 @@ class Services:
             self.metrics = Metrics(self.database)
         if self.quota is None:
             self.quota = QuotaCounter()
+        if self.upload_cache is None:
+            self.upload_cache = UploadCache()
 
     def job_queued(self) -> None:
         if self.on_job_queued is not None:

@@ -220,10 +220,20 @@ async def _materialise(
 
 
 def _resolve(
-    session: Session, caller: Caller, image: LocalInput | UploadRef, audio: LocalInput | UploadRef
+    services: Services,
+    session: Session,
+    caller: Caller,
+    image: LocalInput | UploadRef,
+    audio: LocalInput | UploadRef,
 ) -> tuple[Input, Input]:
+    cache = services.upload_cache
     ids = [got.id for got in (image, audio) if isinstance(got, UploadRef)]
-    found = uploads.get_uploads(session, ids, tenant=caller.tenant) if ids else {}
+    found = {i: row for i in ids if (row := cache.get(caller.tenant, i)) is not None}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        for row in uploads.get_uploads(session, missing, tenant=caller.tenant).values():
+            cache.put(row)
+            found[row.id] = row
     resolved: list[Input] = []
     for kind, got in (("image", image), ("audio", audio)):
         if isinstance(got, UploadRef):
@@ -338,7 +348,7 @@ def _accept(
                 existing = repo.find_by_idempotency_key(s, caller.tenant, idempotency_key)
                 if existing is not None:
                     return replay(existing, fingerprint, idempotency_key), False
-            image_got, audio_got = _resolve(s, caller, image_in, audio_in)
+            image_got, audio_got = _resolve(services, s, caller, image_in, audio_in)
             image = local_info.get("image") or inspect(image_got, "image", caller)
             audio = local_info.get("audio") or inspect(audio_got, "audio", caller)
             assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)

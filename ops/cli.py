@@ -35,6 +35,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging(settings.log_format, args.log_level)
+    if args.workers > 1:
+        return _serve_workers(settings, args)
     process = build(settings, embedded=args.embedded, relay=not args.no_relay)
     if process.api_key_file is not None:
         print(f"API key of tenant {settings.tenant}: {process.api_key_file}", file=sys.stderr)
@@ -59,6 +61,31 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     finally:
         process.stop()
+    return 0
+
+
+def _serve_workers(settings: Settings, args: argparse.Namespace) -> int:
+    """Several API processes on one socket (uvicorn's workers), each built from settings."""
+    import os
+
+    import uvicorn
+
+    if args.embedded:
+        print("embedded mode runs in one process: drop --workers", file=sys.stderr)
+        return 2
+    # the worker processes read their settings from the environment, like this one
+    os.environ["LONGTAKE_API_URL"] = settings.api_url
+    os.environ["LONGTAKE_SERVE_RELAY"] = "false" if args.no_relay else "true"
+    uvicorn.run(
+        "ops.server:app_from_settings",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        log_config=None,
+    )
     return 0
 
 
@@ -615,7 +642,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--host", default=settings.host)
     p.add_argument("--port", type=int, default=settings.port)
     p.add_argument(
-        "--no-relay", action="store_true", help="run the relay elsewhere (`longtake relay`)"
+        "--no-relay",
+        action="store_true",
+        default=not settings.serve_relay,
+        help="run the relay elsewhere (`longtake relay`)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=settings.api_workers,
+        help="API processes (LONGTAKE_API_WORKERS; default %(default)s)",
     )
     p.add_argument("--log-level", default="info")
 

@@ -7,6 +7,8 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +173,28 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
             )
             services.on_job_queued = process.wake
     return process
+
+
+def app_from_settings() -> FastAPI:
+    """uvicorn's app factory for `longtake serve --workers N`: each worker process builds its
+    own components from the environment and runs its own relay and delivery loop (any number
+    of those may run at once)."""
+    from api.logs import configure as configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_format)
+    process = build(settings, embedded=False, relay=settings.serve_relay)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        process.start()
+        try:
+            yield
+        finally:
+            process.stop()
+
+    process.app.router.lifespan_context = lifespan
+    return process.app
 
 
 class BackgroundServer:

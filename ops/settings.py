@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     """Unfinished jobs a tenant may have, unless its own limit says otherwise."""
     max_batch_jobs: int = 10_000
     database_pool_size: int = 10
+    api_workers: int = 1
+    """API processes `longtake serve` runs (each with its own pool, relay and delivery loop)."""
+    serve_relay: bool = True
+    """Whether `longtake serve` runs the outbox relay and reaper beside the API."""
     log_format: Literal["json", "text"] = "json"
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 12
