@@ -22,8 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "longtake_log_context", default=None
 )
-# LogRecord attributes that are not extras
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# LogRecord attributes that are not extras (uvicorn's color_message repeats the message)
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 access_log = logging.getLogger("longtake.access")
 

@@ -196,3 +196,57 @@ def test_watch_follows_the_event_stream(embedded_service):
     assert lines[0].startswith("[" + "." * 30 + "] 0/4 clips") and "queued" in lines[0]
     assert "checkpoint saved after clip 2" in lines
     assert lines[-1].startswith("[" + "#" * 30 + "] 4/4 clips") and "succeeded" in lines[-1]
+
+
+@pytest.mark.slow
+def test_serve_with_several_worker_processes(postgres_url_factory, tmp_path, redis_prefix):
+    """`longtake serve --workers 2` on Postgres: both processes answer with the same data."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from db import migrate
+    from db.database import Database
+    from tests.conftest import REDIS_URL, free_port, make_api_key
+
+    url = postgres_url_factory()
+    migrate.upgrade(url)
+    database = Database(url)
+    key = make_api_key(database)
+    database.dispose()
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LONGTAKE_")},
+        "LONGTAKE_DATABASE_URL": url,
+        "LONGTAKE_BROKER_URL": REDIS_URL,
+        "LONGTAKE_BROKER_KEY_PREFIX": redis_prefix,
+        "LONGTAKE_STORAGE_BACKEND": "local",
+        "LONGTAKE_STORAGE_DIR": str(tmp_path / "storage"),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "serve", "--workers", "2", "--port", str(port)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "did not start"
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
+            answers = {client.get("/v1/jobs").status_code for _ in range(20)}
+        assert answers == {200}
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    started = [line for line in lines if line["message"].startswith("Started server process")]
+    assert len(started) == 2  # two worker processes
