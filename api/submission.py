@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,15 +77,15 @@ async def submit(
     request: Request,
     services: Services,
     caller: Caller,
-    workdir: Path,
+    scratch: Scratch,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
     """Returns (job, created). An idempotency key seen before returns the earlier job."""
     check_idempotency_key(idempotency_key)
     try:
         submission = await read_request(request, services, caller)
-        image = await _materialise(services, caller, submission.image, "image", workdir / "image")
-        audio = await _materialise(services, caller, submission.audio, "audio", workdir / "audio")
+        image = await _materialise(services, caller, submission.image, "image", scratch)
+        audio = await _materialise(services, caller, submission.audio, "audio", scratch)
     finally:
         await request.close()  # the uploads' spooled temporary files
     fingerprint = request_fingerprint(
@@ -206,16 +207,37 @@ class UploadRef:
     id: str
 
 
+class Scratch:
+    """A temporary directory for the request's files, made only if one is needed (a
+    submission by upload id needs none), and removed with everything in it at the end."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def path(self, name: str) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="longtake-submit-")
+        return Path(self._dir.name) / name
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
 async def _materialise(
-    services: Services, caller: Caller, source: UploadFile | str, kind: str, dest: Path
+    services: Services, caller: Caller, source: UploadFile | str, kind: str, scratch: Scratch
 ) -> LocalInput | UploadRef:
     """An upload copied out, an s3:// reference downloaded, or an upload id to look up."""
     limits = caller.limits
     limit = limits.max_image_bytes if kind == "image" else limits.max_audio_bytes
     if isinstance(source, UploadFile):
-        return await copy_upload(source, kind, limit, dest)
+        return await copy_upload(source, kind, limit, scratch.path(kind))
     if reference_kind(source, kind) == "upload":
         return UploadRef(source)
+    dest = scratch.path(kind)
     return await run_in_threadpool(download_reference, services, source, kind, limit, dest)
 
 

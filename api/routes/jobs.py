@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import tempfile
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -98,10 +96,8 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     """Validate the inputs and parameters, store the inputs, queue the job."""
-    with tempfile.TemporaryDirectory(prefix="longtake-submit-") as workdir:
-        job, created = await submission.submit(
-            request, services, caller, Path(workdir), idempotency_key
-        )
+    with submission.Scratch() as scratch:
+        job, created = await submission.submit(request, services, caller, scratch, idempotency_key)
     request.state.job_id = str(job.id)
     return _job_response(job, 201 if created else 200)
 
