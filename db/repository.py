@@ -501,6 +501,26 @@ def claim_next(
     return _take(session, job, worker_id, lease_s, now)
 
 
+def claim_for_wakeup(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+) -> Lease | None:
+    """What a worker does with a wake-up message so that priorities and fair share hold:
+    a message says that work exists, not which work comes first. Takes the best queued job
+    (`claim_next`); when none is queued, falls back to `claim(job_id)`, which takes over the
+    woken job if its lease expired unreaped. Every queued job has a wake-up of its own, so
+    each still runs, in priority order; one taken early leaves its own message with nothing
+    to do (dropped, like any duplicate)."""
+    lease = claim_next(session, worker_id, lease_s, now=now)
+    if lease is not None:
+        return lease
+    return claim(session, job_id, worker_id, lease_s, now=now)
+
+
 # Each tenant with queued jobs (found by skipping through the ix_jobs_fair index, one probe per
 # tenant), its best queued job and its running count; best first. Costs one index probe per
 # tenant, however many jobs are queued.

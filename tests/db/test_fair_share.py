@@ -67,3 +67,17 @@ def test_priority_comes_before_fair_share(db, create_job):
     assert low.id not in claimed  # every priority-5 job first, however busy its tenant
     assert claim_next(db, "w", T0 + timedelta(minutes=1)).job_id == low.id
     assert claim_next(db, "w", T0 + timedelta(minutes=1)) is None
+
+
+def test_a_wakeup_takes_the_best_job_not_the_one_it_names(db, create_job):
+    low = create_job(db, tenant="a", priority=0, now=T0)
+    high = create_job(db, tenant="b", priority=9, now=T0 + timedelta(seconds=5))
+    with db.transaction() as s:
+        first = repo.claim_for_wakeup(s, low.id, "w1", LEASE_S, now=T0 + timedelta(minutes=1))
+        second = repo.claim_for_wakeup(s, high.id, "w2", LEASE_S, now=T0 + timedelta(minutes=1))
+        # both ran; the late message finds nothing queued and the named job leased: dropped
+        third = repo.claim_for_wakeup(s, high.id, "w3", LEASE_S, now=T0 + timedelta(minutes=1))
+    assert (first.job_id, second.job_id, third) == (high.id, low.id, None)
+    with db.transaction() as s:  # a lease that expired unreaped is taken over, as by claim()
+        lease = repo.claim_for_wakeup(s, low.id, "w4", LEASE_S, now=T0 + timedelta(hours=1))
+    assert (lease.job_id, lease.attempt) == (low.id, 2)
