@@ -55,8 +55,11 @@ def make_celery_app(config: CeleryConfig, task_modules: Sequence[str] = TASK_MOD
         task_ignore_result=True,
         task_routes={RENDER_TASK: {"queue": RENDER_QUEUE}},
         # Long GPU tasks: acknowledge after the task (a crash redelivers), take one message at
-        # a time, run one task per node, and stop tasks whose broker connection is gone
-        # (their message will be redelivered to someone else).
+        # a time, run one task per node. Tasks whose broker connection is gone are to be
+        # cancelled; on the threads pool `longtake worker` uses, Celery cannot cancel a
+        # running task (it logs that it failed to), which is what a render wants: it needs no
+        # broker, its lease in the database decides who renders, and a redelivered message
+        # finds that lease taken.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
