@@ -11,7 +11,8 @@ forward pass, so later blocks at step i see earlier blocks at step i's noise lev
 identical in every step's cache except for the reference keys' rotation, which moves with the
 stream (rolling RoPE) and is rewritten from the unrotated keys in `SinkKeys` on every call.
 
-Memory is fixed at open: nothing here grows with the number of clips.
+Memory is fixed at open: nothing here grows with the number of clips. A pipeline stage that
+runs only some layers of a step holds only those layers (`first_layer` onwards).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pipeline.geometry import Geometry
 
 
 class StepKVCache:
-    """Keys and values of one denoising step: kv [layers, 2 (k, v), cache_tokens, heads, dim]."""
+    """Keys and values of one denoising step: kv [layers, 2 (k, v), cache_tokens, heads, dim],
+    for layers first_layer .. first_layer + num_layers - 1."""
 
     def __init__(
         self,
@@ -32,11 +34,17 @@ class StepKVCache:
         head_dim: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        first_layer: int = 0,
     ):
         self.geometry = geometry
+        self.layers = range(first_layer, first_layer + num_layers)
         self.kv = torch.zeros(
             num_layers, 2, geometry.cache_tokens, num_heads, head_dim, device=device, dtype=dtype
         )
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """kv [2, cache_tokens, heads, dim] of model layer `layer`."""
+        return self.kv[layer - self.layers.start]
 
     def ring_slot(self, block_index: int) -> tuple[int, int]:
         """(first token of block `block_index`'s slot, number of keys attention then reads)."""
@@ -63,7 +71,8 @@ class StepKVCache:
 
 
 class SinkKeys:
-    """The reference tokens' keys before rotation: ref [layers, ref_tokens, heads, dim]."""
+    """The reference tokens' keys before rotation: ref [layers, ref_tokens, heads, dim], for
+    layers first_layer .. first_layer + num_layers - 1."""
 
     def __init__(
         self,
@@ -73,7 +82,9 @@ class SinkKeys:
         head_dim: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        first_layer: int = 0,
     ):
+        self.layers = range(first_layer, first_layer + num_layers)
         self.ref = torch.zeros(
             num_layers, geometry.ref_tokens, num_heads, head_dim, device=device, dtype=dtype
         )

@@ -3,6 +3,10 @@
 Nothing is ever built full-size in float32 on the host: modules are created on the meta device
 (no memory), then given storage directly on the target device in the target dtype, and filled
 either with random values (`random_init`) or by a checkpoint loader.
+
+A `Placement` (pipeline.weights) says which parts a process builds and where: a single device
+builds everything; a rank of the TPP engine builds only what it runs (the DiT on every DiT
+rank, the VAE where it decodes, the text and audio encoders once). Parts left out are None.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -22,14 +27,30 @@ from pipeline.model import WanS2VTransformer
 from pipeline.presets import Preset
 from pipeline.text import Tokenizer, byte_tokenizer, hf_tokenizer
 
+if TYPE_CHECKING:
+    from pipeline.weights import Placement
+
+# The order parts draw their random weights in: part i of seed s uses seed s * 1000 + i, so a
+# process that builds only some parts gets the very weights a single device builds.
+PART_ORDER = ("dit", "text", "audio", "vae")
+
 
 @dataclass
 class Components:
-    dit: WanS2VTransformer
-    text_encoder: UMT5EncoderModel
-    tokenizer: Tokenizer
-    audio_encoder: Wav2Vec2Model
-    vae: AutoencoderKLWan
+    dit: WanS2VTransformer | None
+    text_encoder: UMT5EncoderModel | None
+    tokenizer: Tokenizer | None
+    audio_encoder: Wav2Vec2Model | None
+    vae: AutoencoderKLWan | None
+    text_device: torch.device | None = None
+    """Where the text encoder runs; it may live in host memory and visit this device."""
+
+    def require(self, *parts: str) -> None:
+        """Raise a clear error if a part this process must run was not built here."""
+        attrs = {"dit": "dit", "text": "text_encoder", "audio": "audio_encoder", "vae": "vae"}
+        missing = [p for p in parts if getattr(self, attrs[p]) is None]
+        if missing:
+            raise RuntimeError(f"this process has no {', '.join(missing)} (not in its placement)")
 
 
 @contextmanager
@@ -44,17 +65,39 @@ def _on_meta(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_empty(preset: Preset, device: torch.device | str, dtype: torch.dtype) -> Components:
-    """Every model of the preset with uninitialised storage on `device` in `dtype`."""
+def _single(device: torch.device | str) -> Placement:
+    from pipeline.weights import Placement
+
+    return Placement.single(device)
+
+
+def build_empty(
+    preset: Preset,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    placement: Placement | None = None,
+) -> Components:
+    """The preset's models with uninitialised storage in `dtype`: every part on `device`, or
+    the parts `placement` names on their devices (offloaded text encoder: in host memory)."""
+    placement = placement or _single(device)
+    parts = placement.parts
     with _on_meta(dtype):
-        dit = WanS2VTransformer(preset.dit)
-        text_encoder = UMT5EncoderModel(UMT5Config(**preset.text_encoder))
-        audio_encoder = Wav2Vec2Model(Wav2Vec2Config(**preset.audio_encoder))
-        vae = AutoencoderKLWan(**preset.vae)
-    for m in (dit, text_encoder, audio_encoder, vae):
-        m.to_empty(device=device)
-        m.eval().requires_grad_(False)
-    return Components(dit, text_encoder, byte_tokenizer, audio_encoder, vae)
+        dit = WanS2VTransformer(preset.dit) if "dit" in parts else None
+        text = UMT5EncoderModel(UMT5Config(**preset.text_encoder)) if "text" in parts else None
+        audio = Wav2Vec2Model(Wav2Vec2Config(**preset.audio_encoder)) if "audio" in parts else None
+        vae = AutoencoderKLWan(**preset.vae) if "vae" in parts else None
+    for part, m in zip(PART_ORDER, (dit, text, audio, vae), strict=True):
+        if m is not None:
+            m.to_empty(device=placement.devices[part])
+            m.eval().requires_grad_(False)
+    return Components(
+        dit,
+        text,
+        byte_tokenizer if text is not None else None,
+        audio,
+        vae,
+        text_device=placement.devices.get("text"),
+    )
 
 
 @torch.no_grad()
@@ -90,14 +133,32 @@ def random_init(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def build_random(
-    preset: Preset, device: torch.device | str, dtype: torch.dtype, seed: int = 0
+    preset: Preset,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    seed: int = 0,
+    placement: Placement | None = None,
 ) -> Components:
-    """The preset's models with seeded random weights (speed does not depend on weight values)."""
-    comps = build_empty(preset, device, dtype)
-    gen_device = torch.device(device)
-    for i, m in enumerate((comps.dit, comps.text_encoder, comps.audio_encoder, comps.vae)):
-        generator = torch.Generator(device=gen_device).manual_seed(seed * 1000 + i)
+    """The preset's models with seeded random weights (speed does not depend on weight values).
+
+    With a placement, only its parts are built, each with the weights a single device draws
+    for it. An offloaded text encoder is drawn on its device, then moved to host memory.
+    """
+    placement = placement or _single(device)
+    comps = build_empty(preset, device, dtype, placement)
+    for i, (part, m) in enumerate(
+        zip(
+            PART_ORDER,
+            (comps.dit, comps.text_encoder, comps.audio_encoder, comps.vae),
+            strict=True,
+        )
+    ):
+        if m is None:
+            continue
+        generator = torch.Generator(device=placement.devices[part]).manual_seed(seed * 1000 + i)
         random_init(m, generator)
+        if placement.load_device(part) != placement.devices[part]:
+            m.to(placement.load_device(part))
     return comps
 
 
@@ -106,15 +167,20 @@ def load_released(
     checkpoint_dir: str | os.PathLike[str],
     device: torch.device | str,
     dtype: torch.dtype,
+    placement: Placement | None = None,
 ) -> Components:
-    """The preset's models filled from the released checkpoint files (pipeline.weights)."""
-    from pipeline.weights import Placement, load_weights
+    """The preset's models filled from the released checkpoint files (pipeline.weights): every
+    part on `device`, or only the parts `placement` names, each on its device."""
+    from pipeline.weights import load_weights
 
-    with _on_meta(dtype):
-        dit = WanS2VTransformer(preset.dit)
+    placement = placement or _single(device)
+    dit = None
+    if "dit" in placement.parts:
+        with _on_meta(dtype):
+            dit = WanS2VTransformer(preset.dit)
     loaded = load_weights(
         checkpoint_dir,
-        Placement.single(device),
+        placement,
         dit=dit,
         text_config=UMT5Config(**preset.text_encoder),
         vae_config=dict(preset.vae),
@@ -122,10 +188,14 @@ def load_released(
         vae_dtype=dtype,
         audio_dtype=dtype,
     )
-    assert loaded.text_encoder and loaded.audio_encoder and loaded.vae and loaded.tokenizer
-    models = (dit, loaded.text_encoder, loaded.audio_encoder, loaded.vae)
-    for m in models:
-        m.eval().requires_grad_(False)
+    for m in (dit, loaded.text_encoder, loaded.audio_encoder, loaded.vae):
+        if m is not None:
+            m.eval().requires_grad_(False)
     return Components(
-        dit, loaded.text_encoder, hf_tokenizer(loaded.tokenizer), loaded.audio_encoder, loaded.vae
+        dit,
+        loaded.text_encoder,
+        hf_tokenizer(loaded.tokenizer) if loaded.tokenizer is not None else None,
+        loaded.audio_encoder,
+        loaded.vae,
+        text_device=placement.devices.get("text"),
     )

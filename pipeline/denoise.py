@@ -3,7 +3,10 @@
 `Denoiser.step(cache, latents, step, block_index, audio)` takes a block's latents at step
 `step`'s noise level and returns them one Euler step cleaner, writing the block's keys into that
 step's cache. It touches no other step's state, so a pipeline-parallel engine can give each GPU a
-range of steps and pass block latents along.
+range of steps and pass block latents along. A step is also available in three pieces,
+`begin` (patch embedding) -> `layers(start, stop)` -> `end` (head and Euler update), so that a
+stage may run part of a step's layers and hand the hidden tokens on: the pieces run exactly the
+operations of `step`, in its order.
 
 Positions (RoPE frames): block g covers latent frames 3g .. 3g+2 (counting from the stream's
 start, without bound); the ring keys keep the positions they were written at. The sink's motion
@@ -85,23 +88,30 @@ class Denoiser:
         motion: torch.Tensor,
     ) -> None:
         """Run the sink tokens (reference latent [16,1,h,w] + motion latents [16,T,h,w]) through
-        the model alone and store their keys and values in every step's cache."""
+        the model alone and store their keys and values in every step's cache.
+
+        Only the layers up to the last one `sink_keys` and the caches hold are run; each layer's
+        keys go to the caches that hold that layer."""
         g = self.geometry
+        stop = max([sink_keys.layers.stop, *(c.layers.stop for c in caches)])
         sink = self.dit.embed_sink(reference, motion, self.cfg.sink_frame)
         freqs = self.dit.rope.freqs(sink.positions, self.dit.device)
 
         def attend(layer: int) -> Attend:
+            holders = [c.layer(layer) for c in caches if layer in c.layers]
+
             def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                sink_keys.ref[layer] = k[0, : g.ref_tokens]
+                if layer in sink_keys.layers:
+                    sink_keys.ref[layer - sink_keys.layers.start] = k[0, : g.ref_tokens]
                 k = rope_mod.apply_rope(k, freqs)
-                for cache in caches:
-                    cache.kv[layer, 0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
-                    cache.kv[layer, 1, : g.sink_tokens] = v[0]
+                for kv in holders:
+                    kv[0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
+                    kv[1, : g.sink_tokens] = v[0]
                 return attention(rope_mod.apply_rope(q, freqs), k, v)
 
             return fn
 
-        self.dit.run_layers(sink.tokens, self.zero_time, attend, self.text_kv)
+        self.dit.run_layers(sink.tokens, self.zero_time, attend, self.text_kv, stop=stop)
 
     @torch.no_grad()
     def step(
@@ -114,31 +124,58 @@ class Denoiser:
         audio: AudioContext,
     ) -> torch.Tensor:
         """Block latents [16, 3, h, w] (float32) at sigmas[step] -> at sigmas[step + 1]."""
+        x = self.begin(latents)
+        x = self.layers(cache, sink_keys, x, step, block_index, audio)
+        return self.end(x, latents, step)
+
+    @torch.no_grad()
+    def begin(self, latents: torch.Tensor) -> torch.Tensor:
+        """A block's latents [16, 3, h, w] -> tokens [1, block_tokens, C] (model dtype)."""
+        return self.dit.embed_video(latents)
+
+    @torch.no_grad()
+    def layers(
+        self,
+        cache: StepKVCache,
+        sink_keys: SinkKeys,
+        x: torch.Tensor,
+        step: int,
+        block_index: int,
+        audio: AudioContext,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Layers [start, stop) of step `step` over a block's tokens x [1, L, C]."""
         g = self.geometry
         dit = self.dit
         first = block_index * g.frames_per_block
         q_freqs = dit.rope.freqs(self._block_grid + self._frame_axis * first, dit.device)
         ref_frame = max(self.cfg.sink_frame, first + self.sink_offset(block_index, step))
         ref_freqs = dit.rope.freqs(self._frame_grid + self._frame_axis * ref_frame, dit.device)
-        start, valid = cache.ring_slot(block_index)
-        end = start + g.block_tokens
+        begin, valid = cache.ring_slot(block_index)
+        end = begin + g.block_tokens
+        ref_base = sink_keys.layers.start
 
         def attend(layer: int) -> Attend:
-            kv = cache.kv[layer]
+            kv = cache.layer(layer)
+            ref = layer - ref_base
 
             def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 kv[0, : g.ref_tokens] = rope_mod.apply_rope(
-                    sink_keys.ref[layer : layer + 1], ref_freqs
+                    sink_keys.ref[ref : ref + 1], ref_freqs
                 )[0]
-                kv[0, start:end] = rope_mod.apply_rope(k, q_freqs)[0]
-                kv[1, start:end] = v[0]
+                kv[0, begin:end] = rope_mod.apply_rope(k, q_freqs)[0]
+                kv[1, begin:end] = v[0]
                 q = rope_mod.apply_rope(q, q_freqs)
                 return attention(q, kv[0, :valid].unsqueeze(0), kv[1, :valid].unsqueeze(0))
 
             return fn
 
-        time = self.times[step]
-        x = dit.embed_video(latents)
-        x = dit.run_layers(x, time, attend, self.text_kv, audio)
-        velocity = dit.velocity(x, time, (g.frames_per_block, *g.grid))
+        return dit.run_layers(x, self.times[step], attend, self.text_kv, audio, start, stop)
+
+    @torch.no_grad()
+    def end(self, x: torch.Tensor, latents: torch.Tensor, step: int) -> torch.Tensor:
+        """Tokens after the last layer + the step's input latents -> latents at sigmas[step+1]."""
+        g = self.geometry
+        velocity = self.dit.velocity(x, self.times[step], (g.frames_per_block, *g.grid))
         return self.schedule.euler(latents, velocity, step)

@@ -15,6 +15,17 @@ from pipeline.request import RenderRequest
 from pipeline.stream import Decode, Stream
 
 
+def resolve_name(name: str, checkpoint_dir: str | os.PathLike[str] | None) -> str:
+    """A preset name, with "auto" decided by what the checkpoints directory holds."""
+    if name != "auto":
+        return name
+    if checkpoint_dir is None:
+        raise ValueError('preset "auto" needs checkpoint_dir (where the release would be)')
+    from pipeline.weights import resolve_preset
+
+    return resolve_preset(checkpoint_dir)
+
+
 class Generator:
     def __init__(self, preset: Preset, components: Components):
         self.preset = preset
@@ -35,11 +46,13 @@ class Generator:
     ) -> Generator:
         """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
 
+        name "auto": `liveavatar-14b` when the release under `checkpoint_dir` verifies, else
+        `tiny` (with a logged message saying what is missing).
         random_weights: seeded random weights instead of a checkpoint (the `tiny` preset always
         uses them); benchmarks of the 14B architecture use this, as speed does not depend on
         weight values. dit_overrides: change DiT settings (e.g. num_layers for a reduced depth).
         """
-        preset = get_preset(name)
+        preset = get_preset(resolve_name(name, checkpoint_dir))
         if dit_overrides:
             preset = preset.with_dit(**dit_overrides)
         device = torch.device(device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -69,39 +70,22 @@ class Stream:
         self.decode_mode = decode
         self.progress = progress
         comps, preset = gen.components, gen.preset
+        comps.require("dit", "text", "audio", "vae")
+        assert comps.dit is not None and comps.vae is not None
+        assert comps.text_encoder is not None and comps.tokenizer is not None
+        assert comps.audio_encoder is not None
         self._dit = comps.dit
         self._vae = comps.vae
         self._device = comps.dit.device
 
-        # inputs
-        image_bytes = read_bytes(request.image)
-        audio_in = (
-            request.audio if isinstance(request.audio, Waveform) else read_bytes(request.audio)
-        )
-        samples = load_audio(audio_in)
-        self.reference_frame = fit_image(load_image(image_bytes), request.size)  # uint8 [H, W, 3]
-        self.height, self.width = self.reference_frame.shape[:2]
-        self.audio_duration_s = len(samples) / 16_000
-        self.num_clips = request.num_clips or params.clips_for_duration(
-            self.audio_duration_s, request.infer_frames
-        )
+        inputs = prepare_inputs(request, preset)
+        samples = inputs.samples
+        self.reference_frame = inputs.reference_frame  # uint8 [H, W, 3]
+        self.height, self.width = inputs.height, inputs.width
+        self.audio_duration_s = inputs.audio_duration_s
+        self.num_clips = inputs.num_clips
         self.fps = params.FPS
-        self.fingerprint = {
-            "preset": preset.name,
-            "dit": _config_hash(preset),
-            "seed": request.seed,
-            "size": request.size,
-            "width": self.width,
-            "height": self.height,
-            "infer_frames": request.infer_frames,
-            "sample_steps": request.sample_steps,
-            "num_clips": self.num_clips,
-            "prompt_sha256": sha256(request.prompt.encode("utf-8")),
-            "image_sha256": sha256(image_bytes),
-            "audio_sha256": sha256(
-                audio_in.tobytes() if isinstance(audio_in, Waveform) else audio_in
-            ),
-        }
+        self.fingerprint = inputs.fingerprint
 
         # fixed conditioning
         g = self.geometry = Geometry(
@@ -111,7 +95,11 @@ class Stream:
             request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
         )
         text = encode_prompt(
-            comps.text_encoder, comps.tokenizer, request.prompt, preset.dit.text_len
+            comps.text_encoder,
+            comps.tokenizer,
+            request.prompt,
+            preset.dit.text_len,
+            device=comps.text_device,
         )
         self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
         self.audio = AudioFeatures(
@@ -172,16 +160,12 @@ class Stream:
         """Generate clip `next_clip`; online: its frames uint8 [T, H, W, 3], offline: None."""
         g, r = self.geometry, self.next_clip
         steps = self.request.sample_steps
-        gen = torch.Generator().manual_seed(derive_seed(self.request.seed, "noise", r))
-        shape = (self._dit.cfg.in_dim, g.latent_frames_per_clip, g.latent_h, g.latent_w)
-        noise = torch.randn(shape, generator=gen).to(self._device)
+        noise = clip_noise(self.request.seed, r, self._dit.cfg.in_dim, g).to(self._device)
         frames: list[torch.Tensor] = []
         first_latent = None
         for b in range(g.blocks_per_clip):
             block = r * g.blocks_per_clip + b
-            feats = self.audio.video_frames(
-                block * g.video_frames_per_block, g.video_frames_per_block
-            )
+            feats = block_audio_features(self.audio, g, block)
             audio = self.denoiser.audio(feats)
             x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
             for i in range(steps):
@@ -234,9 +218,9 @@ class Stream:
         alone). The VAE is causal, so both come from one encoding.
         """
         if self._motion is None:
-            still = torch.tensor(self.reference_frame).permute(2, 0, 1).float() / 127.5 - 1.0
-            video = still.unsqueeze(1).expand(-1, self.gen.preset.stream.motion_frames, -1, -1)
-            self._motion = vae_mod.encode(self._vae, video)
+            self._motion = portrait_latents(
+                self._vae, self.reference_frame, self.gen.preset.stream.motion_frames
+            )
         return self._motion[:, 1:2], self._motion
 
     # ---- state ---------------------------------------------------------------------------
@@ -358,3 +342,76 @@ def _config_hash(preset: Any) -> str:
         {"dit": repr(preset.dit), "vae": preset.vae, "stream": repr(preset.stream)}, sort_keys=True
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---- pieces shared with the pipeline-parallel engine (pipeline.tpp) ---------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class StreamInputs:
+    """A request's inputs, decoded once: what every part of a stream is derived from."""
+
+    reference_frame: np.ndarray
+    """The portrait at the output size: uint8 [H, W, 3]."""
+    samples: np.ndarray
+    """The speech: mono float32 at 16 kHz."""
+    num_clips: int
+    audio_duration_s: float
+    fingerprint: dict[str, Any]
+    """What a saved state must match to be resumed by this request (and model)."""
+
+    @property
+    def height(self) -> int:
+        return int(self.reference_frame.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.reference_frame.shape[1])
+
+
+def prepare_inputs(request: RenderRequest, preset: Any) -> StreamInputs:
+    """Decode and check a request's image and audio; count its clips; fingerprint it."""
+    image_bytes = read_bytes(request.image)
+    audio_in = request.audio if isinstance(request.audio, Waveform) else read_bytes(request.audio)
+    samples = load_audio(audio_in)
+    reference_frame = fit_image(load_image(image_bytes), request.size)
+    height, width = reference_frame.shape[:2]
+    duration = len(samples) / 16_000
+    num_clips = request.num_clips or params.clips_for_duration(duration, request.infer_frames)
+    fingerprint = {
+        "preset": preset.name,
+        "dit": _config_hash(preset),
+        "seed": request.seed,
+        "size": request.size,
+        "width": width,
+        "height": height,
+        "infer_frames": request.infer_frames,
+        "sample_steps": request.sample_steps,
+        "num_clips": num_clips,
+        "prompt_sha256": sha256(request.prompt.encode("utf-8")),
+        "image_sha256": sha256(image_bytes),
+        "audio_sha256": sha256(audio_in.tobytes() if isinstance(audio_in, Waveform) else audio_in),
+    }
+    return StreamInputs(reference_frame, samples, num_clips, duration, fingerprint)
+
+
+def clip_noise(seed: int, clip: int, channels: int, geometry: Geometry) -> torch.Tensor:
+    """The initial noise of clip `clip`: [channels, latent frames of a clip, h, w] float32 on the
+    CPU, a pure function of the request's seed and the clip index."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "noise", clip))
+    g = geometry
+    return torch.randn((channels, g.latent_frames_per_clip, g.latent_h, g.latent_w), generator=gen)
+
+
+def block_audio_features(audio: AudioFeatures, geometry: Geometry, block: int) -> torch.Tensor:
+    """wav2vec2 features of the video frames block `block` shows: [layers, C, 12]."""
+    n = geometry.video_frames_per_block
+    return audio.video_frames(block * n, n)
+
+
+def portrait_latents(vae: Any, reference_frame: np.ndarray, motion_frames: int) -> torch.Tensor:
+    """Latents [16, 1 + (motion_frames - 1) / 4, h, w] of the portrait held still for
+    `motion_frames` frames: the motion context of clip 0, its second frame the reference."""
+    still = torch.tensor(reference_frame).permute(2, 0, 1).float() / 127.5 - 1.0
+    video = still.unsqueeze(1).expand(-1, motion_frames, -1, -1)
+    return vae_mod.encode(vae, video)

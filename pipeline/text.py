@@ -33,13 +33,31 @@ def hf_tokenizer(tok: PreTrainedTokenizerBase) -> Tokenizer:
 
 @torch.no_grad()
 def encode_prompt(
-    model: UMT5EncoderModel, tokenizer: Tokenizer, prompt: str, max_tokens: int
+    model: UMT5EncoderModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_tokens: int,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Encoder states of the prompt's tokens: [n_tokens, d_model] float32."""
+    """Encoder states of the prompt's tokens: [n_tokens, d_model] float32.
+
+    `device`: where to run the encoder. An encoder kept in host memory (umT5-XXL is 11 GB,
+    needed once per stream) visits that device for the encode and goes back afterwards.
+    """
     ids = tokenizer(prompt, max_tokens)
     if not ids:
         ids = [EOS_ID]
-    device = next(model.parameters()).device
+    home = next(model.parameters()).device
+    target = home if device is None else torch.device(device)
+    if home.type == "cpu" and target.type != "cpu":
+        from pipeline.weights import visiting
+
+        with visiting(model, target):
+            return _encode(model, ids, target)
+    return _encode(model, ids, target)
+
+
+def _encode(model: UMT5EncoderModel, ids: list[int], device: torch.device) -> torch.Tensor:
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     mask = torch.ones_like(input_ids)
     out = model(input_ids=input_ids, attention_mask=mask).last_hidden_state

@@ -2,6 +2,8 @@
 
 flash-attn is used when importable (and the inputs are half precision on a GPU); otherwise
 PyTorch SDPA, which picks cuDNN / flash / memory-efficient kernels on GPU and its own on CPU.
+`set_backend` pins one kernel (benchmarks and engines compare them); the CPU always runs SDPA's
+own kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ _GPU_ORDER = [
     SDPBackend.MATH,
 ]
 
+BACKENDS = ("auto", "flash_attn", "cudnn", "flash", "efficient", "math")
+_SDPA = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Which GPU kernel `attention` uses: "auto" (flash-attn if installed, else SDPA's cuDNN,
+    flash, memory-efficient, math in that order), "flash_attn", or one SDPA kernel."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(BACKENDS)}")
+    if name == "flash_attn" and _flash_attn_func is None:
+        raise ValueError("attention backend 'flash_attn' needs the flash-attn package")
+    _backend = name
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention of q over (k, v), no mask.
@@ -33,6 +55,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """
     if (
         _flash_attn_func is not None
+        and _backend in ("auto", "flash_attn")
         and q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16)
         and k.stride(-1) == 1
@@ -46,6 +69,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 def _gpu_kernels():  # noqa: ANN202 - a context manager
+    if _backend in _SDPA:
+        return sdpa_kernel([_SDPA[_backend]])
     try:
         return sdpa_kernel(_GPU_ORDER, set_priority=True)
     except TypeError:  # PyTorch without priorities: same set, default order

@@ -193,10 +193,14 @@ class WanS2VTransformer(nn.Module):
         attend: Callable[[int], Attend],
         text_kv: list[tuple[torch.Tensor, torch.Tensor]],
         audio: AudioContext | None = None,
+        start: int = 0,
+        stop: int | None = None,
     ) -> torch.Tensor:
-        """All blocks over tokens x [1, L, C]; audio is injected after the listed layers."""
-        for i, block in enumerate(self.blocks):
-            x = block(x, time.mod, attend(i), text_kv[i])
+        """Blocks [start, stop) (default: all) over tokens x [1, L, C]; audio is injected after
+        the listed layers. A pipeline stage may run part of the stack and hand x on."""
+        stop = len(self.blocks) if stop is None else stop
+        for i in range(start, stop):
+            x = self.blocks[i](x, time.mod, attend(i), text_kv[i])
             if audio is not None and i in self._injector_of_layer:
                 x = self._inject_audio(self._injector_of_layer[i], x, audio)
         return x

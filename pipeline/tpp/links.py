@@ -1,0 +1,87 @@
+"""Block packets between neighbouring ranks, over torch.distributed send/recv.
+
+A packet is a header, int64 [block, kind, flags], then (kind DATA) the block's latents
+[16, 3, h, w] float32, the hidden tokens [1, block_tokens, dim] (model dtype) when the cut is
+inside a step, and the block's audio features [layers, C, 12] float32 for DiT ranks. A STOP
+header ends the stream early: it travels the same path as the blocks, so a rank waiting for
+the next block is never left waiting on a peer that stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DATA, STOP = 0, 1
+HAS_HIDDEN, HAS_FEATURES = 1, 2
+
+
+@dataclass
+class Packet:
+    block: int
+    latents: torch.Tensor
+    hidden: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Shapes:
+    latents: tuple[int, ...]
+    hidden: tuple[int, ...]
+    hidden_dtype: torch.dtype
+    features: tuple[int, ...]
+
+
+class Link:
+    """Sends to / receives from one peer rank on one device."""
+
+    def __init__(self, peer: int, device: torch.device, group: dist.ProcessGroup | None = None):
+        self.peer = peer
+        self.device = device
+        self.group = group
+
+    def send(self, packet: Packet) -> None:
+        flags = (HAS_HIDDEN if packet.hidden is not None else 0) | (
+            HAS_FEATURES if packet.features is not None else 0
+        )
+        self._send(torch.tensor([packet.block, DATA, flags], dtype=torch.int64))
+        self._send(packet.latents)
+        if packet.hidden is not None:
+            self._send(packet.hidden)
+        if packet.features is not None:
+            self._send(packet.features)
+
+    def send_stop(self, block: int) -> None:
+        self._send(torch.tensor([block, STOP, 0], dtype=torch.int64))
+
+    def recv(self, shapes: Shapes) -> Packet | int:
+        """The next packet, or the block index a STOP header carries."""
+        header = torch.empty(3, dtype=torch.int64, device=self.device)
+        dist.recv(header, self.peer, group=self.group)
+        block, kind, flags = _host_values(header)
+        if kind == STOP:
+            return block
+        latents = self._recv(shapes.latents, torch.float32)
+        hidden = self._recv(shapes.hidden, shapes.hidden_dtype) if flags & HAS_HIDDEN else None
+        features = self._recv(shapes.features, torch.float32) if flags & HAS_FEATURES else None
+        return Packet(block, latents, hidden, features)
+
+    def _send(self, t: torch.Tensor) -> None:
+        dist.send(t.to(self.device).contiguous(), self.peer, group=self.group)
+
+    def _recv(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        t = torch.empty(shape, dtype=dtype, device=self.device)
+        dist.recv(t, self.peer, group=self.group)
+        return t
+
+
+def _host_values(t: torch.Tensor) -> list[int]:
+    if t.is_cuda:
+        # wait with the GIL released (Event.synchronize does), so the decoding thread of this
+        # rank keeps launching work while this one waits for its peer
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+    return [int(v) for v in t.tolist()]

@@ -1,0 +1,737 @@
+"""One rank's part of one stream: its steps' layers of every block, and/or the online decode.
+
+The DiT part runs in the rank's main thread, block after block (see pipeline.tpp.engine for
+the schedule). Between blocks it reads the caller's messages; at a clip boundary it may wait
+for the caller's decision about an older boundary (its snapshot slot is needed again). The
+decode runs in a thread of its own, on its own CUDA stream: on the last DiT rank it overlaps
+the DiT work of the next block; on a rank of its own it receives the final latents itself, so
+the main thread stays free to answer the caller.
+
+Every operation on a block is the single-device stream's (pipeline.stream), in its order: the
+noise of clip c, the block's audio features and context, the steps' begin / layers / end, the
+clip-0 adaptive sink, the streaming decode. So frames equal the single-device frames bit for
+bit where the arithmetic is deterministic (float32 on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from pipeline import vae as vae_mod
+from pipeline.audio_features import AudioFeatures
+from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.components import Components
+from pipeline.denoise import Denoiser
+from pipeline.geometry import Geometry
+from pipeline.presets import Preset
+from pipeline.sampler import flow_schedule
+from pipeline.state import shard_of
+from pipeline.stream import block_audio_features, clip_noise, portrait_latents
+from pipeline.text import encode_prompt
+from pipeline.tpp import protocol as msg
+from pipeline.tpp.config import EngineConfig
+from pipeline.tpp.links import Link, Packet, Shapes
+from pipeline.tpp.partition import Unit, sink_layers
+from pipeline.tpp.pieces import DictSource, DirectorySource, TensorSource, gather_layers, piece_name
+from pipeline.tpp.timeline import Timeline
+
+_END = object()  # the decode thread's end-of-stream marker
+
+
+@dataclass
+class RankContext:
+    """What a rank process keeps between streams."""
+
+    rank: int
+    cfg: EngineConfig
+    preset: Preset
+    device: torch.device
+    comps: Components
+    conn: Any
+    send_lock: threading.Lock
+    dit_group: Any = None
+    side_group: Any = None
+
+    def send(self, message: object) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    @property
+    def is_dit(self) -> bool:
+        return self.rank < self.cfg.dit_ranks
+
+    @property
+    def decodes(self) -> bool:
+        return self.rank == self.cfg.vae_rank
+
+
+class RankStream:
+    def __init__(self, ctx: RankContext, spec: msg.StreamSpec):
+        started = time.perf_counter()
+        self.ctx = ctx
+        self.spec = spec
+        cfg, preset = ctx.cfg, ctx.preset
+        self.device = ctx.device
+        self.dtype = cfg.torch_dtype
+        g = self.geometry = Geometry(
+            spec.width, spec.height, spec.infer_frames, preset.dit.zip_frame_buckets
+        )
+        self.bpc = g.blocks_per_clip
+        self.num_layers = preset.dit.num_layers
+        self.start_block = spec.start_clip * self.bpc
+        self.end_block = spec.num_clips * self.bpc
+        self.last_dit = cfg.dit_ranks - 1
+        self.piece: tuple[Unit, ...] = spec.partition[ctx.rank] if ctx.is_dit else ()
+        self.timeline = Timeline(self.device, spec.profile_from_block is not None)
+        self.released = spec.start_clip - 1
+        self.stopping = False
+        self.position: tuple[str, int] = ("at", spec.start_clip)
+        self.blocks_done = self.start_block
+        self._first_latent_done = spec.start_clip > 0 or spec.num_clips < 2
+        self._first_latent_sends: list[Any] = []
+        self._host_buffers: dict[str, torch.Tensor] = {}
+        self._registered: list[torch.Tensor] = []
+        self.shutdown_requested = False
+        self._writer: threading.Thread | None = None
+        self.decode: DecodeStage | None = None
+        restore = self._restore_source()
+
+        text = self._exchange_text() if ctx.is_dit else None
+        self.motion = self._exchange_motion() if spec.start_clip == 0 else None
+        if ctx.is_dit:
+            self._open_dit(text, restore)
+        if ctx.decodes:
+            self.decode = DecodeStage(self, restore)
+        self.open_s = time.perf_counter() - started
+
+    # ---- opening -------------------------------------------------------------------------
+
+    def _restore_source(self) -> TensorSource | None:
+        if self.spec.restore_dir is not None:
+            return DirectorySource(self.spec.restore_dir)
+        if self.spec.restore_tensors is not None:
+            return DictSource(self.spec.restore_tensors)
+        return None
+
+    def _exchange_text(self) -> torch.Tensor:
+        """The prompt's encoder states, computed once on rank 0 and broadcast to DiT ranks."""
+        ctx, preset = self.ctx, self.ctx.preset
+        if ctx.rank == 0:
+            comps = ctx.comps
+            assert comps.text_encoder is not None and comps.tokenizer is not None
+            assert self.spec.prompt is not None
+            text = encode_prompt(
+                comps.text_encoder,
+                comps.tokenizer,
+                self.spec.prompt,
+                preset.dit.text_len,
+                device=comps.text_device,
+            ).to(self.device)
+        if ctx.cfg.dit_ranks == 1:
+            return text
+        length = torch.tensor([text.shape[0] if ctx.rank == 0 else 0], device=self.device)
+        dist.broadcast(length, 0, group=ctx.dit_group)
+        if ctx.rank != 0:
+            dim = preset.text_encoder["d_model"]
+            text = torch.empty(int(length.item()), dim, device=self.device)
+        dist.broadcast(text, 0, group=ctx.dit_group)
+        return text
+
+    def _exchange_motion(self) -> torch.Tensor:
+        """The portrait's motion latents, encoded once by the decoding rank, sent to all."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        motion_frames = ctx.preset.stream.motion_frames
+        if ctx.decodes:
+            assert ctx.comps.vae is not None and self.spec.reference_frame is not None
+            motion = portrait_latents(ctx.comps.vae, self.spec.reference_frame, motion_frames)
+            motion = motion.to(self.device)
+        if cfg.world_size == 1:
+            return motion
+        if not ctx.decodes:
+            g = self.geometry
+            shape = (ctx.preset.dit.in_dim, 1 + (motion_frames - 1) // 4, g.latent_h, g.latent_w)
+            motion = torch.empty(shape, device=self.device)
+        dist.broadcast(motion, cfg.vae_rank)
+        return motion
+
+    def _open_dit(self, text: torch.Tensor | None, restore: TensorSource | None) -> None:
+        ctx, spec, g = self.ctx, self.spec, self.geometry
+        preset = ctx.preset
+        cfg = preset.dit
+        dit = ctx.comps.dit
+        assert dit is not None and text is not None
+        schedule = flow_schedule(spec.steps, preset.stream.shift, preset.stream.num_train_timesteps)
+        self.denoiser = Denoiser(dit, g, schedule, preset.stream, text, spec.seed)
+        self.caches: dict[int, StepKVCache] = {
+            u.step: StepKVCache(
+                g, len(u), cfg.num_heads, cfg.head_dim, self.device, self.dtype, first_layer=u.start
+            )
+            for u in self.piece
+        }
+        span = (
+            range(min(u.start for u in self.piece), max(u.stop for u in self.piece))
+            if self.piece
+            else range(0)
+        )
+        self.sink_keys = SinkKeys(
+            g, len(span), cfg.num_heads, cfg.head_dim, self.device, self.dtype, span.start
+        )
+        # snapshot slots: [boundary or -1, rings by step]
+        self.slots: list[tuple[int, dict[int, torch.Tensor]]] = [
+            (-1, {s: torch.empty_like(c.ring) for s, c in self.caches.items()})
+            for _ in range(spec.snapshots)
+        ]
+        self.audio: AudioFeatures | None = None
+        if ctx.rank == 0:
+            assert ctx.comps.audio_encoder is not None and spec.samples is not None
+            self.audio = AudioFeatures(
+                ctx.comps.audio_encoder,
+                spec.samples,
+                preset.stream.audio_chunk_frames,
+                preset.stream.audio_context_frames,
+            )
+        self.shapes = Shapes(
+            latents=(cfg.in_dim, g.frames_per_block, g.latent_h, g.latent_w),
+            hidden=(1, g.block_tokens, cfg.dim),
+            hidden_dtype=self.dtype,
+            features=(
+                preset.audio_encoder["num_hidden_layers"] + 1,
+                preset.audio_encoder["hidden_size"],
+                g.video_frames_per_block,
+            ),
+        )
+        rank = ctx.rank
+        self.upstream = Link(rank - 1, self.device) if rank > 0 else None
+        self.downstream = Link(rank + 1, self.device) if rank < ctx.cfg.world_size - 1 else None
+        if restore is not None:
+            self._load_dit(restore)
+        elif self.piece:
+            assert self.motion is not None
+            self.denoiser.prefill_sink(
+                list(self.caches.values()), self.sink_keys, self.motion[:, 1:2], self.motion
+            )
+
+    def _load_dit(self, source: TensorSource) -> None:
+        g, n = self.geometry, self.num_layers
+        sk = self.sink_keys
+        for u in self.piece:
+            cache = self.caches[u.step]
+            sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start].copy_(
+                gather_layers(source, "sink.ref_keys", u.layers, n)
+            )
+            cache.sink_motion_keys.copy_(gather_layers(source, "sink.motion_keys", u.layers, n))
+            cache.sink_values.copy_(gather_layers(source, "sink.values", u.layers, n))
+            name = piece_name(f"step.{u.step}.ring", u.layers, n)
+            if name not in source.names():
+                raise ValueError(f"the state has no {name}")
+            cache.ring.copy_(source.get(name))
+        del g
+
+    # ---- the block loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Generate (DiT ranks) and serve the caller until it stops the stream."""
+        if self.decode is not None:
+            self.decode.start()
+        if self.ctx.is_dit:
+            self._run_dit()
+        self._serve()
+
+    def _run_dit(self) -> None:
+        spec, g = self.spec, self.geometry
+        rank = self.ctx.rank
+        n = self.start_block
+        noise: torch.Tensor | None = None
+        while True:
+            clip, b = divmod(n, self.bpc)
+            if b == 0:
+                self._boundary(clip)
+            if n >= self.end_block:
+                break
+            self.poll()
+            if self.spec.profile_from_block is not None and n >= self.spec.profile_from_block:
+                self.timeline.start()
+            if rank == 0:
+                if self.stopping:
+                    self._forward_stop(n)
+                    break
+                if b == 0 or noise is None:
+                    noise = clip_noise(spec.seed, clip, self.ctx.preset.dit.in_dim, g)
+                    noise = noise.to(self.device)
+                fpb = g.frames_per_block
+                assert self.audio is not None
+                packet = Packet(
+                    n,
+                    noise[:, b * fpb : (b + 1) * fpb],
+                    None,
+                    block_audio_features(self.audio, g, n),
+                )
+            else:
+                assert self.upstream is not None
+                waited = time.perf_counter()
+                got = self.upstream.recv(self.shapes)
+                self.timeline.waited("recv", time.perf_counter() - waited)
+                if isinstance(got, int):
+                    self._forward_stop(got)
+                    break
+                packet = got
+            self._denoise(packet)
+            if rank == self.last_dit:
+                if n == 0 and spec.num_clips > 1:
+                    self._send_first_latent(packet.latents[:, :1].clone())
+                self._to_decoder(packet)
+            else:
+                assert self.downstream is not None
+                self.downstream.send(packet)
+            n += 1
+            self.blocks_done = n
+        self._finish_dit()
+
+    def _denoise(self, packet: Packet) -> None:
+        """Run this rank's units on a block, in place of the packet's latents / hidden."""
+        if not self.piece:
+            return
+        token = self.timeline.begin()
+        d = self.denoiser
+        assert packet.features is not None
+        audio = d.audio(packet.features)
+        x, latents = packet.hidden, packet.latents
+        for u in self.piece:
+            if u.start == 0:
+                x = d.begin(latents)
+            assert x is not None
+            x = d.layers(
+                self.caches[u.step], self.sink_keys, x, u.step, packet.block, audio, *_r(u)
+            )
+            if u.stop == self.num_layers:
+                latents = d.end(x, latents, u.step)
+                x = None
+        packet.latents, packet.hidden = latents, x
+        self.timeline.end("dit", token)
+
+    def _boundary(self, clip: int) -> None:
+        """Clip boundary `clip`: the adaptive sink after clip 0, then the snapshot slot."""
+        spec = self.spec
+        if clip == 1 and spec.start_clip == 0 and spec.num_clips > 1:
+            # capture(0) must still see the portrait's sink
+            self._wait(lambda: self.released >= 0)
+            first = self._receive_first_latent()
+            if self.piece:
+                assert self.motion is not None
+                self.denoiser.prefill_sink(
+                    list(self.caches.values()), self.sink_keys, first, self.motion
+                )
+            self.motion = None
+        self.position = ("at", clip)
+        if clip >= spec.num_clips:
+            return
+        k = spec.snapshots
+        if k == 0:
+            self._wait(lambda: self.released >= clip)
+            self.position = ("in", clip)
+            return
+        self._wait(lambda: self.released >= clip - k)
+        if not self.stopping:
+            _, rings = self.slots[clip % k]
+            for step, cache in self.caches.items():
+                rings[step].copy_(cache.ring)
+            self.slots[clip % k] = (clip, rings)
+        self.position = ("in", clip)
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        """Serve the caller until `ready()` (or the stream is being stopped)."""
+        started = time.perf_counter()
+        while not (ready() or self.stopping):
+            self.handle(self.ctx.conn.recv())
+        self.timeline.waited("caller", time.perf_counter() - started)
+
+    # ---- the adaptive sink's latent --------------------------------------------------------
+
+    def _send_first_latent(self, first: torch.Tensor) -> None:
+        """The last DiT rank has the first latent frame of clip 0; every DiT rank needs it at
+        boundary 1. Sent without waiting, on a group of its own so it never queues behind
+        the block traffic."""
+        self._first_latent = first
+        for r in range(self.last_dit):
+            self._first_latent_sends.append(
+                dist.isend(first.contiguous(), r, group=self.ctx.side_group)
+            )
+
+    def _receive_first_latent(self) -> torch.Tensor:
+        self._first_latent_done = True
+        if self.ctx.rank == self.last_dit:
+            for work in self._first_latent_sends:
+                work.wait()
+            self._first_latent_sends = []
+            return self._first_latent
+        g = self.geometry
+        buf = torch.empty(self.ctx.preset.dit.in_dim, 1, g.latent_h, g.latent_w, device=self.device)
+        dist.recv(buf, self.last_dit, group=self.ctx.side_group)
+        return buf
+
+    # ---- ending --------------------------------------------------------------------------
+
+    def _forward_stop(self, block: int) -> None:
+        self.blocks_done = block
+        if self.ctx.rank == self.last_dit:
+            if self.decode is not None:
+                self.decode.put(_END)
+            else:
+                assert self.downstream is not None
+                self.downstream.send_stop(block)
+        else:
+            assert self.downstream is not None
+            self.downstream.send_stop(block)
+
+    def _to_decoder(self, packet: Packet) -> None:
+        if self.decode is not None:
+            self.decode.put((packet.block, packet.latents))
+        else:
+            assert self.downstream is not None
+            self.downstream.send(Packet(packet.block, packet.latents))
+
+    def _finish_dit(self) -> None:
+        """After the last block: settle the adaptive-sink transfer a stop may have cut short."""
+        if self.blocks_done >= self.end_block and self.decode is not None:
+            self.decode.put(_END)
+        sent = self.start_block == 0 and self.blocks_done > 0 and self.spec.num_clips > 1
+        if sent and not self._first_latent_done:
+            self._receive_first_latent()
+        for work in self._first_latent_sends:
+            work.wait()
+        self._first_latent_sends = []
+
+    # ---- the caller's messages -----------------------------------------------------------
+
+    def poll(self) -> None:
+        while self.ctx.conn.poll():
+            self.handle(self.ctx.conn.recv())
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            self.handle(self.ctx.conn.recv())
+        if self.decode is not None:
+            self.decode.join()
+        for buf in self._registered:
+            _unregister(buf)
+        if self._writer is not None:
+            self._writer.join()
+        self.timeline.stop()
+        stats = self.timeline.summary()
+        stats["open_s"] = self.open_s
+        self.ctx.send(msg.Stopped(self.ctx.rank, self.blocks_done, stats))
+
+    def handle(self, m: object) -> None:
+        if isinstance(m, msg.Release):
+            self.released = max(self.released, m.boundary)
+            if self.decode is not None:
+                self.decode.release(m.boundary)
+        elif isinstance(m, msg.Capture):
+            started = time.perf_counter()
+            tensors, meta = self.state_at(m.boundary)
+            shared = self._to_host(tensors, "shared" if m.pinned else None)
+            self.ctx.send(
+                msg.Captured(self.ctx.rank, m.boundary, shared, meta, time.perf_counter() - started)
+            )
+        elif isinstance(m, msg.WriteShards):
+            self._write_shards(m)
+        elif isinstance(m, msg.Stop | msg.Shutdown):
+            self.stopping = True
+            self.shutdown_requested = isinstance(m, msg.Shutdown)
+            if self.decode is not None:
+                self.decode.stopping = True
+        else:
+            raise RuntimeError(f"unexpected message during a stream: {m!r}")
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state_at(self, boundary: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """This rank's share of the state at a clip boundary (device tensors, not copies)."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        n = self.num_layers
+        if self.ctx.is_dit and self.piece:
+            if self.position == ("at", boundary):
+                rings = {s: c.ring for s, c in self.caches.items()}
+            else:
+                found = [r for b, r in self.slots if b == boundary]
+                if not found:
+                    raise RuntimeError(
+                        f"rank {self.ctx.rank} holds no state for clip boundary {boundary} "
+                        f"(it is {self.position[0]} clip {self.position[1]})"
+                    )
+                rings = found[0]
+            for u in self.piece:
+                tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
+            tensors.update(self._sink_piece())
+        if self.decode is not None:
+            dec_tensors, dec_meta = self.decode.state_at(boundary)
+            tensors.update({f"decoder.{k}": v for k, v in dec_tensors.items()})
+            meta["decoder"] = dec_meta
+        return tensors, meta
+
+    def _sink_piece(self) -> dict[str, torch.Tensor]:
+        """The sink layers this rank saves (each layer by the lowest rank that holds it)."""
+        mine = sink_layers(self.spec.partition, self.ctx.rank)
+        if not mine:
+            return {}
+        sk = self.sink_keys
+        motion, values = [], []
+        for layer in mine:
+            u = next(u for u in self.piece if layer in u.layers)
+            kv = self.caches[u.step].layer(layer)
+            g = self.geometry
+            motion.append(kv[0, g.ref_tokens : g.sink_tokens])
+            values.append(kv[1, : g.sink_tokens])
+        n = self.num_layers
+        return {
+            piece_name("sink.ref_keys", mine, n): sk.ref[
+                mine.start - sk.layers.start : mine.stop - sk.layers.start
+            ],
+            piece_name("sink.motion_keys", mine, n): torch.stack(motion),
+            piece_name("sink.values", mine, n): torch.stack(values),
+        }
+
+    def _to_host(self, tensors: dict[str, torch.Tensor], reuse: str | None) -> dict:
+        """Copies in host memory the caller can map (shared memory); `reuse`: into buffers
+        kept for the next capture of the same kind (the caller must be done with them)."""
+        out = {}
+        for name, t in tensors.items():
+            key = f"{reuse}:{name}"
+            buf = self._host_buffers.get(key) if reuse else None
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype).share_memory_()
+                if reuse:
+                    if t.is_cuda and _register(buf):
+                        self._registered.append(buf)
+                    self._host_buffers[key] = buf
+            buf.copy_(t, non_blocking=reuse is not None and t.is_cuda)
+            out[name] = buf
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return out
+
+    def _write_shards(self, m: msg.WriteShards) -> None:
+        """Copy this rank's share to host memory now, write its shard files in the background
+        (the stream goes on meanwhile) and say which files it wrote."""
+        if self._writer is not None:
+            self._writer.join()  # the buffers of the last write are reused
+        started = time.perf_counter()
+        tensors, meta = self.state_at(m.boundary)
+        host = {}
+        for name, t in tensors.items():
+            key = f"write:{name}"
+            buf = self._host_buffers.get(key)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+                self._host_buffers[key] = buf
+            buf.copy_(t, non_blocking=t.is_cuda)
+            host[name] = buf
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        capture_s = time.perf_counter() - started
+        split = _split_groups(self.spec.partition, self.num_layers, self.ctx.cfg.dit_ranks)
+
+        def write() -> None:
+            try:
+                t0 = time.perf_counter()
+                files = write_rank_shards(host, Path(m.directory), self.ctx.rank, split)
+                self.ctx.send(
+                    msg.Written(
+                        self.ctx.rank,
+                        m.boundary,
+                        files,
+                        meta,
+                        capture_s,
+                        time.perf_counter() - t0,
+                    )
+                )
+            except Exception as exc:  # the caller turns this into an engine error
+                self.ctx.send(msg.Failed(self.ctx.rank, repr(exc), traceback.format_exc()))
+
+        self._writer = threading.Thread(target=write, name="shard-writer", daemon=True)
+        self._writer.start()
+
+
+def _r(u: Unit) -> tuple[int, int]:
+    return u.start, u.stop
+
+
+def _split_groups(partition: Any, num_layers: int, dit_ranks: int) -> set[str]:
+    """Shard groups (sink, step-<i>) whose tensors are split between several ranks."""
+    owners: dict[str, set[int]] = {}
+    for r, piece in enumerate(partition):
+        for u in piece:
+            owners.setdefault(f"step-{u.step}", set()).add(r)
+        if sink_layers(partition, r):
+            owners.setdefault("sink", set()).add(r)
+    return {group for group, ranks in owners.items() if len(ranks) > 1}
+
+
+def write_rank_shards(
+    tensors: dict[str, torch.Tensor], directory: Path, rank: int, split: set[str]
+) -> list[dict[str, Any]]:
+    """Write a rank's tensors grouped as pipeline.state groups them (sink, step-<i>, decoder),
+    one file per group; a group other ranks also hold gets the rank in its file name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        groups.setdefault(shard_of(name), {})[name] = t
+    files = []
+    for group, members in sorted(groups.items()):
+        stem = f"{group}.rank{rank}" if group in split else group
+        path = directory / f"{stem}.safetensors"
+        save_file({k: v.contiguous() for k, v in members.items()}, str(path), {"shard": group})
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        files.append({"file": path.name, "bytes": path.stat().st_size, "tensors": len(members)})
+    return files
+
+
+def _register(buf: torch.Tensor) -> bool:
+    """Page-lock a shared host buffer, so device copies into it run at full speed (where the
+    system allows it; otherwise copies are merely slower)."""
+    if not buf.numel():
+        return False
+    err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel() * buf.element_size(), 0)
+    return int(err) == 0
+
+
+def _unregister(buf: torch.Tensor) -> None:
+    torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
+
+
+class DecodeStage:
+    """Online decode of the final latents, in a thread with its own CUDA stream."""
+
+    def __init__(self, rs: RankStream, restore: TensorSource | None):
+        self.rs = rs
+        ctx = rs.ctx
+        vae = ctx.comps.vae
+        assert vae is not None
+        cuda = rs.device.type == "cuda"
+        channels_last = cuda and ctx.cfg.vae_channels_last
+        self.decoder = vae_mod.StreamingDecoder(vae, channels_last=channels_last)
+        self.ring = rs.spec.ring
+        assert self.ring is not None
+        self.timeline = rs.timeline  # one busy union for the rank's streams
+        self.stream = torch.cuda.Stream(device=rs.device) if cuda else None
+        self.stopping = False
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        if restore is not None:
+            prefix = "decoder."
+            names = [k for k in restore.names() if k.startswith(prefix)]
+            meta = rs.spec.decoder_meta
+            if meta is None:
+                raise ValueError("the state has no decoder metadata")
+            self.decoder.load_state_dict({k[len(prefix) :]: restore.get(k) for k in names}, meta)
+        else:
+            assert rs.motion is not None
+            warmup = ctx.preset.stream.vae_warmup_frames
+            self.decoder.decode(rs.motion[:, :warmup])  # primes the conv cache; not shown
+        self.snapshots = {rs.spec.start_clip: self.decoder.snapshot()}
+        self._thread = threading.Thread(target=self._main, name="decoder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        """(block, latents) from the DiT (this thread's stream waits for them), or _END."""
+        if item is not _END and self.stream is not None:
+            ready = torch.cuda.Event()
+            ready.record()
+            item = (*item, ready)
+        self._queue.put(item)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def release(self, boundary: int) -> None:
+        with self._lock:
+            for b in [b for b in self.snapshots if b <= boundary]:
+                del self.snapshots[b]
+
+    def state_at(self, boundary: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        with self._lock:
+            snap = self.snapshots.get(boundary)
+        if snap is None:
+            raise RuntimeError(f"the decoder holds no state for clip boundary {boundary}")
+        tensors, meta = self.decoder.state_dict(snap)
+        return tensors, dict(meta)
+
+    # ---- the thread ----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if self.stream is not None:
+                with torch.cuda.stream(self.stream):
+                    self._loop()
+            else:
+                self._loop()
+        except Exception as exc:
+            self.rs.ctx.send(msg.Failed(self.rs.ctx.rank, repr(exc), traceback.format_exc()))
+            os._exit(1)
+
+    def _loop(self) -> None:
+        rs = self.rs
+        own_rank = not rs.ctx.is_dit
+        link = Link(rs.last_dit, rs.device) if own_rank else None
+        g = rs.geometry
+        shapes = Shapes(
+            latents=(rs.ctx.preset.dit.in_dim, g.frames_per_block, g.latent_h, g.latent_w),
+            hidden=(0,),
+            hidden_dtype=rs.dtype,
+            features=(0,),
+        )
+        n = rs.start_block
+        while n < rs.end_block:
+            if link is not None:
+                if rs.spec.profile_from_block is not None and n >= rs.spec.profile_from_block:
+                    self.timeline.start()
+                got = link.recv(shapes)
+                if isinstance(got, int):
+                    break
+                latents = got.latents
+            else:
+                item = self._queue.get()
+                if item is _END:
+                    break
+                block, latents, *ready = item
+                assert block == n, (block, n)
+                if ready and self.stream is not None:
+                    self.stream.wait_event(ready[0])
+                    latents.record_stream(self.stream)
+            self._decode(n, latents)
+            n += 1
+        if own_rank:
+            rs.blocks_done = n
+
+    def _decode(self, n: int, latents: torch.Tensor) -> None:
+        rs = self.rs
+        token = self.timeline.begin()
+        frames = vae_mod.to_uint8_frames(self.decoder.decode(latents))  # [12, H, W, 3]
+        self.timeline.end("vae", token)
+        if (n + 1) % rs.bpc == 0:
+            with self._lock:
+                self.snapshots[(n + 1) // rs.bpc] = self.decoder.snapshot()
+        if frames.is_cuda:
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()  # with the GIL released: the DiT thread keeps launching
+        assert self.ring is not None
+        if self.ring.wait_for_slot(n, rs.start_block):
+            self.ring.slot(n).copy_(frames)
+            rs.ctx.send(msg.FramesReady(n))
