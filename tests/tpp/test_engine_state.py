@@ -1,0 +1,101 @@
+"""Distributed snapshots: each rank writes its own shard at a clip boundary, the manifest comes
+last; a new engine of the same layout restores them and continues with identical frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from pipeline import state as state_io
+from pipeline.tpp import EngineError
+from tests.tpp.conftest import config, request
+
+
+def test_checkpoint_kill_new_engine_restore_gives_the_uninterrupted_frames(
+    engines, engine2, reference, tmp_path
+):
+    engine = engines.fresh(config(2))
+    stream = engine.open(request(4, 3), split="layers")
+    first = [next(stream).frames for _ in range(2)]
+    written = stream.checkpoint(tmp_path / "ckpt")
+    assert written[-1].name == "manifest.json"
+    names = {p.name for p in written}
+    # whole groups keep the single-device shard names; step 1 is split between the ranks
+    assert {"sink.safetensors", "step-0.safetensors", "step-2.safetensors"} <= names
+    assert {"step-1.rank0.safetensors", "step-1.rank1.safetensors", "decoder.safetensors"} <= names
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    assert manifest["meta"]["next_clip"] == 2 and manifest["meta"]["tpp"]["dit_ranks"] == 2
+
+    next(stream)  # the engine runs on past the checkpoint, then dies
+    for pid in engine.pids:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(EngineError):
+        next(stream)
+
+    # another engine of the same layout (its processes started and loaded independently)
+    assert not set(engine2.pids) & set(engine.pids)
+    resumed = engine2.open(request(4, 3), resume_from=tmp_path / "ckpt", split="steps")
+    assert resumed.partition == stream.partition  # the checkpoint's cut, not the split asked
+    assert resumed.next_clip == 2
+    rest = [c.frames for c in resumed]
+    for got, want in zip(first + rest, reference(4, 3), strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_state_dict_written_by_the_worker_path_resumes_too(engine4, reference, tmp_path):
+    stream = engine4.open(request(4, 3), split="layers")
+    next(stream)
+    sd = stream.state_dict()
+    assert sd["meta"]["next_clip"] == 1
+    assert all(t.device.type == "cpu" and t.is_shared() for t in sd["tensors"].values())
+    state_io.write_checkpoint(sd, tmp_path / "ckpt")
+    stream.close()
+
+    resumed = engine4.open(request(4, 3), resume_from=tmp_path / "ckpt")
+    assert [c.index for c in resumed] == [1, 2, 3]
+    resumed = engine4.open(request(4, 3), state=state_io.read_checkpoint(tmp_path / "ckpt"))
+    for clip in resumed:
+        assert np.array_equal(clip.frames, reference(4, 3)[clip.index])
+
+
+def test_state_can_be_taken_at_any_boundary_while_ranks_run_ahead(engine4, reference, tmp_path):
+    """Ranks run up to a clip ahead of the caller; the boundary snapshots still give the
+    state at the boundary the caller stands at, however late it asks."""
+    stream = engine4.open(request(4, 4))
+    assert stream.snapshots >= 1
+    next(stream)
+    next(stream)
+    stream.checkpoint(tmp_path / "at2")
+    sd = stream.state_dict()
+    assert sd["meta"]["next_clip"] == 2
+    stream.close()
+    resumed = engine4.open(request(4, 4), resume_from=tmp_path / "at2")
+    assert [c.frames.tobytes() for c in resumed] == [f.tobytes() for f in reference(4, 4)[2:]]
+
+
+def test_a_whole_step_checkpoint_is_a_single_device_checkpoint(engine4, tiny, reference, tmp_path):
+    stream = engine4.open(request(3, 4), split="steps")
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    stream.close()
+    resumed = tiny.open(request(3, 4), resume_from=tmp_path / "ckpt")
+    for clip in resumed:
+        assert np.array_equal(clip.frames, reference(3, 4)[clip.index])
+
+
+def test_restore_refuses_another_layout_or_request(engine2, engine4, tmp_path):
+    stream = engine4.open(request(3, 4))
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    stream.close()
+    with pytest.raises(ValueError, match="4 DiT rank.*this engine has 2 DiT rank"):
+        engine2.open(request(3, 4), resume_from=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="different request.*sample_steps"):
+        engine4.open(request(3, 3), resume_from=tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="manifest.json is missing"):
+        engine4.open(request(3, 4), resume_from=tmp_path / "ckpt")
