@@ -102,7 +102,6 @@ class Authenticator:
         with self.database.transaction() as s:
             tenant = tenants.get_tenant(s, self.config.tenant)
         caller = _caller(self.config, tenant, None, None)
-        caller = dataclasses.replace(caller, tenant=self.config.tenant)
         with self._lock:
             self._cache[""] = (self._clock(), caller)
         return caller

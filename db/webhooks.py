@@ -287,6 +287,4 @@ def next_due_in(session: Session, *, now: datetime | None = None) -> float | Non
     )
     if first is None:
         return None
-    if first.tzinfo is None:  # min() on SQLite bypasses the column type
-        first = datetime.fromisoformat(str(first)).replace(tzinfo=now.tzinfo)
     return max(0.0, (first - now).total_seconds())

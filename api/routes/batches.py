@@ -9,6 +9,7 @@ then the batch and all its jobs are written in one transaction.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from db.models import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=error_responses())
 ServicesDep = Annotated[Services, Depends(get_services)]
-INPUT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class BatchRequest(BaseModel):
@@ -129,10 +130,8 @@ class _Ref:
 
 def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest, str, str]]:
     """Each job as a JobRequest with the references of its image and audio."""
-    import re
-
     for name, value in body.inputs.items():
-        if not re.match(INPUT_NAME, name):
+        if not INPUT_NAME.match(name):
             raise ApiError(
                 422, "invalid_parameter", f"inputs: {name!r} is not a valid input name", "inputs"
             )
@@ -220,22 +219,21 @@ def _create(
     _resolve(services, caller, refs, workdir)
 
     job_ids = sorted(uuid.uuid4() for _ in checked)  # ascending: listing by id keeps the order
-    new_jobs, hooks = [], []
+    planned = []  # (request, params, clips_total) per job
     for i, (req, image, audio) in enumerate(checked):
-        image_ref, audio_ref = refs[(image, "image")], refs[(audio, "audio")]
         params, clips_total = job_params(
             req,
-            image_ref.info,  # type: ignore[arg-type]
-            audio_ref.info,  # type: ignore[arg-type]
+            refs[(image, "image")].info,  # type: ignore[arg-type]
+            refs[(audio, "audio")].info,  # type: ignore[arg-type]
             services.config.checkpoint_every,
             field=f"jobs[{i}].",
         )
-        new_jobs.append([req, params, clips_total])
-        hooks.append(req)
+        planned.append((req, params, clips_total))
+    requests = [req for req, _, _ in planned]
     with services.database.transaction() as s:
-        check_quota(services, s, caller, len(new_jobs))
+        check_quota(services, s, caller, len(planned))
         secret = None
-        if any(req.webhook_url and not req.webhook_secret for req in hooks):
+        if any(req.webhook_url and not req.webhook_secret for req in requests):
             secret = tenants.ensure_tenant(s, caller.tenant).webhook_secret
     _store_imports(services, caller, refs)
 
@@ -253,7 +251,7 @@ def _create(
             batch_id=batch_id,
         )
         for job_id, (req, params, clips_total), (_r, image, audio) in zip(
-            job_ids, new_jobs, checked, strict=True
+            job_ids, planned, checked, strict=True
         )
     ]
     job_hooks = [
@@ -264,7 +262,7 @@ def _create(
         )
         if req.webhook_url
         else None
-        for req in hooks
+        for req in requests
     ]
     new = batches.NewBatch(
         id=batch_id,
