@@ -189,17 +189,21 @@ class SegmentEncoder:
         stream.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
         stream.codec_context.color_primaries = 1  # BT.709
         stream.codec_context.color_trc = 1  # BT.709
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"
+        if self.width < 128:
+            # x264's macroblock-tree rate control encodes frames narrower than 128 px
+            # differently from run to run (libx264 in PyAV 18.1, under CPU load: up to 7
+            # distinct outputs in 150 encodes of the same 64x64, 96x64 or 64x128 frames; one
+            # output from 128 px up). A resumed render must encode exactly as an uninterrupted
+            # one, so previews and tests that small go without it.
+            params += ":mbtree=0"
         stream.options = {
             "preset": s.preset,
             "crf": str(s.crf),
             "profile": s.profile,
-            # Fixed GOP: IDR every `gop` frames (min-keyint = keyint: a scene cut gets a
-            # non-IDR I-frame at most), closed GOPs, so every segment starts decodable on its
-            # own and shares one structure with the others. Scene-cut detection stays on:
-            # with it off (scenecut=0) and mb-tree on, this x264 encodes the same frames
-            # differently from run to run (7 distinct outputs in 60 encodes of one tiny-model
-            # clip), and a resumed render must encode exactly as an uninterrupted one.
-            "x264-params": f"keyint={gop}:min-keyint={gop}:open-gop=0",
+            # Fixed GOP: IDR every `gop` frames, no scene-cut keyframes, closed GOPs, so every
+            # segment starts decodable on its own and shares one structure with the others.
+            "x264-params": params,
         }
         return stream
 

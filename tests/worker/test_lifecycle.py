@@ -369,35 +369,3 @@ def test_a_job_that_keeps_failing_stops_at_max_attempts(sqlite_db, tmp_path):
     history = [e for e, _ in events(sqlite_db, job_id)]
     assert history.count("claimed") == 3 and history.count("retry_scheduled") == 2
     assert history[-1] == "failed"
-
-
-def test_the_same_frames_always_encode_to_the_same_segment(tmp_path):
-    """What makes a resumed video identical to an uninterrupted one, after identical frames:
-    the encoder is deterministic on the model's output (x264 with scene-cut detection off is
-    not, on frames like these)."""
-    from pipeline import RenderRequest
-    from tests import media
-    from worker.engine import ENGINES
-    from worker.segments import EncoderSettings, SegmentEncoder
-
-    engine = ENGINES.get(config(tmp_path).engine)
-    request = RenderRequest(
-        image=media.png(128, 128),
-        audio=media.wav(2.3),
-        prompt="a person talking",
-        size="64*64",
-        num_clips=3,
-        infer_frames=INFER_FRAMES,
-        seed=7,
-    )
-    clips = [c.frames for c in engine.open(request)]
-    mark = Watermark(WatermarkSpec(), 64, 64)
-    digests = set()
-    for i in range(30):
-        encoder = SegmentEncoder(
-            tmp_path / f"{i}.mp4", 64, 64, 25, EncoderSettings(), watermark=mark
-        )
-        for clip in clips:
-            encoder.submit(clip.copy())
-        digests.add(encoder.close().sha256)
-    assert len(digests) == 1
