@@ -648,23 +648,26 @@ def _vae_cost(stats: list[dict[str, Any]], partition: Partition, blocks: int) ->
     return max(0.0, (per_block - last_layers * layer_s) / layer_s)
 
 
-def warmup_request(size: str, steps: int) -> RenderRequest:
-    """Two clips of a still portrait and a tone: the shapes of a real job at `size`."""
+def warmup_request(size: str, steps: int, clips: int = 2, seed: int = 0) -> RenderRequest:
+    """`clips` clips of a still portrait and a tone: the shapes of a real job at `size`."""
     w, h = params.check_size_key(size)
     y, x = np.mgrid[0:h, 0:w]
     rgb = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1)
     buf = io.BytesIO()
     Image.fromarray(rgb.astype(np.uint8)).save(buf, format="PNG")
-    t = np.arange(int(2 * params.INFER_FRAMES_DEFAULT / params.FPS * 16_000) + 16_000) / 16_000
-    tone = (0.3 * np.sin(2 * np.pi * 160 * t)).astype(np.float32)
+    seconds = clips * params.INFER_FRAMES_DEFAULT / params.FPS + 1.0
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    tone = (0.3 * np.sin(2 * np.pi * 160 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32
+    )
     return RenderRequest(
         image=buf.getvalue(),
         audio=Waveform(tone),
-        prompt="warm-up",
+        prompt="A person speaks to the camera.",
         size=size,
-        num_clips=2,
+        num_clips=clips,
         sample_steps=steps,
-        seed=0,
+        seed=seed,
     )
 
 

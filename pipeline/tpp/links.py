@@ -9,7 +9,9 @@ the next block is never left waiting on a peer that stopped.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,12 +37,26 @@ class Shapes:
 
 
 class Link:
-    """Sends to / receives from one peer rank on one device."""
+    """Sends to / receives from one peer rank on one device.
 
-    def __init__(self, peer: int, device: torch.device, group: dist.ProcessGroup | None = None):
+    Sends do not wait for the peer: on a GPU, a blocking send would hold this rank's compute
+    stream until the next rank had taken the block, so no rank could start a block before its
+    successor finished the one before. Up to `max_pending` sends stay in flight (their tensors
+    kept alive); receives complete before the block is used.
+    """
+
+    def __init__(
+        self,
+        peer: int,
+        device: torch.device,
+        group: dist.ProcessGroup | None = None,
+        max_pending: int = 16,
+    ):
         self.peer = peer
         self.device = device
         self.group = group
+        self.max_pending = max_pending
+        self._pending: deque[tuple[Any, torch.Tensor]] = deque()
 
     def send(self, packet: Packet) -> None:
         flags = (HAS_HIDDEN if packet.hidden is not None else 0) | (
@@ -55,11 +71,16 @@ class Link:
 
     def send_stop(self, block: int) -> None:
         self._send(torch.tensor([block, STOP, 0], dtype=torch.int64))
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait until every send has been taken by the peer."""
+        while self._pending:
+            self._pending.popleft()[0].wait()
 
     def recv(self, shapes: Shapes) -> Packet | int:
         """The next packet, or the block index a STOP header carries."""
-        header = torch.empty(3, dtype=torch.int64, device=self.device)
-        dist.recv(header, self.peer, group=self.group)
+        header = self._recv((3,), torch.int64)
         block, kind, flags = _host_values(header)
         if kind == STOP:
             return block
@@ -69,12 +90,31 @@ class Link:
         return Packet(block, latents, hidden, features)
 
     def _send(self, t: torch.Tensor) -> None:
-        dist.send(t.to(self.device).contiguous(), self.peer, group=self.group)
+        t = t.to(self.device).contiguous()
+        self._pending.append((dist.isend(t, self.peer, group=self.group), t))
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft()[0].wait()
 
     def _recv(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         t = torch.empty(shape, dtype=dtype, device=self.device)
         dist.recv(t, self.peer, group=self.group)
         return t
+
+
+def connect(rank: int, world: int, last_dit: int, side_group: Any, device: torch.device) -> None:
+    """Exchange one message over every pair of ranks that will talk, in an order without
+    cycles, at start: NCCL sets up a pair's connection on its first message and blocks both
+    ends until the other joins, which mid-stream would stall a rank that sends early."""
+    token = torch.zeros(1, device=device)
+    if rank > 0:
+        dist.recv(token, rank - 1)
+    if rank < world - 1:
+        dist.send(token, rank + 1)
+    if rank == last_dit:
+        for r in range(last_dit):
+            dist.send(token, r, group=side_group)
+    elif rank < last_dit:
+        dist.recv(token, last_dit, group=side_group)
 
 
 def _host_values(t: torch.Tensor) -> list[int]:

@@ -59,6 +59,7 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
     from pipeline.components import build_random, load_released
     from pipeline.model import attention, fused
     from pipeline.presets import get_preset
+    from pipeline.tpp.links import connect
     from pipeline.tpp.stage import RankContext
     from pipeline.vae import use_channels_last
     from pipeline.weights import Placement
@@ -83,6 +84,7 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
         # every rank creates every group, in the same order
         dit_group = dist.new_group(dit)
         side_group = dist.new_group(dit)
+        connect(rank, cfg.world_size, cfg.dit_ranks - 1, side_group, device)
     attention.set_backend(cfg.attention)
     fused.set_compile(cfg.compile)
 

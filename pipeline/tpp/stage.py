@@ -403,7 +403,10 @@ class RankStream:
             self.downstream.send(Packet(packet.block, packet.latents))
 
     def _finish_dit(self) -> None:
-        """After the last block: settle the adaptive-sink transfer a stop may have cut short."""
+        """After the last block: settle the sends in flight and the adaptive-sink transfer a
+        stop may have cut short."""
+        if self.downstream is not None:
+            self.downstream.flush()
         if self.blocks_done >= self.end_block and self.decode is not None:
             self.decode.put(_END)
         sent = self.start_block == 0 and self.blocks_done > 0 and self.spec.num_clips > 1
@@ -431,6 +434,8 @@ class RankStream:
         self.timeline.stop()
         stats = self.timeline.summary()
         stats["open_s"] = self.open_s
+        if self.device.type == "cuda":
+            stats["max_memory_allocated"] = torch.cuda.max_memory_allocated(self.device)
         self.ctx.send(msg.Stopped(self.ctx.rank, self.blocks_done, stats))
 
     def handle(self, m: object) -> None:
@@ -605,8 +610,11 @@ def _register(buf: torch.Tensor) -> bool:
     system allows it; otherwise copies are merely slower)."""
     if not buf.numel():
         return False
-    err = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel() * buf.element_size(), 0)
-    return int(err) == 0
+    try:
+        size = buf.numel() * buf.element_size()
+        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), size, 0)) == 0
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 def _unregister(buf: torch.Tensor) -> None:
@@ -677,6 +685,7 @@ class DecodeStage:
     def _main(self) -> None:
         try:
             if self.stream is not None:
+                torch.cuda.set_device(self.rs.device)  # the current device is per thread
                 with torch.cuda.stream(self.stream):
                     self._loop()
             else:
