@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from pipeline.geometry import Geometry
 from pipeline.model.transformer import dit_flops_per_block_step
 from pipeline.presets import get_preset
 from pipeline.tpp import Engine, EngineConfig
@@ -59,7 +60,9 @@ def layout_config(layout: str, args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         warmup_size=args.size,
         warmup_steps=args.steps,
-        stall_timeout_s=300.0,
+        stall_timeout_s=150.0,
+        comm_timeout_s=240.0,
+        start_timeout_s=420.0,
     )
     if args.device == "cpu":
         return EngineConfig(
@@ -182,7 +185,11 @@ def bench_layout(layout: str, args: argparse.Namespace, deadline: float) -> dict
             if time.perf_counter() > deadline:
                 result["stopped"] = "deadline"
                 break
-            ck = layout == args.checkpoint_layout and split == splits[0]
+            ck = (
+                layout == args.checkpoint_layout
+                and split == splits[0]
+                and time.perf_counter() - T0 < args.checkpoint_before
+            )
             r = bench_stream(engine, args, split, ck)
             result["streams"].append(r)
             fps = r["fps"] if r["fps"] is not None else r["fps_with_checkpoint"]
@@ -283,6 +290,9 @@ def main() -> None:
     p.add_argument("--layouts", default="4,2,1,3+1", help="comma-separated; '3+1': own VAE GPU")
     p.add_argument("--both-splits", default="4", help="layouts that also time split 'steps'")
     p.add_argument("--checkpoint-layout", default="4", help="layout that times a checkpoint")
+    p.add_argument(
+        "--checkpoint-before", type=float, default=240.0, help="seconds; later, no checkpoint"
+    )
     p.add_argument("--size", default="720*400")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips", type=int, default=4, help="measured clips after the first")
@@ -291,6 +301,9 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--state-dir", default=None, help="scratch directory for the checkpoint")
     p.add_argument("--deadline", type=float, default=540.0, help="seconds; later layouts skip")
+    p.add_argument(
+        "--layout-min-s", type=float, default=0.0, help="skip a layout with less time left"
+    )
     p.add_argument("--quick", action="store_true", help="tiny model on CPU ranks (a dry run)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -311,7 +324,7 @@ def main() -> None:
             topo = "n/a"
     preset = get_preset(args.preset)
     w, h = (int(v) for v in args.size.split("*"))
-    tokens = 3 * (h // 16) * (w // 16)
+    g = Geometry(w, h, 48, preset.dit.zip_frame_buckets)
     report: dict[str, Any] = {
         "benchmark": "tpp",
         "date": date.today().isoformat(),
@@ -325,7 +338,10 @@ def main() -> None:
         "steps": args.steps,
         "setup": f"{args.preset} / {args.size} / {args.steps} steps, "
         + (args.dtype or ("bf16" if cuda else "fp32")),
-        "dit_tflop_per_block_step": dit_flops_per_block_step(preset.dit, tokens, tokens) / 1e12,
+        "dit_tflop_per_block_step": dit_flops_per_block_step(
+            preset.dit, g.block_tokens, g.cache_tokens
+        )
+        / 1e12,
         "layouts": [],
     }
     log(f"device {report['device']}; torch {torch.__version__}")
@@ -333,7 +349,7 @@ def main() -> None:
         print(topo, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for layout in args.layouts.split(","):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline - args.layout_min_s:
             log(f"layout {layout}: skipped (deadline)")
             report["layouts"].append({"layout": layout, "skipped": "deadline", "streams": []})
             continue
