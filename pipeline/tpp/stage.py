@@ -156,7 +156,8 @@ class RankStream:
         if ctx.decodes:
             assert ctx.comps.vae is not None and self.spec.reference_frame is not None
             motion = portrait_latents(ctx.comps.vae, self.spec.reference_frame, motion_frames)
-            motion = motion.to(self.device)
+            # contiguous: a channels-last VAE hands back strided latents; collectives need dense
+            motion = motion.to(self.device).contiguous()
         if cfg.world_size == 1:
             return motion
         if not ctx.decodes:
