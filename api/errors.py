@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +53,8 @@ def pydantic_error(errors: list[Any]) -> ApiError:
     return ApiError(422, "invalid_parameter", f"{field}: {message}" if field else message, field)
 
 
+log = logging.getLogger(__name__)
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 # What the documented error answers look like (OpenAPI), for `responses=` on the routes.
@@ -85,9 +89,9 @@ _ERROR_TEXT = {
 
 
 def error_responses(*statuses: int, authenticated: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses (and 400, 401, 422 and 429 on
-    routes that need an API key)."""
-    always = {400, 401, 422, 429} if authenticated else {422}
+    """OpenAPI `responses` entries for these error statuses (and 400, 401, 422, 429 and 503
+    on routes that need an API key)."""
+    always = {400, 401, 422, 429, 503} if authenticated else {422}
     return {
         status: {
             "description": _ERROR_TEXT[status],
@@ -116,8 +120,22 @@ def install_error_handlers(app: FastAPI) -> None:
             code, message = "malformed_json", "the body is not valid JSON"
         return error_response(ApiError(exc.status_code, code, message), exc.headers)
 
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _database_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        log.warning("database unavailable in %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            ApiError(503, "database_unavailable", "the job database is unreachable; retry later"),
+            {"Retry-After": "5"},
+        )
+
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unexpected error in %s %s",
+            request.method,
+            request.url.path,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
         return error_response(
             ApiError(500, "internal_error", "the server failed; the request can be retried")
         )

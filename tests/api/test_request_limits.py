@@ -71,3 +71,14 @@ def test_the_server_wide_cap_applies_to_every_route(api_services, api_key):
     assert r.status_code == 413
     batch = client.post("/v1/batches", json={"jobs": [{"prompt": "p" * 2000}]})
     assert batch.status_code == 413
+
+
+def test_an_unreachable_database_is_a_503(api_services, api_key):
+    from db.database import Database
+
+    api_services.database = Database("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    api_services.authenticator.database = api_services.database
+    client = TestClient(create_app(api_services), headers={"Authorization": f"Bearer {api_key}"})
+    r = client.get("/v1/jobs")
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "database_unavailable")
+    assert r.headers["retry-after"] == "5"
