@@ -97,6 +97,7 @@ def bench_stream(
     loop_s = time.perf_counter() - t
     stream.close()
     blocks = stream.blocks_profiled
+    block_s = loop_s / (args.clips * stream.bpc)
     ranks = []
     for r, s in enumerate(stream.stats):
         piece = stream.partition[r] if r < len(stream.partition) else ()
@@ -107,6 +108,11 @@ def bench_stream(
             "units": [[u.step, u.start, u.stop] for u in piece],
             "idle_fraction": s.get("idle_fraction"),
             "busy_per_block_s": s.get("busy_s", 0.0) / blocks if blocks else None,
+            # against the pipeline's period: a rank that ran ahead of the others ends its own
+            # window early, so its idle_fraction over a short window understates this
+            "idle_of_block_time": max(0.0, 1.0 - s.get("busy_s", 0.0) / blocks / block_s)
+            if blocks
+            else None,
             "dit_per_block_s": (s.get("dit") or {}).get("median_s"),
             "vae_per_block_s": (s.get("vae") or {}).get("median_s"),
             "waits_s": s.get("waits_s"),
@@ -126,7 +132,7 @@ def bench_stream(
         "first_clip_s": first.get("first_clip_s"),
         "loop_s": loop_s,
         "fps": frames / loop_s,
-        "block_s": loop_s / (args.clips * stream.bpc),
+        "block_s": block_s,
         "ranks": ranks,
     }
     if ckpt is not None:  # the loop included the checkpoint: its fps says what it cost
@@ -249,7 +255,11 @@ def table(report: dict[str, Any]) -> str:
                         f"{r['layer_steps']} / "
                         + (f"{r['busy_per_block_s']:.3f}s" if r["busy_per_block_s"] else "-")
                         + " / "
-                        + (f"{r['idle_fraction']:.0%}" if r["idle_fraction"] is not None else "-")
+                        + (
+                            f"{r['idle_of_block_time']:.0%}"
+                            if r["idle_of_block_time"] is not None
+                            else "-"
+                        )
                         for r in ranks
                     ),
                 )

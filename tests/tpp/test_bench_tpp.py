@@ -55,5 +55,6 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             assert stream["first_clip_s"] > stream["first_block_s"] > 0
             for rank in stream["ranks"]:
                 assert 0.0 <= rank["idle_fraction"] <= 1.0 and rank["busy_per_block_s"] > 0
+                assert 0.0 <= rank["idle_of_block_time"] <= 1.0
     assert one["scaling_efficiency"] == pytest.approx(1.0)
     assert two["measured_vae_cost_layer_steps"] > 0
