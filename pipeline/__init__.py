@@ -6,6 +6,8 @@ stream = gen.open(RenderRequest(image=..., audio=..., prompt="...", size="64*64"
 for clip in stream:            # Clip(index, frames uint8 [T, H, W, 3], audio_start_s, audio_end_s)
     ...
 sd = stream.state_dict()       # between clips; pipeline.state.save_state / load_state
+
+On several GPUs, pipeline.tpp.Engine serves the same stream API (see pipeline/tpp/engine.py).
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ class RankStream:
             )
 
     def _load_dit(self, source: TensorSource) -> None:
-        g, n = self.geometry, self.num_layers
+        n = self.num_layers
         sk = self.sink_keys
         for u in self.piece:
             cache = self.caches[u.step]
@@ -238,7 +238,6 @@ class RankStream:
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
             cache.ring.copy_(source.get(name))
-        del g
 
     # ---- the block loop ------------------------------------------------------------------
 
@@ -313,9 +312,8 @@ class RankStream:
             if u.start == 0:
                 x = d.begin(latents)
             assert x is not None
-            x = d.layers(
-                self.caches[u.step], self.sink_keys, x, u.step, packet.block, audio, *_r(u)
-            )
+            cache = self.caches[u.step]
+            x = d.layers(cache, self.sink_keys, x, u.step, packet.block, audio, u.start, u.stop)
             if u.stop == self.num_layers:
                 latents = d.end(x, latents, u.step)
                 x = None
@@ -548,7 +546,7 @@ class RankStream:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         capture_s = time.perf_counter() - started
-        split = _split_groups(self.spec.partition, self.num_layers, self.ctx.cfg.dit_ranks)
+        split = _split_groups(self.spec.partition)
 
         def write() -> None:
             try:
@@ -571,11 +569,7 @@ class RankStream:
         self._writer.start()
 
 
-def _r(u: Unit) -> tuple[int, int]:
-    return u.start, u.stop
-
-
-def _split_groups(partition: Any, num_layers: int, dit_ranks: int) -> set[str]:
+def _split_groups(partition: Any) -> set[str]:
     """Shard groups (sink, step-<i>) whose tensors are split between several ranks."""
     owners: dict[str, set[int]] = {}
     for r, piece in enumerate(partition):
