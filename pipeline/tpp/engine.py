@@ -224,12 +224,15 @@ class Engine:
         split: Split | None = None,
         profile_from_clip: int | None = None,
         snapshots: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> EngineStream:
         """Start a stream for `request`, or continue one from a state / checkpoint directory
         (taken by an engine of the same layout). Closes the previous stream.
 
         split: override the config's step split for this stream (benchmarks compare them).
         profile_from_clip: record per-rank timings from this clip on (`EngineStream.stats`).
+        snapshots: override the clip-boundary snapshots per DiT rank.
+        progress: called with each clip's index once the caller has its frames.
         """
         self._check_usable()
         if state is not None and resume_from is not None:
@@ -252,7 +255,7 @@ class Engine:
         else:
             partition = self.partition(request.sample_steps, split)
             start_clip = 0
-        return EngineStream(
+        stream = EngineStream(
             self,
             request,
             inputs,
@@ -264,6 +267,8 @@ class Engine:
             profile_from_clip=profile_from_clip,
             snapshots=snapshots,
         )
+        stream.progress = progress
+        return stream
 
     def partition(self, steps: int, split: Split | None = None) -> Partition:
         """How a stream of `steps` steps is cut between the DiT ranks now."""
@@ -528,7 +533,9 @@ class EngineStream:
     # ---- state ---------------------------------------------------------------------------
 
     def state_dict(self, pin_memory: bool = False) -> state_io.StateDict:
-        """The state at this clip boundary, gathered from the ranks into shared host memory.
+        """The state at this clip boundary, gathered from the ranks into shared host memory
+        (as much of it as the state is large: 48 GB at 14B and 720x400; `checkpoint` writes
+        each rank's share without gathering it).
 
         pin_memory: ranks copy into page-locked buffers they keep and reuse, so a capture is
         one fast device-to-host copy per rank; the returned tensors are those buffers: write

@@ -53,10 +53,12 @@ def test_the_model_stays_loaded_between_streams(engine2, reference):
     pids = list(engine2.pids)
     first = engine2.open(request(2, 4))
     next(first)
-    second = engine2.open(request(3, 4))  # closes the first
+    seen: list[int] = []
+    second = engine2.open(request(3, 4), progress=seen.append)  # closes the first
     with pytest.raises(RuntimeError, match="closed"):
         next(first)
     assert_same([c.frames for c in second], reference(3, 4))
+    assert seen == [0, 1, 2]
     assert engine2.pids == pids
 
 

@@ -46,6 +46,20 @@ def test_checkpoint_kill_new_engine_restore_gives_the_uninterrupted_frames(
         assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("boundary", [0, 3])
+def test_state_at_the_first_and_last_boundary_resumes(engine2, reference, boundary):
+    stream = engine2.open(request(3, 4), split="layers")
+    for _ in range(boundary):
+        next(stream)
+    state = stream.state_dict()
+    stream.close()
+    resumed = engine2.open(request(3, 4), state=state)
+    assert resumed.next_clip == boundary
+    assert [c.frames.tobytes() for c in resumed] == [
+        f.tobytes() for f in reference(3, 4)[boundary:]
+    ]
+
+
 def test_state_dict_written_by_the_worker_path_resumes_too(engine4, reference, tmp_path):
     stream = engine4.open(request(4, 3), split="layers")
     next(stream)
