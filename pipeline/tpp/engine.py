@@ -48,7 +48,12 @@ for the caller: the decode of the clip's last block is not overlapped.
 
 A cut inside a step (split "layers") lets the ranks carry equal work when S is not a multiple of
 G, or when the last rank also decodes: e.g. S = 4, 4 GPUs, decode cost V layers: each rank runs
-(4L + V) / 4 layers, the last one V fewer plus the decode.
+(4L + V) / 4 layers, the last one V fewer plus the decode. V is timed by the warm-up.
+
+The bubble, as measured (ops/bench/tpp.py; 14B, 720x400, 4 H200): the fill takes 2.3-2.7 s from
+open() to the first decoded block (1.4 s of it the open: prompt, portrait, sink prefill); in
+steady state each rank loses 20-25 ms per ~0.33 s block between its blocks, and a rank with
+less work than the slowest idles for the difference.
 
 Frames reach the caller through a shared-memory ring (pipeline.tpp.protocol.FrameRing); only a
 block index is pickled. Checkpoints: each rank writes its own shard files (its steps' rings, the
