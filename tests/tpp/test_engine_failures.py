@@ -47,14 +47,14 @@ def test_a_rank_killed_mid_stream_raises_in_the_caller_and_leaves_no_process(
 
 @pytest.mark.slow
 def test_a_hung_rank_is_given_up_after_the_stall_timeout(engines):
-    engine = engines.fresh(config(2, stall_timeout_s=3.0))
+    engine = engines.fresh(config(2, stall_timeout_s=8.0))
     pids = engine.pids
     stream = engine.open(request(12, 4))
     next(stream)
     os.kill(pids[1], signal.SIGSTOP)  # alive, silent
     started = time.monotonic()
-    with pytest.raises(EngineError, match="no rank answered for 3 s"):
+    with pytest.raises(EngineError, match="no rank answered for 8 s"):
         for _ in stream:
             pass
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 25
     assert not set(pids) & set(rank_children())
