@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -411,6 +412,9 @@ def bench_stitch(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from ops.bench import stitch as stitch_bench
 
     argv = [*shlex.split(args.stitch_args), "--workdir", str(workdir / "stitch"), "--quiet"]
+    if importlib.util.find_spec("moviepy") is None:  # the `bench` extra is not installed
+        log("stitch: moviepy is not installed (pip install -e '.[bench]'); skipping its part")
+        argv.append("--skip-moviepy")
     doc = stitch_bench.main(argv)
     shutil.rmtree(workdir / "stitch", ignore_errors=True)
     return doc
