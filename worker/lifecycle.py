@@ -174,7 +174,13 @@ class Lifecycle:
         return self.config.soft_shutdown_timeout_s - (time.monotonic() - self._shutdown_at)
 
     def run(self, job_id: uuid.UUID) -> Outcome:
-        """Handle one wake-up for `job_id`."""
+        """Handle one wake-up, sent for `job_id`.
+
+        A wake-up says that work exists, not which comes first: the worker takes the best
+        queued job (priority, then fair share between tenants, then age), which is `job_id`
+        unless others are ahead of it; with none queued, it takes over `job_id` if that job's
+        lease expired unreaped, and otherwise drops the wake-up as a duplicate.
+        """
         try:
             lease = with_retries(
                 lambda: self._claim(job_id), f"claim job {job_id}", self.config.database_retry
@@ -187,19 +193,19 @@ class Lifecycle:
         if lease is None:
             log.info("job %s: wake-up dropped (job is final or leased by a live worker)", job_id)
             return Outcome.DROPPED
-        self.running = job_id
+        self.running = lease.job_id
         try:
             outcome = _Attempt(self, lease).run()
         finally:
             self.running = None
-        log.info("job %s: attempt %d ended %s", job_id, lease.attempt, outcome.value)
+        log.info("job %s: attempt %d ended %s", lease.job_id, lease.attempt, outcome.value)
         return outcome
 
     __call__ = run
 
     def _claim(self, job_id: uuid.UUID) -> repo.Lease | None:
         with self.database.transaction() as s:
-            return repo.claim(s, job_id, self.config.worker_id, self.config.lease_s)
+            return repo.claim_for_wakeup(s, job_id, self.config.worker_id, self.config.lease_s)
 
 
 class _Attempt:

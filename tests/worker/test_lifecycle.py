@@ -12,6 +12,7 @@ import json
 import shutil
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -369,3 +370,30 @@ def test_a_job_that_keeps_failing_stops_at_max_attempts(sqlite_db, tmp_path):
     history = [e for e, _ in events(sqlite_db, job_id)]
     assert history.count("claimed") == 3 and history.count("retry_scheduled") == 2
     assert history[-1] == "failed"
+
+
+def test_a_wake_up_runs_the_best_queued_job_first(sqlite_db, local_storage, tmp_path, clip_log):
+    """Wake-ups say that work exists: the first one to arrive runs the job with the highest
+    priority, and the other job's wake-up runs the other job."""
+    low = make_job(sqlite_db, local_storage, clips=2)
+    with sqlite_db.transaction() as s:
+        high = repo.create_job(
+            s,
+            repo.NewJob(
+                id=uuid.uuid4(),
+                tenant="default",
+                params=job(sqlite_db, low).params,
+                image_key=job(sqlite_db, low).image_key,
+                audio_key=job(sqlite_db, low).audio_key,
+                clips_total=2,
+                max_attempts=3,
+                priority=10,
+            ),
+        ).id
+    lifecycle = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    assert lifecycle.run(low) is Outcome.SUCCEEDED  # low's wake-up ...
+    assert (job(sqlite_db, high).status, job(sqlite_db, low).status) == ("succeeded", "queued")
+    assert lifecycle.run(high) is Outcome.SUCCEEDED  # ... and high's
+    assert job(sqlite_db, low).status == "succeeded"
+    assert [j for j, _, _ in clip_log.clips] == [str(high)] * 2 + [str(low)] * 2
+    assert lifecycle.run(low) is Outcome.DROPPED  # a late duplicate
