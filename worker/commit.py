@@ -148,6 +148,12 @@ class _Commit:
     """What this boundary cost the generator (state capture, waiting for the previous commit)."""
     open: bool = False
     """The interval is unfinished: checkpoint its frames instead of recording a segment."""
+    written: Path | None = None
+    """A checkpoint directory the engine wrote itself (then `state` is None)."""
+
+    @property
+    def checkpointed(self) -> bool:
+        return self.state is not None or self.written is not None
 
 
 @dataclass
@@ -180,17 +186,20 @@ class IntervalCommitter:
         *,
         render_cost_s: float = 0.0,
         open: bool = False,
+        written: Path | None = None,
     ) -> None:
         """Commit `interval` in the background (the previous commit must be finished).
 
-        `open`: the interval stops short of its boundary (shutdown); its frames so far go into
-        the checkpoint at `end_clip` and no segment is recorded.
+        The checkpoint at `end_clip` is `state` (written to files here) or `written` (a
+        directory the engine wrote); neither at the end of the job. `open`: the interval
+        stops short of its boundary (shutdown); its frames so far go into the checkpoint and
+        no segment is recorded.
         """
         if self._pending is not None:
             raise RuntimeError("the previous interval is still being committed; wait() first")
-        if open and (state is None or interval.encoder.raw_copy is None):
-            raise ValueError("an open interval needs the stream state and a raw copy of frames")
-        commit = _Commit(interval, end_clip, state, render_cost_s, open)
+        commit = _Commit(interval, end_clip, state, render_cost_s, open, written)
+        if open and (not commit.checkpointed or interval.encoder.raw_copy is None):
+            raise ValueError("an open interval needs a checkpoint and a raw copy of frames")
         self._pending = self._executor.submit(self._commit, commit)
 
     def wait(self) -> None:
@@ -239,7 +248,7 @@ class IntervalCommitter:
                 stop=self.stop,
             )
             self.faults.hit("segment_upload")
-            checkpoint_bytes = self._checkpoint(c) if c.state is not None else 0
+            checkpoint_bytes = self._checkpoint(c) if c.checkpointed else 0
             segment = SegmentRef(
                 index=interval.index,
                 key=key,
@@ -283,13 +292,16 @@ class IntervalCommitter:
         self, c: _Commit, open_interval: tuple[Interval, int, Path] | None = None
     ) -> int:
         """Write the state at `c.end_clip` (and an open interval's frames) and upload it."""
-        local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
-        shutil.rmtree(local, ignore_errors=True)
-        assert c.state is not None
-        # write_checkpoint writes manifest.json last; the open interval's files go in before
-        # the upload, which sends the manifest last too.
-        state_io.write_checkpoint(c.state, local)
-        c.state = None  # the host copy of the state can go as soon as it is on disk
+        if c.written is not None:
+            local = c.written
+        else:
+            local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
+            shutil.rmtree(local, ignore_errors=True)
+            assert c.state is not None
+            # write_checkpoint writes manifest.json last; the open interval's files go in
+            # before the upload, which sends the manifest last too.
+            state_io.write_checkpoint(c.state, local)
+            c.state = None  # the host copy of the state can go as soon as it is on disk
         if open_interval is not None:
             interval, frames, raw = open_interval
             shutil.move(raw, local / OPEN_INTERVAL_FRAMES)

@@ -7,6 +7,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from worker.segments import EncoderSettings
 from worker.stitch import AudioSettings
@@ -89,6 +90,12 @@ class WorkerConfig:
     """False disables the mark for every job, whatever the job asks."""
     keep_segments: bool = False
     """Keep the segments in storage after the output is stored (they hold the same frames)."""
+    checkpoint_mode: Literal["auto", "capture", "directory"] = "auto"
+    """How a boundary's checkpoint is taken. capture: the stream's state is copied to (pinned)
+    host memory and written to files in the background (the one-device generator). directory:
+    the stream writes its own checkpoint directory (`stream.checkpoint(dir)`), as a multi-GPU
+    engine does, each rank its own shard, in parallel; the upload runs in the background.
+    auto: directory for engines that say `writes_own_checkpoints = True`, else capture."""
     storage_retry: RetryPolicy = field(default_factory=RetryPolicy)
     database_retry: RetryPolicy = field(default_factory=RetryPolicy)
     fault: str | None = None

@@ -1,10 +1,12 @@
 """The generation engine as the worker sees it: a plug-in that opens resumable streams.
 
 An engine is anything with ``open(request, resume_from=None) -> stream``; a stream yields
-``pipeline.Clip`` objects (``index``, ``frames`` uint8 [T, H, W, 3]) and offers
-``state_dict()`` between clips, a ``pipeline.state`` StateDict that
-``pipeline.state.write_checkpoint`` writes and ``open(..., resume_from=<that directory>)``
-continues from. ``pipeline.Generator`` (one device) is the default engine; a multi-GPU engine
+``pipeline.Clip`` objects (``index``, ``frames`` uint8 [T, H, W, 3]) and offers, between
+clips, ``state_dict()`` (a ``pipeline.state`` StateDict that
+``pipeline.state.write_checkpoint`` writes) and ``checkpoint(directory)`` (the same files,
+written by the stream itself); ``open(..., resume_from=<such a directory>)`` continues from
+either. An engine whose streams write checkpoints better than the worker can (each rank of a
+multi-GPU engine writing its own shard) says so with ``writes_own_checkpoints = True``. ``pipeline.Generator`` (one device) is the default engine; a multi-GPU engine
 with the same stream API plugs in through ``EngineSpec.factory``.
 
 The engine is built once per worker process, at its first job, and kept: loading a 14B model
@@ -43,6 +45,8 @@ class RenderStream(Protocol):
     def __next__(self) -> Clip: ...
 
     def state_dict(self) -> dict[str, Any]: ...
+
+    def checkpoint(self, directory: Path) -> list[Path]: ...
 
     def close(self) -> None: ...
 

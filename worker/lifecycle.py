@@ -246,6 +246,7 @@ class _Attempt:
         self._interval: Interval | None = None
         self._last_progress = 0.0
         self._clip_s: float | None = None
+        self._engine_writes_checkpoints = False
 
     # ---- the attempt ---------------------------------------------------------------------
 
@@ -400,6 +401,10 @@ class _Attempt:
         started = time.monotonic()
         engine = self.lc.engine()
         self.stats.engine_s = time.monotonic() - started
+        mode = self.config.checkpoint_mode
+        self._engine_writes_checkpoints = mode == "directory" or (
+            mode == "auto" and getattr(engine, "writes_own_checkpoints", False)
+        )
 
         started = time.monotonic()
         request = plan.request(image, audio)
@@ -487,16 +492,25 @@ class _Attempt:
 
     def _boundary(self, stream: RenderStream, clip: int, final: bool, open: bool = False) -> None:
         """Hand the interval to the committer; the generator waits only for the previous
-        commit (if still running) and for the device-to-host copy of the state."""
+        commit (if still running) and for the state's capture: a device-to-host copy, or,
+        for an engine that writes its own checkpoints, that write."""
         assert self._interval is not None
         waited = time.monotonic()
         self.committer.wait()
         captured = time.monotonic()
         self.stats.commit_wait_s += captured - waited
-        state = None if final else capture_state(stream)
+        state, written = None, None
+        if not final and self._engine_writes_checkpoints:
+            written = self.scratch / "checkpoints" / f"{clip:06d}"
+            shutil.rmtree(written, ignore_errors=True)
+            stream.checkpoint(written)
+        elif not final:
+            state = capture_state(stream)
         done = time.monotonic()
         self.stats.capture_s += done - captured
-        self.committer.submit(self._interval, clip, state, render_cost_s=done - waited, open=open)
+        self.committer.submit(
+            self._interval, clip, state, render_cost_s=done - waited, open=open, written=written
+        )
         self._interval = None
 
     def _download_checkpoint(self, clip: int) -> Path:

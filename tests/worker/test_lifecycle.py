@@ -184,11 +184,13 @@ def test_cancel_stops_within_one_clip_and_retry_resumes_from_the_checkpoint(
     assert local_storage.list(keys.checkpoints_prefix(job_id)) == []
 
 
+@pytest.mark.parametrize("checkpoint_mode", ["capture", "directory"])
 def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
-    sqlite_db, local_storage, tmp_path, clip_log, reference
+    checkpoint_mode, sqlite_db, local_storage, tmp_path, clip_log, reference
 ):
+    """Also with checkpoints the stream writes itself (as a multi-GPU engine's do)."""
     job_id = make_job(sqlite_db, local_storage)
-    first = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    first = Lifecycle(config(tmp_path, checkpoint_mode=checkpoint_mode), sqlite_db, local_storage)
 
     def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
         if (job, attempt, clip) == (str(job_id), 1, 2):
@@ -211,7 +213,7 @@ def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
             )
         )
 
-    second = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    second = Lifecycle(config(tmp_path, checkpoint_mode=checkpoint_mode), sqlite_db, local_storage)
     assert second.run(job_id) is Outcome.SUCCEEDED
     assert clip_log.generated(job_id, 2) == [3, 4]
     assert segments(sqlite_db, job_id) == UNINTERRUPTED_SEGMENTS
