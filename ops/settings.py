@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     watermark_corner: str = "bottom-right"
     keep_segments: bool = False
     """Keep the segments in storage after a job succeeds (the output holds the same frames)."""
+    checkpoint_mode: Literal["auto", "capture", "directory"] = "auto"
+    """How the worker takes a checkpoint (worker/config.py): auto asks the engine."""
     fault: str | None = None
     """Crash injection for the fault-tolerance tests (worker/faults.py); never in production."""
 
@@ -230,6 +232,7 @@ class Settings(BaseSettings):
             watermark=WatermarkSpec(text=self.watermark_text, corner=self.watermark_corner),  # type: ignore[arg-type]
             watermark_allowed=self.watermark_enabled,
             keep_segments=self.keep_segments,
+            checkpoint_mode=self.checkpoint_mode,
             fault=self.fault,
         )
 
