@@ -62,6 +62,8 @@ class EngineSpec:
     """Released weights (unused by the tiny preset, which has random weights)."""
     random_weights: bool = False
     factory: str | None = None
+    ranks: int = 0
+    """For a multi-device engine (worker.engine.multi_gpu_engine): how many devices (0: all)."""
     torch_threads: int = 0
     """CPU threads of torch (0: torch's default). Renders are bit-identical only between
     processes with the same device, dtype and thread count."""

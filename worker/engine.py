@@ -91,6 +91,39 @@ def build_engine(spec: EngineSpec) -> Engine:
     )
 
 
+def multi_gpu_engine(spec: EngineSpec) -> Engine:
+    """The Timestep-forcing Pipeline Parallelism engine (`pipeline.tpp`) as the worker's
+    engine: `LONGTAKE_ENGINE_FACTORY=worker.engine:multi_gpu_engine`.
+
+    Ranks: `spec.ranks` GPUs from cuda:0 (0: every GPU this process sees); with device "cpu",
+    `spec.ranks` CPU ranks (tests and dry runs). Its ranks write their own checkpoint shards
+    in parallel, so the worker lets the stream write checkpoints (`writes_own_checkpoints`).
+    """
+    import torch
+
+    from pipeline.tpp import Engine as TppEngine
+    from pipeline.tpp import EngineConfig
+
+    common: dict[str, Any] = dict(
+        preset=spec.preset,
+        random_weights=spec.random_weights,
+        checkpoint_dir=str(spec.checkpoint_dir),
+    )
+    if spec.device == "cpu":
+        ranks = max(1, spec.ranks)
+        config = EngineConfig(
+            dit_devices=("cpu",) * ranks, cpu_threads=spec.torch_threads, **common
+        )
+    else:
+        gpus = spec.ranks or torch.cuda.device_count()
+        if gpus < 1:
+            raise RuntimeError("the multi-GPU engine needs a CUDA device (or device 'cpu')")
+        config = EngineConfig.cuda(gpus, **common)
+    engine = TppEngine(config)
+    engine.writes_own_checkpoints = True  # type: ignore[attr-defined]
+    return engine  # type: ignore[return-value]
+
+
 def resolve_device(device: str) -> str:
     """ "auto": the first GPU when there is one, else the CPU."""
     if device != "auto":
@@ -117,6 +150,15 @@ class EngineCache:
                 log.info("engine loaded in %.1f s", time.monotonic() - started)
                 self._engines[spec] = engine
             return engine
+
+    def close(self) -> None:
+        """Shut down the engines that run processes of their own (multi-GPU ranks)."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            shutdown = getattr(engine, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
 
 
 ENGINES = EngineCache()

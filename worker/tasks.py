@@ -21,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import worker_shutdown, worker_shutting_down
 
 from worker.celery_app import RENDER_QUEUE, RENDER_TASK
+from worker.engine import ENGINES
 from worker.lifecycle import Lifecycle, Outcome
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ def install(app: Celery, factory: LifecycleFactory) -> None:
         runtime.shutdown()
 
     worker_shutting_down.connect(on_shutdown, weak=False)
+
+    def on_stopped(sender: Any = None, **kwargs: Any) -> None:
+        ENGINES.close()  # a multi-GPU engine's rank processes go with the worker
+
+    worker_shutdown.connect(on_stopped, weak=False)
 
 
 UNCLAIMED_RETRY_S = 15

@@ -399,3 +399,40 @@ def test_a_wake_up_runs_the_best_queued_job_first(sqlite_db, local_storage, tmp_
     assert job(sqlite_db, low).status == "succeeded"
     assert [j for j, _, _ in clip_log.clips] == [str(high)] * 2 + [str(low)] * 2
     assert lifecycle.run(low) is Outcome.DROPPED  # a late duplicate
+
+
+def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_log, reference):
+    """The Timestep-forcing Pipeline Parallelism engine as the worker's engine (two CPU ranks
+    here): its ranks write the checkpoints, a shutdown mid-interval resumes, and the video is
+    the single-device generator's, frame for frame."""
+    from worker.engine import EngineCache
+
+    spec = EngineSpec(
+        preset="tiny",
+        device="cpu",
+        ranks=2,
+        torch_threads=1,
+        factory="worker.engine:multi_gpu_engine",
+    )
+    engines = EngineCache()
+    job_id = make_job(sqlite_db, local_storage)
+    try:
+        first = Lifecycle(
+            config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
+        )
+
+        def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
+            if (job, attempt, clip) == (str(job_id), 1, 2):
+                first.request_shutdown()
+
+        clip_log.hooks.append(shutdown_during_clip_2)
+        assert first.run(job_id) is Outcome.RELEASED
+        assert job(sqlite_db, job_id).last_checkpoint_clip == 3
+        second = Lifecycle(
+            config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
+        )
+        assert second.run(job_id) is Outcome.SUCCEEDED
+    finally:
+        engines.close()
+    assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
+    assert output_hashes(local_storage, job_id, tmp_path) == reference
