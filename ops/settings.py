@@ -104,7 +104,10 @@ class Settings(BaseSettings):
     model_random_weights: bool = False
     """Build the preset with random weights (benchmarks; speed does not depend on values)."""
     engine_factory: str | None = None
-    """`module:function` building another engine (e.g. multi-GPU) from the worker's EngineSpec."""
+    """`module:function` building another engine from the worker's EngineSpec, e.g.
+    `worker.engine:multi_gpu_engine` (Timestep-forcing Pipeline Parallelism on the GPUs)."""
+    engine_ranks: int = 0
+    """Devices of a multi-device engine (0: every GPU the worker sees)."""
     torch_threads: int = 0
     scratch_dir: Path | None = None
     """The worker's local working files (default: <tmp>/longtake-worker; embedded: data_dir)."""
@@ -226,6 +229,7 @@ class Settings(BaseSettings):
                 checkpoint_dir=self.model_dir,
                 random_weights=self.model_random_weights,
                 factory=self.engine_factory,
+                ranks=self.engine_ranks,
                 torch_threads=self.torch_threads,
             ),
             encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
