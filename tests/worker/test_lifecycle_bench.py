@@ -16,8 +16,9 @@ def test_the_overhead_model():
     assert bench.overhead(1.0, 30.0, 2.0, 10) == pytest.approx((1 + 10) / 20)  # waits 10 s
     assert bench.overhead(1.0, 30.0, 2.0, 20) == pytest.approx(1 / 40)  # background fits
     assert bench.smallest_interval(1.0, 30.0, 2.0, 0.02) == 25
-    # the 14B figures of docs/benchmarks.md: 0.92 s capture, 4.8 s clips, 24.3 s write
-    assert bench.smallest_interval(0.92, 24.3, 4.8, 0.02) == 10
+    # the 14B figures of docs/benchmarks.md: 0.92 s capture, 4.74 s clips, 46.2 s background
+    assert bench.smallest_interval(0.92, 46.2, 4.74, 0.02) == 10
+    assert bench.overhead(0.92, 46.2, 4.74, 20) == pytest.approx(0.0097, abs=1e-4)
 
 
 @pytest.mark.slow
