@@ -103,7 +103,9 @@ def error_responses(*statuses: int, authenticated: bool = True) -> dict[int | st
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.code == "storage_unavailable":
+            request.app.state.services.metrics.observe_storage_unavailable()
         return error_response(exc, exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -5,10 +5,15 @@ scrape time. Render metrics (fps, clip time, checkpoint time, uploaded bytes) ar
 `job_events` that workers append through the repository, read incrementally at each scrape:
 they work whichever process rendered, and every API process reports the same totals (scrape
 one of them, or do not sum across them). HTTP request counts and latencies are this process's.
+
+Storage errors come from both sides: `source="worker"` counts attempts that a worker recorded
+as failed by a storage error (derived from events, like the render metrics), `source="api"`
+this process's answers that storage was unavailable (503 `storage_unavailable`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.database import Database
 from db.models import DELIVERY_STATUSES, Job, JobEvent, WebhookDelivery, utcnow
-from db.states import JobStatus
+from db.states import LEASED, JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+FAILURE_EVENTS = ("failed", "retry_scheduled")
+# A worker records a failed attempt as `describe(exc)`, "StorageError: could not ..." (after
+# "attempt N of M failed: " when the job is retried); storage backends raise StorageError.
+_STORAGE_ERROR = re.compile(r"(?:^|failed: )StorageError: ")
 
 
 class EventFeed:
@@ -45,7 +55,12 @@ class EventFeed:
         self._clock = clock
 
     def read(self, session: Session, limit: int) -> list[sa.Row]:
-        columns = (JobEvent.id, JobEvent.event, JobEvent.data)
+        # the reason only of failures, and only its start: it says what kind of error it was
+        reason = sa.case(
+            (JobEvent.event.in_(FAILURE_EVENTS), sa.func.substr(JobEvent.reason, 1, 200)),
+            else_=None,
+        ).label("reason")
+        columns = (JobEvent.id, JobEvent.event, JobEvent.data, reason)
         rows = list(
             session.execute(
                 sa.select(*columns)
@@ -110,6 +125,16 @@ class Metrics:
             "Time since the oldest queued job was submitted (0 when none waits)",
             registry=r,
         )
+        self.heartbeat_oldest = Gauge(
+            "longtake_heartbeat_oldest_age_seconds",
+            "Time since the stalest worker heartbeat of a running or stitching job (0 when none)",
+            registry=r,
+        )
+        self.leases_expired = Gauge(
+            "longtake_leases_expired",
+            "Running or stitching jobs whose lease has expired and that no reaper has requeued",
+            registry=r,
+        )
         self.deliveries = Gauge(
             "longtake_webhook_deliveries", "Webhook deliveries by status", ["status"], registry=r
         )
@@ -142,6 +167,14 @@ class Metrics:
         self.job_events = Counter(
             "longtake_job_events", "Job events by kind", ["event"], registry=r
         )
+        self.storage_errors = Counter(
+            "longtake_storage_errors",
+            "Storage errors: worker attempts failed by one, and this API process's 503 answers",
+            ["source"],
+            registry=r,
+        )
+        for source in ("api", "worker"):  # present from the start, so increase() sees the first
+            self.storage_errors.labels(source)
         self._feed = EventFeed()
         self._lock = threading.Lock()
 
@@ -154,7 +187,7 @@ class Metrics:
             for _ in range(5):  # catch up in pages; the rest waits for the next scrape
                 rows = self._feed.read(s, self.SCRAPE_EVENT_LIMIT)
                 for row in rows:
-                    self._observe(row.event, row.data or {})
+                    self._observe(row.event, row.data or {}, row.reason)
                 if len(rows) < self.SCRAPE_EVENT_LIMIT:
                     break
 
@@ -170,7 +203,16 @@ class Metrics:
         oldest = s.scalar(
             sa.select(sa.func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED.value)
         )
-        self.queue_oldest.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
+        now = utcnow()
+        self.queue_oldest.set(0 if oldest is None else (now - oldest).total_seconds())
+        stalest, expired = s.execute(
+            sa.select(
+                sa.func.min(sa.func.coalesce(Job.heartbeat_at, Job.updated_at)),
+                sa.func.count().filter(Job.lease_expires_at < now),
+            ).where(Job.status.in_([st.value for st in LEASED]))
+        ).one()
+        self.heartbeat_oldest.set(0 if stalest is None else (now - stalest).total_seconds())
+        self.leases_expired.set(expired)
         by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
         by_status.update(
             s.execute(
@@ -181,8 +223,10 @@ class Metrics:
             self.deliveries.labels(status).set(n)
         self.failures.value = float(s.scalar(sa.select(sa.func.sum(WebhookDelivery.failures))) or 0)
 
-    def _observe(self, event: str, data: dict[str, Any]) -> None:
+    def _observe(self, event: str, data: dict[str, Any], reason: str | None = None) -> None:
         self.job_events.labels(event).inc()
+        if reason is not None and _STORAGE_ERROR.search(reason):
+            self.storage_errors.labels("worker").inc()
         if event == "progress":
             if data.get("fps"):
                 self.render_fps.observe(data["fps"])
@@ -199,6 +243,9 @@ class Metrics:
             self.upload_bytes.labels("output").inc(data["bytes"])
 
     # ---------------------------------------------------------------- HTTP
+
+    def observe_storage_unavailable(self) -> None:
+        self.storage_errors.labels("api").inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

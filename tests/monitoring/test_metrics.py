@@ -1,0 +1,136 @@
+"""The metrics the alert rules need beyond the job counts: worker heartbeats, leases nobody
+reaped, and storage errors on both sides (workers' failed attempts, the API's 503 answers)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api import create_app
+from api.config import ApiConfig
+from api.metrics import Metrics
+from api.services import Services
+from db import repository as repo
+from db.models import utcnow
+from storage import keys
+from storage.base import StorageError
+from storage.local import LocalStorage
+from tests.conftest import make_api_key
+from worker.errors import describe
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not in the metrics"
+    return float(match.group(1))
+
+
+def scrape(metrics: Metrics) -> str:
+    metrics.refresh()
+    return metrics.render().decode()
+
+
+def failure_text(exc: Exception) -> str:
+    """The error text a worker records for a failed attempt (worker.lifecycle does the same)."""
+    try:
+        raise exc
+    except Exception as raised:
+        return describe(raised)
+
+
+def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
+    metrics = Metrics(db)
+    text = scrape(metrics)
+    assert sample(text, "longtake_heartbeat_oldest_age_seconds") == 0
+    assert sample(text, "longtake_leases_expired") == 0
+
+    now = utcnow()
+    fresh, stale, _queued = create_job(db), create_job(db), create_job(db)
+    with db.transaction() as s:
+        repo.claim(s, fresh.id, "gpu-1", 120, now=now - timedelta(seconds=5))
+        lease = repo.claim(s, stale.id, "gpu-2", 120, now=now - timedelta(seconds=400))
+        # the stale worker's last heartbeat was 300 s ago; its lease ran out 180 s ago
+        repo.heartbeat(s, stale.id, "gpu-2", lease.attempt, 120, now=now - timedelta(seconds=300))
+    text = scrape(metrics)
+    assert 300 <= sample(text, "longtake_heartbeat_oldest_age_seconds") < 330
+    assert sample(text, "longtake_leases_expired") == 1
+    assert sample(text, "longtake_queue_depth") == 1  # `_queued` is still waiting
+
+    with db.transaction() as s:
+        assert [r.job_id for r in repo.reap_expired(s)] == [stale.id]
+    text = scrape(metrics)
+    assert sample(text, "longtake_leases_expired") == 0
+    assert 0 < sample(text, "longtake_heartbeat_oldest_age_seconds") < 60  # `fresh` alone
+    assert sample(text, "longtake_job_events_total", '{event="lease_expired"}') == 1
+    assert sample(text, "longtake_queue_depth") == 2  # `_queued` and the requeued `stale`
+
+
+def test_attempts_failed_by_storage_count_as_worker_storage_errors(db, create_job):
+    metrics = Metrics(db)
+    text = scrape(metrics)
+    assert sample(text, "longtake_storage_errors_total", '{source="worker"}') == 0
+    assert sample(text, "longtake_storage_errors_total", '{source="api"}') == 0
+
+    unreachable = StorageError("could not put 'jobs/x/segments/00000.mp4' in bucket b: timed out")
+    cases = [
+        (unreachable, True),  # retried: a retry_scheduled event
+        (unreachable, False),  # out of attempts: a failed event
+        (RuntimeError("CUDA out of memory"), False),  # not storage
+        (ValueError("StorageError: a message that only mentions it"), False),
+    ]
+    for exc, retryable in cases:
+        job = create_job(db, max_attempts=3 if retryable else 1)
+        with db.transaction() as s:
+            lease = repo.claim(s, job.id, "gpu-1", 60)
+            repo.mark_failed(
+                s, job.id, "gpu-1", lease.attempt, failure_text(exc), retryable=retryable
+            )
+    text = scrape(metrics)
+    assert sample(text, "longtake_job_events_total", '{event="retry_scheduled"}') == 1
+    assert sample(text, "longtake_job_events_total", '{event="failed"}') == 3
+    assert sample(text, "longtake_storage_errors_total", '{source="worker"}') == 2
+    # counted once: a second scrape reads no event twice
+    assert sample(scrape(metrics), "longtake_storage_errors_total", '{source="worker"}') == 2
+
+
+def test_api_answers_that_storage_is_unavailable_are_counted(sqlite_db, create_job, tmp_path):
+    # local storage without a signer cannot make a result URL: a StorageError, answered 503
+    services = Services(
+        config=ApiConfig(), database=sqlite_db, storage=LocalStorage(tmp_path / "objects")
+    )
+    job = create_job(sqlite_db, clips_total=1)
+    with sqlite_db.transaction() as s:
+        lease = repo.claim(s, job.id, "gpu-1", 60)
+        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
+        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id))
+    headers = {"Authorization": f"Bearer {make_api_key(sqlite_db)}"}
+    with TestClient(create_app(services), headers=headers) as client:
+        r = client.get(f"/v1/jobs/{job.id}/result")
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "storage_unavailable")
+        assert client.get(f"/v1/jobs/{job.id}").status_code == 200  # not every answer counts
+        text = client.get("/metrics").text
+    assert sample(text, "longtake_storage_errors_total", '{source="api"}') == 1
+    assert sample(text, "longtake_storage_errors_total", '{source="worker"}') == 0
+
+
+@pytest.mark.parametrize("event", ["failed", "retry_scheduled"])
+def test_only_failures_carry_their_reason_into_the_feed(sqlite_db, create_job, event):
+    """The feed reads the reason of failures only (a progress event's reason is never read)."""
+    from api.metrics import FAILURE_EVENTS, EventFeed
+
+    assert event in FAILURE_EVENTS
+    job = create_job(sqlite_db)
+    with sqlite_db.transaction() as s:
+        lease = repo.claim(s, job.id, "gpu-1", 60)
+        repo.update_progress(s, job.id, "gpu-1", lease.attempt, clips_done=1, frames_done=48)
+        repo.mark_failed(
+            s, job.id, "gpu-1", lease.attempt, "boom", retryable=event == "retry_scheduled"
+        )
+    with sqlite_db.transaction() as s:
+        rows = EventFeed().read(s, 100)
+    reasons = {row.event: row.reason for row in rows}
+    assert reasons["progress"] is None and reasons["claimed"] is None
+    assert reasons[event].endswith("boom")
