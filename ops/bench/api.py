@@ -3,6 +3,9 @@ jobs in batches, against the real stack on loopback.
 
     python -m ops.bench.api --out ops/bench/results/api-cpu2.json
 
+On a machine shared with other work, `nice -n -10` before it (root) keeps that work from
+taking the CPU the stack needs; the JSON records the niceness and the load average.
+
 The stack: `longtake serve --workers N` (uvicorn, JSON access logs to a file) in its own
 processes, a fresh PostgreSQL database (created, migrated, dropped afterwards) and Redis (the
 rate limiter's token buckets, under a prefix of this run's own). Local file storage; the relay
@@ -337,6 +340,7 @@ def environment() -> dict[str, Any]:
     return {
         "device": f"CPU, {os.cpu_count()} cores",
         "load_average_before": os.getloadavg()[0],
+        "niceness": os.nice(0),
         "cpu": cpu,
         "python": platform.python_version(),
         "date": date.today().isoformat(),
