@@ -9,6 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from api import dashboard
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
@@ -35,6 +36,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(webhooks.router)
     app.include_router(files.router)
+    dashboard.install(app)  # the web dashboard at /
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:

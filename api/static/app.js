@@ -1,0 +1,194 @@
+// The dashboard: sign in with an API key, then the submit form, the job list and one job in
+// full. The key lives in this tab's sessionStorage and goes out only as a Bearer header.
+
+import { Api } from "./api.js";
+import { $, setText } from "./dom.js";
+import { JobDetail } from "./detail.js";
+import { shortId } from "./format.js";
+import { JobList } from "./jobs.js";
+import { SubmitForm } from "./submit.js";
+
+const KEY_STORAGE = "longtake.apiKey";
+
+const api = new Api(sessionStorage.getItem(KEY_STORAGE));
+const statuses = new Map(); // job id -> last status seen, to announce changes once
+let options = null;
+let list = null;
+let detail = null;
+let form = null;
+let authOff = false;
+
+// Read out to screen readers (and shown nowhere else): one message at a time.
+function announce(message) {
+  const region = $("announcer");
+  region.textContent = "";
+  // a new text node after a tick, so the same words twice are read twice
+  setTimeout(() => {
+    region.textContent = message;
+  }, 50);
+}
+
+function statusMessage(job) {
+  const id = shortId(job.id);
+  switch (job.status) {
+    case "queued":
+      return `Job ${id} is queued.`;
+    case "running":
+      return `Job ${id} is running.`;
+    case "stitching":
+      return `Job ${id} is rendered and being stitched.`;
+    case "succeeded":
+      return `Job ${id} succeeded; its video is ready.`;
+    case "failed":
+      return `Job ${id} failed: ${(job.error || "").split("\n")[0]}`;
+    case "canceled":
+      return `Job ${id} was canceled.`;
+    default:
+      return `Job ${id} is ${job.status}.`;
+  }
+}
+
+// Every copy of a job passes here (list refreshes, event streams, actions).
+function noteJob(job) {
+  const before = statuses.get(job.id);
+  statuses.set(job.id, job.status);
+  if (before !== undefined && before !== job.status) announce(statusMessage(job));
+}
+
+function showJob(jobId) {
+  list.select(jobId);
+  history.replaceState(null, "", `#job=${jobId}`);
+  detail.show(jobId);
+}
+
+function closeJob() {
+  detail.close();
+  list.select(null);
+  history.replaceState(null, "", window.location.pathname);
+}
+
+async function act(action, jobId) {
+  if (detail.jobId === jobId) {
+    await detail.act(action);
+    return;
+  }
+  try {
+    const job = action === "cancel" ? await api.cancel(jobId) : await api.retry(jobId);
+    list.update(job);
+    noteJob(job);
+    if (action === "cancel" && job.cancel_requested && job.status !== "canceled") {
+      announce(`Job ${shortId(jobId)} stops after its current clip.`);
+    }
+  } catch (error) {
+    setText("jobs-error", `Could not ${action} job ${shortId(jobId)}: ${error.message}`);
+  }
+}
+
+function showSignIn(message = "") {
+  $("loading").hidden = true;
+  $("workspace").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  setText("sign-in-error", message);
+  setText("server-note", "");
+  $("api-key").value = "";
+  $("api-key").focus();
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY_STORAGE);
+  api.key = null;
+  if (list) list.stop();
+  if (detail) detail.close();
+  statuses.clear();
+  showSignIn(message);
+}
+
+function enter() {
+  $("loading").hidden = true;
+  $("sign-in").hidden = true;
+  $("workspace").hidden = false;
+  $("sign-out").hidden = authOff;
+  setText("server-note", authOff ? "API keys are off on this server." : "Signed in.");
+  api.onUnauthorized = (error) => signOut(`Signed out: ${error.message}.`);
+  if (!form) {
+    form = new SubmitForm(api, options, { announce, onSubmitted: (job) => {
+      noteJob(job);
+      list.add(job);
+      showJob(job.id);
+    } });
+    form.init();
+  }
+  list.start();
+  const wanted = /^#job=([0-9a-f-]{36})$/.exec(window.location.hash);
+  if (wanted) showJob(wanted[1]);
+}
+
+// Whether a key works: a request that needs one.
+async function check(key) {
+  api.key = key;
+  await api.listJobs({ limit: 1 });
+}
+
+async function boot() {
+  list = new JobList(api, {
+    onSelect: showJob,
+    onJob: noteJob,
+    onCancel: (id) => act("cancel", id),
+    onRetry: (id) => act("retry", id),
+  });
+  list.init();
+  detail = new JobDetail(api, {
+    fps: 25,
+    onJob: (job) => {
+      noteJob(job);
+      list.update(job);
+    },
+    onClose: closeJob,
+  });
+  detail.init();
+  $("sign-out").addEventListener("click", () => signOut("Signed out."));
+  $("sign-in-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) {
+      setText("sign-in-error", "Paste an API key.");
+      return;
+    }
+    try {
+      await check(key);
+    } catch (error) {
+      api.key = null;
+      setText("sign-in-error", error.status === 401 ? "That key is unknown or was revoked." : error.message);
+      $("api-key").focus();
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, key);
+    enter();
+    $("new-job-title").setAttribute("tabindex", "-1");
+    $("new-job-title").focus();
+  });
+
+  try {
+    options = await api.options();
+  } catch (error) {
+    $("loading").textContent = `The server cannot be reached: ${error.message}`;
+    return;
+  }
+  detail.fps = options.fps;
+  const saved = api.key;
+  try {
+    await check(saved); // no key at all works when the server has keys turned off
+    authOff = !saved;
+    enter();
+  } catch (error) {
+    if (error.status === 401) {
+      sessionStorage.removeItem(KEY_STORAGE);
+      showSignIn(saved ? "The saved key no longer works; sign in again." : "");
+    } else {
+      showSignIn(`The server answered: ${error.message}`);
+    }
+  }
+}
+
+boot();

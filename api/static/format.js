@@ -1,0 +1,104 @@
+// How numbers, sizes, times and jobs read on the page.
+
+export const shortId = (id) => String(id).slice(0, 8);
+
+export function seconds(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "";
+  if (s < 1) return `${s.toFixed(2)} s`;
+  if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  const total = Math.round(s);
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const sec = total % 60;
+  if (h) return `${h} h ${String(m).padStart(2, "0")} min`;
+  return `${m} min ${String(sec).padStart(2, "0")} s`;
+}
+
+export function bytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["bytes", "kB", "MB", "GB", "TB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? `${n} bytes` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+const timeOnly = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+export function when(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  const today = new Date();
+  return date.toDateString() === today.toDateString() ? timeOnly.format(date) : dateTime.format(date);
+}
+
+export function fullTime(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+export const STATUS_TEXT = {
+  queued: "Queued",
+  running: "Running",
+  stitching: "Stitching",
+  succeeded: "Succeeded",
+  failed: "Failed",
+  canceled: "Canceled",
+};
+
+export const statusText = (status) => STATUS_TEXT[status] || status;
+
+// "clip 3 of 17 · 2.1 fps · about 12 s left"
+export function progressText(job) {
+  const p = job.progress;
+  const parts = [];
+  if (job.status === "queued") {
+    parts.push(p.clips_done ? `waiting to resume at clip ${p.clips_done + 1} of ${p.clips_total}` : `${p.clips_total} clips, waiting`);
+  } else if (job.status === "stitching") {
+    parts.push(`all ${p.clips_total} clips rendered, stitching`);
+  } else {
+    parts.push(`clip ${p.clips_done} of ${p.clips_total}`);
+  }
+  if (job.status === "running") {
+    if (p.fps) parts.push(`${p.fps.toFixed(1)} fps`);
+    if (p.eta_s !== null && p.eta_s !== undefined) parts.push(`about ${seconds(p.eta_s)} left`);
+  }
+  if (job.cancel_requested && !["canceled", "succeeded", "failed"].includes(job.status)) {
+    parts.push("cancel requested");
+  }
+  return parts.join(" · ");
+}
+
+export function canCancel(job) {
+  return ["queued", "running", "stitching"].includes(job.status) && !job.cancel_requested;
+}
+
+export function canRetry(job) {
+  return job.status === "failed" || job.status === "canceled";
+}
+
+// What an event's data says, in a few words.
+export function eventDetails(event) {
+  const d = event.data || {};
+  switch (event.event) {
+    case "progress": {
+      const parts = [`clip ${d.clips_done} of ${d.clips_total}`];
+      if (d.fps) parts.push(`${Number(d.fps).toFixed(1)} fps`);
+      if (d.clip_s !== undefined && d.clip_s !== null) parts.push(`${seconds(d.clip_s)} per clip`);
+      return parts.join(" · ");
+    }
+    case "checkpoint": {
+      const parts = [`at clip ${d.clip}`];
+      if (d.duration_s !== undefined && d.duration_s !== null) parts.push(seconds(d.duration_s));
+      if (d.bytes) parts.push(bytes(d.bytes));
+      return parts.join(" · ");
+    }
+    case "segment":
+      return `segment ${Number(d.index) + 1}: ${d.frames} frames, ${bytes(d.bytes)}`;
+    default:
+      return event.reason || "";
+  }
+}

@@ -1,0 +1,243 @@
+// The "New job" form: the portrait and the speech (chosen or dropped), the prompt and the
+// render parameters, sent as multipart/form-data to POST /v1/jobs.
+
+import { $, el, randomKey, setText } from "./dom.js";
+import { bytes, seconds, shortId } from "./format.js";
+
+// API field name -> the control that sets it (the API's errors name the field)
+const CONTROLS = {
+  image: "image-input",
+  audio: "audio-input",
+  prompt: "prompt",
+  size: "size",
+  num_clips: "num-clips",
+  infer_frames: "infer-frames",
+  sample_steps: "sample-steps",
+  seed: "seed",
+  checkpoint_every: "checkpoint-every",
+  priority: "priority",
+};
+
+export class SubmitForm {
+  constructor(api, options, { onSubmitted, announce }) {
+    this.api = api;
+    this.options = options;
+    this.onSubmitted = onSubmitted;
+    this.announce = announce;
+    this.form = $("submit-form");
+    this.audioSeconds = null;
+    this.previews = {};
+    // kept while the form is unchanged: sending the same job again after a lost answer
+    // returns the first job instead of rendering it twice
+    this.idempotencyKey = null;
+  }
+
+  init() {
+    const o = this.options;
+    const size = $("size");
+    for (const key of o.sizes) {
+      const [w, h] = key.split("*");
+      size.append(el("option", { value: key, selected: key === o.default_size }, `${w} × ${h}`));
+    }
+    const frames = $("infer-frames");
+    for (const n of o.infer_frames) {
+      const label = `${n} (${(n / o.fps).toFixed(2)} s)`;
+      frames.append(el("option", { value: n, selected: n === o.default_infer_frames }, label));
+    }
+    const steps = $("sample-steps");
+    steps.min = o.sample_steps.min;
+    steps.max = o.sample_steps.max;
+    steps.value = o.sample_steps.default;
+    $("priority").min = o.priority.min;
+    $("priority").max = o.priority.max;
+    $("num-clips").max = o.num_clips_max;
+    $("checkpoint-every").max = o.checkpoint_every_max;
+    $("prompt").maxLength = o.prompt_max_chars;
+
+    this.setUpFile("image-input", "image-drop", () => this.describeImage());
+    this.setUpFile("audio-input", "audio-drop", () => this.describeAudio());
+    $("prompt").addEventListener("input", () => this.countPrompt());
+    frames.addEventListener("change", () => this.describeLength());
+    this.form.addEventListener("input", (e) => {
+      this.idempotencyKey = null;
+      if (e.target.getAttribute("aria-invalid")) e.target.removeAttribute("aria-invalid");
+    });
+    this.form.addEventListener("change", () => {
+      this.idempotencyKey = null;
+    });
+    this.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.submit();
+    });
+    this.countPrompt();
+  }
+
+  setUpFile(inputId, zoneId, describe) {
+    const input = $(inputId);
+    const zone = $(zoneId);
+    input.addEventListener("change", describe);
+    zone.addEventListener("dragover", (e) => {
+      e.preventDefault();
+      e.dataTransfer.dropEffect = "copy";
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("dragging");
+      const file = e.dataTransfer.files[0];
+      if (!file) return;
+      const files = new DataTransfer();
+      files.items.add(file);
+      input.files = files.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+  }
+
+  preview(kind, file) {
+    if (this.previews[kind]) URL.revokeObjectURL(this.previews[kind]);
+    this.previews[kind] = file ? URL.createObjectURL(file) : null;
+    return this.previews[kind];
+  }
+
+  describeImage() {
+    const file = $("image-input").files[0];
+    const info = $("image-info");
+    info.replaceChildren();
+    const url = this.preview("image", file);
+    if (!file) return;
+    const img = el("img", { src: url, alt: `Preview of ${file.name}`, class: "thumb" });
+    const text = el("span", {}, `${file.name} · ${bytes(file.size)}`);
+    info.append(img, text);
+    img.addEventListener("load", () => {
+      const small = Math.min(img.naturalWidth, img.naturalHeight) < 64;
+      text.textContent = `${file.name} · ${img.naturalWidth} × ${img.naturalHeight} px · ${bytes(file.size)}`;
+      if (small) text.append(el("strong", { class: "warn" }, " · smaller than 64 pixels a side"));
+    });
+    img.addEventListener("error", () => {
+      img.remove();
+      text.append(el("strong", { class: "warn" }, " · this browser cannot show it; the server will check it"));
+    });
+  }
+
+  describeAudio() {
+    const file = $("audio-input").files[0];
+    const info = $("audio-info");
+    info.replaceChildren();
+    this.audioSeconds = null;
+    const url = this.preview("audio", file);
+    this.describeLength();
+    if (!file) return;
+    const text = el("span", {}, `${file.name} · ${bytes(file.size)}`);
+    const player = el("audio", { src: url, controls: true, preload: "metadata", "aria-label": `Listen to ${file.name}` });
+    info.append(text, player);
+    player.addEventListener("loadedmetadata", () => {
+      if (!Number.isFinite(player.duration)) return;
+      this.audioSeconds = player.duration;
+      text.textContent = `${file.name} · ${seconds(player.duration)} · ${bytes(file.size)}`;
+      this.describeLength();
+    });
+  }
+
+  // How many clips the whole speech makes (as the API counts them: pipeline/params.py).
+  describeLength() {
+    const frames = Number($("infer-frames").value);
+    if (!this.audioSeconds) {
+      setText("length-hint", "Empty: as long as the speech.");
+      return;
+    }
+    const total = Math.ceil(this.audioSeconds * this.options.fps - 1e-6);
+    const clips = Math.max(1, Math.ceil(total / frames));
+    setText("length-hint", `Empty: as long as the speech, ${clips} clips of ${frames} frames (${seconds(this.audioSeconds)}).`);
+  }
+
+  countPrompt() {
+    const n = $("prompt").value.length;
+    setText("prompt-count", `${n} of ${this.options.prompt_max_chars} characters`);
+  }
+
+  // What the browser can tell before uploading anything; the server checks everything again.
+  problem() {
+    if (!$("image-input").files.length) return { field: "image", message: "Choose a portrait image." };
+    if (!$("audio-input").files.length) return { field: "audio", message: "Choose a speech file." };
+    if (!$("prompt").value.trim()) return { field: "prompt", message: "Write a prompt: what the video shows." };
+    const seed = $("seed").value.trim();
+    if (seed && !/^\d+$/.test(seed)) return { field: "seed", message: "The seed is a whole number (or empty for a random one)." };
+    for (const field of ["num_clips", "sample_steps", "checkpoint_every", "priority"]) {
+      const input = $(CONTROLS[field]);
+      if (!input.checkValidity()) {
+        const label = document.querySelector(`label[for="${input.id}"]`).textContent;
+        return { field, message: `${label}: ${input.validationMessage}` };
+      }
+    }
+    return null;
+  }
+
+  formData() {
+    const data = new FormData();
+    data.append("image", $("image-input").files[0]);
+    data.append("audio", $("audio-input").files[0]);
+    data.append("prompt", $("prompt").value.trim());
+    data.append("size", $("size").value);
+    data.append("infer_frames", $("infer-frames").value);
+    data.append("sample_steps", $("sample-steps").value);
+    for (const field of ["num_clips", "seed", "checkpoint_every"]) {
+      const value = $(CONTROLS[field]).value.trim();
+      if (value) data.append(field, value);
+    }
+    const priority = $("priority").value.trim();
+    if (priority && priority !== "0") data.append("priority", priority);
+    return data;
+  }
+
+  clearErrors() {
+    setText("submit-error", "");
+    for (const id of Object.values(CONTROLS)) $(id).removeAttribute("aria-invalid");
+  }
+
+  showError(message, field = null) {
+    setText("submit-error", message);
+    const control = field && $(CONTROLS[field.split(".")[0]]);
+    if (control) {
+      control.setAttribute("aria-invalid", "true");
+      if (control.closest("details")) control.closest("details").open = true;
+      control.focus();
+    }
+  }
+
+  async submit() {
+    this.clearErrors();
+    const problem = this.problem();
+    if (problem) {
+      this.showError(problem.message, problem.field);
+      return;
+    }
+    const button = $("submit-button");
+    const upload = $("upload");
+    const bar = $("upload-progress");
+    this.idempotencyKey = this.idempotencyKey || randomKey();
+    button.disabled = true;
+    button.textContent = "Sending…";
+    bar.value = 0;
+    upload.hidden = false;
+    try {
+      const job = await this.api.submit(this.formData(), {
+        idempotencyKey: this.idempotencyKey,
+        onProgress: (fraction) => {
+          bar.value = fraction;
+        },
+      });
+      this.idempotencyKey = null;
+      const p = job.params;
+      this.announce(`Job ${shortId(job.id)} queued: ${job.progress.clips_total} clips at ${p.width} × ${p.height}.`);
+      this.onSubmitted(job);
+    } catch (error) {
+      const retry = error.retryAfter ? ` (retry in ${error.retryAfter} s)` : "";
+      this.showError(`Not submitted: ${error.message}${retry}`, error.field);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Render";
+      upload.hidden = true;
+    }
+  }
+}
