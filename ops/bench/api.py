@@ -25,7 +25,10 @@ Phases:
   2. saturation: the same clients back to back (each sends its next job as soon as the
      previous one is answered) for `--duration` seconds: throughput and latency at capacity;
   3. batches: `--jobs` jobs in batches of `--batch-size`, sent one after another; the wall
-     time from the first request to the last answer.
+     time from the first request to the last answer;
+  4. cost: the server's CPU time per request (its processes' user + system time from /proc),
+     for sequential submissions and for /healthz (the HTTP stack, middlewares and access log
+     alone), with the rate limiter's share measured by a key without a limit.
 """
 
 from __future__ import annotations
@@ -328,6 +331,54 @@ def submit_batches(
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pids.extend(int(c) for c in children)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def server_cost(stack: Stack, client: httpx.Client, uploads: dict[str, str]) -> dict[str, Any]:
+    """Server CPU per request, requests sent one at a time."""
+    url = sa.make_url(stack.admin_url).set(database=stack.database_name)
+    database = Database(url.render_as_string(hide_password=False))
+    try:
+        with database.transaction() as s:
+            unlimited = tenants.create_key(s, "bench", rate_limit_per_s=0).token
+    finally:
+        database.dispose()
+
+    def per_request(send: Any, n: int = 300) -> float:
+        for i in range(20):
+            send(i)
+        before = process_cpu_s(stack.process.pid)
+        for i in range(n):
+            send(i)
+        return round((process_cpu_s(stack.process.pid) - before) / n * 1000, 2)
+
+    def submit(key: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        body = {"prompt": "p", "image": uploads["image"], "audio": uploads["audio"]}
+        return lambda i: client.post("/v1/jobs", json={**body, "seed": i}, headers=headers)
+
+    return {
+        "submit_ms": per_request(submit(None)),
+        "submit_without_rate_limit_ms": per_request(submit(unlimited)),
+        "healthz_ms": per_request(lambda i: client.get("/healthz")),
+    }
+
+
 def environment() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -377,6 +428,8 @@ def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
                 print(f"  batches: {batches}", file=sys.stderr)
                 one_batch = submit_batches(client, uploads, args.jobs, args.jobs)
                 print(f"  one batch: {one_batch}", file=sys.stderr)
+                cost = server_cost(stack, client, uploads)
+                print(f"  server CPU per request: {cost}", file=sys.stderr)
         finally:
             stack.stop()
     return {
@@ -385,6 +438,7 @@ def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         "saturation": saturation,
         "batches": batches,
         "one_batch": one_batch,
+        "server_cpu_per_request": cost,
         "load_average_after": os.getloadavg()[0],
     }
 
