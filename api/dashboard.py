@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
@@ -87,7 +87,8 @@ def install(app: FastAPI) -> None:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     @app.get(f"{PREFIX}/options.json", include_in_schema=False)
-    def dashboard_options() -> dict[str, Any]:
-        return options
+    def dashboard_options(request: Request) -> dict[str, Any]:
+        # whether to ask for a key at all (LONGTAKE_AUTH=off serves loopback clients without)
+        return {**options, "auth_required": request.app.state.services.config.auth_required}
 
     app.mount(PREFIX, DashboardFiles(directory=STATIC_DIR), name="dashboard")

@@ -55,10 +55,15 @@ function noteJob(job) {
   if (before !== undefined && before !== job.status) announce(statusMessage(job));
 }
 
-function showJob(jobId) {
+// `focus`: the user asked for this job; take them (and screen readers) to it.
+function showJob(jobId, focus = false) {
   list.select(jobId);
   history.replaceState(null, "", `#job=${jobId}`);
   detail.show(jobId);
+  if (focus) {
+    $("detail").scrollIntoView({ block: "start" });
+    $("detail-title").focus();
+  }
 }
 
 function closeJob() {
@@ -132,7 +137,7 @@ async function check(key) {
 
 async function boot() {
   list = new JobList(api, {
-    onSelect: showJob,
+    onSelect: (id) => showJob(id, true),
     onJob: noteJob,
     onCancel: (id) => act("cancel", id),
     onRetry: (id) => act("retry", id),
@@ -165,7 +170,6 @@ async function boot() {
     }
     sessionStorage.setItem(KEY_STORAGE, key);
     enter();
-    $("new-job-title").setAttribute("tabindex", "-1");
     $("new-job-title").focus();
   });
 
@@ -176,15 +180,19 @@ async function boot() {
     return;
   }
   detail.fps = options.fps;
-  const saved = api.key;
+  authOff = !options.auth_required;
+  const saved = authOff ? null : api.key;
+  if (!authOff && !saved) {
+    showSignIn();
+    return;
+  }
   try {
-    await check(saved); // no key at all works when the server has keys turned off
-    authOff = !saved;
+    await check(saved);
     enter();
   } catch (error) {
     if (error.status === 401) {
       sessionStorage.removeItem(KEY_STORAGE);
-      showSignIn(saved ? "The saved key no longer works; sign in again." : "");
+      showSignIn("The saved key no longer works; sign in again.");
     } else {
       showSignIn(`The server answered: ${error.message}`);
     }

@@ -7,6 +7,7 @@ import {
   bytes,
   canCancel,
   canRetry,
+  clipsDone,
   eventDetails,
   fullTime,
   progressText,
@@ -136,7 +137,7 @@ export class JobDetail {
 
     const p = job.progress;
     const bar = $("detail-progress");
-    setProgress(bar, job.status === "stitching" ? null : p.clips_done, p.clips_total);
+    setProgress(bar, job.status === "stitching" ? null : clipsDone(p), p.clips_total);
     let text = progressText(job);
     if (p.last_checkpoint_clip !== null && p.last_checkpoint_clip !== undefined) {
       text += ` · last checkpoint at clip ${p.last_checkpoint_clip}`;
@@ -165,11 +166,11 @@ export class JobDetail {
     const p = job.params;
     const facts = [
       ["Size", p.width && p.height ? `${p.width} × ${p.height} (${p.size})` : p.size],
-      ["Clips", `${job.progress.clips_total} of ${p.infer_frames} frames`],
+      ["Clips", `${job.progress.clips_total} of ${p.infer_frames} frames each`],
       ["Speech", p.audio_duration_s ? seconds(p.audio_duration_s) : ""],
       ["Denoising steps", p.sample_steps],
       ["Seed", p.seed],
-      ["Checkpoint every", p.checkpoint_every ? `${p.checkpoint_every} clips` : ""],
+      ["Checkpoint every", p.checkpoint_every ? `${p.checkpoint_every} clip${p.checkpoint_every === 1 ? "" : "s"}` : ""],
       ["Priority", job.priority],
       ["Created", fullTime(job.created_at)],
       ["Started", fullTime(job.started_at)],

@@ -52,8 +52,11 @@ export const STATUS_TEXT = {
 export const statusText = (status) => STATUS_TEXT[status] || status;
 
 // "clip 3 of 17 · 2.1 fps · about 12 s left"
+// Clips finished: a checkpoint is recorded at once, the clip count at most every second or so.
+export const clipsDone = (p) => Math.max(p.clips_done, p.last_checkpoint_clip || 0);
+
 export function progressText(job) {
-  const p = job.progress;
+  const p = { ...job.progress, clips_done: clipsDone(job.progress) };
   const parts = [];
   if (job.status === "queued") {
     parts.push(p.clips_done ? `waiting to resume at clip ${p.clips_done + 1} of ${p.clips_total}` : `${p.clips_total} clips, waiting`);

@@ -2,7 +2,7 @@
 // is queued or running (the open job's own event stream updates its row at once).
 
 import { $, el, setProgress, setText } from "./dom.js";
-import { canCancel, canRetry, fullTime, progressText, shortId, statusText, when } from "./format.js";
+import { canCancel, canRetry, clipsDone, fullTime, progressText, shortId, statusText, when } from "./format.js";
 
 const PAGE = 25;
 const MAX_PAGE = 200; // the API's largest page
@@ -113,7 +113,7 @@ export class JobList {
     badge.textContent = statusText(job.status);
     badge.className = `badge status-${job.status}`;
     const p = job.progress;
-    setProgress(progressCell.querySelector("progress"), job.status === "stitching" ? null : p.clips_done, p.clips_total);
+    setProgress(progressCell.querySelector("progress"), job.status === "stitching" ? null : clipsDone(p), p.clips_total);
     progressCell.querySelector(".progress-text").textContent = progressText(job);
     const time = createdCell.querySelector("time");
     time.dateTime = job.created_at;

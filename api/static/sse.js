@@ -143,6 +143,8 @@ export class EventFollower {
         failures += 1;
       }
       // the stream broke (or the server stopped): come back where it left off
+      if (this.closed) return;
+      this.setState(opened ? "reconnecting" : "connecting");
       const base = this.parser.retry ?? 2000;
       await sleep(Math.min(base * 2 ** Math.min(failures, 4), 30000), this.stopper.signal);
     }

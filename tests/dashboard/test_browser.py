@@ -1,0 +1,315 @@
+"""The dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against
+a real embedded service: SQLite, local storage, and the in-process runner rendering with the
+tiny model on the CPU. Screenshots go to test-artifacts/dashboard/.
+
+Chromium comes from the system (ops/dev/install-browser.sh, which `make test` runs), never
+from Playwright's downloads. Without it these tests fail: they never skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ops.demo import portrait_png, synthesize_speech, wav_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREEN = {"width": 1366, "height": 768}  # a laptop screen
+FPS = 25
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `bash ops/dev/install-browser.sh`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page whose script errors and failed console messages are collected."""
+
+    def __init__(self, browser, base_url: str):
+        self.context = browser.new_context(viewport=SCREEN, base_url=base_url)
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+        self.page.on(
+            "console",
+            lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None,
+        )
+
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "portrait": tmp_path / "portrait.png",
+        "short": tmp_path / "short.wav",
+        "long": tmp_path / "long.wav",
+    }
+    files["portrait"].write_bytes(portrait_png(256, 256))
+    files["short"].write_bytes(wav_bytes(synthesize_speech(6.0)))
+    files["long"].write_bytes(wav_bytes(synthesize_speech(60.0, seed=1)))
+    return files
+
+
+@pytest.fixture
+def rendering_service(embedded_env, monkeypatch):
+    """The embedded service with its default handler: the render lifecycle, tiny model, CPU."""
+    monkeypatch.delenv("LONGTAKE_EMBEDDED_HANDLER")
+    monkeypatch.setenv("LONGTAKE_TORCH_THREADS", "1")
+    monkeypatch.setenv("LONGTAKE_PROGRESS_INTERVAL_S", "0.25")  # progress rows 4 times a second
+    from ops.demo import free_port
+    from ops.server import BackgroundServer, build
+    from ops.settings import Settings
+
+    port = free_port()
+    settings = Settings(api_url=f"http://127.0.0.1:{port}")
+    server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
+    server.start()
+    server.url = settings.api_url
+    server.api_key = server.process.api_key_file.read_text().strip()
+    yield server
+    server.stop()
+
+
+def detail_state(page) -> dict:
+    return page.evaluate(
+        """() => {
+            const d = document.getElementById('detail');
+            const bar = document.getElementById('detail-progress');
+            return {job: d.dataset.jobId, status: d.dataset.status, stream: d.dataset.stream,
+                    done: bar.hasAttribute('value') ? bar.value : null, total: bar.max};
+        }"""
+    )
+
+
+PLAY = """async (id) => {
+    const v = document.getElementById(id);
+    v.muted = true;  // autoplay rules allow muted playback without a gesture
+    await v.play();
+    const start = performance.now();
+    while (v.currentTime === 0 && performance.now() - start < 5000) {
+        await new Promise((r) => setTimeout(r, 50));
+    }
+    return {readyState: v.readyState, duration: v.duration, currentTime: v.currentTime,
+            width: v.videoWidth, height: v.videoHeight, error: v.error && v.error.message};
+}"""
+
+
+def fill_form(page, image: Path, audio: Path, *, checkpoint_every: int) -> None:
+    page.get_by_label("Portrait").set_input_files(image)
+    page.get_by_label("Speech").set_input_files(audio)
+    page.get_by_label("Prompt").fill("A presenter in a blue sweater speaks to the camera.")
+    page.get_by_label("Size").select_option("64*64")
+    page.get_by_label("Frames per clip").select_option("12")
+    if page.locator("details.more").get_attribute("open") is None:
+        page.get_by_text("More settings").click()
+    page.get_by_label("Checkpoint every").fill(str(checkpoint_every))
+
+
+@pytest.mark.slow
+def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_service, inputs):
+    server = rendering_service
+    watched = Watched(browser, server.url)
+    page = watched.page
+    streams: list[dict] = []
+    page.on(
+        "request",
+        lambda r: streams.append(r.headers) if r.url.endswith("/events") else None,
+    )
+    try:
+        # sign in: a wrong key is refused, the right one opens the workspace
+        page.goto("/")
+        page.get_by_label("API key").fill("lt_nope_nope")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("That key is unknown or was revoked.").wait_for()
+        assert [p for p in watched.problems if "401" not in p] == []  # Chromium logs the 401
+        watched.problems.clear()
+        page.get_by_label("API key").fill(server.api_key)
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("#workspace").wait_for()
+        watched.screenshot("1-signed-in.png")
+
+        # submit a job through the form: 6 s of speech is 13 clips of 12 frames
+        fill_form(page, inputs["portrait"], inputs["short"], checkpoint_every=4)
+        page.get_by_text("13 clips of 12 frames").wait_for()
+        page.get_by_role("button", name="Render").click()
+        page.locator("#detail[data-job-id]").wait_for()
+        first = detail_state(page)["job"]
+
+        # progress moves on the page while the job renders, fed by the event stream
+        seen: list[dict] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = detail_state(page)
+            if not seen or state != seen[-1]:
+                seen.append(state)
+            if state["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        assert seen[-1]["status"] == "succeeded", seen
+        assert seen[-1]["done"] == seen[-1]["total"] == 13
+        moving = [s for s in seen if s["status"] == "running" and 0 < (s["done"] or 0) < 13]
+        assert moving, f"no progress between the first and the last clip was shown: {seen}"
+        assert all(s["stream"] == "open" for s in moving)
+        shown = [s["done"] for s in seen if s["done"] is not None]
+        assert shown == sorted(shown), f"progress went backwards: {seen}"
+        assert streams and streams[0]["accept"] == "text/event-stream"
+        assert streams[0]["authorization"] == f"Bearer {server.api_key}"
+        assert page.locator("#event-rows tr[data-event=progress]").count() >= 2
+        assert page.locator("#event-rows tr[data-event=succeeded]").count() == 1
+
+        # the finished video plays in the page, and the download link is the result URL
+        page.locator("#output video").wait_for()
+        played = page.evaluate(PLAY, "output-video")
+        assert played["error"] is None and played["readyState"] >= 2, played
+        assert played["duration"] == pytest.approx(13 * 12 / FPS, abs=0.05), played
+        assert played["currentTime"] > 0 and (played["width"], played["height"]) == (64, 64)
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        result = httpx.get(f"{server.url}/v1/jobs/{first}/result", headers=headers).json()
+        href = page.get_by_role("link", name="Download video").get_attribute("href")
+        assert href.split("?")[0] == result["url"].split("?")[0]
+        video = httpx.get(href)  # a signed link: no key needed
+        assert hashlib.sha256(video.content).hexdigest() == result["output"]["sha256"]
+        assert (
+            page.locator("#announcer").inner_text()
+            == f"Job {first[:8]} succeeded; its video is ready."
+        )
+        watched.screenshot("2-succeeded.png")
+
+        # a second, long job: watch its first segments while it renders, then cancel it
+        fill_form(page, inputs["portrait"], inputs["long"], checkpoint_every=1)
+        page.get_by_role("button", name="Render").click()
+        page.wait_for_function(
+            "(first) => { const id = document.getElementById('detail').dataset.jobId;"
+            " return id && id !== first; }",
+            arg=first,
+        )
+        second = detail_state(page)["job"]
+        page.locator("#segment-list li").first.wait_for(timeout=60_000)
+        segment = page.evaluate(PLAY, "segment-video")
+        assert segment["error"] is None and segment["readyState"] >= 2, segment
+        assert segment["duration"] == pytest.approx(12 / FPS, abs=0.05), segment
+        assert page.locator("#detail").get_attribute("data-status") == "running"
+        watched.screenshot("3-segments-while-rendering.png")
+
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        page.locator("#detail[data-status=canceled]").wait_for(timeout=60_000)
+        row = page.locator(f"#job-rows tr[data-job-id='{second}']")
+        row.locator(".badge", has_text="Canceled").wait_for()
+        assert page.get_by_role("button", name="Retry", exact=True).is_visible()
+        job = httpx.get(f"{server.url}/v1/jobs/{second}", headers=headers).json()
+        assert job["status"] == "canceled" and job["progress"]["clips_done"] < 125
+        assert page.locator("#announcer").inner_text() == f"Job {second[:8]} was canceled."
+        watched.screenshot("4-canceled.png")
+
+        # both jobs are listed, newest first
+        ids = page.locator("#job-rows tr").evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+        assert ids == [second, first]
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_the_event_stream_reader_handles_any_chunking(browser, embedded_service):
+    """The page's SSE parser (api/static/sse.js), run in the browser on the text a stream
+    sends, cut at every position: the same messages whatever the chunks."""
+    watched = Watched(browser, embedded_service.url)
+    try:
+        watched.page.goto("/")
+        stream = (
+            "retry: 2000\r\n\r\n"
+            ': keepalive\n\nid: 7\nevent: progress\ndata: {"id":7}\n\n'
+            'event: job\ndata: {"status":\ndata:  "running"}\n\n'
+            "id: 8\r\nevent: segment\r\ndata: {}\r\n\r\n"
+            "id: 9\rdata:x\r\r"
+            "event: ignored-without-data\n\n"
+        )
+        result = watched.page.evaluate(
+            """async (stream) => {
+                const { SseParser } = await import('/dashboard/sse.js');
+                const runs = [];
+                for (let cut = 0; cut <= stream.length; cut++) {
+                    const parser = new SseParser();
+                    const got = [...parser.push(stream.slice(0, cut)),
+                                 ...parser.push(stream.slice(cut))];
+                    runs.push(JSON.stringify({got, last: parser.lastEventId, retry: parser.retry}));
+                }
+                const oneByOne = new SseParser();
+                const chars = [...stream].flatMap((c) => oneByOne.push(c));
+                return {distinct: [...new Set(runs)], chars: JSON.stringify(
+                    {got: chars, last: oneByOne.lastEventId, retry: oneByOne.retry})};
+            }""",
+            stream,
+        )
+        assert len(result["distinct"]) == 1
+        assert result["chars"] == result["distinct"][0]
+        parsed = json.loads(result["distinct"][0])
+        assert parsed["got"] == [
+            {"id": "7", "event": "progress", "data": '{"id":7}'},
+            {"id": "7", "event": "job", "data": '{"status":\n "running"}'},
+            {"id": "8", "event": "segment", "data": "{}"},
+            {"id": "9", "event": "message", "data": "x"},
+        ]
+        assert (parsed["last"], parsed["retry"]) == ("9", 2000)
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_a_server_without_keys_opens_straight_into_the_workspace(
+    browser, embedded_env, monkeypatch
+):
+    monkeypatch.setenv("LONGTAKE_AUTH", "off")
+    from ops.demo import free_port
+    from ops.server import BackgroundServer, build
+    from ops.settings import Settings
+
+    port = free_port()
+    settings = Settings(api_url=f"http://127.0.0.1:{port}")
+    server = BackgroundServer(build(settings, embedded=True), "127.0.0.1", port)
+    server.start()
+    watched = Watched(browser, settings.api_url)
+    try:
+        watched.page.goto("/")
+        watched.page.locator("#workspace").wait_for()
+        assert watched.page.locator("#sign-in").is_hidden()
+        assert (
+            watched.page.locator("#server-note").inner_text() == "API keys are off on this server."
+        )
+        assert watched.page.get_by_role("button", name="Sign out").is_hidden()
+        assert watched.page.locator("#jobs-empty").is_visible()
+        assert watched.problems == []
+    finally:
+        watched.close()
+        server.stop()
