@@ -130,6 +130,11 @@ class Metrics:
             "Time since the stalest worker heartbeat of a running or stitching job (0 when none)",
             registry=r,
         )
+        self.progress_oldest = Gauge(
+            "longtake_progress_oldest_age_seconds",
+            "Time since the running job that moved least recently recorded progress (0 when none)",
+            registry=r,
+        )
         self.leases_expired = Gauge(
             "longtake_leases_expired",
             "Running or stitching jobs whose lease has expired and that no reaper has requeued",
@@ -205,13 +210,16 @@ class Metrics:
         )
         now = utcnow()
         self.queue_oldest.set(0 if oldest is None else (now - oldest).total_seconds())
-        stalest, expired = s.execute(
+        # heartbeats only extend the lease; progress, checkpoints and segments touch updated_at
+        stalest, idlest, expired = s.execute(
             sa.select(
                 sa.func.min(sa.func.coalesce(Job.heartbeat_at, Job.updated_at)),
+                sa.func.min(sa.case((Job.status == JobStatus.RUNNING.value, Job.updated_at))),
                 sa.func.count().filter(Job.lease_expires_at < now),
             ).where(Job.status.in_([st.value for st in LEASED]))
         ).one()
         self.heartbeat_oldest.set(0 if stalest is None else (now - stalest).total_seconds())
+        self.progress_oldest.set(0 if idlest is None else (now - idlest).total_seconds())
         self.leases_expired.set(expired)
         by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
         by_status.update(

@@ -45,6 +45,7 @@ def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
     metrics = Metrics(db)
     text = scrape(metrics)
     assert sample(text, "longtake_heartbeat_oldest_age_seconds") == 0
+    assert sample(text, "longtake_progress_oldest_age_seconds") == 0
     assert sample(text, "longtake_leases_expired") == 0
 
     now = utcnow()
@@ -56,6 +57,7 @@ def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
         repo.heartbeat(s, stale.id, "gpu-2", lease.attempt, 120, now=now - timedelta(seconds=300))
     text = scrape(metrics)
     assert 300 <= sample(text, "longtake_heartbeat_oldest_age_seconds") < 330
+    assert 400 <= sample(text, "longtake_progress_oldest_age_seconds") < 430  # since its claim
     assert sample(text, "longtake_leases_expired") == 1
     assert sample(text, "longtake_queue_depth") == 1  # `_queued` is still waiting
 
@@ -66,6 +68,33 @@ def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
     assert 0 < sample(text, "longtake_heartbeat_oldest_age_seconds") < 60  # `fresh` alone
     assert sample(text, "longtake_job_events_total", '{event="lease_expired"}') == 1
     assert sample(text, "longtake_queue_depth") == 2  # `_queued` and the requeued `stale`
+
+
+def test_progress_age_is_the_running_job_that_moved_least_recently(db, create_job):
+    """Heartbeats keep a hung render's lease alive; its progress age still grows."""
+    metrics = Metrics(db)
+    now = utcnow()
+    hung, busy = create_job(db), create_job(db)
+    with db.transaction() as s:
+        hung_lease = repo.claim(s, hung.id, "gpu-1", 120, now=now - timedelta(seconds=600))
+        repo.update_progress(
+            s, hung.id, "gpu-1", hung_lease.attempt, clips_done=1, frames_done=48,
+            now=now - timedelta(seconds=500),
+        )  # fmt: skip
+        busy_lease = repo.claim(s, busy.id, "gpu-2", 120, now=now - timedelta(seconds=30))
+        # the hung worker's heartbeat thread still runs
+        repo.heartbeat(s, hung.id, "gpu-1", hung_lease.attempt, 120, now=now)
+        repo.update_progress(
+            s, busy.id, "gpu-2", busy_lease.attempt, clips_done=3, frames_done=144, now=now
+        )
+    text = scrape(metrics)
+    assert 500 <= sample(text, "longtake_progress_oldest_age_seconds") < 530
+    assert 30 <= sample(text, "longtake_heartbeat_oldest_age_seconds") < 60  # busy's claim
+    assert sample(text, "longtake_leases_expired") == 0
+
+    with db.transaction() as s:
+        repo.mark_stitching(s, hung.id, "gpu-1", hung_lease.attempt)  # stitching is not rendering
+    assert 0 <= sample(scrape(metrics), "longtake_progress_oldest_age_seconds") < 30
 
 
 def test_attempts_failed_by_storage_count_as_worker_storage_errors(db, create_job):
