@@ -90,6 +90,7 @@ async function act(action, jobId) {
 }
 
 function showSignIn(message = "") {
+  api.onUnauthorized = null; // a refused key at the sign-in form is answered there
   $("loading").hidden = true;
   $("workspace").hidden = true;
   $("sign-out").hidden = true;

@@ -154,6 +154,7 @@ export class JobDetail {
     this.renderFacts(job);
     if (job.status === "succeeded") {
       $("segments").hidden = true; // the video holds them (and they may be gone)
+      $("segment-video").pause();
       if (this.resultFor !== job.id) this.loadResult();
     } else {
       $("output").hidden = true;

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from ops.demo import portrait_png, synthesize_speech, wav_bytes
 
@@ -237,6 +238,44 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         ids = page.locator("#job-rows tr").evaluate_all("rows => rows.map(r => r.dataset.jobId)")
         assert ids == [second, first]
         assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, tmp_path):
+    """What the browser can check is checked before uploading; what only the server can (the
+    image decodes) comes back as the API's message, on the field it names."""
+    watched = Watched(browser, embedded_service.url)
+    page = watched.page
+    try:
+        page.goto("/")
+        page.get_by_label("API key").fill(embedded_service.api_key)
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("#workspace").wait_for()
+
+        page.get_by_label("Portrait").set_input_files(inputs["portrait"])
+        page.get_by_label("Prompt").fill("A presenter speaks.")
+        page.get_by_role("button", name="Render").click()
+        assert page.locator("#submit-error").inner_text() == "Choose a speech file."
+        assert page.get_by_label("Speech").get_attribute("aria-invalid") == "true"
+        assert page.evaluate("document.activeElement.id") == "audio-input"
+
+        not_an_image = tmp_path / "scan.png"
+        not_an_image.write_text("this is not a picture")
+        page.get_by_label("Portrait").set_input_files(not_an_image)
+        page.locator("#image-info").get_by_text("this browser cannot show it").wait_for()
+        page.get_by_label("Speech").set_input_files(inputs["short"])
+        page.get_by_role("button", name="Render").click()
+        error = page.locator("#submit-error")
+        error.filter(has_text="Not submitted").wait_for()
+        assert "image" in error.inner_text()
+        assert page.get_by_label("Portrait").get_attribute("aria-invalid") == "true"
+        assert page.get_by_label("Speech").get_attribute("aria-invalid") is None
+        with embedded_service.process.database.transaction() as s:
+            assert s.scalar(sa.text("SELECT count(*) FROM jobs")) == 0  # nothing was queued
+        assert page.locator("#job-rows tr").count() == 0
+        watched.screenshot("5-bad-input.png")
+        assert [p for p in watched.problems if "422" not in p] == []
     finally:
         watched.close()
 
