@@ -234,9 +234,15 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         assert page.locator("#announcer").inner_text() == f"Job {second[:8]} was canceled."
         watched.screenshot("4-canceled.png")
 
-        # both jobs are listed, newest first
+        # both jobs are listed, newest first; from the keyboard, a row opens its job and the
+        # focus follows
         ids = page.locator("#job-rows tr").evaluate_all("rows => rows.map(r => r.dataset.jobId)")
         assert ids == [second, first]
+        page.get_by_role("button", name=f"Show job {first[:8]}").focus()
+        page.keyboard.press("Enter")
+        page.locator(f"#detail[data-job-id='{first}'][data-status=succeeded]").wait_for()
+        assert page.evaluate("document.activeElement.id") == "detail-title"
+        page.locator("#output:not([hidden])").wait_for()
         assert watched.problems == []
     finally:
         watched.close()

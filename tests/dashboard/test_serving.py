@@ -169,3 +169,30 @@ def test_the_form_offers_what_the_api_accepts(client, sqlite_db, local_storage):
     )
     with TestClient(create_app(services)) as open_client:
         assert open_client.get("/dashboard/options.json").json()["auth_required"] is False
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_have_enough_contrast():
+    """WCAG AA for normal text (4.5:1) on every background it is drawn on."""
+    css = (STATIC_DIR / "style.css").read_text()
+    colours = dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6});", css))
+    pairs = [
+        ("text", "bg"), ("text", "panel"), ("muted", "panel"), ("muted", "bg"),
+        ("error", "panel"), ("accent", "panel"), ("accent-text", "accent"),
+        ("ok-text", "ok-bg"), ("run-text", "run-bg"), ("wait-text", "wait-bg"),
+        ("fail-text", "fail-bg"), ("cancel-text", "cancel-bg"),
+    ]  # fmt: skip
+    for fg, bg in pairs:
+        assert contrast(colours[fg], colours[bg]) >= 4.5, (fg, bg)
+    assert contrast("#ffffff", "#000000") == pytest.approx(21)
