@@ -9,11 +9,13 @@ from Playwright's downloads. Without it these tests fail: they never skip.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -202,6 +204,9 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         assert href.split("?")[0] == result["url"].split("?")[0]
         video = httpx.get(href)  # a signed link: no key needed
         assert hashlib.sha256(video.content).hexdigest() == result["output"]["sha256"]
+        with av.open(io.BytesIO(video.content)) as container:  # what Chromium just played
+            codecs = {s.type: s.codec_context.name for s in container.streams}
+        assert codecs == {"video": "h264", "audio": "aac"}
         assert (
             page.locator("#announcer").inner_text()
             == f"Job {first[:8]} succeeded; its video is ready."
