@@ -101,12 +101,15 @@ function showSignIn(message = "") {
   $("api-key").focus();
 }
 
+// Nothing of the session stays on the page for whoever signs in next.
 function signOut(message = "") {
   sessionStorage.removeItem(KEY_STORAGE);
   api.key = null;
   if (list) list.stop();
   if (detail) detail.close();
+  if (form) form.reset();
   statuses.clear();
+  history.replaceState(null, "", window.location.pathname);
   showSignIn(message);
 }
 
@@ -115,7 +118,9 @@ function enter() {
   $("sign-in").hidden = true;
   $("workspace").hidden = false;
   $("sign-out").hidden = authOff;
-  setText("server-note", authOff ? "API keys are off on this server." : "Signed in.");
+  // the key's id (`lt_<id>_<secret>`) says which key this is, as `longtake keys list` shows it
+  const id = /^lt_([A-Za-z0-9]+)_/.exec(api.key || "");
+  setText("server-note", authOff ? "API keys are off on this server." : `Signed in${id ? ` with key_${id[1]}` : ""}.`);
   api.onUnauthorized = (error) => signOut(`Signed out: ${error.message}.`);
   if (!form) {
     form = new SubmitForm(api, options, { announce, onSubmitted: (job) => {

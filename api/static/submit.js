@@ -151,6 +151,19 @@ export class SubmitForm {
     setText("length-hint", `Empty: as long as the speech, ${clips} clips of ${frames} frames (${seconds(this.audioSeconds)}).`);
   }
 
+  reset() {
+    this.form.reset();
+    this.clearErrors();
+    for (const kind of ["image", "audio"]) this.preview(kind, null);
+    $("image-info").replaceChildren();
+    $("audio-info").replaceChildren();
+    this.audioSeconds = null;
+    this.idempotencyKey = null;
+    $("sample-steps").value = this.options.sample_steps.default;
+    this.describeLength();
+    this.countPrompt();
+  }
+
   countPrompt() {
     const n = $("prompt").value.length;
     setText("prompt-count", `${n} of ${this.options.prompt_max_chars} characters`);

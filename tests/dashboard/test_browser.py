@@ -248,6 +248,11 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         page.locator(f"#detail[data-job-id='{first}'][data-status=succeeded]").wait_for()
         assert page.evaluate("document.activeElement.id") == "detail-title"
         page.locator("#output:not([hidden])").wait_for()
+
+        # a reload keeps the tab signed in and the job open (its id is in the address)
+        page.reload()
+        page.locator(f"#detail[data-job-id='{first}'][data-status=succeeded]").wait_for()
+        assert page.locator("#sign-in").is_hidden()
         assert watched.problems == []
     finally:
         watched.close()
@@ -286,6 +291,18 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
             assert s.scalar(sa.text("SELECT count(*) FROM jobs")) == 0  # nothing was queued
         assert page.locator("#job-rows tr").count() == 0
         watched.screenshot("5-bad-input.png")
+
+        # signing out leaves nothing behind: not the key, not the chosen files
+        key_id = embedded_service.api_key.split("_")[1]
+        assert page.locator("#server-note").inner_text() == f"Signed in with key_{key_id}."
+        page.get_by_role("button", name="Sign out").click()
+        page.locator("#sign-in").wait_for()
+        assert page.locator("#workspace").is_hidden()
+        assert page.evaluate("sessionStorage.length") == 0
+        assert page.evaluate("document.getElementById('image-input').files.length") == 0
+        assert page.locator("#image-info").inner_text() == ""
+        page.reload()
+        page.locator("#sign-in").wait_for()  # the key went with the session
         assert [p for p in watched.problems if "422" not in p] == []
     finally:
         watched.close()
