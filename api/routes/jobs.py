@@ -279,11 +279,20 @@ def get_segments(
     job_id: uuid.UUID, services: ServicesDep, caller: CallerDep, expires_in: ExpiresIn = None
 ) -> SegmentList:
     """The segments finished so far, in order, with presigned URLs: a long render can be
-    watched or used before it ends. A resumed interval's segment replaces the old one."""
+    watched or used before it ends. A resumed interval's segment replaces the old one. Once
+    the job has succeeded they are listed only while they are kept (the output has them)."""
     job = get_owned(services, caller, job_id)
     expires = _expires(services, expires_in)
     with services.database.transaction() as s:
         segments = repo.list_segments(s, job_id)
+    if segments and job.status == JobStatus.SUCCEEDED:
+        # workers remove a finished job's segments (the output holds the same frames) unless
+        # told to keep them: hand out no links to objects that are gone
+        try:
+            if not services.storage.exists(segments[0].key):
+                segments = []
+        except StorageError as e:
+            raise ApiError(503, "storage_unavailable", f"could not read storage: {e}") from None
     return SegmentList(
         job_id=job.id,
         status=job.status,

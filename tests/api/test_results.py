@@ -88,3 +88,20 @@ def test_result_metadata_recorded_by_the_worker(api_client, api_services, create
         repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
         repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, "jobs/x/output.mp4", output=meta)
     assert api_client.get(f"/v1/jobs/{job.id}/result").json()["output"] == meta
+
+
+def test_segments_removed_after_success_are_not_listed(api_client, api_services, create_job):
+    db, storage = api_services.database, api_services.storage
+    job = create_job(db, clips_total=2)
+    key = keys.segment_key(job.id, 0)
+    storage.put_bytes(key, b"seg", "video/mp4")
+    with db.transaction() as s:
+        lease = repo.claim(s, job.id, "gpu-1", 60)
+        seg = repo.SegmentRecord(0, key, 0, 2, 96, 3, hashlib.sha256(b"seg").hexdigest())
+        repo.record_segment(s, job.id, "gpu-1", lease.attempt, seg)
+        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
+        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id))
+    assert len(api_client.get(f"/v1/jobs/{job.id}/segments").json()["segments"]) == 1  # kept
+    storage.delete(key)  # what a worker does after success unless told to keep them
+    body = api_client.get(f"/v1/jobs/{job.id}/segments").json()
+    assert (body["status"], body["segments"]) == ("succeeded", [])
