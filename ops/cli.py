@@ -133,6 +133,26 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     return main_verify(args.video, args.manifest)
 
 
+def cmd_checkpoints_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.weights import verify
+
+    report = verify(args.root or settings.model_dir)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_checkpoints_download(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.weights import CheckpointError, download
+
+    try:
+        report = download(args.root or settings.model_dir, endpoint=args.endpoint)
+    except CheckpointError as exc:
+        print(f"longtake checkpoints download: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0 if report.ok else 1
+
+
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -666,6 +686,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     p.add_argument("video", type=Path)
     p.add_argument("manifest", type=Path)
+
+    ckpt = sub.add_parser("checkpoints", help="the released model weights under LONGTAKE_MODEL_DIR")
+    ckpt_sub = ckpt.add_subparsers(dest="checkpoints_command", required=True, metavar="ACTION")
+    p = ckpt_sub.add_parser(
+        "verify", help="check presence, shapes and dtypes; say exactly what is missing or wrong"
+    )
+    p.add_argument("--root", type=Path, help="default: LONGTAKE_MODEL_DIR (%(default)s)")
+    p.set_defaults(func=cmd_checkpoints_verify)
+    p = ckpt_sub.add_parser(
+        "download", help="fetch the release with huggingface_hub (needs internet; then verify)"
+    )
+    p.add_argument("--root", type=Path, help="default: LONGTAKE_MODEL_DIR")
+    p.add_argument("--endpoint", help="a Hugging Face mirror (default: HF_ENDPOINT or the hub)")
+    p.set_defaults(func=cmd_checkpoints_download)
 
     p = add("relay", cmd_relay, "publish queued wake-ups to the broker and requeue lost jobs")
     p.add_argument("--log-level", default="info")

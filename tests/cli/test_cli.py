@@ -203,3 +203,19 @@ def test_serve_embedded_and_submit_as_processes(embedded_env, inputs):
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert "no job handler is configured" in err
+
+
+def test_checkpoints_verify_names_what_is_missing(tmp_path, capsys):
+    code, out, _ = run(capsys, "checkpoints", "verify", "--root", str(tmp_path))
+    assert code == 1
+    assert "NOT USABLE" in out
+    for name in ("Wan2.2-S2V-14B/Wan2.1_VAE.pth", "LiveAvatar/liveavatar.safetensors"):
+        assert f"MISSING  {name}" in out
+    assert f"no release files found under {tmp_path}" in out
+
+
+def test_checkpoints_download_offline_fails_with_a_clear_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run(capsys, "checkpoints", "download", "--root", str(tmp_path))
+    assert code == 1
+    assert "needs internet access" in err and "checkpoints/README.md" in err
