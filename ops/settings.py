@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     storage_bucket: str = "longtake"
     storage_prefix: str = ""
     storage_endpoint_url: str | None = None
+    storage_public_endpoint_url: str | None = None
+    """The bucket's address for clients outside the deployment: presigned result and segment
+    URLs are made for it (default: `storage_endpoint_url`)."""
     storage_region: str | None = None
     storage_path_style: bool = False
     storage_dir: Path = Path("var/storage")
@@ -158,6 +161,7 @@ class Settings(BaseSettings):
             bucket=self.storage_bucket,
             prefix=self.storage_prefix,
             endpoint_url=self.storage_endpoint_url,
+            public_endpoint_url=self.storage_public_endpoint_url,
             region=self.storage_region,
             path_style=self.storage_path_style,
             multipart_threshold=self.multipart_threshold_mb * MiB,

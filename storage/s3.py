@@ -31,6 +31,9 @@ class S3Config:
     prefix: str = ""
     """Prepended to every key (e.g. "prod/"), so several deployments can share a bucket."""
     endpoint_url: str | None = None
+    public_endpoint_url: str | None = None
+    """Where clients outside the deployment reach the same bucket (e.g. `https://s3.example.com`
+    when the services talk to `http://minio:9000`). Presigned URLs are signed for this host."""
     region: str | None = None
     path_style: bool = False
     multipart_threshold: int = 64 * MiB
@@ -41,7 +44,7 @@ class S3Config:
     read_timeout_s: float = 60
 
 
-def make_client(config: S3Config) -> Any:
+def make_client(config: S3Config, endpoint_url: str | None = None) -> Any:
     boto_config = BotoConfig(
         region_name=config.region,
         signature_version="s3v4",
@@ -53,7 +56,7 @@ def make_client(config: S3Config) -> Any:
         read_timeout=config.read_timeout_s,
     )
     return boto3.session.Session().client(
-        "s3", endpoint_url=config.endpoint_url, config=boto_config
+        "s3", endpoint_url=endpoint_url or config.endpoint_url, config=boto_config
     )
 
 
@@ -78,6 +81,13 @@ class S3Storage(Storage):
         self.config = config
         self.bucket = config.bucket
         self.client = client if client is not None else make_client(config)
+        # A signature covers the host, so URLs for outside clients are signed by a client
+        # configured with the public endpoint (signing needs no connection to it).
+        self._presigner = (
+            make_client(config, config.public_endpoint_url)
+            if config.public_endpoint_url
+            else self.client
+        )
         self.transfer = TransferConfig(
             multipart_threshold=config.multipart_threshold,
             multipart_chunksize=config.multipart_chunksize,
@@ -182,7 +192,7 @@ class S3Storage(Storage):
 
     def presign_get(self, key: str, expires_s: int) -> str:
         with self._errors(key, "presign"):
-            return self.client.generate_presigned_url(
+            return self._presigner.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._full(key)},
                 ExpiresIn=int(expires_s),

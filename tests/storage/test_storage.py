@@ -100,6 +100,24 @@ def test_presigned_get_s3(s3_storage, tmp_path):
     assert response.headers["content-type"] == "video/mp4"
 
 
+def test_presigned_urls_are_made_for_the_public_endpoint(s3_config, s3_client):
+    """Services reach the bucket at one address, users at another: the URL works for users."""
+    from dataclasses import replace
+    from urllib.parse import urlparse
+
+    from storage.s3 import S3Storage
+
+    internal = urlparse(s3_config.endpoint_url)
+    public = f"http://localhost:{internal.port}"  # the same server under another host name
+    storage = S3Storage(replace(s3_config, public_endpoint_url=public), client=s3_client)
+    data = os.urandom(100)
+    storage.put_bytes("jobs/a/output.mp4", data, "video/mp4")
+    url = storage.presign_get("jobs/a/output.mp4", 60)
+    assert urlparse(url).netloc == f"localhost:{internal.port}"
+    response = httpx.get(url)
+    assert response.status_code == 200 and response.content == data
+
+
 def test_multipart_upload_and_presigned_round_trip(s3_storage, tmp_path):
     """A file over the multipart threshold goes up in parts and comes back identical."""
     size = 12 * 1024 * 1024 + 123  # three 5 MiB parts
