@@ -100,6 +100,7 @@ export class EventFollower {
   }
 
   setState(state, error = null) {
+    if (state === this.state && !error) return;
     this.state = state;
     this.handlers.onState(state, error);
   }

@@ -354,6 +354,75 @@ def test_the_event_stream_reader_handles_any_chunking(browser, embedded_service)
         watched.close()
 
 
+FOLLOW = """async ({ bodies, status }) => {
+    const { Api } = await import('/dashboard/api.js');
+    const { EventFollower } = await import('/dashboard/sse.js');
+    const calls = [];
+    // the network: each connection answers the next body, then closes
+    window.fetch = async (url, init) => {
+        calls.push({ url: String(url), headers: init.headers });
+        const body = bodies[calls.length - 1];
+        if (body === undefined) throw new TypeError('network error');
+        return new Response(body, { status, headers: { 'content-type': 'text/event-stream' } });
+    };
+    const seen = { events: [], jobs: [], states: [] };
+    await new Promise((resolve) => {
+        const follower = new EventFollower(new Api('lt_k1_secret'), 'job-1', {
+            onEvent: (e) => seen.events.push(e.id),
+            onJob: (j) => seen.jobs.push(j.status),
+            onState: (s) => {
+                seen.states.push(s);
+                if (s === 'ended' || s === 'failed') resolve();
+            },
+        });
+        follower.start();
+        setTimeout(() => { follower.close(); resolve(); }, 5000);
+    });
+    return { calls, ...seen };
+}"""
+
+
+def test_a_broken_event_stream_resumes_after_its_last_event(browser, embedded_service):
+    """The stream drops after event 2: the page reconnects with Last-Event-ID: 2, gets the
+    rest once, and stops when the job is final. A missing job is not asked for again."""
+    watched = Watched(browser, embedded_service.url)
+    try:
+        watched.page.goto("/")
+        first = (
+            "retry: 10\n\n"
+            'id: 1\nevent: created\ndata: {"id":1}\n\nevent: job\ndata: {"status":"queued"}\n\n'
+            'id: 2\nevent: claimed\ndata: {"id":2}\n\nevent: job\ndata: {"status":"running"}\n\n'
+        )
+        rest = 'id: 3\nevent: succeeded\ndata: {"id":3}\n\nevent: job\ndata: {"status":"succeeded"}\n\n'
+        seen = watched.page.evaluate(FOLLOW, {"bodies": [first, rest], "status": 200})
+        assert [c["url"] for c in seen["calls"]] == [
+            f"{embedded_service.url}/v1/jobs/job-1/events"
+        ] * 2
+        for call in seen["calls"]:
+            assert call["headers"]["Authorization"] == "Bearer lt_k1_secret"
+            assert call["headers"]["Accept"] == "text/event-stream"
+        assert "Last-Event-ID" not in seen["calls"][0]["headers"]
+        assert seen["calls"][1]["headers"]["Last-Event-ID"] == "2"
+        assert seen["events"] == [1, 2, 3]
+        assert seen["jobs"] == ["queued", "running", "succeeded"]
+        assert seen["states"] == [
+            "connecting",
+            "open",
+            "reconnecting",
+            "open",
+            "ended",
+        ]
+
+        missing = watched.page.evaluate(
+            FOLLOW,
+            {"bodies": ['{"error": {"code": "job_not_found", "message": "no"}}'], "status": 404},
+        )
+        assert len(missing["calls"]) == 1 and missing["states"] == ["connecting", "failed"]
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
 def test_a_server_without_keys_opens_straight_into_the_workspace(
     browser, embedded_env, monkeypatch
 ):
