@@ -8,6 +8,7 @@ from Playwright's downloads. Without it these tests fail: they never skip.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -349,6 +350,42 @@ def test_the_event_stream_reader_handles_any_chunking(browser, embedded_service)
             {"id": "9", "event": "message", "data": "x"},
         ]
         assert (parsed["last"], parsed["retry"]) == ("9", 2000)
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_files_can_be_dropped_on_their_fields(browser, embedded_service, inputs):
+    watched = Watched(browser, embedded_service.url)
+    page = watched.page
+    try:
+        page.goto("/")
+        page.get_by_label("API key").fill(embedded_service.api_key)
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("#workspace").wait_for()
+        for zone, path, kind in (
+            ("#image-drop", inputs["portrait"], "image/png"),
+            ("#audio-drop", inputs["short"], "audio/wav"),
+        ):
+            dropped = page.evaluate_handle(
+                """([b64, name, kind]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const files = new DataTransfer();
+                    files.items.add(new File([bytes], name, { type: kind }));
+                    return files;
+                }""",
+                [base64.b64encode(path.read_bytes()).decode(), f"dropped-{path.name}", kind],
+            )
+            page.dispatch_event(zone, "dragover", {"dataTransfer": dropped})
+            assert "dragging" in page.locator(zone).get_attribute("class")
+            page.dispatch_event(zone, "drop", {"dataTransfer": dropped})
+            assert "dragging" not in page.locator(zone).get_attribute("class")
+        assert page.evaluate("document.getElementById('image-input').files[0].name") == (
+            "dropped-portrait.png"
+        )
+        page.locator("#image-info").get_by_text("256 × 256 px").wait_for()
+        page.locator("#audio-info").get_by_text("dropped-short.wav · 6.0 s").wait_for()
+        page.get_by_text("as long as the speech, 4 clips of 48 frames").wait_for()
         assert watched.problems == []
     finally:
         watched.close()
