@@ -42,13 +42,14 @@ import platform
 import shlex
 import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from ops.bench.scratch import scratch_dir
 
 FPS = 25
 T0 = time.perf_counter()
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_1m_before": os.getloadavg()[0],
         "parts": {},
     }
-    with _workdir(args.workdir) as workdir:
+    with scratch_dir(args.workdir, "lifecycle") as workdir:
         for name in parts:
             log(f"part {name}")
             doc["parts"][name] = PARTS[name](args, workdir)
@@ -520,16 +521,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(report(doc), flush=True)
     return doc
-
-
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="longtake-bench-lifecycle-") as tmp:
-        yield Path(tmp)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ envelope plus noise), 48 kHz mono WAV.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from typing import Any
 import av
 import numpy as np
 
+from ops.bench.scratch import scratch_dir
 from worker.ffmpeg import find_ffmpeg
 from worker.provenance import build_manifest, iter_frame_hashes
 from worker.segments import EncoderSettings, SegmentEncoder, SegmentInfo
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     # Other work on the machine skews the figures: record the load around the run.
     load_before = os.getloadavg()
-    with _workdir(args.workdir) as workdir:
+    with scratch_dir(args.workdir, "stitch") as workdir:
         results = run(args, workdir)
     load_after = os.getloadavg()
     doc = {
@@ -396,16 +395,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return doc
-
-
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="longtake-bench-stitch-") as tmp:
-        yield Path(tmp)
 
 
 if __name__ == "__main__":
