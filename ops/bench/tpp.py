@@ -15,6 +15,11 @@ balanced split), then one stream per split is timed:
     caller, peak memory;
   - optionally a distributed checkpoint between two clips (per-rank capture and write time).
 
+A layout 'AxK' starts K engines of layout A side by side on disjoint GPUs ('4x2': two engines
+of four GPUs on an 8-GPU host; '4+1': LiveAvatar's four DiT GPUs and one decoding) and times
+one stream on each at once, the measured clips of all streams starting together: the host's
+throughput is the sum of their FPS.
+
 Scaling efficiency = FPS / (GPUs x single-GPU FPS). The layouts run in the order given, each
 under the deadline; results are written after each one, so a run cut short keeps what it has.
 """
@@ -27,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -47,9 +53,15 @@ def log(text: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f}s] {text}", flush=True)
 
 
-def layout_config(layout: str, args: argparse.Namespace) -> EngineConfig:
+def split_layout(layout: str) -> tuple[str, int]:
+    """'4x2' -> ('4', 2): the layout of one engine and how many run side by side."""
+    one, _, copies = layout.partition("x")
+    return one, int(copies) if copies else 1
+
+
+def layout_config(layout: str, args: argparse.Namespace, first_gpu: int = 0) -> EngineConfig:
     """'4': four DiT GPUs, decode overlapped on the last; '3+1': three DiT GPUs and one that
-    decodes."""
+    decodes. GPUs from `first_gpu`."""
     own = layout.endswith("+1")
     dit = int(layout.split("+")[0])
     common: dict[str, Any] = dict(
@@ -71,22 +83,30 @@ def layout_config(layout: str, args: argparse.Namespace) -> EngineConfig:
             cpu_threads=1,
             **common,
         )
-    return EngineConfig.cuda(dit + (1 if own else 0), vae_on_own_gpu=own, **common)
+    return EngineConfig.cuda(dit + (1 if own else 0), vae_on_own_gpu=own, first=first_gpu, **common)
 
 
 def gpus_of(layout: str) -> int:
-    return sum(int(x) for x in layout.split("+"))
+    one, copies = split_layout(layout)
+    return copies * sum(int(x) for x in one.split("+"))
 
 
 def bench_stream(
-    engine: Engine, args: argparse.Namespace, split: str, checkpoint: bool
+    engine: Engine,
+    args: argparse.Namespace,
+    split: str,
+    checkpoint: bool,
+    together: threading.Barrier | None = None,
 ) -> dict[str, Any]:
+    """together: streams of engines side by side start their measured clips at once."""
     req = warmup_request(args.size, args.steps, clips=1 + args.clips, seed=7)
     t_open = time.perf_counter()
     stream = engine.open(req, split=split, profile_from_clip=1)  # type: ignore[arg-type]
     open_s = time.perf_counter() - t_open
     next(stream)
     first = dict(stream.timings)
+    if together is not None:
+        together.wait()
     t = time.perf_counter()
     frames = 0
     ckpt: dict[str, Any] | None = None
@@ -130,6 +150,7 @@ def bench_stream(
         "open_s": open_s,
         "first_block_s": first.get("first_block_s"),
         "first_clip_s": first.get("first_clip_s"),
+        "loop_start_s": t - T0,
         "loop_s": loop_s,
         "fps": frames / loop_s,
         "block_s": block_s,
@@ -166,7 +187,63 @@ def bench_checkpoint(stream: Any, args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+def bench_side_by_side(layout: str, args: argparse.Namespace) -> dict[str, Any]:
+    """K engines of one layout on disjoint GPUs, one stream each, timed over the same clips."""
+    one, copies = split_layout(layout)
+    per = gpus_of(one)
+    engines: list[Engine] = []
+    result: dict[str, Any] = {"layout": layout, "gpus": gpus_of(layout), "engines": copies}
+    try:
+        t = time.perf_counter()
+        for i in range(copies):
+            cfg = layout_config(one, args, first_gpu=i * per)
+            log(f"layout {layout}: engine {i} on {cfg.devices}")
+            engines.append(Engine(cfg))
+        result["start_s"] = time.perf_counter() - t
+        result["dit_ranks"] = engines[0].config.dit_ranks
+        result["vae_on_own_gpu"] = engines[0].config.vae_on_own_rank
+        split = "layers" if engines[0].config.dit_ranks > 1 else "steps"
+        together = threading.Barrier(copies)
+        runs: list[dict[str, Any] | BaseException | None] = [None] * copies
+
+        def run(i: int) -> None:
+            try:
+                runs[i] = bench_stream(engines[i], args, split, False, together)
+            except BaseException as exc:  # reported below, with the other engines' figures
+                together.abort()
+                runs[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(copies)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        failed = [r for r in runs if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        streams = [r for r in runs if isinstance(r, dict)]
+        starts = [r["loop_start_s"] for r in streams]
+        ends = [r["loop_start_s"] + r["loop_s"] for r in streams]
+        # the host's throughput holds while every engine streams: the overlap of their windows
+        overlap = max(0.0, min(ends) - max(starts))
+        result["streams"] = streams
+        result["engine_fps"] = [r["fps"] for r in streams]
+        result["fps"] = sum(r["fps"] for r in streams)
+        result["overlap_of_longest_window"] = overlap / max(r["loop_s"] for r in streams)
+        log(
+            f"  {copies} engines side by side: {result['fps']:.2f} fps in all ("
+            + ", ".join(f"{f:.2f}" for f in result["engine_fps"])
+            + f"), windows overlap {result['overlap_of_longest_window']:.0%}"
+        )
+    finally:
+        for engine in engines:
+            engine.shutdown()
+    return result
+
+
 def bench_layout(layout: str, args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    if split_layout(layout)[1] > 1:
+        return bench_side_by_side(layout, args)
     cfg = layout_config(layout, args)
     log(f"layout {layout}: {cfg.world_size} ranks on {cfg.devices}")
     t = time.perf_counter()
@@ -224,6 +301,8 @@ def bench_layout(layout: str, args: argparse.Namespace, deadline: float) -> dict
 
 
 def best_fps(layout: dict[str, Any]) -> float | None:
+    if layout.get("engines", 1) > 1:
+        return layout.get("fps")
     values = [s["fps"] for s in layout["streams"] if s.get("fps")]
     return max(values) if values else None
 
@@ -234,6 +313,19 @@ def table(report: dict[str, Any]) -> str:
     )
     rows = [("device", report["device"]), ("preset / size / steps", report["setup"])]
     for x in report["layouts"]:
+        if x.get("engines", 1) > 1 and x.get("fps"):
+            eff = x["fps"] / (x["gpus"] * single) if single else None
+            rows.append(
+                (
+                    f"{x['layout']}: {x['engines']} engines side by side, {x['gpus']} GPUs",
+                    f"{x['fps']:.2f} fps in all"
+                    + (f", efficiency {eff:.0%}" if eff else "")
+                    + " ("
+                    + ", ".join(f"{f:.2f}" for f in x["engine_fps"])
+                    + f" each; windows overlap {x['overlap_of_longest_window']:.0%})",
+                )
+            )
+            continue
         for s in x["streams"]:
             if s.get("fps") is None:
                 continue
@@ -297,7 +389,11 @@ def main() -> None:
     )
     p.add_argument("--preset", default="liveavatar-14b")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layouts", default="4,2,1,3+1", help="comma-separated; '3+1': own VAE GPU")
+    p.add_argument(
+        "--layouts",
+        default="4,2,1,3+1",
+        help="comma-separated; '3+1': own VAE GPU; '4x2': two engines of 4 side by side",
+    )
     p.add_argument("--both-splits", default="4", help="layouts that also time split 'steps'")
     p.add_argument("--checkpoint-layout", default="4", help="layout that times a checkpoint")
     p.add_argument(

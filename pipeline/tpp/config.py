@@ -86,14 +86,19 @@ class EngineConfig:
             raise ValueError("all ranks must be on one kind of device")
 
     @classmethod
-    def cuda(cls, gpus: int, vae_on_own_gpu: bool = False, **kw: Any) -> EngineConfig:
-        """`gpus` GPUs from cuda:0: all DiT ranks, or the last one decoding alone."""
+    def cuda(
+        cls, gpus: int, vae_on_own_gpu: bool = False, *, first: int = 0, **kw: Any
+    ) -> EngineConfig:
+        """`gpus` GPUs from cuda:`first`: all DiT ranks, or the last one decoding alone.
+        Engines side by side on one host take disjoint ranges (`first`)."""
         dit = gpus - 1 if vae_on_own_gpu else gpus
         if dit < 1:
             raise ValueError("a VAE on its own GPU needs at least 2 GPUs")
+        if first < 0:
+            raise ValueError("first must be a GPU index")
         return cls(
-            dit_devices=tuple(f"cuda:{i}" for i in range(dit)),
-            vae_device=f"cuda:{gpus - 1}" if vae_on_own_gpu else None,
+            dit_devices=tuple(f"cuda:{first + i}" for i in range(dit)),
+            vae_device=f"cuda:{first + gpus - 1}" if vae_on_own_gpu else None,
             **kw,
         )
 

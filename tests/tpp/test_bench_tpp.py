@@ -24,7 +24,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "ops.bench.tpp",
             "--quick",
             "--layouts",
-            "2,1",
+            "2,1,1x2",
             "--both-splits",
             "2",
             "--checkpoint-layout",
@@ -43,8 +43,8 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         capture_output=True,
     )
     report = json.loads(out.read_text())
-    two, one = report["layouts"]
-    assert (two["layout"], one["layout"]) == ("2", "1")
+    two, one, side = report["layouts"]
+    assert (two["layout"], one["layout"], side["layout"]) == ("2", "1", "1x2")
     splits = [s["split"] for s in two["streams"]]
     assert splits == ["layers", "layers", "steps"]  # the checkpointed one is timed again
     ck = two["streams"][0]["checkpoint"]
@@ -58,3 +58,10 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
                 assert 0.0 <= rank["idle_of_block_time"] <= 1.0
     assert one["scaling_efficiency"] == pytest.approx(1.0)
     assert two["measured_vae_cost_layer_steps"] > 0
+
+    # two engines side by side: one stream each, timed over the same clips, FPS summed
+    assert side["engines"] == 2 and side["gpus"] == 2
+    assert len(side["streams"]) == 2 and side["fps"] == pytest.approx(sum(side["engine_fps"]))
+    assert all(f > 0 for f in side["engine_fps"])
+    assert side["overlap_of_longest_window"] > 0.5
+    assert side["scaling_efficiency"] == pytest.approx(side["fps"] / (2 * one["best_fps"]))

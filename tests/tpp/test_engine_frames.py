@@ -77,3 +77,27 @@ def test_frames_travel_through_shared_memory(engine2):
     # the caller owns its copy: the ring slots are reused by later blocks
     assert not np.shares_memory(clip.frames, stream.ring.data.numpy())
     stream.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dit_ranks", "steps", "own_vae"),
+    [
+        (4, 4, True),  # LiveAvatar's layout: a step on each of four ranks, a fifth decodes
+        (8, 8, False),  # one engine on eight ranks, a step each
+    ],
+    ids=["4+1", "8"],
+)
+def test_five_and_eight_rank_layouts_give_the_single_device_frames(
+    engines, reference, dit_ranks, steps, own_vae
+):
+    cfg = config(dit_ranks, vae_device="cpu" if own_vae else None)
+    engine = engines.fresh(cfg)
+    try:
+        assert engine.config.world_size == dit_ranks + own_vae
+        stream = engine.open(request(3, steps), split="steps")
+        assert len(stream.partition) == dit_ranks
+        assert all(len({u.step for u in piece}) == 1 for piece in stream.partition)
+        assert_same([c.frames for c in stream], reference(3, steps))
+    finally:
+        engine.shutdown()

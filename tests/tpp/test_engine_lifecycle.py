@@ -40,6 +40,9 @@ def test_configuration_is_checked():
     layout = EngineConfig.cuda(4, vae_on_own_gpu=True)
     assert layout.dit_devices == ("cuda:0", "cuda:1", "cuda:2") and layout.vae_device == "cuda:3"
     assert layout.world_size == 4 and layout.vae_on_own_rank
+    second = EngineConfig.cuda(5, vae_on_own_gpu=True, first=5)  # GPUs 5-9 beside 0-4
+    assert second.dit_devices == ("cuda:5", "cuda:6", "cuda:7", "cuda:8")
+    assert second.vae_device == "cuda:9"
     assert EngineConfig.cuda(4).snapshots_for(4) == 2  # rank 0 runs a clip and more ahead
     assert EngineConfig.cuda(1).snapshots_for(4) == 0
 
