@@ -927,3 +927,63 @@ def mark_canceled(
         worker_id=worker_id,
     )
     return job
+
+
+def stale_resume_points(
+    session: Session, *, finished_before: datetime, limit: int = 100
+) -> list[uuid.UUID]:
+    """Failed or canceled jobs that finished before `finished_before` and still hold a resume
+    point (a recorded checkpoint or segment rows), oldest first."""
+    has_segments = sa.exists().where(JobSegment.job_id == Job.id)
+    stmt = (
+        sa.select(Job.id)
+        .where(
+            Job.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value]),
+            Job.finished_at < finished_before,
+            sa.or_(Job.last_checkpoint_clip > 0, has_segments),
+        )
+        .order_by(Job.finished_at)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def drop_resume_point(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    finished_before: datetime,
+    reason: str,
+    now: datetime | None = None,
+) -> bool:
+    """Forget a failed or canceled job's checkpoint and segments: a retry renders it from clip
+    0. The row stays locked until the caller's transaction ends, so the caller deletes the
+    files before committing and a concurrent retry waits for both. False (and nothing done)
+    when the job was retried meanwhile or holds no resume point."""
+    now = _now(now)
+    job = _lock(session, job_id)
+    if (
+        job is None
+        or job.job_status not in (JobStatus.FAILED, JobStatus.CANCELED)
+        or job.finished_at is None
+        or job.finished_at >= finished_before
+    ):
+        return False
+    segments = session.scalars(
+        sa.select(sa.func.count()).select_from(JobSegment).where(JobSegment.job_id == job.id)
+    ).one()
+    clip = job.last_checkpoint_clip or 0
+    if clip == 0 and segments == 0:
+        return False
+    session.execute(sa.delete(JobSegment).where(JobSegment.job_id == job.id))
+    job.last_checkpoint_clip = None
+    job.updated_at = now
+    _event(
+        session,
+        job,
+        "resume_point_dropped",
+        reason,
+        now,
+        data={"checkpoint_clip": clip, "segments": segments},
+    )
+    return True

@@ -169,6 +169,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
         # publishes by task name: no task modules, so the relay never imports the render stack
         CeleryDispatcher(make_celery_app(settings.celery_config(), task_modules=())),
         redispatch_after_s=settings.redispatch_after_s,
+        sweeper=settings.make_sweeper(database, settings.make_storage()),
     )
     deliverer = WebhookDeliverer(database, settings.delivery_config())
     stop = threading.Event()
@@ -196,6 +197,33 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         migrate.upgrade(settings.database_url, args.revision)
     print(f"database at revision {migrate.current_revision(settings.database_url)}")
     return 0
+
+
+def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from db.database import Database
+    from worker.sweep import ResumePointSweeper
+
+    if args.embedded:
+        settings = settings.embedded()
+    days = settings.resume_retention_days if args.older_than_days is None else args.older_than_days
+    if days <= 0:
+        print("longtake sweep: nothing to do (resume points are kept: retention 0)")
+        return 0
+    database = Database(settings.database_url)
+    try:
+        sweeper = ResumePointSweeper(database, settings.make_storage(), retention_s=days * 86400)
+        result = sweeper.run_once()
+    finally:
+        database.dispose()
+    for job_id in result.dropped:
+        print(f"dropped the resume point of job {job_id}")
+    for job_id in result.failed:
+        print(f"could not drop the resume point of job {job_id} (see the log)", file=sys.stderr)
+    print(
+        f"{len(result.dropped)} jobs, {result.objects_deleted} objects deleted "
+        f"(failed or canceled more than {days:g} days ago)"
+    )
+    return 1 if result.failed else 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -703,6 +731,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     p = add("relay", cmd_relay, "publish queued wake-ups to the broker and requeue lost jobs")
     p.add_argument("--log-level", default="info")
+
+    p = add(
+        "sweep",
+        cmd_sweep,
+        "delete the checkpoints and segments of jobs that failed or were canceled long ago "
+        "(the relay does this hourly)",
+    )
+    p.add_argument(
+        "--older-than-days",
+        type=float,
+        default=None,
+        help=f"default: LONGTAKE_RESUME_RETENTION_DAYS ({settings.resume_retention_days:g})",
+    )
+    p.add_argument("--embedded", action="store_true", help="the embedded database and files")
 
     p = add("migrate", cmd_migrate, "bring the database schema up to date (alembic upgrade)")
     p.add_argument("revision", nargs="?", default="head")

@@ -160,6 +160,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
             handler,
             poll_s=settings.relay_poll_s,
             redispatch_after_s=settings.redispatch_after_s,
+            sweeper=settings.make_sweeper(database, storage),
         )
         services.on_job_queued = process.runner.wake
         services.readiness["runner"] = process.runner.ping
@@ -169,7 +170,10 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
         services.readiness["broker"] = dispatcher.ping
         if relay:
             process.relay = OutboxRelay(
-                database, dispatcher, redispatch_after_s=settings.redispatch_after_s
+                database,
+                dispatcher,
+                redispatch_after_s=settings.redispatch_after_s,
+                sweeper=settings.make_sweeper(database, storage),
             )
             services.on_job_queued = process.wake
     return process

@@ -22,7 +22,9 @@ from storage.signing import UrlSigner
 from worker.celery_app import CeleryConfig
 
 if TYPE_CHECKING:
+    from db.database import Database
     from worker.config import WorkerConfig
+    from worker.sweep import ResumePointSweeper
 
 
 class Settings(BaseSettings):
@@ -98,6 +100,10 @@ class Settings(BaseSettings):
     relay_poll_s: float = 0.5
     redispatch_after_s: float = 3600
     soft_shutdown_timeout_s: float = 60
+    resume_retention_days: float = 7.0
+    """Days a failed or canceled job keeps its checkpoint and segments for a retry to resume
+    from (worker/sweep.py); 0 keeps them until the job is retried."""
+    sweep_interval_s: float = 3600
 
     # render worker
     model_preset: str = "tiny"
@@ -166,6 +172,19 @@ class Settings(BaseSettings):
             path_style=self.storage_path_style,
             multipart_threshold=self.multipart_threshold_mb * MiB,
             multipart_chunksize=self.multipart_threshold_mb * MiB,
+        )
+
+    def make_sweeper(self, database: Database, storage: Storage) -> ResumePointSweeper | None:
+        """The relay's sweep of old resume points, or None when they are kept."""
+        if self.resume_retention_days <= 0:
+            return None
+        from worker.sweep import ResumePointSweeper
+
+        return ResumePointSweeper(
+            database,
+            storage,
+            retention_s=self.resume_retention_days * 86400,
+            interval_s=self.sweep_interval_s,
         )
 
     def make_storage(self) -> Storage:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from db.database import Database
 from storage.base import Storage
 from worker.relay import OutboxRelay
+from worker.sweep import ResumePointSweeper
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,13 @@ class EmbeddedRunner:
         *,
         poll_s: float = 0.5,
         redispatch_after_s: float = 3600.0,
+        sweeper: ResumePointSweeper | None = None,
     ):
         self.handler = handler
         self.poll_s = poll_s
-        self.relay = OutboxRelay(database, self, redispatch_after_s=redispatch_after_s)
+        self.relay = OutboxRelay(
+            database, self, redispatch_after_s=redispatch_after_s, sweeper=sweeper
+        )
         self._jobs: queue.Queue[uuid.UUID | None] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -7,7 +7,8 @@ at once: each locks the rows it publishes (`FOR UPDATE SKIP LOCKED`; serialised 
 When the broker is down the rows stay unsent and the relay retries with backoff.
 
 Each pass also returns jobs with expired leases to the queue (the reaper) and, as a safety net
-for wake-ups a broker lost, re-sends one for jobs that stayed queued for a long time.
+for wake-ups a broker lost, re-sends one for jobs that stayed queued for a long time. Given a
+sweeper, it also expires the resume points of long-failed jobs (`worker.sweep`) once an interval.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from db import repository as repo
 from db.database import Database
 from db.models import utcnow
 from worker.celery_app import RENDER_QUEUE, RENDER_TASK
+from worker.sweep import ResumePointSweeper, SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class RelayPass:
     failed: bool = False
     reaped: list[repo.ReapedJob] = field(default_factory=list)
     redispatched: list[uuid.UUID] = field(default_factory=list)
+    swept: SweepResult | None = None
 
 
 class OutboxRelay:
@@ -70,12 +73,14 @@ class OutboxRelay:
         batch_size: int = 100,
         reap: bool = True,
         redispatch_after_s: float = 3600.0,
+        sweeper: ResumePointSweeper | None = None,
     ):
         self.database = database
         self.dispatcher = dispatcher
         self.batch_size = batch_size
         self.reap = reap
         self.redispatch_after_s = redispatch_after_s
+        self.sweeper = sweeper
 
     def publish_pending(self) -> tuple[int, bool]:
         """Publish unsent messages, oldest first. Returns (published, broker_failed)."""
@@ -109,6 +114,8 @@ class OutboxRelay:
             with self.database.transaction() as s:
                 result.redispatched = repo.redispatch_stale(s, older_than=older_than)
         result.published, result.failed = self.publish_pending()
+        if self.sweeper is not None:
+            result.swept = self.sweeper.maybe_run()  # failures are per job, logged there
         return result
 
     def run(

@@ -219,3 +219,40 @@ def test_checkpoints_download_offline_fails_with_a_clear_message(tmp_path, capsy
     code, _, err = run(capsys, "checkpoints", "download", "--root", str(tmp_path))
     assert code == 1
     assert "needs internet access" in err and "checkpoints/README.md" in err
+
+
+def test_sweep_drops_the_resume_points_of_jobs_that_ended_long_ago(
+    embedded_env, create_job, capsys
+):
+    from datetime import timedelta
+
+    from db.database import Database
+    from db.models import utcnow
+    from ops.settings import Settings
+
+    assert run(capsys, "migrate", "--embedded")[0] == 0
+    settings = Settings().embedded()
+    database, storage = Database(settings.database_url), settings.make_storage()
+    ended = {}
+    for name, days_ago in (("old", 3.0), ("recent", 0.5)):
+        job = create_job(database, now=utcnow() - timedelta(days=days_ago, hours=1))
+        with database.transaction() as s:
+            repo.claim(s, job.id, "w1", 60)
+            repo.record_checkpoint(s, job.id, "w1", 1, 2)
+            repo.mark_failed(s, job.id, "w1", 1, "boom", now=utcnow() - timedelta(days=days_ago))
+        storage.put_bytes(keys.checkpoint_key(job.id, 2, "manifest.json"), b"{}")
+        ended[name] = job.id
+
+    code, out, _ = run(capsys, "sweep", "--embedded", "--older-than-days", "2")
+    assert code == 0
+    assert f"dropped the resume point of job {ended['old']}" in out
+    assert "1 jobs, 1 objects deleted (failed or canceled more than 2 days ago)" in out
+    assert storage.list(keys.job_prefix(ended["old"])) == []
+    assert len(storage.list(keys.job_prefix(ended["recent"]))) == 1
+    with database.transaction() as s:
+        assert repo.get_job(s, ended["old"]).last_checkpoint_clip is None
+        assert repo.get_job(s, ended["recent"]).last_checkpoint_clip == 2
+    database.dispose()
+
+    code, out, _ = run(capsys, "sweep", "--embedded", "--older-than-days", "0")
+    assert code == 0 and "nothing to do" in out

@@ -41,3 +41,20 @@ def test_the_api_does_not_load_the_model_code():
     """Request validation uses pipeline.params only; torch stays out of the API process."""
     code = "import sys, api, ops.cli, ops.server; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_relay_of_an_embedded_service_sweeps_old_resume_points(embedded_env, monkeypatch):
+    from ops.server import build
+
+    monkeypatch.setenv("LONGTAKE_RESUME_RETENTION_DAYS", "2.5")
+    monkeypatch.setenv("LONGTAKE_SWEEP_INTERVAL_S", "600")
+    process = build(Settings(), embedded=True)
+    sweeper = process.runner.relay.sweeper
+    assert sweeper.retention_s == 2.5 * 86400 and sweeper.interval_s == 600
+    assert isinstance(sweeper.storage, LocalStorage)
+    process.database.dispose()
+
+    monkeypatch.setenv("LONGTAKE_RESUME_RETENTION_DAYS", "0")  # kept until retried
+    process = build(Settings(), embedded=True)
+    assert process.runner.relay.sweeper is None
+    process.database.dispose()
