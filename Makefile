@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format services browser
+.PHONY: setup demo test test-fast lint format services tools
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,19 +20,19 @@ demo: setup
 	$(VENV)/bin/longtake demo
 
 ## Start Postgres and Redis when needed, lint, then run every test (slow end-to-end ones included).
-test: setup services browser lint
+test: setup services tools lint
 	$(PY) -m pytest
 
 ## Everything but the tests marked slow.
-test-fast: setup services browser
+test-fast: setup services tools
 	$(PY) -m pytest -m "not slow"
 
 services:
 	bash ops/dev/start-services.sh
 
-## The Chromium that the dashboard's browser test drives (installed with apt when missing).
-browser:
-	bash ops/dev/install-browser.sh
+## Chromium, promtool and docker-compose, which tests drive (installed with apt when missing).
+tools:
+	bash ops/dev/install-test-tools.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

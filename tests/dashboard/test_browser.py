@@ -2,7 +2,7 @@
 a real embedded service: SQLite, local storage, and the in-process runner rendering with the
 tiny model on the CPU. Screenshots go to test-artifacts/dashboard/.
 
-Chromium comes from the system (ops/dev/install-browser.sh, which `make test` runs), never
+Chromium comes from the system (ops/dev/install-test-tools.sh, which `make test` runs), never
 from Playwright's downloads. Without it these tests fail: they never skip.
 """
 
@@ -43,7 +43,7 @@ FPS = 25
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run `bash ops/dev/install-browser.sh`")
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `bash ops/dev/install-test-tools.sh`")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
