@@ -2,6 +2,7 @@
 
     claim the lease                  (a duplicate wake-up finds it taken and is dropped)
     heartbeat in the background      (extends the lease while worker id and attempt match)
+    the model loads in the background while the inputs and the checkpoint are downloaded
     inputs from storage; the AAC track is prepared beside the render
     open the engine's stream         (from the last recorded checkpoint, if any)
     for each clip:
@@ -93,6 +94,8 @@ class AttemptStats:
     resumed_from: int = 0
     clips: int = 0
     engine_s: float = 0.0
+    """Waiting for the model to load, after the inputs and the checkpoint were downloaded
+    beside it (0 when it was loaded already)."""
     open_s: float = 0.0
     render_s: float = 0.0
     """From the first clip asked of the stream to the last one back, boundaries included."""
@@ -242,6 +245,7 @@ class _Attempt:
             self.stop,
         )
         self._background = ThreadPoolExecutor(1, thread_name_prefix="audio")
+        self._engine: Future[Engine] | None = None
         self._stream: RenderStream | None = None
         self._interval: Interval | None = None
         self._last_progress = 0.0
@@ -287,6 +291,8 @@ class _Attempt:
             default_watermark=self.config.watermark,
             watermark_allowed=self.config.watermark_allowed,
         )
+        if (self.lease.resume_from_clip or 0) < plan.clips_total:
+            self._engine = self._load_engine_beside()
         image = self._input_bytes(plan.image_key)
         audio = self.scratch / f"source{Path(plan.audio_key).suffix}"
         self._input_file(plan.audio_key, audio)
@@ -308,6 +314,24 @@ class _Attempt:
         if start.clip < plan.clips_total:
             segments = segments + self._render(plan, image, audio, start)
         return self._finish(plan, segments, audio_track)
+
+    def _load_engine_beside(self) -> Future[Engine]:
+        """Load the worker's model (the first job of a process, or after a crash: minutes for
+        the 14B weights) while the inputs and the checkpoint download. The model stays loaded
+        for the worker's next jobs whatever happens to this attempt; a daemon thread, so a
+        worker told to exit does not wait for a load nobody needs."""
+        future: Future[Engine] = Future()
+
+        def load() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self.lc.engine())
+            except BaseException as exc:  # raised in the attempt, where it waits for the model
+                future.set_exception(exc)
+
+        threading.Thread(target=load, name="engine-load", daemon=True).start()
+        return future
 
     # ---- resume point --------------------------------------------------------------------
 
@@ -397,9 +421,9 @@ class _Attempt:
 
         Ends the attempt early (`_Stop`) on cancel or shutdown.
         """
-        self._check_flags(plan, start.clip)  # a cancel or a shutdown before the model is touched
+        self._check_flags(plan, start.clip)  # a cancel or a shutdown before the model is used
         started = time.monotonic()
-        engine = self.lc.engine()
+        engine = self._engine.result() if self._engine is not None else self.lc.engine()
         self.stats.engine_s = time.monotonic() - started
         mode = self.config.checkpoint_mode
         self._engine_writes_checkpoints = mode == "directory" or (

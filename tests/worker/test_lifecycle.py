@@ -220,6 +220,50 @@ def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
     assert output_hashes(local_storage, job_id, tmp_path) == reference
 
 
+def test_a_new_worker_loads_its_model_while_the_inputs_and_checkpoint_download(
+    sqlite_db, local_storage, tmp_path, clip_log, reference
+):
+    """After a crash the next worker starts cold: the model load (minutes for the 14B weights)
+    runs beside the downloads of the job's inputs and its checkpoint, not after them."""
+    from worker.engine import build_engine
+
+    job_id = make_job(sqlite_db, local_storage)
+    first = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+
+    def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 2):
+            first.request_shutdown()
+
+    clip_log.hooks.append(shutdown_during_clip_2)
+    assert first.run(job_id) is Outcome.RELEASED
+    assert job(sqlite_db, job_id).last_checkpoint_clip == 3
+
+    loading, downloaded = threading.Event(), threading.Event()
+    load_seen_by_downloads: list[bool] = []
+
+    class Watched(LocalStorage):
+        def get_file(self, key, path):
+            load_seen_by_downloads.append(loading.wait(10))
+            super().get_file(key, path)
+            if key == keys.checkpoint_manifest_key(job_id, 3):
+                downloaded.set()
+
+    def cold_engine(spec):
+        loading.set()
+        # still loading when the checkpoint has arrived: the two ran at the same time
+        assert downloaded.wait(30), "the checkpoint was not downloaded while the model loaded"
+        return build_engine(spec)
+
+    second = Lifecycle(
+        config(tmp_path), sqlite_db, Watched(local_storage.root), engines=cold_engine
+    )
+    assert second.run(job_id) is Outcome.SUCCEEDED
+    assert load_seen_by_downloads and all(load_seen_by_downloads)
+    assert downloaded.is_set()
+    assert clip_log.generated(job_id, 2) == [3, 4]
+    assert output_hashes(local_storage, job_id, tmp_path) == reference
+
+
 def test_a_lost_lease_stops_the_render_and_writes_nothing_more(
     sqlite_db, local_storage, tmp_path, clip_log
 ):
