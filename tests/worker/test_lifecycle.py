@@ -88,6 +88,18 @@ def reference(sqlite_template, tmp_path_factory) -> list[str]:
     return manifest["frame_hashes"]
 
 
+def shut_down_during_clip_2(lifecycle: Lifecycle, job_id: uuid.UUID, clip_log) -> Outcome:
+    """Run the job's first attempt, asking the worker to shut down (as SIGTERM does) while
+    clip 2 is being finished."""
+
+    def hook(job: str, attempt: int, clip: int) -> None:
+        if (job, attempt, clip) == (str(job_id), 1, 2):
+            lifecycle.request_shutdown()
+
+    clip_log.hooks.append(hook)
+    return lifecycle.run(job_id)
+
+
 def output_hashes(storage, job_id, tmp_path: Path) -> list[str]:
     path = tmp_path / f"{job_id}.mp4"
     storage.get_file(keys.output_key(job_id), path)
@@ -192,12 +204,7 @@ def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
     job_id = make_job(sqlite_db, local_storage)
     first = Lifecycle(config(tmp_path, checkpoint_mode=checkpoint_mode), sqlite_db, local_storage)
 
-    def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 2):
-            first.request_shutdown()  # as SIGTERM does, while clip 2 is being finished
-
-    clip_log.hooks.append(shutdown_during_clip_2)
-    assert first.run(job_id) is Outcome.RELEASED
+    assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
     assert clip_log.generated(job_id, 1) == [0, 1, 2]
     row = job(sqlite_db, job_id)
     assert (row.status, row.worker_id, row.last_checkpoint_clip) == ("queued", None, 3)
@@ -230,12 +237,7 @@ def test_a_new_worker_loads_its_model_while_the_inputs_and_checkpoint_download(
     job_id = make_job(sqlite_db, local_storage)
     first = Lifecycle(config(tmp_path), sqlite_db, local_storage)
 
-    def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 2):
-            first.request_shutdown()
-
-    clip_log.hooks.append(shutdown_during_clip_2)
-    assert first.run(job_id) is Outcome.RELEASED
+    assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
     assert job(sqlite_db, job_id).last_checkpoint_clip == 3
 
     loading, downloaded = threading.Event(), threading.Event()
@@ -465,12 +467,7 @@ def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_
             config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
         )
 
-        def shutdown_during_clip_2(job: str, attempt: int, clip: int) -> None:
-            if (job, attempt, clip) == (str(job_id), 1, 2):
-                first.request_shutdown()
-
-        clip_log.hooks.append(shutdown_during_clip_2)
-        assert first.run(job_id) is Outcome.RELEASED
+        assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
         assert job(sqlite_db, job_id).last_checkpoint_clip == 3
         second = Lifecycle(
             config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
