@@ -969,13 +969,10 @@ def drop_resume_point(
         or job.finished_at >= finished_before
     ):
         return False
-    segments = session.scalars(
-        sa.select(sa.func.count()).select_from(JobSegment).where(JobSegment.job_id == job.id)
-    ).one()
+    segments = session.execute(sa.delete(JobSegment).where(JobSegment.job_id == job.id)).rowcount
     clip = job.last_checkpoint_clip or 0
     if clip == 0 and segments == 0:
-        return False
-    session.execute(sa.delete(JobSegment).where(JobSegment.job_id == job.id))
+        return False  # nothing was deleted
     job.last_checkpoint_clip = None
     job.updated_at = now
     _event(

@@ -14,6 +14,7 @@ from db import repository as repo
 from db.states import JobStatus
 from storage import keys
 from storage.base import StorageError
+from tests.dispatch.test_relay import Recorder
 from worker.relay import OutboxRelay
 from worker.sweep import ResumePointSweeper
 
@@ -197,22 +198,11 @@ def test_a_retry_during_the_sweep_waits_and_then_starts_over(pg_db, s3_storage, 
     assert left == sorted([job.image_key, job.audio_key])
 
 
-class NoBroker:
-    def __init__(self) -> None:
-        self.published: list = []
-
-    def publish(self, job_id) -> None:
-        self.published.append(job_id)
-
-    def ping(self) -> None:
-        pass
-
-
 def test_the_relay_sweeps_once_per_interval(sqlite_db, local_storage, create_job, monkeypatch):
     db, storage = sqlite_db, local_storage
     first = ended_job(db, storage, create_job, status="failed", ended=at(0))
     sweeper = ResumePointSweeper(db, storage, retention_s=DAY, interval_s=3600)
-    relay = OutboxRelay(db, NoBroker(), sweeper=sweeper, redispatch_after_s=0)
+    relay = OutboxRelay(db, Recorder(), sweeper=sweeper, redispatch_after_s=0)
     monkeypatch.setattr("worker.sweep.utcnow", lambda: at(30))
 
     swept = relay.run_once().swept
