@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.schemas import EventOut, JobOut
 from api.services import Services
-from db import repository as repo
+from db import job_store
 from db.models import Job, JobEvent
 from db.states import TERMINAL, JobStatus
 
@@ -42,7 +42,9 @@ def sse(data: Any, *, event: str | None = None, id: int | None = None) -> bytes:
 
 def _poll(services: Services, job_id: uuid.UUID, after: int) -> tuple[list[JobEvent], Job | None]:
     with services.database.transaction() as s:
-        return repo.list_events(s, job_id, after_id=after, limit=PAGE), repo.get_job(s, job_id)
+        return job_store.list_events(s, job_id, after_id=after, limit=PAGE), job_store.get_job(
+            s, job_id
+        )
 
 
 async def stream(services: Services, job_id: uuid.UUID, last_event_id: int) -> AsyncIterator[bytes]:

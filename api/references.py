@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,12 +16,12 @@ from starlette.datastructures import UploadFile
 from api.config import InputLimits
 from api.errors import ApiError
 from api.inputs import AudioInfo, ImageInfo
-from api.services import Services
 from db import uploads
+from db.database import Database
 from db.models import Upload
 from storage import keys
 from storage.base import ObjectNotFound, StorageError
-from storage.s3 import parse_s3_uri
+from storage.s3 import S3Reader, parse_s3_uri
 
 Kind = Literal["image", "audio"]
 _CHUNK = 1024 * 1024
@@ -113,9 +114,9 @@ def check_stored(stored: StoredInput, kind: Kind, limits: InputLimits, field: st
         )
 
 
-def load_uploads(services: Services, tenant: str, ids: list[str]) -> dict[str, StoredInput]:
+def load_uploads(database: Database, tenant: str, ids: list[str]) -> dict[str, StoredInput]:
     """The uploads of this tenant by id; 422 naming the first that does not exist."""
-    with services.database.transaction() as s:
+    with database.transaction() as s:
         found = uploads.get_uploads(s, sorted(set(ids)), tenant=tenant)
     for upload_id in ids:
         if upload_id not in found:
@@ -126,17 +127,23 @@ def load_uploads(services: Services, tenant: str, ids: list[str]) -> dict[str, S
 
 
 def download_reference(
-    services: Services, uri: str, kind: str, limit: int, dest: Path, field: str | None = None
+    reader: S3Reader | None,
+    allowed: Sequence[str],
+    uri: str,
+    kind: str,
+    limit: int,
+    dest: Path,
+    field: str | None = None,
 ) -> LocalInput:
-    """Read an s3:// reference into `dest` after checking the bucket and the size."""
+    """Read an s3:// reference into `dest` after checking the bucket (one of `allowed`, read
+    with `reader`; None: references are off) and the size."""
     field = field or kind
     try:
         bucket, key = parse_s3_uri(uri)
         keys.validate_key(key)
     except ValueError as e:
         raise ApiError(422, "invalid_reference", f"{field}: {e}", field) from None
-    allowed = services.config.allowed_input_buckets
-    if services.s3_reader is None or not allowed:
+    if reader is None or not allowed:
         raise ApiError(
             422,
             "references_disabled",
@@ -152,7 +159,7 @@ def download_reference(
             field,
         )
     try:
-        size = services.s3_reader.head(bucket, key)
+        size = reader.head(bucket, key)
         if size > limit:
             raise ApiError(
                 413,
@@ -160,7 +167,7 @@ def download_reference(
                 f"{uri} is {size} bytes; the limit is {limit} bytes",
                 field,
             )
-        services.s3_reader.download(bucket, key, dest)
+        reader.download(bucket, key, dest)
     except ObjectNotFound:
         raise ApiError(422, "input_not_found", f"{field}: {uri} does not exist", field) from None
     except StorageError as e:

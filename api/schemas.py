@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from datetime import datetime
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from api.config import InputLimits
 from db.models import Job, JobEvent
+from db.params import WatermarkParams
 from db.webhooks import WEBHOOK_EVENTS
 from pipeline import params as P
 
@@ -77,6 +79,11 @@ class JobRequest(BaseModel):
         None, description="Signs this job's deliveries (16 to 128 characters); the tenant's "
         "webhook secret (GET /v1/webhooks/secret) when omitted.",
     )  # fmt: skip
+    watermark: WatermarkParams | None = Field(
+        None,
+        description="Changes to the operator's visible mark for this job: text, corner, "
+        "opacity, scale, margin (a JSON object; in a multipart form, its JSON text).",
+    )
 
     @staticmethod
     def _limits(info: ValidationInfo) -> InputLimits:
@@ -160,6 +167,16 @@ class JobRequest(BaseModel):
     def _webhook_secret(cls, v: str | None) -> str | None:
         return None if v is None else check_webhook_secret(v)
 
+    @field_validator("watermark", mode="before")
+    @classmethod
+    def _watermark_json(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a multipart form field carries the object as JSON text
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                raise ValueError("watermark must be a JSON object of watermark settings") from None
+        return v
+
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(2**31)
 
@@ -207,7 +224,7 @@ class JobOut(BaseModel):
                 clips_done=job.clips_done,
                 clips_total=job.clips_total,
                 frames_done=job.frames_done,
-                frames_total=job.clips_total * int(job.params.get("infer_frames", 0)),
+                frames_total=job.frames_total,
                 fps=job.fps,
                 eta_s=job.eta_s,
                 last_checkpoint_clip=job.last_checkpoint_clip,

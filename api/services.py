@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
-
 from api.config import ApiConfig
 from db.database import Database
 from storage.base import Storage
@@ -65,7 +63,3 @@ class Services:
     def job_queued(self) -> None:
         if self.on_job_queued is not None:
             self.on_job_queued()
-
-
-def get_services(request: Request) -> Services:
-    return request.app.state.services

@@ -42,9 +42,9 @@ from api.references import (
 )
 from api.schemas import JobRequest
 from api.services import Services
-from db import repository as repo
-from db import tenants, uploads, webhooks
+from db import job_store, tenants, uploads, webhooks
 from db.models import Job
+from db.params import AudioFacts, ImageFacts, JobParams
 from pipeline import params as P
 from storage import keys
 from storage.base import StorageError
@@ -238,7 +238,15 @@ async def _materialise(
     if reference_kind(source, kind) == "upload":
         return UploadRef(source)
     dest = scratch.path(kind)
-    return await run_in_threadpool(download_reference, services, source, kind, limit, dest)
+    return await run_in_threadpool(
+        download_reference,
+        services.s3_reader,
+        services.config.allowed_input_buckets,
+        source,
+        kind,
+        limit,
+        dest,
+    )
 
 
 def _resolve(
@@ -280,7 +288,7 @@ def inspect(got: Input, kind: str, caller: Caller) -> ImageInfo | AudioInfo:
 
 def job_params(
     req: JobRequest, image: ImageInfo, audio: AudioInfo, checkpoint_every: int, field: str = ""
-) -> tuple[dict[str, Any], int]:
+) -> tuple[JobParams, int]:
     """The stored parameters of a validated request, and its number of clips."""
     covered = P.clips_for_duration(audio.duration_s, req.infer_frames)
     if req.num_clips is not None and req.num_clips > covered:
@@ -293,24 +301,21 @@ def job_params(
             f"{field}num_clips",
         )
     width, height = P.fit_size(image.width, image.height, req.size)
-    params = {
-        "prompt": req.prompt,
-        "size": req.size,
-        "width": width,
-        "height": height,
-        "num_clips": req.num_clips,
-        "infer_frames": req.infer_frames,
-        "sample_steps": req.sample_steps,
-        "seed": req.resolved_seed(),
-        "checkpoint_every": req.checkpoint_every or checkpoint_every,
-        "audio_duration_s": audio.duration_s,
-        "image": {"width": image.width, "height": image.height, "format": image.format},
-        "audio": {
-            "codec": audio.codec,
-            "sample_rate": audio.sample_rate,
-            "channels": audio.channels,
-        },
-    }
+    params = JobParams(
+        prompt=req.prompt,
+        size=req.size,
+        width=width,
+        height=height,
+        num_clips=req.num_clips,
+        infer_frames=req.infer_frames,
+        sample_steps=req.sample_steps,
+        seed=req.resolved_seed(),
+        checkpoint_every=req.checkpoint_every or checkpoint_every,
+        audio_duration_s=audio.duration_s,
+        image=ImageFacts(width=image.width, height=image.height, format=image.format),
+        audio=AudioFacts(codec=audio.codec, sample_rate=audio.sample_rate, channels=audio.channels),
+        watermark=req.watermark,
+    )
     return params, req.num_clips or covered
 
 
@@ -342,7 +347,7 @@ def replay(existing: Job, fingerprint: str, key: str) -> Job:
 
 def _find_idempotent(services: Services, tenant: str, key: str) -> Job | None:
     with services.database.transaction() as s:
-        return repo.find_by_idempotency_key(s, tenant, key)
+        return job_store.find_by_idempotency_key(s, tenant, key)
 
 
 def _accept(
@@ -367,7 +372,7 @@ def _accept(
     try:
         with services.database.transaction() as s:
             if idempotency_key is not None:
-                existing = repo.find_by_idempotency_key(s, caller.tenant, idempotency_key)
+                existing = job_store.find_by_idempotency_key(s, caller.tenant, idempotency_key)
                 if existing is not None:
                     return replay(existing, fingerprint, idempotency_key), False
             image_got, audio_got = _resolve(services, s, caller, image_in, audio_in)
@@ -430,9 +435,9 @@ def _create(
     idempotency_key: str | None,
     fingerprint: str,
 ) -> Job:
-    job = repo.create_job(
+    job = job_store.create_job(
         s,
-        repo.NewJob(
+        job_store.NewJob(
             id=job_id,
             tenant=caller.tenant,
             params=params,

@@ -6,6 +6,7 @@ its outbox row each), so ten thousand jobs take one round trip per table, not th
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db import repository as repo
+from db.job_store import NewJob, new_job_rows, request_cancel
 from db.models import Batch, Job, JobEvent, OutboxMessage, Webhook, utcnow
 from db.states import LEASED, JobStatus
 from db.webhooks import new_webhook_id
@@ -32,7 +33,7 @@ class JobWebhook:
 class NewBatch:
     id: uuid.UUID
     tenant: str
-    jobs: Sequence[repo.NewJob]
+    jobs: Sequence[NewJob]
     webhooks: Sequence[JobWebhook | None] = ()
     """Per job (same order as `jobs`), or empty for none."""
     name: str | None = None
@@ -71,40 +72,10 @@ def create_batch(session: Session, new: NewBatch, *, now: datetime | None = None
     events: list[dict[str, Any]] = []
     outbox: list[dict[str, Any]] = []
     for job in new.jobs:
-        jobs.append(
-            {
-                "id": job.id,
-                "tenant": new.tenant,
-                "status": JobStatus.QUEUED.value,
-                "priority": job.priority,
-                "params": job.params,
-                "image_key": job.image_key,
-                "audio_key": job.audio_key,
-                "clips_total": job.clips_total,
-                "clips_done": 0,
-                "frames_done": 0,
-                "attempt": 0,
-                "max_attempts": job.max_attempts,
-                "cancel_requested": False,
-                "request_hash": job.request_hash,
-                "batch_id": new.id,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        events.append(
-            {
-                "job_id": job.id,
-                "at": now,
-                "event": "created",
-                "to_status": JobStatus.QUEUED.value,
-                "reason": f"submitted in batch {new.id}",
-                "attempt": 0,
-            }
-        )
-        outbox.append(
-            {"job_id": job.id, "topic": repo.RENDER_TOPIC, "reason": "created", "created_at": now}
-        )
+        row, created, wakeup = new_job_rows(dataclasses.replace(job, batch_id=new.id), now)
+        jobs.append(row)
+        events.append({**created, "reason": f"submitted in batch {new.id}"})
+        outbox.append(wakeup)
     if jobs:
         session.execute(sa.insert(Job), jobs)
         session.execute(sa.insert(JobEvent), events)
@@ -177,7 +148,7 @@ def cancel_batch(
     ).all()
     changed = 0
     for job_id in ids:
-        job = repo.request_cancel(session, job_id, tenant=batch.tenant, reason=reason, now=now)
+        job = request_cancel(session, job_id, tenant=batch.tenant, reason=reason, now=now)
         changed += job.status == JobStatus.CANCELED.value or job.cancel_requested
     return changed
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.params import JobParams
 from db.states import JobStatus
 
 # JSONB on Postgres (indexable, compact), plain JSON text elsewhere.
@@ -71,8 +72,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(sa.Integer, default=0)
 
-    # The validated request: prompt, size, resolved width/height, num_clips, infer_frames,
-    # sample_steps, seed, checkpoint_every, audio duration. Plain data, read by the worker.
+    # The validated request, as `db.params.JobParams` writes it; read it with `job_params`.
     params: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     image_key: Mapped[str] = mapped_column(sa.String(1024))
     audio_key: Mapped[str] = mapped_column(sa.String(1024))
@@ -132,6 +132,14 @@ class Job(Base):
     @property
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
+
+    @property
+    def job_params(self) -> JobParams:
+        return JobParams.model_validate(self.params)
+
+    @property
+    def frames_total(self) -> int:
+        return self.job_params.frames_for(self.clips_total)
 
 
 class JobEvent(Base):

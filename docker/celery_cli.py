@@ -12,7 +12,7 @@ not import the render stack.
 
 from __future__ import annotations
 
+from dispatch.celery_app import make_celery_app
 from ops.settings import Settings
-from worker.celery_app import make_celery_app
 
 app = make_celery_app(Settings().celery_config(), task_modules=())

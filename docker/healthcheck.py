@@ -41,9 +41,9 @@ def check_api() -> str:
 
 def check_relay() -> str:
     from db.database import Database
+    from dispatch.celery_app import make_celery_app
+    from dispatch.relay import CeleryDispatcher
     from ops.settings import Settings
-    from worker.celery_app import make_celery_app
-    from worker.relay import CeleryDispatcher
 
     settings = Settings()
     database = Database(settings.database_url)
@@ -65,8 +65,8 @@ def default_worker_name() -> str:
 
 
 def check_worker(name: str, timeout_s: float = 3.0) -> str:
+    from dispatch.celery_app import make_celery_app
     from ops.settings import Settings
-    from worker.celery_app import make_celery_app
 
     app = make_celery_app(Settings().celery_config(), task_modules=())
     try:

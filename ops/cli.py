@@ -90,7 +90,7 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import celery_app as ca
+    from dispatch import celery_app as ca
 
     app = ca.make_celery_app(settings.celery_config(), ca.TASK_MODULES)
     if not ca.has_render_task(app):
@@ -101,7 +101,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 1
     from db.database import Database
-    from worker import tasks
+    from dispatch import tasks
     from worker.lifecycle import Lifecycle
 
     # Built in the worker at its first job: database, storage and (lazily) the model.
@@ -157,10 +157,10 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from api.delivery import WebhookDeliverer
     from db.database import Database
-    from worker.celery_app import make_celery_app
-    from worker.relay import CeleryDispatcher, OutboxRelay
+    from dispatch.celery_app import make_celery_app
+    from dispatch.relay import CeleryDispatcher, OutboxRelay
+    from dispatch.webhooks import WebhookDeliverer
 
     configure_logging(settings.log_format, args.log_level)
     database = Database(settings.database_url)
@@ -201,7 +201,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
     from db.database import Database
-    from worker.sweep import ResumePointSweeper
+    from dispatch.sweep import ResumePointSweeper
 
     if args.embedded:
         settings = settings.embedded()

@@ -16,15 +16,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from api import Services, create_app
-from api.delivery import WebhookDeliverer
 from api.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from db import migrate, tenants
 from db.database import Database
+from dispatch.celery_app import make_celery_app
+from dispatch.embedded import EmbeddedRunner, JobHandler
+from dispatch.relay import CeleryDispatcher, OutboxRelay
+from dispatch.webhooks import WebhookDeliverer
 from ops.settings import Settings
 from storage.base import Storage
-from worker.celery_app import make_celery_app
-from worker.embedded import EmbeddedRunner, JobHandler
-from worker.relay import CeleryDispatcher, OutboxRelay
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,17 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
-from api.delivery import DeliveryConfig
+from dispatch.celery_app import CeleryConfig
+from dispatch.webhooks import DeliveryConfig
 from storage.base import Storage
 from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Reader, S3Storage, make_client
 from storage.signing import UrlSigner
-from worker.celery_app import CeleryConfig
 
 if TYPE_CHECKING:
     from db.database import Database
+    from dispatch.sweep import ResumePointSweeper
     from worker.config import WorkerConfig
-    from worker.sweep import ResumePointSweeper
 
 
 class Settings(BaseSettings):
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     soft_shutdown_timeout_s: float = 60
     resume_retention_days: float = 7.0
     """Days a failed or canceled job keeps its checkpoint and segments for a retry to resume
-    from (worker/sweep.py); 0 keeps them until the job is retried."""
+    from (dispatch/sweep.py); 0 keeps them until the job is retried."""
     sweep_interval_s: float = 3600
 
     # render worker
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
 
     # embedded mode
     data_dir: Path = Path("var")
-    embedded_handler: str | None = "worker.embedded:make_render_handler"
+    embedded_handler: str | None = "dispatch.embedded:make_render_handler"
     """`module:function` returning the job handler of embedded mode, given these settings
     (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         """The relay's sweep of old resume points, or None when they are kept."""
         if self.resume_retention_days <= 0:
             return None
-        from worker.sweep import ResumePointSweeper
+        from dispatch.sweep import ResumePointSweeper
 
         return ResumePointSweeper(
             database,

@@ -125,14 +125,16 @@ def create_job():
     """`create_job(db, **overrides) -> Job`: insert a queued job (and its outbox row) directly."""
     import uuid
 
-    from db import repository as repo
+    from db import job_store
+    from db.models import Job
+    from tests.factories import job_params
 
-    def create(database: Database, **overrides) -> repo.Job:
+    def create(database: Database, **overrides) -> Job:
         job_id = overrides.pop("id", None) or uuid.uuid4()
         fields = dict(
             id=job_id,
             tenant="default",
-            params={"prompt": "a person talking", "size": "720*400", "infer_frames": 48},
+            params=job_params(),
             image_key=f"jobs/{job_id}/inputs/image.png",
             audio_key=f"jobs/{job_id}/inputs/audio.wav",
             clips_total=10,
@@ -141,7 +143,7 @@ def create_job():
         fields.update(overrides)
         now = fields.pop("now", None)
         with database.transaction() as s:
-            return repo.create_job(s, repo.NewJob(**fields), now=now)
+            return job_store.create_job(s, job_store.NewJob(**fields), now=now)
 
     return create
 
@@ -316,14 +318,14 @@ def redis_prefix() -> Iterator[str]:
 
 @pytest.fixture
 def celery_config(redis_prefix):
-    from worker.celery_app import CeleryConfig
+    from dispatch.celery_app import CeleryConfig
 
     return CeleryConfig(broker_url=REDIS_URL, key_prefix=redis_prefix, connect_timeout_s=2)
 
 
 @pytest.fixture
 def celery_app(celery_config):
-    from worker.celery_app import make_celery_app
+    from dispatch.celery_app import make_celery_app
 
     app = make_celery_app(celery_config, task_modules=())
     yield app

@@ -30,12 +30,11 @@ captured state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
-import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from db import repository as repo
-from db.database import Database
+from db.segments import Segment
 from pipeline import state as state_io
-from storage import keys
 from storage.base import Storage
 from worker.backoff import with_retries
 from worker.checkpoints import prune_checkpoints, upload_checkpoint
 from worker.config import WorkerConfig
 from worker.faults import FaultPlan
+from worker.lease import LeasedJob
 from worker.provenance import iter_frame_hashes
 from worker.segments import SegmentEncoder
 
@@ -63,12 +61,21 @@ OPEN_INTERVAL_FRAMES = "open-interval.rgb"
 
 @dataclass
 class Interval:
-    """The segment being encoded: clips [first_clip, first_clip + clips)."""
+    """The segment being encoded (its index, first clip and key are the encoder's)."""
 
-    index: int
-    first_clip: int
     encoder: SegmentEncoder
-    clips: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.encoder.index
+
+    @property
+    def first_clip(self) -> int:
+        return self.encoder.first_clip
+
+    @property
+    def clips(self) -> int:
+        return self.encoder.clips_submitted
 
 
 @dataclass(frozen=True)
@@ -113,25 +120,6 @@ def read_open_interval(directory: Path) -> OpenInterval | None:
 
 
 @dataclass
-class SegmentRef:
-    """A recorded segment, and where its file is on this machine once it is there."""
-
-    index: int
-    key: str
-    first_clip: int
-    clips: int
-    frames: int
-    bytes: int
-    sha256: str
-    path: Path | None = None
-    frame_hashes: list[str] | None = None
-
-    @property
-    def end_clip(self) -> int:
-        return self.first_clip + self.clips
-
-
-@dataclass
 class CommitTiming:
     end_clip: int
     seconds: float
@@ -159,20 +147,16 @@ class _Commit:
 @dataclass
 class IntervalCommitter:
     config: WorkerConfig
-    database: Database
+    leased: LeasedJob
     storage: Storage
-    job_id: uuid.UUID
-    attempt: int
     scratch: Path
     faults: FaultPlan
-    stop: threading.Event
-    """Set when the attempt ends early (lost lease, failure): retries stop waiting."""
-    committed: list[SegmentRef] = field(default_factory=list)
+    committed: list[Segment] = field(default_factory=list)
     timings: list[CommitTiming] = field(default_factory=list)
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="interval-commit")
     )
-    _pending: Future[SegmentRef | None] | None = None
+    _pending: Future[Segment | None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -220,66 +204,56 @@ class IntervalCommitter:
         try:
             self.wait()
         except Exception as exc:
-            log.warning("job %s: the last interval was not committed: %s", self.job_id, exc)
+            log.warning("job %s: the last interval was not committed: %s", self.leased.job_id, exc)
         self._executor.shutdown(wait=True)
 
     # -- the committer's thread --------------------------------------------------------
 
-    def _commit(self, c: _Commit) -> SegmentRef | None:
+    def _commit(self, c: _Commit) -> Segment | None:
         started = time.monotonic()
         interval = c.interval
-        info = interval.encoder.close()
+        segment: Segment | None = interval.encoder.close()
+        assert segment is not None and segment.path is not None
         raw = interval.encoder.raw_copy
+        leased = self.leased
+        stop = leased.stop
 
         if c.open:
-            info.path.unlink(missing_ok=True)  # re-encoded whole by the next attempt
+            segment.path.unlink(missing_ok=True)  # re-encoded whole by the next attempt
             assert raw is not None
-            checkpoint_bytes = self._checkpoint(c, open_interval=(interval, info.frames, raw))
+            checkpoint_bytes = self._checkpoint(c, open_interval=(interval, segment.frames, raw))
             segment = None
         else:
             if raw is not None:
                 raw.unlink(missing_ok=True)
-            frame_hashes = list(iter_frame_hashes(info.path))
-            key = keys.segment_key(self.job_id, interval.index)
+            segment = dataclasses.replace(
+                segment, frame_hashes=tuple(iter_frame_hashes(segment.path))
+            )
+            path = segment.path
+            leased.check()
             with_retries(
-                lambda: self.storage.put_file(key, info.path, "video/mp4"),
-                f"upload {key}",
+                lambda: self.storage.put_file(segment.key, path, "video/mp4"),
+                f"upload {segment.key}",
                 self.config.storage_retry,
-                stop=self.stop,
+                stop=stop,
             )
             self.faults.hit("segment_upload")
             checkpoint_bytes = self._checkpoint(c) if c.checkpointed else 0
-            segment = SegmentRef(
-                index=interval.index,
-                key=key,
-                first_clip=interval.first_clip,
-                clips=interval.clips,
-                frames=info.frames,
-                bytes=info.bytes,
-                sha256=info.sha256,
-                path=info.path,
-                frame_hashes=frame_hashes,
-            )
 
-        held = with_retries(
-            lambda: self._record(segment, c, checkpoint_bytes),
-            f"record the checkpoint at clip {c.end_clip}",
-            self.config.database_retry,
-            stop=self.stop,
+        leased.record_interval(
+            segment, c.end_clip, duration_s=c.render_cost_s, bytes=checkpoint_bytes
         )
-        if not held:
-            raise repo.LeaseLost(self.job_id, self.config.worker_id, self.attempt)
         try:
             prune_checkpoints(
-                self.storage, self.job_id, c.end_clip, self.config.storage_retry, stop=self.stop
+                self.storage, leased.job_id, c.end_clip, self.config.storage_retry, stop=stop
             )
         except Exception as exc:  # garbage only: the next boundary or the end prunes it
-            log.warning("job %s: could not prune old checkpoints: %s", self.job_id, exc)
+            log.warning("job %s: could not prune old checkpoints: %s", leased.job_id, exc)
         seconds = time.monotonic() - started
         self.timings.append(CommitTiming(c.end_clip, seconds, checkpoint_bytes))
         log.info(
             "job %s: %s (clips %d-%d) and checkpoint at clip %d committed in %.2f s",
-            self.job_id,
+            leased.job_id,
             f"segment {interval.index}" if segment else f"open interval {interval.index}",
             interval.first_clip,
             c.end_clip - 1,
@@ -314,39 +288,15 @@ class IntervalCommitter:
                 "height": interval.encoder.height,
             }
             (local / OPEN_INTERVAL).write_text(json.dumps(meta))
+        self.leased.check()
         uploaded = upload_checkpoint(
             self.storage,
-            self.job_id,
+            self.leased.job_id,
             c.end_clip,
             local,
             self.config.storage_retry,
             after_first_file=lambda: self.faults.hit("checkpoint_write"),
-            stop=self.stop,
+            stop=self.leased.stop,
         )
         shutil.rmtree(local, ignore_errors=True)
         return uploaded
-
-    def _record(self, segment: SegmentRef | None, c: _Commit, checkpoint_bytes: int) -> bool:
-        worker_id = self.config.worker_id
-        with self.database.transaction() as s:
-            if segment is not None:
-                record = repo.SegmentRecord(
-                    index=segment.index,
-                    key=segment.key,
-                    first_clip=segment.first_clip,
-                    clips=segment.clips,
-                    frames=segment.frames,
-                    bytes=segment.bytes,
-                    sha256=segment.sha256,
-                )
-                if not repo.record_segment(s, self.job_id, worker_id, self.attempt, record):
-                    return False
-            return repo.record_checkpoint(
-                s,
-                self.job_id,
-                worker_id,
-                self.attempt,
-                c.end_clip,
-                duration_s=c.render_cost_s,
-                bytes=checkpoint_bytes,
-            )

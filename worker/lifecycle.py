@@ -24,43 +24,39 @@ keeping the segments before it and regenerating the rest.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from db import repository as repo
+from pipeline.engine import Engine, RenderStream
+
+from db import leases
 from db.database import Database
-from db.models import JobSegment
+from db.leases import LeaseLost
+from db.segments import Segment
 from db.states import JobStatus
-from pipeline import params as P
 from storage import keys
 from storage.base import ObjectNotFound, Storage
 from worker.backoff import with_retries
-from worker.checkpoints import download_checkpoint, prune_checkpoints
-from worker.commit import (
-    Interval,
-    IntervalCommitter,
-    OpenInterval,
-    SegmentRef,
-    read_open_interval,
-)
+from worker.checkpoints import download_checkpoint
+from worker.commit import Interval, IntervalCommitter, read_open_interval
 from worker.config import EngineSpec, WorkerConfig
-from worker.engine import ENGINES, Engine, RenderStream, capture_state
+from worker.engine import ENGINES
 from worker.errors import JobInputError, describe, is_retryable
 from worker.faults import FaultPlan
-from worker.heartbeat import Heartbeat
+from worker.finish import Finisher
+from worker.lease import Heartbeat, LeasedJob
 from worker.plan import JobPlan
-from worker.provenance import build_manifest, iter_frame_hashes
-from worker.segments import SegmentEncoder, SegmentInfo, file_sha256
-from worker.stitch import prepare_audio, stitch
+from worker.resume import ResumePoint, needs_checkpoint, resume_point
+from worker.segments import SegmentEncoder
+from worker.stitch import prepare_audio
 from worker.watermark import Watermark
 
 log = logging.getLogger(__name__)
@@ -80,9 +76,17 @@ class Outcome(StrEnum):
     """The attempt failed and the database could not be told; the lease will expire."""
 
 
-def manifest_key(job_id: uuid.UUID) -> str:
-    """The provenance manifest, stored beside the output."""
-    return f"{keys.job_prefix(job_id)}output.manifest.json"
+@dataclass(frozen=True)
+class ClipDone:
+    """What an `on_clip` hook is told, in the worker's thread, right after a clip came back
+    from the engine (before it is encoded): a test's or an operator's point to act at."""
+
+    job_id: uuid.UUID
+    attempt: int
+    clip: int
+
+
+ClipHook = Callable[[ClipDone], None]
 
 
 @dataclass
@@ -117,18 +121,6 @@ class AttemptStats:
         return (self.capture_s + self.commit_wait_s) / self.render_s if self.render_s else 0.0
 
 
-@dataclass
-class _Start:
-    """Where an attempt starts."""
-
-    clip: int
-    segments: list[SegmentRef]
-    """Recorded segments before `clip` (all of them, unless an open interval is carried)."""
-    checkpoint: Path | None = None
-    """The downloaded checkpoint directory at `clip` (None: from the start, or stitch only)."""
-    open_interval: OpenInterval | None = None
-
-
 class _Stop(Exception):
     """Ends the attempt early with an outcome that has been recorded already."""
 
@@ -145,12 +137,15 @@ class Lifecycle:
         database: Database,
         storage: Storage,
         *,
-        engines: Any = None,
+        engines: Callable[[EngineSpec], Engine] | None = None,
+        on_clip: ClipHook | None = None,
     ):
         self.config = config
         self.database = database
         self.storage = storage
         self._engines = engines if engines is not None else ENGINES.get
+        self.on_clip = on_clip
+        """Called after every generated clip (see `ClipDone`)."""
         self.faults = FaultPlan.parse(config.fault)
         self.shutdown = threading.Event()
         self._shutdown_at: float | None = None
@@ -206,43 +201,31 @@ class Lifecycle:
 
     __call__ = run
 
-    def _claim(self, job_id: uuid.UUID) -> repo.Lease | None:
+    def _claim(self, job_id: uuid.UUID) -> leases.Lease | None:
         with self.database.transaction() as s:
-            return repo.claim_for_wakeup(s, job_id, self.config.worker_id, self.config.lease_s)
+            return leases.claim_for_wakeup(s, job_id, self.config.worker_id, self.config.lease_s)
 
 
 class _Attempt:
     """One attempt: everything between a successful claim and the attempt's outcome."""
 
-    def __init__(self, lifecycle: Lifecycle, lease: repo.Lease):
+    def __init__(self, lifecycle: Lifecycle, lease: leases.Lease):
         self.lc = lifecycle
         self.config = lifecycle.config
-        self.database = lifecycle.database
         self.storage = lifecycle.storage
-        self.lease = lease
         self.job_id = lease.job_id
         self.attempt = lease.attempt
-        self.worker_id = lease.worker_id
         self.scratch = self.config.scratch_dir / str(self.job_id)
         self.stats = AttemptStats(self.job_id, self.attempt)
-        self.stop = threading.Event()  # set when the attempt ends early: retries stop waiting
-        self.heartbeat = Heartbeat(
-            self.database,
-            self.job_id,
-            self.worker_id,
-            self.attempt,
+        self.leased = LeasedJob(
+            lifecycle.database,
+            lease,
             lease_s=self.config.lease_s,
-            interval_s=self.config.heartbeat_interval_s,
+            retry=self.config.database_retry,
         )
+        self.heartbeat = Heartbeat(self.leased, interval_s=self.config.heartbeat_interval_s)
         self.committer = IntervalCommitter(
-            self.config,
-            self.database,
-            self.storage,
-            self.job_id,
-            self.attempt,
-            self.scratch,
-            lifecycle.faults,
-            self.stop,
+            self.config, self.leased, self.storage, self.scratch, lifecycle.faults
         )
         self._background = ThreadPoolExecutor(1, thread_name_prefix="audio")
         self._engine: Future[Engine] | None = None
@@ -263,14 +246,14 @@ class _Attempt:
         except _Stop as stop:
             outcome = stop.outcome
         except Exception as exc:
-            self.stop.set()
-            if self.heartbeat.lost.is_set() or isinstance(exc, repo.LeaseLost):
+            self.leased.stop.set()
+            if self.leased.lost.is_set() or isinstance(exc, LeaseLost):
                 log.warning("job %s: attempt %d lost its lease: %s", self.job_id, self.attempt, exc)
                 outcome = Outcome.LEASE_LOST
             else:
                 outcome = self._fail(exc)
         finally:
-            self.stop.set()
+            self.leased.stop.set()
             self._close_stream()
             if self._interval is not None:
                 self._interval.encoder.abort()
@@ -285,13 +268,14 @@ class _Attempt:
         return outcome
 
     def _run(self) -> Outcome:
-        job = self._db(lambda s: repo.get_job(s, self.job_id), "read the job")
+        job = self.leased.job()
         plan = JobPlan.from_job(
             job,
             default_watermark=self.config.watermark,
             watermark_allowed=self.config.watermark_allowed,
         )
-        if (self.lease.resume_from_clip or 0) < plan.clips_total:
+        recorded = self.leased.lease.resume_from_clip or 0
+        if recorded < plan.clips_total:
             self._engine = self._load_engine_beside()
         image = self._input_bytes(plan.image_key)
         audio = self.scratch / f"source{Path(plan.audio_key).suffix}"
@@ -299,21 +283,25 @@ class _Attempt:
         audio_track: Future[Path] = self._background.submit(
             prepare_audio, audio, self.scratch / "audio.m4a", plan.duration_s, self.config.audio
         )
-        start = self._resume_point(plan, self.lease.resume_from_clip or 0)
+        start = self._resume_point(plan, recorded)
         self.stats.resumed_from = start.clip
         log.info(
-            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept)",
+            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s",
             self.job_id,
             self.attempt,
             job.max_attempts,
             start.clip,
             plan.clips_total,
             len(start.segments),
+            start.reason,
         )
         segments = start.segments
         if start.clip < plan.clips_total:
             segments = segments + self._render(plan, image, audio, start)
-        return self._finish(plan, segments, audio_track)
+        finisher = Finisher(self.config, self.leased, self.storage, self.scratch, self.lc.faults)
+        timing = finisher.finish(plan, segments, audio_track.result())
+        self.stats.stitch_s, self.stats.upload_s = timing.stitch_s, timing.upload_s
+        return Outcome.SUCCEEDED
 
     def _load_engine_beside(self) -> Future[Engine]:
         """Load the worker's model (the first job of a process, or after a crash: minutes for
@@ -333,62 +321,25 @@ class _Attempt:
         threading.Thread(target=load, name="engine-load", daemon=True).start()
         return future
 
-    # ---- resume point --------------------------------------------------------------------
-
-    def _resume_point(self, plan: JobPlan, recorded: int) -> _Start:
-        """Where this attempt starts: the recorded checkpoint, its files, the segments before it.
-
-        Segment rows are recorded with their checkpoints, so segments 0..k tile [0, e) with
-        e == recorded, or e < recorded when the checkpoint carries the open interval [e,
-        recorded). Anything else (rows or checkpoint files lost) starts the job over from
-        clip 0: its segments are regenerated and their rows replaced.
-        """
+    def _resume_point(self, plan: JobPlan, recorded: int) -> ResumePoint:
+        """Fetch what the decision needs (the segments' rows, the checkpoint), then decide."""
         if recorded == 0:
-            return _Start(0, [])
-        rows: list[JobSegment] = self._db(
-            lambda s: repo.list_segments(s, self.job_id), "read the segments"
-        )
-        kept: list[SegmentRef] = []
-        end = 0
-        for row in rows:
-            if row.index != len(kept) or row.first_clip != end:
-                break
-            if row.first_clip + row.clips > recorded:
-                break
-            kept.append(
-                SegmentRef(
-                    row.index, row.key, row.first_clip, row.clips, row.frames, row.bytes, row.sha256
-                )
-            )
-            end = row.first_clip + row.clips
-        if recorded == plan.clips_total and end == recorded:
-            return _Start(recorded, kept)  # every clip is in a segment: only the stitch is left
-        if recorded < plan.clips_total:
+            return resume_point(0, plan.clips_total, plan.infer_frames, [], None, None)
+        checkpoint = None
+        if needs_checkpoint(recorded, plan.clips_total):
             try:
-                directory = self._download_checkpoint(recorded)
+                checkpoint = self._download_checkpoint(recorded)
             except JobInputError as exc:
                 log.warning("job %s: %s", self.job_id, exc)
-                directory = None
-            if directory is not None:
-                carried = read_open_interval(directory)
-                if end == recorded and carried is None:
-                    return _Start(recorded, kept, directory)
-                if (
-                    carried is not None
-                    and carried.index == len(kept)
-                    and carried.first_clip == end
-                    and carried.first_clip + carried.clips == recorded
-                    and carried.frames == carried.clips * plan.infer_frames
-                ):
-                    return _Start(recorded, kept, directory, carried)
-        log.warning(
-            "job %s: the checkpoint at clip %d and the segments before it (clips [0, %d)) do "
-            "not make a resume point: starting over",
-            self.job_id,
+        carried = read_open_interval(checkpoint) if checkpoint is not None else None
+        return resume_point(
             recorded,
-            end,
+            plan.clips_total,
+            plan.infer_frames,
+            self.leased.segments(),
+            checkpoint,
+            carried,
         )
-        return _Start(0, [])
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -398,7 +349,7 @@ class _Attempt:
                 lambda: self.storage.get_bytes(key),
                 f"download {key}",
                 self.config.storage_retry,
-                stop=self.stop,
+                stop=self.leased.stop,
             )
         except ObjectNotFound as e:
             raise JobInputError(f"input {key} is missing from storage") from e
@@ -409,33 +360,32 @@ class _Attempt:
                 lambda: self.storage.get_file(key, path),
                 f"download {key}",
                 self.config.storage_retry,
-                stop=self.stop,
+                stop=self.leased.stop,
             )
         except ObjectNotFound as e:
             raise JobInputError(f"input {key} is missing from storage") from e
 
     # ---- rendering -----------------------------------------------------------------------
 
-    def _render(self, plan: JobPlan, image: bytes, audio: Path, start: _Start) -> list[SegmentRef]:
+    def _render(
+        self, plan: JobPlan, image: bytes, audio: Path, start: ResumePoint
+    ) -> list[Segment]:
         """Generate clips [start.clip, clips_total); return the segments committed meanwhile.
 
         Ends the attempt early (`_Stop`) on cancel or shutdown.
         """
-        self._check_flags(plan, start.clip)  # a cancel or a shutdown before the model is used
+        self._check_flags(start.clip)  # a cancel or a shutdown before the model is used
         started = time.monotonic()
         engine = self._engine.result() if self._engine is not None else self.lc.engine()
         self.stats.engine_s = time.monotonic() - started
         mode = self.config.checkpoint_mode
         self._engine_writes_checkpoints = mode == "directory" or (
-            mode == "auto" and getattr(engine, "writes_own_checkpoints", False)
+            mode == "auto" and engine.writes_own_checkpoints
         )
 
         started = time.monotonic()
         request = plan.request(image, audio)
-        if start.checkpoint is not None:
-            stream = engine.open(request, resume_from=start.checkpoint)
-        else:
-            stream = engine.open(request)
+        stream = engine.open(request, resume_from=start.checkpoint)
         self._stream = stream
         self.stats.open_s = time.monotonic() - started
         if stream.num_clips != plan.clips_total or stream.next_clip != start.clip:
@@ -458,10 +408,9 @@ class _Attempt:
                 self._interval.encoder.submit(
                     frames[i * plan.infer_frames : (i + 1) * plan.infer_frames]
                 )
-            self._interval.clips = carried.clips
         if start.checkpoint is not None:
             shutil.rmtree(start.checkpoint, ignore_errors=True)
-        self._check_flags(plan, start.clip)  # loading and opening may take minutes
+        self._check_flags(start.clip)  # loading and opening may take minutes
 
         render_started = time.monotonic()
         self._last_progress = render_started
@@ -471,17 +420,17 @@ class _Attempt:
             if clip.index != done:
                 raise RuntimeError(f"the engine returned clip {clip.index}, expected {done}")
             self.lc.faults.hit("during_clip")
+            if self.lc.on_clip is not None:
+                self.lc.on_clip(ClipDone(self.job_id, self.attempt, clip.index))
             waited = time.monotonic()
             self._interval.encoder.submit(clip.frames)
             self.stats.encoder_wait_s += time.monotonic() - waited
-            self._interval.clips += 1
             done += 1
             self.stats.clips += 1
             log.info("job %s: attempt %d generated clip %d", self.job_id, self.attempt, clip.index)
 
             self.committer.raise_if_failed()
-            if self.heartbeat.lost.is_set():
-                raise repo.LeaseLost(self.job_id, self.worker_id, self.attempt)
+            self.leased.check()
             if plan.is_boundary(done):
                 final = done == plan.clips_total
                 self._boundary(stream, done, final)
@@ -491,7 +440,7 @@ class _Attempt:
             self.stats.render_s = time.monotonic() - render_started
             self._clip_s = time.monotonic() - clip_started
             self._progress(plan, done, start.clip)
-            self._check_flags(plan, done)
+            self._check_flags(done)
 
         self.committer.wait()
         self._close_stream()
@@ -511,8 +460,11 @@ class _Attempt:
             self.config.encoder,
             watermark=watermark,
             raw_copy=path.with_suffix(".rgb"),  # what a shutdown mid-interval checkpoints
+            index=index,
+            first_clip=first_clip,
+            key=keys.segment_key(self.job_id, index),
         )
-        return Interval(index=index, first_clip=first_clip, encoder=encoder)
+        return Interval(encoder)
 
     def _boundary(self, stream: RenderStream, clip: int, final: bool, open: bool = False) -> None:
         """Hand the interval to the committer; the generator waits only for the previous
@@ -529,7 +481,8 @@ class _Attempt:
             shutil.rmtree(written, ignore_errors=True)
             stream.checkpoint(written)
         elif not final:
-            state = capture_state(stream)
+            # into pinned memory: the copy runs at full bus speed; writing happens elsewhere
+            state = stream.state_dict(pin_memory=True)
         done = time.monotonic()
         self.stats.capture_s += done - captured
         self.committer.submit(
@@ -545,7 +498,7 @@ class _Attempt:
             clip,
             self.scratch / "resume",
             self.config.storage_retry,
-            stop=self.stop,
+            stop=self.leased.stop,
         )
 
     def _close_stream(self) -> None:
@@ -563,37 +516,11 @@ class _Attempt:
         frames = (done - resume) * plan.infer_frames
         fps = frames / self.stats.render_s if self.stats.render_s > 0 else None
         eta = (plan.clips_total - done) * plan.infer_frames / fps if fps else None
-        try:
-            with self.database.transaction() as s:
-                held = repo.update_progress(
-                    s,
-                    self.job_id,
-                    self.worker_id,
-                    self.attempt,
-                    clips_done=done,
-                    frames_done=done * plan.infer_frames,
-                    fps=fps,
-                    eta_s=eta,
-                    clip_s=self._clip_s,
-                )
-        except Exception as exc:  # progress can wait for the database; the render cannot
-            log.warning("job %s: progress not recorded (%s)", self.job_id, exc)
-            return
-        if not held:
-            self.heartbeat.lost.set()
-            raise repo.LeaseLost(self.job_id, self.worker_id, self.attempt)
+        self.leased.progress(done, fps=fps, eta_s=eta, clip_s=self._clip_s)
 
-    def _cancel_requested(self) -> bool:
-        try:
-            with self.database.transaction() as s:
-                return repo.is_cancel_requested(s, self.job_id)
-        except Exception as exc:
-            log.warning("job %s: cancel flag not read (%s)", self.job_id, exc)
-            return False
-
-    def _check_flags(self, plan: JobPlan, done: int) -> None:
+    def _check_flags(self, done: int) -> None:
         """Between clips: stop for a cancel request or a shutdown."""
-        if self._cancel_requested():
+        if self.leased.cancel_requested():
             raise _Stop(self._cancel(done))
         if self.lc.shutdown.is_set():
             raise _Stop(self._release(done))
@@ -605,10 +532,7 @@ class _Attempt:
             self._interval.encoder.abort()  # the open interval is not kept
             self._interval = None
         self.committer.shutdown()  # a commit in flight still becomes the resume point
-        self._db(
-            lambda s: repo.mark_canceled(s, self.job_id, self.worker_id, self.attempt),
-            "record the cancel",
-        )
+        self.leased.cancel()
         return Outcome.CANCELED
 
     def _release(self, done: int) -> Outcome:
@@ -626,129 +550,10 @@ class _Attempt:
             self._interval.encoder.abort()
             self._interval = None
         self.committer.wait()
-        self._db(
-            lambda s: repo.release(
-                s,
-                self.job_id,
-                self.worker_id,
-                self.attempt,
-                reason=f"worker {self.worker_id} shutting down",
-            ),
-            "release the job",
-        )
+        self.leased.release(f"worker {self.leased.worker_id} shutting down")
         return Outcome.RELEASED
 
-    # ---- finishing -----------------------------------------------------------------------
-
-    def _finish(
-        self, plan: JobPlan, segments: list[SegmentRef], audio_track: Future[Path]
-    ) -> Outcome:
-        self._db(
-            lambda s: repo.mark_stitching(s, self.job_id, self.worker_id, self.attempt),
-            "mark the job stitching",
-        )
-        started = time.monotonic()
-        infos = [self._local_segment(seg) for seg in segments]
-        hashes = [
-            seg.frame_hashes if seg.frame_hashes is not None else list(iter_frame_hashes(info.path))
-            for seg, info in zip(segments, infos, strict=True)
-        ]
-        output = self.scratch / "output.mp4"
-        result = stitch([i.path for i in infos], audio_track.result(), output, self.config.audio)
-        if result.frames != plan.frames_total:
-            raise RuntimeError(
-                f"the stitched video has {result.frames} frames, the job {plan.frames_total}"
-            )
-        self.stats.stitch_s = time.monotonic() - started
-
-        started = time.monotonic()
-        output_key = keys.output_key(self.job_id)
-        self._upload(output_key, output, "video/mp4")
-        self.lc.faults.hit("stitch")
-        manifest = build_manifest(
-            infos,
-            output,
-            metadata={
-                "job_id": str(self.job_id),
-                "tenant": plan.tenant,
-                "seed": str(plan.seed),
-                "size": plan.size,
-                "model": self.config.engine.preset,
-                "watermark": plan.watermark.text if plan.watermark.enabled else "",
-            },
-            segment_frame_hashes=hashes,
-        )
-        body = (json.dumps(manifest, indent=1) + "\n").encode()
-        key = manifest_key(self.job_id)
-        with_retries(
-            lambda: self.storage.put_bytes(key, body, "application/json"),
-            f"upload {key}",
-            self.config.storage_retry,
-            stop=self.stop,
-        )
-        self.stats.upload_s = time.monotonic() - started
-        output_meta = {
-            "bytes": result.bytes,
-            "sha256": manifest["output"]["sha256"],
-            "frames": result.frames,
-            "duration_s": result.duration_s,
-        }
-        self._db(
-            lambda s: repo.mark_succeeded(
-                s, self.job_id, self.worker_id, self.attempt, output_key, output=output_meta
-            ),
-            "record the success",
-        )
-        self._clean_up_storage(segments)
-        return Outcome.SUCCEEDED
-
-    def _local_segment(self, seg: SegmentRef) -> SegmentInfo:
-        """The segment as a local file, downloaded if this attempt did not encode it."""
-        path = seg.path
-        if path is None or not path.is_file():
-            path = self.scratch / "segments" / f"{seg.index:05d}.mp4"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = seg.key
-            with_retries(
-                lambda: self.storage.get_file(key, path),
-                f"download {key}",
-                self.config.storage_retry,
-                stop=self.stop,
-            )
-            sha = file_sha256(path)
-            if sha != seg.sha256:
-                raise RuntimeError(
-                    f"segment {key} in storage has sha256 {sha}, the record says {seg.sha256}"
-                )
-        return SegmentInfo(
-            path=path,
-            frames=seg.frames,
-            bytes=seg.bytes,
-            sha256=seg.sha256,
-            duration_s=seg.frames / P.FPS,
-        )
-
-    def _upload(self, key: str, path: Path, content_type: str) -> None:
-        with_retries(
-            lambda: self.storage.put_file(key, path, content_type),
-            f"upload {key}",
-            self.config.storage_retry,
-            stop=self.stop,
-        )
-
-    def _clean_up_storage(self, segments: list[SegmentRef]) -> None:
-        """After success: checkpoints always go; segments unless kept (the output holds them)."""
-        try:
-            prune_checkpoints(self.storage, self.job_id, None, self.config.storage_retry)
-            prefix = keys.segments_prefix(self.job_id)
-            used = {seg.key for seg in segments}
-            for key in self.storage.list(prefix):
-                if not self.config.keep_segments or key not in used:
-                    self.storage.delete(key)
-        except Exception as exc:  # garbage only: the job has succeeded
-            log.warning("job %s: storage clean-up incomplete: %s", self.job_id, exc)
-
-    # ---- failures and database calls -----------------------------------------------------
+    # ---- failures ------------------------------------------------------------------------
 
     def _fail(self, exc: Exception) -> Outcome:
         retryable = is_retryable(exc)
@@ -761,13 +566,8 @@ class _Attempt:
             error,
         )
         try:
-            job = self._db(
-                lambda s: repo.mark_failed(
-                    s, self.job_id, self.worker_id, self.attempt, error, retryable=retryable
-                ),
-                "record the failure",
-            )
-        except repo.LeaseLost:
+            job = self.leased.fail(error, retryable=retryable)
+        except LeaseLost:
             return Outcome.LEASE_LOST
         except Exception:
             log.exception(
@@ -775,16 +575,3 @@ class _Attempt:
             )
             return Outcome.ABANDONED
         return Outcome.REQUEUED if job.status == JobStatus.QUEUED.value else Outcome.FAILED
-
-    def _db(self, operation: Any, what: str) -> Any:
-        """Run `operation(session)` in a transaction, retrying while the database is away."""
-
-        def once() -> Any:
-            with self.database.transaction() as s:
-                return operation(s)
-
-        try:
-            return with_retries(once, what, self.config.database_retry, stop=self.stop)
-        except repo.LeaseLost:
-            self.heartbeat.lost.set()
-            raise

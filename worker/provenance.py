@@ -27,7 +27,8 @@ from typing import Any, Literal
 import av
 import numpy as np
 
-from worker.segments import SegmentInfo, file_sha256
+from db.segments import Segment
+from worker.segments import file_sha256
 
 MANIFEST_FORMAT = "longtake-manifest/1"
 MAX_REPORTED = 20  # differing frame indices listed in a verdict
@@ -73,7 +74,7 @@ def _software_version() -> str:
 
 
 def build_manifest(
-    segments: Sequence[SegmentInfo],
+    segments: Sequence[Segment],
     output: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,
@@ -145,7 +146,7 @@ def build_manifest(
         "segments": [
             {
                 "index": i,
-                "name": s.path.name,
+                "name": (s.path or Path(s.key)).name,
                 "sha256": s.sha256,
                 "bytes": s.bytes,
                 "frames": s.frames,

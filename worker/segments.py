@@ -26,6 +26,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from db.segments import Segment
 from worker.watermark import Watermark
 
 X264_PRESETS = (
@@ -76,17 +77,6 @@ class EncoderSettings:
             raise ValueError(f"encoder threads must be within [0, 64], got {self.threads}")
 
 
-@dataclass(frozen=True)
-class SegmentInfo:
-    """A finished segment file: what the checkpoint row and the manifest record."""
-
-    path: Path
-    frames: int
-    bytes: int
-    sha256: str
-    duration_s: float
-
-
 class EncoderError(RuntimeError):
     """Encoding a segment failed; raised by the next ``submit`` or ``close`` after the fault."""
 
@@ -132,6 +122,9 @@ class SegmentEncoder:
         watermark: Watermark | None = None,
         max_pending_clips: int = 4,
         raw_copy: str | os.PathLike[str] | None = None,
+        index: int = 0,
+        first_clip: int = 0,
+        key: str = "",
     ) -> None:
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(
@@ -148,6 +141,8 @@ class SegmentEncoder:
                 f"the segment is {width}x{height}"
             )
         self.path = Path(path)
+        # which segment of a job this is: recorded in the Segment that close() returns
+        self.index, self.first_clip, self.key = index, first_clip, key
         self.width, self.height, self.fps = width, height, fps
         self.settings = settings or EncoderSettings()
         self.watermark = watermark if watermark is not None and watermark.active else None
@@ -167,6 +162,7 @@ class SegmentEncoder:
                 self._raw.close()
             raise
         self._frames_submitted = 0
+        self._clips_submitted = 0
         self._frames_encoded = 0  # touched only by the encoder thread until it has finished
         self._error: BaseException | None = None
         self._closed = False
@@ -214,6 +210,11 @@ class SegmentEncoder:
         return self._frames_submitted
 
     @property
+    def clips_submitted(self) -> int:
+        """Calls of `submit` with frames: the clips this segment holds."""
+        return self._clips_submitted
+
+    @property
     def pending_clips(self) -> int:
         """Clips queued and not yet taken up by the encoder thread."""
         return self._queue.qsize()
@@ -245,8 +246,9 @@ class SegmentEncoder:
             return
         self._queue.put(frames)
         self._frames_submitted += frames.shape[0]
+        self._clips_submitted += 1
 
-    def close(self) -> SegmentInfo:
+    def close(self) -> Segment:
         """Flush the encoder, finish the file and move it to ``path``; return its record."""
         if self._closed:
             raise EncoderError(f"segment {self.path.name} is already closed")
@@ -260,12 +262,15 @@ class SegmentEncoder:
             self._partial.unlink(missing_ok=True)
             raise EncoderError(f"segment {self.path.name} received no frames")
         os.replace(self._partial, self.path)
-        return SegmentInfo(
-            path=self.path,
+        return Segment(
+            index=self.index,
+            key=self.key,
+            first_clip=self.first_clip,
+            clips=self._clips_submitted,
             frames=self._frames_encoded,
             bytes=self.path.stat().st_size,
             sha256=file_sha256(self.path),
-            duration_s=float(self._frames_encoded / self.fps),
+            path=self.path,
         )
 
     def abort(self) -> None:
@@ -286,7 +291,7 @@ class SegmentEncoder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # On success the caller calls close() itself to get the SegmentInfo; anything else
+        # On success the caller calls close() itself to get the Segment; anything else
         # (an exception, or forgetting to close) leaves no half-written segment behind.
         if exc_type is not None or not self._closed:
             self.abort()

@@ -7,50 +7,10 @@ arithmetic, so the cost is proportional to the patch, not to the frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
-CORNERS: tuple[Corner, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
-
-
-@dataclass(frozen=True)
-class WatermarkSpec:
-    """What the mark says and where it goes. One per tenant; operators may disable it.
-
-    ``scale`` is the text height as a fraction of the frame height, ``margin`` the gap to the
-    frame edges as a fraction of the frame height, ``opacity`` the mark's alpha in [0, 1].
-    """
-
-    enabled: bool = True
-    text: str = "AI-generated"
-    corner: Corner = "bottom-right"
-    opacity: float = 0.8
-    scale: float = 0.05
-    margin: float = 0.025
-
-    def __post_init__(self) -> None:
-        if self.corner not in CORNERS:
-            raise ValueError(
-                f"watermark corner must be one of {', '.join(CORNERS)}, got {self.corner!r}"
-            )
-        if not 0.0 <= self.opacity <= 1.0:
-            raise ValueError(f"watermark opacity must be within [0, 1], got {self.opacity}")
-        if not 0.01 <= self.scale <= 0.5:
-            raise ValueError(
-                f"watermark scale must be within [0.01, 0.5] of the frame height, got {self.scale}"
-            )
-        if not 0.0 <= self.margin <= 0.25:
-            raise ValueError(
-                f"watermark margin must be within [0, 0.25] of the frame height, got {self.margin}"
-            )
-        if self.enabled and not self.text.strip():
-            raise ValueError("watermark text must not be empty when the watermark is enabled")
-        if len(self.text) > 64:
-            raise ValueError(f"watermark text must be at most 64 characters, got {len(self.text)}")
+from db.params import WatermarkSpec
 
 
 class Watermark:

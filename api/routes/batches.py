@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Caller, CallerDep
+from api.auth import Caller
+from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses, pydantic_error
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
 from api.limits import read_json_object
@@ -38,14 +39,12 @@ from api.references import (
 from api.routes.jobs import decode_cursor, encode_cursor
 from api.routes.uploads import store_upload
 from api.schemas import JobRequest
-from api.services import Services, get_services
+from api.services import Services
 from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
-from db import batches, tenants, webhooks
-from db import repository as repo
+from db import batches, job_store, tenants, webhooks
 from db.models import Batch
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=error_responses())
-ServicesDep = Annotated[Services, Depends(get_services)]
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -170,7 +169,7 @@ def _resolve(
 ) -> None:
     """Read and check each distinct input once (uploads: look up; s3: download and inspect)."""
     upload_ids = [r.value for r in refs.values() if reference_kind(r.value, r.field) == "upload"]
-    stored = load_uploads(services, caller.tenant, upload_ids)
+    stored = load_uploads(services.database, caller.tenant, upload_ids)
     limits = caller.limits
     for n, ref in enumerate(refs.values()):
         if ref.value in stored:
@@ -180,7 +179,13 @@ def _resolve(
             continue
         limit = limits.max_image_bytes if ref.kind == "image" else limits.max_audio_bytes
         local = download_reference(
-            services, ref.value, ref.kind, limit, workdir / str(n), ref.field
+            services.s3_reader,
+            services.config.allowed_input_buckets,
+            ref.value,
+            ref.kind,
+            limit,
+            workdir / str(n),
+            ref.field,
         )
         try:
             ref.info = (inspect_image if ref.kind == "image" else inspect_audio)(local.path, limits)
@@ -239,7 +244,7 @@ def _create(
 
     batch_id = uuid.uuid4()
     jobs = [
-        repo.NewJob(
+        job_store.NewJob(
             id=job_id,
             tenant=caller.tenant,
             params=params,

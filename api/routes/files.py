@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
+from api.deps import get_services
 from api.errors import ApiError, error_responses
-from api.services import Services, get_services
+from api.services import Services
 from storage.keys import InvalidKey
 from storage.local import LocalStorage
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.services import Services, get_services
+from api.deps import get_services
+from api.services import Services
 
 router = APIRouter(tags=["health"])
 

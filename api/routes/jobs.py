@@ -11,12 +11,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import event_stream, submission
-from api.auth import Caller, CallerDep
+from api.auth import Caller
+from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.outputs import measure_output
 from api.schemas import (
@@ -29,14 +30,13 @@ from api.schemas import (
     SegmentList,
     SegmentOut,
 )
-from api.services import Services, get_services
-from db import repository as repo
+from api.services import Services
+from db import job_store
 from db.models import Job
 from db.states import IllegalTransition, JobStatus
 from storage.base import StorageError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses())
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 SUBMIT_DOC = {
     "requestBody": {
@@ -143,7 +143,7 @@ def list_jobs(
     limit = min(limit, services.config.max_page_size)
     before = decode_cursor(cursor) if cursor else None
     with services.database.transaction() as s:
-        jobs = repo.list_jobs(
+        jobs = job_store.list_jobs(
             s,
             tenant=caller.tenant,
             statuses=statuses,
@@ -160,7 +160,7 @@ def list_jobs(
 
 def get_owned(services: Services, caller: Caller, job_id: uuid.UUID) -> Job:
     with services.database.transaction() as s:
-        job = repo.get_job(s, job_id, tenant=caller.tenant)
+        job = job_store.get_job(s, job_id, tenant=caller.tenant)
     if job is None:
         raise _not_found(job_id)
     return job
@@ -207,7 +207,7 @@ async def get_events(
 
     def history() -> EventList:
         with services.database.transaction() as s:
-            events = repo.list_events(s, job_id, after_id=start or None)
+            events = job_store.list_events(s, job_id, after_id=start or None)
         return EventList(events=[EventOut.of(e) for e in events])
 
     return await run_in_threadpool(history)
@@ -218,10 +218,10 @@ def cancel_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> J
     """A queued job is canceled at once; a running one stops at its next clip boundary."""
     try:
         with services.database.transaction() as s:
-            job = repo.request_cancel(
+            job = job_store.request_cancel(
                 s, job_id, tenant=caller.tenant, reason="canceled through the API"
             )
-    except repo.JobNotFound:
+    except job_store.JobNotFound:
         raise _not_found(job_id) from None
     except IllegalTransition as e:
         raise _conflict(e) from None
@@ -233,14 +233,14 @@ def retry_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> Jo
     """Queue a failed or canceled job again; it resumes from its last checkpoint."""
     try:
         with services.database.transaction() as s:
-            job = repo.retry(
+            job = job_store.retry(
                 s,
                 job_id,
                 tenant=caller.tenant,
                 attempts=services.config.max_attempts,
                 reason="retried through the API",
             )
-    except repo.JobNotFound:
+    except job_store.JobNotFound:
         raise _not_found(job_id) from None
     except IllegalTransition as e:
         raise _conflict(e) from None
@@ -284,7 +284,7 @@ def get_segments(
     job = get_owned(services, caller, job_id)
     expires = _expires(services, expires_in)
     with services.database.transaction() as s:
-        segments = repo.list_segments(s, job_id)
+        segments = job_store.list_segments(s, job_id)
     if segments and job.status == JobStatus.SUCCEEDED:
         # workers remove a finished job's segments (the output holds the same frames) unless
         # told to keep them: hand out no links to objects that are gone
@@ -347,7 +347,7 @@ def get_result(
         except StorageError as e:
             raise ApiError(503, "storage_unavailable", f"could not read the output: {e}") from None
         with services.database.transaction() as s:
-            repo.set_output_meta(s, job.id, meta)
+            job_store.set_output_meta(s, job.id, meta)
     return ResultOut(
         url=url,
         expires_in_s=expires,

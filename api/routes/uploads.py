@@ -7,29 +7,29 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import Caller, CallerDep
+from api.auth import Caller
+from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
 from api.limits import declared_length
 from api.references import LocalInput, copy_upload, info_dict
-from api.services import Services, get_services
+from api.services import Services
 from db import uploads
 from db.models import Upload
 from storage import keys
 from storage.base import StorageError
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=error_responses())
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 class UploadOut(BaseModel):

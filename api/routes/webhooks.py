@@ -11,19 +11,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.auth import CallerDep
+from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.schemas import check_webhook_events, check_webhook_secret, check_webhook_url
-from api.services import Services, get_services
-from db import repository as repo
-from db import tenants, webhooks
+from db import job_store, tenants, webhooks
 from db.models import Webhook, WebhookDelivery
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=error_responses())
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 class WebhookRequest(BaseModel):
@@ -127,7 +124,10 @@ class DeliveryList(BaseModel):
 @router.post("", status_code=201, response_model=WebhookOut, responses=error_responses(404))
 def create_webhook(body: WebhookRequest, services: ServicesDep, caller: CallerDep) -> WebhookOut:
     with services.database.transaction() as s:
-        if body.job_id is not None and repo.get_job(s, body.job_id, tenant=caller.tenant) is None:
+        if (
+            body.job_id is not None
+            and job_store.get_job(s, body.job_id, tenant=caller.tenant) is None
+        ):
             raise ApiError(404, "job_not_found", f"job {body.job_id} does not exist")
         secret = body.secret or tenants.ensure_tenant(s, caller.tenant).webhook_secret
         hook = webhooks.create_webhook(

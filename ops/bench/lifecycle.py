@@ -295,9 +295,10 @@ def s3_api(workdir: Path) -> Iterator[Any]:
 
 
 def bench_tiny(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from db import migrate
-    from db import repository as repo
+    from db import job_store, migrate
     from db.database import Database
+    from db.params import AudioFacts, ImageFacts, JobParams
+    from pipeline.params import fit_size
     from storage import keys
     from storage.local import LocalStorage
     from worker.config import EngineSpec, WorkerConfig
@@ -316,18 +317,24 @@ def bench_tiny(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         audio_key = keys.input_key(job_id, "audio", "wav")
         storage.put_bytes(image_key, image)
         storage.put_bytes(audio_key, audio)
-        params = {
-            "prompt": "A presenter speaks to the camera.",
-            "size": args.tiny_size,
-            "infer_frames": args.infer_frames,
-            "sample_steps": 4,
-            "seed": 3,
-            "checkpoint_every": every,
-        }
+        width, height = fit_size(512, 512, args.tiny_size)
+        params = JobParams(
+            prompt="A presenter speaks to the camera.",
+            size=args.tiny_size,
+            width=width,
+            height=height,
+            num_clips=clips,
+            infer_frames=args.infer_frames,
+            seed=3,
+            checkpoint_every=every,
+            audio_duration_s=seconds,
+            image=ImageFacts(width=512, height=512, format="PNG"),
+            audio=AudioFacts(codec="pcm_s16le", sample_rate=16000, channels=1),
+        )
         with database.transaction() as s:
-            repo.create_job(
+            job_store.create_job(
                 s,
-                repo.NewJob(
+                job_store.NewJob(
                     id=job_id,
                     tenant="bench",
                     params=params,

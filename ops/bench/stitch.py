@@ -40,10 +40,11 @@ from typing import Any
 import av
 import numpy as np
 
+from db.segments import Segment
 from ops.bench.scratch import scratch_dir
 from worker.ffmpeg import find_ffmpeg
 from worker.provenance import build_manifest, iter_frame_hashes
-from worker.segments import EncoderSettings, SegmentEncoder, SegmentInfo
+from worker.segments import EncoderSettings, SegmentEncoder
 from worker.stitch import prepare_audio, stitch
 from worker.watermark import Watermark, WatermarkSpec
 
@@ -130,7 +131,7 @@ def encode_segment(
     settings: EncoderSettings,
     watermark: Watermark | None,
     pace_fps: float | None = None,
-) -> tuple[SegmentInfo, float, float]:
+) -> tuple[Segment, float, float]:
     """Encode ``frames`` frames clip by clip. Returns (info, wall seconds, seconds blocked in
     submit). With ``pace_fps`` the clips arrive like a generator producing that rate."""
     clips = [source.clip(s, min(CLIP, frames - s)) for s in range(0, frames, CLIP)]

@@ -11,11 +11,12 @@ from fastapi.testclient import TestClient
 from api import create_app
 from api.quota import QuotaCounter
 from api.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from db import repository as repo
-from db import tenants, webhooks
+from db import leases, tenants, webhooks
+from db.segments import Segment
 from storage import keys
 from tests import media
 from tests.conftest import REDIS_URL, make_api_key
+from tests.factories import lease_for
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -87,12 +88,12 @@ def other_tenant(api_services, create_job):
     ).json()
     hook = other.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}).json()
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "w", 60)
-        seg = repo.SegmentRecord(0, keys.segment_key(job.id, 0), 0, 1, 48, 3, "a" * 64)
-        repo.record_segment(s, job.id, "w", lease.attempt, seg)
-        repo.mark_stitching(s, job.id, "w", lease.attempt)
+        lease = leases.claim(s, job.id, "w", 60)
+        seg = Segment(0, keys.segment_key(job.id, 0), 0, 1, 48, 3, "a" * 64)
+        leases.record_segment(s, lease_for(job.id, "w", lease.attempt), seg)
+        leases.mark_stitching(s, lease_for(job.id, "w", lease.attempt))
         storage.put_bytes(keys.output_key(job.id), b"mp4")
-        repo.mark_succeeded(s, job.id, "w", lease.attempt, keys.output_key(job.id))
+        leases.mark_succeeded(s, lease_for(job.id, "w", lease.attempt), keys.output_key(job.id))
         assert webhooks.list_deliveries(s, webhook_id=hook["id"])  # started, succeeded
     return {
         "job": job.id,

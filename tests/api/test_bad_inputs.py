@@ -171,12 +171,12 @@ def test_inputs_are_removed_when_the_job_cannot_be_written(api_client, api_servi
     """Inputs are stored before the job row; if the row cannot be written they are deleted."""
     import sqlalchemy as sa
 
-    from db import repository as repo
+    from db import job_store
 
     def broken(*args, **kwargs):
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost"))
 
-    monkeypatch.setattr(repo, "create_job", broken)
+    monkeypatch.setattr(job_store, "create_job", broken)
     r = send(api_client, Case("db-down", 503, "", ""))
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "database_unavailable"

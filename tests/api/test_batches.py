@@ -7,8 +7,7 @@ import uuid
 
 import pytest
 
-from db import repository as repo
-from db import webhooks
+from db import job_store, leases, webhooks
 from tests import media
 from tests.conftest import INPUT_BUCKET, count_rows
 
@@ -43,7 +42,7 @@ def test_a_batch_of_a_thousand_jobs(api_client, api_services, uploads):
     # ids come back in the order of the request's jobs, each with its own parameters
     with api_services.database.transaction() as s:
         for i in (0, 1, 500, 999):
-            job = repo.get_job(s, uuid.UUID(ids[i]))
+            job = job_store.get_job(s, uuid.UUID(ids[i]))
             assert job.params["prompt"] == f"lesson {i}" and job.params["seed"] == i
             assert (job.params["width"], job.params["height"], job.clips_total) == (256, 384, 1)
             assert job.image_key == f"uploads/{uploads['face']}.png"  # stored once, shared
@@ -60,7 +59,7 @@ def test_a_batch_of_a_thousand_jobs(api_client, api_services, uploads):
     assert len(page["jobs"]) == 7 and page["next_cursor"]
 
     with api_services.database.transaction() as s:
-        repo.claim(s, uuid.UUID(ids[0]), "gpu-1", 60)
+        leases.claim(s, uuid.UUID(ids[0]), "gpu-1", 60)
     r = api_client.post(f"/v1/batches/{batch_id}/cancel")
     assert r.status_code == 200 and r.json()["canceled"] == 1000
     status = r.json()["batch"]
@@ -110,7 +109,7 @@ def test_shared_s3_inputs_are_read_and_stored_once(api_client, api_services, s3_
     stored = api_services.storage.list()
     assert len(stored) == 4 and all(k.startswith("uploads/") for k in stored)
     with api_services.database.transaction() as s:
-        jobs = [repo.get_job(s, uuid.UUID(i)) for i in r.json()["job_ids"]]
+        jobs = [job_store.get_job(s, uuid.UUID(i)) for i in r.json()["job_ids"]]
     assert len({j.image_key for j in jobs}) == 1
     assert [j.clips_total for j in jobs] == [1, 2, 2, 1, 2, 2]  # 1, 2, 3 s of audio
     assert jobs[0].audio_key == jobs[3].audio_key != jobs[1].audio_key

@@ -11,8 +11,10 @@ import uuid
 import httpx
 
 from api.client import LongtakeClient
-from db import repository as repo
+from db import job_store, leases
+from db.segments import Segment
 from storage import keys
+from tests.factories import lease_for
 
 
 def read_events(response: httpx.Response, until) -> list[dict]:
@@ -34,24 +36,23 @@ def read_events(response: httpx.Response, until) -> list[dict]:
 def render(db, job_id: uuid.UUID, *, pause: float = 0.0, clips: int = 4) -> None:
     """What a worker records while rendering `clips` clips, one checkpoint every 2."""
     with db.transaction() as s:
-        lease = repo.claim(s, job_id, "gpu-1", 60)
+        lease = leases.claim(s, job_id, "gpu-1", 60)
     for clip in range(1, clips + 1):
         time.sleep(pause)
         with db.transaction() as s:
-            repo.update_progress(
-                s, job_id, "gpu-1", lease.attempt, clips_done=clip, frames_done=48 * clip,
+            leases.update_progress(s, lease_for(job_id, "gpu-1", lease.attempt), clips_done=clip,
                 fps=24.0, clip_s=2.0,
             )  # fmt: skip
             if clip % 2 == 0:
                 index = clip // 2 - 1
-                seg = repo.SegmentRecord(
-                    index, keys.segment_key(job_id, index), clip - 2, 2, 96, 10, "a" * 64
+                seg = Segment(index, keys.segment_key(job_id, index), clip - 2, 2, 96, 10, "a" * 64)
+                leases.record_segment(s, lease_for(job_id, "gpu-1", lease.attempt), seg)
+                leases.record_checkpoint(
+                    s, lease_for(job_id, "gpu-1", lease.attempt), clip, duration_s=0.2
                 )
-                repo.record_segment(s, job_id, "gpu-1", lease.attempt, seg)
-                repo.record_checkpoint(s, job_id, "gpu-1", lease.attempt, clip, duration_s=0.2)
     with db.transaction() as s:
-        repo.mark_stitching(s, job_id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(s, job_id, "gpu-1", lease.attempt, keys.output_key(job_id))
+        leases.mark_stitching(s, lease_for(job_id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(s, lease_for(job_id, "gpu-1", lease.attempt), keys.output_key(job_id))
 
 
 def test_stream_reconnect_and_replay(live_api, api_key, api_services, create_job):
@@ -81,7 +82,7 @@ def test_stream_reconnect_and_replay(live_api, api_key, api_services, create_job
         rest = read_events(r, lambda ev: False)
     replayed = [e for e in rest if "id" in e]
     with db.transaction() as s:
-        history = [(str(e.id), e.event) for e in repo.list_events(s, job.id)]
+        history = [(str(e.id), e.event) for e in job_store.list_events(s, job.id)]
     assert [(e["id"], e["event"]) for e in with_ids + replayed] == history  # none lost or twice
     assert replayed[-1]["event"] == "succeeded"
     assert rest[-1]["event"] == "job" and rest[-1]["data"]["status"] == "succeeded"
@@ -107,13 +108,13 @@ def test_the_client_follows_a_job_across_dropped_connections(
                 break
     assert proxy.connections >= 2
     with db.transaction() as s:
-        assert seen == [e.id for e in repo.list_events(s, job.id)]  # none lost or twice
+        assert seen == [e.id for e in job_store.list_events(s, job.id)]  # none lost or twice
 
 
 def test_history_as_json_and_bad_ids(api_client, api_services, create_job):
     job = create_job(api_services.database)
     with api_services.database.transaction() as s:
-        repo.request_cancel(s, job.id)
+        job_store.request_cancel(s, job.id)
     events = api_client.get(f"/v1/jobs/{job.id}/events").json()["events"]
     assert [e["event"] for e in events] == ["created", "canceled"]
     after = api_client.get(f"/v1/jobs/{job.id}/events", params={"after": events[0]["id"]})

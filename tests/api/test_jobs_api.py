@@ -8,18 +8,19 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from db import repository as repo
+from db import job_store, leases
 from storage import keys
 from tests.conftest import make_api_key
+from tests.factories import lease_for
 
 
 def finish(db, storage, job_id, content=b"the video"):
     """Drive a job to succeeded the way a worker would, with an output object."""
     with db.transaction() as s:
-        lease = repo.claim(s, job_id, "w1", 60)
-        repo.mark_stitching(s, job_id, "w1", lease.attempt)
+        lease = leases.claim(s, job_id, "w1", 60)
+        leases.mark_stitching(s, lease_for(job_id, "w1", lease.attempt))
         storage.put_bytes(keys.output_key(job_id), content, "video/mp4")
-        repo.mark_succeeded(s, job_id, "w1", lease.attempt, keys.output_key(job_id))
+        leases.mark_succeeded(s, lease_for(job_id, "w1", lease.attempt), keys.output_key(job_id))
 
 
 def test_get_job(api_client, api_services, create_job):
@@ -51,7 +52,7 @@ def test_list_newest_first_with_cursor_pagination(api_client, api_services, crea
     ids = [create_job(db, now=t0 + timedelta(seconds=i)).id for i in range(5)]
     ids.append(create_job(db, now=t0 + timedelta(seconds=4)).id)  # same time as the fifth
     with db.transaction() as s:
-        repo.request_cancel(s, ids[1])
+        job_store.request_cancel(s, ids[1])
 
     seen, cursor = [], None
     while True:
@@ -112,7 +113,7 @@ def test_cancel_and_retry(api_client, api_services, create_job):
 def test_cancel_running_job_sets_the_flag(api_client, api_services, create_job):
     job = create_job(api_services.database)
     with api_services.database.transaction() as s:
-        repo.claim(s, job.id, "w1", 60)
+        leases.claim(s, job.id, "w1", 60)
     body = api_client.post(f"/v1/jobs/{job.id}/cancel").json()
     assert (body["status"], body["cancel_requested"]) == ("running", True)
 

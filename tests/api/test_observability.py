@@ -10,8 +10,10 @@ import uuid
 
 from api.logs import JsonFormatter, log_context
 from api.metrics import Metrics
-from db import repository as repo
+from db import leases
+from db.segments import Segment
 from storage import keys
+from tests.factories import lease_for
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
@@ -31,16 +33,25 @@ def test_metrics_are_exposed_and_move(api_client, api_services, create_job):
     jobs = [create_job(db, clips_total=2) for _ in range(3)]
     job = jobs[0]
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        repo.update_progress(
-            s, job.id, "gpu-1", lease.attempt, clips_done=1, frames_done=48, fps=21.0, clip_s=2.3
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        leases.update_progress(
+            s,
+            lease_for(job.id, "gpu-1", lease.attempt),
+            clips_done=1,
+            fps=21.0,
+            clip_s=2.3,
         )
-        seg = repo.SegmentRecord(0, keys.segment_key(job.id, 0), 0, 2, 96, 4096, "b" * 64)
-        repo.record_segment(s, job.id, "gpu-1", lease.attempt, seg)
-        repo.record_checkpoint(s, job.id, "gpu-1", lease.attempt, 2, duration_s=0.4, bytes=1000)
-        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(
-            s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id), output={"bytes": 8000}
+        seg = Segment(0, keys.segment_key(job.id, 0), 0, 2, 96, 4096, "b" * 64)
+        leases.record_segment(s, lease_for(job.id, "gpu-1", lease.attempt), seg)
+        leases.record_checkpoint(
+            s, lease_for(job.id, "gpu-1", lease.attempt), 2, duration_s=0.4, bytes=1000
+        )
+        leases.mark_stitching(s, lease_for(job.id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(
+            s,
+            lease_for(job.id, "gpu-1", lease.attempt),
+            keys.output_key(job.id),
+            output={"bytes": 8000},
         )
     api_client.get(f"/v1/jobs/{job.id}")
 
@@ -73,10 +84,10 @@ def test_events_committed_out_of_id_order_are_counted(pg_db, create_job):
     metrics.refresh()
     slow = pg_db.sessions()
     slow.begin()
-    repo.claim(slow, job_a.id, "slow", 60)
+    leases.claim(slow, job_a.id, "slow", 60)
     slow.flush()  # its event id is taken now, but not visible until the commit
     with pg_db.transaction() as s:
-        repo.claim(s, job_b.id, "fast", 60)
+        leases.claim(s, job_b.id, "fast", 60)
     metrics.refresh()
     assert metrics.job_events.labels("claimed")._value.get() == 1
     slow.commit()

@@ -11,8 +11,10 @@ import av
 import httpx
 import numpy as np
 
-from db import repository as repo
+from db import job_store, leases
+from db.segments import Segment
 from storage import keys
+from tests.factories import lease_for
 
 
 def tiny_mp4(frames: int = 10, fps: int = 25) -> bytes:
@@ -34,14 +36,14 @@ def test_segments_of_a_running_job(api_client, api_services, create_job):
     job = create_job(db, clips_total=6)
     assert api_client.get(f"/v1/jobs/{job.id}/segments").json()["segments"] == []
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
+        lease = leases.claim(s, job.id, "gpu-1", 60)
         for index in range(2):
             key = keys.segment_key(job.id, index)
             data = f"segment {index}".encode()
             storage.put_bytes(key, data, "video/mp4")
             sha = hashlib.sha256(data).hexdigest()
-            seg = repo.SegmentRecord(index, key, 2 * index, 2, 96, len(data), sha)
-            repo.record_segment(s, job.id, "gpu-1", lease.attempt, seg)
+            seg = Segment(index, key, 2 * index, 2, 96, len(data), sha)
+            leases.record_segment(s, lease_for(job.id, "gpu-1", lease.attempt), seg)
     body = api_client.get(f"/v1/jobs/{job.id}/segments", params={"expires_in": 120}).json()
     assert (body["status"], body["clips_total"], body["expires_in_s"]) == ("running", 6, 120)
     got = body["segments"]
@@ -58,10 +60,10 @@ def test_result_lifetime_and_metadata(api_client, api_services, create_job):
     video = tiny_mp4(frames=10)
     job = create_job(db)
     with db.transaction() as s:  # a worker that did not describe its output
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        leases.mark_stitching(s, lease_for(job.id, "gpu-1", lease.attempt))
         storage.put_bytes(keys.output_key(job.id), video, "video/mp4")
-        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id))
+        leases.mark_succeeded(s, lease_for(job.id, "gpu-1", lease.attempt), keys.output_key(job.id))
     r = api_client.get(f"/v1/jobs/{job.id}/result", params={"expires_in": 600})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -71,7 +73,7 @@ def test_result_lifetime_and_metadata(api_client, api_services, create_job):
         "duration_s": 0.4,
     }  # fmt: skip
     with db.transaction() as s:  # measured once, kept
-        assert repo.get_job(s, job.id).output_meta == body["output"]
+        assert job_store.get_job(s, job.id).output_meta == body["output"]
     assert httpx.get(body["url"]).content == video
 
     max_s = api_services.config.presign_max_s
@@ -84,9 +86,11 @@ def test_result_metadata_recorded_by_the_worker(api_client, api_services, create
     job = create_job(db)
     meta = {"bytes": 123, "sha256": "c" * 64, "frames": 480, "duration_s": 19.2}
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, "jobs/x/output.mp4", output=meta)
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        leases.mark_stitching(s, lease_for(job.id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(
+            s, lease_for(job.id, "gpu-1", lease.attempt), "jobs/x/output.mp4", output=meta
+        )
     assert api_client.get(f"/v1/jobs/{job.id}/result").json()["output"] == meta
 
 
@@ -96,11 +100,11 @@ def test_segments_removed_after_success_are_not_listed(api_client, api_services,
     key = keys.segment_key(job.id, 0)
     storage.put_bytes(key, b"seg", "video/mp4")
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        seg = repo.SegmentRecord(0, key, 0, 2, 96, 3, hashlib.sha256(b"seg").hexdigest())
-        repo.record_segment(s, job.id, "gpu-1", lease.attempt, seg)
-        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id))
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        seg = Segment(0, key, 0, 2, 96, 3, hashlib.sha256(b"seg").hexdigest())
+        leases.record_segment(s, lease_for(job.id, "gpu-1", lease.attempt), seg)
+        leases.mark_stitching(s, lease_for(job.id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(s, lease_for(job.id, "gpu-1", lease.attempt), keys.output_key(job.id))
     assert len(api_client.get(f"/v1/jobs/{job.id}/segments").json()["segments"]) == 1  # kept
     storage.delete(key)  # what a worker does after success unless told to keep them
     body = api_client.get(f"/v1/jobs/{job.id}/segments").json()

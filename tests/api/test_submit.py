@@ -7,8 +7,7 @@ import uuid
 
 import pytest
 
-from db import outbox
-from db import repository as repo
+from db import job_store, outbox
 from tests import media
 from tests.conftest import INPUT_BUCKET, count_rows
 
@@ -57,7 +56,7 @@ def test_multipart_submission_stores_inputs_and_queues_the_job(api_client, api_s
     with db.transaction() as s:
         (message,) = outbox.lock_unsent(s)
         assert (message.job_id, message.reason) == (job_id, "created")
-        assert repo.get_job(s, job_id).tenant == "default"
+        assert job_store.get_job(s, job_id).tenant == "default"
 
 
 def test_parameters_as_one_json_field(api_client):

@@ -12,13 +12,13 @@ import uuid
 import httpx
 import pytest
 
-from db import migrate
-from db import repository as repo
+from db import job_store, leases, migrate
 from ops import cli
 from ops.demo import DEMO_SIZE
 from storage import keys
 from tests import media
 from tests.conftest import free_port
+from tests.factories import lease_for
 
 
 @pytest.fixture
@@ -71,11 +71,11 @@ def test_client_commands(embedded_service, inputs, capsys, tmp_path):
     services = services_of(embedded_service)
     jid = uuid.UUID(job_id)
     with services.database.transaction() as s:
-        lease = repo.claim(s, jid, "w1", 60)
-        repo.update_progress(s, jid, "w1", lease.attempt, clips_done=2, frames_done=96, fps=9.5)
-        repo.mark_stitching(s, jid, "w1", lease.attempt)
+        lease = leases.claim(s, jid, "w1", 60)
+        leases.update_progress(s, lease_for(jid, "w1", lease.attempt), clips_done=2, fps=9.5)
+        leases.mark_stitching(s, lease_for(jid, "w1", lease.attempt))
         services.storage.put_bytes(keys.output_key(jid), b"an mp4")
-        repo.mark_succeeded(s, jid, "w1", lease.attempt, keys.output_key(jid))
+        leases.mark_succeeded(s, lease_for(jid, "w1", lease.attempt), keys.output_key(jid))
 
     code, _, err = run(capsys, "watch", job_id, "--api-url", url)
     assert code == 0 and "[" + "#" * 30 + "] 2/2 clips" in err and "succeeded" in err
@@ -109,9 +109,9 @@ def test_watch_exit_codes_follow_the_final_status(embedded_service, create_job):
     db = services_of(embedded_service).database
     failed, canceled = create_job(db), create_job(db)
     with db.transaction() as s:
-        lease = repo.claim(s, failed.id, "w", 60)
-        repo.mark_failed(s, failed.id, "w", lease.attempt, "CUDA out of memory")
-        repo.request_cancel(s, canceled.id)
+        lease = leases.claim(s, failed.id, "w", 60)
+        leases.mark_failed(s, lease_for(failed.id, "w", lease.attempt), "CUDA out of memory")
+        job_store.request_cancel(s, canceled.id)
     out = io.StringIO()
     with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
         assert cli.watch(client, str(failed.id), out=out) == 1
@@ -151,7 +151,7 @@ def test_demo_submits_and_reports_the_queued_job(embedded_env, capsys):
 
     db = Database(f"sqlite:///{embedded_env / 'longtake.sqlite3'}")
     with db.transaction() as s:
-        (job,) = repo.list_jobs(s)
+        (job,) = job_store.list_jobs(s)
     db.dispose()
     assert job.status == "queued" and job.params["size"] == DEMO_SIZE
 
@@ -159,9 +159,9 @@ def test_demo_submits_and_reports_the_queued_job(embedded_env, capsys):
 def test_worker_refuses_to_start_without_a_render_task(
     embedded_env, capsys, redis_prefix, monkeypatch
 ):
-    import worker.celery_app
+    import dispatch.celery_app
 
-    monkeypatch.setattr(worker.celery_app, "TASK_MODULES", ())
+    monkeypatch.setattr(dispatch.celery_app, "TASK_MODULES", ())
     monkeypatch.setenv("LONGTAKE_BROKER_KEY_PREFIX", redis_prefix)
     code, _, err = run(capsys, "worker")
     assert code == 1 and "no longtake.render task is installed" in err
@@ -237,9 +237,11 @@ def test_sweep_drops_the_resume_points_of_jobs_that_ended_long_ago(
     for name, days_ago in (("old", 3.0), ("recent", 0.5)):
         job = create_job(database, now=utcnow() - timedelta(days=days_ago, hours=1))
         with database.transaction() as s:
-            repo.claim(s, job.id, "w1", 60)
-            repo.record_checkpoint(s, job.id, "w1", 1, 2)
-            repo.mark_failed(s, job.id, "w1", 1, "boom", now=utcnow() - timedelta(days=days_ago))
+            leases.claim(s, job.id, "w1", 60)
+            leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 2)
+            leases.mark_failed(
+                s, lease_for(job.id, "w1", 1), "boom", now=utcnow() - timedelta(days=days_ago)
+            )
         storage.put_bytes(keys.checkpoint_key(job.id, 2, "manifest.json"), b"{}")
         ended[name] = job.id
 
@@ -250,8 +252,8 @@ def test_sweep_drops_the_resume_points_of_jobs_that_ended_long_ago(
     assert storage.list(keys.job_prefix(ended["old"])) == []
     assert len(storage.list(keys.job_prefix(ended["recent"]))) == 1
     with database.transaction() as s:
-        assert repo.get_job(s, ended["old"]).last_checkpoint_clip is None
-        assert repo.get_job(s, ended["recent"]).last_checkpoint_clip == 2
+        assert job_store.get_job(s, ended["old"]).last_checkpoint_clip is None
+        assert job_store.get_job(s, ended["recent"]).last_checkpoint_clip == 2
     database.dispose()
 
     code, out, _ = run(capsys, "sweep", "--embedded", "--older-than-days", "0")

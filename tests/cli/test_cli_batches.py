@@ -11,12 +11,12 @@ import uuid
 import pytest
 
 from api.client import LongtakeClient
-from db import repository as repo
-from db import tenants
+from db import job_store, leases, tenants
 from ops import cli
 from ops.manifest import ManifestError, jobs_from_manifest, read_jobs
 from storage import keys
 from tests import media
+from tests.factories import job_params, lease_for
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -74,16 +74,18 @@ def course(tmp_path):
 def finish_all(database, batch_id: str, *, fail: int = 0) -> None:
     """Render every job of the batch the way workers record it (`fail` of them fail)."""
     with database.transaction() as s:
-        ids = [j.id for j in repo.list_jobs(s, batch_id=uuid.UUID(batch_id), limit=100)]
+        ids = [j.id for j in job_store.list_jobs(s, batch_id=uuid.UUID(batch_id), limit=100)]
     for n, job_id in enumerate(ids):
         time.sleep(0.05)
         with database.transaction() as s:
-            lease = repo.claim(s, job_id, "gpu", 60)
+            lease = leases.claim(s, job_id, "gpu", 60)
             if n < fail:
-                repo.mark_failed(s, job_id, "gpu", lease.attempt, "CUDA out of memory")
+                leases.mark_failed(s, lease_for(job_id, "gpu", lease.attempt), "CUDA out of memory")
                 continue
-            repo.mark_stitching(s, job_id, "gpu", lease.attempt)
-            repo.mark_succeeded(s, job_id, "gpu", lease.attempt, keys.output_key(job_id))
+            leases.mark_stitching(s, lease_for(job_id, "gpu", lease.attempt))
+            leases.mark_succeeded(
+                s, lease_for(job_id, "gpu", lease.attempt), keys.output_key(job_id)
+            )
 
 
 def test_batch_submit_a_folder_and_wait(embedded_service, course, capsys):
@@ -161,10 +163,10 @@ def test_manifests(tmp_path, course):
 def test_watch_follows_the_event_stream(embedded_service):
     database = database_of(embedded_service)
     with database.transaction() as s:
-        job = repo.create_job(
+        job = job_store.create_job(
             s,
-            repo.NewJob(
-                id=uuid.uuid4(), tenant="default", params={"infer_frames": 48},
+            job_store.NewJob(
+                id=uuid.uuid4(), tenant="default", params=job_params(),
                 image_key="i", audio_key="a", clips_total=4, max_attempts=3,
             ),
         )  # fmt: skip
@@ -173,17 +175,18 @@ def test_watch_follows_the_event_stream(embedded_service):
     def render():
         time.sleep(0.3)
         with database.transaction() as s:
-            lease = repo.claim(s, job_id, "gpu", 60)
+            lease = leases.claim(s, job_id, "gpu", 60)
         for clip in range(1, 5):
             with database.transaction() as s:
-                repo.update_progress(s, job_id, "gpu", lease.attempt, clips_done=clip,
-                                     frames_done=48 * clip, fps=12.0)  # fmt: skip
+                leases.update_progress(s, lease_for(job_id, "gpu", lease.attempt), clips_done=clip, fps=12.0)  # fmt: skip
                 if clip == 2:
-                    repo.record_checkpoint(s, job_id, "gpu", lease.attempt, 2)
+                    leases.record_checkpoint(s, lease_for(job_id, "gpu", lease.attempt), 2)
             time.sleep(0.05)
         with database.transaction() as s:
-            repo.mark_stitching(s, job_id, "gpu", lease.attempt)
-            repo.mark_succeeded(s, job_id, "gpu", lease.attempt, keys.output_key(job_id))
+            leases.mark_stitching(s, lease_for(job_id, "gpu", lease.attempt))
+            leases.mark_succeeded(
+                s, lease_for(job_id, "gpu", lease.attempt), keys.output_key(job_id)
+            )
 
     worker = threading.Thread(target=render)
     worker.start()

@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from db import repository as repo
+from db import job_store, leases
 
 LEASE_S = 60
 
@@ -17,7 +17,7 @@ def test_two_sessions_claiming_one_job_have_one_winner(db, create_job):
     job = create_job(db)
     first = db.sessions()
     first.begin()
-    lease_a = repo.claim(first, job.id, "a", LEASE_S)  # holds the row (or the database) lock
+    lease_a = leases.claim(first, job.id, "a", LEASE_S)  # holds the row (or the database) lock
     assert lease_a is not None
 
     started = threading.Event()
@@ -25,7 +25,7 @@ def test_two_sessions_claiming_one_job_have_one_winner(db, create_job):
     def second_claim():
         with db.transaction() as s:
             started.set()
-            return repo.claim(s, job.id, "b", LEASE_S)
+            return leases.claim(s, job.id, "b", LEASE_S)
 
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(second_claim)
@@ -38,7 +38,7 @@ def test_two_sessions_claiming_one_job_have_one_winner(db, create_job):
         assert future.result(timeout=30) is None
 
     with db.transaction() as s:
-        row = repo.get_job(s, job.id)
+        row = job_store.get_job(s, job.id)
     assert (row.worker_id, row.attempt) == ("a", 1)
 
 
@@ -47,10 +47,10 @@ def test_claim_next_skips_locked_jobs(pg_db, create_job):
     two = create_job(pg_db)
     first = pg_db.sessions()
     first.begin()
-    lease_a = repo.claim_next(first, "a", LEASE_S)
+    lease_a = leases.claim_next(first, "a", LEASE_S)
     # a second worker is not blocked by the first's open transaction: it gets the other job
     with pg_db.transaction() as s:
-        lease_b = repo.claim_next(s, "b", LEASE_S)
+        lease_b = leases.claim_next(s, "b", LEASE_S)
     first.commit()
     first.close()
     assert {lease_a.job_id, lease_b.job_id} == {one.id, two.id}
@@ -65,7 +65,7 @@ def test_many_workers_claim_each_job_exactly_once(db, create_job):
         got = []
         while True:
             with db.transaction() as s:
-                lease = repo.claim_next(s, name, LEASE_S)
+                lease = leases.claim_next(s, name, LEASE_S)
             if lease is None:
                 return got
             got.append(lease.job_id)
@@ -86,9 +86,9 @@ def test_claim_next_order_priority_then_age(db, create_job):
     other_tenant = create_job(db, tenant="acme", priority=9, now=t0)
     order = []
     with db.transaction() as s:
-        order.append(repo.claim_next(s, "w", LEASE_S, tenant="default").job_id)
-        order.append(repo.claim_next(s, "w", LEASE_S, tenant="default").job_id)
-        order.append(repo.claim_next(s, "w", LEASE_S, tenant="default").job_id)
-        assert repo.claim_next(s, "w", LEASE_S, tenant="default") is None
-        assert repo.claim_next(s, "w", LEASE_S).job_id == other_tenant.id
+        order.append(leases.claim_next(s, "w", LEASE_S, tenant="default").job_id)
+        order.append(leases.claim_next(s, "w", LEASE_S, tenant="default").job_id)
+        order.append(leases.claim_next(s, "w", LEASE_S, tenant="default").job_id)
+        assert leases.claim_next(s, "w", LEASE_S, tenant="default") is None
+        assert leases.claim_next(s, "w", LEASE_S).job_id == other_tenant.id
     assert order == [old_high.id, new_high.id, old_low.id]

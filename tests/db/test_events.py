@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from db import repository as repo
-from db import webhooks
+from db import job_store, leases, webhooks
+from db.segments import Segment
+from tests.factories import lease_for
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -18,13 +19,13 @@ def at(seconds: float) -> datetime:
 def running(db, create_job, **overrides):
     job = create_job(db, now=T0, **overrides)
     with db.transaction() as s:
-        repo.claim(s, job.id, "w1", 600, now=at(0))
+        leases.claim(s, job.id, "w1", 600, now=at(0))
     return job
 
 
 def events(db, job_id, **kwargs):
     with db.transaction() as s:
-        return repo.list_events(s, job_id, **kwargs)
+        return job_store.list_events(s, job_id, **kwargs)
 
 
 def test_progress_events_are_rate_limited_per_job(db, create_job):
@@ -32,8 +33,7 @@ def test_progress_events_are_rate_limited_per_job(db, create_job):
 
     def progress(clips, t):
         with db.transaction() as s:
-            assert repo.update_progress(
-                s, job.id, "w1", 1, clips_done=clips, frames_done=48 * clips, fps=20.0,
+            leases.update_progress(s, lease_for(job.id, "w1", 1), clips_done=clips, fps=20.0,
                 eta_s=1.0, clip_s=2.4, now=at(t),
             )  # fmt: skip
 
@@ -49,44 +49,46 @@ def test_progress_events_are_rate_limited_per_job(db, create_job):
         "fps": 20.0, "eta_s": 1.0, "clip_s": 2.4,
     }  # fmt: skip
     with db.transaction() as s:
-        row = repo.get_job(s, job.id)
+        row = job_store.get_job(s, job.id)
     assert (row.clips_done, row.frames_done) == (6, 288)
 
 
 def test_a_new_attempt_reports_progress_at_once(db, create_job):
     job = running(db, create_job)
     with db.transaction() as s:
-        repo.update_progress(s, job.id, "w1", 1, clips_done=2, frames_done=96, now=at(1))
-        repo.release(s, job.id, "w1", 1, now=at(1.1))
-        repo.claim(s, job.id, "w2", 600, now=at(1.2))
-        repo.update_progress(s, job.id, "w2", 2, clips_done=1, frames_done=48, now=at(1.3))
+        leases.update_progress(s, lease_for(job.id, "w1", 1), clips_done=2, now=at(1))
+        leases.release(s, lease_for(job.id, "w1", 1), now=at(1.1))
+        leases.claim(s, job.id, "w2", 600, now=at(1.2))
+        leases.update_progress(s, lease_for(job.id, "w2", 2), clips_done=1, now=at(1.3))
     got = [(e.attempt, e.data["clips_done"]) for e in events(db, job.id) if e.event == "progress"]
     assert got == [(1, 2), (2, 1)]
 
 
 def test_checkpoints_segments_and_outputs_carry_their_facts(db, create_job):
     job = running(db, create_job, clips_total=2)
-    segment = repo.SegmentRecord(0, f"jobs/{job.id}/segments/00000.mp4", 0, 2, 96, 5000, "e" * 64)
+    segment = Segment(0, f"jobs/{job.id}/segments/00000.mp4", 0, 2, 96, 5000, "e" * 64)
     with db.transaction() as s:
-        repo.record_checkpoint(s, job.id, "w1", 1, 2, duration_s=0.8, bytes=123456, now=at(1))
-        repo.record_segment(s, job.id, "w1", 1, segment, now=at(2))
-        repo.mark_stitching(s, job.id, "w1", 1, now=at(3))
+        leases.record_checkpoint(
+            s, lease_for(job.id, "w1", 1), 2, duration_s=0.8, bytes=123456, now=at(1)
+        )
+        leases.record_segment(s, lease_for(job.id, "w1", 1), segment, now=at(2))
+        leases.mark_stitching(s, lease_for(job.id, "w1", 1), now=at(3))
         output = {"bytes": 9000, "sha256": "f" * 64, "frames": 96, "duration_s": 3.84}
-        repo.mark_succeeded(s, job.id, "w1", 1, "out.mp4", output=output, now=at(4))
+        leases.mark_succeeded(s, lease_for(job.id, "w1", 1), "out.mp4", output=output, now=at(4))
     by_kind = {e.event: e for e in events(db, job.id)}
     assert by_kind["checkpoint"].data == {"clip": 2, "duration_s": 0.8, "bytes": 123456}
     assert by_kind["segment"].data["bytes"] == 5000 and by_kind["segment"].data["index"] == 0
     assert by_kind["succeeded"].data == {"output_key": "out.mp4", **output}
     with db.transaction() as s:
-        assert repo.get_job(s, job.id).output_meta == output
+        assert job_store.get_job(s, job.id).output_meta == output
 
 
 def test_event_ids_resume_a_feed(db, create_job):
     job = running(db, create_job)
     first = events(db, job.id)
     with db.transaction() as s:
-        repo.record_checkpoint(s, job.id, "w1", 1, 1, now=at(1))
-        repo.request_cancel(s, job.id, now=at(2))
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 1, now=at(1))
+        job_store.request_cancel(s, job.id, now=at(2))
     later = events(db, job.id, after_id=first[-1].id)
     assert [e.event for e in later] == ["checkpoint", "cancel_requested"]
     ids = [e.id for e in events(db, job.id)]
@@ -107,16 +109,16 @@ def test_webhook_deliveries_are_queued_with_the_events(db, create_job):
         )  # fmt: skip
         webhooks.create_webhook(s, tenant="else", url="http://r/x", events=["started"], secret="s")
     with db.transaction() as s:
-        repo.claim(s, job.id, "w1", 600, now=at(1))
-        repo.update_progress(s, job.id, "w1", 1, clips_done=1, frames_done=48, now=at(2))
-        repo.record_checkpoint(s, job.id, "w1", 1, 1, now=at(3))
-        repo.mark_stitching(s, job.id, "w1", 1, now=at(4))
-        repo.mark_succeeded(s, job.id, "w1", 1, "out.mp4", now=at(5))
-        repo.request_cancel(s, other.id, now=at(6))
+        leases.claim(s, job.id, "w1", 600, now=at(1))
+        leases.update_progress(s, lease_for(job.id, "w1", 1), clips_done=1, now=at(2))
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 1, now=at(3))
+        leases.mark_stitching(s, lease_for(job.id, "w1", 1), now=at(4))
+        leases.mark_succeeded(s, lease_for(job.id, "w1", 1), "out.mp4", now=at(5))
+        job_store.request_cancel(s, other.id, now=at(6))
     with db.transaction() as s:
         mine = webhooks.list_deliveries(s, webhook_id=per_job.id)
         wide = webhooks.list_deliveries(s, webhook_id=tenant_wide.id)
-        by_id = {e.id: e for e in repo.list_events(s, job.id)}
+        by_id = {e.id: e for e in job_store.list_events(s, job.id)}
     assert [d.event_type for d in mine] == ["started", "checkpoint", "succeeded"]
     assert [(d.event_type, d.job_id) for d in wide] == [
         ("succeeded", job.id),
@@ -136,7 +138,7 @@ def test_the_delivery_queue_leases_retries_and_gives_up(db, create_job):
         hook = webhooks.create_webhook(
             s, tenant="default", url="http://r", events=["canceled"], secret="s"
         )
-        repo.request_cancel(s, job.id, now=at(0))
+        job_store.request_cancel(s, job.id, now=at(0))
 
     def take(t):
         with db.transaction() as s:
@@ -171,7 +173,7 @@ def test_a_lease_that_runs_out_is_taken_again(db, create_job):
         webhooks.create_webhook(
             s, tenant="default", url="http://r", events=["canceled"], secret="s"
         )
-        repo.request_cancel(s, job.id, now=at(0))
+        job_store.request_cancel(s, job.id, now=at(0))
     with db.transaction() as s:
         (first,) = webhooks.take_due(s, lease_s=30, now=at(1))
     with db.transaction() as s:  # the first taker died mid-request

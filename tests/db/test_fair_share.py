@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from db import batches
-from db import repository as repo
+from db import batches, job_store, leases
+from tests.factories import job_params
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE_S = 60
@@ -14,10 +14,10 @@ LEASE_S = 60
 
 def bulk(db, tenant: str, n: int, *, priority: int = 0, now: datetime = T0) -> list[uuid.UUID]:
     jobs = [
-        repo.NewJob(
+        job_store.NewJob(
             id=uuid.uuid4(),
             tenant=tenant,
-            params={"prompt": "p", "infer_frames": 48},
+            params=job_params(),
             image_key="uploads/i.png",
             audio_key="uploads/a.wav",
             clips_total=4,
@@ -31,9 +31,9 @@ def bulk(db, tenant: str, n: int, *, priority: int = 0, now: datetime = T0) -> l
     return [j.id for j in jobs]
 
 
-def claim_next(db, worker: str, now: datetime) -> repo.Lease | None:
+def claim_next(db, worker: str, now: datetime) -> leases.Lease | None:
     with db.transaction() as s:
-        return repo.claim_next(s, worker, LEASE_S, now=now)
+        return leases.claim_next(s, worker, LEASE_S, now=now)
 
 
 def test_a_bulk_tenant_does_not_starve_a_single_job(db, create_job):
@@ -73,11 +73,11 @@ def test_a_wakeup_takes_the_best_job_not_the_one_it_names(db, create_job):
     low = create_job(db, tenant="a", priority=0, now=T0)
     high = create_job(db, tenant="b", priority=9, now=T0 + timedelta(seconds=5))
     with db.transaction() as s:
-        first = repo.claim_for_wakeup(s, low.id, "w1", LEASE_S, now=T0 + timedelta(minutes=1))
-        second = repo.claim_for_wakeup(s, high.id, "w2", LEASE_S, now=T0 + timedelta(minutes=1))
+        first = leases.claim_for_wakeup(s, low.id, "w1", LEASE_S, now=T0 + timedelta(minutes=1))
+        second = leases.claim_for_wakeup(s, high.id, "w2", LEASE_S, now=T0 + timedelta(minutes=1))
         # both ran; the late message finds nothing queued and the named job leased: dropped
-        third = repo.claim_for_wakeup(s, high.id, "w3", LEASE_S, now=T0 + timedelta(minutes=1))
+        third = leases.claim_for_wakeup(s, high.id, "w3", LEASE_S, now=T0 + timedelta(minutes=1))
     assert (first.job_id, second.job_id, third) == (high.id, low.id, None)
     with db.transaction() as s:  # a lease that expired unreaped is taken over, as by claim()
-        lease = repo.claim_for_wakeup(s, low.id, "w4", LEASE_S, now=T0 + timedelta(hours=1))
+        lease = leases.claim_for_wakeup(s, low.id, "w4", LEASE_S, now=T0 + timedelta(hours=1))
     assert (lease.job_id, lease.attempt) == (low.id, 2)

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from db import outbox
-from db import repository as repo
+from db import job_store, leases, outbox, upkeep
+from db.segments import Segment
 from db.states import JobStatus
+from tests.factories import lease_for
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE_S = 60
@@ -20,12 +21,12 @@ def at(seconds: float) -> datetime:
 
 def get(db, job_id):
     with db.transaction() as s:
-        return repo.get_job(s, job_id)
+        return job_store.get_job(s, job_id)
 
 
 def events(db, job_id):
     with db.transaction() as s:
-        return repo.list_events(s, job_id)
+        return job_store.list_events(s, job_id)
 
 
 def unsent_reasons(db, job_id):
@@ -35,13 +36,13 @@ def unsent_reasons(db, job_id):
 
 def claim(db, job_id, worker, now):
     with db.transaction() as s:
-        return repo.claim(s, job_id, worker, LEASE_S, now=now)
+        return leases.claim(s, job_id, worker, LEASE_S, now=now)
 
 
 def test_claim_takes_a_lease_and_counts_the_attempt(db, create_job):
     job = create_job(db, now=T0)
     lease = claim(db, job.id, "w1", at(1))
-    assert lease == repo.Lease(job.id, "w1", 1, at(1 + LEASE_S), None)
+    assert lease == leases.Lease(job.id, "w1", 1, at(1 + LEASE_S), None)
     row = get(db, job.id)
     assert (row.status, row.worker_id, row.attempt) == ("running", "w1", 1)
     assert row.lease_expires_at == at(61) and row.heartbeat_at == at(1) and row.started_at == at(1)
@@ -71,9 +72,11 @@ def test_heartbeat_extends_only_the_owners_lease(db, create_job):
     job = create_job(db, now=T0)
     lease = claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        assert repo.heartbeat(s, job.id, "w1", lease.attempt, LEASE_S, now=at(30))
-        assert not repo.heartbeat(s, job.id, "w2", lease.attempt, LEASE_S, now=at(31))
-        assert not repo.heartbeat(s, job.id, "w1", lease.attempt + 1, LEASE_S, now=at(31))
+        assert leases.heartbeat(s, lease_for(job.id, "w1", lease.attempt), LEASE_S, now=at(30))
+        assert not leases.heartbeat(s, lease_for(job.id, "w2", lease.attempt), LEASE_S, now=at(31))
+        assert not leases.heartbeat(
+            s, lease_for(job.id, "w1", lease.attempt + 1), LEASE_S, now=at(31)
+        )
     row = get(db, job.id)
     assert row.lease_expires_at == at(90) and row.heartbeat_at == at(30)
 
@@ -84,8 +87,8 @@ def test_reaper_requeues_expired_leases_only(db, create_job):
     claim(db, alive.id, "w1", at(0))
     claim(db, dead.id, "w2", at(0))
     with db.transaction() as s:
-        repo.heartbeat(s, alive.id, "w1", 1, LEASE_S, now=at(50))
-        assert repo.reap_expired(s, now=at(70)) == [repo.ReapedJob(dead.id, JobStatus.QUEUED)]
+        leases.heartbeat(s, lease_for(alive.id, "w1", 1), LEASE_S, now=at(50))
+        assert upkeep.reap_expired(s, now=at(70)) == [upkeep.ReapedJob(dead.id, JobStatus.QUEUED)]
 
     row = get(db, dead.id)
     assert (row.status, row.worker_id, row.attempt) == ("queued", None, 1)
@@ -97,11 +100,19 @@ def test_reaper_requeues_expired_leases_only(db, create_job):
 
     # the old worker wakes up: every write it attempts is refused
     with db.transaction() as s:
-        assert not repo.heartbeat(s, dead.id, "w2", 1, LEASE_S, now=at(71))
-        assert not repo.update_progress(s, dead.id, "w2", 1, clips_done=5, frames_done=240)
-        assert not repo.record_checkpoint(s, dead.id, "w2", 1, 5)
-        with pytest.raises(repo.LeaseLost):
-            repo.mark_stitching(s, dead.id, "w2", 1)
+        assert not leases.heartbeat(s, lease_for(dead.id, "w2", 1), LEASE_S, now=at(71))
+        stale = lease_for(dead.id, "w2", 1)
+        for write in (
+            lambda: leases.update_progress(s, stale, clips_done=5),
+            lambda: leases.record_checkpoint(s, stale, 5),
+            lambda: leases.record_segment(s, stale, Segment(0, "k", 0, 5, 240, 1, "a" * 64)),
+            lambda: leases.mark_stitching(s, stale),
+            lambda: leases.release(s, stale),
+            lambda: leases.mark_failed(s, stale, "late"),
+            lambda: leases.mark_canceled(s, stale),
+        ):
+            with pytest.raises(leases.LeaseLost):
+                write()
     assert get(db, dead.id).clips_done == 0
 
 
@@ -110,8 +121,8 @@ def test_reaper_fails_a_job_out_of_attempts(db, create_job):
     for n in range(2):
         assert claim(db, job.id, f"w{n}", at(100 * n)).attempt == n + 1
         with db.transaction() as s:
-            reaped = repo.reap_expired(s, now=at(100 * n + 61))
-    assert reaped == [repo.ReapedJob(job.id, JobStatus.FAILED)]
+            reaped = upkeep.reap_expired(s, now=at(100 * n + 61))
+    assert reaped == [upkeep.ReapedJob(job.id, JobStatus.FAILED)]
     row = get(db, job.id)
     assert row.status == "failed" and "no attempts left (2 of 2 used)" in row.error
     assert unsent_reasons(db, job.id) == ["created", "lease_expired"]  # no wake-up for a failure
@@ -121,17 +132,17 @@ def test_reaper_finishes_a_pending_cancel(db, create_job):
     job = create_job(db, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        repo.request_cancel(s, job.id, now=at(10))
-        assert repo.reap_expired(s, now=at(61)) == [repo.ReapedJob(job.id, JobStatus.CANCELED)]
+        job_store.request_cancel(s, job.id, now=at(10))
+        assert upkeep.reap_expired(s, now=at(61)) == [upkeep.ReapedJob(job.id, JobStatus.CANCELED)]
 
 
 def test_release_requeues_and_keeps_the_attempt_count(db, create_job):
     job = create_job(db, now=T0)
     lease = claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        repo.update_progress(s, job.id, "w1", 1, clips_done=7, frames_done=336, fps=20.0, eta_s=9)
-        repo.record_checkpoint(s, job.id, "w1", 1, 5)
-        repo.release(s, job.id, "w1", lease.attempt, reason="SIGTERM")
+        leases.update_progress(s, lease_for(job.id, "w1", 1), clips_done=7, fps=20.0, eta_s=9)
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 5)
+        leases.release(s, lease_for(job.id, "w1", lease.attempt), reason="SIGTERM")
     row = get(db, job.id)
     assert (row.status, row.attempt, row.worker_id) == ("queued", 1, None)
     # progress past the checkpoint is lost; the next attempt starts at clip 5
@@ -144,13 +155,12 @@ def test_progress_and_checkpoints_are_recorded_for_the_owner(db, create_job):
     job = create_job(db, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        assert repo.update_progress(
-            s, job.id, "w1", 1, clips_done=3, frames_done=144, fps=21.5, eta_s=12.0
-        )
-        assert repo.record_checkpoint(s, job.id, "w1", 1, 3)
-        assert not repo.update_progress(s, job.id, "w2", 1, clips_done=9, frames_done=1)
+        leases.update_progress(s, lease_for(job.id, "w1", 1), clips_done=3, fps=21.5, eta_s=12.0)
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 3)
+        with pytest.raises(leases.LeaseLost):
+            leases.update_progress(s, lease_for(job.id, "w2", 1), clips_done=9)
         with pytest.raises(ValueError):
-            repo.record_checkpoint(s, job.id, "w1", 1, -1)
+            leases.record_checkpoint(s, lease_for(job.id, "w1", 1), -1)
     row = get(db, job.id)
     assert (row.clips_done, row.frames_done, row.fps, row.eta_s) == (3, 144, 21.5, 12.0)
     assert row.last_checkpoint_clip == 3
@@ -160,22 +170,25 @@ def test_progress_and_checkpoints_are_recorded_for_the_owner(db, create_job):
 def test_segments_are_recorded_and_replaced(db, create_job):
     job = create_job(db, now=T0)
     claim(db, job.id, "w1", at(0))
-    seg = repo.SegmentRecord(0, "jobs/x/segments/00000.mp4", 0, 10, 480, 1234, "a" * 64)
+    seg = Segment(0, "jobs/x/segments/00000.mp4", 0, 10, 480, 1234, "a" * 64)
     with db.transaction() as s:
-        assert repo.record_segment(s, job.id, "w1", 1, seg)
-        assert repo.record_segment(
-            s, job.id, "w1", 1, repo.SegmentRecord(1, "k1", 10, 10, 480, 99, "b" * 64)
+        leases.record_segment(s, lease_for(job.id, "w1", 1), seg)
+        leases.record_segment(
+            s, lease_for(job.id, "w1", 1), Segment(1, "k1", 10, 10, 480, 99, "b" * 64)
         )
-        assert not repo.record_segment(s, job.id, "w2", 1, seg)
+        with pytest.raises(leases.LeaseLost):
+            leases.record_segment(s, lease_for(job.id, "w2", 1), seg)
     with db.transaction() as s:
-        repo.release(s, job.id, "w1", 1)
+        leases.release(s, lease_for(job.id, "w1", 1))
     claim(db, job.id, "w2", at(1))
     with db.transaction() as s:  # the resumed attempt re-renders interval 1
-        assert repo.record_segment(
-            s, job.id, "w2", 2, repo.SegmentRecord(1, "k1", 10, 10, 480, 100, "c" * 64)
+        leases.record_segment(
+            s, lease_for(job.id, "w2", 2), Segment(1, "k1", 10, 10, 480, 100, "c" * 64)
         )
     with db.transaction() as s:
-        segs = [(g.index, g.bytes, g.sha256[0], g.attempt) for g in repo.list_segments(s, job.id)]
+        segs = [
+            (g.index, g.bytes, g.sha256[0], g.attempt) for g in job_store.list_segments(s, job.id)
+        ]
     assert segs == [(0, 1234, "a", 1), (1, 100, "c", 2)]
 
 
@@ -183,11 +196,11 @@ def test_retryable_failure_requeues_until_attempts_run_out(db, create_job):
     job = create_job(db, max_attempts=2, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        row = repo.mark_failed(s, job.id, "w1", 1, "S3 timeout", retryable=True)
+        row = leases.mark_failed(s, lease_for(job.id, "w1", 1), "S3 timeout", retryable=True)
     assert row.status == "queued" and row.error == "S3 timeout"
     claim(db, job.id, "w2", at(1))
     with db.transaction() as s:
-        row = repo.mark_failed(s, job.id, "w2", 2, "S3 timeout again", retryable=True)
+        row = leases.mark_failed(s, lease_for(job.id, "w2", 2), "S3 timeout again", retryable=True)
     assert row.status == "failed" and row.error == "S3 timeout again"
     assert unsent_reasons(db, job.id) == ["created", "retry"]
 
@@ -196,9 +209,9 @@ def test_retry_resumes_from_the_checkpoint_with_fresh_attempts(db, create_job):
     job = create_job(db, max_attempts=1, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        repo.record_checkpoint(s, job.id, "w1", 1, 4)
-        repo.mark_failed(s, job.id, "w1", 1, "CUDA error")
-        row = repo.retry(s, job.id, attempts=2, now=at(5))
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 4)
+        leases.mark_failed(s, lease_for(job.id, "w1", 1), "CUDA error")
+        row = job_store.retry(s, job.id, attempts=2, now=at(5))
     assert (row.status, row.attempt, row.max_attempts) == ("queued", 1, 3)
     assert (row.error, row.last_checkpoint_clip, row.clips_done) == (None, 4, 4)
     assert row.finished_at is None
@@ -212,11 +225,11 @@ def test_cancel_of_a_running_job_is_a_flag_until_the_worker_stops(db, create_job
     job = create_job(db, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        assert repo.request_cancel(s, job.id).status == "running"
-        repo.request_cancel(s, job.id)  # a second request adds nothing
-        assert repo.is_cancel_requested(s, job.id)
-        repo.mark_canceled(s, job.id, "w1", 1)
+        assert job_store.request_cancel(s, job.id).status == "running"
+        job_store.request_cancel(s, job.id)  # a second request adds nothing
+        assert leases.is_cancel_requested(s, lease_for(job.id, "w1", 1))
+        leases.mark_canceled(s, lease_for(job.id, "w1", 1))
     assert [e.event for e in events(db, job.id)][-2:] == ["cancel_requested", "canceled"]
     with db.transaction() as s:
-        row = repo.retry(s, job.id, attempts=3)
+        row = job_store.retry(s, job.id, attempts=3)
     assert not row.cancel_requested

@@ -71,7 +71,7 @@ def test_upgrade_keeps_existing_jobs(backend, postgres_url_factory, tmp_path):
     """0001 -> 0002 rebuilds `jobs` on SQLite (batch mode): rows and their events survive."""
     import uuid
 
-    from db import repository as repo
+    from db import job_store, leases
     from db.database import Database
 
     url = postgres_url_factory() if backend == "postgres" else f"sqlite:///{tmp_path / 'm.db'}"
@@ -93,13 +93,13 @@ def test_upgrade_keeps_existing_jobs(backend, postgres_url_factory, tmp_path):
     database = Database(url)
     try:
         with database.transaction() as s:
-            job = repo.get_job(s, job_id)
+            job = job_store.get_job(s, job_id)
             assert (job.tenant, job.priority, job.batch_id, job.output_meta) == (
                 "acme",
                 3,
                 None,
                 None,
             )
-            assert repo.claim_next(s, "w", 60).job_id == job_id
+            assert leases.claim_next(s, "w", 60).job_id == job_id
     finally:
         database.dispose()

@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
-from db import repository as repo
+from db import job_store, leases
 from db.states import TRANSITIONS, IllegalTransition, JobStatus, check_transition
+from tests.factories import lease_for
 
 Q, R, ST = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STITCHING
 OK, FAIL, CXL = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
@@ -40,34 +41,34 @@ def job_in(db, create_job, status: JobStatus):
     if status is Q:
         return job.id, 0
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, WORKER, LEASE_S)
+        lease = leases.claim(s, job.id, WORKER, LEASE_S)
     if status is R:
         return job.id, lease.attempt
     with db.transaction() as s:
         if status is ST:
-            repo.mark_stitching(s, job.id, WORKER, 1)
+            leases.mark_stitching(s, lease_for(job.id, WORKER, 1))
         elif status is OK:
-            repo.mark_stitching(s, job.id, WORKER, 1)
-            repo.mark_succeeded(s, job.id, WORKER, 1, f"jobs/{job.id}/output.mp4")
+            leases.mark_stitching(s, lease_for(job.id, WORKER, 1))
+            leases.mark_succeeded(s, lease_for(job.id, WORKER, 1), f"jobs/{job.id}/output.mp4")
         elif status is FAIL:
-            repo.mark_failed(s, job.id, WORKER, 1, "boom")
+            leases.mark_failed(s, lease_for(job.id, WORKER, 1), "boom")
         elif status is CXL:
-            repo.mark_canceled(s, job.id, WORKER, 1)
+            leases.mark_canceled(s, lease_for(job.id, WORKER, 1))
     return job.id, 1
 
 
 ACTIONS = {
-    "claim": lambda s, j, a: repo.claim(s, j, "worker-b", LEASE_S),
-    "mark_stitching": lambda s, j, a: repo.mark_stitching(s, j, WORKER, a),
-    "mark_succeeded": lambda s, j, a: repo.mark_succeeded(s, j, WORKER, a, "out.mp4"),
-    "mark_failed": lambda s, j, a: repo.mark_failed(s, j, WORKER, a, "boom"),
-    "mark_canceled": lambda s, j, a: repo.mark_canceled(s, j, WORKER, a),
-    "release": lambda s, j, a: repo.release(s, j, WORKER, a),
-    "request_cancel": lambda s, j, a: repo.request_cancel(s, j),
-    "retry": lambda s, j, a: repo.retry(s, j, attempts=3),
+    "claim": lambda s, j, a: leases.claim(s, j, "worker-b", LEASE_S),
+    "mark_stitching": lambda s, j, a: leases.mark_stitching(s, lease_for(j, WORKER, a)),
+    "mark_succeeded": lambda s, j, a: leases.mark_succeeded(s, lease_for(j, WORKER, a), "out.mp4"),
+    "mark_failed": lambda s, j, a: leases.mark_failed(s, lease_for(j, WORKER, a), "boom"),
+    "mark_canceled": lambda s, j, a: leases.mark_canceled(s, lease_for(j, WORKER, a)),
+    "release": lambda s, j, a: leases.release(s, lease_for(j, WORKER, a)),
+    "request_cancel": lambda s, j, a: job_store.request_cancel(s, j),
+    "retry": lambda s, j, a: job_store.retry(s, j, attempts=3),
 }
 
-L, X, N = repo.LeaseLost, IllegalTransition, None  # N: claim declines (returns None)
+L, X, N = leases.LeaseLost, IllegalTransition, None  # N: claim declines (returns None)
 # Expected status after the action, or the exception it raises.
 MATRIX = {
     #                  queued  running stitching succeeded failed canceled
@@ -89,8 +90,8 @@ CASES = [
 
 def snapshot(db, job_id):
     with db.transaction() as s:
-        job = repo.get_job(s, job_id)
-        return job.status, job.attempt, job.worker_id, len(repo.list_events(s, job_id))
+        job = job_store.get_job(s, job_id)
+        return job.status, job.attempt, job.worker_id, len(job_store.list_events(s, job_id))
 
 
 @pytest.mark.parametrize("action,state,expected", CASES, ids=[f"{a}-{s}" for a, s, _ in CASES])
@@ -113,8 +114,8 @@ def test_action_from_state(db, create_job, action, state, expected):
         return
     assert status == expected.value
     with db.transaction() as s:
-        events = repo.list_events(s, job_id)
-        job = repo.get_job(s, job_id)
+        events = job_store.list_events(s, job_id)
+        job = job_store.get_job(s, job_id)
     if status == before[0]:
         if action == "request_cancel" and state in (R, ST):
             assert job.cancel_requested
@@ -129,7 +130,7 @@ def test_action_from_state(db, create_job, action, state, expected):
 def test_illegal_transition_message_says_what_is_allowed(db, create_job):
     job_id, _ = job_in(db, create_job, OK)
     with pytest.raises(IllegalTransition) as err, db.transaction() as s:
-        repo.request_cancel(s, job_id)
+        job_store.request_cancel(s, job_id)
     assert "cannot cancel job" in str(err.value)
     assert "it is succeeded" in str(err.value)
     assert "final" in str(err.value)
@@ -137,14 +138,14 @@ def test_illegal_transition_message_says_what_is_allowed(db, create_job):
     job_id, _ = job_in(db, create_job, R)
     expected = "only failed or canceled jobs can be retried"
     with pytest.raises(IllegalTransition, match=expected), db.transaction() as s:
-        repo.retry(s, job_id, attempts=3)
+        job_store.retry(s, job_id, attempts=3)
 
 
 def test_full_history_is_recorded(db, create_job):
     job_id, _ = job_in(db, create_job, OK)
     with db.transaction() as s:
-        events = [(e.event, e.from_status, e.to_status) for e in repo.list_events(s, job_id)]
-        job = repo.get_job(s, job_id)
+        events = [(e.event, e.from_status, e.to_status) for e in job_store.list_events(s, job_id)]
+        job = job_store.get_job(s, job_id)
     assert events == [
         ("created", None, "queued"),
         ("claimed", "queued", "running"),
@@ -160,18 +161,18 @@ def test_unknown_job(db):
 
     missing = uuid.uuid4()
     with db.transaction() as s:
-        assert repo.claim(s, missing, WORKER, LEASE_S) is None
-        assert repo.get_job(s, missing) is None
-        with pytest.raises(repo.JobNotFound):
-            repo.request_cancel(s, missing)
-        with pytest.raises(repo.JobNotFound):
-            repo.retry(s, missing, attempts=1)
+        assert leases.claim(s, missing, WORKER, LEASE_S) is None
+        assert job_store.get_job(s, missing) is None
+        with pytest.raises(job_store.JobNotFound):
+            job_store.request_cancel(s, missing)
+        with pytest.raises(job_store.JobNotFound):
+            job_store.retry(s, missing, attempts=1)
 
 
 def test_tenant_scoping(db, create_job):
     job = create_job(db, tenant="acme")
     with db.transaction() as s:
-        assert repo.get_job(s, job.id, tenant="other") is None
-        assert repo.get_job(s, job.id, tenant="acme") is not None
-        with pytest.raises(repo.JobNotFound):
-            repo.request_cancel(s, job.id, tenant="other")
+        assert job_store.get_job(s, job.id, tenant="other") is None
+        assert job_store.get_job(s, job.id, tenant="acme") is not None
+        with pytest.raises(job_store.JobNotFound):
+            job_store.request_cancel(s, job.id, tenant="other")

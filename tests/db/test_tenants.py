@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from db import repository as repo
-from db import tenants
+from db import job_store, leases, tenants
 from db.models import ApiKey
 
 
@@ -56,7 +55,7 @@ def test_limits_and_quota_counts(db, create_job):
     a, b, c = (create_job(db, tenant="acme") for _ in range(3))
     create_job(db, tenant="other")
     with db.transaction() as s:
-        repo.claim(s, a.id, "w", 60)
-        repo.request_cancel(s, b.id)
+        leases.claim(s, a.id, "w", 60)
+        job_store.request_cancel(s, b.id)
         assert tenants.count_unfinished(s, "acme") == 2  # running a, queued c
         assert tenants.count_unfinished(s, "nobody") == 0

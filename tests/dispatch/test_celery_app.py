@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from tests.conftest import free_port
-from worker.celery_app import (
+from dispatch.celery_app import (
     RENDER_QUEUE,
     RENDER_TASK,
     CeleryConfig,
     has_render_task,
     make_celery_app,
 )
-from worker.relay import CeleryDispatcher, OutboxRelay
+from dispatch.relay import CeleryDispatcher, OutboxRelay
+from tests.conftest import free_port
 
 
 def test_settings_for_long_gpu_tasks(celery_app, celery_config):

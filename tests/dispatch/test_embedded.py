@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from db import outbox
-from db import repository as repo
-from worker.embedded import EmbeddedRunner
+from db import job_store, leases, outbox
+from dispatch.embedded import EmbeddedRunner
+from tests.factories import lease_for
 
 
 def wait_for(predicate, timeout=10.0):
@@ -26,12 +26,14 @@ def test_jobs_reach_the_handler_once_each(sqlite_db, create_job):
     def handler(job_id):
         # what the render lifecycle will do: claim, work, finish
         with sqlite_db.transaction() as s:
-            lease = repo.claim(s, job_id, "embedded", 60)
+            lease = leases.claim(s, job_id, "embedded", 60)
         if lease is None:
             return
         with sqlite_db.transaction() as s:
-            repo.mark_stitching(s, job_id, "embedded", lease.attempt)
-            repo.mark_succeeded(s, job_id, "embedded", lease.attempt, f"jobs/{job_id}/output.mp4")
+            leases.mark_stitching(s, lease_for(job_id, "embedded", lease.attempt))
+            leases.mark_succeeded(
+                s, lease_for(job_id, "embedded", lease.attempt), f"jobs/{job_id}/output.mp4"
+            )
         seen.append(job_id)
         if len(seen) == 3:
             done.set()
@@ -48,7 +50,7 @@ def test_jobs_reach_the_handler_once_each(sqlite_db, create_job):
     assert sorted(seen) == sorted(jobs)
     with sqlite_db.transaction() as s:
         assert outbox.count_unsent(s) == 0
-        assert {repo.get_job(s, j).status for j in jobs} == {"succeeded"}
+        assert {job_store.get_job(s, j).status for j in jobs} == {"succeeded"}
 
 
 def test_a_failing_handler_does_not_stop_the_runner(sqlite_db, create_job):
@@ -79,5 +81,5 @@ def test_without_a_handler_jobs_stay_queued(sqlite_db, create_job):
     runner.stop()
     assert not runner.dispatching
     with sqlite_db.transaction() as s:
-        assert repo.get_job(s, job.id).status == "queued"
+        assert job_store.get_job(s, job.id).status == "queued"
         assert outbox.count_unsent(s) == 1  # kept for a process that can run it

@@ -7,11 +7,12 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from db import outbox
-from db import repository as repo
+from db import job_store, leases, outbox, upkeep
+from db.states import JobStatus
+from dispatch.celery_app import CeleryConfig, make_celery_app
+from dispatch.relay import CeleryDispatcher, OutboxRelay
 from tests.conftest import REDIS_URL, count_rows, free_port, queued_messages
-from worker.celery_app import CeleryConfig, make_celery_app
-from worker.relay import CeleryDispatcher, OutboxRelay
+from tests.factories import job_params
 
 
 def test_publishes_exactly_the_committed_jobs(pg_db, create_job, celery_app, redis_prefix):
@@ -19,9 +20,11 @@ def test_publishes_exactly_the_committed_jobs(pg_db, create_job, celery_app, red
     # a submission still in flight: its job and outbox row are not committed yet
     open_tx = pg_db.sessions()
     open_tx.begin()
-    in_flight = repo.create_job(
+    in_flight = job_store.create_job(
         open_tx,
-        repo.NewJob(uuid.uuid4(), "default", {}, "a", "b", clips_total=1, max_attempts=1),
+        job_store.NewJob(
+            uuid.uuid4(), "default", job_params(), "a", "b", clips_total=1, max_attempts=1
+        ),
     )
     open_tx.flush()
 
@@ -64,7 +67,7 @@ def test_broker_down_at_submit_time(api_client, api_services, redis_server_facto
     with api_services.database.transaction() as s:
         (message,) = outbox.lock_unsent(s)
         assert message.publish_attempts == 1 and "OperationalError" in message.last_error
-        assert repo.get_job(s, uuid.UUID(job_id)).status == "queued"
+        assert job_store.get_job(s, uuid.UUID(job_id)).status == "queued"
 
     url = redis_server_factory(port)  # the broker comes back
     assert relay.publish_pending() == (1, False)
@@ -113,10 +116,10 @@ class Recorder:
 def test_a_pass_reaps_expired_leases_and_publishes_their_wake_up(db, create_job):
     job = create_job(db)
     with db.transaction() as s:
-        repo.claim(s, job.id, "w1", lease_s=0.01, now=datetime.now(UTC) - timedelta(seconds=5))
+        leases.claim(s, job.id, "w1", lease_s=0.01, now=datetime.now(UTC) - timedelta(seconds=5))
     recorder = Recorder()
     result = OutboxRelay(db, recorder).run_once()
-    assert result.reaped == [repo.ReapedJob(job.id, repo.JobStatus.QUEUED)]
+    assert result.reaped == [upkeep.ReapedJob(job.id, JobStatus.QUEUED)]
     assert recorder.published == [job.id, job.id]  # "created", then "lease_expired"
 
 
@@ -126,7 +129,7 @@ def test_stale_queued_jobs_get_a_new_wake_up(db, create_job):
     fresh = create_job(db)
     running = create_job(db, now=long_ago)
     with db.transaction() as s:
-        repo.claim(s, running.id, "w1", 3600)
+        leases.claim(s, running.id, "w1", 3600)
     recorder = Recorder()
     relay = OutboxRelay(db, recorder, redispatch_after_s=3600)
     first = relay.run_once()

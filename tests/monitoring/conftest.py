@@ -15,26 +15,28 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from api.config import ApiConfig
 from api.services import Services
-from db import repository as repo
+from db import job_store, leases, upkeep
 from db.database import Database
-from db.models import utcnow
+from db.models import Job, utcnow
+from db.segments import Segment
 from storage import keys
 from storage.local import LocalStorage
+from tests.factories import job_params, lease_for
 
 
-def create_job(database: Database, **overrides) -> repo.Job:
+def create_job(database: Database, **overrides) -> Job:
     job_id = uuid.uuid4()
     fields = dict(
         id=job_id,
         tenant="default",
-        params={"prompt": "a person talking", "size": "64*64", "infer_frames": 48},
+        params=job_params(size="64*64", width=64, height=64),
         image_key=f"jobs/{job_id}/inputs/image.png",
         audio_key=f"jobs/{job_id}/inputs/audio.wav",
         clips_total=10,
         max_attempts=3,
     )
     with database.transaction() as s:
-        return repo.create_job(s, repo.NewJob(**{**fields, **overrides}))
+        return job_store.create_job(s, job_store.NewJob(**{**fields, **overrides}))
 
 
 def _every_fate(database: Database) -> None:
@@ -49,34 +51,45 @@ def _every_fate(database: Database) -> None:
         create_job(database),
     )
     with database.transaction() as s:
-        lease = repo.claim(s, done.id, "gpu-1", 60)
-        repo.update_progress(
-            s, done.id, "gpu-1", lease.attempt, clips_done=2, frames_done=96, fps=20.0, clip_s=2.4
+        lease = leases.claim(s, done.id, "gpu-1", 60)
+        leases.update_progress(
+            s,
+            lease_for(done.id, "gpu-1", lease.attempt),
+            clips_done=2,
+            fps=20.0,
+            clip_s=2.4,
         )
-        seg = repo.SegmentRecord(0, keys.segment_key(done.id, 0), 0, 2, 96, 4096, "a" * 64)
-        repo.record_segment(s, done.id, "gpu-1", lease.attempt, seg)
-        repo.record_checkpoint(s, done.id, "gpu-1", lease.attempt, 2, duration_s=0.5, bytes=10)
-        repo.mark_stitching(s, done.id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(
-            s, done.id, "gpu-1", lease.attempt, keys.output_key(done.id), output={"bytes": 9000}
+        seg = Segment(0, keys.segment_key(done.id, 0), 0, 2, 96, 4096, "a" * 64)
+        leases.record_segment(s, lease_for(done.id, "gpu-1", lease.attempt), seg)
+        leases.record_checkpoint(
+            s, lease_for(done.id, "gpu-1", lease.attempt), 2, duration_s=0.5, bytes=10
+        )
+        leases.mark_stitching(s, lease_for(done.id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(
+            s,
+            lease_for(done.id, "gpu-1", lease.attempt),
+            keys.output_key(done.id),
+            output={"bytes": 9000},
         )
     with database.transaction() as s:
-        lease = repo.claim(s, failing.id, "gpu-1", 60)
-        repo.mark_failed(s, failing.id, "gpu-1", lease.attempt, "StorageError: x", retryable=True)
-        lease = repo.claim(s, failing.id, "gpu-1", 60)
-        repo.mark_failed(s, failing.id, "gpu-1", lease.attempt, "RuntimeError: y")
-        repo.retry(s, failing.id, attempts=1)
+        lease = leases.claim(s, failing.id, "gpu-1", 60)
+        leases.mark_failed(
+            s, lease_for(failing.id, "gpu-1", lease.attempt), "StorageError: x", retryable=True
+        )
+        lease = leases.claim(s, failing.id, "gpu-1", 60)
+        leases.mark_failed(s, lease_for(failing.id, "gpu-1", lease.attempt), "RuntimeError: y")
+        job_store.retry(s, failing.id, attempts=1)
     with database.transaction() as s:
-        repo.claim(s, lost.id, "gpu-2", 60, now=now - timedelta(seconds=120))
+        leases.claim(s, lost.id, "gpu-2", 60, now=now - timedelta(seconds=120))
     with database.transaction() as s:
-        repo.reap_expired(s, now=now)
+        upkeep.reap_expired(s, now=now)
     with database.transaction() as s:
-        lease = repo.claim(s, canceled.id, "gpu-3", 60)
-        repo.request_cancel(s, canceled.id)
-        repo.mark_canceled(s, canceled.id, "gpu-3", lease.attempt)
+        lease = leases.claim(s, canceled.id, "gpu-3", 60)
+        job_store.request_cancel(s, canceled.id)
+        leases.mark_canceled(s, lease_for(canceled.id, "gpu-3", lease.attempt))
     with database.transaction() as s:
-        lease = repo.claim(s, released.id, "gpu-4", 60)
-        repo.release(s, released.id, "gpu-4", lease.attempt)
+        lease = leases.claim(s, released.id, "gpu-4", 60)
+        leases.release(s, lease_for(released.id, "gpu-4", lease.attempt))
 
 
 @pytest.fixture(scope="module")

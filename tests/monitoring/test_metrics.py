@@ -13,12 +13,13 @@ from api import create_app
 from api.config import ApiConfig
 from api.metrics import Metrics
 from api.services import Services
-from db import repository as repo
+from db import leases, upkeep
 from db.models import utcnow
 from storage import keys
 from storage.base import StorageError
 from storage.local import LocalStorage
 from tests.conftest import make_api_key
+from tests.factories import lease_for
 from worker.errors import describe
 
 
@@ -51,10 +52,12 @@ def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
     now = utcnow()
     fresh, stale, _queued = create_job(db), create_job(db), create_job(db)
     with db.transaction() as s:
-        repo.claim(s, fresh.id, "gpu-1", 120, now=now - timedelta(seconds=5))
-        lease = repo.claim(s, stale.id, "gpu-2", 120, now=now - timedelta(seconds=400))
+        leases.claim(s, fresh.id, "gpu-1", 120, now=now - timedelta(seconds=5))
+        lease = leases.claim(s, stale.id, "gpu-2", 120, now=now - timedelta(seconds=400))
         # the stale worker's last heartbeat was 300 s ago; its lease ran out 180 s ago
-        repo.heartbeat(s, stale.id, "gpu-2", lease.attempt, 120, now=now - timedelta(seconds=300))
+        leases.heartbeat(
+            s, lease_for(stale.id, "gpu-2", lease.attempt), 120, now=now - timedelta(seconds=300)
+        )
     text = scrape(metrics)
     assert 300 <= sample(text, "longtake_heartbeat_oldest_age_seconds") < 330
     assert 400 <= sample(text, "longtake_progress_oldest_age_seconds") < 430  # since its claim
@@ -62,7 +65,7 @@ def test_heartbeat_age_and_leases_that_nobody_reaped(db, create_job):
     assert sample(text, "longtake_queue_depth") == 1  # `_queued` is still waiting
 
     with db.transaction() as s:
-        assert [r.job_id for r in repo.reap_expired(s)] == [stale.id]
+        assert [r.job_id for r in upkeep.reap_expired(s)] == [stale.id]
     text = scrape(metrics)
     assert sample(text, "longtake_leases_expired") == 0
     assert 0 < sample(text, "longtake_heartbeat_oldest_age_seconds") < 60  # `fresh` alone
@@ -76,16 +79,18 @@ def test_progress_age_is_the_running_job_that_moved_least_recently(db, create_jo
     now = utcnow()
     hung, busy = create_job(db), create_job(db)
     with db.transaction() as s:
-        hung_lease = repo.claim(s, hung.id, "gpu-1", 120, now=now - timedelta(seconds=600))
-        repo.update_progress(
-            s, hung.id, "gpu-1", hung_lease.attempt, clips_done=1, frames_done=48,
+        hung_lease = leases.claim(s, hung.id, "gpu-1", 120, now=now - timedelta(seconds=600))
+        leases.update_progress(s, lease_for(hung.id, "gpu-1", hung_lease.attempt), clips_done=1,
             now=now - timedelta(seconds=500),
         )  # fmt: skip
-        busy_lease = repo.claim(s, busy.id, "gpu-2", 120, now=now - timedelta(seconds=30))
+        busy_lease = leases.claim(s, busy.id, "gpu-2", 120, now=now - timedelta(seconds=30))
         # the hung worker's heartbeat thread still runs
-        repo.heartbeat(s, hung.id, "gpu-1", hung_lease.attempt, 120, now=now)
-        repo.update_progress(
-            s, busy.id, "gpu-2", busy_lease.attempt, clips_done=3, frames_done=144, now=now
+        leases.heartbeat(s, lease_for(hung.id, "gpu-1", hung_lease.attempt), 120, now=now)
+        leases.update_progress(
+            s,
+            lease_for(busy.id, "gpu-2", busy_lease.attempt),
+            clips_done=3,
+            now=now,
         )
     text = scrape(metrics)
     assert 500 <= sample(text, "longtake_progress_oldest_age_seconds") < 530
@@ -93,7 +98,9 @@ def test_progress_age_is_the_running_job_that_moved_least_recently(db, create_jo
     assert sample(text, "longtake_leases_expired") == 0
 
     with db.transaction() as s:
-        repo.mark_stitching(s, hung.id, "gpu-1", hung_lease.attempt)  # stitching is not rendering
+        leases.mark_stitching(
+            s, lease_for(hung.id, "gpu-1", hung_lease.attempt)
+        )  # stitching is not rendering
     assert 0 <= sample(scrape(metrics), "longtake_progress_oldest_age_seconds") < 30
 
 
@@ -113,9 +120,9 @@ def test_attempts_failed_by_storage_count_as_worker_storage_errors(db, create_jo
     for exc, retryable in cases:
         job = create_job(db, max_attempts=3 if retryable else 1)
         with db.transaction() as s:
-            lease = repo.claim(s, job.id, "gpu-1", 60)
-            repo.mark_failed(
-                s, job.id, "gpu-1", lease.attempt, failure_text(exc), retryable=retryable
+            lease = leases.claim(s, job.id, "gpu-1", 60)
+            leases.mark_failed(
+                s, lease_for(job.id, "gpu-1", lease.attempt), failure_text(exc), retryable=retryable
             )
     text = scrape(metrics)
     assert sample(text, "longtake_job_events_total", '{event="retry_scheduled"}') == 1
@@ -132,9 +139,9 @@ def test_api_answers_that_storage_is_unavailable_are_counted(sqlite_db, create_j
     )
     job = create_job(sqlite_db, clips_total=1)
     with sqlite_db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        repo.mark_stitching(s, job.id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(s, job.id, "gpu-1", lease.attempt, keys.output_key(job.id))
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        leases.mark_stitching(s, lease_for(job.id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(s, lease_for(job.id, "gpu-1", lease.attempt), keys.output_key(job.id))
     headers = {"Authorization": f"Bearer {make_api_key(sqlite_db)}"}
     with TestClient(create_app(services), headers=headers) as client:
         r = client.get(f"/v1/jobs/{job.id}/result")
@@ -153,10 +160,13 @@ def test_only_failures_carry_their_reason_into_the_feed(sqlite_db, create_job, e
     assert event in FAILURE_EVENTS
     job = create_job(sqlite_db)
     with sqlite_db.transaction() as s:
-        lease = repo.claim(s, job.id, "gpu-1", 60)
-        repo.update_progress(s, job.id, "gpu-1", lease.attempt, clips_done=1, frames_done=48)
-        repo.mark_failed(
-            s, job.id, "gpu-1", lease.attempt, "boom", retryable=event == "retry_scheduled"
+        lease = leases.claim(s, job.id, "gpu-1", 60)
+        leases.update_progress(s, lease_for(job.id, "gpu-1", lease.attempt), clips_done=1)
+        leases.mark_failed(
+            s,
+            lease_for(job.id, "gpu-1", lease.attempt),
+            "boom",
+            retryable=event == "retry_scheduled",
         )
     with sqlite_db.transaction() as s:
         rows = EventFeed().read(s, 100)

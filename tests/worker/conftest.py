@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from db.segments import Segment
 from tests.worker.media_helpers import encode_segment
-from worker.segments import SegmentInfo
 
 
 @pytest.fixture
-def segment_factory(tmp_path: Path) -> Callable[..., SegmentInfo]:
+def segment_factory(tmp_path: Path) -> Callable[..., Segment]:
     counter = iter(range(10_000))
 
-    def factory(clip_frames: Sequence[int], **kwargs: object) -> SegmentInfo:
+    def factory(clip_frames: Sequence[int], **kwargs: object) -> Segment:
         return encode_segment(tmp_path / f"{next(counter):05d}.mp4", clip_frames, **kwargs)  # type: ignore[arg-type]
 
     return factory

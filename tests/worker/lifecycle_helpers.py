@@ -1,9 +1,8 @@
 """Helpers for the render lifecycle tests: jobs as the API stores them, probes of the output,
-and a view of the worker's per-clip log."""
+the worker's per-clip hook, and its per-clip log lines (for workers in other processes)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -14,11 +13,15 @@ from typing import Any
 
 import av
 
-from db import repository as repo
+from db import job_store
 from db.database import Database
+from db.models import Job
+from db.params import ImageFacts
 from storage import keys
 from storage.base import Storage
 from tests import media
+from tests.factories import job_params
+from worker.lifecycle import ClipDone
 
 # Small and quick with the tiny model: 64x64, clips of 12 frames, 2.3 s of speech = 5 clips.
 CLIPS = 5
@@ -52,23 +55,21 @@ def make_job(
     seconds = round(clips * INFER_FRAMES / 25 - 0.1, 3)
     storage.put_bytes(image_key, image if image is not None else media.png(128, 128))
     storage.put_bytes(audio_key, audio if audio is not None else media.wav(seconds))
-    all_params = {
-        "prompt": "a person talking",
-        "size": "64*64",
-        "width": 64,
-        "height": 64,
-        "num_clips": None,
-        "infer_frames": INFER_FRAMES,
-        "sample_steps": 4,
-        "seed": SEED,
-        "checkpoint_every": checkpoint_every,
-        "audio_duration_s": seconds,
+    all_params = job_params(
+        size="64*64",
+        width=64,
+        height=64,
+        infer_frames=INFER_FRAMES,
+        seed=SEED,
+        checkpoint_every=checkpoint_every,
+        audio_duration_s=seconds,
+        image=ImageFacts(width=128, height=128, format="PNG"),
         **params,
-    }
+    )
     with database.transaction() as s:
-        repo.create_job(
+        job_store.create_job(
             s,
-            repo.NewJob(
+            job_store.NewJob(
                 id=job_id,
                 tenant="default",
                 params=all_params,
@@ -81,20 +82,20 @@ def make_job(
     return job_id
 
 
-def job(database: Database, job_id: uuid.UUID) -> repo.Job:
+def job(database: Database, job_id: uuid.UUID) -> Job:
     with database.transaction() as s:
-        return repo.get_job(s, job_id)
+        return job_store.get_job(s, job_id)
 
 
 def events(database: Database, job_id: uuid.UUID) -> list[tuple[str, str]]:
     with database.transaction() as s:
-        return [(e.event, e.reason) for e in repo.list_events(s, job_id)]
+        return [(e.event, e.reason) for e in job_store.list_events(s, job_id)]
 
 
 def segments(database: Database, job_id: uuid.UUID) -> list[tuple[int, int, int]]:
     """(index, first_clip, clips) of the recorded segments."""
     with database.transaction() as s:
-        return [(r.index, r.first_clip, r.clips) for r in repo.list_segments(s, job_id)]
+        return [(r.index, r.first_clip, r.clips) for r in job_store.list_segments(s, job_id)]
 
 
 @dataclass
@@ -129,27 +130,24 @@ def probe(path: Path) -> Probe:
         )
 
 
-class ClipLog(logging.Handler):
-    """Collects the worker's "generated clip" lines; runs `on_clip(job, attempt, clip)` hooks
-    synchronously, in the worker's thread, right after the clip was generated."""
+class ClipLog:
+    """The worker's `on_clip` hook for tests: records every generated clip and runs the
+    test's own `hooks(done)` synchronously, in the worker's thread, right after the clip."""
 
     def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self.clips: list[tuple[str, int, int]] = []
-        self.hooks: list[Callable[[str, int, int], None]] = []
+        self.clips: list[ClipDone] = []
+        self.hooks: list[Callable[[ClipDone], None]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        m = CLIP_LINE.search(record.getMessage())
-        if m is None:
-            return
-        entry = (m["job"], int(m["attempt"]), int(m["clip"]))
-        self.clips.append(entry)
+    def __call__(self, done: ClipDone) -> None:
+        self.clips.append(done)
         for hook in list(self.hooks):
-            hook(*entry)
+            hook(done)
 
     def generated(self, job_id: uuid.UUID, attempt: int | None = None) -> list[int]:
         return [
-            c for j, a, c in self.clips if j == str(job_id) and (attempt is None or a == attempt)
+            c.clip
+            for c in self.clips
+            if c.job_id == job_id and (attempt is None or c.attempt == attempt)
         ]
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from worker.segments import EncoderSettings, SegmentEncoder, SegmentInfo
+from db.segments import Segment
+from worker.segments import EncoderSettings, SegmentEncoder
 
 W, H = 96, 64
 FPS = 25
@@ -42,7 +43,7 @@ def encode_segment(
     width: int = W,
     height: int = H,
     settings: EncoderSettings | None = None,
-) -> SegmentInfo:
+) -> Segment:
     """Encode one segment from clips of the given lengths; frame content continues across clips."""
     enc = SegmentEncoder(path, width, height, FPS, settings)
     start = 0

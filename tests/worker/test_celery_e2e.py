@@ -27,15 +27,15 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from db import repository as repo
+from db import job_store
 from db.database import Database
+from dispatch.celery_app import CeleryConfig, make_celery_app
+from dispatch.relay import CeleryDispatcher, OutboxRelay
 from tests.conftest import REDIS_URL, TEST_BUCKET, free_port
 from tests.worker.lifecycle_helpers import events, job, make_job, parse_clip_lines, probe
 from tests.worker.tcp_proxy import TcpProxy
-from worker.celery_app import CeleryConfig, make_celery_app
 from worker.lifecycle import manifest_key
 from worker.provenance import iter_frame_hashes
-from worker.relay import CeleryDispatcher, OutboxRelay
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def attempts_in_logs(logs: str, job_id: uuid.UUID) -> dict[int, tuple[int, list[
 
 def checkpoints_by_attempt(database: Database, job_id: uuid.UUID) -> dict[int, list[int]]:
     with database.transaction() as s:
-        rows = repo.list_events(s, job_id)
+        rows = job_store.list_events(s, job_id)
     out: dict[int, list[int]] = {}
     for e in rows:
         if e.event == "checkpoint":

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from db import repository as repo
+from db import job_store, leases
 from db.database import Database
 from db.models import OutboxMessage, utcnow
+from db.params import WatermarkSpec
+from dispatch.embedded import EmbeddedRunner
 from storage import keys
 from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Storage
@@ -38,10 +40,10 @@ from tests.worker.lifecycle_helpers import (
     segments,
 )
 from worker.config import EngineSpec, RetryPolicy, WorkerConfig
-from worker.embedded import EmbeddedRunner
-from worker.lifecycle import Lifecycle, Outcome, manifest_key
+from worker.finish import manifest_key
+from worker.lifecycle import ClipDone, Lifecycle, Outcome
 from worker.provenance import iter_frame_hashes, verify
-from worker.watermark import Watermark, WatermarkSpec
+from worker.watermark import Watermark
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +64,9 @@ def config(tmp_path: Path, **overrides) -> WorkerConfig:
 
 
 @pytest.fixture
-def clip_log():
-    import logging
-
-    logger = logging.getLogger("worker.lifecycle")
-    handler, level = ClipLog(), logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+def clip_log() -> ClipLog:
+    """Give it to a Lifecycle as `on_clip`; tests add hooks to act after a given clip."""
+    return ClipLog()
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +87,8 @@ def shut_down_during_clip_2(lifecycle: Lifecycle, job_id: uuid.UUID, clip_log) -
     """Run the job's first attempt, asking the worker to shut down (as SIGTERM does) while
     clip 2 is being finished."""
 
-    def hook(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 2):
+    def hook(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 2):
             lifecycle.request_shutdown()
 
     clip_log.hooks.append(hook)
@@ -113,7 +108,7 @@ def test_a_job_renders_end_to_end(backend, request, tmp_path, clip_log, referenc
     storage = request.getfixturevalue(f"{storage_name}_storage")
     job_id = make_job(database, storage)
 
-    lifecycle = Lifecycle(config(tmp_path), database, storage)
+    lifecycle = Lifecycle(config(tmp_path), database, storage, on_clip=clip_log)
     assert lifecycle.run(job_id) is Outcome.SUCCEEDED
 
     row = job(database, job_id)
@@ -170,13 +165,16 @@ def test_cancel_stops_within_one_clip_and_retry_resumes_from_the_checkpoint(
 ):
     job_id = make_job(sqlite_db, local_storage)
 
-    def cancel_after_clip_2(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 2):
+    def cancel_after_clip_2(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 2):
             with sqlite_db.transaction() as s:
-                repo.request_cancel(s, job_id)
+                job_store.request_cancel(s, job_id)
 
     clip_log.hooks.append(cancel_after_clip_2)
-    assert Lifecycle(config(tmp_path), sqlite_db, local_storage).run(job_id) is Outcome.CANCELED
+    assert (
+        Lifecycle(config(tmp_path), sqlite_db, local_storage, on_clip=clip_log).run(job_id)
+        is Outcome.CANCELED
+    )
     assert clip_log.generated(job_id, 1) == [0, 1, 2]  # the flag came during clip 2: no clip 3
     row = job(sqlite_db, job_id)
     assert (row.status, row.worker_id, row.lease_expires_at) == ("canceled", None, None)
@@ -188,8 +186,11 @@ def test_cancel_stops_within_one_clip_and_retry_resumes_from_the_checkpoint(
     local_storage.put_bytes(keys.checkpoint_key(job_id, 4, "step-0.safetensors"), b"partial")
 
     with sqlite_db.transaction() as s:
-        repo.retry(s, job_id, attempts=3)
-    assert Lifecycle(config(tmp_path), sqlite_db, local_storage).run(job_id) is Outcome.SUCCEEDED
+        job_store.retry(s, job_id, attempts=3)
+    assert (
+        Lifecycle(config(tmp_path), sqlite_db, local_storage, on_clip=clip_log).run(job_id)
+        is Outcome.SUCCEEDED
+    )
     assert clip_log.generated(job_id, 2) == [2, 3, 4]  # nothing before the checkpoint again
     assert segments(sqlite_db, job_id) == UNINTERRUPTED_SEGMENTS
     assert output_hashes(local_storage, job_id, tmp_path) == reference
@@ -202,7 +203,12 @@ def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
 ):
     """Also with checkpoints the stream writes itself (as a multi-GPU engine's do)."""
     job_id = make_job(sqlite_db, local_storage)
-    first = Lifecycle(config(tmp_path, checkpoint_mode=checkpoint_mode), sqlite_db, local_storage)
+    first = Lifecycle(
+        config(tmp_path, checkpoint_mode=checkpoint_mode),
+        sqlite_db,
+        local_storage,
+        on_clip=clip_log,
+    )
 
     assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
     assert clip_log.generated(job_id, 1) == [0, 1, 2]
@@ -220,7 +226,12 @@ def test_shutdown_checkpoints_mid_interval_and_the_resumed_video_is_identical(
             )
         )
 
-    second = Lifecycle(config(tmp_path, checkpoint_mode=checkpoint_mode), sqlite_db, local_storage)
+    second = Lifecycle(
+        config(tmp_path, checkpoint_mode=checkpoint_mode),
+        sqlite_db,
+        local_storage,
+        on_clip=clip_log,
+    )
     assert second.run(job_id) is Outcome.SUCCEEDED
     assert clip_log.generated(job_id, 2) == [3, 4]
     assert segments(sqlite_db, job_id) == UNINTERRUPTED_SEGMENTS
@@ -235,7 +246,7 @@ def test_a_new_worker_loads_its_model_while_the_inputs_and_checkpoint_download(
     from worker.engine import build_engine
 
     job_id = make_job(sqlite_db, local_storage)
-    first = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    first = Lifecycle(config(tmp_path), sqlite_db, local_storage, on_clip=clip_log)
 
     assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
     assert job(sqlite_db, job_id).last_checkpoint_clip == 3
@@ -257,7 +268,11 @@ def test_a_new_worker_loads_its_model_while_the_inputs_and_checkpoint_download(
         return build_engine(spec)
 
     second = Lifecycle(
-        config(tmp_path), sqlite_db, Watched(local_storage.root), engines=cold_engine
+        config(tmp_path),
+        sqlite_db,
+        Watched(local_storage.root),
+        engines=cold_engine,
+        on_clip=clip_log,
     )
     assert second.run(job_id) is Outcome.SUCCEEDED
     assert load_seen_by_downloads and all(load_seen_by_downloads)
@@ -271,16 +286,18 @@ def test_a_lost_lease_stops_the_render_and_writes_nothing_more(
 ):
     job_id = make_job(sqlite_db, local_storage)
 
-    def taken_over_after_clip_1(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 1):
+    def taken_over_after_clip_1(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 1):
             # This worker went silent too long: its lease expired and another worker took the
             # job (attempt 2).
             later = utcnow() + timedelta(seconds=60)
             with sqlite_db.transaction() as s:
-                assert repo.claim(s, job_id, "another-worker", 600, now=later).attempt == 2
+                assert leases.claim(s, job_id, "another-worker", 600, now=later).attempt == 2
 
     clip_log.hooks.append(taken_over_after_clip_1)
-    lifecycle = Lifecycle(config(tmp_path, progress_interval_s=0.0), sqlite_db, local_storage)
+    lifecycle = Lifecycle(
+        config(tmp_path, progress_interval_s=0.0), sqlite_db, local_storage, on_clip=clip_log
+    )
     assert lifecycle.run(job_id) is Outcome.LEASE_LOST
     assert clip_log.generated(job_id, 1) == [0, 1]  # stopped at the first write after clip 1
     row = job(sqlite_db, job_id)
@@ -365,14 +382,16 @@ def test_a_storage_outage_is_ridden_out_with_backoff(sqlite_db, tmp_path, clip_l
         servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
         servers[-1].start()
 
-    def outage_after_clip_1(job: str, attempt: int, clip: int) -> None:
-        if (job, attempt, clip) == (str(job_id), 1, 1):
+    def outage_after_clip_1(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 1):
             server.stop()  # the segment upload at the boundary after clip 1 meets it
             threading.Timer(1.5, restart).start()
 
     clip_log.hooks.append(outage_after_clip_1)
     patient = RetryPolicy(attempts=8, base_delay_s=0.2, max_delay_s=1.0)
-    lifecycle = Lifecycle(config(tmp_path, storage_retry=patient), sqlite_db, storage)
+    lifecycle = Lifecycle(
+        config(tmp_path, storage_retry=patient), sqlite_db, storage, on_clip=clip_log
+    )
     try:
         assert lifecycle.run(job_id) is Outcome.SUCCEEDED
         assert len(servers) == 2  # the outage did happen
@@ -425,12 +444,12 @@ def test_a_wake_up_runs_the_best_queued_job_first(sqlite_db, local_storage, tmp_
     priority, and the other job's wake-up runs the other job."""
     low = make_job(sqlite_db, local_storage, clips=2)
     with sqlite_db.transaction() as s:
-        high = repo.create_job(
+        high = job_store.create_job(
             s,
-            repo.NewJob(
+            job_store.NewJob(
                 id=uuid.uuid4(),
                 tenant="default",
-                params=job(sqlite_db, low).params,
+                params=job(sqlite_db, low).job_params,
                 image_key=job(sqlite_db, low).image_key,
                 audio_key=job(sqlite_db, low).audio_key,
                 clips_total=2,
@@ -438,12 +457,12 @@ def test_a_wake_up_runs_the_best_queued_job_first(sqlite_db, local_storage, tmp_
                 priority=10,
             ),
         ).id
-    lifecycle = Lifecycle(config(tmp_path), sqlite_db, local_storage)
+    lifecycle = Lifecycle(config(tmp_path), sqlite_db, local_storage, on_clip=clip_log)
     assert lifecycle.run(low) is Outcome.SUCCEEDED  # low's wake-up ...
     assert (job(sqlite_db, high).status, job(sqlite_db, low).status) == ("succeeded", "queued")
     assert lifecycle.run(high) is Outcome.SUCCEEDED  # ... and high's
     assert job(sqlite_db, low).status == "succeeded"
-    assert [j for j, _, _ in clip_log.clips] == [str(high)] * 2 + [str(low)] * 2
+    assert [c.job_id for c in clip_log.clips] == [high] * 2 + [low] * 2
     assert lifecycle.run(low) is Outcome.DROPPED  # a late duplicate
 
 
@@ -464,13 +483,21 @@ def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_
     job_id = make_job(sqlite_db, local_storage)
     try:
         first = Lifecycle(
-            config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
+            config(tmp_path, engine=spec),
+            sqlite_db,
+            local_storage,
+            engines=engines.get,
+            on_clip=clip_log,
         )
 
         assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
         assert job(sqlite_db, job_id).last_checkpoint_clip == 3
         second = Lifecycle(
-            config(tmp_path, engine=spec), sqlite_db, local_storage, engines=engines.get
+            config(tmp_path, engine=spec),
+            sqlite_db,
+            local_storage,
+            engines=engines.get,
+            on_clip=clip_log,
         )
         assert second.run(job_id) is Outcome.SUCCEEDED
     finally:

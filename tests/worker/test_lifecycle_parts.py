@@ -13,17 +13,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy.exc as sa_exc
+from pydantic import ValidationError
 
-from db import repository as repo
+from db import leases, upkeep
+from db.params import WatermarkParams, WatermarkSpec
 from storage.base import ObjectNotFound, StorageError
+from tests.factories import job_params
 from worker.backoff import with_retries
 from worker.config import RetryPolicy, WorkerConfig
 from worker.errors import JobInputError, describe, is_retryable
 from worker.faults import FaultPlan
-from worker.heartbeat import Heartbeat
-from worker.plan import JobPlan, watermark_for
+from worker.lease import Heartbeat, LeasedJob
+from worker.plan import JobPlan
 from worker.segments import EncoderError
-from worker.watermark import WatermarkSpec
 
 
 def caused(outer: BaseException, cause: BaseException) -> BaseException:
@@ -144,15 +146,11 @@ def test_a_fault_kills_the_process_at_the_planned_occurrence(tmp_path):
 def test_job_plan_and_watermark_settings(create_job, sqlite_db):
     job = create_job(
         sqlite_db,
-        params={
-            "prompt": "p",
-            "size": "720*400",
-            "infer_frames": 48,
-            "sample_steps": 4,
-            "seed": 11,
-            "checkpoint_every": 4,
-            "watermark": {"text": "Made by ACME (synthetic)", "corner": "top-left"},
-        },
+        params=job_params(
+            seed=11,
+            checkpoint_every=4,
+            watermark=WatermarkParams(text="Made by ACME (synthetic)", corner="top-left"),
+        ),
         clips_total=10,
     )
     plan = JobPlan.from_job(job, default_watermark=WatermarkSpec(), watermark_allowed=True)
@@ -165,24 +163,36 @@ def test_job_plan_and_watermark_settings(create_job, sqlite_db):
 
     off = JobPlan.from_job(job, default_watermark=WatermarkSpec(), watermark_allowed=False)
     assert not off.watermark.enabled  # the operator's switch wins over the job
-    assert not watermark_for({"enabled": False}, WatermarkSpec()).enabled
-    with pytest.raises(ValueError, match="unknown watermark settings colour"):
-        watermark_for({"colour": "red"}, WatermarkSpec())
-    with pytest.raises(ValueError, match="corner"):
-        watermark_for({"corner": "middle"}, WatermarkSpec())
+
+
+def test_a_job_changes_the_marks_look_but_cannot_remove_it():
+    for bad in ({"enabled": False}, {"colour": "red"}, {"corner": "middle"}, {"text": "  "}):
+        with pytest.raises(ValidationError):
+            WatermarkParams.model_validate(bad)
+    # each field is checked alone and in the merged whole
+    with pytest.raises(ValidationError):
+        WatermarkParams(opacity=1.5)
+    mark = WatermarkParams(scale=0.1).over(WatermarkSpec(text="Synthetic"))
+    assert (mark.text, mark.scale, mark.enabled) == ("Synthetic", 0.1, True)
 
 
 def test_heartbeats_extend_the_lease_until_it_is_lost(pg_db, create_job):
     job = create_job(pg_db)
     with pg_db.transaction() as s:
-        lease = repo.claim(s, job.id, "w1", 1.0)
-    with Heartbeat(pg_db, job.id, "w1", lease.attempt, lease_s=1.0, interval_s=0.1) as beat:
+        lease = leases.claim(s, job.id, "w1", 1.0)
+    leased = LeasedJob(pg_db, lease, lease_s=1.0, retry=RetryPolicy())
+    with Heartbeat(leased, interval_s=0.1):
         time.sleep(1.5)  # longer than the lease: only the heartbeats keep it
         with pg_db.transaction() as s:
-            assert repo.reap_expired(s) == []
-            repo.release(s, job.id, "w1", lease.attempt)  # as if another party took it away
-        assert beat.lost.wait(2)
-    assert not beat.beat()
+            assert upkeep.reap_expired(s) == []
+            leases.release(s, lease)  # as if another party took it away
+        assert leased.lost.wait(2)
+    assert not leased.heartbeat()
+    # once lost, every write is refused without a round trip to the database
+    with pytest.raises(leases.LeaseLost):
+        leased.progress(1)
+    with pytest.raises(leases.LeaseLost):
+        leased.record_interval(None, 1, duration_s=0.0, bytes=0)
 
 
 def test_worker_config_checks_its_heartbeat():

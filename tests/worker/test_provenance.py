@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from db.segments import Segment
 from tests.worker.media_helpers import encode_segment, write_wav
 from worker.ffmpeg import run_ffmpeg
 from worker.provenance import (
@@ -22,14 +23,13 @@ from worker.provenance import (
     verify,
     write_manifest,
 )
-from worker.segments import SegmentInfo
 from worker.stitch import stitch
 
 CLIPS = ([5, 5], [4, 4], [5, 6])  # 10 + 8 + 11 = 29 frames
 
 
 @pytest.fixture
-def rendered(tmp_path: Path) -> tuple[list[SegmentInfo], Path, Path]:
+def rendered(tmp_path: Path) -> tuple[list[Segment], Path, Path]:
     """(segments, output, audio) of a small finished render."""
     segs = [encode_segment(tmp_path / f"{i:05d}.mp4", c, seed=i) for i, c in enumerate(CLIPS)]
     audio = write_wav(tmp_path / "speech.wav", 1.5)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from api.signatures import HEADER, sign
 from db import webhooks
 from db.database import Database
+from dispatch.signatures import HEADER, sign
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from db import repository as repo
+from db import upkeep
 from db.database import Database
 from db.models import utcnow
 from storage import keys
@@ -70,7 +70,7 @@ class ResumePointSweeper:
         finished_before = now - timedelta(seconds=self.retention_s)
         result = SweepResult()
         with self.database.transaction() as s:
-            candidates = repo.stale_resume_points(
+            candidates = upkeep.stale_resume_points(
                 s, finished_before=finished_before, limit=self.batch_size
             )
         for job_id in candidates:
@@ -94,7 +94,7 @@ class ResumePointSweeper:
     def _drop(self, job_id: uuid.UUID, finished_before: datetime, now: datetime) -> int | None:
         days = self.retention_s / 86400
         with self.database.transaction() as s:
-            if not repo.drop_resume_point(
+            if not upkeep.drop_resume_point(
                 s,
                 job_id,
                 finished_before=finished_before,

@@ -10,13 +10,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from db import repository as repo
+from db import job_store, leases, upkeep
+from db.models import Job
+from db.segments import Segment
 from db.states import JobStatus
+from dispatch.relay import OutboxRelay
+from dispatch.sweep import ResumePointSweeper
 from storage import keys
 from storage.base import StorageError
 from tests.dispatch.test_relay import Recorder
-from worker.relay import OutboxRelay
-from worker.sweep import ResumePointSweeper
+from tests.factories import lease_for
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
@@ -35,35 +38,35 @@ def ended_job(db, storage, create_job, *, status: str, ended: datetime, clip: in
     then failed or was canceled at `ended`, with its files in storage."""
     job = create_job(db, now=ended - timedelta(hours=2))
     with db.transaction() as s:
-        lease = repo.claim(s, job.id, "w1", 60, now=ended - timedelta(hours=1))
+        lease = leases.claim(s, job.id, "w1", 60, now=ended - timedelta(hours=1))
     assert lease is not None
     half = clip // 2
     for index in range(2):
         key = keys.segment_key(job.id, index)
         put(storage, key)
         with db.transaction() as s:
-            record = repo.SegmentRecord(index, key, index * half, half, half * 48, 16, "0" * 64)
-            assert repo.record_segment(s, job.id, "w1", 1, record, now=ended)
+            record = Segment(index, key, index * half, half, half * 48, 16, "0" * 64)
+            leases.record_segment(s, lease_for(job.id, "w1", 1), record, now=ended)
     for name in ("sink.safetensors", "step-0.safetensors", "manifest.json"):
         put(storage, keys.checkpoint_key(job.id, clip, name))
     with db.transaction() as s:
-        assert repo.record_checkpoint(s, job.id, "w1", 1, clip, now=ended)
+        leases.record_checkpoint(s, lease_for(job.id, "w1", 1), clip, now=ended)
     put(storage, job.image_key)
     put(storage, job.audio_key)
     with db.transaction() as s:
         if status == "failed":
-            repo.mark_failed(s, job.id, "w1", 1, "the GPU fell off the bus", now=ended)
+            leases.mark_failed(s, lease_for(job.id, "w1", 1), "the GPU fell off the bus", now=ended)
         else:
-            repo.request_cancel(s, job.id, now=ended)
-            repo.mark_canceled(s, job.id, "w1", 1, now=ended)
+            job_store.request_cancel(s, job.id, now=ended)
+            leases.mark_canceled(s, lease_for(job.id, "w1", 1), now=ended)
     return job
 
 
 def state(db, storage, job_id):
     with db.transaction() as s:
-        job = repo.get_job(s, job_id)
-        segments = len(repo.list_segments(s, job_id))
-        events = [e.event for e in repo.list_events(s, job_id)]
+        job = job_store.get_job(s, job_id)
+        segments = len(job_store.list_segments(s, job_id))
+        events = [e.event for e in job_store.list_events(s, job_id)]
     return job, segments, events, storage.list(keys.job_prefix(job_id))
 
 
@@ -75,8 +78,8 @@ def test_old_failed_and_canceled_jobs_lose_their_resume_point_and_nothing_else(
     recent = ended_job(db, storage, create_job, status="failed", ended=at(6.5))
     running = create_job(db, now=at(0))
     with db.transaction() as s:
-        repo.claim(s, running.id, "w2", 60, now=at(0))
-        repo.record_checkpoint(s, running.id, "w2", 1, 2, now=at(0))
+        leases.claim(s, running.id, "w2", 60, now=at(0))
+        leases.record_checkpoint(s, lease_for(running.id, "w2", 1), 2, now=at(0))
     put(storage, keys.checkpoint_key(running.id, 2, "manifest.json"))
 
     sweeper = ResumePointSweeper(db, storage, retention_s=7 * DAY)
@@ -103,23 +106,23 @@ def test_a_retry_after_the_sweep_starts_from_clip_0(db, storage, create_job):
     job = ended_job(db, storage, create_job, status="failed", ended=at(0))
     ResumePointSweeper(db, storage, retention_s=DAY).run_once(now=at(2))
     with db.transaction() as s:
-        retried = repo.retry(s, job.id, attempts=3, now=at(3))
+        retried = job_store.retry(s, job.id, attempts=3, now=at(3))
         assert retried.job_status == JobStatus.QUEUED and not retried.last_checkpoint_clip
     _, _, events, _ = state(db, storage, job.id)
     assert events[-2:] == ["resume_point_dropped", "retried"]
     with db.transaction() as s:
-        assert "resuming from clip 0" in repo.list_events(s, job.id)[-1].reason
+        assert "resuming from clip 0" in job_store.list_events(s, job.id)[-1].reason
 
 
 def test_a_job_retried_before_the_sweep_reaches_it_is_left_alone(db, storage, create_job):
     job = ended_job(db, storage, create_job, status="failed", ended=at(0))
     with db.transaction() as s:
-        candidates = repo.stale_resume_points(s, finished_before=at(1))
+        candidates = upkeep.stale_resume_points(s, finished_before=at(1))
     assert candidates == [job.id]
     with db.transaction() as s:
-        repo.retry(s, job.id, attempts=3, now=at(2))
+        job_store.retry(s, job.id, attempts=3, now=at(2))
     with db.transaction() as s:  # the sweep comes back to the job it listed
-        assert not repo.drop_resume_point(s, job.id, finished_before=at(1), reason="test")
+        assert not upkeep.drop_resume_point(s, job.id, finished_before=at(1), reason="test")
     row, segments, _, left = state(db, storage, job.id)
     assert row.status == "queued" and row.last_checkpoint_clip == 4 and segments == 2
     assert len(left) == 7
@@ -178,11 +181,11 @@ def test_a_retry_during_the_sweep_waits_and_then_starts_over(pg_db, s3_storage, 
     sweep.start()
     assert paused.deleting.wait(30)  # the sweep holds the job's row, its files half-deleted
 
-    retried: list[repo.Job] = []
+    retried: list[Job] = []
 
     def retry() -> None:
         with db.transaction() as s:
-            retried.append(repo.retry(s, job.id, attempts=3, now=at(2)))
+            retried.append(job_store.retry(s, job.id, attempts=3, now=at(2)))
 
     racer = threading.Thread(target=retry)
     racer.start()
@@ -203,7 +206,7 @@ def test_the_relay_sweeps_once_per_interval(sqlite_db, local_storage, create_job
     first = ended_job(db, storage, create_job, status="failed", ended=at(0))
     sweeper = ResumePointSweeper(db, storage, retention_s=DAY, interval_s=3600)
     relay = OutboxRelay(db, Recorder(), sweeper=sweeper, redispatch_after_s=0)
-    monkeypatch.setattr("worker.sweep.utcnow", lambda: at(30))
+    monkeypatch.setattr("dispatch.sweep.utcnow", lambda: at(30))
 
     swept = relay.run_once().swept
     assert swept is not None and swept.dropped == [first.id]

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from db.database import Database
+from dispatch.relay import OutboxRelay
+from dispatch.sweep import ResumePointSweeper
 from storage.base import Storage
-from worker.relay import OutboxRelay
-from worker.sweep import ResumePointSweeper
 
 log = logging.getLogger(__name__)
 

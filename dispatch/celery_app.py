@@ -7,7 +7,7 @@ task can be delivered twice, see celery/celery#5935), and the duplicate finds th
 
 Tasks are registered by modules that expose `register(app)` (declaring tasks with
 `@app.task(name=..., shared=False)`, so they stay on that app); the render task lives in such a
-module (`worker.tasks`), loaded when present.
+module (`dispatch.tasks`), loaded when present.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from celery import Celery
 
 RENDER_TASK = "longtake.render"
 RENDER_QUEUE = "render"
-TASK_MODULES = ("worker.tasks",)
+TASK_MODULES = ("dispatch.tasks",)
 
 
 @dataclass(frozen=True)

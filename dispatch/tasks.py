@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_shutdown, worker_shutting_down
 
-from worker.celery_app import RENDER_QUEUE, RENDER_TASK
+from dispatch.celery_app import RENDER_QUEUE, RENDER_TASK
 from worker.engine import ENGINES
 from worker.lifecycle import Lifecycle, Outcome
 
@@ -93,7 +93,7 @@ def register(app: Celery) -> None:
         runtime: _Runtime | None = getattr(app, _RUNTIME_ATTR, None)
         if runtime is None:
             raise RuntimeError(
-                "this Celery app has no render lifecycle installed (worker.tasks.install)"
+                "this Celery app has no render lifecycle installed (dispatch.tasks.install)"
             )
         try:
             parsed = uuid.UUID(str(job_id))

@@ -8,7 +8,7 @@ When the broker is down the rows stay unsent and the relay retries with backoff.
 
 Each pass also returns jobs with expired leases to the queue (the reaper) and, as a safety net
 for wake-ups a broker lost, re-sends one for jobs that stayed queued for a long time. Given a
-sweeper, it also expires the resume points of long-failed jobs (`worker.sweep`) once an interval.
+sweeper, it also expires the resume points of long-failed jobs (`dispatch.sweep`) once an interval.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from typing import Protocol
 
 from celery import Celery
 
-from db import outbox
-from db import repository as repo
+from db import outbox, upkeep
 from db.database import Database
 from db.models import utcnow
-from worker.celery_app import RENDER_QUEUE, RENDER_TASK
-from worker.sweep import ResumePointSweeper, SweepResult
+from dispatch.celery_app import RENDER_QUEUE, RENDER_TASK
+from dispatch.sweep import ResumePointSweeper, SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class CeleryDispatcher:
 class RelayPass:
     published: int = 0
     failed: bool = False
-    reaped: list[repo.ReapedJob] = field(default_factory=list)
+    reaped: list[upkeep.ReapedJob] = field(default_factory=list)
     redispatched: list[uuid.UUID] = field(default_factory=list)
     swept: SweepResult | None = None
 
@@ -106,13 +105,13 @@ class OutboxRelay:
         result = RelayPass()
         if self.reap:
             with self.database.transaction() as s:
-                result.reaped = repo.reap_expired(s)
+                result.reaped = upkeep.reap_expired(s)
             for reaped in result.reaped:
                 log.warning("lease of job %s expired; now %s", reaped.job_id, reaped.status)
         if self.redispatch_after_s > 0:
             older_than = utcnow() - timedelta(seconds=self.redispatch_after_s)
             with self.database.transaction() as s:
-                result.redispatched = repo.redispatch_stale(s, older_than=older_than)
+                result.redispatched = upkeep.redispatch_stale(s, older_than=older_than)
         result.published, result.failed = self.publish_pending()
         if self.sweeper is not None:
             result.swept = self.sweeper.maybe_run()  # failures are per job, logged there

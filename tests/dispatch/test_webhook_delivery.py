@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from api.delivery import DeliveryConfig, WebhookDeliverer
-from api.signatures import HEADER, sign, verify
-from db import repository as repo
-from db import webhooks
+from db import leases, webhooks
+from dispatch.signatures import HEADER, sign, verify
+from dispatch.webhooks import DeliveryConfig, WebhookDeliverer
 from storage import keys
+from tests.factories import lease_for
 
 SECRET = "whsec_receiver-test-secret"
 FAST = DeliveryConfig(timeout_s=1.0, backoff_base_s=0.05, backoff_cap_s=0.2, poll_s=0.05)
@@ -94,11 +94,11 @@ def deliver_all(deliverer, *, until, timeout=15.0):
 
 def run_job(db, job_id):
     with db.transaction() as s:
-        lease = repo.claim(s, job_id, "gpu-1", 60)
-        repo.update_progress(s, job_id, "gpu-1", 1, clips_done=1, frames_done=48)
-        repo.record_checkpoint(s, job_id, "gpu-1", lease.attempt, 1)
-        repo.mark_stitching(s, job_id, "gpu-1", lease.attempt)
-        repo.mark_succeeded(s, job_id, "gpu-1", lease.attempt, keys.output_key(job_id))
+        lease = leases.claim(s, job_id, "gpu-1", 60)
+        leases.update_progress(s, lease_for(job_id, "gpu-1", 1), clips_done=1)
+        leases.record_checkpoint(s, lease_for(job_id, "gpu-1", lease.attempt), 1)
+        leases.mark_stitching(s, lease_for(job_id, "gpu-1", lease.attempt))
+        leases.mark_succeeded(s, lease_for(job_id, "gpu-1", lease.attempt), keys.output_key(job_id))
 
 
 def the_hook(db):

@@ -1,0 +1,484 @@
+"""What a worker does to a job: take its lease, then, while holding it, heartbeat, record
+progress, segments and checkpoints, and end the attempt (stitching, succeeded, failed,
+canceled, released).
+
+A `Lease` names one attempt of one job. Every write below is checked against it in one place
+(`_held`): the job must still be leased to that worker for that attempt, else `LeaseLost` and
+nothing is written. A worker that lost its lease (expired and reaped, its job perhaps running
+elsewhere) cannot overwrite anything. The worker holds its lease through one handle,
+`worker.lease.LeasedJob`, which runs these functions in transactions of their own.
+
+Every function runs inside the caller's transaction. Progress events are appended at a bounded
+rate per job (see `update_progress`), so a worker can report after every clip without flooding
+the event feed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db import transitions as T
+from db.models import Job, JobEvent, JobSegment
+from db.segments import Segment
+from db.states import LEASED, TERMINAL, JobStatus
+
+PROGRESS_EVENT_INTERVAL_S = 1.0
+"""At most one `progress` event per job this often (the job row always has the latest)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's right to run one attempt of a job until `expires_at` (extended by heartbeats)."""
+
+    job_id: uuid.UUID
+    worker_id: str
+    attempt: int
+    expires_at: datetime
+    resume_from_clip: int | None
+    """The last checkpoint clip: render from here (None: from the start)."""
+
+
+class LeaseLost(Exception):
+    """The caller no longer holds the job's lease (expired and reaped, or another attempt)."""
+
+    def __init__(self, lease: Lease):
+        self.lease = lease
+        self.job_id = lease.job_id
+        super().__init__(
+            f"worker {lease.worker_id} no longer holds the lease of job {lease.job_id} "
+            f"(attempt {lease.attempt})"
+        )
+
+
+# --------------------------------------------------------------------------- the lease itself
+
+
+def _held(session: Session, lease: Lease) -> Job:
+    """The job, locked, while `lease` holds it; LeaseLost otherwise. Every write goes here."""
+    job = T.lock(session, lease.job_id)
+    if (
+        job is None
+        or job.job_status not in LEASED
+        or job.worker_id != lease.worker_id
+        or job.attempt != lease.attempt
+    ):
+        raise LeaseLost(lease)
+    return job
+
+
+def _take(session: Session, job: Job, worker_id: str, lease_s: float, now: datetime) -> Lease:
+    job.attempt += 1
+    T.transition(
+        session,
+        job,
+        JobStatus.RUNNING,
+        event="claimed",
+        reason=f"claimed by {worker_id} (attempt {job.attempt} of {job.max_attempts})",
+        now=now,
+        worker_id=worker_id,
+        action="claim",
+    )
+    job.worker_id = worker_id
+    job.lease_expires_at = now + timedelta(seconds=lease_s)
+    job.heartbeat_at = now
+    if job.started_at is None:
+        job.started_at = now
+    return Lease(job.id, worker_id, job.attempt, job.lease_expires_at, job.last_checkpoint_clip)
+
+
+# --------------------------------------------------------------------------- claiming
+
+
+def claim(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Take the lease of one job (what a worker does on a wake-up message).
+
+    None when the job is final, unknown, or leased to someone whose lease is alive: that
+    message was a duplicate and is dropped. A leased job whose lease expired but was not yet
+    reaped is taken over (or failed when it has no attempts left).
+    """
+    now = T.now_or(now)
+    job = T.lock(session, job_id)  # waits for a concurrent claimer, then sees its result
+    if job is None or job.job_status in TERMINAL:
+        return None
+    if job.job_status in LEASED:
+        if job.lease_expires_at is not None and job.lease_expires_at > now:
+            return None
+        if T.expire_lease(session, job, now, enqueue=False) is not JobStatus.QUEUED:
+            return None
+    return _take(session, job, worker_id, lease_s, now)
+
+
+def claim_next(
+    session: Session,
+    worker_id: str,
+    lease_s: float,
+    *,
+    tenant: str | None = None,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Take the best queued job: highest priority; among equals, the tenant with the fewest
+    running jobs (fair share: one tenant's bulk upload cannot starve another's single job);
+    then the oldest. Concurrent callers each get a different job (`FOR UPDATE SKIP LOCKED`;
+    on SQLite the transaction is serialised). `tenant` restricts the choice to one tenant.
+    """
+    now = T.now_or(now)
+    candidates = [] if tenant is not None else _fair_share_candidates(session)
+    for job_id in candidates:
+        job = session.scalars(
+            sa.select(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if job is not None:
+            return _take(session, job, worker_id, lease_s, now)
+    # one tenant only, or every candidate was just taken by concurrent claimers
+    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value)
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    stmt = (
+        stmt.order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    job = session.scalars(stmt).one_or_none()
+    if job is None:
+        return None
+    return _take(session, job, worker_id, lease_s, now)
+
+
+def claim_for_wakeup(
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+) -> Lease | None:
+    """What a worker does with a wake-up message so that priorities and fair share hold:
+    a message says that work exists, not which work comes first. Takes the best queued job
+    (`claim_next`); when none is queued, falls back to `claim(job_id)`, which takes over the
+    woken job if its lease expired unreaped. Every queued job has a wake-up of its own, so
+    each still runs, in priority order; one taken early leaves its own message with nothing
+    to do (dropped, like any duplicate)."""
+    lease = claim_next(session, worker_id, lease_s, now=now)
+    if lease is not None:
+        return lease
+    return claim(session, job_id, worker_id, lease_s, now=now)
+
+
+# Each tenant with queued jobs (found by skipping through the ix_jobs_fair index, one probe per
+# tenant), its best queued job and its running count; best first. Costs one index probe per
+# tenant, however many jobs are queued.
+_FAIR_SHARE = sa.text(
+    """
+    WITH RECURSIVE queued_tenants(tenant) AS (
+        SELECT (SELECT min(tenant) FROM jobs WHERE status = 'queued')
+        UNION ALL
+        SELECT (SELECT min(j.tenant) FROM jobs j WHERE j.status = 'queued' AND j.tenant > q.tenant)
+        FROM queued_tenants q WHERE q.tenant IS NOT NULL
+    ),
+    best AS (
+        SELECT
+            (SELECT b.id FROM jobs b WHERE b.status = 'queued' AND b.tenant = q.tenant
+             ORDER BY b.priority DESC, b.created_at, b.id LIMIT 1) AS job_id,
+            (SELECT count(*) FROM jobs r WHERE r.status IN ('running', 'stitching')
+             AND r.tenant = q.tenant) AS running
+        FROM queued_tenants q WHERE q.tenant IS NOT NULL
+    )
+    SELECT jobs.id FROM best JOIN jobs ON jobs.id = best.job_id
+    ORDER BY jobs.priority DESC, best.running, jobs.created_at, jobs.id
+    LIMIT 16
+    """
+).columns(id=sa.Uuid)
+
+
+def _fair_share_candidates(session: Session) -> list[uuid.UUID]:
+    return list(session.scalars(_FAIR_SHARE))
+
+
+# --------------------------------------------------------------------------- while rendering
+
+
+def heartbeat(
+    session: Session, lease: Lease, lease_s: float, *, now: datetime | None = None
+) -> bool:
+    """Extend the lease. False: the lease is lost and the worker must stop (without writing).
+
+    One UPDATE guarded by the lease, not a lock: heartbeats are frequent and never wait."""
+    now = T.now_or(now)
+    result = session.execute(
+        sa.update(Job)
+        .where(
+            Job.id == lease.job_id,
+            Job.worker_id == lease.worker_id,
+            Job.attempt == lease.attempt,
+            Job.status.in_([s.value for s in LEASED]),
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def is_cancel_requested(session: Session, lease: Lease) -> bool:
+    return bool(session.scalar(sa.select(Job.cancel_requested).where(Job.id == lease.job_id)))
+
+
+def update_progress(
+    session: Session,
+    lease: Lease,
+    *,
+    clips_done: int,
+    fps: float | None = None,
+    eta_s: float | None = None,
+    clip_s: float | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Record progress (LeaseLost, and nothing written, when the lease is lost).
+
+    `clip_s` is how long the last clip took. A `progress` event is appended when the clip
+    count changed and the job's previous one is at least PROGRESS_EVENT_INTERVAL_S old (the
+    last clip and a new attempt always get one).
+    """
+    now = T.now_or(now)
+    job = _held(session, lease)
+    frames_done = job.job_params.frames_for(clips_done)
+    job.clips_done = clips_done
+    job.frames_done = frames_done
+    job.fps = fps
+    job.eta_s = eta_s
+    job.updated_at = now
+    last = session.execute(
+        sa.select(JobEvent.at, JobEvent.attempt, JobEvent.data)
+        .where(JobEvent.job_id == job.id, JobEvent.event == "progress")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    ).one_or_none()
+    due = (
+        last is None
+        or last.attempt != lease.attempt
+        or (
+            (last.data or {}).get("clips_done") != clips_done
+            and (
+                (now - last.at).total_seconds() >= PROGRESS_EVENT_INTERVAL_S
+                or clips_done >= job.clips_total
+            )
+        )
+    )
+    if due:
+        data = {
+            "clips_done": clips_done,
+            "clips_total": job.clips_total,
+            "frames_done": frames_done,
+            "frames_total": job.frames_total,
+            "fps": fps,
+            "eta_s": eta_s,
+            "clip_s": clip_s,
+        }
+        reason = f"clip {clips_done} of {job.clips_total}"
+        T.append_event(session, job, "progress", reason, now, worker_id=lease.worker_id, data=data)
+
+
+def record_segment(
+    session: Session, lease: Lease, segment: Segment, *, now: datetime | None = None
+) -> None:
+    """Insert or replace the record of one uploaded segment (a resumed interval replaces it)."""
+    now = T.now_or(now)
+    job = _held(session, lease)
+    row = session.get(JobSegment, (job.id, segment.index))
+    if row is None:
+        row = JobSegment(job_id=job.id, index=segment.index)
+        session.add(row)
+    row.key = segment.key
+    row.first_clip = segment.first_clip
+    row.clips = segment.clips
+    row.frames = segment.frames
+    row.bytes = segment.bytes
+    row.sha256 = segment.sha256
+    row.attempt = lease.attempt
+    row.created_at = now
+    data = {
+        "index": segment.index,
+        "key": segment.key,
+        "first_clip": segment.first_clip,
+        "clips": segment.clips,
+        "frames": segment.frames,
+        "bytes": segment.bytes,
+        "sha256": segment.sha256,
+    }
+    clips = f"{segment.clips} clip{'' if segment.clips == 1 else 's'}"
+    reason = f"segment {segment.index} uploaded ({clips})"
+    T.append_event(session, job, "segment", reason, now, worker_id=lease.worker_id, data=data)
+
+
+def record_checkpoint(
+    session: Session,
+    lease: Lease,
+    clip: int,
+    *,
+    duration_s: float | None = None,
+    bytes: int | None = None,
+    now: datetime | None = None,
+) -> None:
+    """The checkpoint after `clip` clips is complete (its manifest exists): resume from here.
+
+    `duration_s` (what writing it cost the render) and `bytes` (its size) feed the metrics.
+    """
+    if clip < 0:
+        raise ValueError(f"checkpoint clip must be >= 0, got {clip}")
+    now = T.now_or(now)
+    job = _held(session, lease)
+    job.last_checkpoint_clip = clip
+    job.updated_at = now
+    data = {"clip": clip, "duration_s": duration_s, "bytes": bytes}
+    T.append_event(
+        session,
+        job,
+        "checkpoint",
+        f"checkpoint at clip {clip}",
+        now,
+        worker_id=lease.worker_id,
+        data=data,
+    )
+
+
+# --------------------------------------------------------------------------- ending the attempt
+
+
+def release(
+    session: Session,
+    lease: Lease,
+    *,
+    reason: str = "worker shutting down",
+    now: datetime | None = None,
+) -> Job:
+    """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued."""
+    now = T.now_or(now)
+    job = _held(session, lease)
+    T.transition(
+        session,
+        job,
+        JobStatus.QUEUED,
+        event="released",
+        reason=reason,
+        now=now,
+        worker_id=lease.worker_id,
+    )
+    T.enqueue_wakeup(session, job, "released", now)
+    return job
+
+
+def mark_stitching(session: Session, lease: Lease, *, now: datetime | None = None) -> Job:
+    now = T.now_or(now)
+    job = _held(session, lease)
+    T.transition(
+        session,
+        job,
+        JobStatus.STITCHING,
+        event="stitching",
+        reason=f"all {job.clips_total} clips rendered",
+        now=now,
+        worker_id=lease.worker_id,
+    )
+    return job
+
+
+def mark_succeeded(
+    session: Session,
+    lease: Lease,
+    output_key: str,
+    *,
+    output: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Job:
+    """The output is stored. `output` describes it: {"bytes", "sha256", "frames",
+    "duration_s"} (the API measures what is missing on the first request for the result)."""
+    now = T.now_or(now)
+    job = _held(session, lease)
+    job.output_key = output_key
+    job.output_meta = dict(output) if output is not None else None
+    job.error = None
+    T.transition(
+        session,
+        job,
+        JobStatus.SUCCEEDED,
+        event="succeeded",
+        reason=f"output stored at {output_key}",
+        now=now,
+        worker_id=lease.worker_id,
+        data={"output_key": output_key, **(output or {})},
+    )
+    return job
+
+
+def mark_failed(
+    session: Session,
+    lease: Lease,
+    error: str,
+    *,
+    retryable: bool = False,
+    now: datetime | None = None,
+) -> Job:
+    """Record an error. A retryable one requeues the job while attempts remain."""
+    now = T.now_or(now)
+    job = _held(session, lease)
+    job.error = error
+    if retryable and job.attempt < job.max_attempts:
+        T.transition(
+            session,
+            job,
+            JobStatus.QUEUED,
+            event="retry_scheduled",
+            reason=f"attempt {lease.attempt} of {job.max_attempts} failed: {error}",
+            now=now,
+            worker_id=lease.worker_id,
+        )
+        T.enqueue_wakeup(session, job, "retry", now)
+    else:
+        T.transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            event="failed",
+            reason=error,
+            now=now,
+            worker_id=lease.worker_id,
+        )
+    return job
+
+
+def mark_canceled(
+    session: Session,
+    lease: Lease,
+    *,
+    reason: str = "canceled by its worker after a cancel request",
+    now: datetime | None = None,
+) -> Job:
+    now = T.now_or(now)
+    job = _held(session, lease)
+    T.transition(
+        session,
+        job,
+        JobStatus.CANCELED,
+        event="canceled",
+        reason=reason,
+        now=now,
+        worker_id=lease.worker_id,
+    )
+    return job

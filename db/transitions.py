@@ -1,0 +1,166 @@
+"""The state machine's writes, shared by the API's, the workers' and the upkeep's functions.
+
+Every status change goes through `transition`, which checks the table in `db.states` and
+appends a `job_events` row (fanned out to webhooks in the same transaction). A job row is
+changed only under its row lock (`lock`), so the events of one job are ordered by id.
+
+Times come from the application clock in UTC; pass `now` to control it in tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db import webhooks
+from db.models import Job, JobEvent, OutboxMessage, utcnow
+from db.states import LEASED, TERMINAL, JobStatus, check_transition
+
+RENDER_TOPIC = "render"
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: uuid.UUID):
+        self.job_id = job_id
+        super().__init__(f"job {job_id} does not exist")
+
+
+def now_or(now: datetime | None) -> datetime:
+    return now if now is not None else utcnow()
+
+
+def lock(session: Session, job_id: uuid.UUID, *, skip_locked: bool = False) -> Job | None:
+    stmt = (
+        sa.select(Job)
+        .where(Job.id == job_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def lock_existing(session: Session, job_id: uuid.UUID, tenant: str | None) -> Job:
+    job = lock(session, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+def append_event(
+    session: Session,
+    job: Job,
+    event: str,
+    reason: str,
+    now: datetime,
+    *,
+    from_status: JobStatus | None = None,
+    to_status: JobStatus | None = None,
+    worker_id: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> JobEvent:
+    row = JobEvent(
+        job_id=job.id,
+        at=now,
+        event=event,
+        from_status=from_status.value if from_status else None,
+        to_status=to_status.value if to_status else None,
+        reason=reason,
+        worker_id=worker_id,
+        attempt=job.attempt,
+        data=dict(data) if data is not None else None,
+    )
+    session.add(row)
+    webhooks.fan_out(session, job, row)  # deliveries commit (or roll back) with the event
+    return row
+
+
+def enqueue_wakeup(session: Session, job: Job, reason: str, now: datetime) -> None:
+    session.add(OutboxMessage(job_id=job.id, topic=RENDER_TOPIC, reason=reason, created_at=now))
+
+
+def transition(
+    session: Session,
+    job: Job,
+    target: JobStatus,
+    *,
+    event: str,
+    reason: str,
+    now: datetime,
+    worker_id: str | None = None,
+    action: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    current = job.job_status
+    check_transition(job.id, current, target, action or event)
+    job.status = target.value
+    job.updated_at = now
+    if target not in LEASED:
+        job.worker_id = None
+        job.lease_expires_at = None
+    if target is JobStatus.QUEUED:
+        # The next attempt resumes from the last checkpoint; later progress is lost.
+        job.clips_done = job.last_checkpoint_clip or 0
+        job.frames_done = job.job_params.frames_for(job.clips_done)
+        job.fps = None
+        job.eta_s = None
+        job.finished_at = None
+    if target in TERMINAL:
+        job.finished_at = now
+        job.eta_s = None
+    append_event(
+        session,
+        job,
+        event,
+        reason,
+        now,
+        from_status=current,
+        to_status=target,
+        worker_id=worker_id,
+        data=data,
+    )
+
+
+def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) -> JobStatus:
+    """A leased job whose worker stopped heartbeating: requeue, fail or finish its cancel."""
+    worker, attempt = job.worker_id, job.attempt
+    expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
+    lost = f"lease of worker {worker} (attempt {attempt}) expired at {expired}"
+    if job.cancel_requested:
+        transition(
+            session,
+            job,
+            JobStatus.CANCELED,
+            event="canceled",
+            reason=f"{lost} with a cancel pending",
+            now=now,
+            worker_id=worker,
+        )
+    elif attempt >= job.max_attempts:
+        job.error = f"{lost}; no attempts left ({attempt} of {job.max_attempts} used)"
+        transition(
+            session,
+            job,
+            JobStatus.FAILED,
+            event="failed",
+            reason=job.error,
+            now=now,
+            worker_id=worker,
+        )
+    else:
+        transition(
+            session,
+            job,
+            JobStatus.QUEUED,
+            event="lease_expired",
+            reason=lost,
+            now=now,
+            worker_id=worker,
+        )
+        if enqueue:
+            enqueue_wakeup(session, job, "lease_expired", now)
+    return job.job_status
