@@ -13,7 +13,6 @@ this process's answers that storage was unavailable (503 `storage_unavailable`).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,9 +32,9 @@ from db.states import LEASED, JobStatus
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 FAILURE_EVENTS = ("failed", "retry_scheduled")
-# A worker records a failed attempt as `describe(exc)`, "StorageError: could not ..." (after
-# "attempt N of M failed: " when the job is retried); storage backends raise StorageError.
-_STORAGE_ERROR = re.compile(r"(?:^|failed: )StorageError: ")
+# A failed attempt's event data holds the operator's detail of its error, which starts
+# "StorageError: ..." when a storage backend raised it (worker.errors.describe).
+_STORAGE_ERROR = "StorageError: "
 
 
 class EventFeed:
@@ -55,12 +54,7 @@ class EventFeed:
         self._clock = clock
 
     def read(self, session: Session, limit: int) -> list[sa.Row]:
-        # the reason only of failures, and only its start: it says what kind of error it was
-        reason = sa.case(
-            (JobEvent.event.in_(FAILURE_EVENTS), sa.func.substr(JobEvent.reason, 1, 200)),
-            else_=None,
-        ).label("reason")
-        columns = (JobEvent.id, JobEvent.event, JobEvent.data, reason)
+        columns = (JobEvent.id, JobEvent.event, JobEvent.data)
         rows = list(
             session.execute(
                 sa.select(*columns)
@@ -192,7 +186,7 @@ class Metrics:
             for _ in range(5):  # catch up in pages; the rest waits for the next scrape
                 rows = self._feed.read(s, self.SCRAPE_EVENT_LIMIT)
                 for row in rows:
-                    self._observe(row.event, row.data or {}, row.reason)
+                    self._observe(row.event, row.data or {})
                 if len(rows) < self.SCRAPE_EVENT_LIMIT:
                     break
 
@@ -231,9 +225,9 @@ class Metrics:
             self.deliveries.labels(status).set(n)
         self.failures.value = float(s.scalar(sa.select(sa.func.sum(WebhookDelivery.failures))) or 0)
 
-    def _observe(self, event: str, data: dict[str, Any], reason: str | None = None) -> None:
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
         self.job_events.labels(event).inc()
-        if reason is not None and _STORAGE_ERROR.search(reason):
+        if event in FAILURE_EVENTS and str(data.get("detail", "")).startswith(_STORAGE_ERROR):
             self.storage_errors.labels("worker").inc()
         if event == "progress":
             if data.get("fps"):

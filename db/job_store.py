@@ -46,6 +46,7 @@ class NewJob:
     clips_total: int
     max_attempts: int
     priority: int = 0
+    precision: str = "bf16"
     idempotency_key: str | None = None
     request_hash: str | None = None
     batch_id: uuid.UUID | None = None
@@ -67,7 +68,9 @@ def new_job_rows(
         "clips_done": 0,
         "frames_done": 0,
         "attempt": 0,
+        "failed_attempts": 0,
         "max_attempts": new.max_attempts,
+        "precision": new.precision,
         "cancel_requested": False,
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
@@ -207,7 +210,7 @@ def retry(
     """Queue a failed or canceled job again; it resumes from its last checkpoint.
 
     Attempt numbers keep counting (a stale worker of an old attempt can never match the new
-    lease); `attempts` more are allowed from here.
+    lease); `attempts` more failed attempts are allowed from here.
     """
     now = T.now_or(now)
     job = T.lock_existing(session, job_id, tenant)
@@ -228,8 +231,8 @@ def retry(
         reason=f"{reason}; resuming from clip {resume or 0}",
         now=now,
     )
-    job.max_attempts = job.attempt + attempts
-    job.error = None
+    job.max_attempts = job.failed_attempts + attempts
+    T.record_failure(job, None)
     job.cancel_requested = False
     T.enqueue_wakeup(session, job, "retry", now)
     return job

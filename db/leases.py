@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import transitions as T
+from db.failures import Failure
 from db.models import Job, JobEvent, JobSegment
 from db.segments import Segment
 from db.states import LEASED, TERMINAL, JobStatus
@@ -80,7 +81,8 @@ def _take(session: Session, job: Job, worker_id: str, lease_s: float, now: datet
         job,
         JobStatus.RUNNING,
         event="claimed",
-        reason=f"claimed by {worker_id} (attempt {job.attempt} of {job.max_attempts})",
+        reason=f"claimed by {worker_id} (attempt {job.attempt}; "
+        f"{job.failed_attempts} of {job.max_attempts} failed so far)",
         now=now,
         worker_id=worker_id,
         action="claim",
@@ -368,7 +370,8 @@ def release(
     reason: str = "worker shutting down",
     now: datetime | None = None,
 ) -> Job:
-    """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued."""
+    """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued.
+    A graceful hand-back is not a failed attempt: a job survives any number of deploys."""
     now = T.now_or(now)
     job = _held(session, lease)
     T.transition(
@@ -413,7 +416,7 @@ def mark_succeeded(
     job = _held(session, lease)
     job.output_key = output_key
     job.output_meta = dict(output) if output is not None else None
-    job.error = None
+    T.record_failure(job, None)
     T.transition(
         session,
         job,
@@ -430,24 +433,28 @@ def mark_succeeded(
 def mark_failed(
     session: Session,
     lease: Lease,
-    error: str,
+    failure: Failure,
     *,
     retryable: bool = False,
     now: datetime | None = None,
 ) -> Job:
-    """Record an error. A retryable one requeues the job while attempts remain."""
+    """Record a failed attempt. A retryable one requeues the job while attempts remain."""
     now = T.now_or(now)
     job = _held(session, lease)
-    job.error = error
-    if retryable and job.attempt < job.max_attempts:
+    job.failed_attempts += 1
+    T.record_failure(job, failure)
+    data = {"kind": failure.kind, "detail": failure.detail}
+    if retryable and job.failed_attempts < job.max_attempts:
         T.transition(
             session,
             job,
             JobStatus.QUEUED,
             event="retry_scheduled",
-            reason=f"attempt {lease.attempt} of {job.max_attempts} failed: {error}",
+            reason=f"attempt {lease.attempt} failed ({job.failed_attempts} of "
+            f"{job.max_attempts}): {failure.message}",
             now=now,
             worker_id=lease.worker_id,
+            data=data,
         )
         T.enqueue_wakeup(session, job, "retry", now)
     else:
@@ -456,9 +463,10 @@ def mark_failed(
             job,
             JobStatus.FAILED,
             event="failed",
-            reason=error,
+            reason=failure.message,
             now=now,
             worker_id=lease.worker_id,
+            data=data,
         )
     return job
 

@@ -71,6 +71,9 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(sa.String(64))
     status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+    precision: Mapped[str] = mapped_column(sa.String(8), default="bf16", server_default="bf16")
+    """The DiT's precision (bf16, fp8): only a worker that serves it claims the job, and a
+    stream resumes only at the precision it started with."""
 
     # The validated request, as `db.params.JobParams` writes it; read it with `job_params`.
     params: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
@@ -88,13 +91,22 @@ class Job(Base):
 
     # attempts and lease: who runs the job now, until when
     attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
+    """Leases taken so far; names the current one (a stale worker's never matches)."""
+    failed_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    """Attempts that failed or lost their worker; a graceful hand-back is not one."""
     max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    """The job fails for good when `failed_attempts` reaches this."""
     worker_id: Mapped[str | None] = mapped_column(sa.String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    """What went wrong and what to do, for the job's owner."""
+    error_kind: Mapped[str | None] = mapped_column(sa.String(16))
+    """input (the job cannot render as submitted), render, or infrastructure (db.failures)."""
+    error_detail: Mapped[str | None] = mapped_column(sa.Text)
+    """The exception and a short traceback, for operators."""
     output_key: Mapped[str | None] = mapped_column(sa.String(1024))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
@@ -115,6 +127,7 @@ class Job(Base):
     __table_args__ = (
         sa.CheckConstraint(sa.column("status").in_(STATUS_VALUES), name="status"),
         sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
+        sa.CheckConstraint("failed_attempts >= 0", name="failed_attempts"),
         sa.CheckConstraint("clips_total >= 1 AND clips_done >= 0", name="clips"),
         sa.UniqueConstraint("tenant", "idempotency_key"),
         # claim_next: the best queued job (highest priority, then oldest)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import webhooks
+from db.failures import Failure
 from db.models import Job, JobEvent, OutboxMessage, utcnow
 from db.states import LEASED, TERMINAL, JobStatus, check_transition
 
@@ -126,7 +127,9 @@ def transition(
 
 
 def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) -> JobStatus:
-    """A leased job whose worker stopped heartbeating: requeue, fail or finish its cancel."""
+    """A leased job whose worker stopped heartbeating: requeue, fail or finish its cancel.
+
+    A lost worker counts as a failed attempt (it may be the job that kills its workers)."""
     worker, attempt = job.worker_id, job.attempt
     expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
     lost = f"lease of worker {worker} (attempt {attempt}) expired at {expired}"
@@ -140,16 +143,26 @@ def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) ->
             now=now,
             worker_id=worker,
         )
-    elif attempt >= job.max_attempts:
-        job.error = f"{lost}; no attempts left ({attempt} of {job.max_attempts} used)"
+        return job.job_status
+    job.failed_attempts += 1
+    if job.failed_attempts >= job.max_attempts:
+        failure = Failure(
+            f"no attempts left: {job.failed_attempts} of {job.max_attempts} failed, the last "
+            "because its worker stopped responding; a retry resumes from the last checkpoint "
+            "once the workers are healthy",
+            "infrastructure",
+            lost,
+        )
+        record_failure(job, failure)
         transition(
             session,
             job,
             JobStatus.FAILED,
             event="failed",
-            reason=job.error,
+            reason=failure.message,
             now=now,
             worker_id=worker,
+            data={"kind": failure.kind, "detail": failure.detail},
         )
     else:
         transition(
@@ -157,10 +170,17 @@ def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) ->
             job,
             JobStatus.QUEUED,
             event="lease_expired",
-            reason=lost,
+            reason=f"{lost} ({job.failed_attempts} of {job.max_attempts} attempts failed)",
             now=now,
             worker_id=worker,
         )
         if enqueue:
             enqueue_wakeup(session, job, "lease_expired", now)
     return job.job_status
+
+
+def record_failure(job: Job, failure: Failure | None) -> None:
+    """Set (or, with None, clear) the job's description of its failure."""
+    job.error = failure.message if failure else None
+    job.error_kind = failure.kind if failure else None
+    job.error_detail = failure.detail if failure else None

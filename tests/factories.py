@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from db.failures import Failure, FailureKind
 from db.leases import Lease
 from db.models import utcnow
 from db.params import AudioFacts, ImageFacts, JobParams
@@ -34,3 +35,8 @@ def job_params(**overrides: Any) -> JobParams:
 def lease_for(job_id: uuid.UUID, worker_id: str, attempt: int) -> Lease:
     """The lease a worker would hold for `attempt` of a job (whether or not it still does)."""
     return Lease(job_id, worker_id, attempt, expires_at=utcnow(), resume_from_clip=None)
+
+
+def failure(message: str, kind: FailureKind = "render") -> Failure:
+    """A failed attempt as a worker records it."""
+    return Failure(message, kind, detail=f"RuntimeError: {message}")

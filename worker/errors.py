@@ -19,9 +19,9 @@ import traceback
 
 import sqlalchemy.exc as sa_exc
 
+from db.failures import Failure
 from storage.base import ObjectNotFound, StorageError
 
-MAX_ERROR_CHARS = 4000
 TRACEBACK_FRAMES = 8
 
 
@@ -57,12 +57,39 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def describe(exc: BaseException) -> str:
-    """`Type: message` then a short traceback (innermost frames), for the job's error field."""
+def describe(exc: BaseException) -> Failure:
+    """The failure as the job's owner reads it (what went wrong, what to do) and as an
+    operator does (`Type: message` and the innermost frames of the traceback)."""
     head = f"{type(exc).__name__}: {exc}".strip()
     frames = traceback.extract_tb(exc.__traceback__)[-TRACEBACK_FRAMES:]
     lines = [f"  {f.filename}:{f.lineno} in {f.name}" for f in frames]
-    text = head + ("\ntraceback (innermost last):\n" + "\n".join(lines) if lines else "")
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[: MAX_ERROR_CHARS - 3] + "..."
-    return text
+    detail = head + ("\ntraceback (innermost last):\n" + "\n".join(lines) if lines else "")
+    said = _first_line(exc)
+    if any(isinstance(e, (ObjectNotFound, JobInputError)) for e in _chain(exc)):
+        message = (
+            f"the job's inputs cannot be rendered ({said}); submit it again with inputs that can"
+        )
+        return Failure(message, "input", detail)
+    if is_retryable(exc):
+        message = (
+            f"the render was interrupted by a storage, network or database problem ({said}); "
+            "a retry resumes from the last checkpoint"
+        )
+        return Failure(message, "infrastructure", detail)
+    if "out of memory" in said.lower():
+        message = (
+            "the GPU ran out of memory at this size; submit the job again at a smaller size, "
+            "or ask the operator for a larger GPU"
+        )
+        return Failure(message, "render", detail)
+    message = (
+        f"the render failed ({type(exc).__name__}: {said}); the operator has the details, "
+        "and a retry resumes from the last checkpoint once the cause is fixed"
+    )
+    return Failure(message, "render", detail)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's own words, first line only (no traceback, no chained causes)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

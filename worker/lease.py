@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from db import job_store, leases
 from db.database import Database
+from db.failures import Failure
 from db.leases import Lease, LeaseLost
 from db.models import Job
 from db.segments import Segment
@@ -162,9 +163,9 @@ class LeasedJob:
             "record the success",
         )
 
-    def fail(self, error: str, *, retryable: bool) -> Job:
+    def fail(self, failure: Failure, *, retryable: bool) -> Job:
         return self._write(
-            lambda s: leases.mark_failed(s, self.lease, error, retryable=retryable),
+            lambda s: leases.mark_failed(s, self.lease, failure, retryable=retryable),
             "record the failure",
         )
 

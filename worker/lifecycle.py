@@ -557,16 +557,16 @@ class _Attempt:
 
     def _fail(self, exc: Exception) -> Outcome:
         retryable = is_retryable(exc)
-        error = describe(exc)
+        failure = describe(exc)
         log.error(
             "job %s: attempt %d failed (%s): %s",
             self.job_id,
             self.attempt,
             "retryable" if retryable else "not retryable",
-            error,
+            failure.detail,
         )
         try:
-            job = self.leased.fail(error, retryable=retryable)
+            job = self.leased.fail(failure, retryable=retryable)
         except LeaseLost:
             return Outcome.LEASE_LOST
         except Exception:

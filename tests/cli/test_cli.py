@@ -18,7 +18,7 @@ from ops.demo import DEMO_SIZE
 from storage import keys
 from tests import media
 from tests.conftest import free_port
-from tests.factories import lease_for
+from tests.factories import failure, lease_for
 
 
 @pytest.fixture
@@ -110,7 +110,9 @@ def test_watch_exit_codes_follow_the_final_status(embedded_service, create_job):
     failed, canceled = create_job(db), create_job(db)
     with db.transaction() as s:
         lease = leases.claim(s, failed.id, "w", 60)
-        leases.mark_failed(s, lease_for(failed.id, "w", lease.attempt), "CUDA out of memory")
+        leases.mark_failed(
+            s, lease_for(failed.id, "w", lease.attempt), failure("CUDA out of memory")
+        )
         job_store.request_cancel(s, canceled.id)
     out = io.StringIO()
     with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
@@ -240,7 +242,10 @@ def test_sweep_drops_the_resume_points_of_jobs_that_ended_long_ago(
             leases.claim(s, job.id, "w1", 60)
             leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 2)
             leases.mark_failed(
-                s, lease_for(job.id, "w1", 1), "boom", now=utcnow() - timedelta(days=days_ago)
+                s,
+                lease_for(job.id, "w1", 1),
+                failure("boom"),
+                now=utcnow() - timedelta(days=days_ago),
             )
         storage.put_bytes(keys.checkpoint_key(job.id, 2, "manifest.json"), b"{}")
         ended[name] = job.id

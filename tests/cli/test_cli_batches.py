@@ -16,7 +16,7 @@ from ops import cli
 from ops.manifest import ManifestError, jobs_from_manifest, read_jobs
 from storage import keys
 from tests import media
-from tests.factories import job_params, lease_for
+from tests.factories import failure, job_params, lease_for
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -80,7 +80,9 @@ def finish_all(database, batch_id: str, *, fail: int = 0) -> None:
         with database.transaction() as s:
             lease = leases.claim(s, job_id, "gpu", 60)
             if n < fail:
-                leases.mark_failed(s, lease_for(job_id, "gpu", lease.attempt), "CUDA out of memory")
+                leases.mark_failed(
+                    s, lease_for(job_id, "gpu", lease.attempt), failure("CUDA out of memory")
+                )
                 continue
             leases.mark_stitching(s, lease_for(job_id, "gpu", lease.attempt))
             leases.mark_succeeded(

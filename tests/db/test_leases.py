@@ -9,7 +9,7 @@ import pytest
 from db import job_store, leases, outbox, upkeep
 from db.segments import Segment
 from db.states import JobStatus
-from tests.factories import lease_for
+from tests.factories import failure, lease_for
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE_S = 60
@@ -65,7 +65,7 @@ def test_claim_of_an_expired_lease_without_attempts_left_fails_the_job(db, creat
     assert claim(db, job.id, "w2", at(100)) is None
     row = get(db, job.id)
     assert row.status == "failed"
-    assert "no attempts left (1 of 1 used)" in row.error
+    assert "no attempts left: 1 of 1 failed" in row.error
 
 
 def test_heartbeat_extends_only_the_owners_lease(db, create_job):
@@ -108,7 +108,7 @@ def test_reaper_requeues_expired_leases_only(db, create_job):
             lambda: leases.record_segment(s, stale, Segment(0, "k", 0, 5, 240, 1, "a" * 64)),
             lambda: leases.mark_stitching(s, stale),
             lambda: leases.release(s, stale),
-            lambda: leases.mark_failed(s, stale, "late"),
+            lambda: leases.mark_failed(s, stale, failure("late")),
             lambda: leases.mark_canceled(s, stale),
         ):
             with pytest.raises(leases.LeaseLost):
@@ -124,7 +124,7 @@ def test_reaper_fails_a_job_out_of_attempts(db, create_job):
             reaped = upkeep.reap_expired(s, now=at(100 * n + 61))
     assert reaped == [upkeep.ReapedJob(job.id, JobStatus.FAILED)]
     row = get(db, job.id)
-    assert row.status == "failed" and "no attempts left (2 of 2 used)" in row.error
+    assert row.status == "failed" and "no attempts left: 2 of 2 failed" in row.error
     assert unsent_reasons(db, job.id) == ["created", "lease_expired"]  # no wake-up for a failure
 
 
@@ -196,11 +196,15 @@ def test_retryable_failure_requeues_until_attempts_run_out(db, create_job):
     job = create_job(db, max_attempts=2, now=T0)
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
-        row = leases.mark_failed(s, lease_for(job.id, "w1", 1), "S3 timeout", retryable=True)
+        row = leases.mark_failed(
+            s, lease_for(job.id, "w1", 1), failure("S3 timeout"), retryable=True
+        )
     assert row.status == "queued" and row.error == "S3 timeout"
     claim(db, job.id, "w2", at(1))
     with db.transaction() as s:
-        row = leases.mark_failed(s, lease_for(job.id, "w2", 2), "S3 timeout again", retryable=True)
+        row = leases.mark_failed(
+            s, lease_for(job.id, "w2", 2), failure("S3 timeout again"), retryable=True
+        )
     assert row.status == "failed" and row.error == "S3 timeout again"
     assert unsent_reasons(db, job.id) == ["created", "retry"]
 
@@ -210,7 +214,7 @@ def test_retry_resumes_from_the_checkpoint_with_fresh_attempts(db, create_job):
     claim(db, job.id, "w1", at(0))
     with db.transaction() as s:
         leases.record_checkpoint(s, lease_for(job.id, "w1", 1), 4)
-        leases.mark_failed(s, lease_for(job.id, "w1", 1), "CUDA error")
+        leases.mark_failed(s, lease_for(job.id, "w1", 1), failure("CUDA error"))
         row = job_store.retry(s, job.id, attempts=2, now=at(5))
     assert (row.status, row.attempt, row.max_attempts) == ("queued", 1, 3)
     assert (row.error, row.last_checkpoint_clip, row.clips_done) == (None, 4, 4)
@@ -233,3 +237,45 @@ def test_cancel_of_a_running_job_is_a_flag_until_the_worker_stops(db, create_job
     with db.transaction() as s:
         row = job_store.retry(s, job.id, attempts=3)
     assert not row.cancel_requested
+
+
+def test_graceful_hand_backs_are_not_failed_attempts(db, create_job):
+    """Rolling deploys release the job any number of times; only failures and lost workers
+    use up its attempts (three deploys and two crashes leave a job of three attempts alive)."""
+    job = create_job(db, max_attempts=3, now=T0)
+    t = 0
+    for n in range(5):
+        lease = claim(db, job.id, f"w{n}", at(t))
+        if n in (1, 3):  # this worker crashed: its lease expires and is reaped
+            t += LEASE_S + 1
+            with db.transaction() as s:
+                upkeep.reap_expired(s, now=at(t))
+        else:  # SIGTERM during a deploy
+            with db.transaction() as s:
+                leases.release(s, lease)
+        t += 1
+    row = get(db, job.id)
+    assert (row.status, row.attempt, row.failed_attempts) == ("queued", 5, 2)
+    lease = claim(db, job.id, "w5", at(t))
+    assert lease is not None and lease.attempt == 6
+    # the third failure is the last one allowed
+    with db.transaction() as s:
+        row = leases.mark_failed(s, lease, failure("S3 timeout", "infrastructure"), retryable=True)
+    assert (row.status, row.failed_attempts) == ("failed", 3)
+
+
+def test_a_failure_is_told_to_the_owner_and_detailed_for_operators(db, create_job):
+    job = create_job(db, now=T0)
+    lease = claim(db, job.id, "w1", at(0))
+    told = failure("the job's inputs cannot be rendered (audio is empty)", "input")
+    with db.transaction() as s:
+        leases.mark_failed(s, lease, told)
+    row = get(db, job.id)
+    assert (row.error, row.error_kind) == (told.message, "input")
+    assert row.error_detail == told.detail and "RuntimeError" not in row.error
+    last = events(db, job.id)[-1]
+    assert (last.reason, last.data) == (told.message, {"kind": "input", "detail": told.detail})
+    with db.transaction() as s:  # a retry clears all three
+        job_store.retry(s, job.id, attempts=1)
+    row = get(db, job.id)
+    assert (row.error, row.error_kind, row.error_detail) == (None, None, None)

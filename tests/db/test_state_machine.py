@@ -8,7 +8,7 @@ import pytest
 
 from db import job_store, leases
 from db.states import TRANSITIONS, IllegalTransition, JobStatus, check_transition
-from tests.factories import lease_for
+from tests.factories import failure, lease_for
 
 Q, R, ST = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STITCHING
 OK, FAIL, CXL = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
@@ -51,7 +51,7 @@ def job_in(db, create_job, status: JobStatus):
             leases.mark_stitching(s, lease_for(job.id, WORKER, 1))
             leases.mark_succeeded(s, lease_for(job.id, WORKER, 1), f"jobs/{job.id}/output.mp4")
         elif status is FAIL:
-            leases.mark_failed(s, lease_for(job.id, WORKER, 1), "boom")
+            leases.mark_failed(s, lease_for(job.id, WORKER, 1), failure("boom"))
         elif status is CXL:
             leases.mark_canceled(s, lease_for(job.id, WORKER, 1))
     return job.id, 1
@@ -61,7 +61,7 @@ ACTIONS = {
     "claim": lambda s, j, a: leases.claim(s, j, "worker-b", LEASE_S),
     "mark_stitching": lambda s, j, a: leases.mark_stitching(s, lease_for(j, WORKER, a)),
     "mark_succeeded": lambda s, j, a: leases.mark_succeeded(s, lease_for(j, WORKER, a), "out.mp4"),
-    "mark_failed": lambda s, j, a: leases.mark_failed(s, lease_for(j, WORKER, a), "boom"),
+    "mark_failed": lambda s, j, a: leases.mark_failed(s, lease_for(j, WORKER, a), failure("boom")),
     "mark_canceled": lambda s, j, a: leases.mark_canceled(s, lease_for(j, WORKER, a)),
     "release": lambda s, j, a: leases.release(s, lease_for(j, WORKER, a)),
     "request_cancel": lambda s, j, a: job_store.request_cancel(s, j),

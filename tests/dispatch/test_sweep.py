@@ -19,7 +19,7 @@ from dispatch.sweep import ResumePointSweeper
 from storage import keys
 from storage.base import StorageError
 from tests.dispatch.test_relay import Recorder
-from tests.factories import lease_for
+from tests.factories import failure, lease_for
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
@@ -55,7 +55,9 @@ def ended_job(db, storage, create_job, *, status: str, ended: datetime, clip: in
     put(storage, job.audio_key)
     with db.transaction() as s:
         if status == "failed":
-            leases.mark_failed(s, lease_for(job.id, "w1", 1), "the GPU fell off the bus", now=ended)
+            leases.mark_failed(
+                s, lease_for(job.id, "w1", 1), failure("the GPU fell off the bus"), now=ended
+            )
         else:
             job_store.request_cancel(s, job.id, now=ended)
             leases.mark_canceled(s, lease_for(job.id, "w1", 1), now=ended)

@@ -21,7 +21,7 @@ from db.models import Job, utcnow
 from db.segments import Segment
 from storage import keys
 from storage.local import LocalStorage
-from tests.factories import job_params, lease_for
+from tests.factories import failure, job_params, lease_for
 
 
 def create_job(database: Database, **overrides) -> Job:
@@ -74,10 +74,15 @@ def _every_fate(database: Database) -> None:
     with database.transaction() as s:
         lease = leases.claim(s, failing.id, "gpu-1", 60)
         leases.mark_failed(
-            s, lease_for(failing.id, "gpu-1", lease.attempt), "StorageError: x", retryable=True
+            s,
+            lease_for(failing.id, "gpu-1", lease.attempt),
+            failure("could not put x", "infrastructure"),
+            retryable=True,
         )
         lease = leases.claim(s, failing.id, "gpu-1", 60)
-        leases.mark_failed(s, lease_for(failing.id, "gpu-1", lease.attempt), "RuntimeError: y")
+        leases.mark_failed(
+            s, lease_for(failing.id, "gpu-1", lease.attempt), failure("RuntimeError: y")
+        )
         job_store.retry(s, failing.id, attempts=1)
     with database.transaction() as s:
         leases.claim(s, lost.id, "gpu-2", 60, now=now - timedelta(seconds=120))

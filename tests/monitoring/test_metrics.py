@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
@@ -14,6 +13,7 @@ from api.config import ApiConfig
 from api.metrics import Metrics
 from api.services import Services
 from db import leases, upkeep
+from db.failures import Failure
 from db.models import utcnow
 from storage import keys
 from storage.base import StorageError
@@ -34,8 +34,8 @@ def scrape(metrics: Metrics) -> str:
     return metrics.render().decode()
 
 
-def failure_text(exc: Exception) -> str:
-    """The error text a worker records for a failed attempt (worker.lifecycle does the same)."""
+def failure_of(exc: Exception) -> Failure:
+    """The failure a worker records for an attempt that raised `exc` (as worker.lifecycle)."""
     try:
         raise exc
     except Exception as raised:
@@ -122,7 +122,7 @@ def test_attempts_failed_by_storage_count_as_worker_storage_errors(db, create_jo
         with db.transaction() as s:
             lease = leases.claim(s, job.id, "gpu-1", 60)
             leases.mark_failed(
-                s, lease_for(job.id, "gpu-1", lease.attempt), failure_text(exc), retryable=retryable
+                s, lease_for(job.id, "gpu-1", lease.attempt), failure_of(exc), retryable=retryable
             )
     text = scrape(metrics)
     assert sample(text, "longtake_job_events_total", '{event="retry_scheduled"}') == 1
@@ -150,26 +150,3 @@ def test_api_answers_that_storage_is_unavailable_are_counted(sqlite_db, create_j
         text = client.get("/metrics").text
     assert sample(text, "longtake_storage_errors_total", '{source="api"}') == 1
     assert sample(text, "longtake_storage_errors_total", '{source="worker"}') == 0
-
-
-@pytest.mark.parametrize("event", ["failed", "retry_scheduled"])
-def test_only_failures_carry_their_reason_into_the_feed(sqlite_db, create_job, event):
-    """The feed reads the reason of failures only (a progress event's reason is never read)."""
-    from api.metrics import FAILURE_EVENTS, EventFeed
-
-    assert event in FAILURE_EVENTS
-    job = create_job(sqlite_db)
-    with sqlite_db.transaction() as s:
-        lease = leases.claim(s, job.id, "gpu-1", 60)
-        leases.update_progress(s, lease_for(job.id, "gpu-1", lease.attempt), clips_done=1)
-        leases.mark_failed(
-            s,
-            lease_for(job.id, "gpu-1", lease.attempt),
-            "boom",
-            retryable=event == "retry_scheduled",
-        )
-    with sqlite_db.transaction() as s:
-        rows = EventFeed().read(s, 100)
-    reasons = {row.event: row.reason for row in rows}
-    assert reasons["progress"] is None and reasons["claimed"] is None
-    assert reasons[event].endswith("boom")

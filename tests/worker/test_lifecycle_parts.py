@@ -59,19 +59,45 @@ def test_failures_are_classified(exc, retryable):
     assert is_retryable(exc) is retryable
 
 
-def test_an_error_is_described_with_its_innermost_frames():
+def raised(exc: BaseException, where=None) -> BaseException:
+    try:
+        if where is not None:
+            where()
+        raise exc
+    except BaseException as e:
+        return e
+
+
+def test_an_error_is_detailed_for_operators_with_its_innermost_frames():
     def model_step():
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    try:
-        model_step()
-    except RuntimeError as e:
-        text = describe(e)
-    lines = text.splitlines()
+    failure = describe(raised(RuntimeError(), model_step))
+    lines = failure.detail.splitlines()
     assert lines[0] == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"
     assert lines[1] == "traceback (innermost last):"
     assert lines[-1].endswith("in model_step") and "test_lifecycle_parts.py" in lines[-1]
-    assert len(describe(RuntimeError("x" * 10_000))) == 4000
+    assert len(describe(RuntimeError("x" * 10_000)).detail) == 4000
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "words"),
+    [
+        (JobInputError("input jobs/x/inputs/audio.wav is missing from storage"), "input",
+         "submit it again"),
+        (ObjectNotFound("jobs/x/inputs/image.png"), "input", "submit it again"),
+        (StorageError("503 Slow Down"), "infrastructure", "resumes from the last checkpoint"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 20 GiB"), "render", "smaller size"),
+        (ValueError("shapes do not match"), "render", "the operator has the details"),
+    ],
+)  # fmt: skip
+def test_the_owner_is_told_what_went_wrong_and_what_to_do(exc, kind, words):
+    failure = describe(raised(exc))
+    assert failure.kind == kind and words in failure.message
+    assert failure.can_retry is (kind != "input")
+    # no traceback and no server paths reach the owner; the operator gets both
+    assert "traceback" not in failure.message and ".py" not in failure.message
+    assert "traceback (innermost last)" in failure.detail and ".py" in failure.detail
 
 
 def test_retries_back_off_and_give_up():
