@@ -260,7 +260,7 @@ def update_progress(
     """
     now = T.now_or(now)
     job = _held(session, lease)
-    frames_done = job.job_params.frames_for(clips_done)
+    frames_done = job.job_params.frames_for(clips_done, job.clips_total)
     job.clips_done = clips_done
     job.frames_done = frames_done
     job.fps = fps

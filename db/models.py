@@ -152,7 +152,7 @@ class Job(Base):
 
     @property
     def frames_total(self) -> int:
-        return self.job_params.frames_for(self.clips_total)
+        return self.job_params.frames_total(self.clips_total)
 
 
 class JobEvent(Base):

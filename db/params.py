@@ -128,5 +128,12 @@ class JobParams(_Frozen):
     def _sample_steps(cls, v: int) -> int:
         return P.check_sample_steps(v)
 
-    def frames_for(self, clips: int) -> int:
-        return clips * self.infer_frames
+    def frames_total(self, clips_total: int) -> int:
+        """The frames the video delivers: it ends with the speech (frame-accurate), not at a
+        clip boundary, unless fewer clips than the speech needs were asked for."""
+        speech = P.frames_for_duration(self.audio_duration_s)
+        return min(clips_total * self.infer_frames, speech)
+
+    def frames_for(self, clips: int, clips_total: int) -> int:
+        """Delivered frames in the first `clips` clips of a `clips_total`-clip job."""
+        return min(clips * self.infer_frames, self.frames_total(clips_total))

@@ -106,7 +106,7 @@ def transition(
     if target is JobStatus.QUEUED:
         # The next attempt resumes from the last checkpoint; later progress is lost.
         job.clips_done = job.last_checkpoint_clip or 0
-        job.frames_done = job.job_params.frames_for(job.clips_done)
+        job.frames_done = job.job_params.frames_for(job.clips_done, job.clips_total)
         job.fps = None
         job.eta_s = None
         job.finished_at = None

@@ -65,8 +65,11 @@ def make_celery_app(config: CeleryConfig, task_modules: Sequence[str] = TASK_MOD
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # SIGTERM gives a running render this long to checkpoint and release its job; an idle
+        # worker has nothing to save and stops at once (with the on-idle variant it waited
+        # the whole timeout).
         worker_soft_shutdown_timeout=config.soft_shutdown_timeout_s,
-        worker_enable_soft_shutdown_on_idle=True,
+        worker_enable_soft_shutdown_on_idle=False,
         # monitoring (flower, celery events)
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -65,7 +65,15 @@ def install(app: Celery, factory: LifecycleFactory) -> None:
     setattr(app, _RUNTIME_ATTR, runtime)
 
     def on_shutdown(sender: Any = None, **kwargs: Any) -> None:
-        log.warning("worker shutting down (%s): releasing the running job", kwargs.get("sig"))
+        running = runtime.lifecycle.running if runtime.lifecycle is not None else None
+        if running is not None:
+            log.warning(
+                "worker shutting down (%s): job %s is released after its current clip",
+                kwargs.get("sig"),
+                running,
+            )
+        else:
+            log.info("worker shutting down (%s): no job is running", kwargs.get("sig"))
         runtime.shutdown()
 
     worker_shutting_down.connect(on_shutdown, weak=False)

@@ -99,10 +99,14 @@ def fit_size(image_width: int, image_height: int, key: str) -> tuple[int, int]:
     return best
 
 
+def frames_for_duration(duration_s: float) -> int:
+    """Video frames that cover `duration_s` seconds of audio (at least one)."""
+    return max(1, math.ceil(duration_s * FPS - 1e-6))
+
+
 def clips_for_duration(duration_s: float, infer_frames: int = INFER_FRAMES_DEFAULT) -> int:
     """How many clips cover `duration_s` seconds of audio (the last one padded with silence)."""
-    frames = math.ceil(duration_s * FPS - 1e-6)
-    return max(1, math.ceil(frames / infer_frames))
+    return math.ceil(frames_for_duration(duration_s) / infer_frames)
 
 
 def check_infer_frames(n: int) -> int:

@@ -161,10 +161,6 @@ class Lifecycle:
         if not self.shutdown.is_set():
             self._shutdown_at = time.monotonic()
             self.shutdown.set()
-            if self.running is not None:
-                log.warning(
-                    "shutdown requested: job %s is released after its current clip", self.running
-                )
 
     def shutdown_time_left(self) -> float:
         if self._shutdown_at is None:
@@ -423,7 +419,7 @@ class _Attempt:
             if self.lc.on_clip is not None:
                 self.lc.on_clip(ClipDone(self.job_id, self.attempt, clip.index))
             waited = time.monotonic()
-            self._interval.encoder.submit(clip.frames)
+            self._interval.encoder.submit(clip.frames[: plan.delivered(clip.index)])
             self.stats.encoder_wait_s += time.monotonic() - waited
             done += 1
             self.stats.clips += 1

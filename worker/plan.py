@@ -61,11 +61,18 @@ class JobPlan:
 
     @property
     def frames_total(self) -> int:
-        return self.params.frames_for(self.clips_total)
+        return self.params.frames_total(self.clips_total)
 
     @property
     def duration_s(self) -> float:
         return self.frames_total / P.FPS
+
+    def delivered(self, clip: int) -> int:
+        """How many of clip `clip`'s frames the video keeps: all but in the last clip, which
+        is cut where the speech ends."""
+        return self.params.frames_for(clip + 1, self.clips_total) - self.params.frames_for(
+            clip, self.clips_total
+        )
 
     def is_boundary(self, clips_done: int) -> bool:
         """Whether a checkpoint interval ends after `clips_done` clips."""

@@ -50,14 +50,17 @@ class EncoderSettings:
 
     ``veryfast`` encodes 720x400 at well over 100 frames/s on 2 cores (ops/bench/stitch.py,
     docs/benchmarks.md), ahead of a generator producing ~50 frames/s. ``gop_seconds`` is the
-    fixed keyframe interval; ``threads`` 0 lets x264 choose from the core count.
+    fixed keyframe interval. ``threads`` is fixed, never taken from the machine: x264's output
+    depends on its thread count (frame threading changes what each frame can reference), so a
+    count chosen from the cores would encode a resumed segment differently on another node or
+    under another load; with a fixed count the same frames give the same bytes anywhere.
     """
 
     preset: str = "veryfast"
     crf: int = 20
     gop_seconds: float = 2.0
     profile: str = "high"
-    threads: int = 0
+    threads: int = 4
 
     def __post_init__(self) -> None:
         if self.preset not in X264_PRESETS:
@@ -73,8 +76,8 @@ class EncoderSettings:
             )
         if self.profile not in ("baseline", "main", "high"):
             raise ValueError(f"H.264 profile must be baseline, main or high, got {self.profile!r}")
-        if not 0 <= self.threads <= 64:
-            raise ValueError(f"encoder threads must be within [0, 64], got {self.threads}")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"encoder threads must be within [1, 64], got {self.threads}")
 
 
 class EncoderError(RuntimeError):

@@ -28,6 +28,7 @@ def test_settings_for_long_gpu_tasks(celery_app, celery_config):
     assert conf.worker_cancel_long_running_tasks_on_connection_loss
     assert conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.worker_soft_shutdown_timeout == celery_config.soft_shutdown_timeout_s
+    assert not conf.worker_enable_soft_shutdown_on_idle
     options = conf.broker_transport_options
     assert options["visibility_timeout"] == celery_config.visibility_timeout_s
     assert options["global_keyprefix"] == celery_config.key_prefix

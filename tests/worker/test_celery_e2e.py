@@ -179,6 +179,17 @@ def checkpoints_by_attempt(database: Database, job_id: uuid.UUID) -> dict[int, l
     return out
 
 
+def test_an_idle_worker_stops_at_once_on_sigterm(services):
+    """Nothing runs, so there is nothing to checkpoint: the soft shutdown timeout (long here)
+    is not waited out, and the worker does not claim to release a job."""
+    idle = services["start"]("idle", LONGTAKE_SOFT_SHUTDOWN_TIMEOUT_S="600")
+    wait_for(lambda: " ready." in idle.text(), 120, "the worker to be ready")
+    idle.process.send_signal(signal.SIGTERM)
+    assert idle.wait(120) == 0  # far below the 600 s a soft shutdown on idle would take
+    logs = idle.text()
+    assert "no job is running" in logs and "released after" not in logs
+
+
 def test_kill_9_anywhere_and_sigterm_then_the_video_equals_an_uninterrupted_one(services, tmp_path):
     db, storage, start = services["db"], services["storage"], services["start"]
     # 8 clips, a checkpoint every 2: boundaries after clips 2, 4, 6 and 8.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -179,3 +180,40 @@ def test_abort_and_exceptions_leave_no_partial_segment(tmp_path: Path):
         raise KeyboardInterrupt
 
     assert list(tmp_path.iterdir()) == []
+
+
+ENCODE_ON_CORES = textwrap.dedent(
+    """
+    import hashlib, os, sys, threading
+    from pathlib import Path
+    cores = [int(c) for c in sys.argv[2].split(",")]
+    os.sched_setaffinity(0, cores)
+    stop = threading.Event()
+    def spin():  # other work competing for the same cores
+        while not stop.is_set():
+            sum(range(10_000))
+    for _ in range(2):
+        threading.Thread(target=spin, daemon=True).start()
+    from tests.worker.media_helpers import encode_segment
+    segment = encode_segment(Path(sys.argv[1]), [12, 12, 12, 12], width=128, height=128)
+    stop.set()
+    print(hashlib.sha256(Path(sys.argv[1]).read_bytes()).hexdigest())
+    """
+)
+
+
+def test_the_same_frames_encode_to_the_same_bytes_on_any_cores_under_load(tmp_path: Path):
+    """A resumed segment must be the one an uninterrupted render makes, on whatever node and
+    under whatever load it is encoded: the encoder's output is a function of the frames alone
+    (with threads chosen from the core count, one core and two gave different bytes)."""
+    available = sorted(os.sched_getaffinity(0))
+    layouts = [available[:1], available[:2], available]
+    digests = set()
+    for n, cores in enumerate(layouts):
+        out = subprocess.run(
+            [sys.executable, "-c", ENCODE_ON_CORES, str(tmp_path / f"{n}.mp4"),
+             ",".join(map(str, cores))],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
