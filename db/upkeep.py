@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import transitions as T
-from db.models import Job, JobSegment, OutboxMessage
+from db.models import Job, JobSegment, OutboxMessage, Upload
 from db.states import LEASED, JobStatus
 
 
@@ -122,3 +122,41 @@ def drop_resume_point(
         data={"checkpoint_clip": clip, "segments": segments},
     )
     return True
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """What the storage reconciler needs to know of a job to tell its objects from garbage."""
+
+    status: JobStatus
+    last_checkpoint_clip: int | None
+    segment_keys: frozenset[str]
+
+
+def stored_jobs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, StoredJob]:
+    """The jobs among `job_ids` that have a row, with their recorded resume point."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        sa.select(Job.id, Job.status, Job.last_checkpoint_clip).where(Job.id.in_(job_ids))
+    ).all()
+    segments: dict[uuid.UUID, set[str]] = {}
+    for job_id, key in session.execute(
+        sa.select(JobSegment.job_id, JobSegment.key).where(JobSegment.job_id.in_(job_ids))
+    ):
+        segments.setdefault(job_id, set()).add(key)
+    return {
+        row.id: StoredJob(
+            JobStatus(row.status),
+            row.last_checkpoint_clip,
+            frozenset(segments.get(row.id, ())),
+        )
+        for row in rows
+    }
+
+
+def known_upload_keys(session: Session, keys: list[str]) -> set[str]:
+    """The keys among `keys` that an upload row (of any tenant) names."""
+    if not keys:
+        return set()
+    return set(session.scalars(sa.select(Upload.key).where(Upload.key.in_(keys))))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from db.database import Database
+from dispatch.reconcile import StorageReconciler
 from dispatch.relay import OutboxRelay
 from dispatch.sweep import ResumePointSweeper
 from storage.base import Storage
@@ -52,11 +53,16 @@ class EmbeddedRunner:
         poll_s: float = 0.5,
         redispatch_after_s: float = 3600.0,
         sweeper: ResumePointSweeper | None = None,
+        reconciler: StorageReconciler | None = None,
     ):
         self.handler = handler
         self.poll_s = poll_s
         self.relay = OutboxRelay(
-            database, self, redispatch_after_s=redispatch_after_s, sweeper=sweeper
+            database,
+            self,
+            redispatch_after_s=redispatch_after_s,
+            sweeper=sweeper,
+            reconciler=reconciler,
         )
         self._jobs: queue.Queue[uuid.UUID | None] = queue.Queue()
         self._stop = threading.Event()

@@ -8,7 +8,8 @@ When the broker is down the rows stay unsent and the relay retries with backoff.
 
 Each pass also returns jobs with expired leases to the queue (the reaper) and, as a safety net
 for wake-ups a broker lost, re-sends one for jobs that stayed queued for a long time. Given a
-sweeper, it also expires the resume points of long-failed jobs (`dispatch.sweep`) once an interval.
+sweeper, it also expires the resume points of long-failed jobs (`dispatch.sweep`), and given a
+reconciler, it removes objects no row accounts for (`dispatch.reconcile`), once an interval.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from db import outbox, upkeep
 from db.database import Database
 from db.models import utcnow
 from dispatch.celery_app import RENDER_QUEUE, RENDER_TASK
+from dispatch.reconcile import ReconcileResult, StorageReconciler
 from dispatch.sweep import ResumePointSweeper, SweepResult
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RelayPass:
     reaped: list[upkeep.ReapedJob] = field(default_factory=list)
     redispatched: list[uuid.UUID] = field(default_factory=list)
     swept: SweepResult | None = None
+    reconciled: ReconcileResult | None = None
 
 
 class OutboxRelay:
@@ -73,6 +76,7 @@ class OutboxRelay:
         reap: bool = True,
         redispatch_after_s: float = 3600.0,
         sweeper: ResumePointSweeper | None = None,
+        reconciler: StorageReconciler | None = None,
     ):
         self.database = database
         self.dispatcher = dispatcher
@@ -80,6 +84,7 @@ class OutboxRelay:
         self.reap = reap
         self.redispatch_after_s = redispatch_after_s
         self.sweeper = sweeper
+        self.reconciler = reconciler
 
     def publish_pending(self) -> tuple[int, bool]:
         """Publish unsent messages, oldest first. Returns (published, broker_failed)."""
@@ -115,6 +120,8 @@ class OutboxRelay:
         result.published, result.failed = self.publish_pending()
         if self.sweeper is not None:
             result.swept = self.sweeper.maybe_run()  # failures are per job, logged there
+        if self.reconciler is not None:
+            result.reconciled = self.reconciler.maybe_run()
         return result
 
     def run(

@@ -170,6 +170,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
         CeleryDispatcher(make_celery_app(settings.celery_config(), task_modules=())),
         redispatch_after_s=settings.redispatch_after_s,
         sweeper=settings.make_sweeper(database, settings.make_storage()),
+        reconciler=settings.make_reconciler(database, settings.make_storage()),
     )
     deliverer = WebhookDeliverer(database, settings.delivery_config())
     stop = threading.Event()

@@ -161,6 +161,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
             poll_s=settings.relay_poll_s,
             redispatch_after_s=settings.redispatch_after_s,
             sweeper=settings.make_sweeper(database, storage),
+            reconciler=settings.make_reconciler(database, storage),
         )
         services.on_job_queued = process.runner.wake
         services.readiness["runner"] = process.runner.ping
@@ -174,6 +175,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
                 dispatcher,
                 redispatch_after_s=settings.redispatch_after_s,
                 sweeper=settings.make_sweeper(database, storage),
+                reconciler=settings.make_reconciler(database, storage),
             )
             services.on_job_queued = process.wake
     return process

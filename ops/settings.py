@@ -23,6 +23,7 @@ from storage.signing import UrlSigner
 
 if TYPE_CHECKING:
     from db.database import Database
+    from dispatch.reconcile import StorageReconciler
     from dispatch.sweep import ResumePointSweeper
     from worker.config import WorkerConfig
 
@@ -104,6 +105,9 @@ class Settings(BaseSettings):
     """Days a failed or canceled job keeps its checkpoint and segments for a retry to resume
     from (dispatch/sweep.py); 0 keeps them until the job is retried."""
     sweep_interval_s: float = 3600
+    reconcile_grace_hours: float = 6.0
+    """Objects that no job or upload accounts for are removed once this old
+    (dispatch/reconcile.py), by the relay's loop every `sweep_interval_s`."""
 
     # render worker
     model_preset: str = "tiny"
@@ -184,6 +188,18 @@ class Settings(BaseSettings):
             database,
             storage,
             retention_s=self.resume_retention_days * 86400,
+            interval_s=self.sweep_interval_s,
+        )
+
+    def make_reconciler(self, database: Database, storage: Storage) -> StorageReconciler:
+        """The relay's removal of objects that no row accounts for."""
+        from dispatch.reconcile import StorageReconciler
+
+        return StorageReconciler(
+            database,
+            storage,
+            grace_s=self.reconcile_grace_hours * 3600,
+            keep_segments=self.keep_segments,
             interval_s=self.sweep_interval_s,
         )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +22,14 @@ class ObjectNotFound(StorageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr
         return self.args[0]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime
+    """When the object was last written (UTC)."""
 
 
 class Storage(abc.ABC):
@@ -53,6 +63,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Every key starting with `prefix` (a string prefix, as in S3), sorted."""
+
+    @abc.abstractmethod
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        """`list`, with each object's size and time of writing."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -4,6 +4,7 @@
     jobs/<job_id>/segments/<index:05d>.mp4        one segment per checkpoint interval
     jobs/<job_id>/checkpoints/<clip:06d>/...      stream state at a clip boundary + manifest.json
     jobs/<job_id>/output.mp4                       the stitched video with its audio track
+    jobs/<job_id>/output.manifest.json             its provenance manifest
     uploads/<upload_id>.<ext>                      an input shared by any number of jobs
 
 Keys are relative to the storage's own prefix and use `/` separators.
@@ -102,6 +103,11 @@ def checkpoint_manifest_key(job_id: uuid.UUID, clip: int) -> str:
 
 def output_key(job_id: uuid.UUID) -> str:
     return f"{job_prefix(job_id)}output.mp4"
+
+
+def manifest_key(job_id: uuid.UUID) -> str:
+    """The output's provenance manifest, beside it."""
+    return f"{job_prefix(job_id)}output.manifest.json"
 
 
 _UPLOAD_ID = re.compile(r"^upl_[a-z0-9]{8,36}$")

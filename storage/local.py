@@ -7,10 +7,11 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.base import ObjectNotFound, Storage, StorageError
+from storage.base import ObjectNotFound, Storage, StorageError, StoredObject
 from storage.keys import validate_key, validate_prefix
 from storage.signing import UrlSigner
 
@@ -95,6 +96,17 @@ class LocalStorage(Storage):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        found = []
+        for key in self.list(prefix):
+            try:
+                stat = self.path(key).stat()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+            found.append(StoredObject(key, stat.st_size, modified))
+        return found
 
     def delete(self, key: str) -> None:
         path = self.path(key)

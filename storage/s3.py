@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,7 +19,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.base import ObjectNotFound, Storage, StorageError
+from storage.base import ObjectNotFound, Storage, StorageError, StoredObject
 from storage.keys import validate_key, validate_prefix
 
 MiB = 1024 * 1024
@@ -155,18 +156,26 @@ class S3Storage(Storage):
         return int(head["ContentLength"])
 
     def list(self, prefix: str = "") -> list[str]:
+        return [o.key for o in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str = "") -> list[StoredObject]:
         validate_prefix(prefix)
         full = self.config.prefix + prefix
-        keys: list[str] = []
+        found: list[StoredObject] = []
         with self._errors(prefix, "list"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full
             )
             for page in pages:
-                keys.extend(
-                    obj["Key"][len(self.config.prefix) :] for obj in page.get("Contents", [])
+                found.extend(
+                    StoredObject(
+                        obj["Key"][len(self.config.prefix) :],
+                        int(obj["Size"]),
+                        obj["LastModified"].astimezone(UTC),
+                    )
+                    for obj in page.get("Contents", [])
                 )
-        return sorted(keys)
+        return sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
         with self._errors(key, "delete"):

@@ -31,9 +31,13 @@ def upload_checkpoint(
     policy: RetryPolicy,
     *,
     after_first_file: Callable[[], None] | None = None,
+    before_each_file: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Upload a checkpoint directory, manifest.json last; return the bytes uploaded."""
+    """Upload a checkpoint directory, manifest.json last; return the bytes uploaded.
+
+    `before_each_file` runs before every write (the worker confirms its lease there: raising
+    stops the upload)."""
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
     manifest = directory / MANIFEST
     if not manifest.is_file():
@@ -41,10 +45,14 @@ def upload_checkpoint(
     # A manifest left by an earlier, unrecorded upload to the same clip must not describe the
     # shards while they are being replaced.
     manifest_key = keys.checkpoint_manifest_key(job_id, clip)
+    if before_each_file is not None:
+        before_each_file()
     with_retries(lambda: storage.delete(manifest_key), f"delete {manifest_key}", policy, stop=stop)
     total = 0
     for i, path in enumerate([*files, manifest]):
         key = keys.checkpoint_key(job_id, clip, path.name)
+        if before_each_file is not None:
+            before_each_file()
         with_retries(
             lambda k=key, p=path: storage.put_file(k, p), f"upload {key}", policy, stop=stop
         )

@@ -230,7 +230,7 @@ class IntervalCommitter:
                 segment, frame_hashes=tuple(iter_frame_hashes(segment.path))
             )
             path = segment.path
-            leased.check()
+            leased.verify()
             with_retries(
                 lambda: self.storage.put_file(segment.key, path, "video/mp4"),
                 f"upload {segment.key}",
@@ -288,7 +288,6 @@ class IntervalCommitter:
                 "height": interval.encoder.height,
             }
             (local / OPEN_INTERVAL).write_text(json.dumps(meta))
-        self.leased.check()
         uploaded = upload_checkpoint(
             self.storage,
             self.leased.job_id,
@@ -296,6 +295,7 @@ class IntervalCommitter:
             local,
             self.config.storage_retry,
             after_first_file=lambda: self.faults.hit("checkpoint_write"),
+            before_each_file=self.leased.verify,
             stop=self.leased.stop,
         )
         shutil.rmtree(local, ignore_errors=True)

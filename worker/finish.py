@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,6 @@ from worker.segments import file_sha256
 from worker.stitch import stitch
 
 log = logging.getLogger(__name__)
-
-
-def manifest_key(job_id: uuid.UUID) -> str:
-    """The provenance manifest, stored beside the output."""
-    return f"{keys.job_prefix(job_id)}output.manifest.json"
 
 
 def _frame_hashes(seg: Segment) -> tuple[str, ...]:
@@ -91,8 +85,8 @@ class Finisher:
             segment_frame_hashes=[_frame_hashes(seg) for seg in local],
         )
         body = (json.dumps(manifest, indent=1) + "\n").encode()
-        key = manifest_key(plan.job_id)
-        self.leased.check()
+        key = keys.manifest_key(plan.job_id)
+        self.leased.verify()
         with_retries(
             lambda: self.storage.put_bytes(key, body, "application/json"),
             f"upload {key}",
@@ -132,7 +126,7 @@ class Finisher:
         return dataclasses.replace(seg, path=path)
 
     def _upload_file(self, key: str, path: Path, content_type: str) -> None:
-        self.leased.check()
+        self.leased.verify()
         with_retries(
             lambda: self.storage.put_file(key, path, content_type),
             f"upload {key}",

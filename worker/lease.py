@@ -5,7 +5,9 @@ segments, heartbeat, progress, record an interval (segment + checkpoint), stitch
 fail, cancel, release. Each write runs in a transaction of its own, retried while the database
 is away, and is checked against the lease in the database (`db.leases`); once any of them
 finds the lease lost, `lost` is set and every later write raises `LeaseLost` at once, without
-touching the database or storage. `check()` is the same test for writes to storage.
+touching the database or storage. Before every write to storage the worker calls `verify()`,
+which asks the database (a worker paused past its lease must not upload into a job that is
+someone else's now).
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ class LeasedJob:
     def check(self) -> None:
         """LeaseLost if the lease is known to be lost: call before writing anything."""
         if self.lost.is_set():
+            raise LeaseLost(self.lease)
+
+    def verify(self) -> None:
+        """Confirm in the database that the lease is held (extending it) before a write to
+        storage: a worker that was paused past its lease (SIGSTOP, a stalled VM) learns it
+        here, not from a heartbeat that has not run yet, and writes nothing."""
+        self.check()
+        if not self._run(lambda s: leases.heartbeat(s, self.lease, self.lease_s), "heartbeat"):
+            self.lost.set()
             raise LeaseLost(self.lease)
 
     def _run(self, operation: Callable[[Session], T], what: str) -> T:

@@ -31,10 +31,10 @@ from db import job_store
 from db.database import Database
 from dispatch.celery_app import CeleryConfig, make_celery_app
 from dispatch.relay import CeleryDispatcher, OutboxRelay
+from storage.keys import manifest_key
 from tests.conftest import REDIS_URL, TEST_BUCKET, free_port
 from tests.worker.lifecycle_helpers import events, job, make_job, parse_clip_lines, probe
 from tests.worker.tcp_proxy import TcpProxy
-from worker.lifecycle import manifest_key
 from worker.provenance import iter_frame_hashes
 
 pytestmark = pytest.mark.slow

@@ -26,6 +26,7 @@ from db.models import OutboxMessage, utcnow
 from db.params import WatermarkSpec
 from dispatch.embedded import EmbeddedRunner
 from storage import keys
+from storage.keys import manifest_key
 from storage.local import LocalStorage
 from storage.s3 import S3Config, S3Storage
 from tests.conftest import TEST_BUCKET, free_port
@@ -40,7 +41,6 @@ from tests.worker.lifecycle_helpers import (
     segments,
 )
 from worker.config import EngineSpec, RetryPolicy, WorkerConfig
-from worker.finish import manifest_key
 from worker.lifecycle import ClipDone, Lifecycle, Outcome
 from worker.provenance import iter_frame_hashes, verify
 from worker.watermark import Watermark
@@ -357,6 +357,29 @@ def test_watermark_follows_the_job_and_the_operator(sqlite_db, local_storage, tm
     assert difference(frames(marked), plain, default_box) < 8  # only coding noise there
     # ... and segments stay in storage when configured so.
     assert len(local_storage.list(keys.segments_prefix(unmarked))) == 3
+
+
+def test_a_worker_paused_past_its_lease_uploads_nothing(
+    sqlite_db, local_storage, tmp_path, clip_log
+):
+    """As if SIGSTOPped: its lease expires and another attempt takes the job, while this
+    worker's heartbeat has not noticed yet. At its next boundary it must upload neither the
+    segment nor the checkpoint into the job that is someone else's now."""
+    job_id = make_job(sqlite_db, local_storage)
+
+    def paused_during_clip_1(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 1):
+            later = utcnow() + timedelta(seconds=60)
+            with sqlite_db.transaction() as s:
+                assert leases.claim(s, job_id, "another-worker", 600, now=later).attempt == 2
+
+    clip_log.hooks.append(paused_during_clip_1)
+    quiet = config(tmp_path, progress_interval_s=3600, heartbeat_s=25)  # no write of its own
+    lifecycle = Lifecycle(quiet, sqlite_db, local_storage, on_clip=clip_log)
+    assert lifecycle.run(job_id) is Outcome.LEASE_LOST
+    assert local_storage.list(keys.segments_prefix(job_id)) == []
+    assert local_storage.list(keys.checkpoints_prefix(job_id)) == []
+    assert job(sqlite_db, job_id).last_checkpoint_clip is None
 
 
 def test_a_storage_outage_is_ridden_out_with_backoff(sqlite_db, tmp_path, clip_log, reference):
