@@ -13,6 +13,9 @@ stream (rolling RoPE) and is rewritten from the unrotated keys in `SinkKeys` on 
 
 Memory is fixed at open: nothing here grows with the number of clips. A pipeline stage that
 runs only some layers of a step holds only those layers (`first_layer` onwards).
+
+The model reads and writes these caches through the two views at the end (its `KVCache`):
+`BlockKV`, one block at one step, and `SinkPrefill`, the sink run through the model alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.geometry import Geometry
+from pipeline.model.rope import apply_rope
 
 
 class StepKVCache:
@@ -84,6 +88,7 @@ class SinkKeys:
         dtype: torch.dtype,
         first_layer: int = 0,
     ):
+        self.geometry = geometry
         self.layers = range(first_layer, first_layer + num_layers)
         self.ref = torch.zeros(
             num_layers, geometry.ref_tokens, num_heads, head_dim, device=device, dtype=dtype
@@ -91,3 +96,76 @@ class SinkKeys:
 
     def nbytes(self) -> int:
         return self.ref.numel() * self.ref.element_size()
+
+
+class BlockKV:
+    """Step i's cache as block b's step i reads and writes it (the model's `KVCache`).
+
+    Each layer writes the block's keys, rotated to the block's frames, and its values into the
+    block's ring slot, and rewrites the reference keys rotated to where the sink sits for this
+    block and step (rolling RoPE); the queries then attend to the sink and every filled ring
+    slot, this block's included.
+    """
+
+    def __init__(
+        self,
+        cache: StepKVCache,
+        sink_keys: SinkKeys,
+        block_index: int,
+        freqs: torch.Tensor,
+        ref_freqs: torch.Tensor,
+    ):
+        self.cache = cache
+        self.sink_keys = sink_keys
+        self._freqs = freqs  # [block_tokens, 1, D/2, 2]
+        self.ref_freqs = ref_freqs  # [ref_tokens, 1, D/2, 2]
+        self.begin, self.valid = cache.ring_slot(block_index)
+        self.end = self.begin + cache.geometry.block_tokens
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        return self._freqs
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [1, block_tokens, H, D] -> keys, values [1, valid, H, D]."""
+        g = self.cache.geometry
+        kv = self.cache.layer(layer)  # [2, cache_tokens, H, D]
+        ref = layer - self.sink_keys.layers.start
+        kv[0, : g.ref_tokens] = apply_rope(self.sink_keys.ref[ref : ref + 1], self.ref_freqs)[0]
+        kv[0, self.begin : self.end] = apply_rope(k, self._freqs)[0]
+        kv[1, self.begin : self.end] = v[0]
+        return kv[0, : self.valid].unsqueeze(0), kv[1, : self.valid].unsqueeze(0)
+
+
+class SinkPrefill:
+    """The sink's tokens run through the model alone (the model's `KVCache`): each layer keeps
+    the reference keys unrotated in `sink_keys` and writes the rotated motion keys and all the
+    sink's values into every step cache that holds the layer; the sink attends to itself."""
+
+    def __init__(self, caches: list[StepKVCache], sink_keys: SinkKeys, freqs: torch.Tensor):
+        self.caches = caches
+        self.sink_keys = sink_keys
+        self._freqs = freqs  # [sink_tokens, 1, D/2, 2]
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        return self._freqs
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [1, sink_tokens, H, D] -> the same keys rotated, and v."""
+        sk = self.sink_keys
+        if layer in sk.layers:
+            g = sk.geometry
+            sk.ref[layer - sk.layers.start] = k[0, : g.ref_tokens]
+        k = apply_rope(k, self._freqs)
+        for cache in self.caches:
+            if layer in cache.layers:
+                g = cache.geometry
+                kv = cache.layer(layer)  # [2, cache_tokens, H, D]
+                kv[0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
+                kv[1, : g.sink_tokens] = v[0]
+        return k, v

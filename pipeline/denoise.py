@@ -1,12 +1,13 @@
 """One denoising step of one block: the unit of work of the causal stream.
 
 `Denoiser.step(cache, latents, step, block_index, audio)` takes a block's latents at step
-`step`'s noise level and returns them one Euler step cleaner, writing the block's keys into that
-step's cache. It touches no other step's state, so a pipeline-parallel engine can give each GPU a
-range of steps and pass block latents along. A step is also available in three pieces,
-`begin` (patch embedding) -> `layers(start, stop)` -> `end` (head and Euler update), so that a
-stage may run part of a step's layers and hand the hidden tokens on: the pieces run exactly the
-operations of `step`, in its order.
+`step`'s noise level and returns them one Euler step cleaner: one forward of the model
+(pipeline/model/transformer.py), which writes the block's keys into that step's cache. It
+touches no other step's state, so a pipeline-parallel engine can give each GPU a range of steps
+and pass block latents along. A step is also available in three pieces, `begin` (patch
+embedding) -> `layers(start, stop)` -> `end` (head and Euler update), so that a stage may run
+part of a step's layers and hand the hidden tokens on: the pieces are the model's forward cut
+in three, the same operations in the same order.
 
 Positions (RoPE frames): block g covers latent frames 3g .. 3g+2 (counting from the stream's
 start, without bound); the ring keys keep the positions they were written at. The sink's motion
@@ -22,12 +23,10 @@ import random
 
 import torch
 
-from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.cache import BlockKV, SinkKeys, SinkPrefill, StepKVCache
 from pipeline.geometry import Geometry
 from pipeline.model import WanS2VTransformer
 from pipeline.model import rope as rope_mod
-from pipeline.model.attention import attention
-from pipeline.model.layers import Attend
 from pipeline.model.transformer import AudioContext
 from pipeline.presets import StreamConfig
 from pipeline.sampler import FlowSchedule
@@ -92,26 +91,23 @@ class Denoiser:
 
         Only the layers up to the last one `sink_keys` and the caches hold are run; each layer's
         keys go to the caches that hold that layer."""
-        g = self.geometry
         stop = max([sink_keys.layers.stop, *(c.layers.stop for c in caches)])
         sink = self.dit.embed_sink(reference, motion, self.cfg.sink_frame)
         freqs = self.dit.rope.freqs(sink.positions, self.dit.device)
+        prefill = SinkPrefill(caches, sink_keys, freqs)
+        self.dit.run_layers(sink.tokens, self.zero_time, prefill, self.text_kv, layers=range(stop))
 
-        def attend(layer: int) -> Attend:
-            holders = [c.layer(layer) for c in caches if layer in c.layers]
-
-            def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                if layer in sink_keys.layers:
-                    sink_keys.ref[layer - sink_keys.layers.start] = k[0, : g.ref_tokens]
-                k = rope_mod.apply_rope(k, freqs)
-                for kv in holders:
-                    kv[0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
-                    kv[1, : g.sink_tokens] = v[0]
-                return attention(rope_mod.apply_rope(q, freqs), k, v)
-
-            return fn
-
-        self.dit.run_layers(sink.tokens, self.zero_time, attend, self.text_kv, stop=stop)
+    def block_kv(
+        self, cache: StepKVCache, sink_keys: SinkKeys, step: int, block_index: int
+    ) -> BlockKV:
+        """Step `step`'s cache as block `block_index` sees it: the block's positions, and the
+        reference frame's for this block and step (rolling RoPE)."""
+        dit = self.dit
+        first = block_index * self.geometry.frames_per_block
+        freqs = dit.rope.freqs(self._block_grid + self._frame_axis * first, dit.device)
+        ref_frame = max(self.cfg.sink_frame, first + self.sink_offset(block_index, step))
+        ref_freqs = dit.rope.freqs(self._frame_grid + self._frame_axis * ref_frame, dit.device)
+        return BlockKV(cache, sink_keys, block_index, freqs, ref_freqs)
 
     @torch.no_grad()
     def step(
@@ -124,9 +120,11 @@ class Denoiser:
         audio: AudioContext,
     ) -> torch.Tensor:
         """Block latents [16, 3, h, w] (float32) at sigmas[step] -> at sigmas[step + 1]."""
-        x = self.begin(latents)
-        x = self.layers(cache, sink_keys, x, step, block_index, audio)
-        return self.end(x, latents, step)
+        kv = self.block_kv(cache, sink_keys, step, block_index)
+        velocity = self.dit(latents, self.times[step], kv, self.text_kv, audio)
+        return self.schedule.euler(latents, velocity, step)
+
+    # ---- the same step in pieces, for a pipeline stage that runs some of its layers --------
 
     @torch.no_grad()
     def begin(self, latents: torch.Tensor) -> torch.Tensor:
@@ -146,36 +144,14 @@ class Denoiser:
         stop: int | None = None,
     ) -> torch.Tensor:
         """Layers [start, stop) of step `step` over a block's tokens x [1, L, C]."""
-        g = self.geometry
-        dit = self.dit
-        first = block_index * g.frames_per_block
-        q_freqs = dit.rope.freqs(self._block_grid + self._frame_axis * first, dit.device)
-        ref_frame = max(self.cfg.sink_frame, first + self.sink_offset(block_index, step))
-        ref_freqs = dit.rope.freqs(self._frame_grid + self._frame_axis * ref_frame, dit.device)
-        begin, valid = cache.ring_slot(block_index)
-        end = begin + g.block_tokens
-        ref_base = sink_keys.layers.start
-
-        def attend(layer: int) -> Attend:
-            kv = cache.layer(layer)
-            ref = layer - ref_base
-
-            def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                kv[0, : g.ref_tokens] = rope_mod.apply_rope(
-                    sink_keys.ref[ref : ref + 1], ref_freqs
-                )[0]
-                kv[0, begin:end] = rope_mod.apply_rope(k, q_freqs)[0]
-                kv[1, begin:end] = v[0]
-                q = rope_mod.apply_rope(q, q_freqs)
-                return attention(q, kv[0, :valid].unsqueeze(0), kv[1, :valid].unsqueeze(0))
-
-            return fn
-
-        return dit.run_layers(x, self.times[step], attend, self.text_kv, audio, start, stop)
+        kv = self.block_kv(cache, sink_keys, step, block_index)
+        stop = self.dit.cfg.num_layers if stop is None else stop
+        return self.dit.run_layers(
+            x, self.times[step], kv, self.text_kv, audio, layers=range(start, stop)
+        )
 
     @torch.no_grad()
     def end(self, x: torch.Tensor, latents: torch.Tensor, step: int) -> torch.Tensor:
         """Tokens after the last layer + the step's input latents -> latents at sigmas[step+1]."""
-        g = self.geometry
-        velocity = self.dit.velocity(x, self.times[step], (g.frames_per_block, *g.grid))
+        velocity = self.dit.velocity(x, self.times[step], latents.shape[1:])
         return self.schedule.euler(latents, velocity, step)

@@ -1,4 +1,8 @@
-"""The generator: models loaded once, serving render streams one after another."""
+"""The generator: models loaded once on one device, serving render streams one after another.
+
+It is the single-device `pipeline.engine.Engine`; `pipeline.tpp.Engine` is the same contract on
+several devices.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,10 @@ def resolve_name(name: str, checkpoint_dir: str | os.PathLike[str] | None) -> st
 
 
 class Generator:
+    writes_own_checkpoints = False
+    """The caller writes this engine's checkpoints (`pipeline.state.write_checkpoint` of a
+    `state_dict()`): there is nothing to gain from the stream writing them itself."""
+
     def __init__(self, preset: Preset, components: Components):
         self.preset = preset
         self.components = components
@@ -87,6 +95,15 @@ class Generator:
         if self._active is not None:
             self._active.close()
             self._active = None
-        stream = Stream(self, request, state=state, decode=decode, progress=progress)
+        stream = Stream(
+            self.preset, self.components, request, state=state, decode=decode, progress=progress
+        )
         self._active = stream
         return stream
+
+    def shutdown(self) -> None:
+        """Close the open stream, if any. The models stay loaded: there is no process or
+        device of its own to release, and `open` works again afterwards."""
+        if self._active is not None:
+            self._active.close()
+            self._active = None

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,15 +37,14 @@ from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
 from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
+from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
 from pipeline.text import encode_prompt
-
-if TYPE_CHECKING:
-    from pipeline.generator import Generator
 
 Decode = Literal["online", "offline"]
 
@@ -54,7 +54,8 @@ class Stream:
 
     def __init__(
         self,
-        gen: Generator,
+        preset: Preset,
+        comps: Components,
         request: RenderRequest,
         state: state_io.StateDict | None = None,
         decode: Decode = "online",
@@ -65,11 +66,10 @@ class Stream:
             raise ValueError("decode must be 'online' or 'offline'")
         if decode == "offline" and state is not None:
             raise ValueError("offline decode keeps no resumable state; resume with decode='online'")
-        self.gen = gen
+        self.preset = preset
         self.request = request
         self.decode_mode = decode
         self.progress = progress
-        comps, preset = gen.components, gen.preset
         comps.require("dit", "text", "audio", "vae")
         assert comps.dit is not None and comps.vae is not None
         assert comps.text_encoder is not None and comps.tokenizer is not None
@@ -203,7 +203,7 @@ class Stream:
         self._offline_latents = []
         z = vae_mod.denormalize_latents(self._vae, z.unsqueeze(0))
         video = self._vae.decode(z.to(next(self._vae.parameters()).dtype)).sample
-        warmup = self.gen.preset.stream.vae_warmup_frames
+        warmup = self.preset.stream.vae_warmup_frames
         frames = vae_mod.to_uint8_frames(video)[1 + 4 * (warmup - 1) :].cpu().numpy()
         per_clip = self.request.infer_frames
         self._offline_clips = [
@@ -219,7 +219,7 @@ class Stream:
         """
         if self._motion is None:
             self._motion = portrait_latents(
-                self._vae, self.reference_frame, self.gen.preset.stream.motion_frames
+                self._vae, self.reference_frame, self.preset.stream.motion_frames
             )
         return self._motion[:, 1:2], self._motion
 
@@ -294,7 +294,7 @@ class Stream:
         )
         self.next_clip = int(meta["next_clip"])
 
-    def checkpoint(self, directory: str | Path) -> list[Path]:
+    def checkpoint(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write the state's shards into `directory`, then manifest.json last."""
         return state_io.write_checkpoint(self.state_dict(), directory)
 
@@ -337,7 +337,7 @@ class Stream:
         self.close()
 
 
-def _config_hash(preset: Any) -> str:
+def _config_hash(preset: Preset) -> str:
     text = json.dumps(
         {"dit": repr(preset.dit), "vae": preset.vae, "stream": repr(preset.stream)}, sort_keys=True
     )
@@ -369,7 +369,7 @@ class StreamInputs:
         return int(self.reference_frame.shape[1])
 
 
-def prepare_inputs(request: RenderRequest, preset: Any) -> StreamInputs:
+def prepare_inputs(request: RenderRequest, preset: Preset) -> StreamInputs:
     """Decode and check a request's image and audio; count its clips; fingerprint it."""
     image_bytes = read_bytes(request.image)
     audio_in = request.audio if isinstance(request.audio, Waveform) else read_bytes(request.audio)

@@ -2,11 +2,16 @@
 
 Precision follows the reference: linear layers and attention run in the weights' dtype (bf16 on
 GPU), while norms, the adaptive modulation and the residual sums are computed in float32.
+
+Self-attention reads and writes a KV cache it is handed (`KVCache`, implemented in
+pipeline/cache.py), as a decoder with a cache does: the cache knows where the call's tokens sit
+(their RoPE rotations), stores their keys and values, and hands back every key and value the
+queries attend to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -14,10 +19,23 @@ import torch.nn.functional as F
 
 from pipeline.model import fused
 from pipeline.model.attention import attention
+from pipeline.model.rope import apply_rope
 
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""Self-attention of one layer: (q, k, v) [B, L, H, D] -> [B, L, H, D]. The caller decides
-positions (RoPE), which cached keys to attend to and what to write to the cache."""
+
+class KVCache(Protocol):
+    """The self-attention cache of one call of the model (one block at one step, or the sink)."""
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        """RoPE rotations of this call's tokens: [L, 1, D/2, 2]."""
+        ...
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer `layer`'s new keys (not yet rotated) and values [1, L, H, D]; return the
+        keys (rotated) and values the queries attend to: [1, S, H, D] each."""
+        ...
 
 
 class RMSNorm(nn.Module):
@@ -31,9 +49,10 @@ class RMSNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, layer: int = 0):
         super().__init__()
         self.num_heads = num_heads
+        self.layer = layer  # which of the cache's layers this one reads and writes
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -41,12 +60,14 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))
-        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))
-        v = self.v(x).unflatten(2, (self.num_heads, -1))
-        return self.o(attend(q, k, v).flatten(2))
+    def forward(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """x [1, L, C] -> [1, L, C]."""
+        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        v = self.v(x).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        keys, values = cache.update(self.layer, k, v)  # [1, S, H, D]: sink, ring, these tokens
+        q = apply_rope(q, cache.freqs)  # the queries sit where the new keys sit
+        return self.o(attention(q, keys, values).flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -69,6 +90,7 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C]; k, v [B, Lc, H, D] -> [B, L, C]."""
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))
         return self.o(attention(q, k, v).flatten(2))
 
@@ -76,10 +98,10 @@ class CrossAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, text cross-attention and FFN, modulated by the timestep (AdaLN)."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float = 1e-6):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float = 1e-6, layer: int = 0):
         super().__init__()
         self.eps = eps
-        self.self_attn = SelfAttention(dim, num_heads, eps)
+        self.self_attn = SelfAttention(dim, num_heads, eps, layer)
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.ffn = nn.Sequential(
@@ -91,17 +113,17 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         time_mod: torch.Tensor,
-        attend: Attend,
+        cache: KVCache,
         text_kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x [B, L, C] in the weights' dtype; time_mod [6, C] float32 (one timestep for all L)."""
+        """x [1, L, C] in the weights' dtype; time_mod [6, C] float32 (one timestep for all L)."""
         dtype, eps = x.dtype, self.eps
         shift1, scale1, gate1, shift2, scale2, gate2 = (
             self.modulation[0].float() + time_mod
-        ).unbind(0)
+        ).unbind(0)  # [C] each
         h = x.float()  # the residual stream, float32 inside the block
 
-        y = self.self_attn(fused.modulated_norm(h, shift1, scale1, eps, dtype), attend)
+        y = self.self_attn(fused.modulated_norm(h, shift1, scale1, eps, dtype), cache)
         h = fused.gated_residual(h, y, gate1)
 
         c = fused.affine_norm(h, self.norm3.weight, self.norm3.bias, eps, dtype)

@@ -3,9 +3,21 @@
 Module and parameter names are the released checkpoint's (`patch_embedding`, `blocks.N.self_attn.q`,
 `casual_audio_encoder.encoder.conv2.conv`, ...), so its state dict loads without renaming.
 
-The model is driven piecewise by the stream (pipeline/denoise.py): the text context, timestep
-modulations, sink tokens and per-block audio context are prepared once and reused, and
-`run_layers` takes an `attend(layer)` callback that owns positions and the KV cache.
+`forward` is one denoising step of one block, from noisy latents to the flow velocity:
+
+    tokens = patch embedding of the latents             [1, L, C]   L = F * h/2 * w/2
+    for each of the 40 blocks:
+        self-attention over the step's KV cache (sink + ring + these tokens), RoPE positions
+        cross-attention to the prompt's tokens
+        FFN, each of the three modulated by the timestep (AdaLN)
+        after the audio layers: each latent frame's tokens cross-attend to its audio tokens
+    head: AdaLN + projection, unpatchified               [16, F, h, w]
+
+What a stream keeps fixed is prepared once and passed in: the timestep modulations
+(`time_modulation`), the prompt's keys and values (`text_context`), a block's audio tokens
+(`audio_context`); the KV cache (pipeline/cache.py) knows where the tokens sit and what they
+attend to. A pipeline stage runs the same step in pieces: `embed_video`, `run_layers` over its
+range of layers, `velocity`.
 
 Token layout: a latent video [16, F, h, w] becomes F*(h/2)*(w/2) tokens in frame-major order.
 """
@@ -13,7 +25,6 @@ Token layout: a latent video [16, F, h, w] becomes F*(h/2)*(w/2) tokens in frame
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +35,7 @@ from pipeline.model import fused, rope
 from pipeline.model.attention import attention
 from pipeline.model.audio import AudioInjector, CausalAudioEncoder
 from pipeline.model.frame_pack import FramePacker
-from pipeline.model.layers import Attend, Head, TransformerBlock
+from pipeline.model.layers import Head, KVCache, TransformerBlock
 from pipeline.presets import DiTConfig
 
 # rows of `trainable_cond_mask`: which kind of token this is
@@ -85,8 +96,8 @@ class WanS2VTransformer(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
         self.blocks = nn.ModuleList(
             [
-                TransformerBlock(dim, cfg.ffn_dim, cfg.num_heads, cfg.eps)
-                for _ in range(cfg.num_layers)
+                TransformerBlock(dim, cfg.ffn_dim, cfg.num_heads, cfg.eps, layer=i)
+                for i in range(cfg.num_layers)
             ]
         )
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
@@ -112,6 +123,69 @@ class WanS2VTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
+
+    # ---- the transformer -----------------------------------------------------------------
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        time: TimeModulation,
+        cache: KVCache,
+        text_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        audio: AudioContext,
+    ) -> torch.Tensor:
+        """One denoising step of one block: noisy latents [16, F, h, w] at timestep `time` ->
+        flow velocity [16, F, h, w] float32. Writes the block's keys and values into `cache`."""
+        x = self.embed_video(latents)  # [1, L, C], L = F * h/2 * w/2
+        x = self.run_layers(x, time, cache, text_kv, audio)  # [1, L, C]
+        return self.velocity(x, time, latents.shape[1:])  # [16, F, h, w]
+
+    def embed_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Noisy latents [16, F, h, w] -> tokens [1, F*h/2*w/2, C]."""
+        x = self.patch_embedding(latents.unsqueeze(0).to(self.dtype)).flatten(2).transpose(1, 2)
+        # the (absent) pose video is all zeros: its encoding is the conv's bias alone
+        cond = self.cond_encoder.bias + self.trainable_cond_mask.weight[TOKEN_NOISY]
+        return x + cond
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        time: TimeModulation,
+        cache: KVCache,
+        text_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        audio: AudioContext | None = None,
+        layers: range | None = None,
+    ) -> torch.Tensor:
+        """Blocks `layers` (default: all) over tokens x [1, L, C]; audio is injected after the
+        listed layers. A pipeline stage runs its range of layers and hands x on."""
+        for i in range(len(self.blocks)) if layers is None else layers:
+            x = self.blocks[i](x, time.mod, cache, text_kv[i])
+            if audio is not None and i in self._injector_of_layer:
+                x = self.inject_audio(self._injector_of_layer[i], x, audio)
+        return x
+
+    def inject_audio(self, j: int, x: torch.Tensor, audio: AudioContext) -> torch.Tensor:
+        """Injector j: each latent frame's tokens cross-attend to that frame's audio tokens."""
+        k, v = audio.kv[j]  # [F, audio tokens, H, D]
+        shift, scale = audio.adain[j]
+        frames = x.view(k.shape[0], -1, x.shape[-1])  # [F, tokens per frame, C]
+        h = fused.modulated_norm(frames.float(), shift, scale, 1e-5, x.dtype)
+        inj = self.audio_injector.injector[j]
+        q = inj.norm_q(inj.q(h)).unflatten(2, (inj.num_heads, -1))
+        out = inj.o(attention(q, k, v).flatten(2))
+        return x + out.reshape(x.shape)
+
+    def velocity(
+        self, x: torch.Tensor, time: TimeModulation, latent_shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Head + unpatchify: tokens [1, L, C] -> flow velocity [16, F, h, w] float32, for
+        latents of shape (F, h, w)."""
+        out = self.head(x, time.emb)[0]  # [L, pt*ph*pw*16]
+        pt, ph, pw = self.cfg.patch_size
+        f, gh, gw = latent_shape[0] // pt, latent_shape[1] // ph, latent_shape[2] // pw
+        out = out.view(f, gh, gw, pt, ph, pw, self.cfg.out_dim)
+        out = torch.einsum("fhwpqrc->cfphqwr", out)
+        return out.reshape(self.cfg.out_dim, f * pt, gh * ph, gw * pw)
 
     # ---- conditioning prepared once per stream -------------------------------------------
 
@@ -161,13 +235,6 @@ class WanS2VTransformer(nn.Module):
 
     # ---- tokens --------------------------------------------------------------------------
 
-    def embed_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """Noisy latents [16, F, h, w] -> tokens [1, F*h/2*w/2, C]."""
-        x = self.patch_embedding(latents.unsqueeze(0).to(self.dtype)).flatten(2).transpose(1, 2)
-        # the (absent) pose video is all zeros: its encoding is the conv's bias alone
-        cond = self.cond_encoder.bias + self.trainable_cond_mask.weight[TOKEN_NOISY]
-        return x + cond
-
     def embed_sink(
         self, reference: torch.Tensor, motion: torch.Tensor, ref_frame: int
     ) -> SinkTokens:
@@ -183,49 +250,6 @@ class WanS2VTransformer(nn.Module):
             positions=torch.cat([ref_pos, mot_pos], dim=0),
             ref_len=ref.shape[1],
         )
-
-    # ---- the transformer -----------------------------------------------------------------
-
-    def run_layers(
-        self,
-        x: torch.Tensor,
-        time: TimeModulation,
-        attend: Callable[[int], Attend],
-        text_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        audio: AudioContext | None = None,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> torch.Tensor:
-        """Blocks [start, stop) (default: all) over tokens x [1, L, C]; audio is injected after
-        the listed layers. A pipeline stage may run part of the stack and hand x on."""
-        stop = len(self.blocks) if stop is None else stop
-        for i in range(start, stop):
-            x = self.blocks[i](x, time.mod, attend(i), text_kv[i])
-            if audio is not None and i in self._injector_of_layer:
-                x = self._inject_audio(self._injector_of_layer[i], x, audio)
-        return x
-
-    def _inject_audio(self, j: int, x: torch.Tensor, audio: AudioContext) -> torch.Tensor:
-        """Each latent frame's tokens cross-attend to that frame's audio tokens."""
-        k, v = audio.kv[j]
-        shift, scale = audio.adain[j]
-        frames = x.view(k.shape[0], -1, x.shape[-1])  # [F, tokens per frame, C]
-        h = fused.modulated_norm(frames.float(), shift, scale, 1e-5, x.dtype)
-        inj = self.audio_injector.injector[j]
-        q = inj.norm_q(inj.q(h)).unflatten(2, (inj.num_heads, -1))
-        out = inj.o(attention(q, k, v).flatten(2))
-        return x + out.reshape(x.shape)
-
-    def velocity(
-        self, x: torch.Tensor, time: TimeModulation, grid: tuple[int, int, int]
-    ) -> torch.Tensor:
-        """Head + unpatchify: tokens [1, L, C] -> flow velocity [16, F, h, w] float32."""
-        out = self.head(x, time.emb)[0]  # [L, pt*ph*pw*16]
-        f, gh, gw = grid
-        pt, ph, pw = self.cfg.patch_size
-        out = out.view(f, gh, gw, pt, ph, pw, self.cfg.out_dim)
-        out = torch.einsum("fhwpqrc->cfphqwr", out)
-        return out.reshape(self.cfg.out_dim, f * pt, gh * ph, gw * pw)
 
 
 def dit_flops_per_block_step(cfg: DiTConfig, block_tokens: int, kv_tokens: int) -> float:

@@ -89,6 +89,7 @@ from PIL import Image
 
 from pipeline import params
 from pipeline import state as state_io
+from pipeline.generator import resolve_name
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform
 from pipeline.presets import get_preset
@@ -113,10 +114,14 @@ class EngineError(RuntimeError):
 
 
 class Engine:
+    """The multi-device `pipeline.engine.Engine`."""
+
+    writes_own_checkpoints = True
+    """Each rank writes its own shard files (`EngineStream.checkpoint`), in parallel and
+    without gathering the state in one process."""
+
     def __init__(self, config: EngineConfig, *, start: bool = True):
         if config.preset == "auto":
-            from pipeline.generator import resolve_name
-
             config = config.with_(preset=resolve_name("auto", config.checkpoint_dir))
         self.config = config
         self.preset = get_preset(config.preset)

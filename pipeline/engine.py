@@ -1,0 +1,96 @@
+"""The engine contract: what a caller (the worker, a benchmark, a script) may rely on.
+
+An `Engine` has its models loaded and serves one `RenderStream` at a time:
+
+    engine: Engine = Generator.from_preset(...)      # one device
+    engine: Engine = pipeline.tpp.Engine(config)     # several devices, one process per rank
+    stream = engine.open(request)                    # or open(request, resume_from=directory)
+    for clip in stream:                              # pipeline.Clip, frames uint8 [T, H, W, 3]
+        ...
+        state = stream.state_dict(pin_memory=True)   # between clips: the state on the host
+        stream.checkpoint(directory)                 # or: the stream writes it itself
+    engine.shutdown()
+
+A checkpoint directory written by `pipeline.state.write_checkpoint(stream.state_dict(), d)` or
+by `stream.checkpoint(d)` resumes with `engine.open(request, resume_from=d)` on an engine of the
+same model and layout; the frames that follow are those of an uninterrupted stream.
+`writes_own_checkpoints` says which of the two a caller should use: an engine whose ranks each
+write their own shard (pipeline.tpp) does it faster than a caller gathering the state first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # importing the contract loads no torch
+    from pipeline.request import Clip, RenderRequest
+    from pipeline.state import StateDict
+
+
+@runtime_checkable
+class RenderStream(Protocol):
+    """One render: clips in order, its state capturable between clips."""
+
+    @property
+    def num_clips(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def fps(self) -> int: ...
+
+    @property
+    def next_clip(self) -> int:
+        """The index of the clip the next iteration yields (= clips done, after a resume too)."""
+        ...
+
+    def __iter__(self) -> Iterator[Clip]: ...
+
+    def __next__(self) -> Clip: ...
+
+    def state_dict(self, pin_memory: bool = False) -> StateDict:
+        """The state at this clip boundary, on the host (`pipeline.state` layout).
+
+        pin_memory: into page-locked buffers the stream keeps and reuses (a fast device-to-host
+        copy); the returned tensors are those buffers, valid until the next such call."""
+        ...
+
+    def checkpoint(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write the state at this clip boundary into `directory`, manifest.json last; returns
+        the files written, manifest last."""
+        ...
+
+    def close(self) -> None:
+        """Free the stream's caches; it can no longer be used. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Models loaded once, serving render streams one after another."""
+
+    @property
+    def writes_own_checkpoints(self) -> bool:
+        """True: callers should checkpoint with `stream.checkpoint(directory)`; False: with
+        `pipeline.state.write_checkpoint(stream.state_dict(...), directory)`."""
+        ...
+
+    def open(
+        self, request: RenderRequest, *, resume_from: str | os.PathLike[str] | None = None
+    ) -> RenderStream:
+        """Start a stream for `request` (closing the previous one), or continue the stream a
+        checkpoint directory holds. Raises ValueError if the checkpoint belongs to another
+        request, model or layout."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release what the engine holds beyond its Python objects (rank processes, devices).
+        Idempotent."""
+        ...
