@@ -20,6 +20,10 @@ from pipeline import params
 SAMPLE_RATE = 16_000
 
 
+class InputError(ValueError):
+    """The request's image or audio cannot be used (not decodable, empty, not finite)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Waveform:
     """Speech already decoded: mono float32 samples in [-1, 1] at 16 kHz."""
@@ -42,7 +46,7 @@ def read_bytes(src: Path | str | bytes) -> bytes:
         return src
     path = Path(src)
     if not path.is_file():
-        raise ValueError(f"input file not found: {path}")
+        raise InputError(f"input file not found: {path}")
     return path.read_bytes()
 
 
@@ -55,7 +59,7 @@ def load_image(data: bytes) -> Image.Image:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"image is not decodable: {exc}") from None
+        raise InputError(f"image is not decodable: {exc}") from None
     img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -63,7 +67,7 @@ def load_image(data: bytes) -> Image.Image:
         img = Image.alpha_composite(background, rgba)
     img = img.convert("RGB")
     if img.width < 1 or img.height < 1:
-        raise ValueError("image has no pixels")
+        raise InputError("image has no pixels")
     return img
 
 
@@ -92,9 +96,9 @@ def load_audio(src: Path | str | bytes | Waveform) -> np.ndarray:
     else:
         samples = _decode_audio(read_bytes(src))
     if samples.size == 0:
-        raise ValueError("audio has no samples: provide speech of non-zero length")
+        raise InputError("audio has no samples: provide speech of non-zero length")
     if not np.all(np.isfinite(samples)):
-        raise ValueError("audio contains non-finite samples")
+        raise InputError("audio contains non-finite samples")
     return samples
 
 
@@ -104,7 +108,7 @@ def _decode_audio(data: bytes) -> np.ndarray:
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
-                raise ValueError("the audio file has no audio stream")
+                raise InputError("the audio file has no audio stream")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
             chunks: list[np.ndarray] = []
@@ -114,7 +118,7 @@ def _decode_audio(data: bytes) -> np.ndarray:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.FFmpegError as exc:
-        raise ValueError(f"audio is not decodable: {exc}") from None
+        raise InputError(f"audio is not decodable: {exc}") from None
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ import traceback
 import sqlalchemy.exc as sa_exc
 
 from db.failures import Failure
+from pipeline.inputs import InputError
 from storage.base import ObjectNotFound, StorageError
 
 TRACEBACK_FRAMES = 8
@@ -31,7 +32,7 @@ class JobInputError(ValueError):
 
 def is_retryable(exc: BaseException) -> bool:
     for e in _chain(exc):
-        if isinstance(e, (ObjectNotFound, JobInputError)):
+        if isinstance(e, (ObjectNotFound, JobInputError, InputError)):
             return False
         if isinstance(e, (StorageError, ConnectionError, TimeoutError)):
             return True
@@ -65,14 +66,15 @@ def describe(exc: BaseException) -> Failure:
     lines = [f"  {f.filename}:{f.lineno} in {f.name}" for f in frames]
     detail = head + ("\ntraceback (innermost last):\n" + "\n".join(lines) if lines else "")
     said = _first_line(exc)
-    if any(isinstance(e, (ObjectNotFound, JobInputError)) for e in _chain(exc)):
+    if any(isinstance(e, (ObjectNotFound, JobInputError, InputError)) for e in _chain(exc)):
         message = (
             f"the job's inputs cannot be rendered ({said}); submit it again with inputs that can"
         )
         return Failure(message, "input", detail)
     if is_retryable(exc):
+        # the cause's own words name servers, buckets and paths: they stay with the operator
         message = (
-            f"the render was interrupted by a storage, network or database problem ({said}); "
+            f"the render was interrupted by a {_service_of(exc)} problem; "
             "a retry resumes from the last checkpoint"
         )
         return Failure(message, "infrastructure", detail)
@@ -87,6 +89,17 @@ def describe(exc: BaseException) -> Failure:
         "and a retry resumes from the last checkpoint once the cause is fixed"
     )
     return Failure(message, "render", detail)
+
+
+def _service_of(exc: BaseException) -> str:
+    for e in _chain(exc):
+        if isinstance(e, StorageError):
+            return "storage"
+        if isinstance(e, sa_exc.DBAPIError):
+            return "database"
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return "network"
+    return "local disk"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from db import job_store
 from db.database import Database
 from db.models import Job
 from db.params import ImageFacts
+from pipeline.params import frames_for_duration
 from storage import keys
 from storage.base import Storage
 from tests import media
@@ -28,6 +29,9 @@ CLIPS = 5
 INFER_FRAMES = 12
 CHECKPOINT_EVERY = 2
 SEED = 7
+SPEECH_S = round(CLIPS * INFER_FRAMES / 25 - 0.1, 3)
+DELIVERED = frames_for_duration(SPEECH_S)
+"""Frames of the video: it ends with the speech (58), not with the fifth clip (60)."""
 
 CLIP_LINE = re.compile(
     r"job (?P<job>[0-9a-f-]{36}): attempt (?P<attempt>\d+) generated clip (?P<clip>\d+)"
@@ -52,7 +56,7 @@ def make_job(
     job_id = uuid.uuid4()
     image_key = keys.input_key(job_id, "image", "png")
     audio_key = keys.input_key(job_id, "audio", "wav")
-    seconds = round(clips * INFER_FRAMES / 25 - 0.1, 3)
+    seconds = round(clips * INFER_FRAMES / 25 - 0.1, 3)  # SPEECH_S for the standard job
     storage.put_bytes(image_key, image if image is not None else media.png(128, 128))
     storage.put_bytes(audio_key, audio if audio is not None else media.wav(seconds))
     all_params = job_params(

@@ -24,8 +24,9 @@ def test_the_demo_renders_a_video_that_verifies(embedded_env, monkeypatch, capsy
 
     p = probe(video)
     assert (p.video_streams, p.audio_streams, p.width, p.height) == (1, 1, 128, 128)
-    assert p.frames == 3 * 48 and p.audio_s == pytest.approx(p.video_s, abs=0.03)
-    assert json.loads(manifest.read_text())["output"]["frames"] == 3 * 48
+    # three clips of 48 frames are rendered; the video ends with the 4 s of speech
+    assert p.frames == 4 * 25 and p.audio_s == pytest.approx(p.video_s, abs=0.03)
+    assert json.loads(manifest.read_text())["output"]["frames"] == 4 * 25  # what is delivered
     assert cli.main(["verify", str(video), str(manifest)]) == 0
     assert "OK: the file is the rendered output" in capsys.readouterr().out
 

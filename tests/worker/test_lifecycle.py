@@ -32,6 +32,7 @@ from storage.s3 import S3Config, S3Storage
 from tests.conftest import TEST_BUCKET, free_port
 from tests.worker.lifecycle_helpers import (
     CLIPS,
+    DELIVERED,
     INFER_FRAMES,
     ClipLog,
     events,
@@ -113,9 +114,9 @@ def test_a_job_renders_end_to_end(backend, request, tmp_path, clip_log, referenc
 
     row = job(database, job_id)
     assert (row.status, row.attempt, row.error, row.worker_id) == ("succeeded", 1, None, None)
-    assert (row.clips_done, row.frames_done, row.last_checkpoint_clip) == (5, 60, 5)
+    assert (row.clips_done, row.frames_done, row.last_checkpoint_clip) == (5, DELIVERED, 5)
     assert row.output_key == keys.output_key(job_id)
-    assert row.output_meta["frames"] == CLIPS * INFER_FRAMES
+    assert row.output_meta["frames"] == DELIVERED
     assert segments(database, job_id) == UNINTERRUPTED_SEGMENTS
     assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
     history = events(database, job_id)
@@ -143,15 +144,16 @@ def test_a_job_renders_end_to_end(backend, request, tmp_path, clip_log, referenc
     storage.get_file(keys.output_key(job_id), output)
     p = probe(output)
     assert (p.video_streams, p.audio_streams, p.audio_codec) == (1, 1, "aac")
-    assert (p.frames, p.width, p.height, p.fps) == (CLIPS * INFER_FRAMES, 64, 64, 25)
-    assert p.video_s == pytest.approx(2.4)
-    assert p.audio_s == pytest.approx(p.video_s, abs=0.03)  # the speech, padded to the video
+    assert (p.frames, p.width, p.height, p.fps) == (DELIVERED, 64, 64, 25)
+    # the video ends with the speech (frame-accurate), not with the last clip
+    assert p.video_s == pytest.approx(DELIVERED / 25) and DELIVERED < CLIPS * INFER_FRAMES
+    assert p.audio_s == pytest.approx(p.video_s, abs=0.03)
 
     manifest_path = tmp_path / "manifest.json"
     manifest_path.write_bytes(storage.get_bytes(manifest_key(job_id)))
     assert verify(output, manifest_path).verdict == "exact"
     manifest = json.loads(manifest_path.read_text())
-    assert [s["frames"] for s in manifest["segments"]] == [24, 24, 12]
+    assert [s["frames"] for s in manifest["segments"]] == [24, 24, 10]  # the last cut short
     assert manifest["metadata"]["job_id"] == str(job_id)
     assert manifest["frame_hashes"] == reference  # same frames on every backend
 
@@ -306,7 +308,7 @@ def test_a_lost_lease_stops_the_render_and_writes_nothing_more(
     assert segments(sqlite_db, job_id) == []
 
 
-def test_an_undecodable_input_fails_the_job_at_once_with_its_traceback(
+def test_an_undecodable_input_fails_the_job_at_once_telling_the_owner_what_to_do(
     sqlite_db, local_storage, tmp_path
 ):
     job_id = make_job(sqlite_db, local_storage, image=b"\x89PNG\r\n\x1a\n but not really")
@@ -314,8 +316,11 @@ def test_an_undecodable_input_fails_the_job_at_once_with_its_traceback(
     assert lifecycle.run(job_id) is Outcome.FAILED
     row = job(sqlite_db, job_id)
     assert (row.status, row.attempt, row.worker_id) == ("failed", 1, None)
-    assert row.error.startswith("ValueError: image is not decodable")
-    assert "traceback (innermost last):" in row.error and "pipeline/inputs.py" in row.error
+    assert row.error.startswith("the job's inputs cannot be rendered (image is not decodable")
+    assert "submit it again" in row.error and row.error_kind == "input"
+    # the traceback is the operator's, not the owner's
+    assert "traceback" not in row.error and "pipeline/inputs.py" in row.error_detail
+    assert row.error_detail.startswith("InputError: image is not decodable")
     assert "retry_scheduled" not in [e for e, _ in events(sqlite_db, job_id)]
     assert lifecycle.run(job_id) is Outcome.DROPPED  # a late wake-up of a failed job
 
@@ -456,7 +461,9 @@ def test_a_job_that_keeps_failing_stops_at_max_attempts(sqlite_db, tmp_path):
         runner.stop()
     row = job(sqlite_db, job_id)
     assert (row.status, row.attempt) == ("failed", 3)
-    assert row.error.startswith("StorageError: could not download")
+    assert row.error_kind == "infrastructure" and "storage problem" in row.error
+    assert row.error_detail.startswith("StorageError: could not download")
+    assert "127.0.0.1" not in row.error  # the server's addresses stay with the operator
     history = [e for e, _ in events(sqlite_db, job_id)]
     assert history.count("claimed") == 3 and history.count("retry_scheduled") == 2
     assert history[-1] == "failed"

@@ -175,12 +175,15 @@ def test_job_plan_and_watermark_settings(create_job, sqlite_db):
         params=job_params(
             seed=11,
             checkpoint_every=4,
+            audio_duration_s=19.0,
             watermark=WatermarkParams(text="Made by ACME (synthetic)", corner="top-left"),
         ),
         clips_total=10,
     )
     plan = JobPlan.from_job(job, default_watermark=WatermarkSpec(), watermark_allowed=True)
-    assert (plan.frames_total, plan.duration_s) == (480, 19.2)
+    # ten clips of 48 frames are rendered; the video ends with the 19 s of speech
+    assert (plan.frames_total, plan.duration_s) == (475, 19.0)
+    assert [plan.delivered(c) for c in (0, 8, 9)] == [48, 48, 43]
     assert [c for c in range(1, 11) if plan.is_boundary(c)] == [4, 8, 10]
     assert (plan.watermark.text, plan.watermark.corner) == ("Made by ACME (synthetic)", "top-left")
     assert plan.watermark.opacity == WatermarkSpec().opacity  # the operator's default stays
