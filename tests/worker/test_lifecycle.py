@@ -43,6 +43,7 @@ from tests.worker.lifecycle_helpers import (
 )
 from worker.config import EngineSpec, RetryPolicy, WorkerConfig
 from worker.lifecycle import ClipDone, Lifecycle, Outcome
+from worker.plan import JobPlan
 from worker.provenance import iter_frame_hashes, verify
 from worker.watermark import Watermark
 
@@ -362,6 +363,45 @@ def test_watermark_follows_the_job_and_the_operator(sqlite_db, local_storage, tm
     assert difference(frames(marked), plain, default_box) < 8  # only coding noise there
     # ... and segments stay in storage when configured so.
     assert len(local_storage.list(keys.segments_prefix(unmarked))) == 3
+
+
+def test_a_watermark_asked_for_through_the_api_is_rendered(
+    api_client, api_services, tmp_path, reference
+):
+    """The documented `watermark` parameter, sent as a client sends it, reaches the plan the
+    worker builds and the frames it renders."""
+    from tests import media
+
+    audio = media.wav(CLIPS * INFER_FRAMES / 25 - 0.1)
+    mark = {"text": "Synthetic", "corner": "top-left"}
+    r = api_client.post(
+        "/v1/jobs",
+        files={
+            "image": ("portrait.png", media.png(128, 128), "image/png"),
+            "audio": ("speech.wav", audio, "audio/wav"),
+        },
+        data={
+            "prompt": "a person talking",
+            "size": "64*64",
+            "infer_frames": str(INFER_FRAMES),
+            "seed": "7",
+            "checkpoint_every": "2",
+            "watermark": json.dumps(mark),
+        },
+    )
+    assert r.status_code == 201, r.text
+    job_id = uuid.UUID(r.json()["id"])
+    database, storage = api_services.database, api_services.storage
+    plan = JobPlan.from_job(
+        job(database, job_id), default_watermark=WatermarkSpec(), watermark_allowed=True
+    )
+    assert (plan.watermark.text, plan.watermark.corner) == ("Synthetic", "top-left")
+
+    assert Lifecycle(config(tmp_path), database, storage).run(job_id) is Outcome.SUCCEEDED
+    meta = json.loads(storage.get_bytes(manifest_key(job_id)))["metadata"]
+    assert meta["watermark"] == "Synthetic"
+    rendered = output_hashes(storage, job_id, tmp_path)
+    assert len(rendered) == len(reference) and rendered != reference  # the mark is in them
 
 
 def test_a_worker_paused_past_its_lease_uploads_nothing(
