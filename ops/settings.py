@@ -14,15 +14,15 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
-from api.delivery import DeliveryConfig
-from storage.base import Storage
-from storage.local import LocalStorage
-from storage.s3 import S3Config, S3Reader, S3Storage, make_client
-from storage.signing import UrlSigner
-from worker.celery_app import CeleryConfig
 
+# The heavier packages' configs are imported where they are built, so that a client command
+# (which needs only the API's URL and key) does not import boto3, Celery and the server.
 if TYPE_CHECKING:
+    from api.delivery import DeliveryConfig
     from db.database import Database
+    from storage.base import Storage
+    from storage.s3 import S3Config, S3Reader
+    from worker.celery_app import CeleryConfig
     from worker.config import WorkerConfig
     from worker.sweep import ResumePointSweeper
 
@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     # ---- typed configs for the packages
 
     def s3_config(self) -> S3Config:
+        from storage.s3 import S3Config
+
         return S3Config(
             bucket=self.storage_bucket,
             prefix=self.storage_prefix,
@@ -188,12 +190,18 @@ class Settings(BaseSettings):
         )
 
     def make_storage(self) -> Storage:
+        from storage.local import LocalStorage
+        from storage.s3 import S3Storage
+        from storage.signing import UrlSigner
+
         if self.storage_backend == "local":
             secret = (self.signing_key or secrets.token_hex(32)).encode()
             return LocalStorage(self.storage_dir, signer=UrlSigner(secret, self.api_url))
         return S3Storage(self.s3_config())
 
     def make_s3_reader(self, storage: Storage) -> S3Reader | None:
+        from storage.s3 import S3Reader, S3Storage, make_client
+
         if not self.allowed_input_buckets:
             return None
         client = storage.client if isinstance(storage, S3Storage) else make_client(self.s3_config())
@@ -208,6 +216,8 @@ class Settings(BaseSettings):
         return {"pool_size": self.database_pool_size, "max_overflow": self.database_pool_size}
 
     def delivery_config(self) -> DeliveryConfig:
+        from api.delivery import DeliveryConfig
+
         return DeliveryConfig(
             timeout_s=self.webhook_timeout_s,
             max_attempts=self.webhook_max_attempts,
@@ -230,6 +240,7 @@ class Settings(BaseSettings):
                 max_audio_seconds=self.max_audio_seconds,
             ),
             allowed_input_buckets=tuple(self.allowed_input_buckets),
+            model_preset=self.model_preset,
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
@@ -264,6 +275,8 @@ class Settings(BaseSettings):
         )
 
     def celery_config(self) -> CeleryConfig:
+        from worker.celery_app import CeleryConfig
+
         return CeleryConfig(
             broker_url=self.broker_url,
             key_prefix=self.broker_key_prefix,
