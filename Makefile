@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## Render the demo video on the embedded default (SQLite, local storage, tiny model, CPU).
+## `longtake` is then .venv/bin/longtake (or `longtake` after `source .venv/bin/activate`).
 demo: setup
 	$(VENV)/bin/longtake demo
 
 ## Start Postgres and Redis when needed, lint, then run every test (slow end-to-end ones included).
+## What is missing of the services and tools is installed with apt: as root, or with sudo.
 test: setup services tools lint
 	$(PY) -m pytest
 

@@ -33,7 +33,13 @@ class LongtakeClient:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers=headers,
+            # certificates matter only to an https API; loading the CA bundle for a plain
+            # http one (loopback, embedded mode) would cost a CLI command a tenth of a second
+            verify=self.base_url.startswith("https://"),
         )
 
     def close(self) -> None:
@@ -77,6 +83,12 @@ class LongtakeClient:
         with image.open("rb") as image_file, audio.open("rb") as audio_file:
             files = {"image": (image.name, image_file), "audio": (audio.name, audio_file)}
             return self._request("POST", "/v1/jobs", files=files, data=data, headers=headers).json()
+
+    def submit_options(self) -> dict[str, Any]:
+        """What a submission may choose on this server (the dashboard's form reads the same):
+        the size keys, frame and step ranges, and `default_size`, the size that suits the model
+        this deployment runs (small for the tiny CPU model). Needs no API key."""
+        return self._request("GET", "/dashboard/options.json").json()
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}").json()

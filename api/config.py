@@ -47,6 +47,9 @@ class ApiConfig:
     """Requests per second per API key by default (0: unlimited); bursts of twice that."""
     allowed_input_buckets: tuple[str, ...] = ()
     """Buckets that `s3://` input references may name; empty disables references."""
+    model_preset: str = "tiny"
+    """The model preset this deployment's workers run (LONGTAKE_MODEL_PRESET): the submit form
+    and the CLI suggest a size that suits it."""
     max_attempts: int = 3
     checkpoint_every: int = 10
     """Clips between checkpoints when a request does not say."""

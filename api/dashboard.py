@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from api.config import InputLimits
+from api.config import ApiConfig, InputLimits
 from api.schemas import JobRequest
 from pipeline import params as P
 
@@ -56,13 +56,25 @@ class DashboardFiles(StaticFiles):
         return response
 
 
-def form_options() -> dict[str, Any]:
-    """What the submit form offers, from the same constants the API validates against."""
+SUGGESTED_SIZES = {"tiny": "128*128"}
+"""The size a submission is offered by default, by the model preset the workers run, where it
+is not the model's own default (P.SIZE_DEFAULT): the tiny preset exists for CPUs, where 720*400
+renders at well under 1 frame per second."""
+
+
+def suggested_size(model_preset: str) -> str:
+    return SUGGESTED_SIZES.get(model_preset, P.SIZE_DEFAULT)
+
+
+def form_options(config: ApiConfig) -> dict[str, Any]:
+    """What the submit form (and `longtake submit`) offers, from the same constants the API
+    validates against, and the size that suits the model this deployment runs."""
     priority = JobRequest.model_json_schema()["properties"]["priority"]
     step = P.FRAMES_PER_BLOCK_VIDEO
     return {
         "sizes": list(P.SIZES),
-        "default_size": P.SIZE_DEFAULT,
+        "model_preset": config.model_preset,
+        "default_size": suggested_size(config.model_preset),
         "infer_frames": list(range(P.INFER_FRAMES_MIN, P.INFER_FRAMES_MAX + 1, step)),
         "default_infer_frames": P.INFER_FRAMES_DEFAULT,
         "sample_steps": {
@@ -75,12 +87,13 @@ def form_options() -> dict[str, Any]:
         "num_clips_max": P.NUM_CLIPS_MAX,
         "prompt_max_chars": P.PROMPT_MAX_CHARS,
         "fps": P.FPS,
+        # whether to ask for a key at all (LONGTAKE_AUTH=off serves loopback clients without)
+        "auth_required": config.auth_required,
     }
 
 
 def install(app: FastAPI) -> None:
     """The page at `/`, its files under /dashboard/ (none of it in the OpenAPI description)."""
-    options = form_options()
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
@@ -88,7 +101,6 @@ def install(app: FastAPI) -> None:
 
     @app.get(f"{PREFIX}/options.json", include_in_schema=False)
     def dashboard_options(request: Request) -> dict[str, Any]:
-        # whether to ask for a key at all (LONGTAKE_AUTH=off serves loopback clients without)
-        return {**options, "auth_required": request.app.state.services.config.auth_required}
+        return form_options(request.app.state.services.config)
 
     app.mount(PREFIX, DashboardFiles(directory=STATIC_DIR), name="dashboard")

@@ -1,20 +1,33 @@
-"""The `longtake` command: run the services, and submit and follow jobs over HTTP."""
+"""The `longtake` command: run the services, and submit and follow jobs over HTTP.
+
+Every command imports what it needs when it runs: a client command (`status`, `list`, ...)
+loads only the HTTP client, so that it starts at once; the server stack, Celery, boto3 and
+torch are imported by the commands that run them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
+import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from api.client import ApiClientError, LongtakeClient
-from api.logs import configure as configure_logging
 from ops.settings import Settings
+from ops.terminal import (
+    STATUS_ORDER,
+    batch_line,
+    count,
+    format_eta,
+    quiet_closed_output,
+    watch,
+    watch_batch,
+)
 
-FINAL = {"succeeded": 0, "failed": 1, "canceled": 3}
-"""Exit codes of `watch` (and `submit --watch`) by final status; 2 is a usage error."""
+if TYPE_CHECKING:
+    from api.client import LongtakeClient
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -24,6 +37,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.logs import configure as configure_logging
     from ops.server import build
 
     if "api_url" not in settings.model_fields_set:
@@ -157,6 +171,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from api.logs import configure as configure_logging
     from db.database import Database
     from dispatch.celery_app import make_celery_app
     from dispatch.relay import CeleryDispatcher, OutboxRelay
@@ -221,8 +236,8 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
     for job_id in result.failed:
         print(f"could not drop the resume point of job {job_id} (see the log)", file=sys.stderr)
     print(
-        f"{len(result.dropped)} jobs, {result.objects_deleted} objects deleted "
-        f"(failed or canceled more than {days:g} days ago)"
+        f"{count(len(result.dropped), 'job')}, {count(result.objects_deleted, 'object')} deleted "
+        f"(failed or canceled more than {count(days, 'day')} ago)"
     )
     return 1 if result.failed else 0
 
@@ -245,6 +260,8 @@ def api_key_of(settings: Settings, args: argparse.Namespace) -> str | None:
 
 
 def _client(args: argparse.Namespace) -> LongtakeClient:
+    from api.client import LongtakeClient
+
     return LongtakeClient(args.api_url, api_key=args.resolved_api_key)
 
 
@@ -254,12 +271,14 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: {path} is not a file", file=sys.stderr)
             return 2
     with _client(args) as client:
+        # the size that suits the model this deployment runs, unless the user chose one
+        size = args.size or client.submit_options()["default_size"]
         job = client.submit(
             args.image,
             args.audio,
             idempotency_key=args.idempotency_key,
             prompt=args.prompt,
-            size=args.size,
+            size=size,
             num_clips=args.clips,
             infer_frames=args.infer_frames,
             sample_steps=args.steps,
@@ -268,6 +287,13 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             priority=args.priority,
         )
         print(job["id"])
+        params = job["params"]
+        print(
+            f"job {job['id']} queued: {count(job['progress']['clips_total'], 'clip')} of "
+            f"{params['infer_frames']} frames at {params['width']}x{params['height']} "
+            f"(size {params['size']})",
+            file=sys.stderr,
+        )
         if args.watch:
             return watch(client, job["id"], interval=args.interval)
     return 0
@@ -305,100 +331,19 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+LIST_ROW = "{id:<36}  {status:<10} {clips:>13}  {created}"
+
+
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.list(status=args.status, limit=args.limit)
+    print(LIST_ROW.format(id="JOB", status="STATUS", clips="CLIPS", created="CREATED"))
     for job in page["jobs"]:
         p = job["progress"]
-        print(
-            f"{job['id']}  {job['status']:<10} {p['clips_done']:>6}/{p['clips_total']:<6} {job['created_at']}"
-        )
+        clips = f"{p['clips_done']}/{p['clips_total']}"
+        print(LIST_ROW.format(id=job["id"], status=job["status"], clips=clips,
+                              created=job["created_at"]))  # fmt: skip
     return 0
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--:--"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def progress_line(job: dict[str, Any], width: int = 30) -> str:
-    p = job["progress"]
-    total = max(p["clips_total"], 1)
-    filled = int(width * min(p["clips_done"], total) / total)
-    bar = "#" * filled + "." * (width - filled)
-    fps = f"{p['fps']:.1f} fps" if p["fps"] else "-- fps"
-    status = job["status"] + (" (cancel requested)" if job["cancel_requested"] else "")
-    return (
-        f"[{bar}] {p['clips_done']}/{p['clips_total']} clips  {fps}  "
-        f"eta {format_eta(p['eta_s'])}  {status}, attempt {job['attempt']}/{job['max_attempts']}"
-    )
-
-
-def watch(
-    client: LongtakeClient,
-    job_id: str,
-    *,
-    interval: float = 1.0,
-    out: TextIO | None = None,
-    timeout: float | None = None,
-) -> int:
-    """A live progress bar until the job ends, fed by the job's event stream (reconnecting
-    after `interval` seconds if it drops); the exit code says how the job ended."""
-    out = out or sys.stderr
-    live = out.isatty()
-    shown = {"line": ""}
-
-    def show(job: dict[str, Any]) -> None:
-        line = progress_line(job)
-        if live:
-            out.write("\r\033[K" + line)
-        elif line != shown["line"]:
-            out.write(line + "\n")
-        out.flush()
-        shown["line"] = line
-
-    def note(text: str) -> None:
-        out.write(("\r\033[K" if live else "") + text + "\n")
-        if live and shown["line"]:
-            out.write(shown["line"])
-        out.flush()
-
-    def finish(job: dict[str, Any]) -> int:
-        if live:
-            out.write("\n")
-        if job["error"]:
-            out.write(f"error: {job['error']}\n")
-        return FINAL[job["status"]]
-
-    job = client.get(job_id)
-    show(job)
-    if job["status"] in FINAL:
-        return finish(job)
-    try:
-        for name, data in client.follow(job_id, timeout=timeout, reconnect_delay=interval):
-            if name == "job":
-                show(data)
-                if data["status"] in FINAL:
-                    return finish(data)
-            elif name in NOTES:
-                note(NOTES[name](data))
-    except TimeoutError:
-        if live:
-            out.write("\n")
-        return 124
-    raise AssertionError("the event stream never ends")  # follow() reconnects forever
-
-
-NOTES = {
-    "checkpoint": lambda e: f"checkpoint saved after clip {e['data']['clip']}",
-    "segment": lambda e: f"segment {e['data']['index']} ready ({e['data']['clips']} clips)",
-    "lease_expired": lambda e: f"worker lost: {e['reason']}; the job resumes from its checkpoint",
-    "released": lambda e: f"released by its worker: {e['reason']}",
-    "retry_scheduled": lambda e: f"attempt failed: {e['reason']}",
-}
-"""Events worth a line of their own while watching."""
 
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -545,57 +490,6 @@ def cmd_tenants_set(settings: Settings, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- batches
 
 
-def batch_line(batch: dict[str, Any], width: int = 30) -> str:
-    counts = batch["counts"]
-    total = max(batch["jobs_total"], 1)
-    ended = sum(counts.get(s, 0) for s in FINAL)
-    filled = int(width * ended / total)
-    bar = "#" * filled + "." * (width - filled)
-    parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts.get(s)]
-    return (
-        f"[{bar}] {ended}/{batch['jobs_total']} jobs done  "
-        f"{batch['clips_done']}/{batch['clips_total']} clips  ({', '.join(parts)})"
-    )
-
-
-STATUS_ORDER = ("queued", "running", "stitching", "succeeded", "failed", "canceled")
-
-
-def watch_batch(
-    client: LongtakeClient,
-    batch_id: str,
-    *,
-    interval: float = 2.0,
-    out: TextIO | None = None,
-    timeout: float | None = None,
-) -> int:
-    """One progress line for the whole batch until every job has ended: exit 0 when all
-    succeeded, 1 when any failed, 3 when any was canceled (and none failed)."""
-    out = out or sys.stderr
-    live = out.isatty()
-    last = ""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        batch = client.batch(batch_id)
-        line = batch_line(batch)
-        if live:
-            out.write("\r\033[K" + line)
-        elif line != last:
-            out.write(line + "\n")
-        out.flush()
-        last = line
-        if batch["finished"]:
-            if live:
-                out.write("\n")
-            counts = batch["counts"]
-            return 1 if counts.get("failed") else 3 if counts.get("canceled") else 0
-        if deadline is not None and time.monotonic() > deadline:
-            if live:
-                out.write("\n")
-            return 124
-        time.sleep(interval)
-
-
 def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
     from ops.manifest import ManifestError, batch_key, read_jobs, upload_local_files
 
@@ -604,17 +498,18 @@ def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    defaults = {
-        k: v
-        for k, v in {
-            "size": args.size,
-            "priority": args.priority,
-            "checkpoint_every": args.checkpoint_every,
-            "webhook_url": args.webhook,
-        }.items()
-        if v is not None
-    }
     with _client(args) as client:
+        defaults = {
+            k: v
+            for k, v in {
+                # for jobs that name no size: the one that suits this deployment's model
+                "size": args.size or client.submit_options()["default_size"],
+                "priority": args.priority,
+                "checkpoint_every": args.checkpoint_every,
+                "webhook_url": args.webhook,
+            }.items()
+            if v is not None
+        }
         try:
             uploaded = upload_local_files(jobs, client.upload)
         except ManifestError as e:
@@ -624,8 +519,8 @@ def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
         batch = client.create_batch(body, idempotency_key=batch_key(body))
         print(batch["id"])
         print(
-            f"batch {batch['id']}: {batch['jobs_total']} jobs queued "
-            f"({len(uploaded)} files uploaded)",
+            f"batch {batch['id']}: {count(batch['jobs_total'], 'job')} queued "
+            f"({count(len(uploaded), 'file')} uploaded)",
             file=sys.stderr,
         )
         if args.wait:
@@ -648,11 +543,44 @@ def cmd_batch_watch(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_batch_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.cancel_batch(args.batch)
-    print(f"batch {args.batch}: {result['canceled']} jobs canceled or stopping")
+    print(f"batch {args.batch}: {count(result['canceled'], 'job')} canceled or stopping")
     return 0
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _uuid_of(kind: str):
+    """An argparse type: the id of a job or a batch (a UUID), or a plain message."""
+
+    def parse(text: str) -> str:
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a {kind} id: {text!r} ({kind} ids look like {EXAMPLE_ID})"
+            ) from None
+
+    return parse
+
+
+EXAMPLE_ID = "0f8e2a4c-6b1d-4e3f-9a57-2c4d6e8f0a1b"
+job_id, batch_id = _uuid_of("job"), _uuid_of("batch")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
+
+
+QUICK = "--size 128*128 --clips 2"
+"""A small first render: the tiny model on two CPU cores renders 128*128 at about 1.3 frames
+per second (the demo's three clips, measured under load), 720*400 at well under one."""
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -758,12 +686,24 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = add(
         "submit", cmd_submit, "upload a portrait and a speech track; prints the job id", api=True
     )
+    p.epilog = (
+        f"For a quick look at a result, render a small part first: {QUICK} "
+        "(two clips of about two seconds each, at the smallest size)."
+    )
     p.add_argument("image", type=Path)
     p.add_argument("audio", type=Path)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--size", default=None, help="area key such as 720*400")
     p.add_argument(
-        "--clips", default=None, help="number of clips (default: to the end of the audio)"
+        "--size",
+        default=None,
+        help="area key such as 720*400 or 128*128 (default: what the server suggests for the "
+        "model it runs: 128*128 for the tiny CPU model, 720*400 for liveavatar-14b)",
+    )
+    p.add_argument(
+        "--clips",
+        type=positive_int,
+        default=None,
+        help="number of clips of --infer-frames frames (default: to the end of the audio)",
     )
     p.add_argument("--infer-frames", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="sampling steps")
@@ -775,22 +715,24 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0)
 
     p = add("status", cmd_status, "show a job", api=True)
-    p.add_argument("job")
+    p.add_argument("job", type=job_id)
     p.add_argument("--json", action="store_true")
     p.add_argument("--events", action="store_true", help="and its history")
 
     p = add("list", cmd_list, "list jobs, newest first", api=True)
-    p.add_argument("--status", action="append", help="repeat to match several")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument(
+        "--status", action="append", choices=STATUS_ORDER, help="repeat to match several"
+    )
+    p.add_argument("--limit", type=positive_int, default=20)
 
     p = add("watch", cmd_watch, "a live progress bar until the job ends", api=True)
-    p.add_argument("job")
+    p.add_argument("job", type=job_id)
     p.add_argument("--interval", type=float, default=1.0)
 
     p = add(
         "cancel", cmd_cancel, "cancel a job (a running one stops after its current clip)", api=True
     )
-    p.add_argument("job")
+    p.add_argument("job", type=job_id)
 
     p = add(
         "retry",
@@ -798,10 +740,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "queue a failed or canceled job again, from its last checkpoint",
         api=True,
     )
-    p.add_argument("job")
+    p.add_argument("job", type=job_id)
 
     p = add("fetch", cmd_fetch, "download the finished video", api=True)
-    p.add_argument("job")
+    p.add_argument("job", type=job_id)
     p.add_argument("-o", "--output", type=Path, default=None, help="default: <job id>.mp4")
 
     # API keys and tenants: operator commands on the database itself
@@ -857,23 +799,38 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0)
     p = batch_sub.add_parser("status", parents=[client], help="a batch's jobs by status")
     p.set_defaults(func=cmd_batch_status)
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_id)
     p.add_argument("--json", action="store_true")
     p = batch_sub.add_parser("watch", parents=[client], help="one progress line until it ends")
     p.set_defaults(func=cmd_batch_watch)
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_id)
     p.add_argument("--interval", type=float, default=2.0)
     p = batch_sub.add_parser("cancel", parents=[client], help="cancel every unfinished job")
     p.set_defaults(func=cmd_batch_cancel)
-    p.add_argument("batch")
+    p.add_argument("batch", type=batch_id)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # written out here rather than at exit, so that a closed pipe is caught below
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`longtake status J | head -3`): stop quietly, as Unix tools do
+        quiet_closed_output()
+        return 141  # 128 + SIGPIPE, what the shell shows for a command stopped by a closed pipe
+
+
+def _run(argv: list[str] | None) -> int:
     settings = Settings()
     args = build_parser(settings).parse_args(argv)
     if hasattr(args, "api_url"):
         args.resolved_api_key = api_key_of(settings, args)
+    from api.client import ApiClientError  # httpx, only once a command runs
+
     try:
         return args.func(settings, args)
     except ApiClientError as e:

@@ -122,8 +122,8 @@ def run_demo(settings: Settings, *, port: int | None = None, out: TextIO | None 
     """Submit the demo job to a fresh embedded service and follow it to the end."""
     out = out or sys.stderr
     from api.client import LongtakeClient
-    from ops.cli import watch
     from ops.server import BackgroundServer, build
+    from ops.terminal import count, own_command, watch
 
     port = port or free_port()
     settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"})
@@ -142,7 +142,7 @@ def run_demo(settings: Settings, *, port: int | None = None, out: TextIO | None 
             job_id = job["id"]
             out.write(
                 f"submitted job {job_id} to the embedded service at {settings.api_url}: "
-                f"{job['progress']['clips_total']} clips at {job['params']['width']}x"
+                f"{count(job['progress']['clips_total'], 'clip')} at {job['params']['width']}x"
                 f"{job['params']['height']}\n"
             )
             if not server.process.dispatching:
@@ -162,10 +162,16 @@ def run_demo(settings: Settings, *, port: int | None = None, out: TextIO | None 
             manifest = demo_dir / "output.manifest.json"
             storage = server.process.app.state.services.storage
             storage.get_file(f"jobs/{job_id}/output.manifest.json", manifest)
+            longtake = own_command()
             out.write(
                 f"the demo video is at {video} ({size} bytes); its provenance manifest is at "
-                f"{manifest} (check the video with: longtake verify {video} {manifest})\n"
+                f"{manifest} (check the video with: {longtake} verify {video} {manifest})\n"
             )
+            if longtake != "longtake" and Path(longtake).name == "longtake":
+                out.write(
+                    f"`longtake` is installed in the virtual environment: run it as {longtake}, "
+                    f"or activate the environment first (source {Path(longtake).parent}/activate)\n"
+                )
             return 0
     finally:
         server.stop()

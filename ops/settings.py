@@ -14,17 +14,17 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
-from dispatch.celery_app import CeleryConfig
-from dispatch.webhooks import DeliveryConfig
-from storage.base import Storage
-from storage.local import LocalStorage
-from storage.s3 import S3Config, S3Reader, S3Storage, make_client
-from storage.signing import UrlSigner
 
+# The heavier packages' configs are imported where they are built, so that a client command
+# (which needs only the API's URL and key) does not import boto3, Celery and the server.
 if TYPE_CHECKING:
     from db.database import Database
+    from dispatch.celery_app import CeleryConfig
     from dispatch.reconcile import StorageReconciler
     from dispatch.sweep import ResumePointSweeper
+    from dispatch.webhooks import DeliveryConfig
+    from storage.base import Storage
+    from storage.s3 import S3Config, S3Reader
     from worker.config import WorkerConfig
 
 
@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     # ---- typed configs for the packages
 
     def s3_config(self) -> S3Config:
+        from storage.s3 import S3Config
+
         return S3Config(
             bucket=self.storage_bucket,
             prefix=self.storage_prefix,
@@ -204,12 +206,18 @@ class Settings(BaseSettings):
         )
 
     def make_storage(self) -> Storage:
+        from storage.local import LocalStorage
+        from storage.s3 import S3Storage
+        from storage.signing import UrlSigner
+
         if self.storage_backend == "local":
             secret = (self.signing_key or secrets.token_hex(32)).encode()
             return LocalStorage(self.storage_dir, signer=UrlSigner(secret, self.api_url))
         return S3Storage(self.s3_config())
 
     def make_s3_reader(self, storage: Storage) -> S3Reader | None:
+        from storage.s3 import S3Reader, S3Storage, make_client
+
         if not self.allowed_input_buckets:
             return None
         client = storage.client if isinstance(storage, S3Storage) else make_client(self.s3_config())
@@ -224,6 +232,8 @@ class Settings(BaseSettings):
         return {"pool_size": self.database_pool_size, "max_overflow": self.database_pool_size}
 
     def delivery_config(self) -> DeliveryConfig:
+        from dispatch.webhooks import DeliveryConfig
+
         return DeliveryConfig(
             timeout_s=self.webhook_timeout_s,
             max_attempts=self.webhook_max_attempts,
@@ -246,6 +256,7 @@ class Settings(BaseSettings):
                 max_audio_seconds=self.max_audio_seconds,
             ),
             allowed_input_buckets=tuple(self.allowed_input_buckets),
+            model_preset=self.model_preset,
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
@@ -280,6 +291,8 @@ class Settings(BaseSettings):
         )
 
     def celery_config(self) -> CeleryConfig:
+        from dispatch.celery_app import CeleryConfig
+
         return CeleryConfig(
             broker_url=self.broker_url,
             key_prefix=self.broker_key_prefix,

@@ -56,13 +56,15 @@ function noteJob(job) {
 }
 
 // `focus`: the user asked for this job; take them (and screen readers) to it.
-function showJob(jobId, focus = false) {
+async function showJob(jobId, focus = false) {
   list.select(jobId);
   history.replaceState(null, "", `#job=${jobId}`);
-  detail.show(jobId);
+  const shown = detail.show(jobId);
   if (focus) {
-    $("detail").scrollIntoView({ block: "start" });
     $("detail-title").focus();
+    // again once the job is on the page: before, the page may end too soon to scroll it up
+    await shown;
+    if (detail.jobId === jobId) $("detail").scrollIntoView({ block: "start" });
   }
 }
 
@@ -113,6 +115,8 @@ function signOut(message = "") {
   showSignIn(message);
 }
 
+// Into the workspace; a job named in the address (a link, a reload) is opened and shown.
+// Returns whether it was.
 function enter() {
   $("loading").hidden = true;
   $("sign-in").hidden = true;
@@ -132,7 +136,9 @@ function enter() {
   }
   list.start();
   const wanted = /^#job=([0-9a-f-]{36})$/.exec(window.location.hash);
-  if (wanted) showJob(wanted[1]);
+  // on a narrow screen the job sits below the form: take the user to it
+  if (wanted) showJob(wanted[1], true);
+  return Boolean(wanted);
 }
 
 // Whether a key works: a request that needs one.
@@ -175,8 +181,7 @@ async function boot() {
       return;
     }
     sessionStorage.setItem(KEY_STORAGE, key);
-    enter();
-    $("new-job-title").focus();
+    if (!enter()) $("new-job-title").focus();
   });
 
   try {

@@ -8,6 +8,7 @@ import {
   canCancel,
   canRetry,
   clipsDone,
+  count,
   eventDetails,
   fullTime,
   progressText,
@@ -202,7 +203,7 @@ export class JobDetail {
     while (body.rows.length > HISTORY_ROWS) body.rows[0].remove();
     setText(
       "history-note",
-      this.eventCount > HISTORY_ROWS ? `The newest ${HISTORY_ROWS} of ${this.eventCount} events.` : `${this.eventCount} events.`,
+      this.eventCount > HISTORY_ROWS ? `The newest ${HISTORY_ROWS} of ${this.eventCount} events.` : `${count(this.eventCount, "event")}.`,
     );
     if (event.event === "segment") {
       // a burst of events (a replay) asks once
@@ -226,7 +227,8 @@ export class JobDetail {
     list.replaceChildren();
     for (const [i, segment] of this.segments.entries()) {
       const last = segment.first_clip + segment.clips;
-      const label = `Segment ${segment.index + 1}: clips ${segment.first_clip + 1}–${last}, ${seconds(segment.frames / this.fps)}, ${bytes(segment.bytes)}`;
+      const clips = segment.clips === 1 ? `clip ${last}` : `clips ${segment.first_clip + 1}–${last}`;
+      const label = `Segment ${segment.index + 1}: ${clips}, ${seconds(segment.frames / this.fps)}, ${bytes(segment.bytes)}`;
       list.append(
         el(
           "li",
@@ -287,7 +289,7 @@ export class JobDetail {
     const o = result.output;
     const parts = [];
     if (o.duration_s) parts.push(seconds(o.duration_s));
-    if (o.frames) parts.push(`${o.frames} frames`);
+    if (o.frames) parts.push(count(o.frames, "frame"));
     parts.push(bytes(o.bytes));
     parts.push(`link valid for ${seconds(result.expires_in_s)}`);
     setText("output-meta", parts.join(" · "));

@@ -2,6 +2,9 @@
 
 export const shortId = (id) => String(id).slice(0, 8);
 
+// "1 clip", "2 clips", "0 clips"
+export const count = (n, noun) => `${n} ${n === 1 ? noun : `${noun}s`}`;
+
 export function seconds(s) {
   if (s === null || s === undefined || !Number.isFinite(s)) return "";
   if (s < 1) return `${s.toFixed(2)} s`;
@@ -26,14 +29,16 @@ export function bytes(n) {
   return unit === 0 ? `${n} bytes` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
-const timeOnly = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const clock = { hour: "2-digit", minute: "2-digit", second: "2-digit" };
+const thisYear = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", ...clock });
+const anyYear = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", year: "numeric", ...clock });
 
+// Always with its day ("2 Dec, 14:03:22"): a page left open overnight, or a job queued
+// yesterday, is never read as today's. The year only when it is not this one.
 export function when(iso) {
   if (!iso) return "";
   const date = new Date(iso);
-  const today = new Date();
-  return date.toDateString() === today.toDateString() ? timeOnly.format(date) : dateTime.format(date);
+  return (date.getFullYear() === new Date().getFullYear() ? thisYear : anyYear).format(date);
 }
 
 export function fullTime(iso) {
@@ -59,9 +64,9 @@ export function progressText(job) {
   const p = { ...job.progress, clips_done: clipsDone(job.progress) };
   const parts = [];
   if (job.status === "queued") {
-    parts.push(p.clips_done ? `waiting to resume at clip ${p.clips_done + 1} of ${p.clips_total}` : `${p.clips_total} clips, waiting`);
+    parts.push(p.clips_done ? `waiting to resume at clip ${p.clips_done + 1} of ${p.clips_total}` : `${count(p.clips_total, "clip")}, waiting`);
   } else if (job.status === "stitching") {
-    parts.push(`all ${p.clips_total} clips rendered, stitching`);
+    parts.push(p.clips_total === 1 ? "the clip is rendered, stitching" : `all ${p.clips_total} clips rendered, stitching`);
   } else {
     parts.push(`clip ${p.clips_done} of ${p.clips_total}`);
   }
@@ -100,7 +105,7 @@ export function eventDetails(event) {
       return parts.join(" · ");
     }
     case "segment":
-      return `segment ${Number(d.index) + 1}: ${d.frames} frames, ${bytes(d.bytes)}`;
+      return `segment ${Number(d.index) + 1}: ${count(d.frames, "frame")}, ${bytes(d.bytes)}`;
     default:
       return event.reason || "";
   }

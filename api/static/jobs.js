@@ -93,14 +93,15 @@ export class JobList {
 
   makeRow(job) {
     const id = shortId(job.id);
-    const row = el("tr", { "data-job-id": job.id });
+    const row = el("tr", { "data-job-id": job.id, role: "row" });
     const open = el("button", { type: "button", class: "link", "aria-label": `Show job ${id}`, onclick: () => this.onSelect(job.id) }, id);
+    const cell = { role: "cell" };
     row.append(
-      el("td", {}, open, el("div", { class: "prompt-excerpt" })),
-      el("td", {}, el("span", { class: "badge" })),
-      el("td", {}, el("progress", { "aria-label": `Progress of job ${id}` }), el("div", { class: "hint progress-text" })),
-      el("td", {}, el("time")),
-      el("td", { class: "row-actions" }),
+      el("td", cell, open, el("div", { class: "prompt-excerpt" })),
+      el("td", cell, el("span", { class: "badge" })),
+      el("td", cell, el("progress", { "aria-label": `Progress of job ${id}` }), el("div", { class: "hint progress-text" })),
+      el("td", cell, el("time")),
+      el("td", { ...cell, class: "row-actions" }),
     );
     return row;
   }

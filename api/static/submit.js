@@ -2,7 +2,7 @@
 // render parameters, sent as multipart/form-data to POST /v1/jobs.
 
 import { $, el, randomKey, setText } from "./dom.js";
-import { bytes, seconds, shortId } from "./format.js";
+import { bytes, count, seconds, shortId } from "./format.js";
 
 // API field name -> the control that sets it (the API's errors name the field)
 const CONTROLS = {
@@ -30,6 +30,7 @@ export class SubmitForm {
     // kept while the form is unchanged: sending the same job again after a lost answer
     // returns the first job instead of rendering it twice
     this.idempotencyKey = null;
+    this.errorControl = null; // the control the message under the form is about, if any
   }
 
   init() {
@@ -58,13 +59,14 @@ export class SubmitForm {
     this.setUpFile("audio-input", "audio-drop", () => this.describeAudio());
     $("prompt").addEventListener("input", () => this.countPrompt());
     frames.addEventListener("change", () => this.describeLength());
-    this.form.addEventListener("input", (e) => {
+    // An edit makes the form a new request; and a message about what was just changed (or
+    // about the whole form) no longer applies: a new file was chosen, the prompt rewritten.
+    const edited = (e) => {
       this.idempotencyKey = null;
-      if (e.target.getAttribute("aria-invalid")) e.target.removeAttribute("aria-invalid");
-    });
-    this.form.addEventListener("change", () => {
-      this.idempotencyKey = null;
-    });
+      if (this.errorControl === null || this.errorControl === e.target) this.clearErrors();
+    };
+    this.form.addEventListener("input", edited);
+    this.form.addEventListener("change", edited);
     this.form.addEventListener("submit", (e) => {
       e.preventDefault();
       this.submit();
@@ -148,7 +150,7 @@ export class SubmitForm {
     }
     const total = Math.ceil(this.audioSeconds * this.options.fps - 1e-6);
     const clips = Math.max(1, Math.ceil(total / frames));
-    setText("length-hint", `Empty: as long as the speech, ${clips} clips of ${frames} frames (${seconds(this.audioSeconds)}).`);
+    setText("length-hint", `Empty: as long as the speech, ${count(clips, "clip")} of ${frames} frames (${seconds(this.audioSeconds)}).`);
   }
 
   reset() {
@@ -205,12 +207,14 @@ export class SubmitForm {
 
   clearErrors() {
     setText("submit-error", "");
+    this.errorControl = null;
     for (const id of Object.values(CONTROLS)) $(id).removeAttribute("aria-invalid");
   }
 
   showError(message, field = null) {
     setText("submit-error", message);
-    const control = field && $(CONTROLS[field.split(".")[0]]);
+    const control = (field && $(CONTROLS[field.split(".")[0]])) || null;
+    this.errorControl = control;
     if (control) {
       control.setAttribute("aria-invalid", "true");
       if (control.closest("details")) control.closest("details").open = true;
@@ -242,7 +246,7 @@ export class SubmitForm {
       });
       this.idempotencyKey = null;
       const p = job.params;
-      this.announce(`Job ${shortId(job.id)} queued: ${job.progress.clips_total} clips at ${p.width} × ${p.height}.`);
+      this.announce(`Job ${shortId(job.id)} queued: ${count(job.progress.clips_total, "clip")} at ${p.width} × ${p.height}.`);
       this.onSubmitted(job);
     } catch (error) {
       const retry = error.retryAfter ? ` (retry in ${error.retryAfter} s)` : "";

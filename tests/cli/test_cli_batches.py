@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 import uuid
 
 import pytest
@@ -14,8 +13,10 @@ from api.client import LongtakeClient
 from db import job_store, leases, tenants
 from ops import cli
 from ops.manifest import ManifestError, jobs_from_manifest, read_jobs
+from ops.terminal import watch
 from storage import keys
 from tests import media
+from tests.cli.processes import LoggedProcess, said, wait_until
 from tests.factories import failure, job_params, lease_for
 
 
@@ -76,7 +77,6 @@ def finish_all(database, batch_id: str, *, fail: int = 0) -> None:
     with database.transaction() as s:
         ids = [j.id for j in job_store.list_jobs(s, batch_id=uuid.UUID(batch_id), limit=100)]
     for n, job_id in enumerate(ids):
-        time.sleep(0.05)
         with database.transaction() as s:
             lease = leases.claim(s, job_id, "gpu", 60)
             if n < fail:
@@ -131,6 +131,9 @@ def test_batch_cancel(embedded_service, course, capsys):
     url = embedded_service.url
     code, out, _ = run(capsys, "batch", "submit", str(course), "--prompt", "p", "--api-url", url)
     batch_id = out.strip()
+    with LongtakeClient(url, api_key=embedded_service.api_key) as client:
+        # no --size: the size the server suggests for its model (the tiny one here)
+        assert {j["params"]["size"] for j in client.list()["jobs"]} == {"128*128"}
     code, out, _ = run(capsys, "batch", "cancel", batch_id, "--api-url", url)
     assert (code, out.strip()) == (0, f"batch {batch_id}: 3 jobs canceled or stopping")
     code, _, err = run(capsys, "batch", "watch", batch_id, "--api-url", url)
@@ -162,6 +165,19 @@ def test_manifests(tmp_path, course):
         read_jobs(course, image=None, prompt=None)
 
 
+class Shown(io.StringIO):
+    """What a watch wrote; `first_line` is set once it has written anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_line = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        self.first_line.set()
+        return written
+
+
 def test_watch_follows_the_event_stream(embedded_service):
     database = database_of(embedded_service)
     with database.transaction() as s:
@@ -173,9 +189,10 @@ def test_watch_follows_the_event_stream(embedded_service):
             ),
         )  # fmt: skip
     job_id = job.id
+    out = Shown()
 
     def render():
-        time.sleep(0.3)
+        out.first_line.wait()  # the watch has shown the job as it was: queued
         with database.transaction() as s:
             lease = leases.claim(s, job_id, "gpu", 60)
         for clip in range(1, 5):
@@ -183,18 +200,16 @@ def test_watch_follows_the_event_stream(embedded_service):
                 leases.update_progress(s, lease_for(job_id, "gpu", lease.attempt), clips_done=clip, fps=12.0)  # fmt: skip
                 if clip == 2:
                     leases.record_checkpoint(s, lease_for(job_id, "gpu", lease.attempt), 2)
-            time.sleep(0.05)
         with database.transaction() as s:
             leases.mark_stitching(s, lease_for(job_id, "gpu", lease.attempt))
             leases.mark_succeeded(
                 s, lease_for(job_id, "gpu", lease.attempt), keys.output_key(job_id)
             )
 
-    worker = threading.Thread(target=render)
+    worker = threading.Thread(target=render, daemon=True)
     worker.start()
-    out = io.StringIO()
     with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
-        code = cli.watch(client, str(job_id), out=out, timeout=30)
+        code = watch(client, str(job_id), out=out, timeout=120)
     worker.join()
     lines = out.getvalue().splitlines()
     assert code == 0
@@ -205,9 +220,8 @@ def test_watch_follows_the_event_stream(embedded_service):
 
 @pytest.mark.slow
 def test_serve_with_several_worker_processes(postgres_url_factory, tmp_path, redis_prefix):
-    """`longtake serve --workers 2` on Postgres: both processes answer with the same data."""
+    """`longtake serve --workers 2` on Postgres: two processes start, and answer."""
     import os
-    import subprocess
     import sys
 
     import httpx
@@ -230,28 +244,28 @@ def test_serve_with_several_worker_processes(postgres_url_factory, tmp_path, red
         "LONGTAKE_STORAGE_BACKEND": "local",
         "LONGTAKE_STORAGE_DIR": str(tmp_path / "storage"),
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "serve", "--workers", "2", "--port", str(port)],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    server = LoggedProcess(
+        [sys.executable, "-m", "ops.cli", "serve", "--workers", "2", "--port", str(port)], env
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        # each worker process says so once its app has started (the parent holds the socket)
+        server.wait_for(
+            lambda lines: said(lines, "Application startup complete") == 2,
+            "start of both worker processes",
+        )
+        assert said(server.lines, "Started server process") == 2
+
+        def ready() -> bool:
             try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
+                return httpx.get(f"{base}/readyz").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "did not start"
-            time.sleep(0.2)
+                return False
+
+        wait_until(ready, "readiness", alive=server.alive)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
             answers = {client.get("/v1/jobs").status_code for _ in range(20)}
         assert answers == {200}
     finally:
-        server.terminate()
-        _, err = server.communicate(timeout=60)
-    assert server.returncode == 0, err
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    started = [line for line in lines if line["message"].startswith("Started server process")]
-    assert len(started) == 2  # two worker processes
+        code = server.stop()
+    assert code == 0, server.log

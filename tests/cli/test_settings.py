@@ -17,11 +17,13 @@ def test_environment_reaches_the_typed_configs(monkeypatch, tmp_path):
     monkeypatch.setenv("LONGTAKE_STORAGE_PATH_STYLE", "true")
     monkeypatch.setenv("LONGTAKE_STORAGE_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("LONGTAKE_BROKER_KEY_PREFIX", "prod:")
+    monkeypatch.setenv("LONGTAKE_MODEL_PRESET", "liveavatar-14b")
     s = Settings()
     assert s.allowed_input_buckets == ["uploads", "archive"]
     api = s.api_config()
     assert api.allowed_input_buckets == ("uploads", "archive")
     assert api.limits.max_image_bytes == 5 * MiB and api.max_attempts == 7
+    assert api.model_preset == "liveavatar-14b"  # the API suggests sizes for the workers' model
     s3 = s.s3_config()
     assert (s3.endpoint_url, s3.path_style) == ("http://minio:9000", True)
     assert s.celery_config().key_prefix == "prod:"

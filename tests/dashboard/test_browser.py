@@ -12,8 +12,9 @@ import base64
 import hashlib
 import io
 import json
-import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from db import repository as repo
 from ops.demo import portrait_png, synthesize_speech, wav_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREEN = {"width": 1366, "height": 768}  # a laptop screen
+PHONE = {"width": 390, "height": 844}  # a phone held upright, in CSS pixels
 FPS = 25
 
 
@@ -55,8 +58,10 @@ def browser() -> Iterator:
 class Watched:
     """A page whose script errors and failed console messages are collected."""
 
-    def __init__(self, browser, base_url: str):
-        self.context = browser.new_context(viewport=SCREEN, base_url=base_url)
+    def __init__(self, browser, base_url: str, **context):
+        self.context = browser.new_context(**{"viewport": SCREEN, "base_url": base_url, **context})
+        # waits end on conditions; this only bounds a failure, generously for a busy machine
+        self.context.set_default_timeout(120_000)
         self.page = self.context.new_page()
         self.problems: list[str] = []
         self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
@@ -73,17 +78,25 @@ class Watched:
         self.context.close()
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, Path]:
-    files = {
-        "portrait": tmp_path / "portrait.png",
-        "short": tmp_path / "short.wav",
-        "long": tmp_path / "long.wav",
-    }
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Made once for the module (the tests only read them); the minute of speech only for
+    the test that renders it."""
+    folder = tmp_path_factory.mktemp("inputs")
+    files = {"portrait": folder / "portrait.png", "brief": folder / "brief.wav",
+             "short": folder / "short.wav"}  # fmt: skip
     files["portrait"].write_bytes(portrait_png(256, 256))
+    files["brief"].write_bytes(wav_bytes(synthesize_speech(3.0)))
     files["short"].write_bytes(wav_bytes(synthesize_speech(6.0)))
-    files["long"].write_bytes(wav_bytes(synthesize_speech(60.0, seed=1)))
     return files
+
+
+@pytest.fixture
+def long_speech(tmp_path: Path) -> Path:
+    """Long enough that a job is still rendering when the test cancels it."""
+    path = tmp_path / "long.wav"
+    path.write_bytes(wav_bytes(synthesize_speech(60.0, seed=1)))
+    return path
 
 
 @pytest.fixture
@@ -117,14 +130,34 @@ def detail_state(page) -> dict:
     )
 
 
+RECORD = """() => {
+    // every state the job's panel shows, as it changes (not sampled: none is missed)
+    window.seenStates = [];
+    const d = document.getElementById('detail');
+    const bar = document.getElementById('detail-progress');
+    const note = () => {
+        const s = {job: d.dataset.jobId, status: d.dataset.status, stream: d.dataset.stream,
+                   done: bar.hasAttribute('value') ? bar.value : null, total: bar.max};
+        const last = window.seenStates[window.seenStates.length - 1];
+        if (JSON.stringify(last) !== JSON.stringify(s)) window.seenStates.push(s);
+    };
+    new MutationObserver(note).observe(d, {attributes: true, subtree: true});
+    note();
+}"""
+
+
 PLAY = """async (id) => {
     const v = document.getElementById(id);
     v.muted = true;  // autoplay rules allow muted playback without a gesture
     await v.play();
-    const start = performance.now();
-    while (v.currentTime === 0 && performance.now() - start < 5000) {
-        await new Promise((r) => setTimeout(r, 50));
-    }
+    // until the first frame has played (a minute bounds a failure on a busy machine)
+    await new Promise((resolve) => {
+        const check = () => { if (v.currentTime > 0 || v.error) resolve(); };
+        v.addEventListener('timeupdate', check);
+        v.addEventListener('error', check);
+        setTimeout(resolve, 60000);
+        check();
+    });
     return {readyState: v.readyState, duration: v.duration, currentTime: v.currentTime,
             width: v.videoWidth, height: v.videoHeight, error: v.error && v.error.message};
 }"""
@@ -142,7 +175,9 @@ def fill_form(page, image: Path, audio: Path, *, checkpoint_every: int) -> None:
 
 
 @pytest.mark.slow
-def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_service, inputs):
+def test_submit_watch_play_and_cancel_through_the_page(
+    browser, rendering_service, inputs, long_speech
+):
     server = rendering_service
     watched = Watched(browser, server.url)
     page = watched.page
@@ -164,26 +199,20 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         page.locator("#workspace").wait_for()
         watched.screenshot("1-signed-in.png")
 
-        # submit a job through the form: 6 s of speech is 13 clips of 12 frames
-        fill_form(page, inputs["portrait"], inputs["short"], checkpoint_every=4)
-        page.get_by_text("13 clips of 12 frames").wait_for()
+        # submit a job through the form: 3 s of speech is 7 clips of 12 frames
+        fill_form(page, inputs["portrait"], inputs["brief"], checkpoint_every=4)
+        page.get_by_text("7 clips of 12 frames").wait_for()
         page.get_by_role("button", name="Render").click()
-        page.locator("#detail[data-job-id]").wait_for()
+        page.locator("#detail[data-job-id][data-stream=open]").wait_for()
         first = detail_state(page)["job"]
 
         # progress moves on the page while the job renders, fed by the event stream
-        seen: list[dict] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = detail_state(page)
-            if not seen or state != seen[-1]:
-                seen.append(state)
-            if state["status"] == "succeeded":
-                break
-            time.sleep(0.05)
+        page.evaluate(RECORD)
+        page.locator("#detail[data-status=succeeded]").wait_for()
+        seen = page.evaluate("window.seenStates")
         assert seen[-1]["status"] == "succeeded", seen
-        assert seen[-1]["done"] == seen[-1]["total"] == 13
-        moving = [s for s in seen if s["status"] == "running" and 0 < (s["done"] or 0) < 13]
+        assert seen[-1]["done"] == seen[-1]["total"] == 7
+        moving = [s for s in seen if s["status"] == "running" and 0 < (s["done"] or 0) < 7]
         assert moving, f"no progress between the first and the last clip was shown: {seen}"
         assert all(s["stream"] == "open" for s in moving)
         shown = [s["done"] for s in seen if s["done"] is not None]
@@ -197,7 +226,7 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         page.locator("#output video").wait_for()
         played = page.evaluate(PLAY, "output-video")
         assert played["error"] is None and played["readyState"] >= 2, played
-        assert played["duration"] == pytest.approx(13 * 12 / FPS, abs=0.05), played
+        assert played["duration"] == pytest.approx(7 * 12 / FPS, abs=0.05), played
         assert played["currentTime"] > 0 and (played["width"], played["height"]) == (64, 64)
         headers = {"Authorization": f"Bearer {server.api_key}"}
         result = httpx.get(f"{server.url}/v1/jobs/{first}/result", headers=headers).json()
@@ -215,7 +244,7 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         watched.screenshot("2-succeeded.png")
 
         # a second, long job: watch its first segments while it renders, then cancel it
-        fill_form(page, inputs["portrait"], inputs["long"], checkpoint_every=1)
+        fill_form(page, inputs["portrait"], long_speech, checkpoint_every=1)
         page.get_by_role("button", name="Render").click()
         page.wait_for_function(
             "(first) => { const id = document.getElementById('detail').dataset.jobId;"
@@ -223,7 +252,7 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
             arg=first,
         )
         second = detail_state(page)["job"]
-        page.locator("#segment-list li").first.wait_for(timeout=60_000)
+        page.locator("#segment-list li").first.wait_for()
         segment = page.evaluate(PLAY, "segment-video")
         assert segment["error"] is None and segment["readyState"] >= 2, segment
         assert segment["duration"] == pytest.approx(12 / FPS, abs=0.05), segment
@@ -231,7 +260,7 @@ def test_submit_watch_play_and_cancel_through_the_page(browser, rendering_servic
         watched.screenshot("3-segments-while-rendering.png")
 
         page.get_by_role("button", name="Cancel", exact=True).click()
-        page.locator("#detail[data-status=canceled]").wait_for(timeout=60_000)
+        page.locator("#detail[data-status=canceled]").wait_for()
         row = page.locator(f"#job-rows tr[data-job-id='{second}']")
         row.locator(".badge", has_text="Canceled").wait_for()
         assert page.get_by_role("button", name="Retry", exact=True).is_visible()
@@ -281,7 +310,11 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
         not_an_image.write_text("this is not a picture")
         page.get_by_label("Portrait").set_input_files(not_an_image)
         page.locator("#image-info").get_by_text("this browser cannot show it").wait_for()
+        # a message stays until what it is about changes
+        assert page.locator("#submit-error").inner_text() == "Choose a speech file."
         page.get_by_label("Speech").set_input_files(inputs["short"])
+        assert page.locator("#submit-error").is_hidden()
+        assert page.get_by_label("Speech").get_attribute("aria-invalid") is None
         page.get_by_role("button", name="Render").click()
         error = page.locator("#submit-error")
         error.filter(has_text="Not submitted").wait_for()
@@ -292,6 +325,11 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
             assert s.scalar(sa.text("SELECT count(*) FROM jobs")) == 0  # nothing was queued
         assert page.locator("#job-rows tr").count() == 0
         watched.screenshot("5-bad-input.png")
+
+        # another file is chosen: the server's word on the first one no longer stands
+        page.get_by_label("Portrait").set_input_files(inputs["portrait"])
+        assert page.locator("#submit-error").inner_text() == ""
+        assert page.get_by_label("Portrait").get_attribute("aria-invalid") is None
 
         # signing out leaves nothing behind: not the key, not the chosen files
         key_id = embedded_service.api_key.split("_")[1]
@@ -413,7 +451,7 @@ FOLLOW = """async ({ bodies, status }) => {
             },
         });
         follower.start();
-        setTimeout(() => { follower.close(); resolve(); }, 5000);
+        setTimeout(() => { follower.close(); resolve(); }, 60000);  // bounds a failure
     });
     return { calls, ...seen };
 }"""
@@ -486,3 +524,135 @@ def test_a_server_without_keys_opens_straight_into_the_workspace(
     finally:
         watched.close()
         server.stop()
+
+
+BOXES = """(selectors) => selectors.map((selector) => {
+    const r = document.querySelector(selector).getBoundingClientRect();
+    return {selector, left: r.left, right: r.right, top: r.top, width: r.width};
+})"""
+PROMPT = (
+    "A presenter in a blue sweater explains the quarter's results to the camera, in a bright "
+    "studio with plants and a window behind her, calm and friendly, natural head movement."
+)
+TRACEBACK = (
+    "Traceback (most recent call last):\n  File "
+    '"/srv/longtake/.venv/lib/python3.12/site-packages/longtake_worker_internals/'
+    'render_lifecycle_with_a_very_long_module_name.py", line 412, in run\n'
+    "RuntimeError: CUDA out of memory"
+)
+
+
+def sign_in(page, key: str, path: str = "/") -> None:
+    page.goto(path)
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("#workspace").wait_for()
+
+
+def sideways(page, selectors: list[str]) -> list[dict]:
+    """The elements (of `selectors`) not wholly inside the viewport's width."""
+    width = page.evaluate("window.innerWidth")
+    boxes = page.evaluate(BOXES, selectors)
+    return [b for b in boxes if b["width"] == 0 or b["left"] < 0 or b["right"] > width]
+
+
+def test_on_a_phone_everything_is_within_reach(browser, embedded_service, inputs):
+    """390×844: no page or panel overflows sideways (Close, status and Retry on screen), a
+    job opened from a link is scrolled into view, the jobs are listed on the page rather
+    than in a short box of their own, and times say which day."""
+    from api.client import LongtakeClient
+
+    server = embedded_service
+    with LongtakeClient(server.url, api_key=server.api_key) as client:
+        image = client.upload(inputs["portrait"], "image")["id"]
+        audio = client.upload(inputs["short"], "audio")["id"]
+        jobs = [{"prompt": PROMPT, "image": image, "audio": audio}] * 14
+        batch = client.create_batch({"jobs": jobs, "defaults": {"size": "64*64"}})
+        ids = [j["id"] for j in client.list(limit=50)["jobs"]]
+        assert len(ids) == 14 and batch["jobs_total"] == 14
+        canceled, failed = ids[-1], ids[-2]  # the oldest: at the end of the list
+        client.cancel(canceled)
+    database = server.process.database
+    with database.transaction() as s:
+        lease = repo.claim(s, uuid.UUID(failed), "w", 60)
+        repo.mark_failed(s, uuid.UUID(failed), "w", lease.attempt, TRACEBACK)
+
+    watched = Watched(browser, server.url, viewport=PHONE, is_mobile=True, has_touch=True,
+                      locale="en-GB", timezone_id="UTC")  # fmt: skip
+    page = watched.page
+    try:
+        # a link to a job: once signed in, the job is open and on screen
+        sign_in(page, server.api_key, f"/#job={canceled}")
+        page.locator(f"#detail[data-job-id='{canceled}'][data-status=canceled]").wait_for()
+        page.locator(f"#job-rows tr[data-job-id='{canceled}'] .badge").wait_for()
+        page.locator("#event-rows tr[data-event=canceled]").wait_for()
+        top = page.evaluate("document.getElementById('detail').getBoundingClientRect().top")
+        assert 0 <= top < PHONE["height"] / 2, top
+        assert page.evaluate("document.activeElement.id") == "detail-title"
+        watched.screenshot("6-phone-linked-job.png")
+
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        row = f"#job-rows tr[data-job-id='{canceled}']"
+        assert sideways(page, ["#close-detail", "#detail-status", "#retry-job",
+                               f"{row} .badge", f"{row} .row-actions button",
+                               f"{row} button.link"]) == []  # fmt: skip
+        overflowing = page.evaluate(
+            """() => [...document.querySelectorAll('#workspace *')]
+                .filter((e) => e.scrollWidth > e.clientWidth + 1
+                               && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+                .map((e) => e.id || e.className || e.tagName)"""
+        )
+        assert overflowing == [], "boxes that scroll sideways on a phone"
+
+        # the jobs are part of the page: no inner box with its own scroll bar
+        scroll_box = page.evaluate(
+            """() => { const box = document.querySelector('#jobs .table-scroll');
+                       return [box.scrollHeight, box.clientHeight]; }"""
+        )
+        assert scroll_box[0] <= scroll_box[1] + 1, scroll_box
+        assert page.locator("#job-rows tr").count() == 14
+
+        # times carry their date (the page is in en-GB, in UTC)
+        with LongtakeClient(server.url, api_key=server.api_key) as client:
+            created = datetime.fromisoformat(client.get(canceled)["created_at"])
+        day = f"{created.day} {created:%b}"
+        assert day in page.locator(f"{row} time").inner_text()
+        assert day in page.locator("#event-rows tr time").first.inner_text()
+
+        # a failed job's error wraps within the panel
+        page.get_by_role("button", name=f"Show job {failed[:8]}").click()
+        page.locator(f"#detail[data-job-id='{failed}'][data-status=failed]").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert sideways(page, ["#close-detail", "#detail-status", "#retry-job",
+                               "#detail-error"]) == []  # fmt: skip
+        error = page.evaluate(
+            "(() => { const e = document.getElementById('detail-error');"
+            " return [e.scrollWidth, e.clientWidth]; })()"
+        )
+        assert error[0] <= error[1], error
+        watched.screenshot("7-phone-failed-job.png")
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_counts_read_as_words(browser, embedded_service):
+    """One clip is "1 clip" on the page, as in the CLI."""
+    watched = Watched(browser, embedded_service.url)
+    try:
+        watched.page.goto("/")
+        said = watched.page.evaluate(
+            """async () => {
+                const f = await import('/dashboard/format.js');
+                const job = (status, total) => ({ status, cancel_requested: false,
+                    progress: { clips_done: 0, clips_total: total, last_checkpoint_clip: null } });
+                return [f.count(1, 'clip'), f.count(2, 'clip'), f.count(0, 'clip'),
+                        f.progressText(job('queued', 1)), f.progressText(job('stitching', 1)),
+                        f.eventDetails({ event: 'segment', data: { index: 0, frames: 1, bytes: 9 } })];
+            }"""
+        )
+        assert said == ["1 clip", "2 clips", "0 clips", "1 clip, waiting",
+                        "the clip is rendered, stitching", "segment 1: 1 frame, 9 bytes"]  # fmt: skip
+        assert watched.problems == []
+    finally:
+        watched.close()

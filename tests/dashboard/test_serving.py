@@ -153,7 +153,7 @@ def test_every_element_the_scripts_look_up_exists():
 
 def test_the_form_offers_what_the_api_accepts(client, sqlite_db, local_storage):
     options = client.get("/dashboard/options.json").json()
-    assert options["sizes"] == list(P.SIZES) and options["default_size"] == P.SIZE_DEFAULT
+    assert options["sizes"] == list(P.SIZES) and options["default_size"] in P.SIZES
     for n in options["infer_frames"]:
         assert P.check_infer_frames(n) == n
     assert len(options["infer_frames"]) == len(
@@ -169,6 +169,19 @@ def test_the_form_offers_what_the_api_accepts(client, sqlite_db, local_storage):
     )
     with TestClient(create_app(services)) as open_client:
         assert open_client.get("/dashboard/options.json").json()["auth_required"] is False
+
+
+@pytest.mark.parametrize(
+    ("preset", "size"), [("tiny", "128*128"), ("liveavatar-14b", P.SIZE_DEFAULT)]
+)
+def test_the_suggested_size_suits_the_model_the_workers_run(sqlite_db, local_storage, preset, size):
+    """The tiny model is for CPUs, where the model's own default size renders at well under a
+    frame per second: the form (and `longtake submit`) start from a small size there."""
+    config = ApiConfig(model_preset=preset)
+    services = Services(config=config, database=sqlite_db, storage=local_storage)
+    with TestClient(create_app(services)) as client:
+        options = client.get("/dashboard/options.json").json()
+    assert (options["model_preset"], options["default_size"]) == (preset, size)
 
 
 def contrast(a: str, b: str) -> float:

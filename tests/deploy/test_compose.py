@@ -222,8 +222,9 @@ def test_the_cpu_worker_has_the_same_configuration_as_the_gpu_worker_but_the_mod
         assert {k: v for k, v in cpu.items() if k not in MODEL} == {
             k: v for k, v in gpu.items() if k not in MODEL
         }
+        api = project.environment("api")
         assert {k: v for k, v in gpu.items() if k not in MODEL} == {
-            **project.environment("api"),
+            **{k: v for k, v in api.items() if k not in MODEL},
             "LONGTAKE_SOFT_SHUTDOWN_TIMEOUT_S": "300",
         }
 
@@ -242,6 +243,11 @@ def test_workers_load_the_model_they_are_meant_to(monkeypatch):
 
     cpu = settings_for(monkeypatch, project.environment("worker-cpu")).worker_config().engine
     assert (cpu.preset, cpu.device, cpu.random_weights) == ("tiny", "cpu", False)
+
+    # the API suggests sizes for the model its workers run
+    main_api = settings_for(monkeypatch, compose(*MAIN).environment("api")).api_config()
+    cpu_api = settings_for(monkeypatch, project.environment("api")).api_config()
+    assert (main_api.model_preset, cpu_api.model_preset) == (gpu.preset, cpu.preset)
 
     node = settings_for(
         monkeypatch, compose(*NODE, env=NODE_ENV).environment("worker")
