@@ -76,7 +76,7 @@ class Outcome(StrEnum):
     """The attempt failed and the database could not be told; the lease will expire."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClipDone:
     """What an `on_clip` hook is told, in the worker's thread, right after a clip came back
     from the engine (before it is encoded): a test's or an operator's point to act at."""
@@ -84,6 +84,8 @@ class ClipDone:
     job_id: uuid.UUID
     attempt: int
     clip: int
+    frames: np.ndarray
+    """uint8 [T, H, W, 3] as generated (before the mark); the hook must not change them."""
 
 
 ClipHook = Callable[[ClipDone], None]
@@ -417,7 +419,7 @@ class _Attempt:
                 raise RuntimeError(f"the engine returned clip {clip.index}, expected {done}")
             self.lc.faults.hit("during_clip")
             if self.lc.on_clip is not None:
-                self.lc.on_clip(ClipDone(self.job_id, self.attempt, clip.index))
+                self.lc.on_clip(ClipDone(self.job_id, self.attempt, clip.index, clip.frames))
             waited = time.monotonic()
             self._interval.encoder.submit(clip.frames[: plan.delivered(clip.index)])
             self.stats.encoder_wait_s += time.monotonic() - waited

@@ -3,6 +3,7 @@ the worker's per-clip hook, and its per-clip log lines (for workers in other pro
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Callable
@@ -141,11 +142,24 @@ class ClipLog:
     def __init__(self) -> None:
         self.clips: list[ClipDone] = []
         self.hooks: list[Callable[[ClipDone], None]] = []
+        self.raw: dict[tuple[uuid.UUID, int, int], str] = {}
+        """sha256 of each clip's frames as generated, by (job, attempt, clip)."""
 
     def __call__(self, done: ClipDone) -> None:
         self.clips.append(done)
+        self.raw[(done.job_id, done.attempt, done.clip)] = hashlib.sha256(
+            done.frames.tobytes()
+        ).hexdigest()
         for hook in list(self.hooks):
             hook(done)
+
+    def raw_by_clip(self, job_id: uuid.UUID) -> dict[int, tuple[int, str]]:
+        """clip -> (the attempt that generated it last, the hash of its frames)."""
+        out: dict[int, tuple[int, str]] = {}
+        for (j, attempt, clip), digest in self.raw.items():
+            if j == job_id and attempt >= out.get(clip, (0, ""))[0]:
+                out[clip] = (attempt, digest)
+        return out
 
     def generated(self, job_id: uuid.UUID, attempt: int | None = None) -> list[int]:
         return [

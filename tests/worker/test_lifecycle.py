@@ -9,10 +9,12 @@ frame hashes) with one uninterrupted render of the same job.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,18 +73,46 @@ def clip_log() -> ClipLog:
     return ClipLog()
 
 
+@dataclass(frozen=True)
+class Reference:
+    frame_hashes: list[str]
+    """Decoded frames of the standard job's output, rendered without interruption."""
+    raw: dict[int, str]
+    """Each clip's frames as the generator made them (sha256), by clip."""
+
+
 @pytest.fixture(scope="module")
-def reference(sqlite_template, tmp_path_factory) -> list[str]:
-    """Decoded frame hashes of the standard job rendered without interruption."""
+def reference_run(sqlite_template, tmp_path_factory) -> Reference:
     root = tmp_path_factory.mktemp("reference")
     shutil.copy(sqlite_template, root / "db.sqlite3")
     database = Database(f"sqlite:///{root / 'db.sqlite3'}")
     storage = LocalStorage(root / "objects")
     job_id = make_job(database, storage)
-    assert Lifecycle(config(root), database, storage).run(job_id) is Outcome.SUCCEEDED
+    clips = ClipLog()
+    lifecycle = Lifecycle(config(root), database, storage, on_clip=clips)
+    assert lifecycle.run(job_id) is Outcome.SUCCEEDED
     manifest = json.loads(storage.get_bytes(manifest_key(job_id)))
     database.dispose()
-    return manifest["frame_hashes"]
+    raw = {clip: digest for clip, (_, digest) in clips.raw_by_clip(job_id).items()}
+    return Reference(manifest["frame_hashes"], raw)
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> list[str]:
+    """Decoded frame hashes of the standard job rendered without interruption."""
+    return reference_run.frame_hashes
+
+
+def explain_difference(
+    clip_log: ClipLog, job_id: uuid.UUID, expected: Reference, cut: object
+) -> str:
+    """What a failed exactness check needs: which clips' raw frames differ, from which
+    attempt, and the engine's cut (raw frames equal but the video not: the encoder)."""
+    lines = [f"engine cut: {cut}"]
+    for clip, (attempt, digest) in sorted(clip_log.raw_by_clip(job_id).items()):
+        same = "same" if expected.raw.get(clip) == digest else "DIFFERENT"
+        lines.append(f"clip {clip}: attempt {attempt} raw {digest[:12]} ({same} as uninterrupted)")
+    return "\n".join(lines)
 
 
 def shut_down_during_clip_2(lifecycle: Lifecycle, job_id: uuid.UUID, clip_log) -> Outcome:
@@ -536,24 +566,22 @@ def test_a_wake_up_runs_the_best_queued_job_first(sqlite_db, local_storage, tmp_
     assert lifecycle.run(low) is Outcome.DROPPED  # a late duplicate
 
 
-def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_log, reference):
+TPP_SPEC = EngineSpec(
+    preset="tiny", device="cpu", ranks=2, torch_threads=1, factory="worker.engine:multi_gpu_engine"
+)
+
+
+def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_log, reference_run):
     """The Timestep-forcing Pipeline Parallelism engine as the worker's engine (two CPU ranks
     here): its ranks write the checkpoints, a shutdown mid-interval resumes, and the video is
     the single-device generator's, frame for frame."""
     from worker.engine import EngineCache
 
-    spec = EngineSpec(
-        preset="tiny",
-        device="cpu",
-        ranks=2,
-        torch_threads=1,
-        factory="worker.engine:multi_gpu_engine",
-    )
     engines = EngineCache()
     job_id = make_job(sqlite_db, local_storage)
     try:
         first = Lifecycle(
-            config(tmp_path, engine=spec),
+            config(tmp_path, engine=TPP_SPEC),
             sqlite_db,
             local_storage,
             engines=engines.get,
@@ -563,14 +591,76 @@ def test_the_multi_gpu_engine_plugs_in(sqlite_db, local_storage, tmp_path, clip_
         assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
         assert job(sqlite_db, job_id).last_checkpoint_clip == 3
         second = Lifecycle(
-            config(tmp_path, engine=spec),
+            config(tmp_path, engine=TPP_SPEC),
             sqlite_db,
             local_storage,
             engines=engines.get,
             on_clip=clip_log,
         )
         assert second.run(job_id) is Outcome.SUCCEEDED
+        cut = engines.get(TPP_SPEC).partition(4)
     finally:
         engines.close()
     assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
-    assert output_hashes(local_storage, job_id, tmp_path) == reference
+    got = output_hashes(local_storage, job_id, tmp_path)
+    assert got == reference_run.frame_hashes, explain_difference(
+        clip_log, job_id, reference_run, cut
+    )
+
+
+def test_shutdowns_at_random_points_under_load_resume_exactly(
+    sqlite_db, local_storage, tmp_path, clip_log, reference_run
+):
+    """Deploy after deploy, each SIGTERM at a random moment inside a clip, on a machine kept
+    busy, with a fresh multi-GPU engine for every attempt (its layer cut is chosen from costs
+    measured at its start, so load changes it): the video is the uninterrupted one."""
+    from worker.engine import EngineCache
+
+    rng = random.Random(20261202)
+    busy = threading.Event()
+
+    def burn() -> None:
+        while not busy.is_set():
+            sum(range(20_000))
+
+    load = [threading.Thread(target=burn, daemon=True) for _ in range(2)]
+    for t in load:
+        t.start()
+    job_id = make_job(sqlite_db, local_storage)
+    cuts = []
+    attempts = 0
+    try:
+        while attempts < 20:
+            attempts += 1
+            engines = EngineCache()  # a new engine: its cut is measured again, under load
+            lifecycle = Lifecycle(
+                config(tmp_path, engine=TPP_SPEC),
+                sqlite_db,
+                local_storage,
+                engines=engines.get,
+                on_clip=clip_log,
+            )
+            generated = len(clip_log.generated(job_id))
+
+            def stop_soon(done: ClipDone, lifecycle=lifecycle, generated=generated) -> None:
+                # after this attempt's first clip, at a random moment of a later clip
+                if done.job_id == job_id and len(clip_log.generated(job_id)) == generated + 1:
+                    threading.Timer(rng.uniform(0.0, 1.5), lifecycle.request_shutdown).start()
+
+            clip_log.hooks.append(stop_soon)
+            try:
+                outcome = lifecycle.run(job_id)
+                cuts.append(engines.get(TPP_SPEC).partition(4))
+            finally:
+                clip_log.hooks.remove(stop_soon)
+                engines.close()
+            if outcome is Outcome.SUCCEEDED:
+                break
+            assert outcome is Outcome.RELEASED
+    finally:
+        busy.set()
+    assert attempts > 2, "every attempt but the last must have been stopped"
+    got = output_hashes(local_storage, job_id, tmp_path)
+    assert got == reference_run.frame_hashes, explain_difference(
+        clip_log, job_id, reference_run, cuts
+    )
