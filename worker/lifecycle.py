@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from pipeline.engine import Engine, RenderStream
+import numpy as np
 
 from db import leases
 from db.database import Database
 from db.leases import LeaseLost
 from db.segments import Segment
 from db.states import JobStatus
+from pipeline.engine import Engine, RenderStream
 from storage import keys
 from storage.base import ObjectNotFound, Storage
 from worker.backoff import with_retries
