@@ -276,7 +276,13 @@ def test_a_duplicate_wake_up_while_a_job_runs_starts_no_second_render(services, 
     output = tmp_path / "output.mp4"
     storage.get_file(f"jobs/{job_id}/output.mp4", output)
     p = probe(output)
-    assert (p.video_streams, p.audio_streams, p.frames, p.width, p.height) == (1, 1, 142, 64, 64)  # 12 clips; the video ends with the speech
+    assert (p.video_streams, p.audio_streams, p.frames, p.width, p.height) == (
+        1,
+        1,
+        142,
+        64,
+        64,
+    )  # 12 clips; the video ends with the speech
     assert p.audio_s == pytest.approx(p.video_s, abs=0.03) and p.video_s == pytest.approx(5.76)
     manifest = tmp_path / "manifest.json"
     manifest.write_bytes(storage.get_bytes(manifest_key(job_id)))
