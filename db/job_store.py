@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import transitions as T
+from db.capabilities import topic_for
 from db.models import Job, JobEvent, JobSegment, OutboxMessage
 from db.params import JobParams
 from db.states import LEASED, IllegalTransition, JobStatus
@@ -88,7 +89,7 @@ def new_job_rows(
     }
     wakeup = {
         "job_id": new.id,
-        "topic": T.RENDER_TOPIC,
+        "topic": topic_for(new.precision),
         "reason": "created",
         "created_at": now,
         "publish_attempts": 0,

@@ -25,10 +25,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import transitions as T
+from db.capabilities import Capabilities
 from db.failures import Failure
 from db.models import Job, JobEvent, JobSegment
 from db.segments import Segment
 from db.states import LEASED, TERMINAL, JobStatus
+
+ANY_DEFAULT = Capabilities()
+"""A worker that serves only the default precision."""
 
 PROGRESS_EVENT_INTERVAL_S = 1.0
 """At most one `progress` event per job this often (the job row always has the latest)."""
@@ -104,17 +108,19 @@ def claim(
     worker_id: str,
     lease_s: float,
     *,
+    serves: Capabilities = ANY_DEFAULT,
     now: datetime | None = None,
 ) -> Lease | None:
     """Take the lease of one job (what a worker does on a wake-up message).
 
-    None when the job is final, unknown, or leased to someone whose lease is alive: that
-    message was a duplicate and is dropped. A leased job whose lease expired but was not yet
-    reaped is taken over (or failed when it has no attempts left).
+    None when the job is final, unknown, needs what this worker does not serve, or is leased
+    to someone whose lease is alive: that message was a duplicate and is dropped. A leased job
+    whose lease expired but was not yet reaped is taken over (or failed when it has no
+    attempts left).
     """
     now = T.now_or(now)
     job = T.lock(session, job_id)  # waits for a concurrent claimer, then sees its result
-    if job is None or job.job_status in TERMINAL:
+    if job is None or job.job_status in TERMINAL or not serves.serves(job.precision):
         return None
     if job.job_status in LEASED:
         if job.lease_expires_at is not None and job.lease_expires_at > now:
@@ -129,16 +135,18 @@ def claim_next(
     worker_id: str,
     lease_s: float,
     *,
+    serves: Capabilities = ANY_DEFAULT,
     tenant: str | None = None,
     now: datetime | None = None,
 ) -> Lease | None:
     """Take the best queued job: highest priority; among equals, the tenant with the fewest
     running jobs (fair share: one tenant's bulk upload cannot starve another's single job);
     then the oldest. Concurrent callers each get a different job (`FOR UPDATE SKIP LOCKED`;
-    on SQLite the transaction is serialised). `tenant` restricts the choice to one tenant.
+    on SQLite the transaction is serialised). Only jobs the worker `serves` are considered;
+    `tenant` restricts the choice to one tenant.
     """
     now = T.now_or(now)
-    candidates = [] if tenant is not None else _fair_share_candidates(session)
+    candidates = [] if tenant is not None else _fair_share_candidates(session, serves)
     for job_id in candidates:
         job = session.scalars(
             sa.select(Job)
@@ -149,7 +157,7 @@ def claim_next(
         if job is not None:
             return _take(session, job, worker_id, lease_s, now)
     # one tenant only, or every candidate was just taken by concurrent claimers
-    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value)
+    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value, serves.claimable())
     if tenant is not None:
         stmt = stmt.where(Job.tenant == tenant)
     stmt = (
@@ -170,6 +178,7 @@ def claim_for_wakeup(
     worker_id: str,
     lease_s: float,
     *,
+    serves: Capabilities = ANY_DEFAULT,
     now: datetime | None = None,
 ) -> Lease | None:
     """What a worker does with a wake-up message so that priorities and fair share hold:
@@ -178,26 +187,30 @@ def claim_for_wakeup(
     woken job if its lease expired unreaped. Every queued job has a wake-up of its own, so
     each still runs, in priority order; one taken early leaves its own message with nothing
     to do (dropped, like any duplicate)."""
-    lease = claim_next(session, worker_id, lease_s, now=now)
+    lease = claim_next(session, worker_id, lease_s, serves=serves, now=now)
     if lease is not None:
         return lease
-    return claim(session, job_id, worker_id, lease_s, now=now)
+    return claim(session, job_id, worker_id, lease_s, serves=serves, now=now)
 
 
-# Each tenant with queued jobs (found by skipping through the ix_jobs_fair index, one probe per
-# tenant), its best queued job and its running count; best first. Costs one index probe per
-# tenant, however many jobs are queued.
-_FAIR_SHARE = sa.text(
-    """
+# Each tenant with queued jobs this worker can take (found by skipping through the
+# ix_jobs_fair index, one probe per tenant), its best such job and its running count; best
+# first. Costs one index probe per tenant, however many jobs are queued.
+_FAIR_SHARE = (
+    sa.text(
+        """
     WITH RECURSIVE queued_tenants(tenant) AS (
-        SELECT (SELECT min(tenant) FROM jobs WHERE status = 'queued')
+        SELECT (SELECT min(tenant) FROM jobs
+                WHERE status = 'queued' AND precision IN :precisions)
         UNION ALL
-        SELECT (SELECT min(j.tenant) FROM jobs j WHERE j.status = 'queued' AND j.tenant > q.tenant)
+        SELECT (SELECT min(j.tenant) FROM jobs j
+                WHERE j.status = 'queued' AND j.precision IN :precisions AND j.tenant > q.tenant)
         FROM queued_tenants q WHERE q.tenant IS NOT NULL
     ),
     best AS (
         SELECT
-            (SELECT b.id FROM jobs b WHERE b.status = 'queued' AND b.tenant = q.tenant
+            (SELECT b.id FROM jobs b
+             WHERE b.status = 'queued' AND b.precision IN :precisions AND b.tenant = q.tenant
              ORDER BY b.priority DESC, b.created_at, b.id LIMIT 1) AS job_id,
             (SELECT count(*) FROM jobs r WHERE r.status IN ('running', 'stitching')
              AND r.tenant = q.tenant) AS running
@@ -207,11 +220,14 @@ _FAIR_SHARE = sa.text(
     ORDER BY jobs.priority DESC, best.running, jobs.created_at, jobs.id
     LIMIT 16
     """
-).columns(id=sa.Uuid)
+    )
+    .bindparams(sa.bindparam("precisions", expanding=True))
+    .columns(id=sa.Uuid)
+)
 
 
-def _fair_share_candidates(session: Session) -> list[uuid.UUID]:
-    return list(session.scalars(_FAIR_SHARE))
+def _fair_share_candidates(session: Session, serves: Capabilities) -> list[uuid.UUID]:
+    return list(session.scalars(_FAIR_SHARE, {"precisions": sorted(serves.precisions)}))
 
 
 # --------------------------------------------------------------------------- while rendering

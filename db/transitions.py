@@ -18,11 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db import webhooks
+from db.capabilities import topic_for
 from db.failures import Failure
 from db.models import Job, JobEvent, OutboxMessage, utcnow
 from db.states import LEASED, TERMINAL, JobStatus, check_transition
-
-RENDER_TOPIC = "render"
 
 
 class JobNotFound(LookupError):
@@ -81,7 +80,8 @@ def append_event(
 
 
 def enqueue_wakeup(session: Session, job: Job, reason: str, now: datetime) -> None:
-    session.add(OutboxMessage(job_id=job.id, topic=RENDER_TOPIC, reason=reason, created_at=now))
+    topic = topic_for(job.precision)
+    session.add(OutboxMessage(job_id=job.id, topic=topic, reason=reason, created_at=now))
 
 
 def transition(

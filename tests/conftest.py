@@ -134,7 +134,7 @@ def create_job():
         fields = dict(
             id=job_id,
             tenant="default",
-            params=job_params(),
+            params=job_params(audio_duration_s=19.2),  # exactly its ten clips of 48 frames
             image_key=f"jobs/{job_id}/inputs/image.png",
             audio_key=f"jobs/{job_id}/inputs/audio.wav",
             clips_total=10,

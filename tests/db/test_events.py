@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from db import job_store, leases, webhooks
 from db.segments import Segment
-from tests.factories import lease_for
+from tests.factories import job_params, lease_for
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -29,7 +29,8 @@ def events(db, job_id, **kwargs):
 
 
 def test_progress_events_are_rate_limited_per_job(db, create_job):
-    job = running(db, create_job, clips_total=6)
+    # six clips of 48 frames (288) for 11 s of speech: the video ends with it, after 275
+    job = running(db, create_job, clips_total=6, params=job_params(audio_duration_s=11.0))
 
     def progress(clips, t):
         with db.transaction() as s:
@@ -45,12 +46,15 @@ def test_progress_events_are_rate_limited_per_job(db, create_job):
     got = [e for e in events(db, job.id) if e.event == "progress"]
     assert [e.data["clips_done"] for e in got] == [1, 3, 6]
     assert got[0].data == {
-        "clips_done": 1, "clips_total": 6, "frames_done": 48, "frames_total": 288,
+        "clips_done": 1, "clips_total": 6, "frames_done": 48, "frames_total": 275,
         "fps": 20.0, "eta_s": 1.0, "clip_s": 2.4,
     }  # fmt: skip
     with db.transaction() as s:
         row = job_store.get_job(s, job.id)
-    assert (row.clips_done, row.frames_done) == (6, 288)
+    assert (row.clips_done, row.frames_done) == (
+        6,
+        275,
+    )  # the last clip counts only its spoken frames
 
 
 def test_a_new_attempt_reports_progress_at_once(db, create_job):
