@@ -55,10 +55,11 @@ class Denoiser:
         self.schedule = schedule
         self.cfg = stream_cfg
         self.seed = seed
-        self.text_kv = dit.text_context(text)
-        self.times = [dit.time_modulation(t) for t in schedule.timesteps]
-        # the sink's tokens are clean: they are always run at timestep 0
-        self.zero_time = dit.time_modulation(0.0)
+        with torch.no_grad():  # as every step runs: one compiled graph per shape, not two
+            self.text_kv = dit.text_context(text)
+            self.times = [dit.time_modulation(t) for t in schedule.timesteps]
+            # the sink's tokens are clean: they are always run at timestep 0
+            self.zero_time = dit.time_modulation(0.0)
         rows, cols = geometry.grid
         self._rows, self._cols = range(rows), range(cols)
         # token positions of a block at frame 0 and of the reference frame, kept on the model's

@@ -16,6 +16,11 @@ by `stream.checkpoint(d)` resumes with `engine.open(request, resume_from=d)` on 
 same model and layout; the frames that follow are those of an uninterrupted stream.
 `writes_own_checkpoints` says which of the two a caller should use: an engine whose ranks each
 write their own shard (pipeline.tpp) does it faster than a caller gathering the state first.
+
+An engine runs its DiT at one `precision` (pipeline.params.PRECISIONS), chosen when it is built;
+every state and checkpoint records it, and `open(..., resume_from=...)` refuses a checkpoint of
+another precision with `PrecisionMismatch` (a ValueError, defined with the precisions in
+pipeline.params).
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from pipeline.params import Precision, PrecisionMismatch
+
 if TYPE_CHECKING:  # importing the contract loads no torch
     from pipeline.request import Clip, RenderRequest
     from pipeline.state import StateDict
+
+__all__ = ["Engine", "PrecisionMismatch", "RenderStream"]
 
 
 @runtime_checkable
@@ -77,6 +86,11 @@ class Engine(Protocol):
     """Models loaded once, serving render streams one after another."""
 
     @property
+    def precision(self) -> Precision:
+        """How the DiT's linear layers run: "bf16" or "fp8" (pipeline.params.PRECISIONS)."""
+        ...
+
+    @property
     def writes_own_checkpoints(self) -> bool:
         """True: callers should checkpoint with `stream.checkpoint(directory)`; False: with
         `pipeline.state.write_checkpoint(stream.state_dict(...), directory)`."""
@@ -86,8 +100,8 @@ class Engine(Protocol):
         self, request: RenderRequest, *, resume_from: str | os.PathLike[str] | None = None
     ) -> RenderStream:
         """Start a stream for `request` (closing the previous one), or continue the stream a
-        checkpoint directory holds. Raises ValueError if the checkpoint belongs to another
-        request, model or layout."""
+        checkpoint directory holds. Raises PrecisionMismatch if the checkpoint was rendered at
+        another precision, ValueError if it belongs to another request, model or layout."""
         ...
 
     def shutdown(self) -> None:

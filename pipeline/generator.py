@@ -12,8 +12,11 @@ from typing import Any
 
 import torch
 
+from pipeline import params
 from pipeline import state as state_io
+from pipeline import vae as vae_mod
 from pipeline.components import Components, build_random, load_released
+from pipeline.params import Precision
 from pipeline.presets import Preset, get_preset
 from pipeline.request import RenderRequest
 from pipeline.stream import Decode, Stream
@@ -40,6 +43,12 @@ class Generator:
         self.components = components
         self._active: Stream | None = None
 
+    @property
+    def precision(self) -> Precision:
+        """How the DiT's linear layers run ("bf16" or "fp8"), fixed when it was built."""
+        assert self.components.dit is not None
+        return self.components.dit.precision
+
     @classmethod
     def from_preset(
         cls,
@@ -51,6 +60,7 @@ class Generator:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
         dit_overrides: dict[str, Any] | None = None,
+        precision: str = params.PRECISION_DEFAULT,
     ) -> Generator:
         """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
 
@@ -59,7 +69,11 @@ class Generator:
         random_weights: seeded random weights instead of a checkpoint (the `tiny` preset always
         uses them); benchmarks of the 14B architecture use this, as speed does not depend on
         weight values. dit_overrides: change DiT settings (e.g. num_layers for a reduced depth).
+        precision: "bf16" (the DiT's linears in `dtype`) or "fp8" (their weights quantised to
+        float8 e4m3 once loaded, the LoRA merged; pipeline/model/fp8.py). On a GPU the VAE's
+        kernels are stored channels-last for the streaming decoder.
         """
+        precision = params.check_precision(precision)
         preset = get_preset(resolve_name(name, checkpoint_dir))
         if dit_overrides:
             preset = preset.with_dit(**dit_overrides)
@@ -67,12 +81,19 @@ class Generator:
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         if random_weights or preset.name == "tiny":
-            return cls(preset, build_random(preset, device, dtype, seed))
-        if checkpoint_dir is None:
+            comps = build_random(preset, device, dtype, seed)
+        elif checkpoint_dir is None:
             raise ValueError(
                 f"preset {preset.name!r} needs checkpoint_dir (or random_weights=True)"
             )
-        return cls(preset, load_released(preset, checkpoint_dir, device, dtype))
+        else:
+            comps = load_released(preset, checkpoint_dir, device, dtype)
+        assert comps.dit is not None and comps.vae is not None
+        if precision == "fp8":
+            comps.dit.to_fp8()
+        if device.type == "cuda":
+            vae_mod.use_channels_last(comps.vae)
+        return cls(preset, comps)
 
     def open(
         self,
@@ -90,7 +111,8 @@ class Generator:
         """
         if state is not None and resume_from is not None:
             raise ValueError("give either state or resume_from, not both")
-        if resume_from is not None:
+        if resume_from is not None:  # the precision first, before reading the tensors
+            state_io.require_precision(state_io.read_manifest(resume_from)["meta"], self.precision)
             state = state_io.read_checkpoint(resume_from)
         if self._active is not None:
             self._active.close()

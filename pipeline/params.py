@@ -1,4 +1,4 @@
-"""What a render request may ask of the model: size keys, frame and step ranges.
+"""What a render request may ask of the model: size keys, frame and step ranges, precisions.
 
 Pure Python with no torch import, so the API can validate requests without loading the model.
 This module is the one place these facts live.
@@ -7,6 +7,7 @@ This module is the one place these facts live.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 FPS = 25
 """Output frame rate. Audio features are resampled to this rate."""
@@ -26,6 +27,15 @@ INFER_FRAMES_MAX = 96
 SAMPLE_STEPS_DEFAULT = 4
 SAMPLE_STEPS_MIN = 1
 SAMPLE_STEPS_MAX = 8
+
+Precision = Literal["bf16", "fp8"]
+PRECISIONS: tuple[Precision, ...] = ("bf16", "fp8")
+"""How the DiT's linear layers run. "bf16": in the model's dtype (bf16 on a GPU; the CPU's
+float32 in tests). "fp8": float8 e4m3 weights (one scale per output channel, quantised at load)
+and activations (one scale per token), products in float32 accumulators (pipeline/model/fp8.py).
+Attention, norms, modulation, embeddings and the head run in the model's dtype either way.
+A stream's precision is part of its identity: its checkpoints resume only at that precision."""
+PRECISION_DEFAULT: Precision = "bf16"
 
 NUM_CLIPS_MAX = 100_000
 PROMPT_MAX_CHARS = 2_000
@@ -124,3 +134,24 @@ def check_sample_steps(n: int) -> int:
             f"sample_steps must be between {SAMPLE_STEPS_MIN} and {SAMPLE_STEPS_MAX}, got {n}"
         )
     return n
+
+
+def check_precision(name: str) -> Precision:
+    """`name` as a precision, or ValueError naming the precisions there are."""
+    for p in PRECISIONS:
+        if name == p:
+            return p
+    raise ValueError(f"unknown precision {name!r}; use one of: {', '.join(PRECISIONS)}")
+
+
+class PrecisionMismatch(ValueError):
+    """A stream state taken at one precision, offered to an engine of another."""
+
+    def __init__(self, saved: str, engine: str):
+        self.saved = saved
+        self.engine = engine
+        super().__init__(
+            f"this checkpoint was rendered at precision {saved!r} and this engine runs "
+            f"{engine!r}: a stream resumes only at its own precision. Resume it on an engine "
+            f"built with precision {saved!r}, or start the render over at {engine!r}."
+        )

@@ -28,6 +28,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
+from pipeline.params import Precision, PrecisionMismatch
+
 FORMAT = "longtake.stream-state/1"
 MANIFEST = "manifest.json"
 _META_KEY = "longtake.state"
@@ -83,6 +85,19 @@ def _header_metadata(data: bytes) -> dict[str, str] | None:
     return header.get("__metadata__")
 
 
+def precision_of(meta: Mapping[str, Any]) -> str:
+    """The precision a state was rendered at (states from before precisions were recorded
+    were all rendered by the bf16 path)."""
+    return str(meta.get("precision", "bf16"))
+
+
+def require_precision(meta: Mapping[str, Any], precision: Precision) -> None:
+    """Raise PrecisionMismatch unless the state `meta` describes was rendered at `precision`."""
+    saved = precision_of(meta)
+    if saved != precision:
+        raise PrecisionMismatch(saved, precision)
+
+
 def shard_of(name: str) -> str:
     """The shard file a tensor belongs to: sink, step-<i> or decoder."""
     head, _, rest = name.partition(".")
@@ -120,8 +135,8 @@ def write_checkpoint(state: StateDict, directory: str | os.PathLike[str]) -> lis
     return written
 
 
-def read_checkpoint(directory: str | os.PathLike[str]) -> StateDict:
-    """Read a checkpoint directory written by `write_checkpoint`."""
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint directory's manifest (its state's meta and its shards), read alone."""
     root = Path(directory)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
@@ -129,6 +144,13 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> StateDict:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: unsupported format; expected {FORMAT}")
+    return manifest
+
+
+def read_checkpoint(directory: str | os.PathLike[str]) -> StateDict:
+    """Read a checkpoint directory written by `write_checkpoint`."""
+    root = Path(directory)
+    manifest = read_manifest(root)
     tensors: dict[str, torch.Tensor] = {}
     for shard in manifest["shards"]:
         path = root / shard["file"]

@@ -6,8 +6,12 @@ Per clip (48 frames = 12 latent frames = 4 blocks of 3):
     for each block:
         audio context of the block's 12 video frames
         for each step i: latents = denoiser.step(cache[i], latents, i, block)   # timestep forcing
-        online decode: the block's 12 frames, uint8, to the host
+        online decode: the block's 12 frames, uint8, copied to the host as they are ready
     after clip 0: the sink is rebuilt around the model's own first latent frame (adaptive sink)
+
+On a GPU the loop over a clip's blocks never waits for the device: the speech features of the
+next clip are looked up during the first block (`ClipAudio`), frames go to page-locked host
+memory without blocking, and the host waits once per clip, for the clip's last frames.
 
 Before clip 0 the sink (the reference frame plus motion frames made from it) is run through the
 model once and cached, and the streaming decoder is primed by decoding motion latents, whose
@@ -74,6 +78,8 @@ class Stream:
         assert comps.dit is not None and comps.vae is not None
         assert comps.text_encoder is not None and comps.tokenizer is not None
         assert comps.audio_encoder is not None
+        if state is not None:  # before any work: a state of another precision cannot resume
+            state_io.require_precision(state["meta"], comps.dit.precision)
         self._dit = comps.dit
         self._vae = comps.vae
         self._device = comps.dit.device
@@ -108,6 +114,7 @@ class Stream:
             preset.stream.audio_chunk_frames,
             preset.stream.audio_context_frames,
         )
+        self.clip_audio = ClipAudio(self.audio, g, self.num_clips)
 
         # fixed-size state
         cfg, dtype = preset.dit, self._dit.dtype
@@ -118,7 +125,8 @@ class Stream:
         self.sink_keys = SinkKeys(
             g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
         )
-        self.decoder = vae_mod.StreamingDecoder(self._vae)
+        cuda = self._device.type == "cuda"
+        self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
@@ -159,33 +167,49 @@ class Stream:
     def _generate_clip(self) -> np.ndarray | None:
         """Generate clip `next_clip`; online: its frames uint8 [T, H, W, 3], offline: None."""
         g, r = self.geometry, self.next_clip
-        steps = self.request.sample_steps
-        noise = clip_noise(self.request.seed, r, self._dit.cfg.in_dim, g).to(self._device)
-        frames: list[torch.Tensor] = []
+        noise = to_device(clip_noise(self.request.seed, r, self._dit.cfg.in_dim, g), self._device)
+        frames = None
+        if self.decode_mode == "online":  # page-locked on a GPU: copies into it do not block
+            shape = (self.request.infer_frames, self.height, self.width, 3)
+            frames = torch.empty(shape, dtype=torch.uint8, pin_memory=self._device.type == "cuda")
         first_latent = None
         for b in range(g.blocks_per_clip):
-            block = r * g.blocks_per_clip + b
-            feats = block_audio_features(self.audio, g, block)
-            audio = self.denoiser.audio(feats)
-            x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
-            for i in range(steps):
-                x = self.denoiser.step(self.caches[i], self.sink_keys, x, i, block, audio)
+            x = self._generate_block(r, b, noise, frames)
             if b == 0:
                 first_latent = x[:, :1].clone()
-            if self.decode_mode == "online":
-                frames.append(vae_mod.to_uint8_frames(self.decoder.decode(x)).cpu())
-            else:
-                self._offline_latents.append(x.cpu())
+                self.clip_audio.prefetch(r + 1)  # while the GPU works on this block
         if r == 0 and self.num_clips > 1:
             # adaptive sink: from now on the sink is the model's own first frame
             assert first_latent is not None
             _, motion = self._reference_latents()
             self.denoiser.prefill_sink(self.caches, self.sink_keys, first_latent, motion)
             self._motion = None
+        if self._device.type == "cuda":
+            torch.cuda.current_stream(self._device).synchronize()  # the clip's last frames
         self.next_clip += 1
         if self.progress is not None:
             self.progress(r)
-        return torch.cat(frames).numpy() if frames else None
+        return None if frames is None else frames.numpy()
+
+    def _generate_block(
+        self, clip: int, b: int, noise: torch.Tensor, frames: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Block b of clip `clip`, from the clip's noise [16, 12, h, w] to clean latents
+        [16, 3, h, w] (returned); its frames are decoded into frames[12 b : 12 (b + 1)]
+        (offline: its latents are kept). Nothing here waits for the device."""
+        g = self.geometry
+        block = clip * g.blocks_per_clip + b
+        audio = self.denoiser.audio(self.clip_audio.block(block))
+        x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
+        for i in range(self.request.sample_steps):
+            x = self.denoiser.step(self.caches[i], self.sink_keys, x, i, block, audio)
+        if frames is None:
+            self._offline_latents.append(x.cpu())
+        else:
+            n = g.video_frames_per_block
+            decoded = vae_mod.to_uint8_frames(self.decoder.decode(x))  # [12, H, W, 3]
+            frames[b * n : (b + 1) * n].copy_(decoded, non_blocking=True)
+        return x
 
     def _next_offline(self) -> Clip:
         if self.next_clip < self.num_clips:
@@ -265,6 +289,7 @@ class Stream:
             "decoder": dec_meta,
             "cache_tokens": g.cache_tokens,
             "dtype": str(self._dit.dtype),
+            "precision": self._dit.precision,
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
@@ -403,10 +428,63 @@ def clip_noise(seed: int, clip: int, channels: int, geometry: Geometry) -> torch
     return torch.randn((channels, g.latent_frames_per_clip, g.latent_h, g.latent_w), generator=gen)
 
 
-def block_audio_features(audio: AudioFeatures, geometry: Geometry, block: int) -> torch.Tensor:
-    """wav2vec2 features of the video frames block `block` shows: [layers, C, 12]."""
-    n = geometry.video_frames_per_block
-    return audio.video_frames(block * n, n)
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; from the host to a GPU through page-locked memory, without blocking."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class ClipAudio:
+    """The speech features of whole clips, looked up ahead of the blocks that use them.
+
+    `AudioFeatures.video_frames` waits for the device it runs on (it indexes with masks made
+    there). Looking a whole clip up at once, during the clip before it and, on a GPU, on a CUDA
+    stream of its own, keeps that wait out of the per-block loop and off the DiT's queue: the
+    host waits for the look-up's few kernels (and, every `audio_chunk_frames`, one wav2vec2
+    chunk) while the GPU goes on with the blocks already queued. Features are a function of the
+    audio alone, so they are the same whichever way they are looked up.
+    """
+
+    def __init__(self, audio: AudioFeatures, geometry: Geometry, num_clips: int):
+        self.audio = audio
+        self.geometry = geometry
+        self.num_clips = num_clips
+        device = audio.device
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self._side is not None:  # its first work follows the features' buffers' creation
+            self._side.wait_stream(torch.cuda.current_stream(device))
+        self._clips: dict[int, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+
+    def prefetch(self, clip: int) -> None:
+        """Start looking up clip `clip`'s features (a no-op past the last clip or if done)."""
+        if clip in self._clips or not 0 <= clip < self.num_clips:
+            return
+        n = self.geometry.blocks_per_clip * self.geometry.video_frames_per_block
+        if self._side is None:
+            self._clips[clip] = (self.audio.video_frames(clip * n, n), None)
+        else:
+            with torch.cuda.stream(self._side):
+                feats = self.audio.video_frames(clip * n, n)
+                ready = torch.cuda.Event()
+                ready.record(self._side)
+            self._clips[clip] = (feats, ready)
+        for old in [c for c in self._clips if c < clip - 1]:
+            del self._clips[old]
+
+    def block(self, block: int) -> torch.Tensor:
+        """Features of the video frames block `block` shows: [layers, C, 12], ready for the
+        current stream."""
+        g = self.geometry
+        clip, b = divmod(block, g.blocks_per_clip)
+        self.prefetch(clip)
+        feats, ready = self._clips[clip]
+        if ready is not None:
+            current = torch.cuda.current_stream(feats.device)
+            current.wait_event(ready)
+            feats.record_stream(current)  # made on the side stream, used on this one
+        n = g.video_frames_per_block
+        return feats[..., b * n : (b + 1) * n]
 
 
 def portrait_latents(vae: Any, reference_frame: np.ndarray, motion_frames: int) -> torch.Tensor:

@@ -8,23 +8,46 @@ same cache but clears it on every call; driving `vae.decoder` per latent frame w
 cache makes any split of the latents into calls give exactly the frames of one `vae.decode()`
 over all of them. The first latent frame of a stream decodes to 1 video frame, every later one
 to 4.
+
+On a GPU the decoder runs channels-last and compiled (`torch.compile` of `vae.decoder`, one
+graph per latent frame once the cache is warm: its entries are inputs and outputs of the
+graph, replaced as in eager mode), which leaves the cache, its snapshots and its state as they
+are. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py measures
+it).
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+from pipeline.model import fused
+
 _REPEAT = "Rep"  # diffusers' marker in the cache of a temporal upsampler that has seen one frame
 
 
+_STATS: weakref.WeakKeyDictionary[
+    AutoencoderKLWan, dict[torch.device, tuple[torch.Tensor, torch.Tensor]]
+] = weakref.WeakKeyDictionary()
+
+
 def _stats(vae: AutoencoderKLWan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device)
-    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device)
-    return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+    """The latents' per-channel mean and std [1, 16, 1, 1, 1] on `device`, made once: a
+    tensor built from host values is a blocking copy, which would make every decode wait for
+    the GPU to finish all the work queued before it."""
+    on = _STATS.setdefault(vae, {})
+    if device not in on:
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device)
+        on[device] = (mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1))
+    return on[device]
 
 
 def normalize_latents(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
@@ -72,16 +95,33 @@ class DecoderSnapshot:
     frames_decoded: int
 
 
+_COMPILED: weakref.WeakKeyDictionary[AutoencoderKLWan, Callable[..., Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
+    """`vae.decoder` compiled once per VAE (streams share it; kernels are built on first use)."""
+    fn = _COMPILED.get(vae)
+    if fn is None:
+        fused.allow_recompiles()  # a graph per upsampling stage, first frames and size
+        fn = _COMPILED[vae] = torch.compile(vae.decoder, dynamic=False)
+    return fn
+
+
 class StreamingDecoder:
     """Decodes normalised latents call by call; the causal conv cache lives across calls.
 
     channels_last (GPU): feed the decoder channels-last activations (pair with
     `use_channels_last(vae)`); the CPU keeps the default layout, bit-identical to `vae.decode`.
+    compiled (GPU): run `compiled_decoder(vae)` instead of the eager decoder.
     """
 
-    def __init__(self, vae: AutoencoderKLWan, channels_last: bool = False):
+    def __init__(self, vae: AutoencoderKLWan, channels_last: bool = False, compiled: bool = False):
         self.vae = vae
         self.channels_last = channels_last
+        self.compiled = compiled
+        self._decoder: Callable[..., Any] = compiled_decoder(vae) if compiled else vae.decoder
         self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self._cache: list[torch.Tensor | str | None] = [None] * self.num_convs
         self.frames_decoded = 0  # latent frames
@@ -96,14 +136,21 @@ class StreamingDecoder:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         out = []
         for i in range(x.shape[2]):
-            out.append(
-                self.vae.decoder(
-                    x[:, :, i : i + 1],
-                    feat_cache=self._cache,
-                    feat_idx=[0],
-                    first_chunk=self.frames_decoded == 0,
+            frame = x[:, :, i : i + 1]
+            first = self.frames_decoded == 0
+            try:
+                out.append(
+                    self._decoder(frame, feat_cache=self._cache, feat_idx=[0], first_chunk=first)
                 )
-            )
+            except Exception as exc:  # noqa: BLE001 - no working compiler here: stay correct
+                if not self.compiled:
+                    raise
+                # a failed compile runs nothing, so the cache is as the last frame left it
+                warnings.warn(f"compiled VAE decode failed, decoding eagerly: {exc}", stacklevel=2)
+                self.compiled, self._decoder = False, self.vae.decoder
+                out.append(
+                    self._decoder(frame, feat_cache=self._cache, feat_idx=[0], first_chunk=first)
+                )
             self.frames_decoded += 1
         return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
 
@@ -120,16 +167,21 @@ class StreamingDecoder:
         snap = snapshot or self.snapshot()
         tensors: dict[str, torch.Tensor] = {}
         markers: dict[str, str] = {}
+        channels_last: list[int] = []
         for i, entry in enumerate(snap.cache):
             if isinstance(entry, torch.Tensor):
                 tensors[f"feat.{i}"] = entry
+                if _is_channels_last(entry):
+                    channels_last.append(i)
             elif entry is not None:
                 markers[str(i)] = str(entry)
-        meta = {
+        meta: dict[str, object] = {
             "num_convs": self.num_convs,
             "frames_decoded": snap.frames_decoded,
             "markers": markers,
         }
+        if channels_last:  # only channels-last decoders write it: older states stay readable
+            meta["channels_last"] = channels_last
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, object]) -> None:
@@ -137,9 +189,17 @@ class StreamingDecoder:
             raise ValueError("decoder state is for a different VAE")
         device = next(self.vae.parameters()).device
         cache: list[torch.Tensor | str | None] = [None] * self.num_convs
+        layout = meta.get("channels_last", [])
+        assert isinstance(layout, list)
+        channels_last = {int(i) for i in layout}
         for i in range(self.num_convs):
             if f"feat.{i}" in tensors:
-                cache[i] = tensors[f"feat.{i}"].to(device)
+                t = tensors[f"feat.{i}"].to(device)
+                if i in channels_last:
+                    # as decoding left it: a saved tensor is dense in the default layout, and
+                    # another layout would change the kernels (and the bits) of what follows
+                    t = t.contiguous(memory_format=torch.channels_last_3d)
+                cache[i] = t
         markers = meta["markers"]
         assert isinstance(markers, dict)
         for i, value in markers.items():
@@ -151,3 +211,11 @@ class StreamingDecoder:
 
     def nbytes(self) -> int:
         return sum(e.numel() * e.element_size() for e in self._cache if isinstance(e, torch.Tensor))
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return (
+        t.dim() == 5
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last_3d)
+    )

@@ -1,23 +1,36 @@
-"""Generation benchmark: the LiveAvatar streaming generator on one GPU.
+"""Generation benchmark: the LiveAvatar streaming generator on one GPU, bf16 and fp8 side by side.
 
-    python -m ops.bench.generate --out bench-out/generate.json           # 14B, bf16, 720x400
+    python -m ops.bench.generate --out bench-out/generate.json           # 14B, 720x400
     python -m ops.bench.generate --preset tiny --device cpu --quick      # a dry run anywhere
 
 Measures, in one run:
-  1. the bf16 matmul ceiling: 8192^3 products on random data, median of 20;
-  2. the 14B architecture (random weights) at 720x400, 4 steps: seconds per DiT step on one
-     block for each step index, VAE decode per block, frames per second of the whole loop on
-     one GPU (online decode included), model FLOPs utilisation of the DiT step against (1),
-     peak GPU memory; timed with CUDA events over the clips after a warm-up clip (the ring
-     cache is full from clip 1 on, so these are steady-state figures);
-  3. the stream state at a clip boundary: its size, the time to capture it to host memory
-     (pageable and pinned) and to write it as a checkpoint directory (fsync'd);
-  4. GPU memory and host RSS after 10, 100 and 300 clips with online and with offline decode,
-     at a reduced DiT depth (`--mem-layers`) so that hundreds of clips fit in the run; memory
-     does not depend on depth other than through the per-layer cache, which is allocated at
-     open. Offline decode keeps every clip's latents until the end; its final decode is not
-     run (it is what makes offline decode impractical for long videos). A growth run stops
-     early, and says so, when the next checkpoint would not finish before `--deadline`.
+  1. the matmul ceilings: bf16 products, and float8 e4m3 products through `torch._scaled_mm`
+     with row-wise scales (the fp8 path's kernel), 8192^3 on random data, median of 20;
+  2. per precision (`--precisions`, default bf16 then fp8), the 14B architecture (random
+     weights) at 720x400, 4 steps: seconds per DiT step on one block for each step index, the
+     VAE decode per block, frames per second of the whole loop on one GPU (online decode
+     included), model FLOPs utilisation of the DiT step against both ceilings, the DiT's
+     weight memory and peak GPU memory; timed with CUDA events over the clips after a warm-up
+     clip (the ring cache is full from clip 1 on, so these are steady-state figures). One
+     steady block runs under `torch.cuda.set_sync_debug_mode("warn")`: every host
+     synchronisation inside it is counted (there should be none);
+  3. the streaming decode per block, eager (default layout and channels-last) and compiled
+     (channels-last), on the same latents: time, how far compiled frames are from eager ones,
+     and whether a compiled decoder's state, saved and restored, continues bit for bit;
+  4. what fp8 costs in error: the relative error of the velocity against bf16's on the same
+     inputs (one block, each step: the same latents, caches, prompt and audio; the fp8 model
+     is the bf16 model quantised), and the PSNR of the decoded frames against the bf16 render
+     of the same request after 1, 10 and 50 clips (`--quality-size`, `--quality-clips`).
+     Random weights: real weights may differ;
+  5. (optional) the stream state at a clip boundary: its size, the time to capture it to host
+     memory (pageable and pinned) and to write it as a checkpoint directory (fsync'd);
+  6. (optional) GPU memory and host RSS after 10, 100 and 300 clips with online and with
+     offline decode, at a reduced DiT depth (`--mem-layers`). A growth run stops early, and
+     says so, when the next sample would not finish before `--deadline`.
+
+The fp8 generator is the bf16 one with its DiT quantised in place (what
+`Generator.from_preset(..., precision="fp8")` builds from the same seed), so both render with
+the same weights and the run needs one model build.
 
 Prints a table and writes the figures as JSON.
 """
@@ -33,6 +46,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -44,9 +58,12 @@ from PIL import Image
 
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
-from pipeline.model import fused
+from pipeline import vae as vae_mod
+from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
 from pipeline.model.transformer import dit_flops_per_block_step
+from pipeline.stream import clip_noise, to_device
+from pipeline.text import encode_prompt
 
 T0 = time.perf_counter()
 
@@ -190,68 +207,142 @@ def matmul_ceiling(device: torch.device, n: int, repeats: int) -> float:
         )
         for _ in range(3)
     ]
-    for a, b in pairs:
-        a @ b
+    return 2 * n**3 / _median_time(device, [lambda a=a, b=b: a @ b for a, b in pairs], repeats)
+
+
+def fp8_matmul_ceiling(device: torch.device, n: int, repeats: int) -> float:
+    """Median rate of float8 e4m3 products with row-wise scales, as the fp8 path runs them
+    (`pipeline.model.fp8.linear`: `torch._scaled_mm`, output in the model's dtype), FLOP/s."""
+    out_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    calls = []
+    for _ in range(3):
+        x = torch.randn(n, n, device=device, generator=gen)
+        w = torch.randn(n, n, device=device, generator=gen)
+        rows = fp8.Fp8Rows(*fp8.quantize_rows(x))
+        weight = fp8.Fp8Weight.quantize(w)
+        calls.append(lambda r=rows, w=weight: fp8.linear(r, w, None, out_dtype))
+    return 2 * n**3 / _median_time(device, calls, repeats)
+
+
+def _median_time(device: torch.device, calls: list[Callable[[], Any]], repeats: int) -> float:
+    for fn in calls:
+        fn()
     sync(device)
     times = []
     for i in range(repeats):
-        a, b = pairs[i % len(pairs)]
+        fn = calls[i % len(calls)]
         if device.type == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
-            a @ b
+            fn()
             e.record()
             e.synchronize()
             times.append(s.elapsed_time(e) / 1000)
         else:
             t = time.perf_counter()
-            a @ b
+            fn()
             times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+    return statistics.median(times)
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (an FP8 linear keeps its weight in buffers)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames a against b (inf where equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 # --------------------------------------------------------------------------- parts
 
 
-def bench_generation(
-    args: argparse.Namespace, device: torch.device, peak: float
-) -> tuple[dict, Generator]:
-    log(f"building {args.preset} (random weights) on {device}")
-    t = time.perf_counter()
-    gen = Generator.from_preset(args.preset, device=device, random_weights=True)
-    sync(device)
-    build_s = time.perf_counter() - t
-    params = sum(p.numel() for p in gen.components.dit.parameters())
-    log(f"built in {build_s:.1f}s; DiT {params / 1e9:.2f}B parameters")
+class SyncCheck:
+    """Runs one chosen block of a stream under `torch.cuda.set_sync_debug_mode("warn")` and
+    keeps every warning it raises: each is a point where the host waited for the GPU."""
 
+    def __init__(self, stream: Any, clip: int, block: int):
+        self.stream, self.clip, self.block = stream, clip, block
+        self.inner = stream._generate_block
+        self.warnings: list[str] | None = None  # None: the block has not run (yet)
+
+    def __call__(self, clip: int, b: int, noise: torch.Tensor, frames: Any) -> torch.Tensor:
+        if (clip, b) != (self.clip, self.block) or not torch.cuda.is_available():
+            return self.inner(clip, b, noise, frames)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = self.inner(clip, b, noise, frames)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        self.warnings = [str(w.message).splitlines()[0] for w in caught]
+        return out
+
+
+def bench_generation(
+    args: argparse.Namespace,
+    gen: Generator,
+    device: torch.device,
+    ceilings: dict[str, float],
+    keep_clips: set[int],
+    keep_latents: int = 0,
+) -> tuple[dict, Any, dict[int, np.ndarray], list[torch.Tensor]]:
+    """One stream of 1 + args.clips clips at args.size: its steps, decodes and frames per
+    second. Returns the figures, the stream (still open, at the clip after the measured ones),
+    the frames of the clips in `keep_clips` and the first `keep_latents` blocks' clean latents
+    of the measured clips (what the decoder was given)."""
+    precision = gen.precision
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     clips = 1 + args.clips
     t = time.perf_counter()
-    stream = gen.open(request(args.size, clips, args.steps))
+    # one clip more than is measured: the stream stays at a boundary with a block to spare
+    stream = gen.open(request(args.size, clips + 1, args.steps))
     sync(device)
     open_s = time.perf_counter() - t
     g = stream.geometry
-    log(f"GPU memory after open: {gpu_bytes(device)}")
     log(
-        f"opened in {open_s:.1f}s: {stream.width}x{stream.height}, {g.block_tokens} tokens/block, "
-        f"{g.cache_tokens} keys/step cache"
+        f"[{precision}] opened in {open_s:.1f}s: {stream.width}x{stream.height}, "
+        f"{g.block_tokens} tokens/block, {g.cache_tokens} keys/step cache"
     )
 
     timer = Timer(device)
     stream.denoiser.step = timer.wrap(
         stream.denoiser.step, lambda cache, keys, x, step, block, audio: f"step{step}"
     )
-    stream.decoder.decode = timer.wrap(stream.decoder.decode, lambda z: "vae_decode")
+    latents: list[torch.Tensor] = []
+    decode = stream.decoder.decode
 
+    def keep_and_decode(z: torch.Tensor) -> torch.Tensor:
+        if stream.next_clip >= 1 and len(latents) < keep_latents:
+            latents.append(z.clone())
+        return decode(z)
+
+    stream.decoder.decode = timer.wrap(keep_and_decode, lambda z: "vae_decode")
+    check = SyncCheck(stream, clip=min(2, clips - 1), block=g.blocks_per_clip // 2)
+    stream._generate_block = check
+
+    kept: dict[int, np.ndarray] = {}
     t = time.perf_counter()
-    next(stream)  # warm-up clip: kernels chosen, ring filled
+    first = next(stream)  # warm-up clip: kernels compiled and chosen, ring filled
+    if 0 in keep_clips:
+        kept[0] = first.frames
     timer.collect(keep=False)
-    log(f"warm-up clip {time.perf_counter() - t:.1f}s")
+    log(f"[{precision}] warm-up clip {time.perf_counter() - t:.1f}s")
 
     sync(device)
     t = time.perf_counter()
     frames = 0
     for _ in range(args.clips):
-        frames += next(stream).frames.shape[0]
+        clip = next(stream)
+        frames += clip.frames.shape[0]
+        if clip.index in keep_clips:
+            kept[clip.index] = clip.frames
     sync(device)
     loop_s = time.perf_counter() - t
     timer.collect()
@@ -260,11 +351,14 @@ def bench_generation(
     flops = dit_flops_per_block_step(cfg, g.block_tokens, g.cache_tokens)
     steps = {k: v for k, v in sorted(timer.spans.items()) if k.startswith("step")}
     step_median = statistics.median([s for v in steps.values() for s in v])
-    decode = timer.spans["vae_decode"]
+    decodes = timer.spans["vae_decode"]
+    achieved = flops / step_median
     result = {
-        "build_s": build_s,
+        "precision": precision,
         "open_s": open_s,
-        "dit_parameters": params,
+        "dit_parameters": sum(p.numel() for p in gen.components.dit.parameters())
+        + sum(b.numel() for b in gen.components.dit.buffers()),
+        "dit_weight_bytes": weight_bytes(gen.components.dit),
         "width": stream.width,
         "height": stream.height,
         "block_tokens": g.block_tokens,
@@ -274,10 +368,15 @@ def bench_generation(
         "step_s_all": steps,
         "step_median_s": step_median,
         "dit_tflop_per_step": flops / 1e12,
-        "dit_tflops_achieved": flops / step_median / 1e12,
-        "mfu": flops / step_median / peak,
-        "vae_decode_per_block_s": statistics.median(decode),
-        "vae_decode_all_s": decode,
+        "dit_tflops_achieved": achieved / 1e12,
+        "mfu": achieved / ceilings["bf16"],
+        "mfu_of_fp8_ceiling": achieved / ceilings["fp8"],
+        "vae_decode_per_block_s": statistics.median(decodes),
+        "vae_decode_all_s": decodes,
+        "vae_decoder": {
+            "compiled": stream.decoder.compiled,
+            "channels_last": stream.decoder.channels_last,
+        },
         "loop_s": loop_s,
         "fps": frames / loop_s,
         "block_s": loop_s / (args.clips * g.blocks_per_clip),
@@ -286,18 +385,130 @@ def bench_generation(
         else 0,
         "peak_gpu_reserved": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0,
         "stream_memory": stream.memory_bytes(),
+        "host_syncs_in_steady_block": None if check.warnings is None else len(check.warnings),
+        "host_sync_warnings": check.warnings,
+        "steady_block_checked": [check.clip, check.block],
     }
+    stream._generate_block = check.inner
+    stream.decoder.decode = decode
     log(
-        f"step {step_median:.3f}s  MFU {result['mfu']:.1%}  decode {result['vae_decode_per_block_s']:.3f}s/block  "
-        f"{result['fps']:.2f} fps"
+        f"[{precision}] step {step_median:.3f}s  MFU {result['mfu']:.1%} of bf16, "
+        f"{result['mfu_of_fp8_ceiling']:.1%} of fp8  decode "
+        f"{result['vae_decode_per_block_s']:.3f}s/block  {result['fps']:.2f} fps  "
+        f"host syncs in a steady block: {result['host_syncs_in_steady_block']}"
     )
-
-    result["state"] = bench_state(args, stream, device)
-    result["attention_s"] = bench_attention(g, cfg, device)
     result["step_eager_s"] = bench_eager_step(stream, device)
-    log(f"eager step {result['step_eager_s']:.3f}s; attention {result['attention_s']}")
+    log(f"[{precision}] step without torch.compile {result['step_eager_s']:.3f}s")
+    return result, stream, kept, latents
+
+
+def block_velocities(
+    stream: Any, block: int, xs: list[torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The velocity of each step of block `block` on the stream's caches: from the block's
+    noise along the trajectory they make, or (xs given) on those latents. Returns (latents
+    fed to each step, velocities), float32. Each step rewrites the block's ring slot in its
+    cache before it reads it, so calls with the same inputs see the same caches."""
+    d, g = stream.denoiser, stream.geometry
+    clip, b = divmod(block, g.blocks_per_clip)
+    audio = d.audio(stream.clip_audio.block(block))
+    noise = to_device(clip_noise(stream.request.seed, clip, d.dit.cfg.in_dim, g), d.dit.device)
+    x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
+    inputs, velocities = [], []
+    with torch.no_grad():
+        for i in range(stream.request.sample_steps):
+            if xs is not None:
+                x = xs[i]
+            kv = d.block_kv(stream.caches[i], stream.sink_keys, i, block)
+            v = d.dit(x, d.times[i], kv, d.text_kv, audio)
+            inputs.append(x)
+            velocities.append(v.float())
+            x = d.schedule.euler(x, v, i)
+    return inputs, velocities
+
+
+def render_frames(gen: Generator, size: str, marks: list[int], steps: int) -> dict[int, np.ndarray]:
+    """Frames of clips (marks: 1-based counts, e.g. 1, 10, 50) of one stream at `size`."""
+    want = {m - 1 for m in marks}
+    out: dict[int, np.ndarray] = {}
+    stream = gen.open(request(size, max(marks), steps))
+    for clip in stream:
+        if clip.index in want:
+            out[clip.index] = clip.frames
     stream.close()
-    return result, gen
+    return out
+
+
+def bench_decode(
+    gen: Generator, latents: list[torch.Tensor], device: torch.device
+) -> dict[str, Any]:
+    """The streaming decode of the same latent blocks, eager and compiled; latents[0] primes
+    each decoder (and its compiles), the rest are timed. Also: does a compiled decoder's state,
+    saved to bytes and restored into a new decoder, continue bit for bit?"""
+    vae = gen.components.vae
+    cuda = device.type == "cuda"
+    variants = {"eager": (False, False), "eager_channels_last": (cuda, False)}
+    if cuda:
+        variants["compiled_channels_last"] = (True, True)
+    out: dict[str, Any] = {"blocks_timed": len(latents) - 1}
+    frames: dict[str, list[np.ndarray]] = {}
+    for name, (channels_last, compiled) in variants.items():
+        dec = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
+        t = time.perf_counter()
+        dec.decode(latents[0])
+        dec.decode(latents[0])  # frames 4+: the steady graph
+        sync(device)
+        prime_s = time.perf_counter() - t
+        times, got = [], []
+        for z in latents[1:]:
+            if cuda:
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                video = vae_mod.to_uint8_frames(dec.decode(z))
+                e.record()
+                e.synchronize()
+                times.append(s.elapsed_time(e) / 1000)
+            else:
+                t = time.perf_counter()
+                video = vae_mod.to_uint8_frames(dec.decode(z))
+                times.append(time.perf_counter() - t)
+            got.append(video.cpu().numpy())
+        frames[name] = got
+        out[name] = {"per_block_s": statistics.median(times), "all_s": times, "prime_s": prime_s}
+        log(f"decode {name}: {out[name]['per_block_s']:.3f}s/block (prime {prime_s:.1f}s)")
+    ref = np.stack(frames["eager"])
+    for name in variants:
+        if name == "eager":
+            continue
+        other = np.stack(frames[name])
+        diff = np.abs(other.astype(np.int16) - ref.astype(np.int16))
+        out[name]["vs_eager"] = {
+            "max_abs_diff": int(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "psnr_db": psnr(other, ref),
+        }
+    # a decoder's state mid-stream, through bytes, into a new decoder: the same frames after
+    channels_last, compiled = variants["compiled_channels_last" if cuda else "eager"]
+    a = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
+    b = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
+    half = len(latents) // 2
+    for z in latents[:half]:
+        a.decode(z)
+    tensors, meta = a.state_dict()
+    buf = io.BytesIO()
+    state_io.save_state({"meta": {"decoder": meta}, "tensors": tensors}, buf)
+    back = state_io.load_state(buf.getvalue())
+    b.load_state_dict(back["tensors"], back["meta"]["decoder"])
+    same = all(
+        torch.equal(vae_mod.to_uint8_frames(a.decode(z)), vae_mod.to_uint8_frames(b.decode(z)))
+        for z in latents[half:]
+    )
+    out["restored_state_continues_exactly"] = {
+        "decoder": "compiled" if compiled else "eager",
+        "equal": same,
+    }
+    log(f"decode state restored into a new decoder continues exactly: {same}")
+    return out
 
 
 def bench_eager_step(stream: Any, device: torch.device) -> float:
@@ -306,7 +517,7 @@ def bench_eager_step(stream: Any, device: torch.device) -> float:
     Runs after the measured clips on the stream's own caches (it overwrites one ring slot)."""
     g = stream.geometry
     block = stream.next_clip * g.blocks_per_clip
-    audio = stream.denoiser.audio(stream.audio.video_frames(block * 12, 12))
+    audio = stream.denoiser.audio(stream.clip_audio.block(block))
     x = torch.randn(16, 3, g.latent_h, g.latent_w, device=device)
     sync(device)
     step = type(stream.denoiser).step  # the class's function: not the timing wrapper
@@ -346,6 +557,15 @@ def bench_attention(g: Any, cfg: Any, device: torch.device) -> dict[str, float |
                 )
         except RuntimeError:  # not available for these inputs on this device
             out[backend.lower()] = None
+    # FP8 attention: only where SDPA's kernels take float8 inputs (measured, not assumed)
+    try:
+        q8, k8, v8 = (t.to(fp8.E4M3) for t in (qt, kt, vt))
+        out["sdpa_float8_e4m3"] = timed(
+            lambda: torch.nn.functional.scaled_dot_product_attention(q8, k8, v8)
+        )
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        out["sdpa_float8_e4m3"] = None
+        log(f"no FP8 attention in SDPA here: {str(exc).splitlines()[0][:160]}")
     return out
 
 
@@ -484,45 +704,93 @@ def bench_memory(args: argparse.Namespace, device: torch.device, deadline: float
 
 
 def table(r: dict) -> str:
-    g = r["generation"]
-    rows = [
+    precisions = r["precisions"]
+    names = list(precisions)
+    rows: list[tuple[str, str]] = [
         ("device", r["device"]),
-        ("bf16 matmul ceiling", f"{r['matmul_tflops']:.0f} TFLOP/s"),
-        ("DiT step, one block (median)", f"{g['step_median_s']:.3f} s"),
-        *[(f"  step {k[4:]}", f"{v:.3f} s") for k, v in g["step_s"].items()],
-        ("DiT FLOP per block step", f"{g['dit_tflop_per_step']:.1f} TFLOP"),
-        ("DiT achieved / MFU", f"{g['dit_tflops_achieved']:.0f} TFLOP/s / {g['mfu']:.1%}"),
-        ("VAE decode per block (12 frames)", f"{g['vae_decode_per_block_s']:.3f} s"),
-        ("loop per block (4 steps + decode)", f"{g['block_s']:.3f} s"),
-        ("frames per second, one GPU", f"{g['fps']:.2f}"),
-        ("peak GPU memory (allocated)", f"{g['peak_gpu_allocated'] / 2**30:.1f} GiB"),
-        ("stream state size", f"{g['state']['bytes'] / 1e9:.1f} GB"),
-        ("state capture: pageable", f"{g['state']['capture_s']:.1f} s"),
         (
-            "state capture: pinned, first / reused",
-            f"{g['state']['capture_pinned_first_s']:.1f} s / {g['state']['capture_pinned_s']:.1f} s",
+            "matmul ceiling: bf16 / fp8 (_scaled_mm, row-wise)",
+            f"{r['matmul_tflops']:.0f} / {r['fp8_matmul_tflops']:.0f} TFLOP/s",
         ),
-        ("state write", f"{g['state']['write_s']:.1f} s ({g['state']['write_gb_per_s']:.2f} GB/s)"),
+        ("fp8 products run as", r["fp8_kernel"]),
+        ("", " / ".join(names)),
     ]
-    if "step_eager_s" in g:
-        rows.append(("DiT step without torch.compile", f"{g['step_eager_s']:.3f} s"))
-    for name, secs in g.get("attention_s", {}).items():
+
+    def each(label: str, fmt: Callable[[dict], str]) -> None:
+        rows.append((label, " / ".join(fmt(precisions[n]) for n in names)))
+
+    each("DiT weights", lambda g: f"{g['dit_weight_bytes'] / 1e9:.1f} GB")
+    each("DiT step, one block (median)", lambda g: f"{g['step_median_s']:.3f} s")
+    each("  steps 0..3", lambda g: ", ".join(f"{v:.3f}" for v in g["step_s"].values()))
+    each("DiT achieved", lambda g: f"{g['dit_tflops_achieved']:.0f} TFLOP/s")
+    each("MFU of the bf16 ceiling", lambda g: f"{g['mfu']:.1%}")
+    each("MFU of the fp8 ceiling", lambda g: f"{g['mfu_of_fp8_ceiling']:.1%}")
+    each("DiT step without torch.compile", lambda g: f"{g['step_eager_s']:.3f} s")
+    each("VAE decode per block, in the loop", lambda g: f"{g['vae_decode_per_block_s']:.3f} s")
+    each("loop per block (4 steps + decode)", lambda g: f"{g['block_s']:.3f} s")
+    each("frames per second, one GPU", lambda g: f"{g['fps']:.2f}")
+    each("peak GPU memory (allocated)", lambda g: f"{g['peak_gpu_allocated'] / 2**30:.1f} GiB")
+    each("host syncs in a steady block", lambda g: str(g["host_syncs_in_steady_block"]))
+    dec = r.get("decode", {})
+    for name in ("eager", "eager_channels_last", "compiled_channels_last"):
+        if name in dec:
+            d = dec[name]
+            extra = ""
+            if "vs_eager" in d:
+                v = d["vs_eager"]
+                extra = f" (vs eager: max |diff| {v['max_abs_diff']}, PSNR {v['psnr_db']:.1f} dB)"
+            rows.append((f"decode per block: {name}", f"{d['per_block_s']:.3f} s{extra}"))
+    if "restored_state_continues_exactly" in dec:
+        rows.append(
+            (
+                "decoder state restored, continues exactly",
+                str(dec["restored_state_continues_exactly"]["equal"]),
+            )
+        )
+    err = r.get("fp8_error")
+    if err:
+        rows.append(
+            (
+                "fp8 velocity rel. error per step",
+                ", ".join(f"{e:.2%}" for e in err["velocity_rel_error"]),
+            )
+        )
+        for size, marks in err["psnr_db"].items():
+            rows.append(
+                (
+                    f"fp8 vs bf16 frames, PSNR at {size}",
+                    ", ".join(f"{v:.1f} dB after {k} clip(s)" for k, v in marks.items()),
+                )
+            )
+    for name, secs in r.get("attention_s", {}).items():
         rows.append(
             (
                 f"self-attention, one layer: {name}",
                 "n/a" if secs is None else f"{secs * 1e3:.2f} ms",
             )
         )
+    st = r.get("state")
+    if st:
+        rows += [
+            ("stream state size", f"{st['bytes'] / 1e9:.1f} GB"),
+            ("state capture: pageable", f"{st['capture_s']:.1f} s"),
+            (
+                "state capture: pinned, first / reused",
+                f"{st['capture_pinned_first_s']:.1f} s / {st['capture_pinned_s']:.1f} s",
+            ),
+            ("state write", f"{st['write_s']:.1f} s ({st['write_gb_per_s']:.2f} GB/s)"),
+        ]
     mem = r.get("memory")
     if mem:
         for mode in ("online", "offline"):
             if mode not in mem:
                 continue
-            for s in mem[mode]["samples"]:
+            for smp in mem[mode]["samples"]:
                 rows.append(
                     (
-                        f"{mode} decode, {mem['dit_layers']} layers, after {s['clips']} clips",
-                        f"GPU {s['gpu']['allocated'] / 2**30:.2f} GiB, RSS {s['rss'] / 2**30:.2f} GiB",
+                        f"{mode} decode, {mem['dit_layers']} layers, after {smp['clips']} clips",
+                        f"GPU {smp['gpu']['allocated'] / 2**30:.2f} GiB, "
+                        f"RSS {smp['rss'] / 2**30:.2f} GiB",
                     )
                 )
     width = max(len(a) for a, _ in rows)
@@ -537,7 +805,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", default="720*400")
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--clips", type=int, default=2, help="measured clips after the warm-up clip")
+    p.add_argument("--clips", type=int, default=9, help="measured clips after the warm-up clip")
+    p.add_argument("--precisions", default="bf16,fp8", help="bf16 first: fp8 is compared to it")
+    p.add_argument("--dit-layers", type=int, default=None, help="a reduced depth (smoke runs)")
+    p.add_argument("--quality-size", default="384*256", help="size of the long PSNR renders")
+    p.add_argument("--quality-clips", default="1,10,50", help="PSNR after these many clips")
+    p.add_argument(
+        "--quality-before", type=float, default=1e9, help="seconds; later, no PSNR renders"
+    )
+    p.add_argument("--decode-blocks", type=int, default=6, help="latent blocks for part 3")
+    p.add_argument("--skip-state", action="store_true", help="leave out part 5")
     p.add_argument("--mem-layers", type=int, default=2)
     p.add_argument("--mem-online", default=None, help="clip counts to sample (default 10,100,300)")
     p.add_argument("--mem-offline", default=None, help="clip counts to sample (default 10,100,300)")
@@ -547,12 +824,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.quick:
-        args.size, args.clips = "64*64", 1
+        args.size, args.clips, args.quality_size, args.quality_clips = "64*64", 1, "64*64", "1,2"
+        args.decode_blocks = 3
     default_marks = "2,4" if args.quick else "10,100,300"
     args.mem_online = default_marks if args.mem_online is None else args.mem_online
     args.mem_offline = default_marks if args.mem_offline is None else args.mem_offline
     args.mem_online = [int(v) for v in args.mem_online.split(",") if v]
     args.mem_offline = [int(v) for v in args.mem_offline.split(",") if v]
+    precisions = [v for v in args.precisions.split(",") if v]
+    if precisions not in (["bf16"], ["fp8"], ["bf16", "fp8"]):
+        p.error("--precisions: bf16, fp8 or bf16,fp8")
+    marks = [int(v) for v in args.quality_clips.split(",") if v]
     device = torch.device(args.device)
     deadline = T0 + args.deadline
 
@@ -563,9 +845,12 @@ def main() -> None:
     )
     log(f"device {name}; torch {torch.__version__}")
     n = 8192 if device.type == "cuda" else 1024
-    peak = matmul_ceiling(device, n, 20)
-    log(f"matmul ceiling {peak / 1e12:.1f} TFLOP/s")
-
+    out_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ceilings = {"bf16": matmul_ceiling(device, n, 20), "fp8": fp8_matmul_ceiling(device, n, 20)}
+    log(
+        f"matmul ceilings: bf16 {ceilings['bf16'] / 1e12:.1f}, fp8 {ceilings['fp8'] / 1e12:.1f} "
+        f"TFLOP/s (fp8 products: {fp8.kernel(device, out_dtype)})"
+    )
     report: dict[str, Any] = {
         "benchmark": "generate",
         "date": date.today().isoformat(),
@@ -575,20 +860,132 @@ def main() -> None:
         "weights": "random",
         "size": args.size,
         "steps": args.steps,
-        "matmul_tflops": peak / 1e12,
+        "matmul_tflops": ceilings["bf16"] / 1e12,
+        "fp8_matmul_tflops": ceilings["fp8"] / 1e12,
+        "fp8_kernel": fp8.kernel(device, out_dtype),
+        "precisions": {},
     }
-    generation, gen = bench_generation(args, device, peak)
-    report["generation"] = generation
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))  # keep what we have if the rest fails
+
+    def save() -> None:  # after each part: a run cut short keeps what it has
+        report["total_s"] = time.perf_counter() - T0
+        args.out.write_text(json.dumps(report, indent=2))
+
+    log(f"building {args.preset} (random weights) on {device}")
+    t = time.perf_counter()
+    overrides = {"num_layers": args.dit_layers} if args.dit_layers else None
+    gen = Generator.from_preset(
+        args.preset,
+        device=device,
+        random_weights=True,
+        dit_overrides=overrides,
+        precision=precisions[0],
+    )
+    sync(device)
+    report["build_s"] = time.perf_counter() - t
+    report["dit_layers"] = gen.preset.dit.num_layers
+
+    keep = {0, args.clips}  # frames after 1 and after 1 + clips clips, for the PSNR
+    both = precisions == ["bf16", "fp8"]
+    frames: dict[str, dict[int, np.ndarray]] = {}
+    quality: dict[str, dict[int, np.ndarray]] = {}
+
+    def measure(gen: Generator, precision: str) -> Any:
+        result, stream, kept, latents = bench_generation(
+            args, gen, device, ceilings, keep, keep_latents=args.decode_blocks
+        )
+        frames[precision] = kept
+        report["precisions"][precision] = result
+        save()
+        if precision == precisions[0]:  # parts that need one stream of either precision
+            parts: list[tuple[str, Callable[[], Any]]] = [
+                ("attention_s", lambda: bench_attention(stream.geometry, gen.preset.dit, device))
+            ]
+            if not args.skip_state:
+                parts.append(("state", lambda: bench_state(args, stream, device)))
+            if len(latents) >= 2:
+                parts.append(("decode", lambda: bench_decode(gen, latents, device)))
+            for key, part in parts:
+                try:
+                    report[key] = part()
+                except Exception as exc:  # keep the rest of the run
+                    log(f"{key} failed: {exc!r}")
+                    report[key] = {"error": repr(exc)}
+                save()
+        return stream
+
+    def render_for_psnr(gen: Generator, precision: str) -> None:
+        if precision == "bf16" and time.perf_counter() - T0 > args.quality_before:
+            log(f"PSNR renders at {args.quality_size} left out: past --quality-before")
+            marks.clear()
+        if both and marks:
+            log(f"[{precision}] {max(marks)} clips at {args.quality_size}, for the PSNR")
+            t = time.perf_counter()
+            quality[precision] = render_frames(gen, args.quality_size, marks, args.steps)
+            log(f"[{precision}] rendered in {time.perf_counter() - t:.1f}s")
+
+    if "bf16" in precisions:
+        render_for_psnr(gen, "bf16")
+        stream = measure(gen, "bf16")
+        if both:
+            # one block of the clip after the measured ones: bf16's steps and velocities
+            velocity_block = stream.next_clip * stream.geometry.blocks_per_clip
+            xs, v16 = block_velocities(stream, velocity_block)
+            t = time.perf_counter()
+            gen.components.dit.to_fp8()  # the same weights, quantised in place
+            log(f"quantised the DiT to fp8 in {time.perf_counter() - t:.1f}s")
+            # the same inputs (latents, caches, prompt states, audio) through the fp8 model
+            comps, d = gen.components, stream.denoiser
+            text = encode_prompt(
+                comps.text_encoder,
+                comps.tokenizer,
+                stream.request.prompt,
+                gen.preset.dit.text_len,
+                device=comps.text_device,
+            )
+            d.text_kv = d.dit.text_context(text)
+            _, v8 = block_velocities(stream, velocity_block, xs)
+            report["fp8_error"] = {
+                "note": "random weights: real weights may differ",
+                "velocity_block": velocity_block,
+                "velocity_rel_error": [
+                    float((a - b).norm() / b.norm()) for a, b in zip(v8, v16, strict=True)
+                ],
+                "psnr_db": {},
+            }
+            log(
+                f"fp8 velocity relative error per step: {report['fp8_error']['velocity_rel_error']}"
+            )
+            del xs, v16, v8
+        stream.close()
+        del stream
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if "fp8" in precisions:
+        assert gen.precision == "fp8"
+        measure(gen, "fp8").close()
+        render_for_psnr(gen, "fp8")
+        if both:
+            ps = report["fp8_error"]["psnr_db"]
+            ps[args.size] = {
+                str(c + 1): psnr(frames["fp8"][c], frames["bf16"][c]) for c in sorted(keep)
+            }
+            if quality:
+                ps[args.quality_size] = {
+                    str(m): psnr(quality["fp8"][m - 1], quality["bf16"][m - 1]) for m in marks
+                }
+            log(f"fp8 vs bf16 PSNR: {ps}")
+        save()
+    report["dit_weight_bytes"] = {k: v["dit_weight_bytes"] for k, v in report["precisions"].items()}
     del gen
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    report["memory"] = bench_memory(args, device, deadline)
-    report["total_s"] = time.perf_counter() - T0
-    args.out.write_text(json.dumps(report, indent=2))
+    if args.mem_online or args.mem_offline:
+        report["memory"] = bench_memory(args, device, deadline)
+    save()
     print()
     print(table(report))
 

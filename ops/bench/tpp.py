@@ -20,8 +20,10 @@ of four GPUs on an 8-GPU host; '4+1': LiveAvatar's four DiT GPUs and one decodin
 one stream on each at once, the measured clips of all streams starting together: the host's
 throughput is the sum of their FPS.
 
-Scaling efficiency = FPS / (GPUs x single-GPU FPS). The layouts run in the order given, each
-under the deadline; results are written after each one, so a run cut short keeps what it has.
+Each layout runs once per precision (`--precisions bf16,fp8`: an engine of each, fp8 being
+the same random weights quantised on every DiT rank). Scaling efficiency = FPS / (GPUs x
+single-GPU FPS of the same precision). The layouts run in the order given, each under the
+deadline; results are written after each one, so a run cut short keeps what it has.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def split_layout(layout: str) -> tuple[str, int]:
     return one, int(copies) if copies else 1
 
 
-def layout_config(layout: str, args: argparse.Namespace, first_gpu: int = 0) -> EngineConfig:
+def layout_config(
+    layout: str, args: argparse.Namespace, first_gpu: int = 0, precision: str = "bf16"
+) -> EngineConfig:
     """'4': four DiT GPUs, decode overlapped on the last; '3+1': three DiT GPUs and one that
     decodes. GPUs from `first_gpu`."""
     own = layout.endswith("+1")
@@ -70,6 +74,7 @@ def layout_config(layout: str, args: argparse.Namespace, first_gpu: int = 0) -> 
         attention=args.attention,
         compile=not args.no_compile,
         dtype=args.dtype,
+        precision=precision,
         warmup_size=args.size,
         warmup_steps=args.steps,
         stall_timeout_s=150.0,
@@ -187,16 +192,21 @@ def bench_checkpoint(stream: Any, args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def bench_side_by_side(layout: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_side_by_side(layout: str, args: argparse.Namespace, precision: str) -> dict[str, Any]:
     """K engines of one layout on disjoint GPUs, one stream each, timed over the same clips."""
     one, copies = split_layout(layout)
     per = gpus_of(one)
     engines: list[Engine] = []
-    result: dict[str, Any] = {"layout": layout, "gpus": gpus_of(layout), "engines": copies}
+    result: dict[str, Any] = {
+        "layout": layout,
+        "precision": precision,
+        "gpus": gpus_of(layout),
+        "engines": copies,
+    }
     try:
         t = time.perf_counter()
         for i in range(copies):
-            cfg = layout_config(one, args, first_gpu=i * per)
+            cfg = layout_config(one, args, first_gpu=i * per, precision=precision)
             log(f"layout {layout}: engine {i} on {cfg.devices}")
             engines.append(Engine(cfg))
         result["start_s"] = time.perf_counter() - t
@@ -241,17 +251,20 @@ def bench_side_by_side(layout: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def bench_layout(layout: str, args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+def bench_layout(
+    layout: str, args: argparse.Namespace, deadline: float, precision: str = "bf16"
+) -> dict[str, Any]:
     if split_layout(layout)[1] > 1:
-        return bench_side_by_side(layout, args)
-    cfg = layout_config(layout, args)
-    log(f"layout {layout}: {cfg.world_size} ranks on {cfg.devices}")
+        return bench_side_by_side(layout, args, precision)
+    cfg = layout_config(layout, args, precision=precision)
+    log(f"layout {layout} ({precision}): {cfg.world_size} ranks on {cfg.devices}")
     t = time.perf_counter()
     engine = Engine(cfg)
     start_s = time.perf_counter() - t
     log(f"  started in {start_s:.1f}s; decode cost {engine.measured_vae_cost} layer-steps")
     result: dict[str, Any] = {
         "layout": layout,
+        "precision": precision,
         "gpus": gpus_of(layout),
         "dit_ranks": cfg.dit_ranks,
         "vae_on_own_gpu": cfg.vae_on_own_rank,
@@ -307,17 +320,28 @@ def best_fps(layout: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
-def table(report: dict[str, Any]) -> str:
-    single = next(
-        (best_fps(x) for x in report["layouts"] if x["layout"] == "1" and best_fps(x)), None
+def single_gpu_fps(report: dict[str, Any], precision: str) -> float | None:
+    """The best one-GPU FPS of a precision in this run (the scaling baseline)."""
+    return next(
+        (
+            best_fps(x)
+            for x in report["layouts"]
+            if x["layout"] == "1" and x.get("precision") == precision and best_fps(x)
+        ),
+        None,
     )
+
+
+def table(report: dict[str, Any]) -> str:
     rows = [("device", report["device"]), ("preset / size / steps", report["setup"])]
     for x in report["layouts"]:
+        single = single_gpu_fps(report, x.get("precision", "bf16"))
         if x.get("engines", 1) > 1 and x.get("fps"):
             eff = x["fps"] / (x["gpus"] * single) if single else None
             rows.append(
                 (
-                    f"{x['layout']}: {x['engines']} engines side by side, {x['gpus']} GPUs",
+                    f"{x['layout']} ({x['precision']}): {x['engines']} engines side by side, "
+                    f"{x['gpus']} GPUs",
                     f"{x['fps']:.2f} fps in all"
                     + (f", efficiency {eff:.0%}" if eff else "")
                     + " ("
@@ -333,7 +357,7 @@ def table(report: dict[str, Any]) -> str:
             ranks = s["ranks"]
             rows.append(
                 (
-                    f"{x['layout']} GPU(s), split {s['split']}",
+                    f"{x['layout']} GPU(s), {x['precision']}, split {s['split']}",
                     f"{s['fps']:.2f} fps"
                     + (f", efficiency {eff:.0%}" if eff else "")
                     + f", first clip {s['first_clip_s']:.2f}s"
@@ -403,6 +427,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips", type=int, default=4, help="measured clips after the first")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--precisions", default="bf16", help="comma-separated: bf16, fp8")
     p.add_argument("--attention", default="auto")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--state-dir", default=None, help="scratch directory for the checkpoint")
@@ -455,22 +480,22 @@ def main() -> None:
         print(topo, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for layout in args.layouts.split(","):
-        if time.perf_counter() > deadline - args.layout_min_s:
-            log(f"layout {layout}: skipped (deadline)")
-            report["layouts"].append({"layout": layout, "skipped": "deadline", "streams": []})
-            continue
-        try:
-            report["layouts"].append(bench_layout(layout, args, deadline))
-        except Exception as exc:  # keep the other layouts' figures
-            log(f"layout {layout} failed: {exc!r}")
-            report["layouts"].append({"layout": layout, "error": repr(exc), "streams": []})
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2, default=str))
-    single = next(
-        (best_fps(x) for x in report["layouts"] if x["layout"] == "1" and best_fps(x)), None
-    )
+        for precision in args.precisions.split(","):
+            entry = {"layout": layout, "precision": precision, "streams": []}
+            if time.perf_counter() > deadline - args.layout_min_s:
+                log(f"layout {layout} ({precision}): skipped (deadline)")
+                report["layouts"].append({**entry, "skipped": "deadline"})
+                continue
+            try:
+                report["layouts"].append(bench_layout(layout, args, deadline, precision))
+            except Exception as exc:  # keep the other layouts' figures
+                log(f"layout {layout} ({precision}) failed: {exc!r}")
+                report["layouts"].append({**entry, "error": repr(exc)})
+            report["total_s"] = time.perf_counter() - T0
+            args.out.write_text(json.dumps(report, indent=2, default=str))
     for x in report["layouts"]:
         fps = best_fps(x)
+        single = single_gpu_fps(report, x["precision"])
         x["best_fps"] = fps
         x["scaling_efficiency"] = fps / (x["gpus"] * single) if fps and single else None
     report["total_s"] = time.perf_counter() - T0

@@ -4,6 +4,10 @@ Between its matrix products a block runs a dozen memory-bound elementwise steps 
 eager PyTorch spends one kernel, and one round trip through GPU memory, on each. On CUDA these
 functions are compiled with `torch.compile` (one kernel each); on the CPU they run eagerly, as
 written. `set_compile(False)` turns compilation off (benchmarks compare both).
+
+The `*_fp8` variants end in the per-token quantisation of the FP8 linear layers
+(pipeline/model/fp8.py): the step before a linear writes its e4m3 input and scales directly,
+in the same kernel, instead of a bf16 tensor that a separate kernel would read back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
+from pipeline.model import fp8
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _enabled = True
 
@@ -22,6 +28,21 @@ _enabled = True
 def set_compile(enabled: bool) -> None:
     global _enabled
     _enabled = enabled
+
+
+RECOMPILE_LIMIT = 64
+"""Compiled graphs kept per function. Each shape a function meets (a block, the sink, the
+prompt, the audio layers; at every output size a worker renders; with gradients on or off)
+is a graph of its own: at torch's default of 8 a long-lived process ran out of them and
+fell back to eager kernels (seen on an H200, 2026-12-02)."""
+
+
+def allow_recompiles() -> None:
+    """Raise torch.compile's per-function graph limit to RECOMPILE_LIMIT (never lower it)."""
+    cfg = torch._dynamo.config
+    # the setting's name since torch 2.6; before it, cache_size_limit
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(int(getattr(cfg, name)), RECOMPILE_LIMIT))
 
 
 def _gpu_compiled(fn: _F) -> _F:
@@ -32,6 +53,7 @@ def _gpu_compiled(fn: _F) -> _F:
         if not (_enabled and args[0].is_cuda):
             return fn(*args)
         if compiled is None:
+            allow_recompiles()
             compiled = torch.compile(fn, fullgraph=True, dynamic=False)
         try:
             return compiled(*args)
@@ -87,3 +109,34 @@ def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     cos, sin = rot[..., 0], rot[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+# ---- ending in FP8 rows: (e4m3 [..., K], float32 scales [..., 1]) -----------------------------
+
+
+@_gpu_compiled
+def modulated_norm_fp8(
+    h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`modulated_norm` of float32 h, quantised per token for an FP8 linear."""
+    return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift)
+
+
+@_gpu_compiled
+def affine_norm_fp8(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`affine_norm` of float32 h, quantised per token for an FP8 linear."""
+    return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps))
+
+
+@_gpu_compiled
+def gelu_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tanh-GELU of the FFN's hidden x (float32 arithmetic), quantised per token."""
+    return fp8.quantize_rows(F.gelu(x.float(), approximate="tanh"))
+
+
+@_gpu_compiled
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x quantised per token: where nothing of ours runs before a linear (after attention)."""
+    return fp8.quantize_rows(x)

@@ -1,7 +1,9 @@
 """Transformer building blocks of the S2V DiT (checkpoint names: `blocks.N.*`, `head.*`).
 
 Precision follows the reference: linear layers and attention run in the weights' dtype (bf16 on
-GPU), while norms, the adaptive modulation and the residual sums are computed in float32.
+GPU), while norms, the adaptive modulation and the residual sums are computed in float32. In the
+`fp8` precision (`TransformerBlock.to_fp8`), a block's linear layers hold float8 e4m3 weights
+and take their inputs quantised per token, by the fused step before them (pipeline/model/fp8.py).
 
 Self-attention reads and writes a KV cache it is handed (`KVCache`, implemented in
 pipeline/cache.py), as a decoder with a cache does: the cache knows where the call's tokens sit
@@ -17,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.model import fused
+from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
+from pipeline.model.fp8 import Fp8Rows, Fp8Weight
 from pipeline.model.rope import apply_rope
 
 
@@ -38,6 +41,35 @@ class KVCache(Protocol):
         ...
 
 
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters, under the same names) whose weight can be quantised to
+    float8 e4m3 once loaded (`to_fp8`); it then takes FP8 rows, or quantises a tensor itself."""
+
+    weight_fp8: torch.Tensor | None
+    weight_scale: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        self.register_buffer("weight_fp8", None)
+        self.register_buffer("weight_scale", None)
+
+    def to_fp8(self) -> None:
+        """Quantise the weight per output channel; the bf16 weight is freed."""
+        w = Fp8Weight.quantize(self.weight.detach())
+        self.weight_fp8, self.weight_scale = w.data, w.scale
+        self.register_parameter("weight", None)
+
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        """x [..., in] -> [..., out] in the weights' (or, FP8: the bias's) dtype."""
+        if self.weight_fp8 is None or self.weight_scale is None:
+            if isinstance(x, Fp8Rows):
+                raise TypeError("FP8 rows given to a linear layer that is not in FP8")
+            return F.linear(x, self.weight, self.bias)
+        rows = x if isinstance(x, Fp8Rows) else Fp8Rows(*fused.quantize_rows(x))
+        weight = Fp8Weight(self.weight_fp8, self.weight_scale)
+        return fp8.linear(rows, weight, self.bias, self.bias.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -53,15 +85,15 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.layer = layer  # which of the cache's layers this one reads and writes
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x [1, L, C] -> [1, L, C]."""
+    def forward(self, x: torch.Tensor | Fp8Rows, cache: KVCache) -> torch.Tensor:
+        """x [1, L, C] (or its FP8 rows) -> [1, L, C]."""
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
         k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
         v = self.v(x).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
@@ -76,10 +108,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
+        self.o = Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
@@ -89,8 +121,8 @@ class CrossAttention(nn.Module):
         v = self.v(context).unflatten(2, (self.num_heads, -1))
         return k, v
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """x [B, L, C]; k, v [B, Lc, H, D] -> [B, L, C]."""
+    def forward(self, x: torch.Tensor | Fp8Rows, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x [B, L, C] (or its FP8 rows); k, v [B, Lc, H, D] -> [B, L, C]."""
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))
         return self.o(attention(q, k, v).flatten(2))
 
@@ -105,9 +137,18 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
+            Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), Linear(ffn_dim, dim)
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.fp8 = False
+
+    def to_fp8(self) -> None:
+        """Quantise this block's linear layers (attention, text cross-attention, FFN) to FP8;
+        from now on the step before each one hands it FP8 rows."""
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.to_fp8()
+        self.fp8 = True
 
     def forward(
         self,
@@ -117,20 +158,36 @@ class TransformerBlock(nn.Module):
         text_kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         """x [1, L, C] in the weights' dtype; time_mod [6, C] float32 (one timestep for all L)."""
-        dtype, eps = x.dtype, self.eps
+        dtype = x.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (
             self.modulation[0].float() + time_mod
         ).unbind(0)  # [C] each
         h = x.float()  # the residual stream, float32 inside the block
 
-        y = self.self_attn(fused.modulated_norm(h, shift1, scale1, eps, dtype), cache)
+        y = self.self_attn(self._modulated_norm(h, shift1, scale1, dtype), cache)
         h = fused.gated_residual(h, y, gate1)
 
-        c = fused.affine_norm(h, self.norm3.weight, self.norm3.bias, eps, dtype)
-        h = fused.residual(h, self.cross_attn(c, *text_kv))
+        h = fused.residual(h, self.cross_attn(self._affine_norm(h, dtype), *text_kv))
 
-        y = self.ffn(fused.modulated_norm(h, shift2, scale2, eps, dtype))
+        u = self.ffn[0](self._modulated_norm(h, shift2, scale2, dtype))  # [1, L, ffn_dim]
+        u = Fp8Rows(*fused.gelu_fp8(u)) if self.fp8 else self.ffn[1](u)
+        y = self.ffn[2](u)
         return fused.gated_residual(h, y, gate2).to(dtype)
+
+    # the input of the next linear layers: in the weights' dtype, or their FP8 rows
+
+    def _modulated_norm(
+        self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | Fp8Rows:
+        if self.fp8:
+            return Fp8Rows(*fused.modulated_norm_fp8(h, shift, scale, self.eps))
+        return fused.modulated_norm(h, shift, scale, self.eps, dtype)
+
+    def _affine_norm(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | Fp8Rows:
+        w, b = self.norm3.weight, self.norm3.bias
+        if self.fp8:
+            return Fp8Rows(*fused.affine_norm_fp8(h, w, b, self.eps))
+        return fused.affine_norm(h, w, b, self.eps, dtype)
 
 
 class Head(nn.Module):

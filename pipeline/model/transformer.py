@@ -36,6 +36,7 @@ from pipeline.model.attention import attention
 from pipeline.model.audio import AudioInjector, CausalAudioEncoder
 from pipeline.model.frame_pack import FramePacker
 from pipeline.model.layers import Head, KVCache, TransformerBlock
+from pipeline.params import Precision
 from pipeline.presets import DiTConfig
 
 # rows of `trainable_cond_mask`: which kind of token this is
@@ -123,6 +124,17 @@ class WanS2VTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
+
+    @property
+    def precision(self) -> Precision:
+        """How the blocks' linear layers run (pipeline.params.PRECISIONS)."""
+        return "fp8" if any(block.fp8 for block in self.blocks) else "bf16"
+
+    def to_fp8(self) -> None:
+        """Quantise every block's linear layers to FP8 (once, after loading the weights and
+        merging the LoRA). Embeddings, the audio layers and the head stay as they are."""
+        for block in self.blocks:
+            block.to_fp8()
 
     # ---- the transformer -----------------------------------------------------------------
 

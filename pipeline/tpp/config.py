@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pipeline import params
 from pipeline.model.attention import BACKENDS
 from pipeline.tpp.partition import Split
 
@@ -22,6 +23,9 @@ class EngineConfig:
     A device: a rank of its own on it that only decodes (a GPU no DiT rank uses)."""
     dtype: str | None = None
     """"bfloat16" / "float32"; None: bf16 on GPU, fp32 on CPU."""
+    precision: str = params.PRECISION_DEFAULT
+    """How the DiT's linear layers run (pipeline.params.PRECISIONS): "fp8" quantises them to
+    float8 e4m3 once loaded, on every DiT rank (each quantises its own copy)."""
     random_weights: bool = False
     checkpoint_dir: str | None = None
     weights_seed: int = 0
@@ -33,6 +37,8 @@ class EngineConfig:
     """torch.compile the DiT's elementwise glue (GPU only)."""
     vae_channels_last: bool = True
     """Channels-last VAE decode on GPU (faster in cuDNN; the CPU keeps the default layout)."""
+    vae_compile: bool = True
+    """torch.compile the streaming decoder (GPU only; its cache and state are unchanged)."""
     offload_text_encoder: bool = False
     """Keep umT5 in host memory; it visits the encoder rank's GPU once per stream."""
     split: Split = "layers"
@@ -79,6 +85,7 @@ class EngineConfig:
             )
         if self.attention not in BACKENDS:
             raise ValueError(f"attention must be one of {', '.join(BACKENDS)}")
+        params.check_precision(self.precision)
         if self.split not in ("steps", "layers"):
             raise ValueError("split must be 'steps' or 'layers'")
         types = {torch.device(d).type for d in self.devices}

@@ -92,6 +92,7 @@ from pipeline import state as state_io
 from pipeline.generator import resolve_name
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform
+from pipeline.params import Precision
 from pipeline.presets import get_preset
 from pipeline.request import Clip, RenderRequest
 from pipeline.stream import prepare_inputs
@@ -121,6 +122,7 @@ class Engine:
     without gathering the state in one process."""
 
     def __init__(self, config: EngineConfig, *, start: bool = True):
+        self.precision: Precision = params.check_precision(config.precision)
         if config.preset == "auto":
             config = config.with_(preset=resolve_name("auto", config.checkpoint_dir))
         self.config = config
@@ -298,6 +300,7 @@ class Engine:
         request: RenderRequest,
         inputs: Any,
     ) -> Partition:
+        state_io.require_precision(meta, self.precision)
         saved = meta.get("request", {})
         diff = sorted(
             k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
@@ -605,6 +608,7 @@ class EngineStream:
             "decoder": rank_meta["decoder"],
             "cache_tokens": self.geometry.cache_tokens,
             "dtype": str(cfg.torch_dtype),
+            "precision": self.engine.precision,
             "tpp": {
                 "dit_ranks": cfg.dit_ranks,
                 "vae_on_own_rank": cfg.vae_on_own_rank,

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.stream import to_device
+
 DATA, STOP = 0, 1
 HAS_HIDDEN, HAS_FEATURES = 1, 2
 
@@ -90,7 +92,9 @@ class Link:
         return Packet(block, latents, hidden, features)
 
     def _send(self, t: torch.Tensor) -> None:
-        t = t.to(self.device).contiguous()
+        # a header comes from the host: through page-locked memory, so the copy does not wait
+        # for the work queued on the GPU
+        t = to_device(t, self.device).contiguous()
         self._pending.append((dist.isend(t, self.peer, group=self.group), t))
         while len(self._pending) > self.max_pending:
             self._pending.popleft()[0].wait()

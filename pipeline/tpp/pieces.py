@@ -11,7 +11,6 @@ tensors it asks for are read from the shard files) or an in-memory state dict.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -61,7 +60,7 @@ class DirectorySource:
 
     def __init__(self, directory: str | os.PathLike[str]):
         root = Path(directory)
-        self.manifest = read_manifest(root)
+        self.manifest = state_io.read_manifest(root)
         self._where: dict[str, Path] = {}
         for shard in self.manifest["shards"]:
             path = root / shard["file"]
@@ -81,18 +80,6 @@ class DirectorySource:
     def get(self, name: str) -> torch.Tensor:
         with safe_open(str(self._where[name]), framework="pt", device="cpu") as f:
             return f.get_tensor(name)
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / state_io.MANIFEST
-    if not path.is_file():
-        raise ValueError(
-            f"{root} is not a checkpoint: {state_io.MANIFEST} is missing (incomplete write?)"
-        )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != state_io.FORMAT:
-        raise ValueError(f"{path}: unsupported format; expected {state_io.FORMAT}")
-    return manifest
 
 
 def gather_layers(source: TensorSource, base: str, want: range, num_layers: int) -> torch.Tensor:

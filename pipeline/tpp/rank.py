@@ -105,6 +105,8 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
         if cfg.checkpoint_dir is None:
             raise ValueError(f"preset {preset.name!r} needs checkpoint_dir (or random_weights)")
         comps = load_released(preset, cfg.checkpoint_dir, device, dtype, placement)
+    if comps.dit is not None and cfg.precision == "fp8":
+        comps.dit.to_fp8()  # this rank's own copy, after loading (and the LoRA merge)
     if comps.vae is not None and device.type == "cuda" and cfg.vae_channels_last:
         use_channels_last(comps.vae)
     info: dict[str, Any] = {
@@ -112,6 +114,7 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
         "device": str(device),
         "parts": sorted(placement.parts),
         "load_s": time.perf_counter() - started,
+        "precision": cfg.precision,
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

@@ -38,7 +38,7 @@ from pipeline.geometry import Geometry
 from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
 from pipeline.state import shard_of
-from pipeline.stream import block_audio_features, clip_noise, portrait_latents
+from pipeline.stream import ClipAudio, clip_noise, portrait_latents, to_device
 from pipeline.text import encode_prompt
 from pipeline.tpp import protocol as msg
 from pipeline.tpp.config import EngineConfig
@@ -194,15 +194,16 @@ class RankStream:
             (-1, {s: torch.empty_like(c.ring) for s, c in self.caches.items()})
             for _ in range(spec.snapshots)
         ]
-        self.audio: AudioFeatures | None = None
+        self.audio: ClipAudio | None = None
         if ctx.rank == 0:
             assert ctx.comps.audio_encoder is not None and spec.samples is not None
-            self.audio = AudioFeatures(
+            features = AudioFeatures(
                 ctx.comps.audio_encoder,
                 spec.samples,
                 preset.stream.audio_chunk_frames,
                 preset.stream.audio_context_frames,
             )
+            self.audio = ClipAudio(features, g, spec.num_clips)
         self.shapes = Shapes(
             latents=(cfg.in_dim, g.frames_per_block, g.latent_h, g.latent_w),
             hidden=(1, g.block_tokens, cfg.dim),
@@ -269,15 +270,10 @@ class RankStream:
                     break
                 if b == 0 or noise is None:
                     noise = clip_noise(spec.seed, clip, self.ctx.preset.dit.in_dim, g)
-                    noise = noise.to(self.device)
+                    noise = to_device(noise, self.device)
                 fpb = g.frames_per_block
                 assert self.audio is not None
-                packet = Packet(
-                    n,
-                    noise[:, b * fpb : (b + 1) * fpb],
-                    None,
-                    block_audio_features(self.audio, g, n),
-                )
+                packet = Packet(n, noise[:, b * fpb : (b + 1) * fpb], None, self.audio.block(n))
             else:
                 assert self.upstream is not None
                 waited = time.perf_counter()
@@ -288,6 +284,8 @@ class RankStream:
                     break
                 packet = got
             self._denoise(packet)
+            if self.audio is not None and b == 0:
+                self.audio.prefetch(clip + 1)  # while the GPU works on this block
             if rank == self.last_dit:
                 if n == 0 and spec.num_clips > 1:
                     self._send_first_latent(packet.latents[:, :1].clone())
@@ -626,7 +624,8 @@ class DecodeStage:
         assert vae is not None
         cuda = rs.device.type == "cuda"
         channels_last = cuda and ctx.cfg.vae_channels_last
-        self.decoder = vae_mod.StreamingDecoder(vae, channels_last=channels_last)
+        compiled = cuda and ctx.cfg.vae_compile
+        self.decoder = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
         self.ring = rs.spec.ring
         assert self.ring is not None
         self.timeline = rs.timeline  # one busy union for the rank's streams

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import RenderRequest
+from pipeline import RenderRequest, params
 from pipeline import state as state_io
 from pipeline.engine import Engine, RenderStream
 
@@ -29,6 +29,8 @@ def render_with_a_resume(
     else:
         written = state_io.write_checkpoint(stream.state_dict(pin_memory=True), directory)
     assert written[-1].name == state_io.MANIFEST and all(p.is_file() for p in written)
+    assert engine.precision in params.PRECISIONS
+    assert state_io.read_manifest(directory)["meta"]["precision"] == engine.precision
     stream.close()
     stream.close()  # idempotent
 

@@ -1,4 +1,5 @@
-"""The generation benchmark runs end to end (tiny model, CPU) and reports every figure."""
+"""The generation benchmark runs end to end (tiny model, CPU), bf16 and fp8 side by side, and
+reports every figure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.presets import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,10 +46,29 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         capture_output=True,
     )
     report = json.loads(out.read_text())
-    g = report["generation"]
-    assert set(g["step_s"]) == {"step0", "step1", "step2", "step3"}
-    assert g["fps"] > 0 and g["mfu"] > 0 and g["vae_decode_per_block_s"] > 0
-    assert g["state"]["bytes"] == sum(g["state"]["bytes_by_shard"].values()) > 0
-    assert g["state"]["write_s"] > 0 and g["step_eager_s"] > 0
+    assert report["matmul_tflops"] > 0 and report["fp8_matmul_tflops"] > 0
+    assert set(report["precisions"]) == {"bf16", "fp8"}
+    for precision, g in report["precisions"].items():
+        assert g["precision"] == precision
+        assert set(g["step_s"]) == {"step0", "step1", "step2", "step3"}
+        assert g["fps"] > 0 and g["mfu"] > 0 and g["mfu_of_fp8_ceiling"] > 0
+        assert g["vae_decode_per_block_s"] > 0 and g["step_eager_s"] > 0
+    # fp8 keeps the blocks' linear weights in one byte (the CPU's bf16 path: four) plus one
+    # float32 scale per output channel; nothing else changes
+    cfg = TINY.dit
+    per_layer = [(cfg.dim, cfg.dim)] * 8 + [(cfg.ffn_dim, cfg.dim), (cfg.dim, cfg.ffn_dim)]
+    saved = cfg.num_layers * sum(n * k * (4 - 1) - 4 * n for n, k in per_layer)
+    weights = report["dit_weight_bytes"]
+    assert weights["bf16"] - weights["fp8"] == saved
+    err = report["fp8_error"]
+    assert len(err["velocity_rel_error"]) == 4
+    assert all(0 < e < 0.2 for e in err["velocity_rel_error"])
+    assert set(err["psnr_db"]["64*64"]) == {"1", "2"}
+    assert all(20 < v < 100 for v in err["psnr_db"]["64*64"].values())
+    dec = report["decode"]
+    assert dec["eager"]["per_block_s"] > 0 and dec["blocks_timed"] == 2
+    assert dec["restored_state_continues_exactly"]["equal"] is True
+    state = report["state"]
+    assert state["bytes"] == sum(state["bytes_by_shard"].values()) > 0 and state["write_s"] > 0
     assert [s["clips"] for s in report["memory"]["online"]["samples"]] == [2]
     assert [s["clips"] for s in report["memory"]["offline"]["samples"]] == [1, 2]
