@@ -17,9 +17,12 @@ frame k (25 fps) then takes grid point g = round(1.2 k), and a frame whose g >= 
 features (past the speech). Here that position is computed for the frames asked for only, in
 exact integer arithmetic (`feature_positions`), so it costs nothing for hours of audio. L is
 computed in floating point as the reference does (for some T it is one short of 3T // 5, e.g.
-T = 205 gives L = 122). The stretch (T - 1) / (L - 1) puts grid point g up to 1.33 feature
-frames (27 ms) later than its true time 5g / 3, growing linearly along the utterance; with the
-grid's rounding a video frame's features are never more than 40 ms (one frame) from its time.
+T = 205 gives L = 122). The stretch (T - 1) / (L - 1) > 5 / 3 puts grid points later than
+their true time 5g / 3, by an amount that grows linearly along the utterance to at most 2.33
+feature frames (47 ms) at its end, whatever its length; with the grid's rounding, features lie
+between 13 ms before and 59 ms after its time (a true-time mapping would give +-13 ms). The
+weights were trained on features interpolated the same way (per training clip), and the same
+positions as the reference make the two comparable frame for frame (docs/audio.md).
 The blend is rounded to the encoder's dtype, as the reference interpolates in that dtype.
 
 Chunks: hours of hidden states do not fit in memory, so wav2vec2 runs over fixed chunks of
@@ -27,14 +30,18 @@ Chunks: hours of hidden states do not fit in memory, so wav2vec2 runs over fixed
 frames: the chunk with `context_frames` on either side where the utterance has them; at its
 edges the window is shifted inward so it holds no sample from outside the speech (nothing is
 padded), and an utterance shorter than a window is run whole. Attention in wav2vec2 is global,
-so chunked features differ slightly from whole-utterance ones; the context is chosen from
-measurement (docs/audio.md) to keep the difference under 0.5 % relative. Only the two latest
-chunks are kept. The chunk grid and the windows depend on the audio alone, so the features of
-a clip are the same whether a stream reaches it from clip 0 or resumes in front of it.
+so chunked features differ from whole-utterance ones; the context is chosen from measurement
+(docs/audio.md): with 5 min chunks in 40 min windows, speech up to 40 min is computed whole and
+longer speech is expected within 0.5 % relative of it. Inside a window the convolutional
+front-end runs in pieces and only the chunk's rows of each layer are kept, so a 40 min window
+takes a few GB of transient memory, not tens. Only the two latest chunks are kept. The chunk grid
+and the windows depend on the audio alone, so the features of a clip are the same whether a
+stream reaches it from clip 0 or resumes in front of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,6 +226,7 @@ class AudioFeatures:
             pieces.append(model.feature_extractor(x))  # [1, 512, f1 - f0]
         hidden, _ = model.feature_projection(torch.cat(pieces, dim=2).transpose(1, 2))
         del pieces
+        # (Wav2Vec2Model masks these states here only when training: SpecAugment)
 
         out = torch.empty(
             self.num_layers, len(keep), self.dim, device=self.device, dtype=self.dtype
@@ -226,7 +234,7 @@ class AudioFeatures:
         encoder = model.encoder
         layers = encoder.layers
 
-        def record_input(i: int):
+        def record_input(i: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
             def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
                 out[i] = args[0][0, rows]
 

@@ -5,15 +5,16 @@
 The reference runs wav2vec2 over the whole utterance at once; `pipeline.audio_features` runs it
 over fixed chunks inside windows of `chunk + 2 * context` frames (shifted inward at the
 utterance's edges). This measures, on wav2vec2-large-xlsr-53's architecture (24 layers, 1024
-wide, the preset's config) with RANDOM weights, for each context:
+wide, the preset's config) with random weights by default, for each context:
 
     error(layer, frame) = |chunked - whole| / |whole|   (L2 over the 1024 channels)
 
 over all 25 hidden states (the DiT's audio encoder mixes every one of them) and every frame of a
 speech-like signal (ops.demo.synthesize_speech: voiced syllables, bursts, pauses), and reports
 the maximum, where it occurs, and the maximum on the last hidden state. Two random
-initialisations are measured: transformers' own (linears ~ N(0, 0.02)) and the pipeline's
-unit-scale one (`pipeline.components.random_init`); they differ in how peaked attention is.
+initialisations: transformers' own (linears ~ N(0, 0.02)) and the pipeline's unit-scale one
+(`pipeline.components.random_init`); or, with `--inits PATH`, the released weights from their
+folder (Wan2.2-S2V-14B/wav2vec2-large-xlsr-53-english), to re-pick the context on them.
 
 `--precision` adds the whole-utterance features computed in bf16 against fp32 (the reference
 runs wav2vec2 in the DiT's dtype, bf16 on GPU). Random weights: these figures bound the effect of
@@ -40,14 +41,18 @@ from pipeline.presets import LIVEAVATAR_14B
 
 
 def build(init: str, seed: int, device: str) -> Wav2Vec2Model:
+    """The architecture with random weights ("transformers", "unit"), or a release's wav2vec2
+    folder (any other value: its path)."""
+    if init not in ("transformers", "unit"):
+        from pipeline.weights.audio_encoder import load_audio_encoder
+
+        return load_audio_encoder(init, device)
     torch.manual_seed(seed)
     model = Wav2Vec2Model(Wav2Vec2Config(**LIVEAVATAR_14B.audio_encoder))
     if init == "unit":
         from pipeline.components import random_init  # imports diffusers
 
         random_init(model, torch.Generator().manual_seed(seed))
-    elif init != "transformers":
-        raise ValueError(init)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -121,7 +126,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, nargs="+", default=[60.0])
     ap.add_argument("--chunk", type=int, default=LIVEAVATAR_14B.stream.audio_chunk_frames)
     ap.add_argument("--contexts", type=int, nargs="+", default=[25, 50, 64, 100, 150, 200, 300])
-    ap.add_argument("--inits", nargs="+", default=["transformers", "unit"])
+    ap.add_argument(
+        "--inits",
+        nargs="+",
+        default=["transformers", "unit"],
+        help='"transformers", "unit" (random weights) or the path of a wav2vec2 release folder',
+    )
     ap.add_argument("--precision", action="store_true", help="also bf16 against fp32")
     ap.add_argument(
         "--time-window",
