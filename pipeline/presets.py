@@ -61,10 +61,11 @@ class StreamConfig:
     """Rolling RoPE: the sink sits this many latent frames (inclusive range) ahead of a block."""
     shift: float = 3.0
     num_train_timesteps: int = 1000
-    audio_chunk_frames: int = 500
-    """wav2vec2 runs over fixed 10 s chunks of the speech (50 Hz frames) ..."""
-    audio_context_frames: int = 100
-    """... each with 2 s of context on either side, so memory does not grow with the audio."""
+    audio_chunk_frames: int = 15_000
+    """wav2vec2's features are kept in fixed 5 min chunks of the speech (50 Hz frames) ..."""
+    audio_context_frames: int = 52_500
+    """... each computed with 17.5 min of context on either side (40 min windows: the whole
+    speech up to that length), so memory does not grow with the audio (docs/audio.md)."""
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,19 @@ and saves the adapter's parameters under the wrapped names, e.g.
     base_model.model.blocks.0.self_attn.q.lora_A.default.weight   [r, in]
     base_model.model.blocks.0.self_attn.q.lora_B.default.weight   [out, r]
 
-Its loader also accepts the keys without the `base_model.model.` prefix, and so do we; PEFT's
-own adapter files drop the adapter name (`lora_A.weight`), which we accept as well. Merging is
+Its loader also accepts the keys without the `base_model.model.` prefix, and so do we. PEFT's
+own adapter files drop the adapter name (`lora_A.weight`); we merge those as well, but
+LiveAvatar's loader does not: it loads the file into the PEFT-wrapped model with
+`load_state_dict(strict=False)`, where such keys match nothing and are dropped without a word,
+so the reference renders without the LoRA. Which form a file has is logged (INFO) when it is
+read. A file that mixes forms (two adapter names, prefixed and bare keys) is refused. Merging is
 PEFT's `merge_and_unload`: W += (alpha / r) · B @ A, here computed in fp32 on the device that
 holds W and rounded once to W's dtype.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -26,11 +31,14 @@ import torch
 from .errors import CorruptFileError, KeyMismatchError, ShapeMismatchError, name_list
 from .module_tensors import ModuleTensors
 from .safetensors_file import SafetensorsHeader, TensorEntry, TensorFile, read_header
-from .specs import LORA_TARGETS, Shape, lora_target_modules
+from .specs import LORA_ADAPTER, LORA_KEY_PREFIX, LORA_TARGETS, Shape, lora_target_modules
 from .streaming import CopyStats
 
+log = logging.getLogger(__name__)
+
 _KEY = re.compile(
-    r"(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.(?P<adapter>\w+))?\.weight"
+    r"(?P<prefix>base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])"
+    r"(?:\.(?P<adapter>\w+))?\.weight"
 )
 
 
@@ -39,10 +47,21 @@ class LoraAdapter:
     header: SafetensorsHeader
     pairs: dict[str, tuple[TensorEntry, TensorEntry]]  # module name -> (A, B)
     rank: int
+    adapter_name: str | None
+    """"default" in LiveAvatar's release; None when the keys carry no adapter name."""
+    prefixed: bool
+    """The keys start with `base_model.model.` (the PEFT-wrapped model's names)."""
 
     @property
     def path(self) -> Path:
         return self.header.path
+
+    @property
+    def key_form(self) -> str:
+        """How this file spells its keys: `base_model.model.<module>.lora_A.default.weight`."""
+        prefix = LORA_KEY_PREFIX if self.prefixed else ""
+        adapter = f".{self.adapter_name}" if self.adapter_name else ""
+        return f"{prefix}<module>.lora_A{adapter}.weight"
 
 
 def read_lora(path: str | os.PathLike[str]) -> LoraAdapter:
@@ -50,6 +69,7 @@ def read_lora(path: str | os.PathLike[str]) -> LoraAdapter:
     header = read_header(path)
     halves: dict[str, dict[str, TensorEntry]] = {}
     adapters: set[str] = set()
+    prefixes: set[bool] = set()
     foreign = []
     for key, entry in header.tensors.items():
         match = _KEY.fullmatch(key)
@@ -57,11 +77,17 @@ def read_lora(path: str | os.PathLike[str]) -> LoraAdapter:
             foreign.append(key)
             continue
         adapters.add(match["adapter"] or "")
+        prefixes.add(match["prefix"] is not None)
         halves.setdefault(match["module"], {})[match["side"]] = entry
     if foreign:
         raise KeyMismatchError(f"{header.path} (not LoRA A/B weights)", unexpected=foreign)
     if len(adapters) > 1:
         raise CorruptFileError(f"{header.path}: holds several adapters: {sorted(adapters)}")
+    if len(prefixes) > 1:
+        # LiveAvatar adds the prefix to every key or to none, judging by the first key
+        raise CorruptFileError(
+            f"{header.path}: mixes keys with and without the '{LORA_KEY_PREFIX}' prefix"
+        )
     lonely = [f"{m}.lora_{'B' if 'A' in h else 'A'}" for m, h in halves.items() if len(h) != 2]
     if lonely:
         raise KeyMismatchError(f"{header.path} (LoRA pairs incomplete)", missing=lonely)
@@ -75,7 +101,31 @@ def read_lora(path: str | os.PathLike[str]) -> LoraAdapter:
             f"{header.path}: LoRA factors must be 2-D with one rank throughout; found ranks "
             f"{sorted(ranks)}" + (f", non-2-D factors for {name_list(bad)}" if bad else "")
         )
-    return LoraAdapter(header, pairs, rank=ranks.pop() if ranks else 0)
+    name = adapters.pop() if adapters else ""
+    adapter = LoraAdapter(
+        header,
+        pairs,
+        rank=ranks.pop() if ranks else 0,
+        adapter_name=name or None,
+        prefixed=prefixes.pop() if prefixes else False,
+    )
+    if adapter.adapter_name == LORA_ADAPTER:
+        log.info(
+            "%s: LoRA keys of the form %s (adapter name %r, as LiveAvatar saves them)",
+            header.path,
+            adapter.key_form,
+            LORA_ADAPTER,
+        )
+    else:
+        log.info(
+            "%s: LoRA keys of the form %s (%s): merged here, but LiveAvatar's loader expects "
+            "<module>.lora_A.%s.weight and would leave them out",
+            header.path,
+            adapter.key_form,
+            f"adapter name {adapter.adapter_name!r}" if adapter.adapter_name else "no adapter name",
+            LORA_ADAPTER,
+        )
+    return adapter
 
 
 def check_lora(

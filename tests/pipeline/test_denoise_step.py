@@ -95,8 +95,8 @@ def test_flow_schedule_is_four_shifted_euler_steps():
 def test_audio_features_do_not_depend_on_how_they_are_requested(tiny):
     samples = speech(25.0)  # spans several 10 s wav2vec2 chunks
     model = tiny.components.audio_encoder
-    whole = AudioFeatures(model, samples).video_frames(0, 700)
-    pieces = AudioFeatures(model, samples)
+    whole = AudioFeatures(model, samples, 500, 100).video_frames(0, 700)
+    pieces = AudioFeatures(model, samples, 500, 100)
     # out of order and across chunk boundaries, as a resumed stream asks
     parts = {s: pieces.video_frames(s, 100) for s in (600, 200, 0, 100, 300, 500, 400)}
     assert torch.equal(torch.cat([parts[s] for s in sorted(parts)], dim=-1), whole)
