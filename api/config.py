@@ -50,6 +50,8 @@ class ApiConfig:
     model_preset: str = "tiny"
     """The model preset this deployment's workers run (LONGTAKE_MODEL_PRESET): the submit form
     and the CLI suggest a size that suits it."""
+    default_precision: str = "bf16"
+    """The DiT precision of a job that does not name one (LONGTAKE_DEFAULT_PRECISION)."""
     max_attempts: int = 3
     checkpoint_every: int = 10
     """Clips between checkpoints when a request does not say."""

@@ -446,6 +446,7 @@ def _create(
             clips_total=clips_total,
             max_attempts=services.config.max_attempts,
             priority=req.priority,
+            precision=req.precision or services.config.default_precision,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
         ),

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from db.capabilities import RENDER_TOPIC
+
 RENDER_TASK = "longtake.render"
-RENDER_QUEUE = "render"
+RENDER_QUEUE = RENDER_TOPIC
+"""The queue of default jobs; a job needing more goes to the queue of its topic
+(db.capabilities.topic_for), consumed by the workers that serve it."""
 TASK_MODULES = ("dispatch.tasks",)
 
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from db.capabilities import RENDER_TOPIC
 from db.database import Database
 from dispatch.reconcile import StorageReconciler
 from dispatch.relay import OutboxRelay
@@ -70,7 +71,8 @@ class EmbeddedRunner:
         self._threads: list[threading.Thread] = []
 
     # Dispatcher
-    def publish(self, job_id: uuid.UUID) -> None:
+    def publish(self, job_id: uuid.UUID, topic: str = RENDER_TOPIC) -> None:
+        # one in-process worker: it serves what the deployment serves, whatever the topic
         self._jobs.put(job_id)
 
     def ping(self) -> None:

@@ -24,9 +24,10 @@ from typing import Protocol
 from celery import Celery
 
 from db import outbox, upkeep
+from db.capabilities import RENDER_TOPIC
 from db.database import Database
 from db.models import utcnow
-from dispatch.celery_app import RENDER_QUEUE, RENDER_TASK
+from dispatch.celery_app import RENDER_TASK
 from dispatch.reconcile import ReconcileResult, StorageReconciler
 from dispatch.sweep import ResumePointSweeper, SweepResult
 
@@ -34,22 +35,24 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
-    def publish(self, job_id: uuid.UUID) -> None:
-        """Hand one wake-up to the broker; raise if it did not take it."""
+    def publish(self, job_id: uuid.UUID, topic: str = RENDER_TOPIC) -> None:
+        """Hand one wake-up to the broker, for the workers that consume `topic` (what the
+        job needs, `db.capabilities`); raise if it did not take it."""
 
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
 
 
 class CeleryDispatcher:
-    """Publishes `longtake.render(job_id)` to the `render` queue."""
+    """Publishes `longtake.render(job_id)` to the queue named by the wake-up's topic (`render`,
+    `render.fp8`): the queues of workers that can take the job."""
 
     def __init__(self, app: Celery):
         self.app = app
 
-    def publish(self, job_id: uuid.UUID) -> None:
+    def publish(self, job_id: uuid.UUID, topic: str = RENDER_TOPIC) -> None:
         # retry=False: fail fast and leave the row for the relay's next pass
-        self.app.send_task(RENDER_TASK, args=[str(job_id)], queue=RENDER_QUEUE, retry=False)
+        self.app.send_task(RENDER_TASK, args=[str(job_id)], queue=topic, retry=False)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as connection:
@@ -95,7 +98,7 @@ class OutboxRelay:
                 messages = outbox.lock_unsent(s, self.batch_size)
                 for message in messages:
                     try:
-                        self.dispatcher.publish(message.job_id)
+                        self.dispatcher.publish(message.job_id, message.topic)
                     except Exception as e:  # the broker refused: keep the row, try later
                         outbox.note_failure(message, f"{type(e).__name__}: {e}")
                         log.warning("could not publish wake-up for job %s: %s", message.job_id, e)

@@ -110,5 +110,7 @@ def register(app: Celery) -> None:
             return Outcome.DROPPED.value
         outcome = runtime.get().run(parsed)
         if outcome is Outcome.UNCLAIMED and not runtime.shutting_down:
-            raise task.retry(countdown=UNCLAIMED_RETRY_S)
+            # back to the queue it came from: the workers that can take this job
+            queue = (task.request.delivery_info or {}).get("routing_key") or RENDER_QUEUE
+            raise task.retry(countdown=UNCLAIMED_RETRY_S, queue=queue)
         return outcome.value

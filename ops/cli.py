@@ -130,7 +130,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     app.worker_main(
         [
             "worker",
-            f"--queues={ca.RENDER_QUEUE}",
+            f"--queues={','.join(settings.worker_config().capabilities.topics())}",
             "--pool=threads",
             "--concurrency=1",
             f"--loglevel={args.log_level.upper()}",

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     engine_ranks: int = 0
     """Devices of a multi-device engine (0: every GPU the worker sees)."""
     torch_threads: int = 0
+    precisions: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["bf16"])
+    """The DiT precisions this worker serves (comma-separated: bf16, fp8); it claims only jobs
+    of these, and loads the model once per precision it meets."""
+    default_precision: str = "bf16"
+    """The precision of a job that does not name one (the API's default)."""
     scratch_dir: Path | None = None
     """The worker's local working files (default: <tmp>/longtake-worker; embedded: data_dir)."""
     heartbeat_s: float | None = None
@@ -145,9 +150,9 @@ class Settings(BaseSettings):
     """`module:function` returning the job handler of embedded mode, given these settings
     (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
-    @field_validator("allowed_input_buckets", mode="before")
+    @field_validator("allowed_input_buckets", "precisions", mode="before")
     @classmethod
-    def _split_buckets(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [b.strip() for b in v.split(",") if b.strip()]
         return v
@@ -257,15 +262,16 @@ class Settings(BaseSettings):
             ),
             allowed_input_buckets=tuple(self.allowed_input_buckets),
             model_preset=self.model_preset,
+            default_precision=self.default_precision,
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
         )
 
     def worker_config(self) -> WorkerConfig:
+        from db.params import WatermarkSpec
         from worker.config import EngineSpec, WorkerConfig, default_scratch_dir
         from worker.segments import EncoderSettings
-        from worker.watermark import WatermarkSpec
 
         return WorkerConfig(
             lease_s=self.lease_s,
@@ -273,6 +279,7 @@ class Settings(BaseSettings):
             progress_interval_s=self.progress_interval_s,
             soft_shutdown_timeout_s=self.soft_shutdown_timeout_s,
             scratch_dir=self.scratch_dir or default_scratch_dir(),
+            precisions=tuple(self.precisions),
             engine=EngineSpec(
                 preset=self.model_preset,
                 device=self.model_device,
@@ -283,7 +290,9 @@ class Settings(BaseSettings):
                 torch_threads=self.torch_threads,
             ),
             encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
-            watermark=WatermarkSpec(text=self.watermark_text, corner=self.watermark_corner),  # type: ignore[arg-type]
+            watermark=WatermarkSpec.model_validate(
+                {"text": self.watermark_text, "corner": self.watermark_corner}
+            ),
             watermark_allowed=self.watermark_enabled,
             keep_segments=self.keep_segments,
             checkpoint_mode=self.checkpoint_mode,

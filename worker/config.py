@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -9,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from db.capabilities import Capabilities
+from db.params import WatermarkSpec
+from pipeline import params as P
 from worker.segments import EncoderSettings
 from worker.stitch import AudioSettings
-from worker.watermark import WatermarkSpec
 
 
 def default_worker_id() -> str:
@@ -67,6 +70,12 @@ class EngineSpec:
     torch_threads: int = 0
     """CPU threads of torch (0: torch's default). Renders are bit-identical only between
     processes with the same device, dtype and thread count."""
+    precision: str = P.PRECISION_DEFAULT
+    """The DiT's precision (pipeline.params.PRECISIONS); a worker builds one engine for each
+    precision it serves, from this spec with the precision replaced."""
+
+    def __post_init__(self) -> None:
+        P.check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,13 @@ class WorkerConfig:
     scratch_dir: Path = field(default_factory=default_scratch_dir)
     """Local working files: segments being encoded, checkpoint files, the stitched output."""
     engine: EngineSpec = field(default_factory=EngineSpec)
+    precisions: tuple[str, ...] = (P.PRECISION_DEFAULT,)
+    """The precisions this worker serves: it claims only jobs that need one of them, and
+    builds (once each) an engine per precision it meets. Each 14B engine holds its weights."""
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
-    """The operator's default mark; a job's ``params["watermark"]`` overrides its fields."""
+    """The operator's default mark; a job's watermark parameter changes its fields."""
     watermark_allowed: bool = True
     """False disables the mark for every job, whatever the job asks."""
     keep_segments: bool = False
@@ -104,12 +116,24 @@ class WorkerConfig:
     """Fault injection for the crash tests (worker/faults.py); None in production."""
 
     def __post_init__(self) -> None:
+        for precision in self.precisions:
+            P.check_precision(precision)
+        if not self.precisions:
+            raise ValueError("a worker must serve at least one precision")
         if self.lease_s <= 0:
             raise ValueError(f"lease_s must be positive, got {self.lease_s}")
         if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_s:
             raise ValueError(
                 f"heartbeat_s must be positive and shorter than the lease ({self.lease_s} s)"
             )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(frozenset(self.precisions))
+
+    def engine_for(self, precision: str) -> EngineSpec:
+        """The engine that renders a job of `precision`."""
+        return dataclasses.replace(self.engine, precision=precision)
 
     @property
     def heartbeat_interval_s(self) -> float:

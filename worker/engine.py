@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from pipeline.engine import Engine
-
 from worker.config import EngineSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ def build_engine(spec: EngineSpec) -> Engine:
         device=resolve_device(spec.device),
         random_weights=spec.random_weights,
         checkpoint_dir=spec.checkpoint_dir,
+        precision=spec.precision,
     )
 
 
@@ -60,6 +60,7 @@ def multi_gpu_engine(spec: EngineSpec) -> Engine:
         preset=spec.preset,
         random_weights=spec.random_weights,
         checkpoint_dir=str(spec.checkpoint_dir),
+        precision=spec.precision,
     )
     if spec.device == "cpu":
         ranks = max(1, spec.ranks)

@@ -80,6 +80,7 @@ class Finisher:
                 "seed": str(plan.params.seed),
                 "size": plan.params.size,
                 "model": self.config.engine.preset,
+                "precision": plan.precision,
                 "watermark": plan.watermark.text if plan.watermark.enabled else "",
             },
             segment_frame_hashes=[_frame_hashes(seg) for seg in local],

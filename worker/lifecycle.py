@@ -156,8 +156,9 @@ class Lifecycle:
         self.running: uuid.UUID | None = None
         """The job of the attempt in progress, if any."""
 
-    def engine(self, spec: EngineSpec | None = None) -> Engine:
-        return self._engines(spec or self.config.engine)
+    def engine(self, precision: str) -> Engine:
+        """This worker's engine for `precision`, built at its first use and kept."""
+        return self._engines(self.config.engine_for(precision))
 
     def request_shutdown(self) -> None:
         """Stop after the current clip: checkpoint, release the job to the queue, return."""
@@ -202,7 +203,13 @@ class Lifecycle:
 
     def _claim(self, job_id: uuid.UUID) -> leases.Lease | None:
         with self.database.transaction() as s:
-            return leases.claim_for_wakeup(s, job_id, self.config.worker_id, self.config.lease_s)
+            return leases.claim_for_wakeup(
+                s,
+                job_id,
+                self.config.worker_id,
+                self.config.lease_s,
+                serves=self.config.capabilities,
+            )
 
 
 class _Attempt:
@@ -275,7 +282,7 @@ class _Attempt:
         )
         recorded = self.leased.lease.resume_from_clip or 0
         if recorded < plan.clips_total:
-            self._engine = self._load_engine_beside()
+            self._engine = self._load_engine_beside(plan.precision)
         image = self._input_bytes(plan.image_key)
         audio = self.scratch / f"source{Path(plan.audio_key).suffix}"
         self._input_file(plan.audio_key, audio)
@@ -302,7 +309,7 @@ class _Attempt:
         self.stats.stitch_s, self.stats.upload_s = timing.stitch_s, timing.upload_s
         return Outcome.SUCCEEDED
 
-    def _load_engine_beside(self) -> Future[Engine]:
+    def _load_engine_beside(self, precision: str) -> Future[Engine]:
         """Load the worker's model (the first job of a process, or after a crash: minutes for
         the 14B weights) while the inputs and the checkpoint download. The model stays loaded
         for the worker's next jobs whatever happens to this attempt; a daemon thread, so a
@@ -313,7 +320,7 @@ class _Attempt:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result(self.lc.engine())
+                future.set_result(self.lc.engine(precision))
             except BaseException as exc:  # raised in the attempt, where it waits for the model
                 future.set_exception(exc)
 
@@ -375,7 +382,9 @@ class _Attempt:
         """
         self._check_flags(start.clip)  # a cancel or a shutdown before the model is used
         started = time.monotonic()
-        engine = self._engine.result() if self._engine is not None else self.lc.engine()
+        engine = (
+            self._engine.result() if self._engine is not None else self.lc.engine(plan.precision)
+        )
         self.stats.engine_s = time.monotonic() - started
         mode = self.config.checkpoint_mode
         self._engine_writes_checkpoints = mode == "directory" or (

@@ -27,6 +27,8 @@ class JobPlan:
     """The mark this job's frames get: the operator's, with the job's fields over it."""
     image_key: str
     audio_key: str
+    precision: str
+    """The DiT precision the job was submitted for: its engine, and its checkpoints'."""
 
     @classmethod
     def from_job(
@@ -49,6 +51,7 @@ class JobPlan:
             watermark=watermark,
             image_key=job.image_key,
             audio_key=job.audio_key,
+            precision=job.precision,
         )
 
     @property

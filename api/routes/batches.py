@@ -253,6 +253,7 @@ def _create(
             clips_total=clips_total,
             max_attempts=services.config.max_attempts,
             priority=req.priority,
+            precision=req.precision or services.config.default_precision,
             batch_id=batch_id,
         )
         for job_id, (req, params, clips_total), (_r, image, audio) in zip(

@@ -134,3 +134,18 @@ def test_wake_up_hook_runs_after_commit(api_services, api_client):
     api_services.on_job_queued = hook
     assert submit(api_client, prompt="p").status_code == 201
     assert seen == [1]  # the outbox row was visible when the hook ran
+
+
+def test_a_job_chooses_its_precision_and_the_operator_sets_the_default(api_client, api_services):
+    r = submit(api_client, prompt="p", precision="fp8")
+    assert r.status_code == 201, r.text
+    assert r.json()["precision"] == "fp8"
+    with api_services.database.transaction() as s:
+        assert job_store.get_job(s, uuid.UUID(r.json()["id"])).precision == "fp8"
+
+    r = submit(api_client, prompt="p")
+    assert r.status_code == 201 and r.json()["precision"] == "bf16"  # the operator's default
+
+    r = submit(api_client, prompt="p", precision="fp16")
+    assert r.status_code == 422
+    assert "unknown precision 'fp16'" in r.text and "bf16, fp8" in r.text

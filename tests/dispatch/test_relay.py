@@ -170,3 +170,18 @@ def test_run_loop_stops_and_survives_failures(db, create_job):
     assert not thread.is_alive()
     assert dispatcher.published == [job.id]
     assert count_rows(db)["outbox"] == 1
+
+
+def test_a_wake_up_goes_to_the_queue_of_what_the_job_needs(
+    pg_db, create_job, celery_app, redis_prefix
+):
+    """Only workers that serve fp8 consume `render.fp8`: an fp8 job's wake-up never reaches
+    a worker that would have to drop it."""
+    plain, fast = create_job(pg_db), create_job(pg_db, precision="fp8")
+    assert OutboxRelay(pg_db, CeleryDispatcher(celery_app)).publish_pending() == (2, False)
+    assert queued_messages(REDIS_URL, redis_prefix) == [
+        {"task": "longtake.render", "args": [str(plain.id)]}
+    ]
+    assert queued_messages(REDIS_URL, redis_prefix, "render.fp8") == [
+        {"task": "longtake.render", "args": [str(fast.id)]}
+    ]

@@ -48,6 +48,7 @@ def make_job(
     clips: int = CLIPS,
     checkpoint_every: int = CHECKPOINT_EVERY,
     max_attempts: int = 3,
+    precision: str = "bf16",
     **params: Any,
 ) -> uuid.UUID:
     """Store the inputs and insert a queued job with its outbox row, as the API does.
@@ -82,6 +83,7 @@ def make_job(
                 audio_key=audio_key,
                 clips_total=clips,
                 max_attempts=max_attempts,
+                precision=precision,
             ),
         )
     return job_id

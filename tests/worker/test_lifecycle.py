@@ -434,6 +434,26 @@ def test_a_watermark_asked_for_through_the_api_is_rendered(
     assert len(rendered) == len(reference) and rendered != reference  # the mark is in them
 
 
+def test_an_fp8_job_is_rendered_and_resumed_only_by_a_worker_that_serves_fp8(
+    sqlite_db, local_storage, tmp_path, clip_log
+):
+    job_id = make_job(sqlite_db, local_storage, precision="fp8")
+    plain = Lifecycle(config(tmp_path), sqlite_db, local_storage, on_clip=clip_log)
+    assert plain.run(job_id) is Outcome.DROPPED  # serves bf16 only: never claims it
+    assert job(sqlite_db, job_id).status == "queued"
+
+    both = config(tmp_path, precisions=("bf16", "fp8"))
+    first = Lifecycle(both, sqlite_db, local_storage, on_clip=clip_log)
+    assert shut_down_during_clip_2(first, job_id, clip_log) is Outcome.RELEASED
+    manifest = json.loads(local_storage.get_bytes(keys.checkpoint_manifest_key(job_id, 3)))
+    assert manifest["meta"]["precision"] == "fp8"  # the checkpoint is an fp8 stream's
+    second = Lifecycle(both, sqlite_db, local_storage, on_clip=clip_log)
+    assert second.run(job_id) is Outcome.SUCCEEDED
+    meta = json.loads(local_storage.get_bytes(manifest_key(job_id)))["metadata"]
+    assert meta["precision"] == "fp8"
+    assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
+
+
 def test_a_worker_paused_past_its_lease_uploads_nothing(
     sqlite_db, local_storage, tmp_path, clip_log
 ):
