@@ -106,7 +106,7 @@ class Recorder:
     def __init__(self):
         self.published: list[uuid.UUID] = []
 
-    def publish(self, job_id):
+    def publish(self, job_id, topic="render"):
         self.published.append(job_id)
 
     def ping(self):
@@ -146,11 +146,11 @@ def test_run_loop_stops_and_survives_failures(db, create_job):
     class Flaky(Recorder):
         calls = 0
 
-        def publish(self, job_id):
+        def publish(self, job_id, topic="render"):
             self.calls += 1
             if self.calls == 1:
                 raise ConnectionError("broker restarting")
-            super().publish(job_id)
+            super().publish(job_id, topic)
 
     job = create_job(db)
     dispatcher = Flaky()
