@@ -10,11 +10,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api import dashboard
-from api.errors import install_error_handlers
+from api.config import ApiConfig
+from api.errors import install_error_handlers, method_table
 from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
 from api.routes import batches, files, health, jobs, uploads, webhooks
+from api.routes.webhooks import WebhookRequest
 from api.schemas import JobRequest
 from api.services import Services
 
@@ -50,22 +52,41 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(RequestLogMiddleware)
 
     def openapi() -> dict[str, Any]:
-        # POST /v1/jobs and /v1/batches parse their bodies themselves; publish the schemas.
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            template = "#/components/schemas/{model}"
-            components["JobRequest"] = JobRequest.model_json_schema(ref_template=template)
-            components["BatchRequest"] = batches.BatchRequest.model_json_schema(
-                ref_template=template
-            )
-            app.openapi_schema = schema
+            app.openapi_schema = _openapi(app, services.config)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.methods = method_table(app)  # every route is in place: the 405s' Allow
     return app
+
+
+def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
+    """The OpenAPI document, as strict as the server: the request bodies the routes parse
+    themselves, and the bounds this server's configuration sets."""
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    bodies = {
+        "JobRequest": JobRequest.model_json_schema(ref_template=template),
+        "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
+        **batches.request_schemas(template),
+    }
+    for name, body in bodies.items():
+        components.update(body.pop("$defs", {}))  # nested models, referred to by the template
+        components[name] = body
+    bounds = {"limit": config.max_page_size, "expires_in": config.presign_max_s}
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] in bounds:
+                    _set_maximum(parameter["schema"], bounds[parameter["name"]])
+    return schema
+
+
+def _set_maximum(schema: dict[str, Any], maximum: int) -> None:
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "integer":
+            option["maximum"] = maximum

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
+from db.params import WatermarkSpec
+from db.webhooks import TargetPolicy
 from dispatch.celery_app import CeleryConfig
 from dispatch.webhooks import DeliveryConfig
 from storage.base import Storage
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 5.0
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated host names and networks (CIDR) webhooks may reach although they are
+    not public, e.g. `hooks.corp.internal,10.20.0.0/16`. Everything else must resolve to public
+    addresses only: loopback, private, link-local and metadata addresses are refused."""
     signing_key: str | None = None
     """HMAC key of local download links; a random one per process when unset."""
     presign_expires_s: int = 3600
@@ -141,11 +147,17 @@ class Settings(BaseSettings):
     """`module:function` returning the job handler of embedded mode, given these settings
     (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
-    @field_validator("allowed_input_buckets", mode="before")
+    @field_validator("allowed_input_buckets", "webhook_allowed_hosts", mode="before")
     @classmethod
-    def _split_buckets(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [b.strip() for b in v.split(",") if b.strip()]
+        return v
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        TargetPolicy.from_hosts(v)  # a ValueError naming the entry that is neither
         return v
 
     def embedded(self) -> Settings:
@@ -212,6 +224,7 @@ class Settings(BaseSettings):
             timeout_s=self.webhook_timeout_s,
             max_attempts=self.webhook_max_attempts,
             backoff_base_s=self.webhook_backoff_s,
+            allowed_hosts=tuple(self.webhook_allowed_hosts),
         )
 
     def api_config(self) -> ApiConfig:
@@ -233,12 +246,20 @@ class Settings(BaseSettings):
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
+            webhook_allowed_hosts=tuple(self.webhook_allowed_hosts),
+            watermark=self.watermark_spec(),
+            watermark_allowed=self.watermark_enabled,
+        )
+
+    def watermark_spec(self) -> WatermarkSpec:
+        """The operator's mark (jobs may change its text and look, not whether it is there)."""
+        return WatermarkSpec.model_validate(
+            {"text": self.watermark_text, "corner": self.watermark_corner}
         )
 
     def worker_config(self) -> WorkerConfig:
         from worker.config import EngineSpec, WorkerConfig, default_scratch_dir
         from worker.segments import EncoderSettings
-        from worker.watermark import WatermarkSpec
 
         return WorkerConfig(
             lease_s=self.lease_s,
@@ -256,7 +277,7 @@ class Settings(BaseSettings):
                 torch_threads=self.torch_threads,
             ),
             encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
-            watermark=WatermarkSpec(text=self.watermark_text, corner=self.watermark_corner),  # type: ignore[arg-type]
+            watermark=self.watermark_spec(),
             watermark_allowed=self.watermark_enabled,
             keep_segments=self.keep_segments,
             checkpoint_mode=self.checkpoint_mode,
