@@ -15,9 +15,10 @@ from api.errors import install_error_handlers, method_table
 from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
+from api.references import reference_pattern
 from api.routes import batches, files, health, jobs, uploads, webhooks
 from api.routes.webhooks import WebhookRequest
-from api.schemas import JobRequest
+from api.schemas import JobRequest, form_schema
 from api.services import Services
 
 DESCRIPTION = """Queued, resumable renders of long talking-avatar videos.
@@ -69,10 +70,15 @@ def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
+    reference = {"pattern": reference_pattern(config.allowed_input_buckets)}
+    job = JobRequest.model_json_schema(ref_template=template)
+    job["properties"]["image"].update(reference)
+    job["properties"]["audio"].update(reference)
     bodies = {
-        "JobRequest": JobRequest.model_json_schema(ref_template=template),
+        "JobRequest": job,
+        "JobForm": form_schema(job),
         "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
-        **batches.request_schemas(template),
+        **batches.request_schemas(template, reference["pattern"]),
     }
     for name, body in bodies.items():
         components.update(body.pop("$defs", {}))  # nested models, referred to by the template
@@ -81,12 +87,18 @@ def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
     for item in schema["paths"].values():
         for operation in item.values():
             for parameter in operation.get("parameters", []):
+                parameter["schema"] = _not_null(parameter["schema"])
                 if parameter["name"] in bounds:
-                    _set_maximum(parameter["schema"], bounds[parameter["name"]])
+                    parameter["schema"]["maximum"] = bounds[parameter["name"]]
     return schema
 
 
-def _set_maximum(schema: dict[str, Any], maximum: int) -> None:
-    for option in schema.get("anyOf", [schema]):
-        if option.get("type") == "integer":
-            option["maximum"] = maximum
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without the null that an optional argument's type carries: an
+    omitted parameter is how a request leaves it out (a header or query string cannot be
+    null, and "null" is not a value any of them takes)."""
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**rest, **options[0]}

@@ -81,6 +81,21 @@ def info_dict(info: ImageInfo | AudioInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
+_KEY_SEGMENT = r"[^/\\\x00-\x1f\x7f.][^/\\\x00-\x1f\x7f]*"
+
+
+def reference_pattern(buckets: Sequence[str]) -> str:
+    """The inputs a request may name on a server with these input buckets, as a pattern:
+    an upload id, or an s3:// URI of an object in one of the buckets whose key is valid
+    (storage.keys.validate_key: relative, no empty or dot-led segments, no backslash or
+    control characters)."""
+    if not buckets:
+        return uploads.UPLOAD_ID_PATTERN
+    names = "|".join(bucket.replace(".", r"\.") for bucket in buckets)
+    key = rf"(?![A-Za-z]:){_KEY_SEGMENT}(/{_KEY_SEGMENT})*"
+    return f"{uploads.UPLOAD_ID_PATTERN}|^s3://({names})/{key}$"
+
+
 def reference_kind(value: str, field: str) -> Literal["s3", "upload"]:
     if value.startswith("s3://"):
         return "s3"
@@ -122,15 +137,14 @@ def check_stored(stored: StoredInput, kind: Kind, limits: InputLimits, field: st
 
 
 def load_uploads(database: Database, tenant: str, ids: list[str]) -> dict[str, StoredInput]:
-    """The uploads of this tenant by id; 422 naming the first that does not exist."""
+    """The uploads of this tenant among `ids`, by id (those that do not exist are absent)."""
     with database.transaction() as s:
         found = uploads.get_upload_records(s, sorted(set(ids)), tenant=tenant)
-    for upload_id in ids:
-        if upload_id not in found:
-            raise ApiError(
-                422, "input_not_found", f"upload {upload_id} does not exist", "image/audio"
-            )
     return {k: StoredInput(v) for k, v in found.items()}
+
+
+def upload_not_found(upload_id: str, field: str) -> ApiError:
+    return ApiError(422, "input_not_found", f"{field}: upload {upload_id} does not exist", field)
 
 
 def download_reference(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from datetime import datetime
@@ -15,16 +16,21 @@ from api import text
 from api.config import InputLimits
 from db.models import Job, JobEvent
 from db.params import WatermarkParams
+from db.uploads import UPLOAD_ID_PATTERN
 from db.webhooks import WEBHOOK_EVENTS
 from pipeline import params as P
 
-TO_END_OF_AUDIO = {"", "audio", "to_end_of_audio", "null", "none"}
+TO_END_OF_AUDIO = ("", "audio", "to_end_of_audio", "null", "none")
+"""What a form's num_clips may say instead of a number to render to the end of the audio."""
+_FORM_INTEGER = re.compile("-?[0-9]{1,20}")
 WEBHOOK_URL_MAX = 2048
 WEBHOOK_URL_PATTERN = "^https?://[^/?#@]+"
 """An absolute http(s) URL with a host (what `check_webhook_url` accepts)."""
 BLANK = " \t\n\r\f\v"
 """What a prompt may not consist of only (and is trimmed of)."""
-REFERENCE_PATTERN = "^(s3://|upl_)"
+REFERENCE_PATTERN = UPLOAD_ID_PATTERN
+"""An input by reference: an upload id, or (where the server has input buckets; the schema
+it publishes says which: api.references.reference_pattern) an s3:// URI."""
 LIMITS = InputLimits()
 """The limits the published schema states: every tenant has these (tenants set only byte and
 duration limits of their own)."""
@@ -36,8 +42,8 @@ integer (the database's ids) and the same bound in a query (`after`) and in a he
 (`Last-Event-ID`)."""
 IDEMPOTENCY_KEY_MAX = 255
 LAST_EVENT_ID_PATTERN = "^[0-9]{1,18}$"
-CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
-UPLOAD_ID_PATTERN = "^upl_[0-9a-f]{24}$"
+CURSOR_PATTERN = "^[0-9a-f]{46}$"
+"""A page's position (api.routes.jobs.encode_cursor): opaque to clients."""
 WEBHOOK_ID_PATTERN = "^wh_[0-9a-f]{24}$"
 
 # Query and header parameters several routes share. Bounds that depend on the server's
@@ -48,12 +54,11 @@ PageSize = Annotated[
     Query(description="Items per page (at most the server's maximum, 200 by default).",
           json_schema_extra={"minimum": 1}),
 ]  # fmt: skip
-CURSOR_MAX = 200
 Cursor = Annotated[
     str | None,
     Query(
         description="Opaque: the `next_cursor` of the previous page.",
-        json_schema_extra={"pattern": CURSOR_PATTERN, "maxLength": CURSOR_MAX},
+        json_schema_extra={"pattern": CURSOR_PATTERN},
     ),
 ]
 After = Annotated[int | None, Query(ge=0, le=ID_MAX, description="Only the items after this id.")]
@@ -65,6 +70,18 @@ IdempotencyKey = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
     ),
 ]
+
+
+def id_links(parameter: str, **targets: tuple[str, str]) -> dict[str, Any]:
+    """OpenAPI links from an answer carrying a resource's `id` to the operations that take it
+    as `parameter`: name=(method, path)."""
+    return {
+        name: {
+            "operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method,
+            "parameters": {parameter: "$response.body#/id"},
+        }
+        for name, (method, path) in targets.items()
+    }
 
 
 def check_webhook_url(url: str) -> str:
@@ -221,10 +238,9 @@ class JobRequest(BaseModel):
         """A form field is text: read it as a whole number (num_clips also as words)."""
         if not (_from_form(info) and isinstance(v, str)):
             return v
-        if info.field_name == "num_clips" and v.strip().lower() in TO_END_OF_AUDIO:
+        if info.field_name == "num_clips" and v in TO_END_OF_AUDIO:
             return None
-        text = v.strip()
-        return int(text) if text.lstrip("-").isdigit() and len(text) <= 20 else v
+        return int(v) if _FORM_INTEGER.fullmatch(v) else v  # else refused: not an integer
 
     @field_validator("num_clips")
     @classmethod
@@ -269,8 +285,8 @@ class JobRequest(BaseModel):
     @field_validator("webhook_events", mode="before")
     @classmethod
     def _webhook_events_words(cls, v: Any, info: ValidationInfo) -> Any:
-        if _from_form(info) and isinstance(v, str):
-            return [e.strip() for e in v.split(",") if e.strip()]
+        if _from_form(info) and isinstance(v, str):  # an empty item stays, to be refused
+            return [e.strip() for e in v.split(",")]
         return v
 
     @field_validator("webhook_events")
@@ -299,6 +315,40 @@ class JobRequest(BaseModel):
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(2**31)
+
+
+def form_schema(job: dict[str, Any]) -> dict[str, Any]:
+    """The multipart form of a job: JobRequest's fields as text fields (numbers as their
+    digits, num_clips also as words, webhook_events comma-separated, watermark as JSON text)
+    beside the files image and audio. An omitted field takes its default; there is no null."""
+    properties: dict[str, Any] = {}
+    for name, prop in job["properties"].items():
+        if name in ("image", "audio"):
+            continue
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+        merged = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+        properties[name] = {**merged, **(options[0] if options else {})}
+    properties["num_clips"] = {
+        "description": properties["num_clips"]["description"],
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": LIMITS.max_num_clips},
+            {"type": "string", "enum": list(TO_END_OF_AUDIO)},
+        ],
+    }
+    event = "(" + "|".join(WEBHOOK_EVENTS) + ")"
+    properties["webhook_events"] = {
+        "type": "string",
+        "description": properties["webhook_events"]["description"],
+        "pattern": rf"^\s*{event}\s*(,\s*{event}\s*)*$",
+    }
+    for kind in ("image", "audio"):
+        properties[kind] = {"type": "string", "format": "binary"}
+    return {
+        "type": "object",
+        "required": ["image", "audio", "prompt"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
 
 
 class Progress(BaseModel):

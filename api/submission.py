@@ -42,6 +42,7 @@ from api.references import (
     copy_upload,
     download_reference,
     reference_kind,
+    upload_not_found,
 )
 from api.schemas import JobRequest
 from api.services import Services
@@ -286,7 +287,7 @@ def _resolve(
     for kind, got in (("image", image), ("audio", audio)):
         if isinstance(got, UploadRef):
             if got.id not in found:
-                raise ApiError(422, "input_not_found", f"upload {got.id} does not exist", kind)
+                raise upload_not_found(got.id, kind)
             stored = StoredInput(found[got.id])
             check_stored(stored, kind, caller.limits, kind)  # type: ignore[arg-type]
             got = stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ def new_upload_id() -> str:
     return f"upl_{secrets.token_hex(12)}"
 
 
+UPLOAD_ID_PATTERN = "^upl_[0-9a-f]{24}$"
+
+
 def is_upload_id(value: str) -> bool:
-    return value.startswith("upl_")
+    """Whether `value` has the form of an upload id (what `new_upload_id` makes)."""
+    return re.fullmatch(UPLOAD_ID_PATTERN, value) is not None
 
 
 @dataclass(frozen=True)

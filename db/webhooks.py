@@ -400,8 +400,8 @@ class TargetPolicy:
             addresses = self.resolver(host, port)
         except (OSError, UnicodeError) as e:
             raise WebhookTargetError(
-                f"{host} could not be resolved ({e}); use a host with public addresses, or "
-                f"one {allow}"
+                f"{host} could not be resolved ({e}); use a host with public addresses, "
+                f"unless {allow}"
             ) from None
         if not addresses:
             raise WebhookTargetError(f"{host} could not be resolved to any address")

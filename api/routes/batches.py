@@ -35,10 +35,11 @@ from api.references import (
     download_reference,
     load_uploads,
     reference_kind,
+    upload_not_found,
 )
 from api.routes.jobs import decode_cursor, encode_cursor, page_size
 from api.routes.uploads import store_upload
-from api.schemas import REFERENCE_PATTERN, Cursor, IdempotencyKey, JobRequest, PageSize
+from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links
 from api.services import Services
 from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
 from db import batches, job_store, tenants, webhooks
@@ -68,21 +69,20 @@ class BatchRequest(BaseModel):
 REQUIRED_IN_EACH_JOB = ("prompt", "image", "audio")
 
 
-def request_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
+def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, Any]]:
     """The published schemas of a batch: `BatchRequest`, and `BatchJob`, a job request whose
     fields may come from `defaults` (so none is required on its own), with image and audio
     also by input name. Each of prompt, image and audio must be in every job or in the
-    defaults, as the server checks."""
+    defaults, as the server checks. `reference` is the pattern of an input reference."""
     job = JobRequest.model_json_schema(ref_template=ref_template)
     job.pop("required", None)
     job["title"] = "BatchJob"
     job["description"] = "A job of a batch: a JobRequest whose fields `defaults` may give."
-    reference = {"pattern": f"{REFERENCE_PATTERN}|{INPUT_NAME.pattern}"}
     for kind in ("image", "audio"):
         job["properties"][kind] = {
             "type": "string",
             "description": f"The {kind}: s3://bucket/key, an upload id or the name of an input.",
-            **reference,
+            "pattern": f"{reference}|{INPUT_NAME.pattern}",
         }
     batch = BatchRequest.model_json_schema(ref_template=ref_template)
     ref = {"$ref": ref_template.format(model="BatchJob")}
@@ -93,7 +93,7 @@ def request_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
     batch["properties"]["jobs"]["items"] = ref
     batch["properties"]["inputs"]["propertyNames"] = {"pattern": INPUT_NAME.pattern}
     batch["properties"]["inputs"]["additionalProperties"] = {
-        "type": "string", "pattern": REFERENCE_PATTERN,
+        "type": "string", "pattern": reference,
     }  # fmt: skip
     batch["allOf"] = [
         {
@@ -229,6 +229,8 @@ def _resolve(
             check_stored(ref.got, ref.kind, limits, ref.field)  # type: ignore[arg-type]
             ref.info, ref.key = ref.got.info(), ref.got.key
             continue
+        if ref.value in upload_ids:
+            raise upload_not_found(ref.value, ref.field)
         limit = limits.max_image_bytes if ref.kind == "image" else limits.max_audio_bytes
         local = download_reference(
             services.s3_reader,
@@ -365,6 +367,11 @@ def _replay(
 # --------------------------------------------------------------------------- routes
 
 
+BATCH_LINKS = id_links(
+    "batch_id",
+    GetBatch=("get", "/v1/batches/{batch_id}"),
+    CancelBatch=("post", "/v1/batches/{batch_id}/cancel"),
+)
 BATCH_DOC = {
     "requestBody": {
         "required": True,
@@ -379,7 +386,11 @@ BATCH_DOC = {
     response_model=BatchCreated,
     openapi_extra=BATCH_DOC,
     responses={
-        200: {"description": "an earlier batch with the same Idempotency-Key and request"},
+        200: {
+            "description": "an earlier batch with the same Idempotency-Key and request",
+            "links": BATCH_LINKS,
+        },
+        201: {"description": "the batch, its jobs queued", "links": BATCH_LINKS},
         **error_responses(400, 409, 413, 503),
     },
 )
@@ -442,7 +453,7 @@ def list_batches(
 ) -> BatchList:
     """Batches, newest first."""
     limit = page_size(services, limit)
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor is not None else None
     with services.database.transaction() as s:
         rows = batches.list_batches(s, tenant=caller.tenant, before=before, limit=limit + 1)
         page = [BatchOut.of(batches.summarize(s, b)) for b in rows[:limit]]

@@ -5,11 +5,9 @@ Every route acts for the calling tenant only: another tenant's job is a 404, nev
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -22,7 +20,6 @@ from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.outputs import measure_output
 from api.schemas import (
-    CURSOR_MAX,
     CURSOR_PATTERN,
     LAST_EVENT_ID_PATTERN,
     After,
@@ -37,6 +34,7 @@ from api.schemas import (
     ResultOut,
     SegmentList,
     SegmentOut,
+    id_links,
 )
 from api.services import Services
 from db import job_store
@@ -50,25 +48,26 @@ SUBMIT_DOC = {
     "requestBody": {
         "required": True,
         "content": {
+            # the form's schema is made from JobRequest when the document is (api.app)
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "audio", "prompt"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "audio": {"type": "string", "format": "binary"},
-                        "prompt": {"type": "string"},
-                        "params": {
-                            "type": "string",
-                            "description": "all parameters as one JSON object (instead of fields)",
-                        },
-                    },
-                }
+                "schema": {"$ref": "#/components/schemas/JobForm"},
+                "encoding": {"watermark": {"contentType": "application/json"}},
             },
             "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
         },
     }
 }
+
+
+JOB_LINKS = id_links(
+    "job_id",
+    GetJob=("get", "/v1/jobs/{job_id}"),
+    GetJobEvents=("get", "/v1/jobs/{job_id}/events"),
+    CancelJob=("post", "/v1/jobs/{job_id}/cancel"),
+    RetryJob=("post", "/v1/jobs/{job_id}/retry"),
+    GetJobSegments=("get", "/v1/jobs/{job_id}/segments"),
+    GetJobResult=("get", "/v1/jobs/{job_id}/result"),
+)
 
 
 def _job_response(job: Job, status_code: int = 200) -> JSONResponse:
@@ -93,7 +92,11 @@ def _conflict(e: IllegalTransition) -> ApiError:
     response_model=JobOut,
     openapi_extra=SUBMIT_DOC,
     responses={
-        200: {"description": "an earlier job with the same Idempotency-Key and request"},
+        200: {
+            "description": "an earlier job with the same Idempotency-Key and request",
+            "links": JOB_LINKS,
+        },
+        201: {"description": "the job, queued", "links": JOB_LINKS},
         **error_responses(400, 409, 411, 413, 415, 503),
     },
 )
@@ -110,22 +113,24 @@ async def submit_job(
     return _job_response(job, 201 if created else 200)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """The position after an item: its creation time (microseconds since 1970, 14 hex digits,
+    good until the year 4253) and its id (32 hex digits). Every string of the published
+    pattern decodes to a position, so a cursor the schema allows is one the server takes."""
+    micros = (created_at - _EPOCH) // _MICROSECOND
+    return f"{micros:014x}{item_id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        if len(cursor) > CURSOR_MAX or not re.fullmatch(CURSOR_PATTERN, cursor):
-            raise ValueError(cursor)
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, item_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(item_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise ApiError(
             400, "invalid_cursor", "cursor is not one this API returned; start without it"
-        ) from None
+        )
+    return _EPOCH + int(cursor[:14], 16) * _MICROSECOND, uuid.UUID(hex=cursor[14:])
 
 
 def page_size(services: Services, limit: int) -> int:
@@ -149,7 +154,7 @@ def list_jobs(
     """Jobs, newest first, one page at a time."""
     statuses = list(status or [])
     limit = page_size(services, limit)
-    before = decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor is not None else None
     with services.database.transaction() as s:
         jobs = job_store.list_jobs(
             s,

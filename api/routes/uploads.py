@@ -25,7 +25,7 @@ from api.errors import ApiError, error_responses
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
 from api.limits import declared_length
 from api.references import LocalInput, copy_upload, info_dict
-from api.schemas import UPLOAD_ID_PATTERN
+from api.schemas import UPLOAD_ID_PATTERN, id_links
 from api.services import Services
 from db import uploads
 from db.models import Upload
@@ -55,6 +55,7 @@ class UploadOut(BaseModel):
         )
 
 
+LINKS = id_links("upload_id", GetUpload=("get", "/v1/uploads/{upload_id}"))
 UPLOAD_DOC = {
     "requestBody": {
         "required": True,
@@ -67,6 +68,7 @@ UPLOAD_DOC = {
                         "kind": {"type": "string", "enum": ["image", "audio"]},
                         "file": {"type": "string", "format": "binary"},
                     },
+                    "additionalProperties": False,
                 }
             }
         },
@@ -136,6 +138,12 @@ async def _read_upload(
         )
     form = await forms.read_form(request, max_files=1, max_fields=4, max_field_bytes=1024)
     opened.push_async_callback(form.close)
+    for name in form:
+        if name not in ("kind", "file"):
+            raise ApiError(
+                422, "invalid_parameter",
+                f"{name}: unknown field; send the fields kind and file only", name,
+            )  # fmt: skip
     kind = form.get("kind")
     if kind not in ("image", "audio"):
         raise ApiError(422, "invalid_parameter", "kind: must be image or audio", "kind")
@@ -152,7 +160,8 @@ async def _read_upload(
     response_model=UploadOut,
     openapi_extra=UPLOAD_DOC,
     responses={
-        200: {"description": "the same bytes were uploaded before: that upload"},
+        200: {"description": "the same bytes were uploaded before: that upload", "links": LINKS},
+        201: {"description": "the upload, stored", "links": LINKS},
         **error_responses(400, 411, 413, 415, 503),
     },
 )

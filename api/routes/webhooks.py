@@ -31,6 +31,7 @@ from api.schemas import (
     check_webhook_events,
     check_webhook_secret,
     check_webhook_url,
+    id_links,
 )
 from api.services import Services
 from db import job_store, tenants, webhooks
@@ -175,7 +176,18 @@ WEBHOOK_DOC = {
     status_code=201,
     response_model=WebhookOut,
     openapi_extra=WEBHOOK_DOC,
-    responses=error_responses(404, 413, 415),
+    responses={
+        201: {
+            "description": "the webhook",
+            "links": id_links(
+                "webhook_id",
+                GetWebhook=("get", "/v1/webhooks/{webhook_id}"),
+                DeleteWebhook=("delete", "/v1/webhooks/{webhook_id}"),
+                GetDeliveries=("get", "/v1/webhooks/{webhook_id}/deliveries"),
+            ),
+        },
+        **error_responses(404, 413, 415),
+    },
 )
 async def create_webhook(request: Request, services: ServicesDep, caller: CallerDep) -> WebhookOut:
     """Register a URL for the tenant's job events (or one job's)."""

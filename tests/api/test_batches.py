@@ -74,7 +74,7 @@ def test_a_bad_job_rejects_the_whole_batch_and_says_which(api_client, api_servic
         ({**good, "sample_steps": 50}, "jobs[1].sample_steps", 422),
         ({**good, "num_clips": 50}, "jobs[1].num_clips", 422),  # 4 s of audio is 3 clips
         ({**good, "image": uploads["talk"]}, "jobs[1].image", 422),  # an audio upload
-        ({**good, "audio": "upl_0000000000000000"}, "image/audio", 422),
+        ({**good, "audio": "upl_" + "0" * 24}, "jobs[1].audio", 422),  # no such upload
         ({**good, "image": "nope"}, "jobs[1].image", 422),
         ({"prompt": "p", "image": uploads["face"]}, "jobs[1].audio", 422),
         ({**good, "colour": "red"}, "jobs[1].colour", 422),

@@ -4,12 +4,14 @@ the server, so that a request the schema allows is one the server takes."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import jsonschema
 import pytest
 
 from db.states import JobStatus
+from tests.conftest import INPUT_BUCKET
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -106,7 +108,7 @@ def test_the_schema_states_every_limit_the_server_enforces(schema, api_services)
         limit = parameter(schema, path, "get", "limit")
         assert (limit["minimum"], limit["maximum"]) == (1, config.max_page_size)
         cursor = parameter(schema, path, "get", "cursor")
-        assert cursor["maxLength"] <= 200 and cursor["pattern"] == "^[A-Za-z0-9_-]+$"
+        assert cursor["pattern"] == "^[0-9a-f]{46}$"
     status = parameter(schema, "/v1/jobs", "get", "status")["items"]
     status = schema["components"]["schemas"][status["$ref"].rsplit("/", 1)[1]]
     assert set(status["enum"]) == {s.value for s in JobStatus}
@@ -170,6 +172,11 @@ def test_the_batch_schema_and_the_server_agree(schema, api_client, body, valid):
         ({**JOB, "webhook_events": "started"}, False),
         ({**JOB, "priority": 1.5}, False),
         ({**JOB, "watermark": {"opacity": True}}, False),
+        ({**JOB, "image": f"s3://{INPUT_BUCKET}/faces/a.png"}, True),
+        ({**JOB, "image": f"s3://{INPUT_BUCKET}/faces/../a.png"}, False),
+        ({**JOB, "image": f"s3://{INPUT_BUCKET}/faces//a.png"}, False),
+        ({**JOB, "image": "s3://someone-elses-bucket/a.png"}, False),
+        ({**JOB, "image": "upl_123"}, False),
     ],
 )
 def test_the_job_schema_and_the_server_agree(schema, api_client, body, valid):
@@ -178,7 +185,64 @@ def test_the_job_schema_and_the_server_agree(schema, api_client, body, valid):
     )
     assert validator.is_valid(body) == valid, list(validator.iter_errors(body))
     r = api_client.post("/v1/jobs", json=body)
-    if valid:
+    if valid:  # the inputs do not exist: the schema cannot know that
         assert r.json()["error"]["code"] == "input_not_found", r.text
     else:
         assert r.status_code in (400, 422) and r.json()["error"]["code"] != "input_not_found"
+
+
+def test_every_cursor_of_the_published_form_is_one_the_server_takes(api_client, create_job):
+    from api.routes.jobs import encode_cursor
+
+    job = create_job(api_client.app.state.services.database)
+    for cursor in ("0" * 46, "f" * 46, encode_cursor(job.created_at, job.id)):
+        for path in ("/v1/jobs", "/v1/batches"):
+            assert api_client.get(path, params={"cursor": cursor}).status_code == 200, cursor
+    for cursor in ("", "0" * 45, "0" * 47, "g" * 46, "F" * 46, "garbage!"):
+        r = api_client.get("/v1/jobs", params={"cursor": cursor})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_cursor"), cursor
+
+
+@pytest.mark.parametrize(
+    "fields,ok",
+    [
+        ({"num_clips": "1"}, True),
+        ({"num_clips": "audio"}, True),
+        ({"num_clips": ""}, True),
+        ({"num_clips": "AUDIO"}, False),
+        ({"num_clips": " 1"}, False),
+        ({"num_clips": "1.0"}, False),
+        ({"seed": "12"}, True),
+        ({"seed": "+12"}, False),
+        ({"webhook_events": "started, failed", "webhook_url": "http://93.184.216.34/"}, True),
+        ({"webhook_events": "started,,failed", "webhook_url": "http://93.184.216.34/"}, False),
+        ({"watermark": '{"corner": "top-left"}'}, True),
+        ({"watermark": '{"opacity": true}'}, False),
+        ({"colour": "red"}, False),
+    ],
+)
+def test_the_form_schema_and_the_server_agree(schema, api_client, fields, ok):
+    from tests import media
+
+    form = schema["components"]["schemas"]["JobForm"]
+    assert form["additionalProperties"] is False and set(form["required"]) == {
+        "image", "audio", "prompt",
+    }  # fmt: skip
+    pattern = form["properties"]["webhook_events"]["pattern"]
+    if "webhook_events" in fields:
+        assert bool(re.match(pattern, fields["webhook_events"])) == ok
+    if "num_clips" in fields:
+        words = form["properties"]["num_clips"]["anyOf"][1]["enum"]
+        assert (fields["num_clips"] in words or fields["num_clips"].isdigit()) == ok
+    files = {"image": ("a.png", media.png()), "audio": ("a.wav", media.wav(1.0))}
+    r = api_client.post("/v1/jobs", files=files, data={"prompt": "p", **fields})
+    assert r.status_code == (201 if ok else 422), r.text
+
+
+def test_uploads_take_only_their_two_fields(api_client):
+    from tests import media
+
+    r = api_client.post(
+        "/v1/uploads", files={"file": ("a.png", media.png())}, data={"kind": "image", "x": "1"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "x"
