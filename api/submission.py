@@ -211,8 +211,8 @@ async def _read_form(
                 )
         else:
             fields[name] = value
-    for name in sorted(params.keys() & fields.keys()):
-        raise forms.duplicate(name)
+    if twice := sorted(params.keys() & fields.keys()):
+        raise forms.duplicate(twice[0])
     return {**params, **fields}, files
 
 
