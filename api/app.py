@@ -10,12 +10,15 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api import dashboard
-from api.errors import install_error_handlers
+from api.config import ApiConfig
+from api.errors import install_error_handlers, method_table
 from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
+from api.references import reference_pattern
 from api.routes import batches, files, health, jobs, uploads, webhooks
-from api.schemas import JobRequest
+from api.routes.webhooks import WebhookRequest
+from api.schemas import JobRequest, form_schema
 from api.services import Services
 
 DESCRIPTION = """Queued, resumable renders of long talking-avatar videos.
@@ -50,22 +53,52 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(RequestLogMiddleware)
 
     def openapi() -> dict[str, Any]:
-        # POST /v1/jobs and /v1/batches parse their bodies themselves; publish the schemas.
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            template = "#/components/schemas/{model}"
-            components["JobRequest"] = JobRequest.model_json_schema(ref_template=template)
-            components["BatchRequest"] = batches.BatchRequest.model_json_schema(
-                ref_template=template
-            )
-            app.openapi_schema = schema
+            app.openapi_schema = _openapi(app, services.config)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.methods = method_table(app)  # every route is in place: the 405s' Allow
     return app
+
+
+def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
+    """The OpenAPI document, as strict as the server: the request bodies the routes parse
+    themselves, and the bounds this server's configuration sets."""
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    reference = {"pattern": reference_pattern(config.allowed_input_buckets)}
+    job = JobRequest.model_json_schema(ref_template=template)
+    job["properties"]["image"].update(reference)
+    job["properties"]["audio"].update(reference)
+    bodies = {
+        "JobRequest": job,
+        "JobForm": form_schema(job),
+        "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
+        **batches.request_schemas(template, reference["pattern"]),
+    }
+    for name, body in bodies.items():
+        components.update(body.pop("$defs", {}))  # nested models, referred to by the template
+        components[name] = body
+    bounds = {"limit": config.max_page_size, "expires_in": config.presign_max_s}
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _not_null(parameter["schema"])
+                if parameter["name"] in bounds:
+                    parameter["schema"]["maximum"] = bounds[parameter["name"]]
+    return schema
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without the null that an optional argument's type carries: an
+    omitted parameter is how a request leaves it out (a header or query string cannot be
+    null, and "null" is not a value any of them takes)."""
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**rest, **options[0]}

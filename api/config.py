@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from db.params import WatermarkSpec
 from pipeline import params
 
 MiB = 1024 * 1024
@@ -60,6 +61,12 @@ class ApiConfig:
     presign_max_s: int = 7 * 24 * 3600
     """The longest lifetime a client may ask for (S3 signatures last at most 7 days)."""
     max_page_size: int = 200
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    """Host names and networks (CIDR) webhooks may reach although they are not public."""
+    watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
+    """The operator's visible mark, which every job's frames get (jobs may change its text
+    and look): checked at submit to fit the job's output size."""
+    watermark_allowed: bool = True
     sse_poll_s: float = 0.5
     """How often an event stream looks for new events."""
     sse_keepalive_s: float = 15.0

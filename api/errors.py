@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 
 class ApiError(Exception):
@@ -43,14 +46,23 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
 
 
 def pydantic_error(errors: list[Any]) -> ApiError:
-    """The first pydantic error as an ApiError naming the field."""
+    """The first pydantic error as an ApiError naming the field (`jobs[2].prompt`)."""
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    field = ".".join(loc) or None
+    field = ""
+    for part in first.get("loc", ()):
+        if isinstance(part, int):
+            field += f"[{part}]"
+        elif part not in ("body", "query", "path", "header"):
+            field += f".{part}" if field else str(part)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field; check the spelling against the API documentation"
-    return ApiError(422, "invalid_parameter", f"{field}: {message}" if field else message, field)
+    elif first.get("type") == "enum":
+        expected = str(first.get("ctx", {}).get("expected", "")).replace("'", "")
+        message = f"{first.get('input')!r} is unknown; use one of: {expected}"
+    return ApiError(
+        422, "invalid_parameter", f"{field}: {message}" if field else message, field or None
+    )
 
 
 log = logging.getLogger(__name__)
@@ -101,6 +113,28 @@ def error_responses(*statuses: int, authenticated: bool = True) -> dict[int | st
     }
 
 
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def method_table(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path pattern, methods) of every route: what a 405's `Allow` is made from."""
+    table = []
+    for route in iter_route_contexts(app.routes):
+        if route.path and route.methods:
+            regex, _, _ = compile_path(route.path)
+            table.append((regex, frozenset(route.methods)))
+    return table
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path. Starlette's 405 names only the
+    methods of the first route that matched the path, and GET and POST of one path are two
+    routes here."""
+    path = request.scope["path"]
+    methods = {m for regex, route in request.app.state.methods if regex.match(path) for m in route}
+    return sorted(methods, key=lambda m: (_METHOD_ORDER + (m,)).index(m))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -113,14 +147,24 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(pydantic_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and message == "Not Found":
-            message = "no such endpoint; the API lives under /v1 (see /docs)"
+            message = (
+                f"nothing at {request.url.path}: no such endpoint, or an id that is not one "
+                "(see /docs)"
+                if request.url.path.startswith("/v1/")
+                else "no such endpoint; the API lives under /v1 (see /docs)"
+            )
         if exc.status_code == 400 and "parsing the body" in message:
             code, message = "malformed_json", "the body is not valid JSON"
-        return error_response(ApiError(exc.status_code, code, message), exc.headers)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
+        return error_response(ApiError(exc.status_code, code, message), headers)
 
     @app.exception_handler(sa.exc.OperationalError)
     async def _database_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import text
 from api.errors import ApiError
 
 
@@ -94,11 +95,7 @@ async def read_body(request: Request, limit: int, what: str = "JSON bodies") -> 
 
 
 async def read_json_object(request: Request, limit: int, what: str = "JSON bodies") -> dict:
-    body = await read_body(request, limit, what)
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    raw = text.parse_json(await read_body(request, limit, what))
     if not isinstance(raw, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     return raw

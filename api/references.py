@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from api.errors import ApiError
 from api.inputs import AudioInfo, ImageInfo
 from db import uploads
 from db.database import Database
-from db.models import Upload
+from db.uploads import UploadRecord
 from storage import keys
 from storage.base import ObjectNotFound, StorageError
 from storage.s3 import S3Reader, parse_s3_uri
@@ -41,7 +42,7 @@ class LocalInput:
 class StoredInput:
     """An upload: checked and stored already."""
 
-    upload: Upload
+    upload: UploadRecord
 
     @property
     def key(self) -> str:
@@ -55,23 +56,44 @@ class StoredInput:
 
 class UploadCache:
     """Uploads this process has looked up. An upload never changes once written, so a job
-    that names one needs no query for it after the first."""
+    that names one needs no query for it after the first.
+
+    It holds records (plain, immutable data), never ORM rows: a row belongs to the session
+    that loaded it and is unusable once that session rolls back, as it does for every job
+    refused inside its transaction."""
 
     def __init__(self, size: int = 4096):
         self.size = size
-        self._rows: dict[tuple[str, str], Upload] = {}
+        self._records: dict[tuple[str, str], UploadRecord] = {}
+        self._lock = threading.Lock()
 
-    def get(self, tenant: str, upload_id: str) -> Upload | None:
-        return self._rows.get((tenant, upload_id))
+    def get(self, tenant: str, upload_id: str) -> UploadRecord | None:
+        return self._records.get((tenant, upload_id))
 
-    def put(self, upload: Upload) -> None:
-        if len(self._rows) >= self.size:
-            self._rows.clear()
-        self._rows[(upload.tenant, upload.id)] = upload
+    def put(self, record: UploadRecord) -> None:
+        with self._lock:
+            if len(self._records) >= self.size:
+                self._records.clear()
+            self._records[(record.tenant, record.id)] = record
 
 
 def info_dict(info: ImageInfo | AudioInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
+
+
+_KEY_SEGMENT = r"[^/\\\x00-\x1f\x7f.][^/\\\x00-\x1f\x7f]*"
+
+
+def reference_pattern(buckets: Sequence[str]) -> str:
+    """The inputs a request may name on a server with these input buckets, as a pattern:
+    an upload id, or an s3:// URI of an object in one of the buckets whose key is valid
+    (storage.keys.validate_key: relative, no empty or dot-led segments, no backslash or
+    control characters)."""
+    if not buckets:
+        return uploads.UPLOAD_ID_PATTERN
+    names = "|".join(bucket.replace(".", r"\.") for bucket in buckets)
+    key = rf"(?![A-Za-z]:){_KEY_SEGMENT}(/{_KEY_SEGMENT})*"
+    return f"{uploads.UPLOAD_ID_PATTERN}|^s3://({names})/{key}$"
 
 
 def reference_kind(value: str, field: str) -> Literal["s3", "upload"]:
@@ -115,15 +137,14 @@ def check_stored(stored: StoredInput, kind: Kind, limits: InputLimits, field: st
 
 
 def load_uploads(database: Database, tenant: str, ids: list[str]) -> dict[str, StoredInput]:
-    """The uploads of this tenant by id; 422 naming the first that does not exist."""
+    """The uploads of this tenant among `ids`, by id (those that do not exist are absent)."""
     with database.transaction() as s:
-        found = uploads.get_uploads(s, sorted(set(ids)), tenant=tenant)
-    for upload_id in ids:
-        if upload_id not in found:
-            raise ApiError(
-                422, "input_not_found", f"upload {upload_id} does not exist", "image/audio"
-            )
+        found = uploads.get_upload_records(s, sorted(set(ids)), tenant=tenant)
     return {k: StoredInput(v) for k, v in found.items()}
+
+
+def upload_not_found(upload_id: str, field: str) -> ApiError:
+    return ApiError(422, "input_not_found", f"{field}: upload {upload_id} does not exist", field)
 
 
 def download_reference(

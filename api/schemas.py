@@ -2,30 +2,100 @@
 
 from __future__ import annotations
 
-import json
+import re
 import secrets
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from fastapi import Header, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api import text
 from api.config import InputLimits
 from db.models import Job, JobEvent
 from db.params import WatermarkParams
+from db.uploads import UPLOAD_ID_PATTERN
 from db.webhooks import WEBHOOK_EVENTS
 from pipeline import params as P
 
-TO_END_OF_AUDIO = {"", "audio", "to_end_of_audio", "null", "none"}
+TO_END_OF_AUDIO = ("", "audio", "to_end_of_audio", "null", "none")
+"""What a form's num_clips may say instead of a number to render to the end of the audio."""
+_FORM_INTEGER = re.compile("-?[0-9]{1,20}")
+WEBHOOK_URL_MAX = 2048
+WEBHOOK_URL_PATTERN = "^https?://[^/?#@]+"
+"""An absolute http(s) URL with a host (what `check_webhook_url` accepts)."""
+BLANK = " \t\n\r\f\v"
+"""What a prompt may not consist of only (and is trimmed of)."""
+REFERENCE_PATTERN = UPLOAD_ID_PATTERN
+"""An input by reference: an upload id, or (where the server has input buckets; the schema
+it publishes says which: api.references.reference_pattern) an s3:// URI."""
+LIMITS = InputLimits()
+"""The limits the published schema states: every tenant has these (tenants set only byte and
+duration limits of their own)."""
+
+
+ID_MAX = 10**18 - 1
+"""The largest event or delivery id a request may name: 18 digits, within a signed 64-bit
+integer (the database's ids) and the same bound in a query (`after`) and in a header
+(`Last-Event-ID`)."""
+IDEMPOTENCY_KEY_MAX = 255
+LAST_EVENT_ID_PATTERN = "^[0-9]{1,18}$"
+CURSOR_PATTERN = "^[0-9a-f]{46}$"
+"""A page's position (api.routes.jobs.encode_cursor): opaque to clients."""
+WEBHOOK_ID_PATTERN = "^wh_[0-9a-f]{24}$"
+
+# Query and header parameters several routes share. Bounds that depend on the server's
+# configuration (page size, URL lifetime) are checked in the routes and written into the
+# published schema when the app is built (api.app).
+PageSize = Annotated[
+    int,
+    Query(description="Items per page (at most the server's maximum, 200 by default).",
+          json_schema_extra={"minimum": 1}),
+]  # fmt: skip
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="Opaque: the `next_cursor` of the previous page.",
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+    ),
+]
+After = Annotated[int | None, Query(ge=0, le=ID_MAX, description="Only the items after this id.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retrying with the same key returns the first result instead of a second one.",
+        json_schema_extra={"minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    ),
+]
+
+
+def id_links(parameter: str, **targets: tuple[str, str]) -> dict[str, Any]:
+    """OpenAPI links from an answer carrying a resource's `id` to the operations that take it
+    as `parameter`: name=(method, path)."""
+    return {
+        name: {
+            "operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method,
+            "parameters": {parameter: "$response.body#/id"},
+        }
+        for name, (method, path) in targets.items()
+    }
 
 
 def check_webhook_url(url: str) -> str:
     parsed = urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError("a webhook URL must be an absolute http:// or https:// URL")
-    if len(url) > 2048:
-        raise ValueError("a webhook URL may have at most 2048 characters")
+    if len(url) > WEBHOOK_URL_MAX:
+        raise ValueError(f"a webhook URL may have at most {WEBHOOK_URL_MAX} characters")
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("the webhook URL's port is not a number from 0 to 65535") from None
+    if "@" in parsed.netloc:
+        raise ValueError("a webhook URL may not carry a user name or password")
     return url
 
 
@@ -45,39 +115,91 @@ def check_webhook_secret(secret: str) -> str:
     return secret
 
 
+def _from_form(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("form"))
+
+
+WEBHOOK_URL_SCHEMA = {"pattern": WEBHOOK_URL_PATTERN, "maxLength": WEBHOOK_URL_MAX, "format": "uri"}
+WEBHOOK_EVENTS_SCHEMA = {"items": {"enum": list(WEBHOOK_EVENTS)}, "minItems": 1}
+WEBHOOK_SECRET_SCHEMA = {"minLength": 16, "maxLength": 128}
+
+
 class JobRequest(BaseModel):
-    """Render parameters. Validate with `context={"limits": InputLimits}`."""
+    """Render parameters. Validate with `context={"limits": InputLimits}`, plus `"form": True`
+    for the fields of a multipart form (text, to be read as numbers, lists and objects).
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    JSON is taken as typed (strict): `"seed": "7"` or `"priority": true` is refused, as the
+    published schema says. The bounds checked below are published too (`json_schema_extra`),
+    with the messages written here.
+    """
 
-    prompt: str = Field(description="What the video shows, in a sentence or a paragraph.")
-    size: str = Field(P.SIZE_DEFAULT, description="An area key such as 720*400.")
-    num_clips: int | None = Field(
-        None, description="Clips to render; null (or omitted) renders to the end of the audio."
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(
+        description="What the video shows, in a sentence or a paragraph (trimmed).",
+        json_schema_extra={"maxLength": LIMITS.max_prompt_chars, "pattern": f"[^{BLANK}]"},
     )
-    infer_frames: int = P.INFER_FRAMES_DEFAULT
-    sample_steps: int = P.SAMPLE_STEPS_DEFAULT
-    seed: int | None = Field(None, description="Fixes the output; a random one when omitted.")
-    checkpoint_every: int | None = Field(None, description="Clips between checkpoints.")
+    size: str = Field(
+        P.SIZE_DEFAULT,
+        description="An area key such as 720*400.",
+        json_schema_extra={"enum": list(P.SIZES)},
+    )
+    num_clips: int | None = Field(
+        None,
+        description="Clips to render; null (or omitted) renders to the end of the audio.",
+        json_schema_extra={"minimum": 1, "maximum": LIMITS.max_num_clips},
+    )
+    infer_frames: int = Field(
+        P.INFER_FRAMES_DEFAULT,
+        description="Video frames per clip.",
+        json_schema_extra={
+            "minimum": P.INFER_FRAMES_MIN,
+            "maximum": P.INFER_FRAMES_MAX,
+            "multipleOf": P.FRAMES_PER_BLOCK_VIDEO,
+        },
+    )
+    sample_steps: int = Field(
+        P.SAMPLE_STEPS_DEFAULT,
+        description="Denoising steps per block.",
+        json_schema_extra={"minimum": P.SAMPLE_STEPS_MIN, "maximum": P.SAMPLE_STEPS_MAX},
+    )
+    seed: int | None = Field(
+        None,
+        description="Fixes the output; a random one when omitted.",
+        json_schema_extra={"minimum": 0, "maximum": P.SEED_MAX},
+    )
+    checkpoint_every: int | None = Field(
+        None,
+        description="Clips between checkpoints.",
+        json_schema_extra={"minimum": 1, "maximum": LIMITS.max_checkpoint_every},
+    )
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
     image: str | None = Field(
-        None, description="The portrait by reference (JSON): s3://bucket/key or an upload id."
+        None,
+        description="The portrait by reference (JSON): s3://bucket/key or an upload id.",
+        json_schema_extra={"pattern": REFERENCE_PATTERN},
     )
     audio: str | None = Field(
-        None, description="The speech by reference (JSON): s3://bucket/key or an upload id."
+        None,
+        description="The speech by reference (JSON): s3://bucket/key or an upload id.",
+        json_schema_extra={"pattern": REFERENCE_PATTERN},
     )
     webhook_url: str | None = Field(
-        None, description="POST this job's events to this http(s) URL, signed (see docs/api.md)."
+        None,
+        description="POST this job's events to this http(s) URL, signed (see docs/api.md). "
+        "Its host must resolve to public addresses only (or be allowed by the operator).",
+        json_schema_extra=WEBHOOK_URL_SCHEMA,
     )
     webhook_events: list[str] | None = Field(
         None,
-        description="Which events the webhook receives (a list, or comma-separated): any of "
-        + ", ".join(WEBHOOK_EVENTS)
-        + "; all when omitted.",
+        description="Which events the webhook receives (in a multipart form, comma-separated): "
+        "any of " + ", ".join(WEBHOOK_EVENTS) + "; all when omitted.",
+        json_schema_extra=WEBHOOK_EVENTS_SCHEMA,
     )
     webhook_secret: str | None = Field(
         None, description="Signs this job's deliveries (16 to 128 characters); the tenant's "
         "webhook secret (GET /v1/webhooks/secret) when omitted.",
+        json_schema_extra=WEBHOOK_SECRET_SCHEMA,
     )  # fmt: skip
     precision: str | None = Field(
         None,
@@ -87,7 +209,8 @@ class JobRequest(BaseModel):
     watermark: WatermarkParams | None = Field(
         None,
         description="Changes to the operator's visible mark for this job: text, corner, "
-        "opacity, scale, margin (a JSON object; in a multipart form, its JSON text).",
+        "opacity, scale, margin (a JSON object; in a multipart form, its JSON text). It must "
+        "fit the frame at the job's output size.",
     )
 
     @staticmethod
@@ -98,10 +221,11 @@ class JobRequest(BaseModel):
     @classmethod
     def _prompt(cls, v: str, info: ValidationInfo) -> str:
         limit = cls._limits(info).max_prompt_chars
-        if not v:
-            raise ValueError("the prompt is empty; describe the speaker and the scene")
         if len(v) > limit:
             raise ValueError(f"the prompt has {len(v)} characters; at most {limit} are allowed")
+        v = v.strip(BLANK)
+        if not v:
+            raise ValueError("the prompt is empty; describe the speaker and the scene")
         return v
 
     @field_validator("size")
@@ -110,10 +234,18 @@ class JobRequest(BaseModel):
         P.check_size_key(v)
         return v
 
-    @field_validator("num_clips", mode="before")
+    @field_validator(
+        "num_clips", "infer_frames", "sample_steps", "seed", "checkpoint_every", "priority",
+        mode="before",
+    )  # fmt: skip
     @classmethod
-    def _num_clips_words(cls, v: Any) -> Any:
-        return None if isinstance(v, str) and v.strip().lower() in TO_END_OF_AUDIO else v
+    def _form_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """A form field is text: read it as a whole number (num_clips also as words)."""
+        if not (_from_form(info) and isinstance(v, str)):
+            return v
+        if info.field_name == "num_clips" and v in TO_END_OF_AUDIO:
+            return None
+        return int(v) if _FORM_INTEGER.fullmatch(v) else v  # else refused: not an integer
 
     @field_validator("num_clips")
     @classmethod
@@ -157,9 +289,9 @@ class JobRequest(BaseModel):
 
     @field_validator("webhook_events", mode="before")
     @classmethod
-    def _webhook_events_words(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [e.strip() for e in v.split(",") if e.strip()]
+    def _webhook_events_words(cls, v: Any, info: ValidationInfo) -> Any:
+        if _from_form(info) and isinstance(v, str):  # an empty item stays, to be refused
+            return [e.strip() for e in v.split(",")]
         return v
 
     @field_validator("webhook_events")
@@ -179,16 +311,54 @@ class JobRequest(BaseModel):
 
     @field_validator("watermark", mode="before")
     @classmethod
-    def _watermark_json(cls, v: Any) -> Any:
-        if isinstance(v, str):  # a multipart form field carries the object as JSON text
+    def _watermark_json(cls, v: Any, info: ValidationInfo) -> Any:
+        if _from_form(info) and isinstance(v, str):  # a form field carries the object as JSON
             try:
-                return json.loads(v)
-            except json.JSONDecodeError:
-                raise ValueError("watermark must be a JSON object of watermark settings") from None
+                return text.loads(v)
+            except text.JsonError as e:
+                if e.field is not None:
+                    raise ValueError(f"{e.field}: {e.message}") from None
+                raise ValueError(
+                    f"watermark must be a JSON object of watermark settings; it {e.message}"
+                ) from None
         return v
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(2**31)
+
+
+def form_schema(job: dict[str, Any]) -> dict[str, Any]:
+    """The multipart form of a job: JobRequest's fields as text fields (numbers as their
+    digits, num_clips also as words, webhook_events comma-separated, watermark as JSON text)
+    beside the files image and audio. An omitted field takes its default; there is no null."""
+    properties: dict[str, Any] = {}
+    for name, prop in job["properties"].items():
+        if name in ("image", "audio"):
+            continue
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+        merged = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+        properties[name] = {**merged, **(options[0] if options else {})}
+    properties["num_clips"] = {
+        "description": properties["num_clips"]["description"],
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": LIMITS.max_num_clips},
+            {"type": "string", "enum": list(TO_END_OF_AUDIO)},
+        ],
+    }
+    event = "(" + "|".join(WEBHOOK_EVENTS) + ")"
+    properties["webhook_events"] = {
+        "type": "string",
+        "description": properties["webhook_events"]["description"],
+        "pattern": rf"^\s*{event}\s*(,\s*{event}\s*)*$",
+    }
+    for kind in ("image", "audio"):
+        properties[kind] = {"type": "string", "format": "binary"}
+    return {
+        "type": "object",
+        "required": ["image", "audio", "prompt"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
 
 
 class Progress(BaseModel):

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from api.config import ApiConfig
+from api.errors import ApiError
 from db.database import Database
+from db.webhooks import Resolver, TargetPolicy, WebhookTargetError
 from storage.base import Storage
 from storage.s3 import S3Reader
 
@@ -40,6 +42,8 @@ class Services:
     upload_cache: UploadCache | Any = None
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the process shuts down: open event streams end."""
+    resolver: Resolver | None = None
+    """Resolves webhook hosts (the system's resolver by default)."""
 
     def __post_init__(self) -> None:
         # built here by default so that tests and embedded mode need to pass nothing
@@ -59,6 +63,17 @@ class Services:
             self.quota = QuotaCounter()
         if self.upload_cache is None:
             self.upload_cache = UploadCache()
+
+    def webhook_targets(self) -> TargetPolicy:
+        return TargetPolicy.from_hosts(self.config.webhook_allowed_hosts, self.resolver)
+
+    def check_webhook_url(self, url: str, field: str) -> None:
+        """422 naming `field` unless webhooks may be delivered to `url` (its host is resolved:
+        call from a worker thread)."""
+        try:
+            self.webhook_targets().resolve(url)
+        except WebhookTargetError as e:
+            raise ApiError(422, "invalid_parameter", f"{field}: {e}", field) from None
 
     def job_queued(self) -> None:
         if self.on_job_queued is not None:

@@ -11,11 +11,13 @@ unique (tenant, idempotency_key) constraint: one inserts, the others find its jo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import forms, text
 from api.auth import Caller
+from api.config import ApiConfig, InputLimits
 from api.errors import ApiError, pydantic_error
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
 from api.limits import declared_length, read_json_object
@@ -39,12 +42,13 @@ from api.references import (
     copy_upload,
     download_reference,
     reference_kind,
+    upload_not_found,
 )
 from api.schemas import JobRequest
 from api.services import Services
 from db import job_store, tenants, uploads, webhooks
 from db.models import Job
-from db.params import AudioFacts, ImageFacts, JobParams
+from db.params import AudioFacts, ImageFacts, JobParams, WatermarkParams
 from pipeline import params as P
 from storage import keys
 from storage.base import StorageError
@@ -82,12 +86,10 @@ async def submit(
 ) -> tuple[Job, bool]:
     """Returns (job, created). An idempotency key seen before returns the earlier job."""
     check_idempotency_key(idempotency_key)
-    try:
-        submission = await read_request(request, services, caller)
+    async with contextlib.AsyncExitStack() as opened:  # closes the form's spooled files
+        submission = await read_request(request, services, caller, opened)
         image = await _materialise(services, caller, submission.image, "image", scratch)
         audio = await _materialise(services, caller, submission.audio, "audio", scratch)
-    finally:
-        await request.close()  # the uploads' spooled temporary files
     fingerprint = request_fingerprint(
         submission.request.model_dump(mode="json", exclude={"image", "audio"}),
         _identity(submission.image, image),
@@ -114,10 +116,14 @@ def _identity(source: UploadFile | str, got: LocalInput | UploadRef) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-async def read_request(request: Request, services: Services, caller: Caller) -> Submission:
+async def read_request(
+    request: Request, services: Services, caller: Caller, opened: contextlib.AsyncExitStack
+) -> Submission:
+    """The request's parameters and inputs; a form's files stay open until `opened` closes."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        raw, files = await _read_form(request, caller)
+    form = content_type == "multipart/form-data"
+    if form:
+        raw, files = await _read_form(request, caller, opened)
     elif content_type == "application/json":
         raw, files = await read_json_object(request, services.config.max_json_bytes), {}
     else:
@@ -129,7 +135,9 @@ async def read_request(request: Request, services: Services, caller: Caller) -> 
             "s3:// objects or uploads)",
         )
     try:
-        job_request = JobRequest.model_validate(raw, context={"limits": caller.limits})
+        job_request = JobRequest.model_validate(
+            raw, context={"limits": caller.limits, "form": form}
+        )
     except ValidationError as e:
         raise pydantic_error(list(e.errors())) from None
     image = files.get("image") or job_request.image
@@ -145,8 +153,20 @@ async def read_request(request: Request, services: Services, caller: Caller) -> 
     return Submission(job_request, image, audio)  # type: ignore[arg-type]
 
 
+def _field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
+    def too_large(name: str, limit: int) -> ApiError:
+        if name == "prompt":
+            return ApiError(
+                422, "invalid_parameter", f"prompt: the prompt is longer than {limit} bytes; "
+                f"at most {limits.max_prompt_chars} characters are allowed", "prompt",
+            )  # fmt: skip
+        return forms.field_too_large(name, limit)
+
+    return too_large
+
+
 async def _read_form(
-    request: Request, caller: Caller
+    request: Request, caller: Caller, opened: contextlib.AsyncExitStack
 ) -> tuple[dict[str, Any], dict[str, UploadFile]]:
     length = declared_length(request.headers)
     limit = caller.limits.max_request_bytes
@@ -158,15 +178,18 @@ async def _read_form(
             "request_too_large",
             f"the request is {length} bytes; uploads are limited to {limit} bytes in all",
         )
-    try:
-        form = await request.form(max_files=2, max_fields=32, max_part_size=FORM_FIELD_LIMIT)
-    except StarletteHTTPException as e:
-        raise ApiError(
-            400, "malformed_multipart", f"the multipart body is invalid: {e.detail}"
-        ) from None
-    raw: dict[str, Any] = {}
+    form = await forms.read_form(
+        request,
+        max_files=2,
+        max_fields=32,
+        max_field_bytes=FORM_FIELD_LIMIT,
+        too_large=_field_too_large(caller.limits),
+    )
+    opened.push_async_callback(form.close)
+    fields: dict[str, Any] = {}
+    params: dict[str, Any] = {}
     files: dict[str, UploadFile] = {}
-    for name, value in form.multi_items():
+    for name, value in form.multi_items():  # each name once: the parser refuses repeats
         if isinstance(value, UploadFile):
             if name not in ("image", "audio"):
                 raise ApiError(
@@ -181,20 +204,16 @@ async def _read_form(
                 raise ApiError(422, "invalid_filename", str(e), name) from None
             files[name] = value
         elif name == "params":
-            try:
-                params = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ApiError(
-                    400, "malformed_json", f"the params field is not valid JSON: {e}", "params"
-                ) from None
+            params = text.parse_json(value, "the params field")
             if not isinstance(params, dict):
                 raise ApiError(
                     400, "malformed_json", "the params field must be a JSON object", "params"
                 )
-            raw = {**params, **raw}
         else:
-            raw[name] = value
-    return raw, files
+            fields[name] = value
+    if twice := sorted(params.keys() & fields.keys()):
+        raise forms.duplicate(twice[0])
+    return {**params, **fields}, files
 
 
 # --------------------------------------------------------------------------- inputs
@@ -261,14 +280,14 @@ def _resolve(
     found = {i: row for i in ids if (row := cache.get(caller.tenant, i)) is not None}
     missing = [i for i in ids if i not in found]
     if missing:
-        for row in uploads.get_uploads(session, missing, tenant=caller.tenant).values():
-            cache.put(row)
-            found[row.id] = row
+        for record in uploads.get_upload_records(session, missing, tenant=caller.tenant).values():
+            cache.put(record)
+            found[record.id] = record
     resolved: list[Input] = []
     for kind, got in (("image", image), ("audio", audio)):
         if isinstance(got, UploadRef):
             if got.id not in found:
-                raise ApiError(422, "input_not_found", f"upload {got.id} does not exist", kind)
+                raise upload_not_found(got.id, kind)
             stored = StoredInput(found[got.id])
             check_stored(stored, kind, caller.limits, kind)  # type: ignore[arg-type]
             got = stored
@@ -287,9 +306,10 @@ def inspect(got: Input, kind: str, caller: Caller) -> ImageInfo | AudioInfo:
 
 
 def job_params(
-    req: JobRequest, image: ImageInfo, audio: AudioInfo, checkpoint_every: int, field: str = ""
+    req: JobRequest, image: ImageInfo, audio: AudioInfo, config: ApiConfig, field: str = ""
 ) -> tuple[JobParams, int]:
-    """The stored parameters of a validated request, and its number of clips."""
+    """The stored parameters of a validated request, and its number of clips. `field` is the
+    request's place in a batch (`jobs[3].`)."""
     covered = P.clips_for_duration(audio.duration_s, req.infer_frames)
     if req.num_clips is not None and req.num_clips > covered:
         raise ApiError(
@@ -301,6 +321,7 @@ def job_params(
             f"{field}num_clips",
         )
     width, height = P.fit_size(image.width, image.height, req.size)
+    check_watermark(req.watermark, width, height, config, field)
     params = JobParams(
         prompt=req.prompt,
         size=req.size,
@@ -310,13 +331,32 @@ def job_params(
         infer_frames=req.infer_frames,
         sample_steps=req.sample_steps,
         seed=req.resolved_seed(),
-        checkpoint_every=req.checkpoint_every or checkpoint_every,
+        checkpoint_every=req.checkpoint_every or config.checkpoint_every,
         audio_duration_s=audio.duration_s,
         image=ImageFacts(width=image.width, height=image.height, format=image.format),
         audio=AudioFacts(codec=audio.codec, sample_rate=audio.sample_rate, channels=audio.channels),
         watermark=req.watermark,
     )
     return params, req.num_clips or covered
+
+
+def check_watermark(
+    mark: WatermarkParams | None, width: int, height: int, config: ApiConfig, field: str = ""
+) -> None:
+    """422 unless the job's mark (the operator's, with the job's changes) fits its frames:
+    the worker would fail the job on its first clip."""
+    try:
+        spec = (mark or WatermarkParams()).over(config.watermark, allowed=config.watermark_allowed)
+    except ValidationError as e:
+        error = pydantic_error(list(e.errors()))
+        raise ApiError(422, "invalid_parameter", f"{field}watermark: {error.message}",
+                       f"{field}watermark") from None  # fmt: skip
+    if (why := spec.misfit(width, height)) is not None:
+        raise ApiError(
+            422, "watermark_does_not_fit",
+            f"{field}watermark: {why} (this job's output size)",
+            f"{field}watermark",
+        )  # fmt: skip
 
 
 def check_quota(services: Services, session: Session, caller: Caller, adding: int) -> None:
@@ -363,6 +403,8 @@ def _accept(
     from the idempotency check to the insert, is one transaction."""
     job_id = uuid.uuid4()
     stored: list[str] = []
+    if req.webhook_url:
+        services.check_webhook_url(req.webhook_url, "webhook_url")
     # files are decoded before the transaction, so no connection waits on a decode
     local_info = {
         kind: inspect(got, kind, caller)
@@ -379,7 +421,7 @@ def _accept(
             image = local_info.get("image") or inspect(image_got, "image", caller)
             audio = local_info.get("audio") or inspect(audio_got, "audio", caller)
             assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)
-            params, clips_total = job_params(req, image, audio, services.config.checkpoint_every)
+            params, clips_total = job_params(req, image, audio, services.config)
             check_quota(services, s, caller, 1)
             local = isinstance(image_got, LocalInput) or isinstance(audio_got, LocalInput)
             if not local:

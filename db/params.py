@@ -11,6 +11,7 @@ Plain pydantic over `pipeline.params`: no torch is imported.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,11 +27,29 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+@dataclass(frozen=True)
+class MarkBox:
+    """The mark's text laid out for one frame height: the font size and outline it is drawn
+    with, the offset of its bounding box from the drawing origin, its size, the margin."""
+
+    text_px: int
+    stroke: int
+    left: int
+    top: int
+    width: int
+    height: int
+    margin: int
+
+
 class WatermarkSpec(_Frozen):
     """What the visible mark says and where it goes on every frame.
 
     ``scale`` is the text height as a fraction of the frame height, ``margin`` the gap to the
     frame edges as a fraction of the frame height, ``opacity`` the mark's alpha in [0, 1].
+
+    ``box`` lays the text out (Pillow's built-in font) and ``misfit`` says whether it fits a
+    frame: the API refuses at submit a job whose mark would not fit the frame it renders, so
+    both need the one computation the worker draws with, and it lives with the spec.
     """
 
     enabled: bool = True
@@ -46,10 +65,43 @@ class WatermarkSpec(_Frozen):
             raise ValueError("watermark text must not be empty when the watermark is enabled")
         return self
 
+    @property
+    def draws(self) -> bool:
+        """Whether the mark changes any pixel."""
+        return self.enabled and self.opacity > 0
+
+    def box(self, frame_height: int) -> MarkBox:
+        """The text's layout in a frame `frame_height` pixels high."""
+        from PIL import ImageFont  # imported here: only who draws or checks a mark needs it
+
+        text_px = max(8, round(self.scale * frame_height))
+        stroke = max(1, text_px // 12)
+        font = ImageFont.load_default(size=text_px)
+        left, top, right, bottom = font.getbbox(self.text, stroke_width=stroke)
+        margin = round(self.margin * frame_height)
+        return MarkBox(text_px, stroke, left, top, right - left, bottom - top, margin)
+
+    def misfit(self, width: int, height: int) -> str | None:
+        """Why the mark does not fit a `width` x `height` frame, or None if it fits (or draws
+        nothing)."""
+        if not self.draws:
+            return None
+        box = self.box(height)
+        if box.width + box.margin > width or box.height + box.margin > height:
+            return (
+                f"watermark {self.text!r} at scale {self.scale} ({box.width}x{box.height} px) "
+                f"does not fit a {width}x{height} frame: use a shorter text or a smaller scale"
+            )
+        return None
+
 
 class WatermarkParams(_Frozen):
     """What a job may change of the operator's mark: its text and its place and look. Whether
-    there is a mark at all is the operator's decision (`LONGTAKE_WATERMARK_ENABLED`)."""
+    there is a mark at all is the operator's decision (`LONGTAKE_WATERMARK_ENABLED`).
+
+    Strict: a request's JSON is taken as typed (`"opacity": true` is not 1.0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     text: str | None = Field(
         None, min_length=1, max_length=WATERMARK_TEXT_MAX, description="The mark's text."

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,8 +20,12 @@ def new_upload_id() -> str:
     return f"upl_{secrets.token_hex(12)}"
 
 
+UPLOAD_ID_PATTERN = "^upl_[0-9a-f]{24}$"
+
+
 def is_upload_id(value: str) -> bool:
-    return value.startswith("upl_")
+    """Whether `value` has the form of an upload id (what `new_upload_id` makes)."""
+    return re.fullmatch(UPLOAD_ID_PATTERN, value) is not None
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,42 @@ class NewUpload:
     bytes: int
     info: dict[str, Any]
     source: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """An upload as plain, read-only data, usable after the session that read it is gone
+    (committed or rolled back): what a process may cache. An upload never changes once
+    written, so a record stays true."""
+
+    id: str
+    tenant: str
+    kind: str
+    key: str
+    bytes: int
+    info: Mapping[str, Any]
+    """What inspection found (a read-only view of JSON scalars)."""
+
+    @classmethod
+    def of(cls, upload: Upload) -> UploadRecord:
+        return cls(
+            id=upload.id,
+            tenant=upload.tenant,
+            kind=upload.kind,
+            key=upload.key,
+            bytes=upload.bytes,
+            info=MappingProxyType(dict(upload.info)),
+        )
+
+
+def get_upload_records(
+    session: Session, upload_ids: list[str], *, tenant: str
+) -> dict[str, UploadRecord]:
+    """The tenant's uploads among `upload_ids`, by id, as records."""
+    return {
+        upload_id: UploadRecord.of(upload)
+        for upload_id, upload in get_uploads(session, upload_ids, tenant=tenant).items()
+    }
 
 
 def get_upload(session: Session, upload_id: str, *, tenant: str) -> Upload | None:

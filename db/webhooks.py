@@ -10,12 +10,16 @@ That is at-least-once delivery: receivers deduplicate on the event id.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
+import socket
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -141,8 +145,11 @@ def create_webhook(
 
 
 def get_webhook(session: Session, webhook_id: str, *, tenant: str) -> Webhook | None:
+    """The tenant's webhook, unless it was deleted (disabled): then, as for any other id, None."""
     return session.scalars(
-        sa.select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant == tenant)
+        sa.select(Webhook).where(
+            Webhook.id == webhook_id, Webhook.tenant == tenant, Webhook.disabled_at.is_(None)
+        )
     ).one_or_none()
 
 
@@ -288,3 +295,124 @@ def next_due_in(session: Session, *, now: datetime | None = None) -> float | Non
     if first is None:
         return None
     return max(0.0, (first - now).total_seconds())
+
+
+# --------------------------------------------------------------------------- where deliveries go
+
+Resolver = Callable[[str, int], list[str]]
+"""(host, port) -> the addresses a connection to it would use (raises OSError if none)."""
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_HOST_NAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                        r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$", re.IGNORECASE)  # fmt: skip
+ALLOW_SETTING = "LONGTAKE_WEBHOOK_ALLOWED_HOSTS"
+
+
+class WebhookTargetError(ValueError):
+    """A webhook URL that may not be delivered to; the message says why and what to do."""
+
+
+def is_public(address: Address) -> bool:
+    """Whether `address` is on the public internet: not loopback, private, link-local,
+    unique-local, carrier-grade NAT, multicast, reserved or unspecified, and not an IPv6
+    form of such an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded: list[ipaddress.IPv4Address] = []
+        if address.ipv4_mapped is not None:
+            embedded.append(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            embedded.append(address.sixtofour)
+        if address.teredo is not None:
+            embedded.extend(address.teredo)
+        if address in _NAT64:
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if any(not is_public(v4) for v4 in embedded):
+            return False
+    return address.is_global and not (address.is_multicast or address.is_reserved)
+
+
+def system_resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL and the checked address its delivery connects to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """Where webhooks may be delivered: hosts whose every address is public, plus what the
+    operator allows (host names, which may then resolve to anything, and networks).
+
+    The API checks a URL when it is registered; the delivery loop checks it again at every
+    attempt and connects to the address it checked, so a name that resolves elsewhere by
+    then (DNS rebinding) reaches nothing it may not.
+    """
+
+    allowed_names: frozenset[str] = frozenset()
+    allowed_networks: tuple[Network, ...] = ()
+    resolver: Resolver = field(default=system_resolve, compare=False)
+
+    system_resolve = staticmethod(system_resolve)
+
+    @classmethod
+    def from_hosts(cls, entries: Iterable[str], resolver: Resolver | None = None) -> TargetPolicy:
+        """From the operator's list: host names, addresses and networks (CIDR)."""
+        names: set[str] = set()
+        networks: list[Network] = []
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            if not _HOST_NAME.match(entry):
+                raise ValueError(
+                    f"{ALLOW_SETTING}: {entry!r} is not a host name or a network (CIDR)"
+                )
+            names.add(entry.lower().rstrip("."))
+        return cls(frozenset(names), tuple(networks), resolver or system_resolve)
+
+    def resolve(self, url: str) -> Target:
+        """The URL's host resolved and checked; WebhookTargetError saying why it may not be."""
+        parsed = urlsplit(url)
+        host = (parsed.hostname or "").rstrip(".")
+        if parsed.scheme not in ("http", "https") or not host:
+            raise WebhookTargetError("a webhook URL must be an absolute http:// or https:// URL")
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError:
+            raise WebhookTargetError("the webhook URL's port is not a number") from None
+        allow = f"the operator allows the host ({ALLOW_SETTING})"
+        try:
+            addresses = self.resolver(host, port)
+        except (OSError, UnicodeError) as e:
+            raise WebhookTargetError(
+                f"{host} could not be resolved ({e}); use a host with public addresses, "
+                f"unless {allow}"
+            ) from None
+        if not addresses:
+            raise WebhookTargetError(f"{host} could not be resolved to any address")
+        if host.lower() not in self.allowed_names:
+            for text in addresses:
+                address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
+                if is_public(address) or any(address in n for n in self.allowed_networks):
+                    continue
+                via = "" if str(address) == host.strip("[]") else f" ({host} resolves to it)"
+                raise WebhookTargetError(
+                    f"{address} is not a public address{via}; webhooks reach public addresses "
+                    f"only, unless {allow}"
+                )
+        return Target(url, parsed.scheme, host, port, addresses[0])

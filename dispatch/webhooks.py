@@ -4,6 +4,12 @@ API process's relay thread) and in the embedded server; any number may run at on
 
 At least once: an attempt whose outcome is not recorded (the process died, the receiver was
 slow) is made again. Receivers deduplicate on `X-Longtake-Event-Id` (also the body's `id`).
+
+Every attempt resolves the URL's host itself, checks every address (public only, unless the
+operator allowed the host: `DeliveryConfig.allowed_hosts`) and connects to the address it
+checked, sending the host name in `Host` and, over TLS, as the server name the certificate
+is verified against. A name that resolves to a private address by the time of the attempt
+(DNS rebinding) is not contacted. Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class DeliveryConfig:
     batch_size: int = 50
     concurrency: int = 8
     poll_s: float = 1.0
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names and networks deliveries may reach although they are not public."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,11 @@ class WebhookDeliverer:
         *,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
+        resolver: webhooks.Resolver | None = None,
     ):
         self.database = database
         self.config = config or DeliveryConfig()
+        self.targets = webhooks.TargetPolicy.from_hosts(self.config.allowed_hosts, resolver)
         self.client = client or httpx.Client(
             timeout=self.config.timeout_s,
             follow_redirects=False,
@@ -81,8 +91,17 @@ class WebhookDeliverer:
         return delay * random.uniform(0.8, 1.2)  # spread retries of one outage apart
 
     def post(self, due: webhooks.DueDelivery) -> Outcome:
+        try:
+            target = self.targets.resolve(due.url)
+        except webhooks.WebhookTargetError as e:
+            return Outcome(None, f"not sent: {e}")
+        url = httpx.URL(due.url)
         body = body_of(due)
         headers = {
+            "Host": url.netloc.decode("ascii"),
+            # no connection is reused: one made for another host's name (same address,
+            # another certificate) must never carry this request
+            "Connection": "close",
             "Content-Type": "application/json",
             HEADER: sign(due.secret, body, int(self._clock())),
             "X-Longtake-Event": due.event_type,
@@ -90,12 +109,25 @@ class WebhookDeliverer:
             "X-Longtake-Delivery": str(due.id),
             "X-Longtake-Attempt": str(due.attempt),
         }
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            response = self.client.post(due.url, content=body, headers=headers)
+            response = self.client.post(
+                url.copy_with(host=target.address),  # the address checked, not a new lookup
+                content=body,
+                headers=headers,
+                extensions=extensions,
+                follow_redirects=False,
+            )
         except httpx.HTTPError as e:
             return Outcome(None, f"{type(e).__name__}: {e}"[:2000])
         if 200 <= response.status_code < 300:
             return Outcome(response.status_code, None)
+        if response.is_redirect:
+            return Outcome(
+                response.status_code,
+                f"HTTP {response.status_code} to {response.headers.get('location', '?')[:500]}: "
+                "redirects are not followed; register the URL that answers",
+            )
         return Outcome(response.status_code, f"HTTP {response.status_code}: {response.text[:500]}")
 
     def run_once(self) -> int:

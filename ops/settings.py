@@ -19,6 +19,7 @@ from api.config import ApiConfig, InputLimits, MiB
 # (which needs only the API's URL and key) does not import boto3, Celery and the server.
 if TYPE_CHECKING:
     from db.database import Database
+    from db.params import WatermarkSpec
     from dispatch.celery_app import CeleryConfig
     from dispatch.reconcile import StorageReconciler
     from dispatch.sweep import ResumePointSweeper
@@ -81,6 +82,10 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 5.0
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated host names and networks (CIDR) webhooks may reach although they are
+    not public, e.g. `hooks.corp.internal,10.20.0.0/16`. Everything else must resolve to public
+    addresses only: loopback, private, link-local and metadata addresses are refused."""
     signing_key: str | None = None
     """HMAC key of local download links; a random one per process when unset."""
     presign_expires_s: int = 3600
@@ -150,11 +155,20 @@ class Settings(BaseSettings):
     """`module:function` returning the job handler of embedded mode, given these settings
     (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
-    @field_validator("allowed_input_buckets", "precisions", mode="before")
+    @field_validator("allowed_input_buckets", "precisions", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [b.strip() for b in v.split(",") if b.strip()]
+        return v
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        if v:  # (imported only then: a client command's settings need no database code)
+            from db.webhooks import TargetPolicy
+
+            TargetPolicy.from_hosts(v)  # a ValueError naming the entry that is neither
         return v
 
     def embedded(self) -> Settings:
@@ -243,6 +257,7 @@ class Settings(BaseSettings):
             timeout_s=self.webhook_timeout_s,
             max_attempts=self.webhook_max_attempts,
             backoff_base_s=self.webhook_backoff_s,
+            allowed_hosts=tuple(self.webhook_allowed_hosts),
         )
 
     def api_config(self) -> ApiConfig:
@@ -266,10 +281,20 @@ class Settings(BaseSettings):
             max_attempts=self.max_attempts,
             checkpoint_every=self.checkpoint_every,
             presign_expires_s=self.presign_expires_s,
+            webhook_allowed_hosts=tuple(self.webhook_allowed_hosts),
+            watermark=self.watermark_spec(),
+            watermark_allowed=self.watermark_enabled,
+        )
+
+    def watermark_spec(self) -> WatermarkSpec:
+        """The operator's mark (jobs may change its text and look, not whether it is there)."""
+        from db.params import WatermarkSpec
+
+        return WatermarkSpec.model_validate(
+            {"text": self.watermark_text, "corner": self.watermark_corner}
         )
 
     def worker_config(self) -> WorkerConfig:
-        from db.params import WatermarkSpec
         from worker.config import EngineSpec, WorkerConfig, default_scratch_dir
         from worker.segments import EncoderSettings
 
@@ -290,9 +315,7 @@ class Settings(BaseSettings):
                 torch_threads=self.torch_threads,
             ),
             encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
-            watermark=WatermarkSpec.model_validate(
-                {"text": self.watermark_text, "corner": self.watermark_corner}
-            ),
+            watermark=self.watermark_spec(),
             watermark_allowed=self.watermark_enabled,
             keep_segments=self.keep_segments,
             checkpoint_mode=self.checkpoint_mode,

@@ -15,10 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -35,10 +35,11 @@ from api.references import (
     download_reference,
     load_uploads,
     reference_kind,
+    upload_not_found,
 )
-from api.routes.jobs import decode_cursor, encode_cursor
+from api.routes.jobs import decode_cursor, encode_cursor, page_size
 from api.routes.uploads import store_upload
-from api.schemas import JobRequest
+from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links
 from api.services import Services
 from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
 from db import batches, job_store, tenants, webhooks
@@ -49,7 +50,7 @@ INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(None, max_length=255, description="A label for people.")
     inputs: dict[str, str] = Field(
@@ -63,6 +64,47 @@ class BatchRequest(BaseModel):
     jobs: list[dict[str, Any]] = Field(
         min_length=1, description="Job requests (see JobRequest), image and audio by reference."
     )
+
+
+REQUIRED_IN_EACH_JOB = ("prompt", "image", "audio")
+
+
+def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, Any]]:
+    """The published schemas of a batch: `BatchRequest`, and `BatchJob`, a job request whose
+    fields may come from `defaults` (so none is required on its own), with image and audio
+    also by input name. Each of prompt, image and audio must be in every job or in the
+    defaults, as the server checks. `reference` is the pattern of an input reference."""
+    job = JobRequest.model_json_schema(ref_template=ref_template)
+    job.pop("required", None)
+    job["title"] = "BatchJob"
+    job["description"] = "A job of a batch: a JobRequest whose fields `defaults` may give."
+    for kind in ("image", "audio"):
+        job["properties"][kind] = {
+            "type": "string",
+            "description": f"The {kind}: s3://bucket/key, an upload id or the name of an input.",
+            "pattern": f"{reference}|{INPUT_NAME.pattern}",
+        }
+    batch = BatchRequest.model_json_schema(ref_template=ref_template)
+    ref = {"$ref": ref_template.format(model="BatchJob")}
+    batch["properties"]["defaults"] = {
+        **ref,
+        "description": batch["properties"]["defaults"]["description"],
+    }
+    batch["properties"]["jobs"]["items"] = ref
+    batch["properties"]["inputs"]["propertyNames"] = {"pattern": INPUT_NAME.pattern}
+    batch["properties"]["inputs"]["additionalProperties"] = {
+        "type": "string", "pattern": reference,
+    }  # fmt: skip
+    batch["allOf"] = [
+        {
+            "anyOf": [
+                {"required": ["defaults"], "properties": {"defaults": {"required": [name]}}},
+                {"properties": {"jobs": {"items": {"required": [name]}}}},
+            ]
+        }
+        for name in REQUIRED_IN_EACH_JOB
+    ]
+    return {"BatchRequest": batch, "BatchJob": job}
 
 
 class BatchCreated(BaseModel):
@@ -164,6 +206,16 @@ def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest,
     return checked
 
 
+def _check_webhooks(services: Services, requests: list[JobRequest]) -> None:
+    """Each distinct webhook URL checked (resolved) once, the first job using it named."""
+    urls = {}
+    for i, req in enumerate(requests):
+        if req.webhook_url:
+            urls.setdefault(req.webhook_url, f"jobs[{i}].webhook_url")
+    for url, field in urls.items():
+        services.check_webhook_url(url, field)
+
+
 def _resolve(
     services: Services, caller: Caller, refs: dict[tuple[str, str], _Ref], workdir: Path
 ) -> None:
@@ -177,6 +229,8 @@ def _resolve(
             check_stored(ref.got, ref.kind, limits, ref.field)  # type: ignore[arg-type]
             ref.info, ref.key = ref.got.info(), ref.got.key
             continue
+        if ref.value in upload_ids:
+            raise upload_not_found(ref.value, ref.field)
         limit = limits.max_image_bytes if ref.kind == "image" else limits.max_audio_bytes
         local = download_reference(
             services.s3_reader,
@@ -217,6 +271,7 @@ def _create(
         if replayed is not None:
             return *replayed, False
     checked = _validate_jobs(body, caller)
+    _check_webhooks(services, [req for req, _, _ in checked])
     refs: dict[tuple[str, str], _Ref] = {}
     for i, (_req, image, audio) in enumerate(checked):
         refs.setdefault((image, "image"), _Ref(image, "image", f"jobs[{i}].image"))
@@ -230,7 +285,7 @@ def _create(
             req,
             refs[(image, "image")].info,  # type: ignore[arg-type]
             refs[(audio, "audio")].info,  # type: ignore[arg-type]
-            services.config.checkpoint_every,
+            services.config,
             field=f"jobs[{i}].",
         )
         planned.append((req, params, clips_total))
@@ -313,6 +368,11 @@ def _replay(
 # --------------------------------------------------------------------------- routes
 
 
+BATCH_LINKS = id_links(
+    "batch_id",
+    GetBatch=("get", "/v1/batches/{batch_id}"),
+    CancelBatch=("post", "/v1/batches/{batch_id}/cancel"),
+)
 BATCH_DOC = {
     "requestBody": {
         "required": True,
@@ -327,7 +387,11 @@ BATCH_DOC = {
     response_model=BatchCreated,
     openapi_extra=BATCH_DOC,
     responses={
-        200: {"description": "an earlier batch with the same Idempotency-Key and request"},
+        200: {
+            "description": "an earlier batch with the same Idempotency-Key and request",
+            "links": BATCH_LINKS,
+        },
+        201: {"description": "the batch, its jobs queued", "links": BATCH_LINKS},
         **error_responses(400, 409, 413, 503),
     },
 )
@@ -335,7 +399,7 @@ async def create_batch(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Queue many jobs at once; their ids come back in the order of `jobs`."""
     check_idempotency_key(idempotency_key)
@@ -385,12 +449,12 @@ def _get(services: Services, caller: Caller, batch_id: uuid.UUID) -> batches.Bat
 def list_batches(
     services: ServicesDep,
     caller: CallerDep,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: str | None = None,
+    limit: PageSize = 50,
+    cursor: Cursor = None,
 ) -> BatchList:
     """Batches, newest first."""
-    limit = min(limit, services.config.max_page_size)
-    before = decode_cursor(cursor) if cursor else None
+    limit = page_size(services, limit)
+    before = decode_cursor(cursor) if cursor is not None else None
     with services.database.transaction() as s:
         rows = batches.list_batches(s, tenant=caller.tenant, before=before, limit=limit + 1)
         page = [BatchOut.of(batches.summarize(s, b)) for b in rows[:limit]]

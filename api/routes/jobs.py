@@ -5,10 +5,9 @@ Every route acts for the calling tenant only: another tenant's job is a 404, nev
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -21,14 +20,21 @@ from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.outputs import measure_output
 from api.schemas import (
+    CURSOR_PATTERN,
+    LAST_EVENT_ID_PATTERN,
+    After,
+    Cursor,
     EventList,
     EventOut,
+    IdempotencyKey,
     JobList,
     JobOut,
     OutputMeta,
+    PageSize,
     ResultOut,
     SegmentList,
     SegmentOut,
+    id_links,
 )
 from api.services import Services
 from db import job_store
@@ -42,25 +48,26 @@ SUBMIT_DOC = {
     "requestBody": {
         "required": True,
         "content": {
+            # the form's schema is made from JobRequest when the document is (api.app)
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "audio", "prompt"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "audio": {"type": "string", "format": "binary"},
-                        "prompt": {"type": "string"},
-                        "params": {
-                            "type": "string",
-                            "description": "all parameters as one JSON object (instead of fields)",
-                        },
-                    },
-                }
+                "schema": {"$ref": "#/components/schemas/JobForm"},
+                "encoding": {"watermark": {"contentType": "application/json"}},
             },
             "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
         },
     }
 }
+
+
+JOB_LINKS = id_links(
+    "job_id",
+    GetJob=("get", "/v1/jobs/{job_id}"),
+    GetJobEvents=("get", "/v1/jobs/{job_id}/events"),
+    CancelJob=("post", "/v1/jobs/{job_id}/cancel"),
+    RetryJob=("post", "/v1/jobs/{job_id}/retry"),
+    GetJobSegments=("get", "/v1/jobs/{job_id}/segments"),
+    GetJobResult=("get", "/v1/jobs/{job_id}/result"),
+)
 
 
 def _job_response(job: Job, status_code: int = 200) -> JSONResponse:
@@ -85,7 +92,11 @@ def _conflict(e: IllegalTransition) -> ApiError:
     response_model=JobOut,
     openapi_extra=SUBMIT_DOC,
     responses={
-        200: {"description": "an earlier job with the same Idempotency-Key and request"},
+        200: {
+            "description": "an earlier job with the same Idempotency-Key and request",
+            "links": JOB_LINKS,
+        },
+        201: {"description": "the job, queued", "links": JOB_LINKS},
         **error_responses(400, 409, 411, 413, 415, 503),
     },
 )
@@ -93,7 +104,7 @@ async def submit_job(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Validate the inputs and parameters, store the inputs, queue the job."""
     with submission.Scratch() as scratch:
@@ -102,46 +113,48 @@ async def submit_job(
     return _job_response(job, 201 if created else 200)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """The position after an item: its creation time (microseconds since 1970, 14 hex digits,
+    good until the year 4253) and its id (32 hex digits). Every string of the published
+    pattern decodes to a position, so a cursor the schema allows is one the server takes."""
+    micros = (created_at - _EPOCH) // _MICROSECOND
+    return f"{micros:014x}{item_id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, item_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(item_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise ApiError(
             400, "invalid_cursor", "cursor is not one this API returned; start without it"
-        ) from None
+        )
+    return _EPOCH + int(cursor[:14], 16) * _MICROSECOND, uuid.UUID(hex=cursor[14:])
+
+
+def page_size(services: Services, limit: int) -> int:
+    most = services.config.max_page_size
+    if not 1 <= limit <= most:
+        raise ApiError(
+            422, "invalid_parameter", f"limit: must be between 1 and {most}, got {limit}", "limit"
+        )
+    return limit
 
 
 @router.get("", response_model=JobList, responses=error_responses(400))
 def list_jobs(
     services: ServicesDep,
     caller: CallerDep,
-    status: Annotated[list[str] | None, Query(description="Repeat to match several.")] = None,
+    status: Annotated[list[JobStatus] | None, Query(description="Repeat to match several.")] = None,
     batch_id: Annotated[uuid.UUID | None, Query(description="Only this batch's jobs.")] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: str | None = None,
+    limit: PageSize = 50,
+    cursor: Cursor = None,
 ) -> JobList:
     """Jobs, newest first, one page at a time."""
-    statuses = []
-    for value in status or []:
-        try:
-            statuses.append(JobStatus(value))
-        except ValueError:
-            known = ", ".join(s.value for s in JobStatus)
-            raise ApiError(
-                422,
-                "invalid_parameter",
-                f"status {value!r} is unknown; use one of: {known}",
-                "status",
-            ) from None
-    limit = min(limit, services.config.max_page_size)
-    before = decode_cursor(cursor) if cursor else None
+    statuses = list(status or [])
+    limit = page_size(services, limit)
+    before = decode_cursor(cursor) if cursor is not None else None
     with services.database.transaction() as s:
         jobs = job_store.list_jobs(
             s,
@@ -186,17 +199,28 @@ async def get_events(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    after: Annotated[int | None, Query(ge=0, description="Only events after this id.")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: After = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="The last event id a stream delivered: replay what came after it.",
+            json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN},
+        ),
+    ] = None,
 ):
     """The job's history, every state change with its reason, progress, checkpoints and
     segments; as Server-Sent Events when asked for `text/event-stream` (replaying events after
     `Last-Event-ID`, then live until the job ends)."""
     await run_in_threadpool(get_owned, services, caller, job_id)
     start = after or 0
-    if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id")
+    if last_event_id is not None:
+        if not re.fullmatch(LAST_EVENT_ID_PATTERN, last_event_id.strip()):
+            raise ApiError(
+                400,
+                "invalid_last_event_id",
+                "Last-Event-ID must be an event id: a number of at most 18 digits",
+            )
         start = max(start, int(last_event_id))
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
@@ -250,8 +274,9 @@ def retry_job(job_id: uuid.UUID, services: ServicesDep, caller: CallerDep) -> Jo
 
 ExpiresIn = Annotated[
     int | None,
-    Query(ge=1, description="Lifetime of the URLs in seconds (default: the server's)."),
-]
+    Query(ge=1, description="Lifetime of the URLs in seconds (default: the server's; at most "
+          "its maximum, 7 days by default)."),
+]  # fmt: skip
 
 
 def _expires(services: Services, expires_in: int | None) -> int:
@@ -328,6 +353,7 @@ def get_result(
 ):
     """A presigned URL of the finished video and what it is (bytes, sha256, frames,
     duration); `?redirect=true` answers with a redirect to the URL."""
+    expires = _expires(services, expires_in)
     job = get_owned(services, caller, job_id)
     if job.status != JobStatus.SUCCEEDED or not job.output_key:
         progress = f"clip {job.clips_done} of {job.clips_total}"
@@ -336,7 +362,6 @@ def get_result(
             "result_not_ready",
             f"job {job_id} is {job.status} ({progress}); its result exists once it has succeeded",
         )
-    expires = _expires(services, expires_in)
     url = _presign(services, job.output_key, expires)
     if redirect:
         return RedirectResponse(url, status_code=307)

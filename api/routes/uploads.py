@@ -4,25 +4,28 @@ the same upload (200 instead of 201), so a client can always upload before it su
 
 from __future__ import annotations
 
+import contextlib
+import re
 import tempfile
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import forms
 from api.auth import Caller
 from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses
 from api.inputs import AudioInfo, ImageInfo, inspect_audio, inspect_image
 from api.limits import declared_length
 from api.references import LocalInput, copy_upload, info_dict
+from api.schemas import UPLOAD_ID_PATTERN, id_links
 from api.services import Services
 from db import uploads
 from db.models import Upload
@@ -52,6 +55,7 @@ class UploadOut(BaseModel):
         )
 
 
+LINKS = id_links("upload_id", GetUpload=("get", "/v1/uploads/{upload_id}"))
 UPLOAD_DOC = {
     "requestBody": {
         "required": True,
@@ -64,6 +68,7 @@ UPLOAD_DOC = {
                         "kind": {"type": "string", "enum": ["image", "audio"]},
                         "file": {"type": "string", "format": "binary"},
                     },
+                    "additionalProperties": False,
                 }
             }
         },
@@ -112,7 +117,9 @@ def store_upload(
         raise
 
 
-async def _read_upload(request: Request, caller: Caller, workdir: Path) -> tuple[str, LocalInput]:
+async def _read_upload(
+    request: Request, caller: Caller, workdir: FilePath, opened: contextlib.AsyncExitStack
+) -> tuple[str, LocalInput]:
     limits = caller.limits
     largest = max(limits.max_image_bytes, limits.max_audio_bytes)
     length = declared_length(request.headers)
@@ -129,12 +136,14 @@ async def _read_upload(request: Request, caller: Caller, workdir: Path) -> tuple
             "unsupported_media_type",
             "send multipart/form-data with a field kind (image or audio) and a file field file",
         )
-    try:
-        form = await request.form(max_files=1, max_fields=4, max_part_size=1024)
-    except StarletteHTTPException as e:
-        raise ApiError(
-            400, "malformed_multipart", f"the multipart body is invalid: {e.detail}"
-        ) from None
+    form = await forms.read_form(request, max_files=1, max_fields=4, max_field_bytes=1024)
+    opened.push_async_callback(form.close)
+    for name in form:
+        if name not in ("kind", "file"):
+            raise ApiError(
+                422, "invalid_parameter",
+                f"{name}: unknown field; send the fields kind and file only", name,
+            )  # fmt: skip
     kind = form.get("kind")
     if kind not in ("image", "audio"):
         raise ApiError(422, "invalid_parameter", "kind: must be image or audio", "kind")
@@ -151,17 +160,16 @@ async def _read_upload(request: Request, caller: Caller, workdir: Path) -> tuple
     response_model=UploadOut,
     openapi_extra=UPLOAD_DOC,
     responses={
-        200: {"description": "the same bytes were uploaded before: that upload"},
+        200: {"description": "the same bytes were uploaded before: that upload", "links": LINKS},
+        201: {"description": "the upload, stored", "links": LINKS},
         **error_responses(400, 411, 413, 415, 503),
     },
 )
 async def create_upload(request: Request, services: ServicesDep, caller: CallerDep) -> JSONResponse:
     """Check an image or an audio file the way a job submission does, and store it."""
     with tempfile.TemporaryDirectory(prefix="longtake-upload-") as workdir:
-        try:
-            kind, got = await _read_upload(request, caller, Path(workdir))
-        finally:
-            await request.close()
+        async with contextlib.AsyncExitStack() as opened:
+            kind, got = await _read_upload(request, caller, FilePath(workdir), opened)
         upload, created = await run_in_threadpool(
             store_upload, services, caller.tenant, kind, got, caller.limits
         )
@@ -171,9 +179,20 @@ async def create_upload(request: Request, services: ServicesDep, caller: CallerD
 
 
 @router.get("/{upload_id}", response_model=UploadOut, responses=error_responses(404))
-def get_upload(upload_id: str, services: ServicesDep, caller: CallerDep) -> UploadOut:
-    with services.database.transaction() as s:
-        upload = uploads.get_upload(s, upload_id, tenant=caller.tenant)
+def get_upload(
+    upload_id: Annotated[
+        str,
+        Path(
+            description="upl_ and 24 hex digits.", json_schema_extra={"pattern": UPLOAD_ID_PATTERN}
+        ),
+    ],
+    services: ServicesDep,
+    caller: CallerDep,
+) -> UploadOut:
+    upload = None
+    if re.fullmatch(UPLOAD_ID_PATTERN, upload_id):
+        with services.database.transaction() as s:
+            upload = uploads.get_upload(s, upload_id, tenant=caller.tenant)
     if upload is None:
         raise ApiError(404, "upload_not_found", f"upload {upload_id} does not exist")
     return UploadOut.of(upload)

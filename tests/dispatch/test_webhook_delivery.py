@@ -1,9 +1,14 @@
 """Webhook delivery to a real HTTP receiver on loopback: signed, filtered, retried with
 backoff until delivered (at least once), logged, and harmless to repeat for a receiver that
-deduplicates on the event id."""
+deduplicates on the event id. Deliveries go only to the address that was checked when the
+attempt was made (a host that turns private since is refused, redirects are not followed).
+
+The receivers listen on loopback, which webhooks may not reach by default: these tests allow
+127.0.0.1 explicitly, as an operator would (`LONGTAKE_WEBHOOK_ALLOWED_HOSTS`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -18,19 +23,29 @@ from storage import keys
 from tests.factories import lease_for
 
 SECRET = "whsec_receiver-test-secret"
-FAST = DeliveryConfig(timeout_s=1.0, backoff_base_s=0.05, backoff_cap_s=0.2, poll_s=0.05)
+LOOPBACK = ("127.0.0.1",)
+FAST = DeliveryConfig(
+    timeout_s=1.0, backoff_base_s=0.05, backoff_cap_s=0.2, poll_s=0.05, allowed_hosts=LOOPBACK
+)
+
+
+@pytest.fixture(autouse=True)
+def loopback_receivers_allowed(api_services):
+    """The API registers webhooks to the loopback receivers because it is told to."""
+    api_services.config = dataclasses.replace(api_services.config, webhook_allowed_hosts=LOOPBACK)
 
 
 class Receiver:
     """An HTTP endpoint that checks signatures, applies each event once (dedup by event id)
     and can be told to fail or stall its next requests."""
 
-    def __init__(self, secret: str = SECRET):
+    def __init__(self, secret: str = SECRET, *, host: str = "127.0.0.1", tls=None):
         self.secret = secret
         self.requests: list[dict] = []
         self.applied: dict[str, dict] = {}
         self.fail_next = 0
         self.stall_next = 0
+        self.redirect_to: str | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +57,11 @@ class Receiver:
                 )
                 if not valid:
                     return self._answer(401)
+                if receiver.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", receiver.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
                 event = json.loads(body)
                 assert str(event["id"]) == self.headers["X-Longtake-Event-Id"]
                 receiver.applied.setdefault(str(event["id"]), event)  # the effect, once
@@ -61,8 +81,12 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/longtake"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{host}:{self.port}/hooks/longtake"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -248,3 +272,180 @@ def test_unreachable_receivers_and_disabled_webhooks(pg_db, create_job, delivere
     (d,) = deliveries(pg_db, hook["id"])
     assert (d.status, d.last_error) == ("failed", "the webhook was disabled")
     assert api_client.get("/v1/webhooks").json()["webhooks"] == []
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+class Names:
+    """A resolver whose answers a test changes between registration and delivery."""
+
+    def __init__(self, **names: list[str]):
+        self.names = {k.replace("_", "."): v for k, v in names.items()}
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        try:
+            return self.names[host]
+        except KeyError:
+            raise OSError(f"{host} does not resolve") from None
+
+
+def test_a_host_that_turns_private_after_registration_is_not_delivered_to(
+    pg_db, create_job, receiver, api_client, api_services
+):
+    """DNS rebinding: the name resolved to a public address when it was registered; at the
+    attempt it resolves to loopback, and nothing is sent."""
+    names = Names(hooks_example_test=["93.184.216.34"])
+    api_services.resolver = names
+    url = f"http://hooks.example.test:{receiver.port}/hooks/longtake"
+    hook = api_client.post("/v1/webhooks", json={"url": url, "secret": SECRET}).json()
+    assert "id" in hook, hook
+    names.names["hooks.example.test"] = ["127.0.0.1"]
+    deliverer = WebhookDeliverer(pg_db, dataclasses.replace(FAST, allowed_hosts=()), resolver=names)
+    try:
+        job = create_job(pg_db)
+        api_client.post(f"/v1/jobs/{job.id}/cancel")
+        deliverer.run_once()
+    finally:
+        deliverer.close()
+    assert receiver.requests == []
+    (d,) = deliveries(pg_db, hook["id"])
+    assert (d.status, d.attempts, d.last_status_code) == ("pending", 1, None)
+    assert "127.0.0.1 is not a public address" in d.last_error
+
+
+def test_a_delivery_connects_to_the_address_it_checked(pg_db, create_job, receiver, api_client):
+    """The request goes to the resolved, checked address with the URL's host name in `Host`
+    (the system resolver does not know this name: only the checked address can be reached)."""
+    url = f"http://hooks.example.test:{receiver.port}/hooks/longtake"
+    names = Names(hooks_example_test=["127.0.0.1"])
+    config = dataclasses.replace(FAST, allowed_hosts=("hooks.example.test",))
+    deliverer = WebhookDeliverer(pg_db, config, resolver=names)
+    with pg_db.transaction() as s:
+        webhooks.create_webhook(s, tenant="default", url=url, events=["canceled"], secret=SECRET)
+    try:
+        job = create_job(pg_db)
+        api_client.post(f"/v1/jobs/{job.id}/cancel")
+        deliver_all(deliverer, until=lambda: len(receiver.applied) == 1)
+    finally:
+        deliverer.close()
+    assert receiver.requests[0]["headers"]["Host"] == f"hooks.example.test:{receiver.port}"
+    assert names.asked == ["hooks.example.test"]
+
+
+def test_https_to_a_checked_address_verifies_the_host_name(pg_db, create_job, api_client, tmp_path):
+    """TLS to the pinned address still presents the URL's host name (SNI) and checks the
+    certificate against it."""
+    import ssl
+
+    import httpx
+
+    ca, server_context = tls_for("hooks.example.test", tmp_path)
+    secure = Receiver(tls=server_context)
+    try:
+        url = f"https://hooks.example.test:{secure.port}/hooks/longtake"
+        names = Names(hooks_example_test=["127.0.0.1"])
+        config = dataclasses.replace(FAST, allowed_hosts=("hooks.example.test",))
+        client = httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=5)
+        deliverer = WebhookDeliverer(pg_db, config, client=client, resolver=names)
+        with pg_db.transaction() as s:
+            webhooks.create_webhook(
+                s, tenant="default", url=url, events=["canceled"], secret=SECRET
+            )
+        try:
+            job = create_job(pg_db)
+            api_client.post(f"/v1/jobs/{job.id}/cancel")
+            deliver_all(deliverer, until=lambda: len(secure.applied) == 1)
+        finally:
+            deliverer.close()
+        # the same server under a name its certificate does not carry: refused
+        names.names["other.example.test"] = ["127.0.0.1"]
+        config = dataclasses.replace(FAST, allowed_hosts=("other.example.test",))
+        client = httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=5)
+        deliverer = WebhookDeliverer(pg_db, config, client=client, resolver=names)
+        other = url.replace("hooks.example.test", "other.example.test")
+        with pg_db.transaction() as s:
+            hook = webhooks.create_webhook(
+                s, tenant="default", url=other, events=["canceled"], secret=SECRET
+            )
+        try:
+            job = create_job(pg_db)
+            api_client.post(f"/v1/jobs/{job.id}/cancel")
+            deliverer.run_once()
+        finally:
+            deliverer.close()
+        (d,) = deliveries(pg_db, hook.id)
+        assert d.status == "pending" and "certificate" in d.last_error.lower()
+        assert len(secure.applied) == 1
+    finally:
+        secure.close()
+
+
+def test_redirects_are_not_followed(pg_db, create_job, receiver, deliverer, api_client):
+    elsewhere = Receiver()
+    try:
+        receiver.redirect_to = elsewhere.url
+        hook = api_client.post(
+            "/v1/webhooks", json={"url": receiver.url, "events": ["canceled"], "secret": SECRET}
+        ).json()
+        job = create_job(pg_db)
+        api_client.post(f"/v1/jobs/{job.id}/cancel")
+        deliverer.run_once()
+        (d,) = deliveries(pg_db, hook["id"])
+        assert (d.status, d.last_status_code) == ("pending", 302)
+        assert "redirects are not followed" in d.last_error
+        assert len(receiver.requests) == 1 and elsewhere.requests == []
+    finally:
+        elsewhere.close()
+
+
+def tls_for(host: str, directory):
+    """A certificate authority (its PEM file) and a server context for `host` signed by it."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject, issuer, public_key, signing_key, *, ca: bool):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("longtake test CA", "longtake test CA", ca_key.public_key(), ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert(host, "longtake test CA", key.public_key(), ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    ca_file, chain, key_file = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(pem))
+    chain.write_bytes(leaf.public_bytes(pem))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, key_file)
+    return str(ca_file), context
