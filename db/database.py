@@ -19,11 +19,26 @@ def normalise_url(url: str) -> sa.URL:
     return parsed
 
 
+# A database that vanishes without closing its connections (a host gone, a network partition,
+# a proxy restarting) must not hang a worker forever in a read: connecting gives up after
+# 10 s, and a connection whose peer stops acknowledging (data or keepalive probes) errors after
+# about 30 s. The caller's retries then reconnect. (libpq parameters, passed by psycopg.)
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
-        return sa.create_engine(parsed, **kwargs)
+        connect_args = {**POSTGRES_CONNECT_ARGS, **kwargs.pop("connect_args", {})}
+        return sa.create_engine(parsed, connect_args=connect_args, **kwargs)
 
     # SQLite: one writer at a time. Every transaction starts with BEGIN IMMEDIATE, so a claim
     # (read the job, then take it) cannot interleave with another: the serialised equivalent

@@ -42,6 +42,10 @@ class TcpProxy:
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # shutdown first: it wakes the pump blocked in recv() on this socket, which a
+                # bare close() does not (and the closed descriptor could be reused under it)
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 s.close()
 
     def _accept(self, listener: socket.socket) -> None:
