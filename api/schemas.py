@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from api import text
 from api.config import InputLimits
+from db.failures import FailureKind
 from db.models import Job, JobEvent
 from db.params import WatermarkParams
+from db.states import JobStatus
 from db.uploads import UPLOAD_ID_PATTERN
 from db.webhooks import WEBHOOK_EVENTS
 from pipeline import params as P
@@ -383,7 +385,13 @@ class JobOut(BaseModel):
     attempt: int
     max_attempts: int
     cancel_requested: bool
-    error: str | None
+    failed_attempts: int = Field(description="Attempts that failed or lost their worker.")
+    error: str | None = Field(description="What went wrong and what to do (failed jobs).")
+    error_kind: FailureKind | None = Field(
+        description="input: the job cannot render as submitted (a retry fails the same way; "
+        "submit it again with other inputs); render or infrastructure: a retry may succeed."
+    )
+    can_retry: bool = Field(description="Whether POST .../retry is accepted and may help.")
     output_key: str | None
     created_at: datetime
     updated_at: datetime
@@ -414,7 +422,11 @@ class JobOut(BaseModel):
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
+            failed_attempts=job.failed_attempts,
             error=job.error,
+            error_kind=job.failure_kind,
+            can_retry=job.job_status in (JobStatus.FAILED, JobStatus.CANCELED)
+            and job.error_kind != "input",
             output_key=job.output_key,
             created_at=job.created_at,
             updated_at=job.updated_at,

@@ -223,6 +223,15 @@ def retry(
             "retry",
             hint="only failed or canceled jobs can be retried",
         )
+    if job.error_kind == "input":
+        raise IllegalTransition(
+            job.id,
+            job.job_status,
+            JobStatus.QUEUED,
+            "retry",
+            hint="it cannot render as submitted and would fail the same way; "
+            "submit it again with other inputs",
+        )
     resume = job.last_checkpoint_clip
     T.transition(
         session,

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.failures import KINDS, FailureKind
 from db.params import JobParams
 from db.states import JobStatus
 
@@ -145,6 +146,10 @@ class Job(Base):
     @property
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
+
+    @property
+    def failure_kind(self) -> FailureKind | None:
+        return next((kind for kind in KINDS if kind == self.error_kind), None)
 
     @property
     def job_params(self) -> JobParams:

@@ -57,12 +57,29 @@ def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) ->
     return jobs
 
 
+# CSV cells are text; the API takes typed JSON. These columns are text whatever they hold
+# (a prompt of digits stays a prompt); any other cell is read as JSON when it is JSON (numbers,
+# true/false, a watermark object) and as text otherwise.
+TEXT_COLUMNS = frozenset(
+    {"image", "audio", "prompt", "size", "precision", "webhook_url", "webhook_secret"}
+)
+
+
+def _cell(column: str, value: str) -> Any:
+    if column in TEXT_COLUMNS:
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def jobs_from_manifest(path: Path) -> list[dict]:
     base = path.parent
     if path.suffix.lower() == ".csv":
         with path.open(newline="") as f:
             rows = [
-                {k: v for k, v in row.items() if k and v not in (None, "")}
+                {k: _cell(k, v) for k, v in row.items() if k and v not in (None, "")}
                 for row in csv.DictReader(f)
             ]
     elif path.suffix.lower() in (".jsonl", ".ndjson"):

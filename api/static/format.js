@@ -84,8 +84,9 @@ export function canCancel(job) {
   return ["queued", "running", "stitching"].includes(job.status) && !job.cancel_requested;
 }
 
+// The server says whether a retry can help: not for a job that cannot render as submitted.
 export function canRetry(job) {
-  return job.status === "failed" || job.status === "canceled";
+  return Boolean(job.can_retry);
 }
 
 // What an event's data says, in a few words.

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from db import job_store, leases
+from db.failures import Failure
 from storage import keys
 from tests.conftest import make_api_key
 from tests.factories import lease_for
@@ -193,3 +194,27 @@ def test_local_result_downloads_through_a_signed_link(local_client, create_job):
     assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_signature"
     other = url.replace("output.mp4", "inputs/image.png")
     assert client.get(other).status_code == 403  # a signature covers one key only
+
+
+def test_a_failed_job_tells_its_owner_what_to_do_and_whether_a_retry_helps(
+    api_client, api_services, create_job
+):
+    db = api_services.database
+    bad_input, broken = create_job(db), create_job(db)
+    told = "the job's inputs cannot be rendered (audio is not decodable); submit it again"
+    with db.transaction() as s:
+        for job, failure in (
+            (bad_input, Failure(told, "input", "InputError: ...\n  pipeline/inputs.py:117")),
+            (broken, Failure("the render failed (RuntimeError: x)", "render", "RuntimeError: x")),
+        ):
+            leases.mark_failed(s, leases.claim(s, job.id, "w1", 60), failure)
+
+    view = api_client.get(f"/v1/jobs/{bad_input.id}").json()
+    assert (view["error"], view["error_kind"], view["can_retry"]) == (told, "input", False)
+    assert "pipeline/inputs.py" not in str(view)  # the operator's detail is not in the view
+    r = api_client.post(f"/v1/jobs/{bad_input.id}/retry")
+    assert r.status_code == 409 and "submit it again" in r.json()["error"]["message"]
+
+    view = api_client.get(f"/v1/jobs/{broken.id}").json()
+    assert (view["error_kind"], view["can_retry"], view["failed_attempts"]) == ("render", True, 1)
+    assert api_client.post(f"/v1/jobs/{broken.id}/retry").status_code == 200

@@ -140,19 +140,38 @@ def test_batch_cancel(embedded_service, course, capsys):
     assert code == 3
 
 
+def test_batch_submit_a_csv_manifest_with_numbers(embedded_service, course, capsys, tmp_path):
+    manifest = course / "jobs.csv"
+    manifest.write_text(
+        "image,audio,prompt,seed,num_clips,priority\n"
+        "teacher.png,lesson-0.wav,First,7,1,5\n"
+        "teacher.png,lesson-1.wav,1984,8,1,\n"
+    )
+    url = embedded_service.url
+    code, out, err = run(capsys, "batch", "submit", str(manifest), "--api-url", url)
+    assert code == 0, err
+    with LongtakeClient(url, api_key=embedded_service.api_key) as client:
+        jobs = {j["params"]["prompt"]: j for j in client.list()["jobs"]}
+    assert (jobs["First"]["params"]["seed"], jobs["First"]["priority"]) == (7, 5)
+    assert jobs["1984"]["params"]["seed"] == 8  # a prompt of digits stays a prompt
+    run(capsys, "batch", "cancel", out.strip(), "--api-url", url)
+
+
 def test_manifests(tmp_path, course):
     csv_file = tmp_path / "jobs.csv"
     csv_file.write_text(
-        "image,audio,prompt,seed,num_clips\n"
-        "course/teacher.png,course/lesson-0.wav,First,7,\n"
-        "s3://inputs/face.png,upl_0123456789abcdef,Second,,1\n"
+        "image,audio,prompt,seed,num_clips,watermark\n"
+        "course/teacher.png,course/lesson-0.wav,First,7,,\n"
+        's3://inputs/face.png,upl_0123456789abcdef,2024,,1,"{""text"": ""ACME""}"\n'
     )
     first, second = jobs_from_manifest(csv_file)
+    # the API takes typed JSON: numbers as numbers, objects as objects, text columns as text
     assert first == {"image": str(course / "teacher.png"), "audio": str(course / "lesson-0.wav"),
-                     "prompt": "First", "seed": "7"}  # fmt: skip
+                     "prompt": "First", "seed": 7}  # fmt: skip
     assert (second["image"], second["audio"], second["num_clips"]) == (
-        "s3://inputs/face.png", "upl_0123456789abcdef", "1",
+        "s3://inputs/face.png", "upl_0123456789abcdef", 1,
     )  # fmt: skip
+    assert second["prompt"] == "2024" and second["watermark"] == {"text": "ACME"}
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text('{"image": "course/teacher.png", "audio": "course/lesson-1.wav"}\n\n')
     assert read_jobs(jsonl, image=None, prompt="Default")[0]["prompt"] == "Default"

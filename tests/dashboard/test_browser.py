@@ -22,7 +22,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from db import repository as repo
+from db import leases
+from db.failures import Failure
 from ops.demo import portrait_png, synthesize_speech, wav_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -534,6 +535,14 @@ PROMPT = (
     "A presenter in a blue sweater explains the quarter's results to the camera, in a bright "
     "studio with plants and a window behind her, calm and friendly, natural head movement."
 )
+OUT_OF_MEMORY = (
+    "the GPU ran out of memory at this size; submit the job again at a smaller size, or ask "
+    "the operator for a larger GPU"
+)
+UNRENDERABLE = (
+    "the job's inputs cannot be rendered (audio is not decodable); submit it again with inputs "
+    "that can"
+)
 TRACEBACK = (
     "Traceback (most recent call last):\n  File "
     '"/srv/longtake/.venv/lib/python3.12/site-packages/longtake_worker_internals/'
@@ -570,12 +579,14 @@ def test_on_a_phone_everything_is_within_reach(browser, embedded_service, inputs
         batch = client.create_batch({"jobs": jobs, "defaults": {"size": "64*64"}})
         ids = [j["id"] for j in client.list(limit=50)["jobs"]]
         assert len(ids) == 14 and batch["jobs_total"] == 14
-        canceled, failed = ids[-1], ids[-2]  # the oldest: at the end of the list
+        canceled, failed, unrenderable = ids[-1], ids[-2], ids[-3]  # the oldest: at the end
         client.cancel(canceled)
     database = server.process.database
     with database.transaction() as s:
-        lease = repo.claim(s, uuid.UUID(failed), "w", 60)
-        repo.mark_failed(s, uuid.UUID(failed), "w", lease.attempt, TRACEBACK)
+        lease = leases.claim(s, uuid.UUID(failed), "w", 60)
+        leases.mark_failed(s, lease, Failure(OUT_OF_MEMORY, "render", TRACEBACK))
+        lease = leases.claim(s, uuid.UUID(unrenderable), "w", 60)
+        leases.mark_failed(s, lease, Failure(UNRENDERABLE, "input", TRACEBACK))
 
     watched = Watched(browser, server.url, viewport=PHONE, is_mobile=True, has_touch=True,
                       locale="en-GB", timezone_id="UTC")  # fmt: skip
@@ -630,7 +641,19 @@ def test_on_a_phone_everything_is_within_reach(browser, embedded_service, inputs
             " return [e.scrollWidth, e.clientWidth]; })()"
         )
         assert error[0] <= error[1], error
+        # the owner reads what went wrong and what to do; the traceback is the operator's
+        shown = page.locator("#detail-error").inner_text()
+        assert "smaller size" in shown and "Traceback" not in shown and "/srv/" not in shown
+        assert page.locator("#retry-job").is_visible()  # a retry may help this one
         watched.screenshot("7-phone-failed-job.png")
+
+        # a job that cannot render as submitted: no Retry, and the message says what to do
+        page.get_by_role("button", name=f"Show job {unrenderable[:8]}").click()
+        page.locator(f"#detail[data-job-id='{unrenderable}'][data-status=failed]").wait_for()
+        assert "submit it again" in page.locator("#detail-error").inner_text()
+        assert page.locator("#retry-job").is_hidden()
+        unrenderable_row = f"#job-rows tr[data-job-id='{unrenderable}']"
+        assert page.locator(f"{unrenderable_row} .row-actions button").count() == 0
         assert watched.problems == []
     finally:
         watched.close()
