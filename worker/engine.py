@@ -21,11 +21,18 @@ from worker.config import EngineSpec
 log = logging.getLogger(__name__)
 
 
-def build_engine(spec: EngineSpec) -> Engine:
-    import torch
-
+def use_threads(spec: EngineSpec) -> None:
+    """The engine's CPU thread count, set for the process each time the engine is used: float
+    results on the CPU depend on it, and other code in the process may have changed it since
+    the engine was built (a render is bit-identical only at the same count)."""
     if spec.torch_threads > 0:
+        import torch
+
         torch.set_num_threads(spec.torch_threads)
+
+
+def build_engine(spec: EngineSpec) -> Engine:
+    use_threads(spec)
     if spec.factory:
         module_name, _, attr = spec.factory.partition(":")
         if not attr:
@@ -100,6 +107,7 @@ class EngineCache:
                 engine = build_engine(spec)
                 log.info("engine loaded in %.1f s", time.monotonic() - started)
                 self._engines[spec] = engine
+            use_threads(spec)
             return engine
 
     def close(self) -> None:

@@ -35,9 +35,9 @@ def test_multipart_submission_stores_inputs_and_queues_the_job(api_client, api_s
     assert (body["params"]["width"], body["params"]["height"]) == (384, 576)  # 2:3 portrait
     assert body["params"]["checkpoint_every"] == api_services.config.checkpoint_every
     assert body["params"]["audio_duration_s"] == pytest.approx(3.0)
-    # 3 s at 25 fps = 75 frames = 2 clips of 48
+    # 3 s at 25 fps = 75 frames: 2 clips of 48, the video ends with the speech
     assert body["progress"] == {
-        "clips_done": 0, "clips_total": 2, "frames_done": 0, "frames_total": 96,
+        "clips_done": 0, "clips_total": 2, "frames_done": 0, "frames_total": 75,
         "fps": None, "eta_s": None, "last_checkpoint_clip": None,
     }  # fmt: skip
     assert body["links"]["result"] == f"/v1/jobs/{job_id}/result"

@@ -267,15 +267,27 @@ def test_graceful_hand_backs_are_not_failed_attempts(db, create_job):
 def test_a_failure_is_told_to_the_owner_and_detailed_for_operators(db, create_job):
     job = create_job(db, now=T0)
     lease = claim(db, job.id, "w1", at(0))
-    told = failure("the job's inputs cannot be rendered (audio is empty)", "input")
+    told = failure("the GPU ran out of memory at this size; submit it at a smaller size", "render")
     with db.transaction() as s:
         leases.mark_failed(s, lease, told)
     row = get(db, job.id)
-    assert (row.error, row.error_kind) == (told.message, "input")
+    assert (row.error, row.error_kind) == (told.message, "render")
     assert row.error_detail == told.detail and "RuntimeError" not in row.error
     last = events(db, job.id)[-1]
-    assert (last.reason, last.data) == (told.message, {"kind": "input", "detail": told.detail})
+    assert (last.reason, last.data) == (told.message, {"kind": "render", "detail": told.detail})
     with db.transaction() as s:  # a retry clears all three
         job_store.retry(s, job.id, attempts=1)
     row = get(db, job.id)
     assert (row.error, row.error_kind, row.error_detail) == (None, None, None)
+
+
+def test_a_job_that_cannot_render_as_submitted_is_not_retried(db, create_job):
+    from db.states import IllegalTransition
+
+    job = create_job(db, now=T0)
+    lease = claim(db, job.id, "w1", at(0))
+    with db.transaction() as s:
+        leases.mark_failed(s, lease, failure("audio is not decodable; submit it again", "input"))
+    with db.transaction() as s, pytest.raises(IllegalTransition, match="submit it again"):
+        job_store.retry(s, job.id, attempts=1)
+    assert get(db, job.id).status == "failed"

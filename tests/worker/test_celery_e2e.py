@@ -283,7 +283,7 @@ def test_a_duplicate_wake_up_while_a_job_runs_starts_no_second_render(services, 
         64,
         64,
     )  # 12 clips; the video ends with the speech
-    assert p.audio_s == pytest.approx(p.video_s, abs=0.03) and p.video_s == pytest.approx(5.76)
+    assert p.audio_s == pytest.approx(p.video_s, abs=0.03) and p.video_s == pytest.approx(142 / 25)
     manifest = tmp_path / "manifest.json"
     manifest.write_bytes(storage.get_bytes(manifest_key(job_id)))
     from ops import cli

@@ -242,3 +242,23 @@ def test_a_wake_up_that_cannot_be_claimed_is_not_dropped(tmp_path, local_storage
     config = WorkerConfig(scratch_dir=tmp_path, database_retry=quick)
     assert Lifecycle(config, nowhere, local_storage).run(uuid.uuid4()) is Outcome.UNCLAIMED
     nowhere.dispose()
+
+
+def test_an_engine_renders_at_its_own_thread_count_whatever_the_process_did_since():
+    """CPU float results depend on the thread count: a cached engine must not render with a
+    count other code set after it was built."""
+    import torch
+
+    from worker.config import EngineSpec
+    from worker.engine import EngineCache
+
+    spec = EngineSpec(preset="tiny", device="cpu", torch_threads=1)
+    engines, previous = EngineCache(), torch.get_num_threads()
+    try:
+        engines.get(spec)
+        torch.set_num_threads(2)
+        engines.get(spec)
+        assert torch.get_num_threads() == 1
+    finally:
+        engines.close()
+        torch.set_num_threads(previous)
