@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def use_threads(spec: EngineSpec) -> None:
-    """The engine's CPU thread count, set for the process each time the engine is used: float
-    results on the CPU depend on it, and other code in the process may have changed it since
-    the engine was built (a render is bit-identical only at the same count)."""
+    """The engine's CPU thread count for the calling thread (torch's count is per thread: one
+    set where the model loaded does not reach the thread that renders). Call it in the thread
+    that renders, before it does: float results on the CPU depend on the count, so a render is
+    bit-identical to another only at the same one."""
     if spec.torch_threads > 0:
         import torch
 
@@ -107,7 +108,6 @@ class EngineCache:
                 engine = build_engine(spec)
                 log.info("engine loaded in %.1f s", time.monotonic() - started)
                 self._engines[spec] = engine
-            use_threads(spec)
             return engine
 
     def close(self) -> None:

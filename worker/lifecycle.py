@@ -49,7 +49,7 @@ from worker.backoff import with_retries
 from worker.checkpoints import download_checkpoint
 from worker.commit import Interval, IntervalCommitter, read_open_interval
 from worker.config import EngineSpec, WorkerConfig
-from worker.engine import ENGINES
+from worker.engine import ENGINES, use_threads
 from worker.errors import JobInputError, describe, is_retryable
 from worker.faults import FaultPlan
 from worker.finish import Finisher
@@ -385,6 +385,7 @@ class _Attempt:
         engine = (
             self._engine.result() if self._engine is not None else self.lc.engine(plan.precision)
         )
+        use_threads(self.config.engine_for(plan.precision))  # here: the thread that renders
         self.stats.engine_s = time.monotonic() - started
         mode = self.config.checkpoint_mode
         self._engine_writes_checkpoints = mode == "directory" or (

@@ -521,7 +521,7 @@ def test_a_server_without_keys_opens_straight_into_the_workspace(
             watched.page.locator("#server-note").inner_text() == "API keys are off on this server."
         )
         assert watched.page.get_by_role("button", name="Sign out").is_hidden()
-        assert watched.page.locator("#jobs-empty").is_visible()
+        watched.page.locator("#jobs-empty").wait_for(state="visible")  # once the list is read
         assert watched.problems == []
     finally:
         watched.close()

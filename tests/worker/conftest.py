@@ -9,6 +9,7 @@ import pytest
 
 from db.segments import Segment
 from tests.worker.media_helpers import encode_segment
+from tests.worker.stack import running_stack
 
 
 @pytest.fixture
@@ -19,3 +20,9 @@ def segment_factory(tmp_path: Path) -> Callable[..., Segment]:
         return encode_segment(tmp_path / f"{next(counter):05d}.mp4", clip_frames, **kwargs)  # type: ignore[arg-type]
 
     return factory
+
+
+@pytest.fixture
+def services(pg_db, postgres_url, s3_config, s3_storage, redis_prefix, tmp_path):
+    """The real stack (tests/worker/stack.py): db, storage, env, relay, and start(name)."""
+    yield from running_stack(pg_db, postgres_url, s3_config, s3_storage, redis_prefix, tmp_path)

@@ -244,21 +244,31 @@ def test_a_wake_up_that_cannot_be_claimed_is_not_dropped(tmp_path, local_storage
     nowhere.dispose()
 
 
-def test_an_engine_renders_at_its_own_thread_count_whatever_the_process_did_since():
-    """CPU float results depend on the thread count: a cached engine must not render with a
-    count other code set after it was built."""
+def test_a_job_renders_at_the_engines_thread_count_in_the_thread_that_renders(
+    sqlite_db, local_storage, tmp_path
+):
+    """CPU float results depend on torch's thread count, which is per thread: the model loads
+    in a thread of its own, and other code may have changed the rendering thread's count."""
     import torch
 
+    from tests.worker.lifecycle_helpers import make_job
     from worker.config import EngineSpec
     from worker.engine import EngineCache
+    from worker.lifecycle import Lifecycle, Outcome
 
     spec = EngineSpec(preset="tiny", device="cpu", torch_threads=1)
+    config = WorkerConfig(scratch_dir=tmp_path, engine=spec)
+    seen: list[int] = []
     engines, previous = EngineCache(), torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
-        engines.get(spec)
-        torch.set_num_threads(2)
-        engines.get(spec)
-        assert torch.get_num_threads() == 1
+        job_id = make_job(sqlite_db, local_storage, clips=1)
+        lifecycle = Lifecycle(
+            config, sqlite_db, local_storage, engines=engines.get,
+            on_clip=lambda done: seen.append(torch.get_num_threads()),
+        )  # fmt: skip
+        assert lifecycle.run(job_id) is Outcome.SUCCEEDED
     finally:
         engines.close()
         torch.set_num_threads(previous)
+    assert seen == [1]
