@@ -22,12 +22,16 @@ demo: setup
 
 ## Start Postgres and Redis when needed, lint, then run every test (slow end-to-end ones included).
 ## What is missing of the services and tools is installed with apt: as root, or with sudo.
+## Two test processes (each with its own database, Redis prefix and bucket prefix), a test
+## file's tests in the same one: most of the suite waits on services and subprocesses.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+
 test: setup services tools lint
-	$(PY) -m pytest
+	$(PYTEST)
 
 ## Everything but the tests marked slow.
 test-fast: setup services tools
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 services:
 	bash ops/dev/start-services.sh

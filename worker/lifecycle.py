@@ -24,6 +24,7 @@ keeping the segments before it and regenerating the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -221,7 +222,9 @@ class _Attempt:
         self.storage = lifecycle.storage
         self.job_id = lease.job_id
         self.attempt = lease.attempt
-        self.scratch = self.config.scratch_dir / str(self.job_id)
+        # One directory per attempt: an older attempt of the job on this node (one that was
+        # paused past its lease, say) may still be running and must not touch this one's files.
+        self.scratch = self.config.scratch_dir / str(self.job_id) / f"attempt-{self.attempt}"
         self.stats = AttemptStats(self.job_id, self.attempt)
         self.leased = LeasedJob(
             lifecycle.database,
@@ -244,7 +247,8 @@ class _Attempt:
     # ---- the attempt ---------------------------------------------------------------------
 
     def run(self) -> Outcome:
-        shutil.rmtree(self.scratch, ignore_errors=True)  # leftovers of an earlier attempt here
+        _remove_older_attempts(self.scratch)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         self.heartbeat.start()
         try:
@@ -268,6 +272,8 @@ class _Attempt:
             self._background.shutdown(wait=False, cancel_futures=True)
             self.heartbeat.stop()
             shutil.rmtree(self.scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.scratch.parent.rmdir()  # the job's directory, once no attempt uses it
             self.stats.commit_s = [t.seconds for t in self.committer.timings]
             self.stats.checkpoint_bytes = sum(t.checkpoint_bytes for t in self.committer.timings)
             self.lc.last_stats = self.stats
@@ -584,3 +590,14 @@ class _Attempt:
             )
             return Outcome.ABANDONED
         return Outcome.REQUEUED if job.status == JobStatus.QUEUED.value else Outcome.FAILED
+
+
+def _remove_older_attempts(scratch: Path) -> None:
+    """What earlier attempts of the job left on this node (a crash, a lost lease): their files
+    are of no use to anyone now. Later attempts' are left alone (that would be this one's
+    successor, and this attempt is the stale one)."""
+    mine = int(scratch.name.removeprefix("attempt-"))
+    for other in scratch.parent.glob("attempt-*"):
+        number = other.name.removeprefix("attempt-")
+        if number.isdigit() and int(number) < mine:
+            shutil.rmtree(other, ignore_errors=True)

@@ -20,8 +20,6 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._flowing = threading.Event()
-        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -30,15 +28,6 @@ class TcpProxy:
         listener.listen(64)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def hold(self) -> None:
-        """Keep every connection open but forward nothing: to its clients, a server that has
-        stopped answering (a stalled host, a network partition), not one that refuses."""
-        self._flowing.clear()
-
-    def release(self) -> None:
-        """Forward again what was held, and everything after it."""
-        self._flowing.set()
 
     def stop(self) -> None:
         """Refuse new connections and reset every open one."""
@@ -79,7 +68,6 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -272,3 +272,16 @@ def test_a_job_renders_at_the_engines_thread_count_in_the_thread_that_renders(
         engines.close()
         torch.set_num_threads(previous)
     assert seen == [1]
+
+
+def test_an_attempt_clears_what_earlier_attempts_left_and_never_a_later_ones(tmp_path):
+    """A stale attempt (paused past its lease) that wakes up on the node of its successor
+    must not remove the successor's files; the successor may remove the stale one's."""
+    from worker.lifecycle import _remove_older_attempts
+
+    job = tmp_path / "job"
+    for n in (1, 2, 3):
+        (job / f"attempt-{n}").mkdir(parents=True)
+        (job / f"attempt-{n}" / "source.wav").write_bytes(b"x")
+    _remove_older_attempts(job / "attempt-2")
+    assert sorted(p.name for p in job.iterdir()) == ["attempt-2", "attempt-3"]
