@@ -16,7 +16,7 @@ from api import text
 from api.config import InputLimits
 from db.failures import FailureKind
 from db.models import Job, JobEvent
-from db.params import WatermarkParams
+from db.params import InferFrames, PrecisionName, SampleSteps, SizeKey, WatermarkParams
 from db.states import JobStatus
 from db.uploads import UPLOAD_ID_PATTERN
 from db.webhooks import WEBHOOK_EVENTS
@@ -141,7 +141,7 @@ class JobRequest(BaseModel):
         description="What the video shows, in a sentence or a paragraph (trimmed).",
         json_schema_extra={"maxLength": LIMITS.max_prompt_chars, "pattern": f"[^{BLANK}]"},
     )
-    size: str = Field(
+    size: SizeKey = Field(
         P.SIZE_DEFAULT,
         description="An area key such as 720*400.",
         json_schema_extra={"enum": list(P.SIZES)},
@@ -151,7 +151,7 @@ class JobRequest(BaseModel):
         description="Clips to render; null (or omitted) renders to the end of the audio.",
         json_schema_extra={"minimum": 1, "maximum": LIMITS.max_num_clips},
     )
-    infer_frames: int = Field(
+    infer_frames: InferFrames = Field(
         P.INFER_FRAMES_DEFAULT,
         description="Video frames per clip.",
         json_schema_extra={
@@ -160,7 +160,7 @@ class JobRequest(BaseModel):
             "multipleOf": P.FRAMES_PER_BLOCK_VIDEO,
         },
     )
-    sample_steps: int = Field(
+    sample_steps: SampleSteps = Field(
         P.SAMPLE_STEPS_DEFAULT,
         description="Denoising steps per block.",
         json_schema_extra={"minimum": P.SAMPLE_STEPS_MIN, "maximum": P.SAMPLE_STEPS_MAX},
@@ -203,7 +203,7 @@ class JobRequest(BaseModel):
         "webhook secret (GET /v1/webhooks/secret) when omitted.",
         json_schema_extra=WEBHOOK_SECRET_SCHEMA,
     )  # fmt: skip
-    precision: str | None = Field(
+    precision: PrecisionName | None = Field(
         None,
         description="The model's precision: " + " or ".join(P.PRECISIONS) + "; the server's "
         "default when omitted. fp8 renders faster with a small loss of fidelity.",
@@ -230,12 +230,6 @@ class JobRequest(BaseModel):
             raise ValueError("the prompt is empty; describe the speaker and the scene")
         return v
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        P.check_size_key(v)
-        return v
-
     @field_validator(
         "num_clips", "infer_frames", "sample_steps", "seed", "checkpoint_every", "priority",
         mode="before",
@@ -258,16 +252,6 @@ class JobRequest(BaseModel):
                 f"num_clips must be between 1 and {limit}, or null to render to the end of the audio"
             )
         return v
-
-    @field_validator("infer_frames")
-    @classmethod
-    def _infer_frames(cls, v: int) -> int:
-        return P.check_infer_frames(v)
-
-    @field_validator("sample_steps")
-    @classmethod
-    def _sample_steps(cls, v: int) -> int:
-        return P.check_sample_steps(v)
 
     @field_validator("seed")
     @classmethod
@@ -305,11 +289,6 @@ class JobRequest(BaseModel):
     @classmethod
     def _webhook_secret(cls, v: str | None) -> str | None:
         return None if v is None else check_webhook_secret(v)
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str | None) -> str | None:
-        return None if v is None else P.check_precision(v)
 
     @field_validator("watermark", mode="before")
     @classmethod

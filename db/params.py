@@ -12,15 +12,35 @@ Plain pydantic over `pipeline.params`: no torch is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from pipeline import params as P
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 CORNERS: tuple[Corner, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
 WATERMARK_TEXT_MAX = 64
+
+
+def _size_key(key: str) -> str:
+    P.check_size_key(key)
+    return key
+
+
+# The model's ranges as types: every model that holds one of these checks it the same way
+# (pipeline.params says what the ranges are and words the error).
+SizeKey = Annotated[str, AfterValidator(_size_key)]
+InferFrames = Annotated[int, AfterValidator(P.check_infer_frames)]
+SampleSteps = Annotated[int, AfterValidator(P.check_sample_steps)]
+PrecisionName = Annotated[str, AfterValidator(P.check_precision)]
 
 
 class _Frozen(BaseModel):
@@ -149,36 +169,20 @@ class JobParams(_Frozen):
     """A render job's parameters, resolved and validated at submit."""
 
     prompt: str
-    size: str = Field(description="The size key asked for (an area, see pipeline.params.SIZES).")
+    size: SizeKey = Field(description="The size key asked for (an area: pipeline.params.SIZES).")
     width: int = Field(description="The output width the size key gives for this portrait.")
     height: int
     num_clips: int | None = Field(
         description="Clips asked for; null rendered to the end of the audio (see clips_total)."
     )
-    infer_frames: int = P.INFER_FRAMES_DEFAULT
-    sample_steps: int = P.SAMPLE_STEPS_DEFAULT
+    infer_frames: InferFrames = P.INFER_FRAMES_DEFAULT
+    sample_steps: SampleSteps = P.SAMPLE_STEPS_DEFAULT
     seed: int = Field(ge=0, le=P.SEED_MAX)
     checkpoint_every: int = Field(ge=1, description="Clips between checkpoints.")
     audio_duration_s: float = Field(gt=0)
     image: ImageFacts
     audio: AudioFacts
     watermark: WatermarkParams | None = None
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        P.check_size_key(v)
-        return v
-
-    @field_validator("infer_frames")
-    @classmethod
-    def _infer_frames(cls, v: int) -> int:
-        return P.check_infer_frames(v)
-
-    @field_validator("sample_steps")
-    @classmethod
-    def _sample_steps(cls, v: int) -> int:
-        return P.check_sample_steps(v)
 
     def frames_total(self, clips_total: int) -> int:
         """The frames the video delivers: it ends with the speech (frame-accurate), not at a
