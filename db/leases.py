@@ -379,6 +379,31 @@ def record_checkpoint(
 # --------------------------------------------------------------------------- ending the attempt
 
 
+def _move(
+    session: Session,
+    lease: Lease,
+    target: JobStatus,
+    *,
+    event: str,
+    reason: str,
+    now: datetime | None,
+    data: Mapping[str, Any] | None = None,
+) -> Job:
+    """The held job to `target`, with its event (LeaseLost if the lease is not held)."""
+    job = _held(session, lease)
+    T.transition(
+        session,
+        job,
+        target,
+        event=event,
+        reason=reason,
+        now=T.now_or(now),
+        worker_id=lease.worker_id,
+        data=data,
+    )
+    return job
+
+
 def release(
     session: Session,
     lease: Lease,
@@ -388,23 +413,12 @@ def release(
 ) -> Job:
     """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued.
     A graceful hand-back is not a failed attempt: a job survives any number of deploys."""
-    now = T.now_or(now)
-    job = _held(session, lease)
-    T.transition(
-        session,
-        job,
-        JobStatus.QUEUED,
-        event="released",
-        reason=reason,
-        now=now,
-        worker_id=lease.worker_id,
-    )
-    T.enqueue_wakeup(session, job, "released", now)
+    job = _move(session, lease, JobStatus.QUEUED, event="released", reason=reason, now=now)
+    T.enqueue_wakeup(session, job, "released", job.updated_at)
     return job
 
 
 def mark_stitching(session: Session, lease: Lease, *, now: datetime | None = None) -> Job:
-    now = T.now_or(now)
     job = _held(session, lease)
     T.transition(
         session,
@@ -412,7 +426,7 @@ def mark_stitching(session: Session, lease: Lease, *, now: datetime | None = Non
         JobStatus.STITCHING,
         event="stitching",
         reason=f"all {job.clips_total} clips rendered",
-        now=now,
+        now=T.now_or(now),
         worker_id=lease.worker_id,
     )
     return job
@@ -494,15 +508,4 @@ def mark_canceled(
     reason: str = "canceled by its worker after a cancel request",
     now: datetime | None = None,
 ) -> Job:
-    now = T.now_or(now)
-    job = _held(session, lease)
-    T.transition(
-        session,
-        job,
-        JobStatus.CANCELED,
-        event="canceled",
-        reason=reason,
-        now=now,
-        worker_id=lease.worker_id,
-    )
-    return job
+    return _move(session, lease, JobStatus.CANCELED, event="canceled", reason=reason, now=now)
