@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from db import transitions as T
 from db.capabilities import Capabilities
 from db.failures import Failure
-from db.models import Job, JobEvent, JobSegment
+from db.models import Job, JobEvent, JobSegment, UTCDateTime
 from db.segments import Segment
 from db.states import LEASED, TERMINAL, JobStatus
 
@@ -38,6 +38,23 @@ PROGRESS_EVENT_INTERVAL_S = 1.0
 """At most one `progress` event per job this often (the job row always has the latest)."""
 
 
+Tier = Literal["local", "remote"]
+"""Where a checkpoint is: a node's own disk, or the bucket."""
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """A job's newest checkpoint in each tier, as the claim found them."""
+
+    local_clip: int | None = None
+    local_node: str | None = None
+    remote_clip: int | None = None
+
+    @property
+    def newest(self) -> int:
+        return max(self.local_clip or 0, self.remote_clip or 0)
+
+
 @dataclass(frozen=True)
 class Lease:
     """A worker's right to run one attempt of a job until `expires_at` (extended by heartbeats)."""
@@ -46,8 +63,8 @@ class Lease:
     worker_id: str
     attempt: int
     expires_at: datetime
-    resume_from_clip: int | None
-    """The last checkpoint clip: render from here (None: from the start)."""
+    checkpoints: Checkpoints = Checkpoints()
+    """Where the job's resume points are: render from the newest this worker can reach."""
 
 
 class LeaseLost(Exception):
@@ -96,7 +113,10 @@ def _take(session: Session, job: Job, worker_id: str, lease_s: float, now: datet
     job.heartbeat_at = now
     if job.started_at is None:
         job.started_at = now
-    return Lease(job.id, worker_id, job.attempt, job.lease_expires_at, job.last_checkpoint_clip)
+    checkpoints = Checkpoints(
+        job.local_checkpoint_clip, job.local_checkpoint_node, job.remote_checkpoint_clip
+    )
+    return Lease(job.id, worker_id, job.attempt, job.lease_expires_at, checkpoints)
 
 
 # --------------------------------------------------------------------------- claiming
@@ -120,7 +140,7 @@ def claim(
     """
     now = T.now_or(now)
     job = T.lock(session, job_id)  # waits for a concurrent claimer, then sees its result
-    if job is None or job.job_status in TERMINAL or not serves.serves(job.precision):
+    if job is None or job.job_status in TERMINAL or not serves.serves(job, now):
         return None
     if job.job_status in LEASED:
         if job.lease_expires_at is not None and job.lease_expires_at > now:
@@ -146,7 +166,7 @@ def claim_next(
     `tenant` restricts the choice to one tenant.
     """
     now = T.now_or(now)
-    candidates = [] if tenant is not None else _fair_share_candidates(session, serves)
+    candidates = [] if tenant is not None else _fair_share_candidates(session, serves, now)
     for job_id in candidates:
         job = session.scalars(
             sa.select(Job)
@@ -157,7 +177,7 @@ def claim_next(
         if job is not None:
             return _take(session, job, worker_id, lease_s, now)
     # one tenant only, or every candidate was just taken by concurrent claimers
-    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value, serves.claimable())
+    stmt = sa.select(Job).where(Job.status == JobStatus.QUEUED.value, serves.claimable(now))
     if tenant is not None:
         stmt = stmt.where(Job.tenant == tenant)
     stmt = (
@@ -195,22 +215,26 @@ def claim_for_wakeup(
 
 # Each tenant with queued jobs this worker can take (found by skipping through the
 # ix_jobs_fair index, one probe per tenant), its best such job and its running count; best
-# first. Costs one index probe per tenant, however many jobs are queued.
+# first. Costs one index probe per tenant, however many jobs are queued. A job this worker can
+# take: of a precision it serves, and not reserved for another node's workers right now.
+_TAKEABLE = """
+    precision IN :precisions
+    AND (preferred_until IS NULL OR preferred_until <= :now OR local_checkpoint_node = :node)
+"""
 _FAIR_SHARE = (
     sa.text(
-        """
+        f"""
     WITH RECURSIVE queued_tenants(tenant) AS (
-        SELECT (SELECT min(tenant) FROM jobs
-                WHERE status = 'queued' AND precision IN :precisions)
+        SELECT (SELECT min(tenant) FROM jobs WHERE status = 'queued' AND {_TAKEABLE})
         UNION ALL
-        SELECT (SELECT min(j.tenant) FROM jobs j
-                WHERE j.status = 'queued' AND j.precision IN :precisions AND j.tenant > q.tenant)
+        SELECT (SELECT min(tenant) FROM jobs
+                WHERE status = 'queued' AND {_TAKEABLE} AND tenant > q.tenant)
         FROM queued_tenants q WHERE q.tenant IS NOT NULL
     ),
     best AS (
         SELECT
             (SELECT b.id FROM jobs b
-             WHERE b.status = 'queued' AND b.precision IN :precisions AND b.tenant = q.tenant
+             WHERE b.status = 'queued' AND {_TAKEABLE} AND b.tenant = q.tenant
              ORDER BY b.priority DESC, b.created_at, b.id LIMIT 1) AS job_id,
             (SELECT count(*) FROM jobs r WHERE r.status IN ('running', 'stitching')
              AND r.tenant = q.tenant) AS running
@@ -221,13 +245,19 @@ _FAIR_SHARE = (
     LIMIT 16
     """
     )
-    .bindparams(sa.bindparam("precisions", expanding=True))
+    .bindparams(
+        sa.bindparam("precisions", expanding=True),
+        sa.bindparam("now", type_=UTCDateTime()),
+    )
     .columns(id=sa.Uuid)
 )
 
 
-def _fair_share_candidates(session: Session, serves: Capabilities) -> list[uuid.UUID]:
-    return list(session.scalars(_FAIR_SHARE, {"precisions": sorted(serves.precisions)}))
+def _fair_share_candidates(
+    session: Session, serves: Capabilities, now: datetime
+) -> list[uuid.UUID]:
+    params = {"precisions": sorted(serves.precisions), "now": now, "node": serves.node}
+    return list(session.scalars(_FAIR_SHARE, params))
 
 
 # --------------------------------------------------------------------------- while rendering
@@ -350,30 +380,54 @@ def record_checkpoint(
     lease: Lease,
     clip: int,
     *,
+    tier: Tier = "remote",
+    node: str | None = None,
     duration_s: float | None = None,
     bytes: int | None = None,
     now: datetime | None = None,
 ) -> None:
-    """The checkpoint after `clip` clips is complete (its manifest exists): resume from here.
+    """The checkpoint after `clip` clips is complete (its manifest exists) in `tier`: on
+    `node`'s own disk (local), or in the bucket (remote). A resume can start from it.
 
     `duration_s` (what writing it cost the render) and `bytes` (its size) feed the metrics.
     """
     if clip < 0:
         raise ValueError(f"checkpoint clip must be >= 0, got {clip}")
+    if (tier == "local") != (node is not None):
+        raise ValueError("a local checkpoint names its node; a remote one names none")
     now = T.now_or(now)
     job = _held(session, lease)
-    job.last_checkpoint_clip = clip
+    if tier == "local":
+        job.local_checkpoint_clip, job.local_checkpoint_node = clip, node
+    else:
+        job.remote_checkpoint_clip = clip
+    job.last_checkpoint_clip = max(job.local_checkpoint_clip or 0, job.remote_checkpoint_clip or 0)
     job.updated_at = now
-    data = {"clip": clip, "duration_s": duration_s, "bytes": bytes}
+    data = {"clip": clip, "tier": tier, "node": node, "duration_s": duration_s, "bytes": bytes}
+    where = f"on {node}" if node is not None else "in the bucket"
     T.append_event(
         session,
         job,
         "checkpoint",
-        f"checkpoint at clip {clip}",
+        f"checkpoint at clip {clip} {where}",
         now,
         worker_id=lease.worker_id,
         data=data,
     )
+
+
+def note(
+    session: Session,
+    lease: Lease,
+    event: str,
+    reason: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """An event about the attempt that changes nothing else (metrics count events)."""
+    job = _held(session, lease)
+    T.append_event(session, job, event, reason, T.now_or(now), worker_id=lease.worker_id, data=data)
 
 
 # --------------------------------------------------------------------------- ending the attempt
@@ -409,12 +463,13 @@ def release(
     lease: Lease,
     *,
     reason: str = "worker shutting down",
+    prefer_local_s: float = 0.0,
     now: datetime | None = None,
 ) -> Job:
     """Give the job back (e.g. on SIGTERM after a checkpoint): running -> queued, re-enqueued.
     A graceful hand-back is not a failed attempt: a job survives any number of deploys."""
     job = _move(session, lease, JobStatus.QUEUED, event="released", reason=reason, now=now)
-    T.enqueue_wakeup(session, job, "released", job.updated_at)
+    T.enqueue_wakeup(session, job, "released", job.updated_at, prefer_local_s=prefer_local_s)
     return job
 
 
@@ -446,6 +501,7 @@ def mark_succeeded(
     job = _held(session, lease)
     job.output_key = output_key
     job.output_meta = dict(output) if output is not None else None
+    job.local_checkpoint_clip = job.local_checkpoint_node = None  # no node keeps it now
     T.record_failure(job, None)
     T.transition(
         session,
@@ -466,6 +522,7 @@ def mark_failed(
     failure: Failure,
     *,
     retryable: bool = False,
+    prefer_local_s: float = 0.0,
     now: datetime | None = None,
 ) -> Job:
     """Record a failed attempt. A retryable one requeues the job while attempts remain."""
@@ -486,7 +543,7 @@ def mark_failed(
             worker_id=lease.worker_id,
             data=data,
         )
-        T.enqueue_wakeup(session, job, "retry", now)
+        T.enqueue_wakeup(session, job, "retry", now, prefer_local_s=prefer_local_s)
     else:
         T.transition(
             session,

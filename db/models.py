@@ -88,7 +88,16 @@ class Job(Base):
     fps: Mapped[float | None] = mapped_column(sa.Float)
     eta_s: Mapped[float | None] = mapped_column(sa.Float)
     last_checkpoint_clip: Mapped[int | None] = mapped_column(sa.Integer)
-    """Clips completed at the newest checkpoint whose manifest exists; resume starts here."""
+    """Clips completed at the newest checkpoint whose manifest exists, in either tier."""
+    local_checkpoint_clip: Mapped[int | None] = mapped_column(sa.Integer)
+    """The newest checkpoint on a node's own disk (the local tier), and that node: a worker
+    there resumes from it without a download."""
+    local_checkpoint_node: Mapped[str | None] = mapped_column(sa.String(255))
+    remote_checkpoint_clip: Mapped[int | None] = mapped_column(sa.Integer)
+    """The newest checkpoint in the bucket (the remote tier): any worker can resume from it."""
+    preferred_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """A requeued job whose newest checkpoint is local is offered to workers of
+    `local_checkpoint_node` alone until then, and to every worker after."""
 
     # attempts and lease: who runs the job now, until when
     attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
@@ -192,6 +201,8 @@ class OutboxMessage(Base):
     reason: Mapped[str] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    available_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Not published before this time (None: at once)."""
     publish_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
 

@@ -10,12 +10,19 @@ from sqlalchemy.orm import Session
 from db.models import OutboxMessage, utcnow
 
 
-def lock_unsent(session: Session, limit: int = 100) -> list[OutboxMessage]:
-    """Oldest unsent messages, locked for this transaction. Rows another relay has locked are
-    skipped (Postgres `SKIP LOCKED`); on SQLite the whole transaction is serialised instead."""
+def lock_unsent(
+    session: Session, limit: int = 100, *, now: datetime | None = None
+) -> list[OutboxMessage]:
+    """Oldest unsent messages that are due, locked for this transaction. Rows another relay has
+    locked are skipped (Postgres `SKIP LOCKED`); on SQLite the whole transaction is serialised
+    instead."""
+    due = now or utcnow()
     stmt = (
         sa.select(OutboxMessage)
-        .where(OutboxMessage.sent_at.is_(None))
+        .where(
+            OutboxMessage.sent_at.is_(None),
+            sa.or_(OutboxMessage.available_at.is_(None), OutboxMessage.available_at <= due),
+        )
         .order_by(OutboxMessage.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

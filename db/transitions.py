@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,9 +79,34 @@ def append_event(
     return row
 
 
-def enqueue_wakeup(session: Session, job: Job, reason: str, now: datetime) -> None:
-    topic = topic_for(job.precision)
-    session.add(OutboxMessage(job_id=job.id, topic=topic, reason=reason, created_at=now))
+def enqueue_wakeup(
+    session: Session, job: Job, reason: str, now: datetime, *, prefer_local_s: float = 0.0
+) -> None:
+    """The job's wake-up. When its newest checkpoint is local to a node (newer than the
+    bucket's) and `prefer_local_s` > 0, that node's workers alone are woken first and may take
+    it for that long; everyone is woken when the time is up."""
+    local = job.local_checkpoint_clip or 0
+    if (
+        prefer_local_s > 0
+        and job.local_checkpoint_node
+        and local > (job.remote_checkpoint_clip or 0)
+    ):
+        job.preferred_until = now + timedelta(seconds=prefer_local_s)
+        node_topic = topic_for(job.precision, job.local_checkpoint_node)
+        session.add(OutboxMessage(job_id=job.id, topic=node_topic, reason=reason, created_at=now))
+        available_at: datetime | None = job.preferred_until
+    else:
+        job.preferred_until = None
+        available_at = None
+    session.add(
+        OutboxMessage(
+            job_id=job.id,
+            topic=topic_for(job.precision),
+            reason=reason,
+            created_at=now,
+            available_at=available_at,
+        )
+    )
 
 
 def transition(
@@ -126,7 +151,9 @@ def transition(
     )
 
 
-def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) -> JobStatus:
+def expire_lease(
+    session: Session, job: Job, now: datetime, *, enqueue: bool, prefer_local_s: float = 0.0
+) -> JobStatus:
     """A leased job whose worker stopped heartbeating: requeue, fail or finish its cancel.
 
     A lost worker counts as a failed attempt (it may be the job that kills its workers)."""
@@ -175,7 +202,7 @@ def expire_lease(session: Session, job: Job, now: datetime, *, enqueue: bool) ->
             worker_id=worker,
         )
         if enqueue:
-            enqueue_wakeup(session, job, "lease_expired", now)
+            enqueue_wakeup(session, job, "lease_expired", now, prefer_local_s=prefer_local_s)
     return job.job_status
 
 

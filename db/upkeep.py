@@ -25,9 +25,15 @@ class ReapedJob:
 
 
 def reap_expired(
-    session: Session, *, now: datetime | None = None, limit: int = 100
+    session: Session,
+    *,
+    prefer_local_s: float = 0.0,
+    now: datetime | None = None,
+    limit: int = 100,
 ) -> list[ReapedJob]:
-    """Return jobs whose lease expired to the queue (or fail them when out of attempts)."""
+    """Return jobs whose lease expired to the queue (or fail them when out of attempts). A job
+    whose newest checkpoint is on its node's disk is offered to that node first, for
+    `prefer_local_s` (its worker may be restarting there)."""
     now = T.now_or(now)
     stmt = (
         sa.select(Job)
@@ -38,7 +44,9 @@ def reap_expired(
         .execution_options(populate_existing=True)
     )
     return [
-        ReapedJob(job.id, T.expire_lease(session, job, now, enqueue=True))
+        ReapedJob(
+            job.id, T.expire_lease(session, job, now, enqueue=True, prefer_local_s=prefer_local_s)
+        )
         for job in session.scalars(stmt).all()
     ]
 
@@ -111,7 +119,8 @@ def drop_resume_point(
     clip = job.last_checkpoint_clip or 0
     if clip == 0 and segments == 0:
         return False  # nothing was deleted
-    job.last_checkpoint_clip = None
+    job.last_checkpoint_clip = job.remote_checkpoint_clip = None
+    job.local_checkpoint_clip = job.local_checkpoint_node = None
     job.updated_at = now
     T.append_event(
         session,
@@ -160,3 +169,21 @@ def known_upload_keys(session: Session, keys: list[str]) -> set[str]:
     if not keys:
         return set()
     return set(session.scalars(sa.select(Upload.key).where(Upload.key.in_(keys))))
+
+
+def local_checkpoints(
+    session: Session, job_ids: list[uuid.UUID], node: str
+) -> dict[uuid.UUID, int]:
+    """Of these jobs, those whose newest local checkpoint the row places on `node`, and its
+    clip (what a node's disk must keep; the rest of its local checkpoints is garbage)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        sa.select(Job.id, Job.local_checkpoint_clip).where(
+            Job.id.in_(job_ids),
+            Job.local_checkpoint_node == node,
+            Job.local_checkpoint_clip.is_not(None),
+            Job.status != JobStatus.SUCCEEDED.value,
+        )
+    )
+    return {row.id: row.local_checkpoint_clip for row in rows}

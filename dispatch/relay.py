@@ -80,8 +80,12 @@ class OutboxRelay:
         redispatch_after_s: float = 3600.0,
         sweeper: ResumePointSweeper | None = None,
         reconciler: StorageReconciler | None = None,
+        prefer_local_s: float = 0.0,
     ):
         self.database = database
+        self.prefer_local_s = prefer_local_s
+        """A reaped job whose newest checkpoint is on its node's disk waits this long for
+        that node's workers (the dead worker may be restarting there)."""
         self.dispatcher = dispatcher
         self.batch_size = batch_size
         self.reap = reap
@@ -113,7 +117,7 @@ class OutboxRelay:
         result = RelayPass()
         if self.reap:
             with self.database.transaction() as s:
-                result.reaped = upkeep.reap_expired(s)
+                result.reaped = upkeep.reap_expired(s, prefer_local_s=self.prefer_local_s)
             for reaped in result.reaped:
                 log.warning("lease of job %s expired; now %s", reaped.job_id, reaped.status)
         if self.redispatch_after_s > 0:

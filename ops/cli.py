@@ -186,6 +186,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
         redispatch_after_s=settings.redispatch_after_s,
         sweeper=settings.make_sweeper(database, settings.make_storage()),
         reconciler=settings.make_reconciler(database, settings.make_storage()),
+        prefer_local_s=settings.prefer_local_s,
     )
     deliverer = WebhookDeliverer(database, settings.delivery_config())
     stop = threading.Event()

@@ -176,6 +176,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
                 redispatch_after_s=settings.redispatch_after_s,
                 sweeper=settings.make_sweeper(database, storage),
                 reconciler=settings.make_reconciler(database, storage),
+                prefer_local_s=settings.prefer_local_s,
             )
             services.on_job_queued = process.wake
     return process

@@ -7,6 +7,7 @@ packages never read the environment; they take the typed configs built here.
 from __future__ import annotations
 
 import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -14,6 +15,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.config import ApiConfig, InputLimits, MiB
+
+GB = 1e9
 
 # The heavier packages' configs are imported where they are built, so that a client command
 # (which needs only the API's URL and key) does not import boto3, Celery and the server.
@@ -132,6 +135,27 @@ class Settings(BaseSettings):
     of these, and loads the model once per precision it meets."""
     default_precision: str = "bf16"
     """The precision of a job that does not name one (the API's default)."""
+    node_id: str = Field(default_factory=socket.gethostname)
+    """This node's name: its workers keep local checkpoints under it (default: the host name;
+    give each node's workers the same, and every node its own)."""
+    local_checkpoints: bool = True
+    """Keep a checkpoint on the node's disk every interval (the local tier); false: every
+    checkpoint goes to the bucket."""
+    local_checkpoint_dir: Path | None = None
+    """The local tier's directory (default <scratch>/checkpoints): on the node's own disk,
+    kept across worker restarts."""
+    local_checkpoint_max_gb: float = 0
+    """The most the node's local checkpoints may take (0: what the disk has free)."""
+    local_checkpoint_reserve_gb: float = 10
+    """Free space a local checkpoint must leave on its disk."""
+    checkpoint_upload_mb_per_s: float = 50
+    """The node's budget for checkpoint uploads to the bucket (MB/s on average)."""
+    checkpoint_upload_max_minutes: float = 30
+    """A checkpoint reaches the bucket at least this often, whatever the budget (0: never
+    forced)."""
+    prefer_local_s: float = 120
+    """A requeued job whose newest checkpoint is on one node's disk waits this long for a worker
+    there before any worker may take it."""
     scratch_dir: Path | None = None
     """The worker's local working files (default: <tmp>/longtake-worker; embedded: data_dir)."""
     heartbeat_s: float | None = None
@@ -297,6 +321,7 @@ class Settings(BaseSettings):
     def worker_config(self) -> WorkerConfig:
         from worker.config import EngineSpec, WorkerConfig, default_scratch_dir
         from worker.segments import EncoderSettings
+        from worker.tiers import TierSettings
 
         return WorkerConfig(
             lease_s=self.lease_s,
@@ -304,6 +329,16 @@ class Settings(BaseSettings):
             progress_interval_s=self.progress_interval_s,
             soft_shutdown_timeout_s=self.soft_shutdown_timeout_s,
             scratch_dir=self.scratch_dir or default_scratch_dir(),
+            tiers=TierSettings(
+                node=self.node_id,
+                local=self.local_checkpoints,
+                local_root=self.local_checkpoint_dir,
+                local_max_bytes=int(self.local_checkpoint_max_gb * GB),
+                local_reserve_bytes=int(self.local_checkpoint_reserve_gb * GB),
+                upload_bytes_per_s=self.checkpoint_upload_mb_per_s * 1e6,
+                upload_max_interval_s=self.checkpoint_upload_max_minutes * 60,
+                prefer_local_s=self.prefer_local_s,
+            ),
             precisions=tuple(self.precisions),
             engine=EngineSpec(
                 preset=self.model_preset,

@@ -34,7 +34,7 @@ def job_params(**overrides: Any) -> JobParams:
 
 def lease_for(job_id: uuid.UUID, worker_id: str, attempt: int) -> Lease:
     """The lease a worker would hold for `attempt` of a job (whether or not it still does)."""
-    return Lease(job_id, worker_id, attempt, expires_at=utcnow(), resume_from_clip=None)
+    return Lease(job_id, worker_id, attempt, expires_at=utcnow())
 
 
 def failure(message: str, kind: FailureKind = "render") -> Failure:

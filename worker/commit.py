@@ -52,6 +52,7 @@ from worker.faults import FaultPlan
 from worker.lease import LeasedJob
 from worker.provenance import iter_frame_hashes
 from worker.segments import SegmentEncoder
+from worker.tiers import LocalTier, RemotePolicy
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,23 @@ class _Commit:
     """The interval is unfinished: checkpoint its frames instead of recording a segment."""
     written: Path | None = None
     """A checkpoint directory the engine wrote itself (then `state` is None)."""
+    remote: bool | None = None
+    """Send the checkpoint to the bucket (True) or not (False) whatever the budget says; None:
+    as the budget says (a graceful shutdown promotes its checkpoint when the upload fits)."""
 
     @property
     def checkpointed(self) -> bool:
         return self.state is not None or self.written is not None
+
+
+@dataclass
+class _Placed:
+    """Where a boundary's checkpoint was written, and which tiers it reached."""
+
+    directory: Path
+    local: bool
+    remote: bool = False
+    bytes: int = 0
 
 
 @dataclass
@@ -152,11 +166,41 @@ class IntervalCommitter:
     scratch: Path
     faults: FaultPlan
     committed: list[Segment] = field(default_factory=list)
+    upload_rate: float | None = None
+    """Bytes per second of this attempt's last checkpoint upload (None: none yet)."""
+    last_bytes: int = 0
+    """Size of this attempt's last checkpoint."""
     timings: list[CommitTiming] = field(default_factory=list)
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="interval-commit")
     )
     _pending: Future[Segment | None] | None = None
+
+    def __post_init__(self) -> None:
+        self.local = LocalTier(self.config.local_root)
+        self.policy = RemotePolicy(self.config.tiers)
+
+    def place(self, clip: int) -> Path:
+        """Where the checkpoint at `clip` is to be written: the local tier when it is on and
+        has room (judged by the last checkpoint's size), else this attempt's scratch."""
+        tiers = self.config.tiers
+        if tiers.local and self.local.has_room(self.last_bytes, tiers):
+            directory = self.local.directory(self.leased.job_id, clip)
+        else:
+            directory = self.scratch / "checkpoints" / f"{clip:06d}"
+        shutil.rmtree(directory, ignore_errors=True)
+        return directory
+
+    def promote(self, clip: int) -> bool:
+        """Upload the local checkpoint at `clip` to the bucket and record it there (a
+        graceful shutdown: the node may not come back). False if it is not here or not sound."""
+        directory = self.local.directory(self.leased.job_id, clip)
+        if not self.local.valid(directory, verify=False):
+            return False
+        nbytes = self._upload(clip, directory)
+        self.leased.record_interval(None, clip, remote=True, bytes=nbytes)
+        self._prune_bucket(clip)
+        return True
 
     @property
     def busy(self) -> bool:
@@ -171,6 +215,7 @@ class IntervalCommitter:
         render_cost_s: float = 0.0,
         open: bool = False,
         written: Path | None = None,
+        remote: bool | None = None,
     ) -> None:
         """Commit `interval` in the background (the previous commit must be finished).
 
@@ -181,7 +226,7 @@ class IntervalCommitter:
         """
         if self._pending is not None:
             raise RuntimeError("the previous interval is still being committed; wait() first")
-        commit = _Commit(interval, end_clip, state, render_cost_s, open, written)
+        commit = _Commit(interval, end_clip, state, render_cost_s, open, written, remote)
         if open and (not commit.checkpointed or interval.encoder.raw_copy is None):
             raise ValueError("an open interval needs a checkpoint and a raw copy of frames")
         self._pending = self._executor.submit(self._commit, commit)
@@ -218,10 +263,11 @@ class IntervalCommitter:
         leased = self.leased
         stop = leased.stop
 
+        placed: _Placed | None = None
         if c.open:
             segment.path.unlink(missing_ok=True)  # re-encoded whole by the next attempt
             assert raw is not None
-            checkpoint_bytes = self._checkpoint(c, open_interval=(interval, segment.frames, raw))
+            placed = self._checkpoint(c, open_interval=(interval, segment.frames, raw))
             segment = None
         else:
             if raw is not None:
@@ -238,17 +284,26 @@ class IntervalCommitter:
                 stop=stop,
             )
             self.faults.hit("segment_upload")
-            checkpoint_bytes = self._checkpoint(c) if c.checkpointed else 0
+            placed = self._checkpoint(c) if c.checkpointed else None
 
-        leased.record_interval(
-            segment, c.end_clip, duration_s=c.render_cost_s, bytes=checkpoint_bytes
-        )
-        try:
-            prune_checkpoints(
-                self.storage, leased.job_id, c.end_clip, self.config.storage_retry, stop=stop
+        if placed is None:  # the end of the job: every segment is in the bucket
+            leased.record_interval(segment, c.end_clip, remote=True, duration_s=c.render_cost_s)
+        else:
+            leased.record_interval(
+                segment,
+                c.end_clip,
+                local_node=self.config.tiers.node if placed.local else None,
+                remote=placed.remote,
+                duration_s=c.render_cost_s,
+                bytes=placed.bytes,
             )
-        except Exception as exc:  # garbage only: the next boundary or the end prunes it
-            log.warning("job %s: could not prune old checkpoints: %s", leased.job_id, exc)
+            if placed.local:
+                self.local.keep_only(leased.job_id, c.end_clip)
+            else:
+                shutil.rmtree(placed.directory, ignore_errors=True)
+            if placed.remote:
+                self._prune_bucket(c.end_clip)
+        checkpoint_bytes = placed.bytes if placed is not None else 0
         seconds = time.monotonic() - started
         self.timings.append(CommitTiming(c.end_clip, seconds, checkpoint_bytes))
         log.info(
@@ -264,21 +319,21 @@ class IntervalCommitter:
 
     def _checkpoint(
         self, c: _Commit, open_interval: tuple[Interval, int, Path] | None = None
-    ) -> int:
-        """Write the state at `c.end_clip` (and an open interval's frames) and upload it."""
+    ) -> _Placed:
+        """Write the state at `c.end_clip` (and an open interval's frames) to the local tier or
+        scratch, seal it, and upload it when the budget (or `c.remote`) says so."""
         if c.written is not None:
-            local = c.written
+            directory = c.written
         else:
-            local = self.scratch / "checkpoints" / f"{c.end_clip:06d}"
-            shutil.rmtree(local, ignore_errors=True)
+            directory = self.place(c.end_clip)
             assert c.state is not None
             # write_checkpoint writes manifest.json last; the open interval's files go in
-            # before the upload, which sends the manifest last too.
-            state_io.write_checkpoint(c.state, local)
+            # before the seal and the upload, which sends the manifest last too.
+            state_io.write_checkpoint(c.state, directory)
             c.state = None  # the host copy of the state can go as soon as it is on disk
         if open_interval is not None:
             interval, frames, raw = open_interval
-            shutil.move(raw, local / OPEN_INTERVAL_FRAMES)
+            shutil.move(raw, directory / OPEN_INTERVAL_FRAMES)
             meta = {
                 "index": interval.index,
                 "first_clip": interval.first_clip,
@@ -287,16 +342,51 @@ class IntervalCommitter:
                 "width": interval.encoder.width,
                 "height": interval.encoder.height,
             }
-            (local / OPEN_INTERVAL).write_text(json.dumps(meta))
+            (directory / OPEN_INTERVAL).write_text(json.dumps(meta))
+        local = directory.is_relative_to(self.local.root)
+        nbytes = self.local.seal(directory) if local else _size(directory)
+        self.last_bytes = nbytes
+        if self.config.tiers.local and not local:
+            self.leased.note(
+                "local_checkpoint_skipped",
+                f"no room on {self.config.tiers.node} for the checkpoint at clip {c.end_clip}",
+                {"clip": c.end_clip, "bytes": nbytes, "node": self.config.tiers.node},
+            )
+        remote = c.remote if c.remote is not None else self.policy.due(nbytes)
+        if remote:
+            self._upload(c.end_clip, directory)
+        # in neither tier (no room here, the budget spent): only the segment is recorded, and
+        # the resume point stays at the previous checkpoint
+        return _Placed(directory, local, remote, nbytes)
+
+    def _upload(self, clip: int, directory: Path) -> int:
+        started = time.monotonic()
         uploaded = upload_checkpoint(
             self.storage,
             self.leased.job_id,
-            c.end_clip,
-            local,
+            clip,
+            directory,
             self.config.storage_retry,
             after_first_file=lambda: self.faults.hit("checkpoint_write"),
             before_each_file=self.leased.verify,
             stop=self.leased.stop,
         )
-        shutil.rmtree(local, ignore_errors=True)
+        self.upload_rate = uploaded / max(time.monotonic() - started, 1e-3)
+        self.policy.uploaded()
         return uploaded
+
+    def _prune_bucket(self, keep: int) -> None:
+        try:
+            prune_checkpoints(
+                self.storage,
+                self.leased.job_id,
+                keep,
+                self.config.storage_retry,
+                stop=self.leased.stop,
+            )
+        except Exception as exc:  # garbage only: the next boundary or the end prunes it
+            log.warning("job %s: could not prune old checkpoints: %s", self.leased.job_id, exc)
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())

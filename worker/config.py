@@ -15,6 +15,7 @@ from db.params import WatermarkSpec
 from pipeline import params as P
 from worker.segments import EncoderSettings
 from worker.stitch import AudioSettings
+from worker.tiers import TierSettings
 
 
 def default_worker_id() -> str:
@@ -92,6 +93,8 @@ class WorkerConfig:
     checkpoint only if the previous checkpoint took well under this long."""
     scratch_dir: Path = field(default_factory=default_scratch_dir)
     """Local working files: segments being encoded, checkpoint files, the stitched output."""
+    tiers: TierSettings = field(default_factory=lambda: TierSettings(node=socket.gethostname()))
+    """Where checkpoints go: the node's disk every interval, the bucket by budget."""
     engine: EngineSpec = field(default_factory=EngineSpec)
     precisions: tuple[str, ...] = (P.PRECISION_DEFAULT,)
     """The precisions this worker serves: it claims only jobs that need one of them, and
@@ -129,7 +132,12 @@ class WorkerConfig:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(frozenset(self.precisions))
+        return Capabilities(frozenset(self.precisions), node=self.tiers.node)
+
+    @property
+    def local_root(self) -> Path:
+        """The local tier's directory (it outlives attempts and the worker process)."""
+        return self.tiers.local_root or self.scratch_dir / "checkpoints"
 
     def engine_for(self, precision: str) -> EngineSpec:
         """The engine that renders a job of `precision`."""

@@ -30,6 +30,7 @@ from worker.plan import JobPlan
 from worker.provenance import build_manifest, iter_frame_hashes
 from worker.segments import file_sha256
 from worker.stitch import stitch
+from worker.tiers import LocalTier
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,10 @@ class Finisher:
         )
 
     def _clean_up(self, segments: list[Segment]) -> None:
-        """After success: checkpoints always go; segments unless kept (the output holds them)."""
+        """After success: checkpoints always go (the bucket's and this node's); segments
+        unless kept (the output holds them)."""
         job_id = self.leased.job_id
+        LocalTier(self.config.local_root).keep_only(job_id, None)
         try:
             prune_checkpoints(self.storage, job_id, None, self.config.storage_retry)
             used = {seg.key for seg in segments}

@@ -150,18 +150,47 @@ class LeasedJob:
             log.warning("job %s: progress not recorded (%s)", self.job_id, exc)
 
     def record_interval(
-        self, segment: Segment | None, checkpoint_clip: int, *, duration_s: float, bytes: int
+        self,
+        segment: Segment | None,
+        checkpoint_clip: int,
+        *,
+        local_node: str | None = None,
+        remote: bool = True,
+        duration_s: float = 0.0,
+        bytes: int = 0,
     ) -> None:
-        """One transaction: the interval's segment (if any) and the checkpoint after it."""
+        """One transaction: the interval's segment (if any) and the checkpoint after it, in
+        the tiers it reached: on `local_node`'s disk, in the bucket (`remote`), or neither
+        (then the resume point stays where it was)."""
 
         def record(s: Session) -> None:
             if segment is not None:
                 leases.record_segment(s, self.lease, segment)
-            leases.record_checkpoint(
-                s, self.lease, checkpoint_clip, duration_s=duration_s, bytes=bytes
-            )
+            if local_node is not None:
+                leases.record_checkpoint(
+                    s, self.lease, checkpoint_clip, tier="local", node=local_node,
+                    duration_s=duration_s, bytes=bytes,
+                )  # fmt: skip
+            if remote:
+                leases.record_checkpoint(
+                    s, self.lease, checkpoint_clip, duration_s=duration_s, bytes=bytes
+                )
 
         self._write(record, f"record the checkpoint at clip {checkpoint_clip}")
+
+    def note(self, event: str, reason: str, data: Mapping[str, Any] | None = None) -> None:
+        """Record an event of the attempt (a checkpoint skipped, say): logged as a warning
+        too; a database that cannot be reached is only logged."""
+        log.warning("job %s: %s", self.job_id, reason)
+        self.check()
+        try:
+            with self.database.transaction() as s:
+                leases.note(s, self.lease, event, reason, data)
+        except LeaseLost:
+            self.lost.set()
+            raise
+        except Exception as exc:
+            log.warning("job %s: event %s not recorded (%s)", self.job_id, event, exc)
 
     # ---- ending the attempt --------------------------------------------------------------
 
@@ -174,18 +203,21 @@ class LeasedJob:
             "record the success",
         )
 
-    def fail(self, failure: Failure, *, retryable: bool) -> Job:
+    def fail(self, failure: Failure, *, retryable: bool, prefer_local_s: float = 0.0) -> Job:
         return self._write(
-            lambda s: leases.mark_failed(s, self.lease, failure, retryable=retryable),
+            lambda s: leases.mark_failed(
+                s, self.lease, failure, retryable=retryable, prefer_local_s=prefer_local_s
+            ),
             "record the failure",
         )
 
     def cancel(self) -> Job:
         return self._write(lambda s: leases.mark_canceled(s, self.lease), "record the cancel")
 
-    def release(self, reason: str) -> Job:
+    def release(self, reason: str, *, prefer_local_s: float = 0.0) -> Job:
         return self._write(
-            lambda s: leases.release(s, self.lease, reason=reason), "release the job"
+            lambda s: leases.release(s, self.lease, reason=reason, prefer_local_s=prefer_local_s),
+            "release the job",
         )
 
 

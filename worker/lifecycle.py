@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db import leases
+from db import leases, upkeep
 from db.database import Database
 from db.leases import LeaseLost
 from db.segments import Segment
@@ -59,9 +59,13 @@ from worker.plan import JobPlan
 from worker.resume import ResumePoint, needs_checkpoint, resume_point
 from worker.segments import SegmentEncoder
 from worker.stitch import prepare_audio
+from worker.tiers import LocalTier
 from worker.watermark import Watermark
 
 log = logging.getLogger(__name__)
+
+LOCAL_SWEEP_MIN_AGE_S = 600.0
+"""A local checkpoint younger than this may be one being written and not yet recorded."""
 
 
 class Outcome(StrEnum):
@@ -100,6 +104,8 @@ class AttemptStats:
     job_id: uuid.UUID
     attempt: int
     resumed_from: int = 0
+    resumed_from_tier: str = ""
+    """Where the resumed checkpoint came from: local (this node's disk) or remote (the bucket)."""
     clips: int = 0
     engine_s: float = 0.0
     """Waiting for the model to load, after the inputs and the checkpoint were downloaded
@@ -192,6 +198,7 @@ class Lifecycle:
         if lease is None:
             log.info("job %s: wake-up dropped (job is final or leased by a live worker)", job_id)
             return Outcome.DROPPED
+        self._sweep_local_tier()
         self.running = lease.job_id
         try:
             outcome = _Attempt(self, lease).run()
@@ -201,6 +208,19 @@ class Lifecycle:
         return outcome
 
     __call__ = run
+
+    def _sweep_local_tier(self) -> None:
+        """Remove this node's local checkpoints that no job needs any more (finished jobs,
+        jobs resumed elsewhere); recent ones are left to the workers writing them."""
+
+        def needed(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+            with self.database.transaction() as s:
+                return upkeep.local_checkpoints(s, job_ids, self.config.tiers.node)
+
+        try:
+            LocalTier(self.config.local_root).sweep(needed, min_age_s=LOCAL_SWEEP_MIN_AGE_S)
+        except Exception as exc:  # garbage only: the next attempt sweeps again
+            log.warning("local checkpoints not swept: %s", exc)
 
     def _claim(self, job_id: uuid.UUID) -> leases.Lease | None:
         with self.database.transaction() as s:
@@ -286,7 +306,7 @@ class _Attempt:
             default_watermark=self.config.watermark,
             watermark_allowed=self.config.watermark_allowed,
         )
-        recorded = self.leased.lease.resume_from_clip or 0
+        recorded = self.leased.lease.checkpoints.newest
         if recorded < plan.clips_total:
             self._engine = self._load_engine_beside(plan.precision)
         image = self._input_bytes(plan.image_key)
@@ -295,7 +315,7 @@ class _Attempt:
         audio_track: Future[Path] = self._background.submit(
             prepare_audio, audio, self.scratch / "audio.m4a", plan.duration_s, self.config.audio
         )
-        start = self._resume_point(plan, recorded)
+        start = self._resume_point(plan)
         self.stats.resumed_from = start.clip
         log.info(
             "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s",
@@ -333,24 +353,36 @@ class _Attempt:
         threading.Thread(target=load, name="engine-load", daemon=True).start()
         return future
 
-    def _resume_point(self, plan: JobPlan, recorded: int) -> ResumePoint:
-        """Fetch what the decision needs (the segments' rows, the checkpoint), then decide."""
-        if recorded == 0:
-            return resume_point(0, plan.clips_total, plan.infer_frames, [], None, None)
-        checkpoint = None
-        if needs_checkpoint(recorded, plan.clips_total):
+    def _resume_point(self, plan: JobPlan) -> ResumePoint:
+        """The newest checkpoint this worker can reach, fetched, and the decision on it: the
+        local one when it is on this node, sound, and not older than the bucket's (no
+        download); else the bucket's."""
+        cp = self.leased.lease.checkpoints
+        node = self.config.tiers.node
+        checkpoint, recorded = None, cp.remote_clip or 0
+        if cp.local_clip is not None and cp.local_node == node and cp.local_clip >= recorded:
+            local = self.committer.local.directory(self.job_id, cp.local_clip)
+            if self.committer.local.valid(local, verify=self.config.tiers.verify):
+                checkpoint, recorded = local, cp.local_clip
+                self.stats.resumed_from_tier = "local"
+            else:
+                log.warning(
+                    "job %s: the local checkpoint at clip %d is missing or damaged; using the "
+                    "bucket's (clip %d)",
+                    self.job_id,
+                    cp.local_clip,
+                    recorded,
+                )
+        if checkpoint is None and needs_checkpoint(recorded, plan.clips_total):
             try:
                 checkpoint = self._download_checkpoint(recorded)
+                self.stats.resumed_from_tier = "remote"
             except JobInputError as exc:
                 log.warning("job %s: %s", self.job_id, exc)
         carried = read_open_interval(checkpoint) if checkpoint is not None else None
+        segments = self.leased.segments() if recorded else []
         return resume_point(
-            recorded,
-            plan.clips_total,
-            plan.infer_frames,
-            self.leased.segments(),
-            checkpoint,
-            carried,
+            recorded, plan.clips_total, plan.infer_frames, segments, checkpoint, carried
         )
 
     # ---- inputs --------------------------------------------------------------------------
@@ -423,8 +455,10 @@ class _Attempt:
                 self._interval.encoder.submit(
                     frames[i * plan.infer_frames : (i + 1) * plan.infer_frames]
                 )
-        if start.checkpoint is not None:
-            shutil.rmtree(start.checkpoint, ignore_errors=True)
+        if start.checkpoint is not None and not start.checkpoint.is_relative_to(
+            self.committer.local.root
+        ):
+            shutil.rmtree(start.checkpoint, ignore_errors=True)  # a download: used now
         self._check_flags(start.clip)  # loading and opening may take minutes
 
         render_started = time.monotonic()
@@ -481,7 +515,14 @@ class _Attempt:
         )
         return Interval(encoder)
 
-    def _boundary(self, stream: RenderStream, clip: int, final: bool, open: bool = False) -> None:
+    def _boundary(
+        self,
+        stream: RenderStream,
+        clip: int,
+        final: bool,
+        open: bool = False,
+        remote: bool | None = None,
+    ) -> None:
         """Hand the interval to the committer; the generator waits only for the previous
         commit (if still running) and for the state's capture: a device-to-host copy, or,
         for an engine that writes its own checkpoints, that write."""
@@ -492,8 +533,7 @@ class _Attempt:
         self.stats.commit_wait_s += captured - waited
         state, written = None, None
         if not final and self._engine_writes_checkpoints:
-            written = self.scratch / "checkpoints" / f"{clip:06d}"
-            shutil.rmtree(written, ignore_errors=True)
+            written = self.committer.place(clip)
             stream.checkpoint(written)
         elif not final:
             # into pinned memory: the copy runs at full bus speed; writing happens elsewhere
@@ -501,7 +541,13 @@ class _Attempt:
         done = time.monotonic()
         self.stats.capture_s += done - captured
         self.committer.submit(
-            self._interval, clip, state, render_cost_s=done - waited, open=open, written=written
+            self._interval,
+            clip,
+            state,
+            render_cost_s=done - waited,
+            open=open,
+            written=written,
+            remote=remote,
         )
         self._interval = None
 
@@ -551,22 +597,57 @@ class _Attempt:
         return Outcome.CANCELED
 
     def _release(self, done: int) -> Outcome:
+        """A graceful shutdown: checkpoint the clips since the last checkpoint (with the open
+        interval's frames) if that fits in what is left of the shutdown time, and put the
+        newest checkpoint in the bucket if its upload fits too (the node may not come back);
+        then give the job back. What stays on this node only is offered to this node's
+        workers first."""
         interval = self._interval
         if interval is not None and interval.clips > 0 and self._stream is not None:
-            # Checkpoint here, with the open interval's frames, if that fits in what is left
-            # of the shutdown timeout (judged by the last commit); else the clips since the
-            # last checkpoint are regenerated by the next attempt.
             self.committer.wait()
             last = self.committer.timings[-1].seconds if self.committer.timings else 0.0
             if 2 * last < self.lc.shutdown_time_left():
-                self._boundary(self._stream, done, final=False, open=True)
+                self._boundary(
+                    self._stream, done, final=False, open=True, remote=self._upload_fits()
+                )
         self._close_stream()
         if self._interval is not None:
             self._interval.encoder.abort()
             self._interval = None
         self.committer.wait()
-        self.leased.release(f"worker {self.leased.worker_id} shutting down")
+        self._promote_newest()
+        self.leased.release(
+            f"worker {self.leased.worker_id} shutting down",
+            prefer_local_s=self.config.tiers.prefer_local_s,
+        )
         return Outcome.RELEASED
+
+    def _upload_fits(self) -> bool:
+        """Whether a checkpoint's upload fits in the shutdown time left (judged by this
+        attempt's last upload; when there was none, try)."""
+        rate = self.committer.upload_rate
+        if rate is None:
+            return True
+        return 2 * self.committer.last_bytes / rate < self.lc.shutdown_time_left()
+
+    def _promote_newest(self) -> None:
+        """Upload the newest checkpoint to the bucket if it is on this node alone."""
+        job = self.leased.job()
+        local, remote = job.local_checkpoint_clip, job.remote_checkpoint_clip or 0
+        if (
+            local is None
+            or local <= remote
+            or job.local_checkpoint_node != self.config.tiers.node
+            or not self._upload_fits()
+        ):
+            return
+        try:
+            if self.committer.promote(local):
+                log.info("job %s: checkpoint at clip %d promoted to the bucket", self.job_id, local)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # it stays on this node, offered to its workers first
+            log.warning("job %s: could not promote the checkpoint: %s", self.job_id, exc)
 
     # ---- failures ------------------------------------------------------------------------
 
@@ -581,7 +662,9 @@ class _Attempt:
             failure.detail,
         )
         try:
-            job = self.leased.fail(failure, retryable=retryable)
+            job = self.leased.fail(
+                failure, retryable=retryable, prefer_local_s=self.config.tiers.prefer_local_s
+            )
         except LeaseLost:
             return Outcome.LEASE_LOST
         except Exception:

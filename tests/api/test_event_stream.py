@@ -75,7 +75,9 @@ def test_stream_reconnect_and_replay(live_api, api_key, api_services, create_job
     snapshots = [e["data"] for e in first if e["event"] == "job"]
     assert snapshots and snapshots[0]["id"] == str(job.id)  # the job as GET returns it
     last_id = with_ids[-1]["id"]
-    assert with_ids[-1]["data"]["data"] == {"clip": 2, "duration_s": 0.2, "bytes": None}
+    assert with_ids[-1]["data"]["data"] == {
+        "clip": 2, "tier": "remote", "node": None, "duration_s": 0.2, "bytes": None,
+    }  # fmt: skip
 
     # the job finished while we were away: reconnecting replays the rest, then ends
     with httpx.stream("GET", url, headers={**headers, "Last-Event-ID": last_id}, timeout=30) as r:

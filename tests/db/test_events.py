@@ -80,7 +80,9 @@ def test_checkpoints_segments_and_outputs_carry_their_facts(db, create_job):
         output = {"bytes": 9000, "sha256": "f" * 64, "frames": 96, "duration_s": 3.84}
         leases.mark_succeeded(s, lease_for(job.id, "w1", 1), "out.mp4", output=output, now=at(4))
     by_kind = {e.event: e for e in events(db, job.id)}
-    assert by_kind["checkpoint"].data == {"clip": 2, "duration_s": 0.8, "bytes": 123456}
+    assert by_kind["checkpoint"].data == {
+        "clip": 2, "tier": "remote", "node": None, "duration_s": 0.8, "bytes": 123456,
+    }  # fmt: skip
     assert by_kind["segment"].data["bytes"] == 5000 and by_kind["segment"].data["index"] == 0
     assert by_kind["succeeded"].data == {"output_key": "out.mp4", **output}
     with db.transaction() as s:

@@ -42,7 +42,7 @@ def claim(db, job_id, worker, now):
 def test_claim_takes_a_lease_and_counts_the_attempt(db, create_job):
     job = create_job(db, now=T0)
     lease = claim(db, job.id, "w1", at(1))
-    assert lease == leases.Lease(job.id, "w1", 1, at(1 + LEASE_S), None)
+    assert lease == leases.Lease(job.id, "w1", 1, at(1 + LEASE_S), leases.Checkpoints())
     row = get(db, job.id)
     assert (row.status, row.worker_id, row.attempt) == ("running", "w1", 1)
     assert row.lease_expires_at == at(61) and row.heartbeat_at == at(1) and row.started_at == at(1)
@@ -148,7 +148,7 @@ def test_release_requeues_and_keeps_the_attempt_count(db, create_job):
     # progress past the checkpoint is lost; the next attempt starts at clip 5
     assert (row.clips_done, row.frames_done, row.fps, row.eta_s) == (5, 240, None, None)
     assert unsent_reasons(db, job.id) == ["created", "released"]
-    assert claim(db, job.id, "w2", at(1)).resume_from_clip == 5
+    assert claim(db, job.id, "w2", at(1)).checkpoints.remote_clip == 5
 
 
 def test_progress_and_checkpoints_are_recorded_for_the_owner(db, create_job):
@@ -164,7 +164,7 @@ def test_progress_and_checkpoints_are_recorded_for_the_owner(db, create_job):
     row = get(db, job.id)
     assert (row.clips_done, row.frames_done, row.fps, row.eta_s) == (3, 144, 21.5, 12.0)
     assert row.last_checkpoint_clip == 3
-    assert events(db, job.id)[-1].reason == "checkpoint at clip 3"
+    assert events(db, job.id)[-1].reason == "checkpoint at clip 3 in the bucket"
 
 
 def test_segments_are_recorded_and_replaced(db, create_job):
@@ -222,7 +222,7 @@ def test_retry_resumes_from_the_checkpoint_with_fresh_attempts(db, create_job):
     assert events(db, job.id)[-1].reason == "retry requested; resuming from clip 4"
     assert unsent_reasons(db, job.id) == ["created", "retry"]
     lease = claim(db, job.id, "w2", at(6))
-    assert (lease.attempt, lease.resume_from_clip) == (2, 4)
+    assert (lease.attempt, lease.checkpoints.newest) == (2, 4)
 
 
 def test_cancel_of_a_running_job_is_a_flag_until_the_worker_stops(db, create_job):

@@ -23,7 +23,9 @@ from storage import keys
 from storage.base import Storage
 from tests import media
 from tests.factories import job_params
-from worker.lifecycle import ClipDone
+from worker.config import EngineSpec, RetryPolicy, WorkerConfig
+from worker.lifecycle import ClipDone, Lifecycle, Outcome
+from worker.provenance import iter_frame_hashes
 
 # Small and quick with the tiny model: 64x64, clips of 12 frames, 2.3 s of speech = 5 clips.
 CLIPS = 5
@@ -173,3 +175,58 @@ class ClipLog:
 
 def parse_clip_lines(text: str) -> list[tuple[str, int, int]]:
     return [(m["job"], int(m["attempt"]), int(m["clip"])) for m in CLIP_LINE.finditer(text)]
+
+
+# --------------------------------------------------------------------------- in-process workers
+
+FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.2)
+
+
+def config(tmp_path: Path, **overrides) -> WorkerConfig:
+    fields = dict(
+        scratch_dir=tmp_path / "scratch",
+        lease_s=30,
+        engine=EngineSpec(preset="tiny", device="cpu", torch_threads=1),
+        storage_retry=FAST_RETRY,
+        database_retry=FAST_RETRY,
+    )
+    fields.update(overrides)
+    return WorkerConfig(**fields)
+
+
+@dataclass(frozen=True)
+class Reference:
+    frame_hashes: list[str]
+    """Decoded frames of the standard job's output, rendered without interruption."""
+    raw: dict[int, str]
+    """Each clip's frames as the generator made them (sha256), by clip."""
+
+
+def shut_down_during_clip_2(lifecycle: Lifecycle, job_id: uuid.UUID, clip_log) -> Outcome:
+    """Run the job's first attempt, asking the worker to shut down (as SIGTERM does) while
+    clip 2 is being finished."""
+
+    def hook(done: ClipDone) -> None:
+        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 2):
+            lifecycle.request_shutdown()
+
+    clip_log.hooks.append(hook)
+    return lifecycle.run(job_id)
+
+
+def output_hashes(storage, job_id, tmp_path: Path) -> list[str]:
+    path = tmp_path / f"{job_id}.mp4"
+    storage.get_file(keys.output_key(job_id), path)
+    return list(iter_frame_hashes(path))
+
+
+def explain_difference(
+    clip_log: ClipLog, job_id: uuid.UUID, expected: Reference, cut: object
+) -> str:
+    """What a failed exactness check needs: which clips' raw frames differ, from which
+    attempt, and the engine's cut (raw frames equal but the video not: the encoder)."""
+    lines = [f"engine cut: {cut}"]
+    for clip, (attempt, digest) in sorted(clip_log.raw_by_clip(job_id).items()):
+        same = "same" if expected.raw.get(clip) == digest else "DIFFERENT"
+        lines.append(f"clip {clip}: attempt {attempt} raw {digest[:12]} ({same} as uninterrupted)")
+    return "\n".join(lines)

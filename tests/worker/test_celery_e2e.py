@@ -63,7 +63,7 @@ def checkpoints_by_attempt(database: Database, job_id: uuid.UUID) -> dict[int, l
     out: dict[int, list[int]] = {}
     for e in rows:
         if e.event == "checkpoint":
-            out.setdefault(e.attempt, []).append(int(e.reason.rsplit(" ", 1)[1]))
+            out.setdefault(e.attempt, []).append(int(e.data["clip"]))
     return out
 
 

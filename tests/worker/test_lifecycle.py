@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from db import job_store, leases
-from db.database import Database
 from db.models import OutboxMessage, utcnow
 from db.params import WatermarkSpec
 from dispatch.embedded import EmbeddedRunner
@@ -37,100 +33,32 @@ from tests.worker.lifecycle_helpers import (
     DELIVERED,
     INFER_FRAMES,
     ClipLog,
+    config,
     events,
+    explain_difference,
     job,
     make_job,
+    output_hashes,
     probe,
     segments,
+    shut_down_during_clip_2,
 )
-from worker.config import EngineSpec, RetryPolicy, WorkerConfig
+from worker.config import EngineSpec, RetryPolicy
 from worker.lifecycle import ClipDone, Lifecycle, Outcome
 from worker.plan import JobPlan
 from worker.provenance import iter_frame_hashes, verify
+from worker.tiers import TierSettings
 from worker.watermark import Watermark
 
 pytestmark = pytest.mark.slow
 
-FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.2)
 UNINTERRUPTED_SEGMENTS = [(0, 0, 2), (1, 2, 2), (2, 4, 1)]
-
-
-def config(tmp_path: Path, **overrides) -> WorkerConfig:
-    fields = dict(
-        scratch_dir=tmp_path / "scratch",
-        lease_s=30,
-        engine=EngineSpec(preset="tiny", device="cpu", torch_threads=1),
-        storage_retry=FAST_RETRY,
-        database_retry=FAST_RETRY,
-    )
-    fields.update(overrides)
-    return WorkerConfig(**fields)
 
 
 @pytest.fixture
 def clip_log() -> ClipLog:
     """Give it to a Lifecycle as `on_clip`; tests add hooks to act after a given clip."""
     return ClipLog()
-
-
-@dataclass(frozen=True)
-class Reference:
-    frame_hashes: list[str]
-    """Decoded frames of the standard job's output, rendered without interruption."""
-    raw: dict[int, str]
-    """Each clip's frames as the generator made them (sha256), by clip."""
-
-
-@pytest.fixture(scope="module")
-def reference_run(sqlite_template, tmp_path_factory) -> Reference:
-    root = tmp_path_factory.mktemp("reference")
-    shutil.copy(sqlite_template, root / "db.sqlite3")
-    database = Database(f"sqlite:///{root / 'db.sqlite3'}")
-    storage = LocalStorage(root / "objects")
-    job_id = make_job(database, storage)
-    clips = ClipLog()
-    lifecycle = Lifecycle(config(root), database, storage, on_clip=clips)
-    assert lifecycle.run(job_id) is Outcome.SUCCEEDED
-    manifest = json.loads(storage.get_bytes(manifest_key(job_id)))
-    database.dispose()
-    raw = {clip: digest for clip, (_, digest) in clips.raw_by_clip(job_id).items()}
-    return Reference(manifest["frame_hashes"], raw)
-
-
-@pytest.fixture(scope="module")
-def reference(reference_run) -> list[str]:
-    """Decoded frame hashes of the standard job rendered without interruption."""
-    return reference_run.frame_hashes
-
-
-def explain_difference(
-    clip_log: ClipLog, job_id: uuid.UUID, expected: Reference, cut: object
-) -> str:
-    """What a failed exactness check needs: which clips' raw frames differ, from which
-    attempt, and the engine's cut (raw frames equal but the video not: the encoder)."""
-    lines = [f"engine cut: {cut}"]
-    for clip, (attempt, digest) in sorted(clip_log.raw_by_clip(job_id).items()):
-        same = "same" if expected.raw.get(clip) == digest else "DIFFERENT"
-        lines.append(f"clip {clip}: attempt {attempt} raw {digest[:12]} ({same} as uninterrupted)")
-    return "\n".join(lines)
-
-
-def shut_down_during_clip_2(lifecycle: Lifecycle, job_id: uuid.UUID, clip_log) -> Outcome:
-    """Run the job's first attempt, asking the worker to shut down (as SIGTERM does) while
-    clip 2 is being finished."""
-
-    def hook(done: ClipDone) -> None:
-        if (done.job_id, done.attempt, done.clip) == (job_id, 1, 2):
-            lifecycle.request_shutdown()
-
-    clip_log.hooks.append(hook)
-    return lifecycle.run(job_id)
-
-
-def output_hashes(storage, job_id, tmp_path: Path) -> list[str]:
-    path = tmp_path / f"{job_id}.mp4"
-    storage.get_file(keys.output_key(job_id), path)
-    return list(iter_frame_hashes(path))
 
 
 @pytest.mark.parametrize("backend", ["postgres+s3", "sqlite+local"])
@@ -151,10 +79,15 @@ def test_a_job_renders_end_to_end(backend, request, tmp_path, clip_log, referenc
     assert segments(database, job_id) == UNINTERRUPTED_SEGMENTS
     assert clip_log.generated(job_id) == [0, 1, 2, 3, 4]
     history = events(database, job_id)
+    node = config(tmp_path).tiers.node
+    # the tiny state is far below the upload budget: each checkpoint goes to both tiers; the
+    # end of the job needs no state, only its segments, which are in the bucket
     assert [r for e, r in history if e == "checkpoint"] == [
-        "checkpoint at clip 2",
-        "checkpoint at clip 4",
-        "checkpoint at clip 5",
+        f"checkpoint at clip 2 on {node}",
+        "checkpoint at clip 2 in the bucket",
+        f"checkpoint at clip 4 on {node}",
+        "checkpoint at clip 4 in the bucket",
+        "checkpoint at clip 5 in the bucket",
     ]
     assert [e for e, _ in history if e in ("claimed", "stitching", "succeeded")] == [
         "claimed",
@@ -300,8 +233,8 @@ def test_a_new_worker_loads_its_model_while_the_inputs_and_checkpoint_download(
         assert downloaded.wait(30), "the checkpoint was not downloaded while the model loaded"
         return build_engine(spec)
 
-    second = Lifecycle(
-        config(tmp_path),
+    second = Lifecycle(  # on another node: the first's local checkpoint is out of reach
+        config(tmp_path, tiers=TierSettings(node="node-b")),
         sqlite_db,
         Watched(local_storage.root),
         engines=cold_engine,
