@@ -138,7 +138,8 @@ class StoredJob:
     """What the storage reconciler needs to know of a job to tell its objects from garbage."""
 
     status: JobStatus
-    last_checkpoint_clip: int | None
+    remote_checkpoint_clip: int | None
+    """The checkpoint the bucket must keep (the newest there)."""
     segment_keys: frozenset[str]
 
 
@@ -147,7 +148,7 @@ def stored_jobs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, S
     if not job_ids:
         return {}
     rows = session.execute(
-        sa.select(Job.id, Job.status, Job.last_checkpoint_clip).where(Job.id.in_(job_ids))
+        sa.select(Job.id, Job.status, Job.remote_checkpoint_clip).where(Job.id.in_(job_ids))
     ).all()
     segments: dict[uuid.UUID, set[str]] = {}
     for job_id, key in session.execute(
@@ -157,7 +158,7 @@ def stored_jobs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, S
     return {
         row.id: StoredJob(
             JobStatus(row.status),
-            row.last_checkpoint_clip,
+            row.remote_checkpoint_clip,
             frozenset(segments.get(row.id, ())),
         )
         for row in rows

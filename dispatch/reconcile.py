@@ -9,9 +9,9 @@ Each of a job's objects is expected while its row says so (storage/keys.py has t
     succeeded                inputs, output.mp4, output.manifest.json, and the segments
                              when the deployment keeps them; no checkpoint (a worker killed
                              between recording the success and its clean-up leaves them)
-    failed, canceled         inputs, the recorded segments and the recorded checkpoint (the
-                             resume point; the sweeper expires it later); nothing else (a
-                             worker that lost its lease may have written more)
+    failed, canceled         inputs, the recorded segments and the bucket's recorded checkpoint
+                             (the resume point; the sweeper expires it later); nothing else
+                             (a worker that lost its lease may have written more)
 
 Under `uploads/`, an object is expected while an upload row names it. Anything else is garbage
 and is deleted, but only once it is older than a grace period, so that writes in flight (a
@@ -66,7 +66,7 @@ def expected(
     # failed or canceled: the resume point
     if key in job.segment_keys:
         return True
-    clip = job.last_checkpoint_clip
+    clip = job.remote_checkpoint_clip
     return clip is not None and clip > 0 and key.startswith(keys.checkpoint_prefix(job_id, clip))
 
 

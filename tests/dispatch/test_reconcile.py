@@ -69,7 +69,8 @@ def test_each_job_keeps_exactly_what_its_row_accounts_for(db, storage, create_jo
     failed = create_job(db)
     lease = lease_of(db, failed)
     record_interval(db, lease, 0, 2)
-    with db.transaction() as s:
+    with db.transaction() as s:  # a newer checkpoint on a node's disk: the bucket keeps clip 2
+        leases.record_checkpoint(s, lease, 4, tier="local", node="node-a")
         leases.mark_failed(s, lease, failure("boom"))
     running = create_job(db)
     lease_of(db, running)
