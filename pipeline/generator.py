@@ -98,7 +98,7 @@ class Generator:
     def open(
         self,
         request: RenderRequest,
-        state: state_io.StateDict | None = None,
+        state: state_io.StateDict | state_io.TensorSource | None = None,
         *,
         resume_from: str | os.PathLike[str] | None = None,
         decode: Decode = "online",
@@ -111,9 +111,10 @@ class Generator:
         """
         if state is not None and resume_from is not None:
             raise ValueError("give either state or resume_from, not both")
-        if resume_from is not None:  # the precision first, before reading the tensors
-            state_io.require_precision(state_io.read_manifest(resume_from)["meta"], self.precision)
-            state = state_io.read_checkpoint(resume_from)
+        if resume_from is not None:  # read tensor by tensor into the stream, as it opens
+            state = state_io.CheckpointSource(resume_from)
+        if state is not None:  # before closing the open stream: another precision cannot resume
+            state_io.require_precision(state_io.as_source(state).meta, self.precision)
         if self._active is not None:
             self._active.close()
             self._active = None

@@ -4,13 +4,23 @@ A state is `{"meta": <JSON-able dict>, "tensors": {name: CPU tensor}}`, as retur
 `Stream.state_dict()`. Tensor names are grouped by owner, so a pipeline-parallel engine can
 write and read its share alone:
 
-    sink.*        reference keys, motion keys and values of the sink (all steps share them)
+    sink.latent   the latent frame the sink was built from [16, 1, h, w] (float32): the
+                  portrait's reference latent before the first clip, the model's own first
+                  frame after it (adaptive sink)
     step.<i>.*    the ring cache of denoising step i
     decoder.*     the streaming VAE decoder's feature cache
 
+Only what cannot be recomputed exactly is kept. The sink's keys and values (the same in every
+step's cache; 2.3 GB at 720x400 for the 14B model) are a function of the sink latent, the
+portrait, the prompt and the model: a restore runs the sink through the model again and gets
+the same bits. States of format 1 kept them (`sink.ref_keys`, `sink.motion_keys`,
+`sink.values`); they still resume.
+
 `save_state` / `load_state` keep a whole state in one file (or file object).
 `write_checkpoint` / `read_checkpoint` keep it in a directory, one shard per group, and write
-`manifest.json` last: a directory without a manifest is not a checkpoint.
+`manifest.json` last: a directory without a manifest is not a checkpoint. A restore need not
+hold a whole state in host memory: `CheckpointSource` reads a checkpoint directory tensor by
+tensor, straight into the tensors being restored (`TensorSource.fill`).
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import torch
 from safetensors import safe_open
@@ -29,8 +40,11 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
 from pipeline.params import Precision, PrecisionMismatch
+from pipeline.weights.safetensors_file import TensorEntry, TensorFile, read_header
 
-FORMAT = "longtake.stream-state/1"
+FORMAT = "longtake.stream-state/2"
+READABLE = ("longtake.stream-state/1", FORMAT)
+"""Formats a restore accepts: 1 kept the sink's keys and values, 2 keeps the sink latent."""
 MANIFEST = "manifest.json"
 _META_KEY = "longtake.state"
 
@@ -49,8 +63,8 @@ def _decode_meta(raw: Mapping[str, str] | None) -> dict[str, Any]:
     if not raw or _META_KEY not in raw:
         raise ValueError("not a longtake stream state (no state metadata)")
     meta = json.loads(raw[_META_KEY])
-    if meta.pop("format", None) != FORMAT:
-        raise ValueError(f"unsupported stream state format; expected {FORMAT}")
+    if meta.pop("format", None) not in READABLE:
+        raise ValueError(f"unsupported stream state format; expected one of {READABLE}")
     return meta
 
 
@@ -142,8 +156,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise ValueError(f"{root} is not a checkpoint: {MANIFEST} is missing (incomplete write?)")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: unsupported format; expected {FORMAT}")
+    if manifest.get("format") not in READABLE:
+        raise ValueError(f"{manifest_path}: unsupported format; expected one of {READABLE}")
     return manifest
 
 
@@ -160,6 +174,199 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> StateDict:
             for key in f.keys():  # noqa: SIM118 - not a dict
                 tensors[key] = f.get_tensor(key)
     return {"meta": manifest["meta"], "tensors": tensors}
+
+
+# ---- reading a state for a restore ----------------------------------------------------------
+
+
+class TensorSource(Protocol):
+    """Where a restore reads a state from: its meta and its tensors by name."""
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    def names(self) -> set[str]: ...
+
+    def get(self, name: str) -> torch.Tensor:
+        """Tensor `name`, on the host."""
+        ...
+
+    def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
+        """Copy each named tensor into `targets[name]` (same shape and dtype, any device,
+        possibly strided) and return when every copy is done."""
+        ...
+
+
+class StateSource:
+    """A state held in memory (`StateDict`)."""
+
+    def __init__(self, state: StateDict):
+        self._meta = state["meta"]
+        self._tensors: dict[str, torch.Tensor] = state["tensors"]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def names(self) -> set[str]:
+        return set(self._tensors)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
+        for name, dst in targets.items():
+            _check_fits(name, self.get(name), dst)
+            dst.copy_(self.get(name))
+        _wait_for_copies(targets)
+
+
+class CheckpointSource:
+    """A checkpoint directory, read tensor by tensor when asked (nothing is read at opening
+    but the manifest and the shards' headers; sizes are checked against the manifest).
+
+    `fill` reads each tensor from disk straight into where it is restored: into CPU tensors
+    directly, into GPU tensors through two page-locked staging buffers of `chunk_bytes`
+    (a reader thread fills one while the other is copied to the device), so no host copy of
+    the state exists and the disk and the PCIe link work at once."""
+
+    def __init__(self, directory: str | os.PathLike[str], chunk_bytes: int = 64 << 20):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self.chunk_bytes = chunk_bytes
+        self._where: dict[str, tuple[Path, TensorEntry]] = {}
+        for shard in self.manifest["shards"]:
+            path = self.directory / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                raise ValueError(f"{path}: missing or truncated checkpoint shard")
+            for name, entry in read_header(path).tensors.items():
+                self._where[name] = (path, entry)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.manifest["meta"]
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, name: str) -> torch.Tensor:
+        path, entry = self._where[name]
+        with TensorFile(read_header(path)) as f:
+            return f.read(entry)
+
+    def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
+        rows: list[tuple[Path, int, torch.Tensor]] = []  # (file, offset, contiguous dst row)
+        for name, dst in targets.items():
+            path, entry = self._where[name]
+            if tuple(dst.shape) != entry.shape or dst.dtype != entry.dtype:
+                raise ValueError(
+                    f"{name}: the checkpoint holds {entry.dtype} {list(entry.shape)}, "
+                    f"the stream {dst.dtype} {list(dst.shape)}"
+                )
+            offset = entry.start
+            for row in _contiguous_rows(dst):
+                rows.append((path, offset, row))
+                offset += row.numel() * row.element_size()
+        if not rows:
+            return
+        if any(row.device.type == "cuda" for _, _, row in rows):
+            self._fill_through_staging(rows)
+        else:
+            for path, offset, row in rows:
+                _read_span(path, offset, _bytes_of(row))
+
+    def _fill_through_staging(self, rows: list[tuple[Path, int, torch.Tensor]]) -> None:
+        # rows in groups of at most chunk_bytes (one row at least): one read, one copy each
+        groups: list[list[tuple[Path, int, torch.Tensor]]] = [[]]
+        size = 0
+        for row in rows:
+            n = row[2].numel() * row[2].element_size()
+            if groups[-1] and (size + n > self.chunk_bytes or row[0] != groups[-1][-1][0]):
+                groups.append([])
+                size = 0
+            groups[-1].append(row)
+            size += n
+        biggest = max(sum(r.numel() * r.element_size() for _, _, r in g) for g in groups)
+        buffers = [torch.empty(biggest, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        done: list[torch.cuda.Event | None] = [None, None]
+        device = next(r.device for _, _, r in rows if r.device.type == "cuda")
+        side = torch.cuda.Stream(device)
+
+        def read(slot: int, group: list[tuple[Path, int, torch.Tensor]]) -> None:
+            event = done[slot]
+            if event is not None:
+                event.synchronize()  # the buffer's last bytes have reached the device
+            at = 0
+            for path, offset, row in group:
+                n = row.numel() * row.element_size()
+                _read_span(path, offset, buffers[slot][at : at + n])
+                at += n
+
+        with ThreadPoolExecutor(max_workers=1) as reader, torch.cuda.stream(side):
+            pending: Future[None] = reader.submit(read, 0, groups[0])
+            for i, group in enumerate(groups):
+                pending.result()
+                if i + 1 < len(groups):
+                    pending = reader.submit(read, (i + 1) % 2, groups[i + 1])
+                at = 0
+                for _, _, row in group:
+                    n = row.numel() * row.element_size()
+                    staged = buffers[i % 2][at : at + n].view(row.dtype).view(row.shape)
+                    row.copy_(staged, non_blocking=True)
+                    at += n
+                event = torch.cuda.Event()
+                event.record(side)
+                done[i % 2] = event
+            side.synchronize()
+
+
+def as_source(state: StateDict | TensorSource) -> TensorSource:
+    return StateSource(state) if isinstance(state, dict) else state
+
+
+def _contiguous_rows(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`t` as contiguous pieces in memory order: itself if contiguous, else its sub-tensors
+    along leading dimensions (a ring [layers, 2, tokens, H, D] cut from a larger cache gives
+    one contiguous [tokens, H, D] per layer and key/value)."""
+    if t.is_contiguous() or t.dim() == 0:
+        yield t
+        return
+    for sub in t.unbind(0):
+        yield from _contiguous_rows(sub)
+
+
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU tensor's bytes as a flat uint8 view (no copy)."""
+    return t.reshape(-1).view(torch.uint8)
+
+
+def _read_span(path: Path, offset: int, out: torch.Tensor) -> None:
+    """Read out.numel() bytes of `path` from `offset` into the flat uint8 CPU tensor `out`."""
+    view = memoryview(out.numpy())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise ValueError(f"{path}: unexpected end of file (the shard is truncated)")
+            done += n
+    finally:
+        os.close(fd)
+
+
+def _check_fits(name: str, src: torch.Tensor, dst: torch.Tensor) -> None:
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise ValueError(
+            f"{name}: the state holds {src.dtype} {list(src.shape)}, "
+            f"the stream {dst.dtype} {list(dst.shape)}"
+        )
+
+
+def _wait_for_copies(targets: Mapping[str, torch.Tensor]) -> None:
+    for dst in targets.values():
+        if dst.device.type == "cuda":
+            torch.cuda.current_stream(dst.device).synchronize()
 
 
 def _fsync(path: Path) -> None:

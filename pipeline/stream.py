@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +63,7 @@ class Stream:
         preset: Preset,
         comps: Components,
         request: RenderRequest,
-        state: state_io.StateDict | None = None,
+        state: state_io.StateDict | state_io.TensorSource | None = None,
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
     ):
@@ -79,7 +81,7 @@ class Stream:
         assert comps.text_encoder is not None and comps.tokenizer is not None
         assert comps.audio_encoder is not None
         if state is not None:  # before any work: a state of another precision cannot resume
-            state_io.require_precision(state["meta"], comps.dit.precision)
+            state_io.require_precision(state_io.as_source(state).meta, comps.dit.precision)
         self._dit = comps.dit
         self._vae = comps.vae
         self._device = comps.dit.device
@@ -93,10 +95,23 @@ class Stream:
         self.fps = params.FPS
         self.fingerprint = inputs.fingerprint
 
-        # fixed conditioning
+        # fixed-size state, allocated first: a resumed stream's caches are read from its
+        # checkpoint while the encoders below run
         g = self.geometry = Geometry(
             self.width, self.height, request.infer_frames, preset.dit.zip_frame_buckets
         )
+        cfg, dtype = preset.dit, self._dit.dtype
+        self.caches = [
+            StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype)
+            for _ in range(request.sample_steps)
+        ]
+        self.sink_keys = SinkKeys(
+            g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
+        )
+        source = None if state is None else state_io.as_source(state)
+        restoring = None if source is None else self._start_restore(source)
+
+        # fixed conditioning
         self.schedule = flow_schedule(
             request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
         )
@@ -116,29 +131,23 @@ class Stream:
         )
         self.clip_audio = ClipAudio(self.audio, g, self.num_clips)
 
-        # fixed-size state
-        cfg, dtype = preset.dit, self._dit.dtype
-        self.caches = [
-            StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype)
-            for _ in range(request.sample_steps)
-        ]
-        self.sink_keys = SinkKeys(
-            g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
-        )
         cuda = self._device.type == "cuda"
         self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
         self._motion: torch.Tensor | None = None
+        self._sink_latent: torch.Tensor | None = None  # what the sink was built from
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
         self._pinned: dict[str, torch.Tensor] = {}  # reused state capture buffers
         self._closed = False
 
-        if state is not None:
-            self._load_state(state)
+        if source is not None:
+            assert restoring is not None
+            restoring.result()  # the ring caches are in place
+            self._finish_restore(source)
         else:
             self.next_clip = 0
             reference, motion = self._reference_latents()
-            self.denoiser.prefill_sink(self.caches, self.sink_keys, reference, motion)
+            self._build_sink(reference)
             warmup = motion[:, : preset.stream.vae_warmup_frames]
             if decode == "online":
                 self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
@@ -181,8 +190,7 @@ class Stream:
         if r == 0 and self.num_clips > 1:
             # adaptive sink: from now on the sink is the model's own first frame
             assert first_latent is not None
-            _, motion = self._reference_latents()
-            self.denoiser.prefill_sink(self.caches, self.sink_keys, first_latent, motion)
+            self._build_sink(first_latent)
             self._motion = None
         if self._device.type == "cuda":
             torch.cuda.current_stream(self._device).synchronize()  # the clip's last frames
@@ -247,6 +255,13 @@ class Stream:
             )
         return self._motion[:, 1:2], self._motion
 
+    def _build_sink(self, latent: torch.Tensor) -> None:
+        """Run the sink (`latent` [16, 1, h, w] as its reference frame, the portrait's motion
+        latents) through the model into every step's cache."""
+        _, motion = self._reference_latents()
+        self.denoiser.prefill_sink(self.caches, self.sink_keys, latent, motion)
+        self._sink_latent = latent.clone()
+
     # ---- state ---------------------------------------------------------------------------
 
     def state_dict(self, pin_memory: bool = False) -> state_io.StateDict:
@@ -271,11 +286,8 @@ class Stream:
             buf.copy_(t, non_blocking=True)
             return buf
 
-        live = {
-            "sink.ref_keys": self.sink_keys.ref,
-            "sink.motion_keys": self.caches[0].sink_motion_keys,
-            "sink.values": self.caches[0].sink_values,
-        }
+        assert self._sink_latent is not None
+        live = {"sink.latent": self._sink_latent}  # the sink itself is rebuilt from it
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
         dec_tensors, dec_meta = self.decoder.state_dict()
@@ -293,8 +305,10 @@ class Stream:
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
-    def _load_state(self, state: state_io.StateDict) -> None:
-        meta, tensors = state["meta"], state["tensors"]
+    def _start_restore(self, source: state_io.TensorSource) -> Future[None]:
+        """Check that the state fits this request, then read its ring caches into place in a
+        thread (they are most of its bytes), so that the encoders run meanwhile."""
+        meta = source.meta
         saved = meta.get("request", {})
         diff = sorted(
             k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k)
@@ -306,18 +320,44 @@ class Stream:
             )
         if not 0 <= meta["next_clip"] <= self.num_clips:
             raise ValueError("stream state has an invalid clip index")
-        dev = self._device
-        self.sink_keys.ref.copy_(tensors["sink.ref_keys"].to(dev))
-        for i, cache in enumerate(self.caches):
-            cache.sink_motion_keys.copy_(tensors["sink.motion_keys"].to(dev))
-            cache.sink_values.copy_(tensors["sink.values"].to(dev))
-            cache.ring.copy_(tensors[f"step.{i}.ring"].to(dev))
+        rings = {f"step.{i}.ring": cache.ring for i, cache in enumerate(self.caches)}
+        missing = sorted(set(rings) - source.names())
+        if missing:
+            raise ValueError("the stream state has no " + ", ".join(missing))
+        done: Future[None] = Future()
+
+        def fill() -> None:
+            try:
+                source.fill(rings)
+                done.set_result(None)
+            except BaseException as exc:  # raised in the opening thread
+                done.set_exception(exc)
+
+        threading.Thread(target=fill, name="state-restore", daemon=True).start()
+        return done
+
+    def _finish_restore(self, source: state_io.TensorSource) -> None:
+        """The sink (rebuilt from its latent, or copied from a format-1 state), the decoder's
+        cache and the clip index."""
+        meta, names = source.meta, source.names()
+        if "sink.latent" in names:
+            self._build_sink(source.get("sink.latent").to(self._device))
+        else:
+            self.sink_keys.ref.copy_(source.get("sink.ref_keys").to(self._device))
+            motion_keys = source.get("sink.motion_keys").to(self._device)
+            values = source.get("sink.values").to(self._device)
+            for cache in self.caches:
+                cache.sink_motion_keys.copy_(motion_keys)
+                cache.sink_values.copy_(values)
+            self._reference_latents()
         prefix = "decoder."
         self.decoder.load_state_dict(
-            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            {k[len(prefix) :]: source.get(k) for k in names if k.startswith(prefix)},
             meta["decoder"],
         )
         self.next_clip = int(meta["next_clip"])
+        if self.next_clip > 0 and self.num_clips > 1:
+            self._motion = None  # the adaptive sink was built: the portrait is not needed again
 
     def checkpoint(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write the state's shards into `directory`, then manifest.json last."""

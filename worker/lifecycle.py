@@ -317,8 +317,9 @@ class _Attempt:
         )
         start = self._resume_point(plan)
         self.stats.resumed_from = start.clip
+        tier = self.stats.resumed_from_tier if start.checkpoint is not None else ""
         log.info(
-            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s",
+            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s%s",
             self.job_id,
             self.attempt,
             job.max_attempts,
@@ -326,6 +327,7 @@ class _Attempt:
             plan.clips_total,
             len(start.segments),
             start.reason,
+            f" (the {tier} tier)" if tier else "",
         )
         segments = start.segments
         if start.clip < plan.clips_total:

@@ -24,6 +24,10 @@ One run, three parts (each written to --out as soon as it is done):
           the generator's measured stall (state capture + waiting for the previous commit) as
           a fraction of render time, the wall-clock difference against no checkpoints, and each
           commit's background time.
+  tiers   the two checkpoint tiers (ops/bench/tiers.py): the GPU's stall per checkpoint, the
+          local tier's write and seal, resume from a worker's start from the node's disk (page
+          cache warm and cold) and from the bucket, bytes to the bucket per hour of video by
+          upload budget.
   stitch  ops/bench/stitch.py: one hour of 720x400 stitched by stream copy with its audio,
           against moviepy re-encoding it (options: --stitch-args).
 
@@ -457,6 +461,11 @@ def report(doc: dict[str, Any]) -> str:
                 f"{100 * r['stall_fraction']:.2f}%, wall {100 * r['wall_overhead']:+.1f}%, "
                 f"commit {r['commit_s_mean']:.2f} s"
             )
+    tiers = doc["parts"].get("tiers")
+    if tiers:
+        from ops.bench.tiers import report as tiers_report
+
+        lines += tiers_report(tiers)
     stitch = doc["parts"].get("stitch")
     if stitch:
         s = stitch["results"]["stitch"]
@@ -484,6 +493,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--write-steps", type=int, default=4, help="step shards written and uploaded (scaled)"
     )
+    p.add_argument("--checkpoint-every", type=int, default=20, help="tiers: N, in clips")
+    p.add_argument(
+        "--budgets-mb-s", type=lambda t: [float(x) for x in t.split(",")], default=[25, 50, 100]
+    )
+    p.add_argument("--max-interval-min", type=float, default=30.0)
+    p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")
     p.add_argument("--tiny-clips", type=int, default=20)
     p.add_argument("--tiny-intervals", type=ints, default=ints("1,2,5,10"))
@@ -497,8 +512,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from ops.bench.tiers import bench_tiers as run
+
+    return run(args, workdir)
+
+
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "engine": bench_engine,
+    "tiers": bench_tiers,
     "stitch": bench_stitch,
     "tiny": bench_tiny,
 }

@@ -106,7 +106,6 @@ from pipeline.tpp.partition import (
     make_partition,
     to_json,
 )
-from pipeline.tpp.pieces import DirectorySource
 from pipeline.tpp.rank import rank_main
 
 
@@ -257,7 +256,7 @@ class Engine:
         restore_meta: dict[str, Any] | None = None
         restore_dir = restore_tensors = None
         if resume_from is not None:
-            restore_meta = DirectorySource(resume_from).meta
+            restore_meta = state_io.CheckpointSource(resume_from).meta
             restore_dir = str(Path(resume_from).resolve())
         elif state is not None:
             restore_meta, restore_tensors = state["meta"], state["tensors"]

@@ -5,19 +5,15 @@ The engine's state uses the single-device names (pipeline.state): `sink.*`, `ste
 `<name>.layers.<a>-<b>` (layers a .. b-1 of the whole), one per rank. With whole steps per rank
 every name is the single-device one, so such a checkpoint is also a single-device checkpoint.
 
-A restoring rank reads what it needs from a `TensorSource`: a checkpoint directory (only the
-tensors it asks for are read from the shard files) or an in-memory state dict.
+A restoring rank reads what it needs from a `pipeline.state.TensorSource`: a checkpoint
+directory (only the tensors it asks for are read from the shard files) or an in-memory state.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
-from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
 
 from pipeline import state as state_io
 
@@ -38,51 +34,9 @@ def parse_piece(name: str, num_layers: int) -> tuple[str, range]:
     return m["base"], range(int(m["a"]), int(m["b"]))
 
 
-class TensorSource(Protocol):
-    def names(self) -> set[str]: ...
-
-    def get(self, name: str) -> torch.Tensor: ...
-
-
-class DictSource:
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self._tensors = tensors
-
-    def names(self) -> set[str]:
-        return set(self._tensors)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
-
-
-class DirectorySource:
-    """A checkpoint directory: its manifest, and tensors read one by one from its shards."""
-
-    def __init__(self, directory: str | os.PathLike[str]):
-        root = Path(directory)
-        self.manifest = state_io.read_manifest(root)
-        self._where: dict[str, Path] = {}
-        for shard in self.manifest["shards"]:
-            path = root / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["bytes"]:
-                raise ValueError(f"{path}: missing or truncated checkpoint shard")
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for key in f.keys():  # noqa: SIM118 - not a dict
-                    self._where[key] = path
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.manifest["meta"]
-
-    def names(self) -> set[str]:
-        return set(self._where)
-
-    def get(self, name: str) -> torch.Tensor:
-        with safe_open(str(self._where[name]), framework="pt", device="cpu") as f:
-            return f.get_tensor(name)
-
-
-def gather_layers(source: TensorSource, base: str, want: range, num_layers: int) -> torch.Tensor:
+def gather_layers(
+    source: state_io.TensorSource, base: str, want: range, num_layers: int
+) -> torch.Tensor:
     """Layers `want` of tensor `base` (dim 0 = layers), assembled from whichever pieces hold
     them. Raises ValueError if some layer is in no piece."""
     parts: list[tuple[range, str]] = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import Generator, Waveform
 from pipeline import state as state_io
@@ -75,6 +76,95 @@ def test_checkpoint_directory_round_trip(tiny, six_clips, tmp_path):
     )
     for clip in resumed:
         assert np.array_equal(clip.frames, six_clips[clip.index])
+
+
+def _sink(stream) -> list[torch.Tensor]:
+    """The sink as attention reads it: unrotated reference keys, and every step's motion keys
+    and values (the reference keys' slot in a step cache is rewritten before every use)."""
+    out = [stream.sink_keys.ref.clone()]
+    for cache in stream.caches:
+        out += [cache.sink_motion_keys.clone(), cache.sink_values.clone()]
+    return out
+
+
+@pytest.mark.parametrize("boundary", [0, 1, 3])
+def test_the_state_keeps_the_sink_latent_and_a_restore_rebuilds_the_sink_bit_for_bit(
+    tiny, boundary
+):
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    for _ in range(boundary):
+        next(stream)
+    sd = stream.state_dict()
+    saved_sink = _sink(stream)
+    names = set(sd["tensors"])
+    assert not names & {"sink.ref_keys", "sink.motion_keys", "sink.values"}
+    g = stream.geometry
+    assert sd["tensors"]["sink.latent"].shape == (16, 1, g.latent_h, g.latent_w)
+    kept = sum(t.numel() * t.element_size() for t in sd["tensors"].values())
+    sink_bytes = sum(t.numel() * t.element_size() for t in saved_sink[:3])
+    rings = sum(c.ring.numel() * c.ring.element_size() for c in stream.caches)
+    assert kept < rings + stream.decoder.nbytes() + sink_bytes // 10
+    stream.close()
+
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), state=sd)
+    for got, want in zip(_sink(resumed), saved_sink, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_the_sink_latent_is_the_portraits_before_clip_0_and_the_models_after(tiny):
+    stream = tiny.open(request(seconds=3.0, num_clips=3))
+    before = stream.state_dict()["tensors"]["sink.latent"]
+    reference, _ = stream._reference_latents()
+    assert torch.equal(before, reference)
+    next(stream)
+    after = stream.state_dict()["tensors"]["sink.latent"]
+    assert not torch.equal(before, after)
+    next(stream)
+    assert torch.equal(stream.state_dict()["tensors"]["sink.latent"], after)  # built once
+
+
+def test_a_format_1_state_with_the_sink_tensors_still_resumes(tiny, six_clips):
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    for _ in range(3):
+        next(stream)
+    sd = stream.state_dict()
+    tensors = {k: v for k, v in sd["tensors"].items() if k != "sink.latent"}
+    tensors["sink.ref_keys"] = stream.sink_keys.ref.clone()
+    tensors["sink.motion_keys"] = stream.caches[0].sink_motion_keys.clone()
+    tensors["sink.values"] = stream.caches[0].sink_values.clone()
+    old = {"meta": sd["meta"], "tensors": tensors}
+    stream.close()
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), state=old)
+    assert [c.frames.tobytes() for c in resumed] == [f.tobytes() for f in six_clips[3:]]
+
+
+def test_a_checkpoint_is_read_straight_into_strided_tensors(tiny, tmp_path):
+    stream = tiny.open(request(seconds=2.0, num_clips=2))
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    source = state_io.CheckpointSource(tmp_path / "ckpt", chunk_bytes=1)
+    whole = state_io.read_checkpoint(tmp_path / "ckpt")
+    assert source.names() == set(whole["tensors"]) and source.meta == whole["meta"]
+    ring = whole["tensors"]["step.1.ring"]
+    # a ring is a strided view of a larger cache: the restore fills it in place
+    host = torch.full((*ring.shape[:2], ring.shape[2] + 5, *ring.shape[3:]), 7.0, dtype=ring.dtype)
+    target = host[:, :, 5:]
+    assert not target.is_contiguous()
+    source.fill({"step.1.ring": target})
+    assert torch.equal(target, ring)
+    assert (host[:, :, :5] == 7.0).all()  # nothing outside the view is touched
+    with pytest.raises(ValueError, match="step.0.ring"):
+        source.fill({"step.0.ring": torch.zeros(3, dtype=ring.dtype)})
+
+
+def test_a_truncated_shard_is_refused_before_anything_is_read(tiny, tmp_path):
+    stream = tiny.open(request(seconds=2.0, num_clips=2))
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    shard = tmp_path / "ckpt" / "step-2.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        tiny.open(request(seconds=2.0, num_clips=2), resume_from=tmp_path / "ckpt")
 
 
 def test_a_directory_without_manifest_is_not_a_checkpoint(tiny, tmp_path):

@@ -34,6 +34,7 @@ from worker.provenance import iter_frame_hashes
 
 pytestmark = pytest.mark.slow
 
+LOCAL_OR_REMOTE = re.compile(r"starts at clip (\d+) of \d+ .*\(the (local|remote) tier\)")
 START = re.compile(
     r"job (?P<job>[0-9a-f-]{36}): attempt (?P<attempt>\d+) of \d+ starts at clip (?P<clip>\d+)"
 )
@@ -138,6 +139,9 @@ def test_kill_9_anywhere_and_sigterm_then_the_video_equals_an_uninterrupted_one(
         assert first == max(before, default=0), (attempt, first, before)
         assert generated == list(range(first, first + len(generated))), (attempt, generated)
     assert attempts[6][1] == []  # the last attempt only stitched
+    # the workers share a node: every resume after a kill -9 read the node's disk
+    tiers = dict(LOCAL_OR_REMOTE.findall(logs))
+    assert {clip for clip, tier in tiers.items() if tier == "local"} >= {"2", "4"}, tiers
     sixth.stop()
 
 

@@ -202,3 +202,28 @@ def test_the_budget_decides_when_a_checkpoint_goes_to_the_bucket():
     clock[0] = 70.0
     assert policy.due(10**9)  # far over budget, but an hour... the longest interval is up
     assert RemotePolicy(TierSettings(node="n", local=False)).due(10**12)  # no local tier
+
+
+def test_a_seal_checks_every_chunk_of_every_file(tmp_path, monkeypatch):
+    from worker import tiers
+
+    monkeypatch.setattr(tiers, "CRC_CHUNK", 1024)  # many chunks from small files
+    local = LocalTier(tmp_path)
+    d = tmp_path / "job" / "000004"
+    d.mkdir(parents=True)
+    (d / "step-0.safetensors").write_bytes(bytes(range(256)) * 40)  # 10 chunks
+    (d / "manifest.json").write_text("{}")
+    assert local.seal(d) == 10240 + 2
+    seal = json.loads((d / SEAL).read_text())
+    assert len(seal["files"]["step-0.safetensors"]["crc32"]) == 10
+    assert local.valid(d, verify=True)
+
+    data = bytearray((d / "step-0.safetensors").read_bytes())
+    data[5 * 1024 + 17] ^= 0x01  # one bit, in the middle chunk
+    (d / "step-0.safetensors").write_bytes(bytes(data))
+    assert local.valid(d, verify=False)  # sizes alone cannot tell
+    assert not local.valid(d, verify=True)
+
+    local.seal(d)
+    monkeypatch.setattr(tiers, "CRC_CHUNK", 4096)  # sealed with another chunk size
+    assert not local.valid(d, verify=True)

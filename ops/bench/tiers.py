@@ -1,0 +1,385 @@
+"""The two checkpoint tiers on one GPU: a part of `ops/bench/lifecycle.py` (`--parts tiers`).
+
+    python -m ops.bench.lifecycle --parts tiers --engine-preset liveavatar-14b \\
+        --engine-device cuda --out bench-out/lifecycle-tiers.json
+
+What it measures, on `--engine-preset` with random weights at `--engine-size`:
+
+  stall     a stream renders a warm-up clip and two timed clips; its state is captured into
+            pinned host memory (the GPU's stall per checkpoint: the second capture, the
+            buffers being the stream's own by then), written as a local checkpoint
+            (`pipeline.state.write_checkpoint`) and sealed (`worker.tiers.LocalTier.seal`:
+            per-chunk CRC-32s), the way the committer does beside generation; the clip after
+            the boundary is rendered for reference (its frames' hash, and the sink's).
+  resume    fresh processes, as a worker restarted on the node: each builds the model, checks
+            the local checkpoint's seal beside the build (as the worker checks it beside its
+            model load), opens the stream from the checkpoint and renders its first clip. Once
+            with the checkpoint in the page cache (a worker restarted soon after writing it),
+            once after evicting it (`posix_fadvise(DONTNEED)`: a node rebooted). A third
+            process opens a fresh stream and renders its first clip, for comparison. Each
+            resumed process reports whether its frames and its rebuilt sink are bit-identical
+            to the uninterrupted stream's.
+  remote    the download of one step shard (a copy into another directory: a proxy for the
+            bucket, faster than a real one), scaled by bytes to the whole state.
+  bucket    bytes sent to the bucket per hour of rendered video: every checkpoint (every N
+            clips, the single tier) against `worker.tiers.RemotePolicy` at each upload budget
+            in `--budgets-mb-s` (the local tier every N clips, at equal crash loss on a
+            surviving node), replayed over the boundaries of one hour of video at the measured
+            clip time and state size.
+
+A worker's model load is not in these processes (random weights build in about a second);
+resume from a worker's start is reported as max(model load, seal check) + open + first clip,
+with the model load given by `--model-load-s` (default: the 14B release's cold load on one
+H200, `ops/bench/load.py`, 2026-11-21).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FPS = 25
+
+
+def log(msg: str) -> None:
+    print(f"[tiers] {msg}", flush=True)
+
+
+# ---- the request every process renders ---------------------------------------------------
+
+
+def make_request(size: str, infer_frames: int, clips: int) -> Any:
+    from ops.bench.lifecycle import portrait_png, speech_wav
+    from pipeline import RenderRequest
+    from pipeline.params import check_size_key
+
+    width, height = check_size_key(size)
+    return RenderRequest(
+        image=portrait_png(width, height),
+        audio=speech_wav(clips * infer_frames / FPS + 1.0),
+        prompt="A presenter speaks to the camera.",
+        size=size,
+        num_clips=clips,
+        infer_frames=infer_frames,
+        seed=1,
+    )
+
+
+def build(preset: str, device: Any, layers: int) -> Any:
+    from pipeline import Generator
+
+    overrides = {"num_layers": layers} if layers else None
+    return Generator.from_preset(
+        preset, device=device, random_weights=True, dit_overrides=overrides
+    )
+
+
+def frames_hash(frames: Any) -> str:
+    return hashlib.sha256(frames.tobytes()).hexdigest()
+
+
+def sink_hash(stream: Any) -> str:
+    """The sink as attention reads it (unrotated reference keys, each step's motion keys and
+    values), hashed on the host."""
+    h = hashlib.sha256()
+    parts = [stream.sink_keys.ref]
+    for cache in stream.caches:
+        parts += [cache.sink_motion_keys, cache.sink_values]
+    for t in parts:
+        h.update(t.contiguous().view(-1).view(__import__("torch").uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- the measuring process ------------------------------------------------------------------
+
+
+def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    import torch
+
+    from pipeline import state as state_io
+    from worker.tiers import LocalTier, RemotePolicy, TierSettings
+
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.engine_device == "auto" else args.engine_device)
+    gen = build(args.engine_preset, device, args.engine_layers)
+    clips = 4  # warm-up, two timed, the one after the boundary
+    request = make_request(args.engine_size, args.infer_frames, clips)
+    started = time.perf_counter()
+    stream = gen.open(request)
+    sync(device)
+    open_s = time.perf_counter() - started
+    clip_times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        next(stream)
+        sync(device)
+        clip_times.append(time.perf_counter() - started)
+    clip_s = min(clip_times[1:])
+    boundary = stream.next_clip
+
+    captures = []
+    state: dict[str, Any] = {}
+    for _ in range(2):
+        started = time.perf_counter()
+        state = stream.state_dict(pin_memory=True)
+        captures.append(time.perf_counter() - started)
+    state_bytes = sum(t.numel() * t.element_size() for t in state["tensors"].values())
+    shards: dict[str, int] = {}
+    for name, t in state["tensors"].items():
+        shard = state_io.shard_of(name)
+        shards[shard] = shards.get(shard, 0) + t.numel() * t.element_size()
+    log(f"state {state_bytes / 1e9:.2f} GB ({shards}); captures {captures}")
+
+    local = LocalTier(workdir / "local")
+    directory = local.directory(__import__("uuid").uuid4(), boundary)
+    started = time.perf_counter()
+    state_io.write_checkpoint(state, directory)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    sealed = local.seal(directory)
+    seal_s = time.perf_counter() - started
+    log(f"local checkpoint: write {write_s:.1f} s, seal {seal_s:.1f} s, {sealed / 1e9:.2f} GB")
+    del state
+    expected_sink = sink_hash(stream)
+    expected_clip = frames_hash(next(stream).frames)
+    stream.close()
+    gen.shutdown()
+    del stream, gen
+    __import__("gc").collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    started = time.perf_counter()
+    assert local.valid(directory, verify=True)
+    verify_s = time.perf_counter() - started
+
+    def child(mode: str) -> dict[str, Any]:
+        cmd = [
+            sys.executable, "-m", "ops.bench.tiers", mode,
+            "--preset", args.engine_preset, "--device", str(device),
+            "--size", args.engine_size, "--infer-frames", str(args.infer_frames),
+            "--layers", str(args.engine_layers), "--clips", str(clips),
+            "--checkpoint", str(directory),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["process_s"] = time.perf_counter() - started
+        log(f"{mode}: {result}")
+        return result
+
+    warm = child("resume")
+    evicted = evict(directory)
+    cold = child("resume")
+    fresh = child("fresh")
+
+    # remote: one step shard through the bucket proxy, scaled to the state
+    shard = directory / "step-0.safetensors"
+    evict(directory)
+    copy = workdir / "download" / shard.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    shutil.copyfile(shard, copy)
+    with open(copy, "rb+") as f:
+        os.fsync(f.fileno())
+    download_s = (time.perf_counter() - started) * sealed / shard.stat().st_size
+    shutil.rmtree(copy.parent)
+    shutil.rmtree(directory.parent)
+
+    load_s = args.model_load_s
+    for r in (warm, cold, fresh):
+        r["first_frame_from_worker_start_s"] = (
+            max(load_s, r.get("verify_s", 0.0)) + r["open_s"] + r["first_clip_s"]
+        )
+    remote_from_start = max(load_s, download_s) + cold["open_s"] + cold["first_clip_s"]
+
+    # bytes to the bucket per hour of video
+    n = args.checkpoint_every
+    clips_per_hour = 3600 * FPS / args.infer_frames
+    boundaries = int(clips_per_hour // n)
+    today = boundaries * state_bytes
+    budgets = {}
+    for mb_s in args.budgets_mb_s:
+        clock = [0.0]
+        policy = RemotePolicy(
+            TierSettings(
+                node="bench",
+                upload_bytes_per_s=mb_s * 1e6,
+                upload_max_interval_s=args.max_interval_min * 60,
+            ),
+            clock=lambda clock=clock: clock[0],
+        )
+        uploads = 0
+        for b in range(1, boundaries + 1):
+            clock[0] = b * n * clip_s
+            if policy.due(state_bytes):
+                policy.uploaded()
+                uploads += 1
+        budgets[str(mb_s)] = {
+            "uploads_per_video_hour": uploads,
+            "bytes_per_video_hour": uploads * state_bytes,
+            "fraction_of_single_tier": uploads / boundaries,
+            "most_clips_lost_if_the_node_is_lost": (
+                n * -(-boundaries // max(uploads, 1)) if uploads else boundaries * n
+            ),
+        }
+    return {
+        "preset": args.engine_preset,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "size": args.engine_size,
+        "open_s": open_s,
+        "clip_times_s": clip_times,
+        "clip_s": clip_s,
+        "state_bytes": state_bytes,
+        "shard_bytes": shards,
+        "capture_s": captures,
+        "stall_per_checkpoint_s": captures[-1],
+        "stall_fraction_at_n": captures[-1] / (args.checkpoint_every * clip_s),
+        "local_write_s": write_s,
+        "local_seal_s": seal_s,
+        "local_background_s": write_s + seal_s,
+        "local_verify_warm_s": verify_s,
+        "page_cache_evicted": evicted,
+        "resume_local_warm": warm,
+        "resume_local_cold": cold,
+        "fresh": fresh,
+        "expected_clip_sha256": expected_clip,
+        "expected_sink_sha256": expected_sink,
+        "frames_identical": warm["clip_sha256"] == expected_clip == cold["clip_sha256"],
+        "sink_identical": warm["sink_sha256"] == expected_sink == cold["sink_sha256"],
+        "download_proxy_s": download_s,
+        "model_load_s": load_s,
+        "resume_remote_from_worker_start_s": remote_from_start,
+        "checkpoint_every": n,
+        "single_tier_bytes_per_video_hour": today,
+        "by_budget_mb_s": budgets,
+    }
+
+
+def evict(directory: Path) -> bool:
+    """Drop the checkpoint's pages from the page cache (as after a reboot)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in directory.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def report(part: dict[str, Any]) -> list[str]:
+    warm, cold, fresh = part["resume_local_warm"], part["resume_local_cold"], part["fresh"]
+    lines = [
+        f"tiers {part['preset']} on {part['device_name']} at {part['size']}: clip "
+        f"{part['clip_s']:.2f} s, state {part['state_bytes'] / 1e9:.2f} GB",
+        f"  stall per checkpoint {part['stall_per_checkpoint_s']:.2f} s "
+        f"({100 * part['stall_fraction_at_n']:.2f}% at N={part['checkpoint_every']}); local "
+        f"write {part['local_write_s']:.1f} s + seal {part['local_seal_s']:.1f} s beside it",
+        "  | process | verify | open | first clip | from worker start |",
+    ]
+    for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
+        lines.append(
+            f"  | {label} | {r.get('verify_s', 0):.1f} s | {r['open_s']:.1f} s | "
+            f"{r['first_clip_s']:.1f} s | {r['first_frame_from_worker_start_s']:.1f} s |"
+        )
+    lines.append(
+        f"  frames identical {part['frames_identical']}, sink identical {part['sink_identical']};"
+        f" remote resume from start {part['resume_remote_from_worker_start_s']:.1f} s "
+        f"(download proxy {part['download_proxy_s']:.1f} s)"
+    )
+    today = part["single_tier_bytes_per_video_hour"]
+    lines.append(f"  bucket bytes per hour of video: single tier {today / 1e12:.2f} TB")
+    for mb_s, b in part["by_budget_mb_s"].items():
+        lines.append(
+            f"    budget {mb_s} MB/s: {b['bytes_per_video_hour'] / 1e12:.3f} TB "
+            f"({100 * b['fraction_of_single_tier']:.1f}%), node loss costs up to "
+            f"{b['most_clips_lost_if_the_node_is_lost']} clips"
+        )
+    return lines
+
+
+# ---- the resuming process -------------------------------------------------------------------
+
+
+def child_main(argv: list[str]) -> None:
+    started = time.perf_counter()
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("resume", "fresh"))
+    p.add_argument("--preset")
+    p.add_argument("--device")
+    p.add_argument("--size")
+    p.add_argument("--infer-frames", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--clips", type=int)
+    p.add_argument("--checkpoint", type=Path)
+    a = p.parse_args(argv)
+    import torch
+
+    from worker.tiers import LocalTier
+
+    device = torch.device(a.device)
+    verified: dict[str, Any] = {}
+
+    def verify() -> None:  # as the worker: beside the model load
+        t0 = time.perf_counter()
+        verified["ok"] = LocalTier(a.checkpoint.parent.parent).valid(a.checkpoint, verify=True)
+        verified["s"] = time.perf_counter() - t0
+
+    checker = threading.Thread(target=verify) if a.mode == "resume" else None
+    if checker is not None:
+        checker.start()
+    t0 = time.perf_counter()
+    gen = build(a.preset, device, a.layers)
+    sync(device)
+    build_s = time.perf_counter() - t0
+    if checker is not None:
+        checker.join()
+        assert verified["ok"], "the local checkpoint's seal does not match"
+    request = make_request(a.size, a.infer_frames, a.clips)
+    t0 = time.perf_counter()
+    if a.mode == "resume":
+        stream = gen.open(request, resume_from=a.checkpoint)
+    else:
+        stream = gen.open(request)
+    sync(device)
+    open_s = time.perf_counter() - t0
+    sink = sink_hash(stream) if a.mode == "resume" else ""
+    t0 = time.perf_counter()
+    clip = next(stream)
+    sync(device)
+    first_clip_s = time.perf_counter() - t0
+    out = {
+        "mode": a.mode,
+        "build_s": build_s,
+        "verify_s": verified.get("s", 0.0),
+        "open_s": open_s,
+        "first_clip_s": first_clip_s,
+        "clip_index": clip.index,
+        "clip_sha256": frames_hash(clip.frames),
+        "sink_sha256": sink,
+        "since_process_start_s": time.perf_counter() - started,
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
