@@ -4,17 +4,13 @@ A state is `{"meta": <JSON-able dict>, "tensors": {name: CPU tensor}}`, as retur
 `Stream.state_dict()`. Tensor names are grouped by owner, so a pipeline-parallel engine can
 write and read its share alone:
 
-    sink.latent   the latent frame the sink was built from [16, 1, h, w] (float32): the
-                  portrait's reference latent before the first clip, the model's own first
-                  frame after it (adaptive sink)
+    sink.*        reference keys, motion keys and values of the sink (all steps share them)
     step.<i>.*    the ring cache of denoising step i
     decoder.*     the streaming VAE decoder's feature cache
 
-Only what cannot be recomputed exactly is kept. The sink's keys and values (the same in every
-step's cache; 2.3 GB at 720x400 for the 14B model) are a function of the sink latent, the
-portrait, the prompt and the model: a restore runs the sink through the model again and gets
-the same bits. States of format 1 kept them (`sink.ref_keys`, `sink.motion_keys`,
-`sink.values`); they still resume.
+The sink (2.3 GB at 720x400 for the 14B model) is a function of its latent, the portrait, the
+prompt and the model, but it is kept: rebuilt in another process on a GPU it does not come out
+with the same bits (see docs/benchmarks.md, the two checkpoint tiers), and a resume must.
 
 `save_state` / `load_state` keep a whole state in one file (or file object).
 `write_checkpoint` / `read_checkpoint` keep it in a directory, one shard per group, and write
@@ -42,9 +38,8 @@ from safetensors.torch import save_file as st_save_file
 from pipeline.params import Precision, PrecisionMismatch
 from pipeline.weights.safetensors_file import TensorEntry, TensorFile, read_header
 
-FORMAT = "longtake.stream-state/2"
-READABLE = ("longtake.stream-state/1", FORMAT)
-"""Formats a restore accepts: 1 kept the sink's keys and values, 2 keeps the sink latent."""
+FORMAT = "longtake.stream-state/1"
+READABLE = (FORMAT,)
 MANIFEST = "manifest.json"
 _META_KEY = "longtake.state"
 

@@ -134,7 +134,6 @@ class Stream:
         cuda = self._device.type == "cuda"
         self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
         self._motion: torch.Tensor | None = None
-        self._sink_latent: torch.Tensor | None = None  # what the sink was built from
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
         self._pinned: dict[str, torch.Tensor] = {}  # reused state capture buffers
@@ -260,7 +259,6 @@ class Stream:
         latents) through the model into every step's cache."""
         _, motion = self._reference_latents()
         self.denoiser.prefill_sink(self.caches, self.sink_keys, latent, motion)
-        self._sink_latent = latent.clone()
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -286,8 +284,11 @@ class Stream:
             buf.copy_(t, non_blocking=True)
             return buf
 
-        assert self._sink_latent is not None
-        live = {"sink.latent": self._sink_latent}  # the sink itself is rebuilt from it
+        live = {
+            "sink.ref_keys": self.sink_keys.ref,
+            "sink.motion_keys": self.caches[0].sink_motion_keys,
+            "sink.values": self.caches[0].sink_values,
+        }
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
         dec_tensors, dec_meta = self.decoder.state_dict()
@@ -324,6 +325,8 @@ class Stream:
         missing = sorted(set(rings) - source.names())
         if missing:
             raise ValueError("the stream state has no " + ", ".join(missing))
+        if self._device.type == "cuda":  # the caches' zero fill first: the copies run on a
+            torch.cuda.current_stream(self._device).synchronize()  # stream of their own
         done: Future[None] = Future()
 
         def fill() -> None:
@@ -337,27 +340,29 @@ class Stream:
         return done
 
     def _finish_restore(self, source: state_io.TensorSource) -> None:
-        """The sink (rebuilt from its latent, or copied from a format-1 state), the decoder's
-        cache and the clip index."""
+        """The sink, the decoder's cache and the clip index.
+
+        The sink is copied, not rebuilt from its latent: on a GPU the sink's prefill in another
+        process does not give the same bits (measured on an H200: a fresh open's sink differs
+        between processes while every block's step repeats exactly), so only a copy resumes
+        exactly."""
         meta, names = source.meta, source.names()
-        if "sink.latent" in names:
-            self._build_sink(source.get("sink.latent").to(self._device))
-        else:
-            self.sink_keys.ref.copy_(source.get("sink.ref_keys").to(self._device))
-            motion_keys = source.get("sink.motion_keys").to(self._device)
-            values = source.get("sink.values").to(self._device)
-            for cache in self.caches:
-                cache.sink_motion_keys.copy_(motion_keys)
-                cache.sink_values.copy_(values)
-            self._reference_latents()
+        source.fill(
+            {
+                "sink.ref_keys": self.sink_keys.ref,
+                "sink.motion_keys": self.caches[0].sink_motion_keys,
+                "sink.values": self.caches[0].sink_values,
+            }
+        )
+        for cache in self.caches[1:]:  # the same sink in every step's cache
+            cache.sink_motion_keys.copy_(self.caches[0].sink_motion_keys)
+            cache.sink_values.copy_(self.caches[0].sink_values)
         prefix = "decoder."
         self.decoder.load_state_dict(
             {k[len(prefix) :]: source.get(k) for k in names if k.startswith(prefix)},
             meta["decoder"],
         )
         self.next_clip = int(meta["next_clip"])
-        if self.next_clip > 0 and self.num_clips > 1:
-            self._motion = None  # the adaptive sink was built: the portrait is not needed again
 
     def checkpoint(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write the state's shards into `directory`, then manifest.json last."""

@@ -58,14 +58,15 @@ def log(msg: str) -> None:
 
 
 def make_request(size: str, infer_frames: int, clips: int) -> Any:
-    from ops.bench.lifecycle import portrait_png, speech_wav
-    from pipeline import RenderRequest
+    from ops.bench.lifecycle import portrait_png
+    from ops.demo import synthesize_speech
+    from pipeline import RenderRequest, Waveform
     from pipeline.params import check_size_key
 
     width, height = check_size_key(size)
     return RenderRequest(
         image=portrait_png(width, height),
-        audio=speech_wav(clips * infer_frames / FPS + 1.0),
+        audio=Waveform(synthesize_speech(clips * infer_frames / FPS + 1.0)),  # no decoder needed
         prompt="A presenter speaks to the camera.",
         size=size,
         num_clips=clips,

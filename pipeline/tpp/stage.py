@@ -43,7 +43,7 @@ from pipeline.text import encode_prompt
 from pipeline.tpp import protocol as msg
 from pipeline.tpp.config import EngineConfig
 from pipeline.tpp.links import Link, Packet, Shapes
-from pipeline.tpp.partition import Unit
+from pipeline.tpp.partition import Unit, sink_layers
 from pipeline.tpp.pieces import gather_layers, piece_name
 from pipeline.tpp.timeline import Timeline
 
@@ -109,15 +109,11 @@ class RankStream:
         restore = self._restore_source()
 
         text = self._exchange_text() if ctx.is_dit else None
-        # the portrait's motion latents: the sink is built from them, also on a restore
-        self.motion: torch.Tensor | None = self._exchange_motion()
-        self.sink_latent: torch.Tensor | None = None  # what the sink was built from
+        self.motion = self._exchange_motion() if spec.start_clip == 0 else None
         if ctx.is_dit:
             self._open_dit(text, restore)
         if ctx.decodes:
             self.decode = DecodeStage(self, restore)
-        if spec.start_clip > 0 or not ctx.is_dit:
-            self.motion = None  # no sink is built from it again here
         self.open_s = time.perf_counter() - started
 
     # ---- opening -------------------------------------------------------------------------
@@ -223,33 +219,22 @@ class RankStream:
         self.downstream = Link(rank + 1, self.device) if rank < ctx.cfg.world_size - 1 else None
         if restore is not None:
             self._load_dit(restore)
-        else:
+        elif self.piece:
             assert self.motion is not None
-            self._build_sink(self.motion[:, 1:2])
-
-    def _build_sink(self, latent: torch.Tensor) -> None:
-        """Run the sink (`latent` [16, 1, h, w] as its reference frame, the portrait's motion
-        latents) through this rank's layers into its caches."""
-        assert self.motion is not None
-        if self.piece:
             self.denoiser.prefill_sink(
-                list(self.caches.values()), self.sink_keys, latent, self.motion
+                list(self.caches.values()), self.sink_keys, self.motion[:, 1:2], self.motion
             )
-        self.sink_latent = latent.clone()
 
     def _load_dit(self, source: TensorSource) -> None:
         n = self.num_layers
         sk = self.sink_keys
-        if "sink.latent" in source.names():  # the sink is rebuilt, not read
-            self._build_sink(source.get("sink.latent").to(self.device))
         for u in self.piece:
             cache = self.caches[u.step]
-            if "sink.latent" not in source.names():  # a format-1 state kept the sink itself
-                sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start].copy_(
-                    gather_layers(source, "sink.ref_keys", u.layers, n)
-                )
-                cache.sink_motion_keys.copy_(gather_layers(source, "sink.motion_keys", u.layers, n))
-                cache.sink_values.copy_(gather_layers(source, "sink.values", u.layers, n))
+            sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start].copy_(
+                gather_layers(source, "sink.ref_keys", u.layers, n)
+            )
+            cache.sink_motion_keys.copy_(gather_layers(source, "sink.motion_keys", u.layers, n))
+            cache.sink_values.copy_(gather_layers(source, "sink.values", u.layers, n))
             name = piece_name(f"step.{u.step}.ring", u.layers, n)
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
@@ -340,7 +325,11 @@ class RankStream:
             # capture(0) must still see the portrait's sink
             self._wait(lambda: self.released >= 0)
             first = self._receive_first_latent()
-            self._build_sink(first)
+            if self.piece:
+                assert self.motion is not None
+                self.denoiser.prefill_sink(
+                    list(self.caches.values()), self.sink_keys, first, self.motion
+                )
             self.motion = None
         self.position = ("at", clip)
         if clip >= spec.num_clips:
@@ -488,14 +477,34 @@ class RankStream:
                 rings = found[0]
             for u in self.piece:
                 tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
-            if self.ctx.rank == 0:  # every DiT rank built its sink from the same latent
-                assert self.sink_latent is not None
-                tensors["sink.latent"] = self.sink_latent
+            tensors.update(self._sink_piece())
         if self.decode is not None:
             dec_tensors, dec_meta = self.decode.state_at(boundary)
             tensors.update({f"decoder.{k}": v for k, v in dec_tensors.items()})
             meta["decoder"] = dec_meta
         return tensors, meta
+
+    def _sink_piece(self) -> dict[str, torch.Tensor]:
+        """The sink layers this rank saves (each layer by the lowest rank that holds it)."""
+        mine = sink_layers(self.spec.partition, self.ctx.rank)
+        if not mine:
+            return {}
+        sk = self.sink_keys
+        motion, values = [], []
+        for layer in mine:
+            u = next(u for u in self.piece if layer in u.layers)
+            kv = self.caches[u.step].layer(layer)
+            g = self.geometry
+            motion.append(kv[0, g.ref_tokens : g.sink_tokens])
+            values.append(kv[1, : g.sink_tokens])
+        n = self.num_layers
+        return {
+            piece_name("sink.ref_keys", mine, n): sk.ref[
+                mine.start - sk.layers.start : mine.stop - sk.layers.start
+            ],
+            piece_name("sink.motion_keys", mine, n): torch.stack(motion),
+            piece_name("sink.values", mine, n): torch.stack(values),
+        }
 
     def _to_host(self, tensors: dict[str, torch.Tensor], reuse: str | None) -> dict:
         """Copies in host memory the caller can map (shared memory); `reuse`: into buffers
@@ -564,6 +573,8 @@ def _split_groups(partition: Any) -> set[str]:
     for r, piece in enumerate(partition):
         for u in piece:
             owners.setdefault(f"step-{u.step}", set()).add(r)
+        if sink_layers(partition, r):
+            owners.setdefault("sink", set()).add(r)
     return {group for group, ranks in owners.items() if len(ranks) > 1}
 
 
