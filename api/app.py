@@ -83,6 +83,7 @@ def _openapi(app: FastAPI, services: Services) -> dict[str, Any]:
         "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
         **batches.request_schemas(template, reference["pattern"]),
     }
+    _speech_choices(bodies["BatchJob"]["properties"], services)
     for name, body in bodies.items():
         components.update(body.pop("$defs", {}))  # nested models, referred to by the template
         components[name] = body

@@ -201,3 +201,73 @@ def test_a_bad_script_is_refused_with_what_to_fix_and_leaves_nothing(api_client,
     assert error["code"] == bad.code
     assert bad.message in error["message"], error["message"]
     assert leftovers(api_services) == NOTHING
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_a_batch_mixes_scripts_and_audio_and_speaks_each_distinct_script_once(
+    api_client, api_services
+):
+    face = api_client.post("/v1/uploads", files={"file": IMAGE}, data={"kind": "image"}).json()
+    talk = api_client.post(
+        "/v1/uploads", files={"file": ("t.wav", media.wav(2.0))}, data={"kind": "audio"}
+    ).json()
+    body = {
+        "inputs": {"face": face["id"]},
+        "defaults": {"image": "face", "language": "en-us", "size": "384*256"},
+        "jobs": [
+            {"prompt": "lesson 1", "script": "Lesson one. Shapes."},
+            {"prompt": "lesson 2", "script": "Lesson two. Colours.", "voice": "m3"},
+            {"prompt": "lesson 1 again", "script": "Lesson one. Shapes.", "seed": 2},
+            {"prompt": "recorded", "audio": talk["id"], "language": None},
+        ],
+    }
+    r = api_client.post("/v1/batches", json=body)
+    assert r.status_code == 201, r.text
+    jobs = [api_client.get(f"/v1/jobs/{i}").json() for i in r.json()["job_ids"]]
+    scripts = [j["params"]["script"] for j in jobs]
+    assert [s and (s["text"], s["voice"]) for s in scripts] == [
+        ("Lesson one. Shapes.", "default"), ("Lesson two. Colours.", "m3"),
+        ("Lesson one. Shapes.", "default"), None,
+    ]  # fmt: skip
+    # the same script is spoken and stored once, as an upload, like a shared audio file
+    keys = [j["inputs"]["audio"] for j in jobs]
+    assert keys[0] == keys[2] != keys[1] and keys[3] == f"uploads/{talk['id']}.wav"
+    for job, text, voice in ((jobs[0], "Lesson one. Shapes.", "default"),
+                             (jobs[1], "Lesson two. Colours.", "m3")):  # fmt: skip
+        samples, _ = wav_samples(api_services.storage.get_bytes(job["inputs"]["audio"]))
+        assert np.array_equal(samples, EspeakEngine().synthesise(text, "en-us", voice).samples)
+    assert len(api_services.storage.list()) == 4  # face, talk and two spoken scripts
+
+
+@pytest.mark.parametrize(
+    ("job", "code", "message"),
+    [
+        ({"script": "", "language": "en-us"}, "invalid_parameter", "jobs[1].script: the script is empty"),
+        ({"script": "Hi\x07", "language": "en-us"}, "invalid_parameter", "U+0007"),
+        ({"script": "Hi", "language": "xx"}, "unknown_language", "jobs[1].language: espeak-ng does not speak 'xx'"),
+        ({"script": "Hi", "language": "en-us", "voice": "zz"}, "unknown_voice", "jobs[1].voice"),
+        ({"script": "Hi", "language": "en-us", "audio": "talk"}, "script_and_audio", "jobs[1]: send either"),
+        ({}, "missing_input", "jobs[1].audio is required: an input name, s3:// URI or upload id, or a script"),
+        ({"script": "Speak for a long time. " * 60, "language": "en-us"}, "audio_too_long", "jobs[1].script: the speech"),
+    ],
+)  # fmt: skip
+def test_a_batch_with_a_bad_script_is_refused_whole_and_leaves_nothing(
+    api_client, api_services, job, code, message
+):
+    face = api_client.post("/v1/uploads", files={"file": IMAGE}, data={"kind": "image"}).json()
+    talk = api_client.post(
+        "/v1/uploads", files={"file": ("t.wav", media.wav(2.0))}, data={"kind": "audio"}
+    ).json()
+    before = leftovers(api_services)
+    body = {
+        "inputs": {"face": face["id"], "talk": talk["id"]},
+        "defaults": {"image": "face", "prompt": "p"},
+        "jobs": [{"script": "A good one.", "language": "en-us"}, job],
+    }
+    r = api_client.post("/v1/batches", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code
+    assert message in r.json()["error"]["message"], r.json()["error"]["message"]
+    assert leftovers(api_services) == before  # the good job's speech was not stored either
