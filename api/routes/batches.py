@@ -205,6 +205,23 @@ class _Checked:
     script: ScriptParams | None
 
 
+SPEECH_FIELDS = ("script", "language", "voice", "speech_engine")
+
+
+def _defaults_for(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a job takes: its own audio sets aside the defaults' script, its own script
+    the defaults' audio, and the defaults' language, voice and engine apply only to a job that
+    ends up with a script."""
+    drop = set()
+    if job.get("audio") is not None:
+        drop.add("script")
+    if job.get("script") is not None:
+        drop.add("audio")
+    if job.get("script", None if "script" in drop else defaults.get("script")) is None:
+        drop.update(SPEECH_FIELDS)
+    return {k: v for k, v in defaults.items() if k not in drop}
+
+
 def _validate_jobs(services: Services, body: BatchRequest, caller: Caller) -> list[_Checked]:
     """Each job as a JobRequest with the references of its image and audio (or its script)."""
     for name, value in body.inputs.items():
@@ -218,7 +235,7 @@ def _validate_jobs(services: Services, body: BatchRequest, caller: Caller) -> li
         field = f"jobs[{i}]"
         try:
             req = JobRequest.model_validate(
-                {**body.defaults, **job}, context={"limits": caller.limits}
+                {**_defaults_for(body.defaults, job), **job}, context={"limits": caller.limits}
             )
         except ValidationError as e:
             error = pydantic_error(list(e.errors()))

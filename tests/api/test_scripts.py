@@ -220,7 +220,7 @@ def test_a_batch_mixes_scripts_and_audio_and_speaks_each_distinct_script_once(
             {"prompt": "lesson 1", "script": "Lesson one. Shapes."},
             {"prompt": "lesson 2", "script": "Lesson two. Colours.", "voice": "m3"},
             {"prompt": "lesson 1 again", "script": "Lesson one. Shapes.", "seed": 2},
-            {"prompt": "recorded", "audio": talk["id"], "language": None},
+            {"prompt": "recorded", "audio": talk["id"]},  # the default language is not its
         ],
     }
     r = api_client.post("/v1/batches", json=body)
@@ -239,6 +239,26 @@ def test_a_batch_mixes_scripts_and_audio_and_speaks_each_distinct_script_once(
         samples, _ = wav_samples(api_services.storage.get_bytes(job["inputs"]["audio"]))
         assert np.array_equal(samples, EspeakEngine().synthesise(text, "en-us", voice).samples)
     assert len(api_services.storage.list()) == 4  # face, talk and two spoken scripts
+
+
+def test_a_jobs_own_audio_or_script_sets_aside_the_defaults_other_one(api_client):
+    face = api_client.post("/v1/uploads", files={"file": IMAGE}, data={"kind": "image"}).json()
+    talk = api_client.post(
+        "/v1/uploads", files={"file": ("t.wav", media.wav(2.0))}, data={"kind": "audio"}
+    ).json()
+    body = {
+        "inputs": {"face": face["id"], "talk": talk["id"]},
+        "defaults": {"image": "face", "prompt": "p", "audio": "talk", "language": "en-us",
+                     "voice": "f3", "size": "384*256"},
+        "jobs": [{"script": "Spoken, in the default voice."}, {}, {"script": "Hi", "voice": "m1"}],
+    }  # fmt: skip
+    r = api_client.post("/v1/batches", json=body)
+    assert r.status_code == 201, r.text
+    jobs = [api_client.get(f"/v1/jobs/{i}").json() for i in r.json()["job_ids"]]
+    assert [j["params"]["script"] and j["params"]["script"]["voice"] for j in jobs] == [
+        "f3", None, "m1",
+    ]  # fmt: skip
+    assert jobs[1]["inputs"]["audio"] == f"uploads/{talk['id']}.wav"
 
 
 @pytest.mark.parametrize(
