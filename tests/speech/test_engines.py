@@ -100,3 +100,20 @@ def test_settings_refuse_an_engine_that_is_not_one():
         Settings(speech_engines="festival").make_speech()
     with pytest.raises(ValueError, match="not a SpeechEngine"):
         Settings(speech_engines="tests.speech.tone_engine:not_an_engine").make_speech()
+
+
+def test_speech_stands_alone_on_numpy_and_the_standard_library():
+    """No package of the project is imported by speech/ (the API imports it, not the reverse)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "speech"
+    imported = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "speech"}
