@@ -13,6 +13,7 @@ from api.errors import ApiError
 from api.references import LocalInput
 from api.schemas import JobRequest
 from db.params import ScriptParams
+from pipeline import params as P
 from speech import SpeechEngines, SpeechError
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,24 @@ def script_identity(script: ScriptParams) -> str:
     return "script:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def synthesise(engines: SpeechEngines, script: ScriptParams, dest: Path) -> LocalInput:
+def synthesise(
+    engines: SpeechEngines, script: ScriptParams, dest: Path, field: str = ""
+) -> LocalInput:
     """The script spoken, written to `dest` as a 16-bit mono WAV file (checked afterwards
-    like any audio: api.inputs.inspect_audio)."""
+    like any audio: api.inputs.inspect_audio). A script of no words (".") speaks as less
+    than a video frame: a 422 that says so."""
     engine = engines.get(script.engine)
     assert engine is not None  # resolve_script chose it
     try:
         speech = engine.synthesise(script.text, script.language, script.voice)
     except SpeechError as e:
         raise unavailable(e) from None
+    if speech.duration_s < 1 / P.FPS:
+        raise ApiError(
+            422, "invalid_parameter", f"{field}script: it speaks as {speech.duration_s:.3f} s of "
+            f"sound, less than one video frame; write words for the voice to say",
+            f"{field}script",
+        )  # fmt: skip
     data = speech.wav_bytes()
     dest.write_bytes(data)
     return LocalInput(dest, hashlib.sha256(data).hexdigest())

@@ -285,8 +285,9 @@ def _speak(services: Services, caller: Caller, scripts: list[_Ref], workdir: Pat
 
     def speak(n: int, ref: _Ref) -> None:
         assert ref.script is not None
-        ref.got = synthesise(services.speech, ref.script, workdir / f"script-{n}")
-        ref.info = inspect_speech(ref.got.path, caller, ref.field.removesuffix("script"))
+        field = ref.field.removesuffix("script")
+        ref.got = synthesise(services.speech, ref.script, workdir / f"script-{n}", field)
+        ref.info = inspect_speech(ref.got.path, caller, field)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for done in [pool.submit(speak, n, ref) for n, ref in enumerate(scripts)]:

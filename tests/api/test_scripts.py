@@ -178,6 +178,8 @@ BAD = [
         {"prompt": "A presenter"}),
     Bad("voice-without-script", "invalid_parameter", "voice: belongs to a script",
         {"prompt": "p", "voice": "f3"}, audio=True),
+    Bad("no-words", "invalid_parameter", "less than one video frame; write words",
+        script_fields(script=".")),
     Bad("speech-longer-than-allowed", "audio_too_long",
         "script: the speech spoken from it is refused: the audio lasts",
         script_fields(script="Speak for a long time. " * 60)),
@@ -266,6 +268,7 @@ def test_a_jobs_own_audio_or_script_sets_aside_the_defaults_other_one(api_client
     [
         ({"script": "", "language": "en-us"}, "invalid_parameter", "jobs[1].script: the script is empty"),
         ({"script": "Hi\x07", "language": "en-us"}, "invalid_parameter", "U+0007"),
+        ({"script": ".", "language": "en-us"}, "invalid_parameter", "jobs[1].script: it speaks as"),
         ({"script": "Hi", "language": "xx"}, "unknown_language", "jobs[1].language: espeak-ng does not speak 'xx'"),
         ({"script": "Hi", "language": "en-us", "voice": "zz"}, "unknown_voice", "jobs[1].voice"),
         ({"script": "Hi", "language": "en-us", "audio": "talk"}, "script_and_audio", "jobs[1]: send either"),
