@@ -77,6 +77,11 @@ def _openapi(app: FastAPI, services: Services) -> dict[str, Any]:
     job["properties"]["image"].update(reference)
     job["properties"]["audio"].update(reference)
     _speech_choices(job["properties"], services)
+    # the speech: a track or a script, not both (null is leaving one out)
+    job["not"] = {
+        "required": ["audio", "script"],
+        "properties": {"audio": {"type": "string"}, "script": {"type": "string"}},
+    }
     bodies = {
         "JobRequest": job,
         "JobForm": form_schema(job),
