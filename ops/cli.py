@@ -767,7 +767,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument(
         "--script",
         type=Path,
-        help="a UTF-8 text file the server speaks as the job's audio (- : stdin)",
+        metavar="FILE",
+        help="a UTF-8 text file the server speaks as the job's audio (-: standard input)",
     )
     p.add_argument("--language", help="the script's language, e.g. en-us (`longtake voices`)")
     p.add_argument("--voice", help="the voice that speaks it (default: the engine's)")

@@ -125,3 +125,15 @@ def test_manifest_scripts_are_read_relative_to_the_manifest(tmp_path, lesson):
         bad.write_text(row + "\n")
         with pytest.raises(ManifestError, match=re.escape(message)):
             jobs_from_manifest(bad)
+
+
+def test_submit_reads_the_script_from_standard_input(embedded_service, lesson, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Read from a pipe.\n"))
+    code, out, err = run(capsys, "submit", str(lesson / "teacher.png"), "--script", "-",
+                         "--language", "en-us", "--prompt", "p",
+                         "--api-url", embedded_service.url)  # fmt: skip
+    assert code == 0, err
+    with LongtakeClient(embedded_service.url, api_key=embedded_service.api_key) as client:
+        assert client.get(out.strip())["params"]["script"]["text"] == "Read from a pipe."
