@@ -91,6 +91,11 @@ def test_a_script_job_renders_with_the_spoken_script_as_its_audio_track(
     services.storage.get_file(job["inputs"]["audio"], stored)
     assert np.array_equal(decoded_audio(stored, spoken.sample_rate) * 32768, spoken.samples)
 
+    manifest = json.loads(services.storage.get_bytes(f"jobs/{job_id}/output.manifest.json"))
+    assert (
+        manifest["metadata"]["speech"] == "synthesised from a script by espeak-ng (en-us, voice f3)"
+    )
+
     video = tmp_path / "out.mp4"
     assert cli.main(["fetch", job_id, "-o", str(video), "--api-url", rendering_service.url]) == 0
     capsys.readouterr()
