@@ -54,6 +54,8 @@ class EspeakEngine:
             raise SpeechError(
                 f"{self.executable} is not installed (Debian/Ubuntu: apt-get install espeak-ng)"
             ) from None
+        except OSError as e:  # not executable, too many processes...
+            raise SpeechError(f"cannot run {self.executable}: {e}") from None
         except subprocess.TimeoutExpired:
             raise SpeechError(f"{self.executable} took longer than {self.timeout_s:g} s") from None
         # espeak-ng reports some errors on stdout with exit status 0 (when it synthesises, its

@@ -117,3 +117,10 @@ def test_speech_stands_alone_on_numpy_and_the_standard_library():
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imported.add(node.module.split(".")[0])
     assert imported - set(sys.stdlib_module_names) == {"numpy", "speech"}
+
+
+def test_a_program_that_cannot_run_is_a_speech_error(tmp_path):
+    program = tmp_path / "espeak-ng"
+    program.write_text("#!/bin/sh\n")  # not executable
+    with pytest.raises(SpeechError, match="cannot run"):
+        EspeakEngine(str(program)).languages()
