@@ -36,7 +36,8 @@ test-fast: setup services tools
 services:
 	bash ops/dev/start-services.sh
 
-## Chromium, promtool and docker-compose, which tests drive (installed with apt when missing).
+## Chromium, promtool and docker-compose, which tests drive, and espeak-ng, which speaks the
+## scripts of jobs sent as text (installed with apt when missing).
 tools:
 	bash ops/dev/install-test-tools.sh
 

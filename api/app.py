@@ -10,16 +10,16 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api import dashboard
-from api.config import ApiConfig
 from api.errors import install_error_handlers, method_table
 from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
 from api.references import reference_pattern
-from api.routes import batches, files, health, jobs, uploads, webhooks
+from api.routes import batches, files, health, jobs, uploads, voices, webhooks
 from api.routes.webhooks import WebhookRequest
 from api.schemas import JobRequest, form_schema
 from api.services import Services
+from speech import SpeechError
 
 DESCRIPTION = """Queued, resumable renders of long talking-avatar videos.
 
@@ -38,6 +38,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(uploads.router)
     app.include_router(webhooks.router)
+    app.include_router(voices.router)
     app.include_router(files.router)
     dashboard.install(app)  # the web dashboard at /
 
@@ -54,7 +55,7 @@ def create_app(services: Services) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _openapi(app, services.config)
+            app.openapi_schema = _openapi(app, services)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -62,9 +63,10 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
-def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
+def _openapi(app: FastAPI, services: Services) -> dict[str, Any]:
     """The OpenAPI document, as strict as the server: the request bodies the routes parse
-    themselves, and the bounds this server's configuration sets."""
+    themselves, and the bounds this server's configuration (and its speech engines) set."""
+    config = services.config
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -74,12 +76,19 @@ def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
     job = JobRequest.model_json_schema(ref_template=template)
     job["properties"]["image"].update(reference)
     job["properties"]["audio"].update(reference)
+    _speech_choices(job["properties"], services)
+    # the speech: a track or a script, not both (null is leaving one out)
+    job["not"] = {
+        "required": ["audio", "script"],
+        "properties": {"audio": {"type": "string"}, "script": {"type": "string"}},
+    }
     bodies = {
         "JobRequest": job,
         "JobForm": form_schema(job),
         "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
         **batches.request_schemas(template, reference["pattern"]),
     }
+    _speech_choices(bodies["BatchJob"]["properties"], services)
     for name, body in bodies.items():
         components.update(body.pop("$defs", {}))  # nested models, referred to by the template
         components[name] = body
@@ -102,3 +111,20 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
         return schema
     rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
     return {**rest, **options[0]}
+
+
+def _speech_choices(properties: dict[str, Any], services: Services) -> None:
+    """The script's bounds on this server: its length, and the engines, languages and voices
+    its engines offer (GET /v1/voices says which voice speaks which language)."""
+    properties["script"]["maxLength"] = services.config.limits.max_script_chars
+    try:
+        engines = list(services.speech)
+        choices = {
+            "speech_engine": [e.name for e in engines],
+            "language": sorted({lang for e in engines for lang in e.languages()}),
+            "voice": sorted({v.id for e in engines for v in e.voices()}),
+        }
+    except SpeechError:  # the document is still served; the submission says what is wrong
+        return
+    for name, values in choices.items():
+        properties[name]["anyOf"] = [{"type": "string", "enum": values}, {"type": "null"}]

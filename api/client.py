@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -72,17 +73,24 @@ class LongtakeClient:
     def submit(
         self,
         image: Path,
-        audio: Path,
+        audio: Path | None,
         *,
         idempotency_key: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
-        """Upload the two files with the render parameters (None values are left out)."""
+        """Upload the files with the render parameters (None values are left out). Without
+        audio, the parameters give a script (`script`, `language`, `voice`) to be spoken."""
         data = {k: str(v) for k, v in params.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        with image.open("rb") as image_file, audio.open("rb") as audio_file:
-            files = {"image": (image.name, image_file), "audio": (audio.name, audio_file)}
+        with contextlib.ExitStack() as opened:
+            files = {"image": (image.name, opened.enter_context(image.open("rb")))}
+            if audio is not None:
+                files["audio"] = (audio.name, opened.enter_context(audio.open("rb")))
             return self._request("POST", "/v1/jobs", files=files, data=data, headers=headers).json()
+
+    def voices(self) -> dict[str, Any]:
+        """The speech engines, languages and voices a script may be spoken in."""
+        return self._request("GET", "/v1/voices").json()
 
     def submit_options(self) -> dict[str, Any]:
         """What a submission may choose on this server (the dashboard's form reads the same):

@@ -20,6 +20,8 @@ class InputLimits:
     max_prompt_chars: int = params.PROMPT_MAX_CHARS
     max_num_clips: int = params.NUM_CLIPS_MAX
     max_checkpoint_every: int = 10_000
+    max_script_chars: int = 20_000
+    """A job's script, in characters (about 20 minutes of speech at the default)."""
 
     @property
     def max_request_bytes(self) -> int:

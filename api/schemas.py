@@ -30,6 +30,12 @@ WEBHOOK_URL_PATTERN = "^https?://[^/?#@]+"
 """An absolute http(s) URL with a host (what `check_webhook_url` accepts)."""
 BLANK = " \t\n\r\f\v"
 """What a prompt may not consist of only (and is trimmed of)."""
+SCRIPT_CONTROL = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f"
+"""The control characters a script may not hold (every one but tab, newline and carriage
+return), as a regular expression's class."""
+_SCRIPT_CONTROL = re.compile(f"[{SCRIPT_CONTROL}]")
+SCRIPT_PATTERN = f"^[^{SCRIPT_CONTROL}]*[^{SCRIPT_CONTROL}\\t\\n\\r\\x20][^{SCRIPT_CONTROL}]*$"
+"""A script: no control characters but tab and line breaks, something other than spaces."""
 REFERENCE_PATTERN = UPLOAD_ID_PATTERN
 """An input by reference: an upload id, or (where the server has input buckets; the schema
 it publishes says which: api.references.reference_pattern) an s3:// URI."""
@@ -117,6 +123,32 @@ def check_webhook_secret(secret: str) -> str:
     return secret
 
 
+def check_script(text: str, limit: int) -> str:
+    """The script trimmed of surrounding whitespace; ValueError saying what to fix."""
+    if len(text) > limit:
+        raise ValueError(
+            f"the script has {len(text)} characters; at most {limit} are allowed, split it "
+            "into several jobs"
+        )
+    if (bad := _SCRIPT_CONTROL.search(text)) is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise ValueError(
+            f"the script holds the control character U+{ord(bad.group()):04X} (line {line}, "
+            f"character {bad.start() + 1}); remove it: only tabs and line breaks are allowed"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"the script is not valid Unicode text (character {e.start + 1} is half of a "
+            "surrogate pair); send it as UTF-8"
+        ) from None
+    text = text.strip()
+    if not text:
+        raise ValueError("the script is empty; write the words the presenter says")
+    return text
+
+
 def _from_form(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get("form"))
 
@@ -183,9 +215,27 @@ class JobRequest(BaseModel):
     )
     audio: str | None = Field(
         None,
-        description="The speech by reference (JSON): s3://bucket/key or an upload id.",
+        description="The speech by reference (JSON): s3://bucket/key or an upload id. "
+        "Or send a script instead.",
         json_schema_extra={"pattern": REFERENCE_PATTERN},
     )
+    script: str | None = Field(
+        None,
+        description="The speech as text, instead of audio: synthesised at submit with "
+        "`speech_engine`, `language` and `voice` (GET /v1/voices lists them) and stored as the "
+        "job's audio. Tabs and line breaks are allowed, other control characters are not.",
+        json_schema_extra={"maxLength": LIMITS.max_script_chars, "pattern": SCRIPT_PATTERN},
+    )
+    language: str | None = Field(
+        None, description="The script's language (required with a script): GET /v1/voices."
+    )
+    voice: str | None = Field(
+        None, description="The voice that speaks the script; the engine's default when omitted."
+    )
+    speech_engine: str | None = Field(
+        None, description="The engine that synthesises the script; the server's default when "
+        "omitted.",
+    )  # fmt: skip
     webhook_url: str | None = Field(
         None,
         description="POST this job's events to this http(s) URL, signed (see docs/api.md). "
@@ -229,6 +279,11 @@ class JobRequest(BaseModel):
         if not v:
             raise ValueError("the prompt is empty; describe the speaker and the scene")
         return v
+
+    @field_validator("script")
+    @classmethod
+    def _script(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_script(v, cls._limits(info).max_script_chars)
 
     @field_validator(
         "num_clips", "infer_frames", "sample_steps", "seed", "checkpoint_every", "priority",
@@ -311,7 +366,8 @@ class JobRequest(BaseModel):
 def form_schema(job: dict[str, Any]) -> dict[str, Any]:
     """The multipart form of a job: JobRequest's fields as text fields (numbers as their
     digits, num_clips also as words, webhook_events comma-separated, watermark as JSON text)
-    beside the files image and audio. An omitted field takes its default; there is no null."""
+    beside the files image and audio (or a script instead of audio). An omitted field takes
+    its default; there is no null."""
     properties: dict[str, Any] = {}
     for name, prop in job["properties"].items():
         if name in ("image", "audio"):
@@ -336,7 +392,9 @@ def form_schema(job: dict[str, Any]) -> dict[str, Any]:
         properties[kind] = {"type": "string", "format": "binary"}
     return {
         "type": "object",
-        "required": ["image", "audio", "prompt"],
+        "required": ["image", "prompt"],
+        # the speech: a file, or a script to synthesise
+        "oneOf": [{"required": ["audio"]}, {"required": ["script"]}],
         "properties": properties,
         "additionalProperties": False,
     }

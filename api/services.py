@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from api.quota import QuotaCounter
     from api.ratelimit import RateLimiter
     from api.references import UploadCache
+    from speech import SpeechEngines
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Services:
     """Set when the process shuts down: open event streams end."""
     resolver: Resolver | None = None
     """Resolves webhook hosts (the system's resolver by default)."""
+    speech: SpeechEngines | Any = None
+    """The engines that synthesise scripts (espeak-ng alone by default)."""
 
     def __post_init__(self) -> None:
         # built here by default so that tests and embedded mode need to pass nothing
@@ -63,6 +66,10 @@ class Services:
             self.quota = QuotaCounter()
         if self.upload_cache is None:
             self.upload_cache = UploadCache()
+        if self.speech is None:
+            from speech import EspeakEngine, SpeechEngines
+
+            self.speech = SpeechEngines([EspeakEngine()])
 
     def webhook_targets(self) -> TargetPolicy:
         return TargetPolicy.from_hosts(self.config.webhook_allowed_hosts, self.resolver)

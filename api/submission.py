@@ -45,10 +45,11 @@ from api.references import (
     upload_not_found,
 )
 from api.schemas import JobRequest
+from api.scripts import resolve_script, script_identity, synthesise
 from api.services import Services
 from db import job_store, tenants, uploads, webhooks
 from db.models import Job
-from db.params import AudioFacts, ImageFacts, JobParams, WatermarkParams
+from db.params import AudioFacts, ImageFacts, JobParams, ScriptParams, WatermarkParams
 from pipeline import params as P
 from storage import keys
 from storage.base import StorageError
@@ -65,7 +66,8 @@ Input = LocalInput | StoredInput
 class Submission:
     request: JobRequest
     image: UploadFile | str
-    audio: UploadFile | str
+    audio: UploadFile | str | ScriptParams
+    """An uploaded file, a reference, or a script to synthesise."""
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -95,9 +97,11 @@ async def submit(
         _identity(submission.image, image),
         _identity(submission.audio, audio),
     )
+    script = submission.audio if isinstance(submission.audio, ScriptParams) else None
     return await run_in_threadpool(
-        _accept, services, caller, submission.request, image, audio, idempotency_key, fingerprint
-    )
+        _accept, services, caller, submission.request, image, audio, idempotency_key, fingerprint,
+        script,
+    )  # fmt: skip
 
 
 def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
@@ -105,8 +109,11 @@ def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _identity(source: UploadFile | str, got: LocalInput | UploadRef) -> str:
-    """What identifies an input in a fingerprint: the bytes of a file, else its reference."""
+def _identity(source: UploadFile | str | ScriptParams, got: LocalInput | UploadRef) -> str:
+    """What identifies an input in a fingerprint: the bytes of a file, a script's text and
+    voice, else its reference."""
+    if isinstance(source, ScriptParams):
+        return script_identity(source)
     if isinstance(source, UploadFile):
         assert isinstance(got, LocalInput)
         return f"sha256:{got.sha256}"
@@ -142,15 +149,22 @@ async def read_request(
         raise pydantic_error(list(e.errors())) from None
     image = files.get("image") or job_request.image
     audio = files.get("audio") or job_request.audio
-    for name, value in (("image", image), ("audio", audio)):
-        if not value:
-            how = (
-                "upload it as a file field"
-                if content_type == "multipart/form-data"
-                else "give an s3:// reference or an upload id"
-            )
-            raise ApiError(422, "missing_input", f"{name} is required: {how} named {name}", name)
-    return Submission(job_request, image, audio)  # type: ignore[arg-type]
+    if audio and job_request.script is not None:
+        raise ApiError(
+            422, "script_and_audio", "send either audio or a script, not both: the script is "
+            "spoken into the job's audio", "script",
+        )  # fmt: skip
+    how = "upload it as a file field" if form else "give an s3:// reference or an upload id"
+    if not image:
+        raise ApiError(422, "missing_input", f"image is required: {how} named image", "image")
+    # which engine, language and voice (their lists may take the engine a moment to read)
+    script = await run_in_threadpool(resolve_script, services.speech, job_request)
+    if not audio and script is None:
+        raise ApiError(
+            422, "missing_input", f"audio is required: {how} named audio, or send a script "
+            "(with its language) to be spoken", "audio",
+        )  # fmt: skip
+    return Submission(job_request, image, audio or script)  # type: ignore[arg-type]
 
 
 def _field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
@@ -159,6 +173,12 @@ def _field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
             return ApiError(
                 422, "invalid_parameter", f"prompt: the prompt is longer than {limit} bytes; "
                 f"at most {limits.max_prompt_chars} characters are allowed", "prompt",
+            )  # fmt: skip
+        if name == "script":
+            return ApiError(
+                422, "invalid_parameter", f"script: the script is longer than {limit} bytes; "
+                f"at most {limits.max_script_chars} characters are allowed, split it into "
+                "several jobs", "script",
             )  # fmt: skip
         return forms.field_too_large(name, limit)
 
@@ -247,9 +267,16 @@ class Scratch:
 
 
 async def _materialise(
-    services: Services, caller: Caller, source: UploadFile | str, kind: str, scratch: Scratch
+    services: Services,
+    caller: Caller,
+    source: UploadFile | str | ScriptParams,
+    kind: str,
+    scratch: Scratch,
 ) -> LocalInput | UploadRef:
-    """An upload copied out, an s3:// reference downloaded, or an upload id to look up."""
+    """An upload copied out, an s3:// reference downloaded, a script spoken, or an upload id
+    to look up."""
+    if isinstance(source, ScriptParams):
+        return await run_in_threadpool(synthesise, services.speech, source, scratch.path(kind))
     limits = caller.limits
     limit = limits.max_image_bytes if kind == "image" else limits.max_audio_bytes
     if isinstance(source, UploadFile):
@@ -302,14 +329,31 @@ def inspect(got: Input, kind: str, caller: Caller) -> ImageInfo | AudioInfo:
     return check(got.path, caller.limits)
 
 
+def inspect_speech(path: Path, caller: Caller, field: str = "") -> AudioInfo:
+    """A script's synthesised speech, checked as any audio is (its duration above all); an
+    error names the script, which is what the sender can change."""
+    try:
+        return inspect_audio(path, caller.limits)
+    except ApiError as e:
+        raise ApiError(
+            e.status, e.code, f"{field}script: the speech spoken from it is refused: {e.message}",
+            f"{field}script",
+        ) from None  # fmt: skip
+
+
 # --------------------------------------------------------------------------- accepting
 
 
 def job_params(
-    req: JobRequest, image: ImageInfo, audio: AudioInfo, config: ApiConfig, field: str = ""
+    req: JobRequest,
+    image: ImageInfo,
+    audio: AudioInfo,
+    config: ApiConfig,
+    field: str = "",
+    script: ScriptParams | None = None,
 ) -> tuple[JobParams, int]:
     """The stored parameters of a validated request, and its number of clips. `field` is the
-    request's place in a batch (`jobs[3].`)."""
+    request's place in a batch (`jobs[3].`); `script` what its audio was synthesised from."""
     covered = P.clips_for_duration(audio.duration_s, req.infer_frames)
     if req.num_clips is not None and req.num_clips > covered:
         raise ApiError(
@@ -336,6 +380,7 @@ def job_params(
         image=ImageFacts(width=image.width, height=image.height, format=image.format),
         audio=AudioFacts(codec=audio.codec, sample_rate=audio.sample_rate, channels=audio.channels),
         watermark=req.watermark,
+        script=script,
     )
     return params, req.num_clips or covered
 
@@ -398,16 +443,20 @@ def _accept(
     audio_in: LocalInput | UploadRef,
     idempotency_key: str | None,
     fingerprint: str,
+    script: ScriptParams | None = None,
 ) -> tuple[Job, bool]:
     """Check, store and write the job. Inputs by reference need no storing: then everything,
-    from the idempotency check to the insert, is one transaction."""
+    from the idempotency check to the insert, is one transaction. `script`: what the audio
+    (a local file) was synthesised from."""
     job_id = uuid.uuid4()
     stored: list[str] = []
     if req.webhook_url:
         services.check_webhook_url(req.webhook_url, "webhook_url")
     # files are decoded before the transaction, so no connection waits on a decode
     local_info = {
-        kind: inspect(got, kind, caller)
+        kind: inspect_speech(got.path, caller)
+        if script is not None and kind == "audio"
+        else inspect(got, kind, caller)
         for kind, got in (("image", image_in), ("audio", audio_in))
         if isinstance(got, LocalInput)
     }
@@ -421,7 +470,7 @@ def _accept(
             image = local_info.get("image") or inspect(image_got, "image", caller)
             audio = local_info.get("audio") or inspect(audio_got, "audio", caller)
             assert isinstance(image, ImageInfo) and isinstance(audio, AudioInfo)
-            params, clips_total = job_params(req, image, audio, services.config)
+            params, clips_total = job_params(req, image, audio, services.config, script=script)
             check_quota(services, s, caller, 1)
             local = isinstance(image_got, LocalInput) or isinstance(audio_got, LocalInput)
             if not local:

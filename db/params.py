@@ -165,6 +165,17 @@ class AudioFacts(_Frozen):
     channels: int
 
 
+class ScriptParams(_Frozen):
+    """The text a job's speech was synthesised from at submit, and how: the engine, its
+    language and voice. The synthesised track is the job's audio input (`audio` describes
+    it); the script is kept to show and to submit again."""
+
+    text: str
+    language: str
+    voice: str
+    engine: str
+
+
 class JobParams(_Frozen):
     """A render job's parameters, resolved and validated at submit."""
 
@@ -183,6 +194,9 @@ class JobParams(_Frozen):
     image: ImageFacts
     audio: AudioFacts
     watermark: WatermarkParams | None = None
+    script: ScriptParams | None = Field(
+        None, description="The script the audio was synthesised from; null for uploaded audio."
+    )
 
     def frames_total(self, clips_total: int) -> int:
         """The frames the video delivers: it ends with the speech (frame-accurate), not at a

@@ -16,7 +16,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+# espeak-ng: the API speaks the scripts of jobs sent as text, at submit (docs/speech.md)
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends espeak-ng \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/venv
 
 # Third-party requirements first, from pyproject.toml alone, so that a change to the source
 # does not reinstall them. --api leaves out the model stack (torch, diffusers, transformers, ...).

@@ -63,8 +63,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
+# espeak-ng: the API speaks a job's script at submit (docs/speech.md), and this image serves
+# the API where it renders in process (`longtake serve --embedded`) or runs the `api` role
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates espeak-ng \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 

@@ -266,10 +266,38 @@ def _client(args: argparse.Namespace) -> LongtakeClient:
     return LongtakeClient(args.api_url, api_key=args.resolved_api_key)
 
 
+def read_script(path: Path) -> str:
+    """A script file's text (UTF-8); `-` reads standard input. ValueError saying what to fix."""
+    if str(path) == "-":
+        return sys.stdin.read()
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.audio is None) == (args.script is None):
+        print(
+            "error: give a speech track (AUDIO) or a script (--script FILE), one of the two",
+            file=sys.stderr,
+        )
+        return 2
+    if args.script is None and (args.language or args.voice or args.speech_engine):
+        print("error: --language, --voice and --speech-engine go with --script", file=sys.stderr)
+        return 2
     for path in (args.image, args.audio):
-        if not path.is_file():
+        if path is not None and not path.is_file():
             print(f"error: {path} is not a file", file=sys.stderr)
+            return 2
+    script = None
+    if args.script is not None:
+        try:
+            script = read_script(args.script)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
     with _client(args) as client:
         # the size that suits the model this deployment runs, unless the user chose one
@@ -286,6 +314,10 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
             priority=args.priority,
+            script=script,
+            language=args.language,
+            voice=args.voice,
+            speech_engine=args.speech_engine,
         )
         print(job["id"])
         params = job["params"]
@@ -314,6 +346,12 @@ def describe(job: dict[str, Any]) -> str:
         lines.append(f"speed     {p['fps']:.1f} fps, eta {format_eta(p['eta_s'])}")
     if p["last_checkpoint_clip"] is not None:
         lines.append(f"checkpoint after clip {p['last_checkpoint_clip']}")
+    if script := job["params"].get("script"):
+        text = " ".join(script["text"].split())
+        lines.append(
+            f"script    {len(script['text'])} characters in {script['language']}, voice "
+            f"{script['voice']} ({script['engine']}): {text[:60]}{'...' if len(text) > 60 else ''}"
+        )
     if job["error"]:
         lines.append(f"error     {job['error']}")
     if job["output_key"]:
@@ -344,6 +382,31 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         clips = f"{p['clips_done']}/{p['clips_total']}"
         print(LIST_ROW.format(id=job["id"], status=job["status"], clips=clips,
                               created=job["created_at"]))  # fmt: skip
+    return 0
+
+
+def cmd_voices(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        engines = client.voices()["engines"]
+    for engine in engines:
+        if args.engine and engine["name"] != args.engine:
+            continue
+        languages = engine["languages"]
+        if args.language and args.language not in languages:
+            continue
+        voices = [
+            v for v in engine["voices"] if not args.language or not v["languages"]
+            or args.language in v["languages"]
+        ]  # fmt: skip
+        default = " (default)" if engine["default"] else ""
+        print(f"engine {engine['name']}{default}: {count(len(languages), 'language')}, "
+              f"{count(len(voices), 'voice')}; default voice {engine['default_voice']}")  # fmt: skip
+        if not args.language:
+            print("languages  " + " ".join(languages))
+        for v in voices:
+            gender = f"  {v['gender']}" if v["gender"] else ""
+            speaks = f"  ({', '.join(v['languages'])})" if v["languages"] else ""
+            print(f"  {v['id']:<24} {v['name']}{gender}{speaks}")
     return 0
 
 
@@ -508,6 +571,9 @@ def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
                 "priority": args.priority,
                 "checkpoint_every": args.checkpoint_every,
                 "webhook_url": args.webhook,
+                # for the jobs with a script (the API gives them only to those)
+                "language": args.language,
+                "voice": args.voice,
             }.items()
             if v is not None
         }
@@ -685,14 +751,28 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: a free port")
 
     p = add(
-        "submit", cmd_submit, "upload a portrait and a speech track; prints the job id", api=True
+        "submit",
+        cmd_submit,
+        "upload a portrait and a speech track (or a script to be spoken); prints the job id",
+        api=True,
     )
     p.epilog = (
         f"For a quick look at a result, render a small part first: {QUICK} "
-        "(two clips of about two seconds each, at the smallest size)."
+        "(two clips of about two seconds each, at the smallest size). Instead of AUDIO, "
+        "--script FILE --language LANG [--voice VOICE] has the server speak the script "
+        "(`longtake voices` lists languages and voices)."
     )
     p.add_argument("image", type=Path)
-    p.add_argument("audio", type=Path)
+    p.add_argument("audio", type=Path, nargs="?", help="the speech track (or give --script)")
+    p.add_argument(
+        "--script",
+        type=Path,
+        metavar="FILE",
+        help="a UTF-8 text file the server speaks as the job's audio (-: standard input)",
+    )
+    p.add_argument("--language", help="the script's language, e.g. en-us (`longtake voices`)")
+    p.add_argument("--voice", help="the voice that speaks it (default: the engine's)")
+    p.add_argument("--speech-engine", help="the engine that speaks it (default: the server's)")
     p.add_argument("--prompt", required=True)
     p.add_argument(
         "--size",
@@ -714,6 +794,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key", default=None)
     p.add_argument("--watch", action="store_true", help="then watch it until it ends")
     p.add_argument("--interval", type=float, default=1.0)
+
+    p = add("voices", cmd_voices, "the languages and voices a script may be spoken in", api=True)
+    p.add_argument("--language", help="only the voices that speak this language")
+    p.add_argument("--engine", help="only this engine")
 
     p = add("status", cmd_status, "show a job", api=True)
     p.add_argument("job", type=job_id)
@@ -785,7 +869,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = batch_sub.add_parser(
         "submit",
         parents=[client],
-        help="a folder of speech tracks, or a CSV/JSONL manifest; prints the batch id",
+        help="a folder of speech tracks, or a CSV/JSONL manifest (audio or a script per job); "
+        "prints the batch id",
     )
     p.set_defaults(func=cmd_batch_submit)
     p.add_argument("source", type=Path, help="a folder, or a .csv / .jsonl manifest")
@@ -795,6 +880,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--webhook", help="POST every job's events to this URL")
+    p.add_argument("--language", help="the language of jobs with a script that name none")
+    p.add_argument("--voice", help="the voice of jobs with a script that name none")
     p.add_argument("--name", help="a label (default: the folder or manifest name)")
     p.add_argument("--wait", action="store_true", help="then follow it until every job ends")
     p.add_argument("--interval", type=float, default=2.0)

@@ -5,8 +5,10 @@ the same name (lesson-3.png beside lesson-3.wav), else `--image`, else the folde
 its prompt is the text file with the same name (lesson-3.txt), else `--prompt`.
 
 A manifest has one job per row (CSV with a header) or per line (JSONL): `image`, `audio` and
-`prompt`, plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Paths are
-relative to the manifest; s3:// URIs and upload ids (upl_...) are passed through as they are.
+`prompt`, plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Instead
+of `audio`, a row may give `script`, a UTF-8 text file the server speaks as the job's audio,
+with `language` and `voice` (docs/speech.md). Paths are relative to the manifest; s3:// URIs
+and upload ids (upl_...) are passed through as they are.
 
 Local files are uploaded once each (the API stores identical bytes once), and the jobs refer
 to their upload ids.
@@ -61,8 +63,9 @@ def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) ->
 # (a prompt of digits stays a prompt); any other cell is read as JSON when it is JSON (numbers,
 # true/false, a watermark object) and as text otherwise.
 TEXT_COLUMNS = frozenset(
-    {"image", "audio", "prompt", "size", "precision", "webhook_url", "webhook_secret"}
-)
+    {"image", "audio", "prompt", "size", "precision", "webhook_url", "webhook_secret", "script",
+     "language", "voice", "speech_engine"}
+)  # fmt: skip
 
 
 def _cell(column: str, value: str) -> Any:
@@ -99,13 +102,32 @@ def jobs_from_manifest(path: Path) -> list[dict]:
     if not rows:
         raise ManifestError(f"{path} lists no jobs")
     for n, row in enumerate(rows, 1):
+        if row.get("audio") and row.get("script"):
+            raise ManifestError(f"{path}: job {n} has both audio and a script; give one of them")
         for kind in ("image", "audio"):
             value = row.get(kind)
             if not value:
-                raise ManifestError(f"{path}: job {n} has no {kind}")
+                if kind == "audio" and row.get("script"):
+                    continue
+                also = " (or a script)" if kind == "audio" else ""
+                raise ManifestError(f"{path}: job {n} has no {kind}{also}")
             if not is_reference(value):
                 row[kind] = str((base / value).resolve())
+        if row.get("script"):
+            row["script"] = _script_text(base / str(row["script"]), f"{path}: job {n}")
     return rows
+
+
+def _script_text(path: Path, where: str) -> str:
+    """The text of a script file, sent with the job for the server to speak."""
+    if not path.is_file():
+        raise ManifestError(f"{where}: the script {path} is not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"{where}: the script {path} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+        ) from None
 
 
 def read_jobs(source: Path, *, image: Path | None, prompt: str | None) -> list[dict]:
@@ -128,8 +150,8 @@ def upload_local_files(
     ids: dict[str, str] = {}
     for job in jobs:
         for kind in ("image", "audio"):
-            value = job[kind]
-            if is_reference(value):
+            value = job.get(kind)
+            if value is None or is_reference(value):
                 continue
             if value not in ids:
                 path = Path(value)

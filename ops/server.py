@@ -147,6 +147,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
         storage=storage,
         s3_reader=settings.make_s3_reader(storage),
         rate_limiter=make_rate_limiter(settings, embedded=embedded),
+        speech=settings.make_speech(),
     )
     process = ApiProcess(app=create_app(services), database=database)
     if relay or embedded:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dispatch.reconcile import StorageReconciler
     from dispatch.sweep import ResumePointSweeper
     from dispatch.webhooks import DeliveryConfig
+    from speech import SpeechEngines
     from storage.base import Storage
     from storage.s3 import S3Config, S3Reader
     from worker.config import WorkerConfig
@@ -99,6 +100,19 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_audio_mb: int = 1024
     max_audio_seconds: float = 4 * 3600
+    max_script_chars: int = 20_000
+    """The longest script a job may carry, in characters (about 20 minutes of speech)."""
+
+    # speech from scripts (docs/speech.md)
+    speech_engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["espeak-ng"])
+    """Comma-separated engines that synthesise scripts, the first the default: `espeak-ng`
+    (the embedded engine) or `module:function`, a factory given `speech_voice_dir`."""
+    speech_voice_dir: Path | None = None
+    """The voice files the operator provides to engines of their own (never downloaded)."""
+    speech_timeout_s: float = 120.0
+    """The longest one synthesis may take before the submission is refused (503)."""
+    espeak_ng_path: str = "espeak-ng"
+    """The espeak-ng program."""
 
     # jobs
     max_attempts: int = 3
@@ -179,7 +193,10 @@ class Settings(BaseSettings):
     """`module:function` returning the job handler of embedded mode, given these settings
     (the render lifecycle by default; empty: no handler, jobs stay queued)."""
 
-    @field_validator("allowed_input_buckets", "precisions", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "allowed_input_buckets", "precisions", "webhook_allowed_hosts", "speech_engines",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
@@ -298,6 +315,7 @@ class Settings(BaseSettings):
                 max_image_pixels=self.max_image_pixels,
                 max_audio_bytes=self.max_audio_mb * MiB,
                 max_audio_seconds=self.max_audio_seconds,
+                max_script_chars=self.max_script_chars,
             ),
             allowed_input_buckets=tuple(self.allowed_input_buckets),
             model_preset=self.model_preset,
@@ -308,6 +326,22 @@ class Settings(BaseSettings):
             webhook_allowed_hosts=tuple(self.webhook_allowed_hosts),
             watermark=self.watermark_spec(),
             watermark_allowed=self.watermark_enabled,
+        )
+
+    def make_speech(self) -> SpeechEngines:
+        """The speech engines scripts are synthesised with, the first the default."""
+        from speech import SpeechEngines, load_engine
+
+        return SpeechEngines(
+            [
+                load_engine(
+                    spec,
+                    voice_dir=self.speech_voice_dir,
+                    espeak_path=self.espeak_ng_path,
+                    timeout_s=self.speech_timeout_s,
+                )
+                for spec in self.speech_engines
+            ]
         )
 
     def watermark_spec(self) -> WatermarkSpec:

@@ -83,6 +83,7 @@ class Finisher:
                 "model": self.config.engine.preset,
                 "precision": plan.precision,
                 "watermark": plan.watermark.text if plan.watermark.enabled else "",
+                **_speech(plan),
             },
             segment_frame_hashes=[_frame_hashes(seg) for seg in local],
         )
@@ -149,3 +150,12 @@ class Finisher:
                     self.storage.delete(key)
         except Exception as exc:  # garbage only: the job has succeeded
             log.warning("job %s: storage clean-up incomplete: %s", job_id, exc)
+
+
+def _speech(plan: JobPlan) -> dict[str, str]:
+    """Provenance of speech the API synthesised from the job's script (none for recordings)."""
+    script = plan.params.script
+    if script is None:
+        return {}
+    return {"speech": f"synthesised from a script by {script.engine} ({script.language}, "
+                      f"voice {script.voice})"}  # fmt: skip

@@ -9,9 +9,11 @@ then the batch and all its jobs are written in one transaction.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,10 +42,18 @@ from api.references import (
 from api.routes.jobs import decode_cursor, encode_cursor, page_size
 from api.routes.uploads import store_upload
 from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links
+from api.scripts import resolve_script, script_identity, synthesise
 from api.services import Services
-from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
+from api.submission import (
+    check_idempotency_key,
+    check_quota,
+    inspect_speech,
+    job_params,
+    request_fingerprint,
+)
 from db import batches, job_store, tenants, webhooks
 from db.models import Batch
+from db.params import ScriptParams
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=error_responses())
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -62,18 +72,21 @@ class BatchRequest(BaseModel):
         default_factory=dict, description="Parameters every job gets unless it sets its own."
     )
     jobs: list[dict[str, Any]] = Field(
-        min_length=1, description="Job requests (see JobRequest), image and audio by reference."
+        min_length=1,
+        description="Job requests (see JobRequest), image and audio by reference, or a script "
+        "(with its language) instead of audio.",
     )
 
 
-REQUIRED_IN_EACH_JOB = ("prompt", "image", "audio")
+REQUIRED_IN_EACH_JOB = ("prompt", "image")
+"""What every job or the defaults must give; and audio or a script."""
 
 
 def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, Any]]:
     """The published schemas of a batch: `BatchRequest`, and `BatchJob`, a job request whose
     fields may come from `defaults` (so none is required on its own), with image and audio
-    also by input name. Each of prompt, image and audio must be in every job or in the
-    defaults, as the server checks. `reference` is the pattern of an input reference."""
+    also by input name. Each of prompt, image and audio (or a script) must be in every job or
+    in the defaults, as the server checks. `reference` is the pattern of an input reference."""
     job = JobRequest.model_json_schema(ref_template=ref_template)
     job.pop("required", None)
     job["title"] = "BatchJob"
@@ -103,7 +116,19 @@ def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, An
             ]
         }
         for name in REQUIRED_IN_EACH_JOB
-    ]
+    ] + [
+        {
+            "anyOf": [
+                *(
+                    {"required": ["defaults"], "properties": {"defaults": {"required": [name]}}}
+                    for name in ("audio", "script")
+                ),
+                {"properties": {"jobs": {"items": {
+                    "anyOf": [{"required": ["audio"]}, {"required": ["script"]}]
+                }}}},
+            ]
+        }
+    ]  # fmt: skip
     return {"BatchRequest": batch, "BatchJob": job}
 
 
@@ -167,10 +192,38 @@ class _Ref:
     got: LocalInput | StoredInput | None = None
     info: ImageInfo | AudioInfo | None = None
     key: str | None = None
+    script: ScriptParams | None = None
+    """The audio is this script, spoken (`value` is its identity)."""
 
 
-def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest, str, str]]:
-    """Each job as a JobRequest with the references of its image and audio."""
+@dataclass
+class _Checked:
+    req: JobRequest
+    image: str
+    audio: str
+    """The audio's reference, or the identity of its script."""
+    script: ScriptParams | None
+
+
+SPEECH_FIELDS = ("script", "language", "voice", "speech_engine")
+
+
+def _defaults_for(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a job takes: its own audio sets aside the defaults' script, its own script
+    the defaults' audio, and the defaults' language, voice and engine apply only to a job that
+    ends up with a script."""
+    drop = set()
+    if job.get("audio") is not None:
+        drop.add("script")
+    if job.get("script") is not None:
+        drop.add("audio")
+    if job.get("script", None if "script" in drop else defaults.get("script")) is None:
+        drop.update(SPEECH_FIELDS)
+    return {k: v for k, v in defaults.items() if k not in drop}
+
+
+def _validate_jobs(services: Services, body: BatchRequest, caller: Caller) -> list[_Checked]:
+    """Each job as a JobRequest with the references of its image and audio (or its script)."""
     for name, value in body.inputs.items():
         if not INPUT_NAME.match(name):
             raise ApiError(
@@ -182,27 +235,37 @@ def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest,
         field = f"jobs[{i}]"
         try:
             req = JobRequest.model_validate(
-                {**body.defaults, **job}, context={"limits": caller.limits}
+                {**_defaults_for(body.defaults, job), **job}, context={"limits": caller.limits}
             )
         except ValidationError as e:
             error = pydantic_error(list(e.errors()))
             error.field = f"{field}.{error.field}" if error.field else field
             error.message = f"{field}.{error.message}"
             raise error from None
+        if req.audio and req.script is not None:
+            raise ApiError(
+                422, "script_and_audio", f"{field}: send either audio or a script, not both "
+                "(the batch's defaults may give one of them)", f"{field}.script",
+            )  # fmt: skip
+        script = resolve_script(services.speech, req, f"{field}.")
         refs = []
         for kind in ("image", "audio"):
             value = getattr(req, kind)
+            if kind == "audio" and script is not None:
+                refs.append(script_identity(script))
+                continue
             if not value:
                 raise ApiError(
                     422,
                     "missing_input",
-                    f"{field}.{kind} is required: an input name, s3:// URI or upload id",
+                    f"{field}.{kind} is required: an input name, s3:// URI or upload id"
+                    + (", or a script (with its language)" if kind == "audio" else ""),
                     f"{field}.{kind}",
                 )
             value = body.inputs.get(value, value)
             reference_kind(value, f"{field}.{kind}")
             refs.append(value)
-        checked.append((req, refs[0], refs[1]))
+        checked.append(_Checked(req, refs[0], refs[1], script))
     return checked
 
 
@@ -216,10 +279,28 @@ def _check_webhooks(services: Services, requests: list[JobRequest]) -> None:
         services.check_webhook_url(url, field)
 
 
+def _speak(services: Services, caller: Caller, scripts: list[_Ref], workdir: Path) -> None:
+    """Each distinct script spoken once, several at a time (each engine call is its own
+    process or holds its own model), and checked as audio."""
+
+    def speak(n: int, ref: _Ref) -> None:
+        assert ref.script is not None
+        field = ref.field.removesuffix("script")
+        ref.got = synthesise(services.speech, ref.script, workdir / f"script-{n}", field)
+        ref.info = inspect_speech(ref.got.path, caller, field)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for done in [pool.submit(speak, n, ref) for n, ref in enumerate(scripts)]:
+            done.result()  # the first job's error, in the order of the jobs
+
+
 def _resolve(
     services: Services, caller: Caller, refs: dict[tuple[str, str], _Ref], workdir: Path
 ) -> None:
-    """Read and check each distinct input once (uploads: look up; s3: download and inspect)."""
+    """Read and check each distinct input once (uploads: look up; s3: download and inspect;
+    scripts: speak)."""
+    scripts = [r for r in refs.values() if r.script is not None]
+    refs = {k: r for k, r in refs.items() if r.script is None}
     upload_ids = [r.value for r in refs.values() if reference_kind(r.value, r.field) == "upload"]
     stored = load_uploads(services.database, caller.tenant, upload_ids)
     limits = caller.limits
@@ -247,6 +328,7 @@ def _resolve(
             e.message, e.field = f"{ref.field} ({ref.value}): {e.message}", ref.field
             raise
         ref.got = local
+    _speak(services, caller, scripts, workdir)
 
 
 def _store_imports(services: Services, caller: Caller, refs: dict[tuple[str, str], _Ref]) -> None:
@@ -270,25 +352,27 @@ def _create(
         replayed = _replay(services, caller, idempotency_key, fingerprint)
         if replayed is not None:
             return *replayed, False
-    checked = _validate_jobs(body, caller)
-    _check_webhooks(services, [req for req, _, _ in checked])
+    checked = _validate_jobs(services, body, caller)
+    _check_webhooks(services, [c.req for c in checked])
     refs: dict[tuple[str, str], _Ref] = {}
-    for i, (_req, image, audio) in enumerate(checked):
-        refs.setdefault((image, "image"), _Ref(image, "image", f"jobs[{i}].image"))
-        refs.setdefault((audio, "audio"), _Ref(audio, "audio", f"jobs[{i}].audio"))
+    for i, c in enumerate(checked):
+        refs.setdefault((c.image, "image"), _Ref(c.image, "image", f"jobs[{i}].image"))
+        audio_field = f"jobs[{i}].script" if c.script is not None else f"jobs[{i}].audio"
+        refs.setdefault((c.audio, "audio"), _Ref(c.audio, "audio", audio_field, script=c.script))
     _resolve(services, caller, refs, workdir)
 
     job_ids = sorted(uuid.uuid4() for _ in checked)  # ascending: listing by id keeps the order
     planned = []  # (request, params, clips_total) per job
-    for i, (req, image, audio) in enumerate(checked):
+    for i, c in enumerate(checked):
         params, clips_total = job_params(
-            req,
-            refs[(image, "image")].info,  # type: ignore[arg-type]
-            refs[(audio, "audio")].info,  # type: ignore[arg-type]
+            c.req,
+            refs[(c.image, "image")].info,  # type: ignore[arg-type]
+            refs[(c.audio, "audio")].info,  # type: ignore[arg-type]
             services.config,
             field=f"jobs[{i}].",
+            script=c.script,
         )
-        planned.append((req, params, clips_total))
+        planned.append((c.req, params, clips_total))
     requests = [req for req, _, _ in planned]
     with services.database.transaction() as s:
         check_quota(services, s, caller, len(planned))
@@ -303,17 +387,15 @@ def _create(
             id=job_id,
             tenant=caller.tenant,
             params=params,
-            image_key=refs[(image, "image")].key,  # type: ignore[arg-type]
-            audio_key=refs[(audio, "audio")].key,  # type: ignore[arg-type]
+            image_key=refs[(c.image, "image")].key,  # type: ignore[arg-type]
+            audio_key=refs[(c.audio, "audio")].key,  # type: ignore[arg-type]
             clips_total=clips_total,
             max_attempts=services.config.max_attempts,
             priority=req.priority,
             precision=req.precision or services.config.default_precision,
             batch_id=batch_id,
         )
-        for job_id, (req, params, clips_total), (_r, image, audio) in zip(
-            job_ids, planned, checked, strict=True
-        )
+        for job_id, (req, params, clips_total), c in zip(job_ids, planned, checked, strict=True)
     ]
     job_hooks = [
         batches.JobWebhook(

@@ -169,7 +169,8 @@ export class JobDetail {
     const facts = [
       ["Size", p.width && p.height ? `${p.width} × ${p.height} (${p.size})` : p.size],
       ["Clips", `${job.progress.clips_total} of ${p.infer_frames} frames each`],
-      ["Speech", p.audio_duration_s ? seconds(p.audio_duration_s) : ""],
+      ["Speech", speechText(p)],
+      ["Script", p.script ? p.script.text : ""],
       ["Denoising steps", p.sample_steps],
       ["Seed", p.seed],
       ["Checkpoint every", p.checkpoint_every ? `${p.checkpoint_every} clip${p.checkpoint_every === 1 ? "" : "s"}` : ""],
@@ -183,7 +184,7 @@ export class JobDetail {
     list.replaceChildren();
     for (const [name, value] of facts) {
       if (value === null || value === undefined || value === "") continue;
-      list.append(el("dt", {}, name), el("dd", {}, String(value)));
+      list.append(el("dt", {}, name), el("dd", name === "Script" ? { class: "script" } : {}, String(value)));
     }
   }
 
@@ -317,4 +318,12 @@ export class JobDetail {
       button.disabled = false;
     }
   }
+}
+
+// How long the speech is, and, for a job sent as a script, who spoke it.
+function speechText(p) {
+  if (!p.audio_duration_s) return "";
+  const length = seconds(p.audio_duration_s);
+  if (!p.script) return length;
+  return `${length}, spoken from the script (${p.script.language}, voice ${p.script.voice}, ${p.script.engine})`;
 }

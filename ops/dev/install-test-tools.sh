@@ -4,6 +4,8 @@
 #                   Playwright's own browser downloads are never used.
 #   promtool        checks the alert rules and the Grafana dashboard's queries (tests/monitoring)
 #   docker-compose  validates the compose files (tests/deploy)
+#   espeak-ng       the embedded speech engine: speaks the scripts of jobs that send text
+#                   instead of audio (tests/speech, tests/api/test_scripts.py; docs/speech.md)
 set -euo pipefail
 
 missing=()
@@ -11,6 +13,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
   || missing+=(docker-compose)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
@@ -28,3 +31,4 @@ fi
 /usr/bin/chromium --version 2>/dev/null  # (Debian's wrapper script warns on stderr)
 promtool --version 2>&1 | head -n 1
 docker-compose version --short 2>/dev/null || docker compose version --short
+espeak-ng --version

@@ -177,6 +177,13 @@ def test_the_batch_schema_and_the_server_agree(schema, api_client, body, valid):
         ({**JOB, "image": f"s3://{INPUT_BUCKET}/faces//a.png"}, False),
         ({**JOB, "image": "s3://someone-elses-bucket/a.png"}, False),
         ({**JOB, "image": "upl_123"}, False),
+        # a script instead of audio: not both, no control characters, a language on offer
+        ({**JOB, "audio": None, "script": "Hi there", "language": "en-us"}, True),
+        ({**JOB, "script": "Hi there", "language": "en-us"}, False),
+        ({**JOB, "audio": None, "script": "Hi\x07", "language": "en-us"}, False),
+        ({**JOB, "audio": None, "script": " \n ", "language": "en-us"}, False),
+        ({**JOB, "audio": None, "script": "Hi", "language": "tlh"}, False),
+        ({**JOB, "audio": None, "script": "Hi", "language": "en-us", "voice": "nobody"}, False),
     ],
 )
 def test_the_job_schema_and_the_server_agree(schema, api_client, body, valid):
@@ -225,9 +232,8 @@ def test_the_form_schema_and_the_server_agree(schema, api_client, fields, ok):
     from tests import media
 
     form = schema["components"]["schemas"]["JobForm"]
-    assert form["additionalProperties"] is False and set(form["required"]) == {
-        "image", "audio", "prompt",
-    }  # fmt: skip
+    assert form["additionalProperties"] is False and set(form["required"]) == {"image", "prompt"}
+    assert form["oneOf"] == [{"required": ["audio"]}, {"required": ["script"]}]
     pattern = form["properties"]["webhook_events"]["pattern"]
     if "webhook_events" in fields:
         assert bool(re.match(pattern, fields["webhook_events"])) == ok
