@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pipeline import params
+from pipeline import presenters as presenter_mod
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
@@ -45,6 +46,7 @@ from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
+from pipeline.presenters import PresenterScope
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
@@ -64,6 +66,7 @@ class Stream:
         state: state_io.StateDict | None = None,
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
+        presenters: PresenterScope | None = None,
     ):
         request.validate()
         if decode not in ("online", "offline"):
@@ -100,13 +103,22 @@ class Stream:
         self.schedule = flow_schedule(
             request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
         )
-        text = encode_prompt(
-            comps.text_encoder,
-            comps.tokenizer,
-            request.prompt,
-            preset.dit.text_len,
-            device=comps.text_device,
-        )
+        # a presenter seen before: its open comes from the cache (pipeline/presenters.py)
+        scope = presenters if decode == "online" else None
+        key = None if scope is None else scope.key(request, self.fingerprint, comps.dit.precision)
+        cached = None if scope is None or key is None else scope.cache.get(key)
+        self.presenter_key = None if key is None else key.presenter
+        self.presenter_cached = cached is not None
+        if cached is not None:
+            text = presenter_mod.copy_tensor(cached.text)
+        else:
+            text = encode_prompt(
+                comps.text_encoder,
+                comps.tokenizer,
+                request.prompt,
+                preset.dit.text_len,
+                device=comps.text_device,
+            )
         self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
         self.audio = AudioFeatures(
             comps.audio_encoder,
@@ -135,6 +147,9 @@ class Stream:
 
         if state is not None:
             self._load_state(state)
+        elif cached is not None:
+            self.next_clip = 0
+            self._motion = presenter_mod.restore(cached, self.caches, self.sink_keys, self.decoder)
         else:
             self.next_clip = 0
             reference, motion = self._reference_latents()
@@ -144,6 +159,11 @@ class Stream:
                 self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
             else:
                 self._offline_latents.append(warmup.cpu())
+            if scope is not None and key is not None:
+                captured = presenter_mod.capture(
+                    text, motion, self.caches[0], self.sink_keys, self.decoder
+                )
+                scope.cache.put(key, captured)
 
     # ---- iteration -----------------------------------------------------------------------
 
