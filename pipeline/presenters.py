@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -181,22 +181,19 @@ class _Entry:
     host: Presenter | None = None
 
 
-@dataclass(eq=False)
 class PresenterCache:
-    """Presenters by `EntryKey`, least recently used out first, within two byte budgets.
+    """Presenters by `EntryKey`, least recently used out first, within two byte budgets:
+    `device_bytes` on the streams' device (the GPU), `host_bytes` in (page-locked) host memory.
 
     Thread-safe: a worker's claim reads `presenter_keys()` while its render thread opens.
     """
 
-    device_bytes: int
-    """Budget of the tier on the stream's device (the GPU)."""
-    host_bytes: int
-    """Budget of the tier in (page-locked) host memory."""
-    stats: CacheStats = field(default_factory=CacheStats)
-
-    def __post_init__(self) -> None:
-        if self.device_bytes < 0 or self.host_bytes < 0:
+    def __init__(self, device_bytes: int, host_bytes: int):
+        if device_bytes < 0 or host_bytes < 0:
             raise ValueError("presenter cache sizes must be >= 0 bytes")
+        self.device_bytes = device_bytes
+        self.host_bytes = host_bytes
+        self.stats = CacheStats()
         self._entries: dict[EntryKey, _Entry] = {}
         self._device: OrderedDict[EntryKey, int] = OrderedDict()  # key -> bytes, LRU first
         self._host: OrderedDict[EntryKey, int] = OrderedDict()

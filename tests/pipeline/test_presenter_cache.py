@@ -13,7 +13,7 @@ import torch
 
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline.presenter_key import presenter_key
-from pipeline.presenters import PresenterCache
+from pipeline.presenters import EntryKey, Presenter, PresenterCache
 from tests.pipeline.conftest import portrait, request, speech
 
 CLIPS = 3
@@ -177,3 +177,33 @@ def test_no_namespace_no_cache_and_another_engine_sees_nothing(cached, cold):
     other.presenter_cache = cache  # one cache, two models: entries are per engine
     stream = other.open(presenter(), namespace="t")
     assert not stream.presenter_cached and len(cache) == 2
+
+
+def synthetic(nbytes: int) -> Presenter:
+    t = torch.zeros(nbytes // 4, dtype=torch.float32)
+    return Presenter({"text": t}, {}, {"text": t.device})
+
+
+def test_the_least_recently_used_goes_first():
+    cache = PresenterCache(device_bytes=2000, host_bytes=0)
+    a, b, c = (EntryKey(name, "engine") for name in "abc")
+    cache.put(a, synthetic(1000))
+    cache.put(b, synthetic(1000))
+    assert cache.get(a) is not None  # a is now the more recent
+    cache.put(c, synthetic(1000))
+    assert (a in cache, b in cache, c in cache) == (True, False, True)
+    assert cache.usage() == (2000, 0)
+
+
+def test_the_host_tier_is_bounded_too():
+    cache = PresenterCache(device_bytes=1000, host_bytes=2000)
+    keys = [EntryKey(str(i), "engine") for i in range(4)]
+    for key in keys:
+        cache.put(key, synthetic(1000))
+    # one on the device (the newest), two on the host, the oldest gone
+    assert [k in cache for k in keys] == [False, True, True, True]
+    assert cache.usage() == (1000, 2000) and cache.stats.evicted == 1
+    got = cache.get(keys[1])  # back to the device: pushes keys[3] to the host, keys[2] out
+    assert got is not None and torch.equal(got.text, torch.zeros(250))
+    assert [k in cache for k in keys] == [False, True, False, True]
+    assert cache.usage() == (1000, 2000)
