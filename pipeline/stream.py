@@ -46,7 +46,6 @@ from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
-from pipeline.presenters import PresenterScope
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
@@ -66,7 +65,7 @@ class Stream:
         state: state_io.StateDict | None = None,
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
-        presenters: PresenterScope | None = None,
+        presenters: presenter_mod.PresenterScope | None = None,
     ):
         request.validate()
         if decode not in ("online", "offline"):
@@ -160,10 +159,10 @@ class Stream:
             else:
                 self._offline_latents.append(warmup.cpu())
             if scope is not None and key is not None:
-                captured = presenter_mod.capture(
+                kept = presenter_mod.capture(
                     text, motion, self.caches[0], self.sink_keys, self.decoder
                 )
-                scope.cache.put(key, captured)
+                scope.cache.put(key, kept)
 
     # ---- iteration -----------------------------------------------------------------------
 
