@@ -274,7 +274,7 @@ _FAIR_SHARE_HELD = """
     LIMIT 16
 """
 HELD_KEYS_MAX = 64
-"""Presenter keys a claim considers (a worker's cache holds a few presenters)."""
+"""Presenter keys a claim considers, the first given (a worker gives its most recent first)."""
 
 
 @functools.cache
@@ -298,7 +298,7 @@ def _fair_share_query(held: int) -> sa.TextClause:
 def _fair_share_candidates(
     session: Session, serves: Capabilities, now: datetime, cached: Collection[str] = ()
 ) -> list[uuid.UUID]:
-    held = sorted(cached)[:HELD_KEYS_MAX]
+    held = list(dict.fromkeys(cached))[:HELD_KEYS_MAX]  # the caller's first (most recent)
     params: dict[str, Any] = {
         "precisions": sorted(serves.precisions),
         "now": now,

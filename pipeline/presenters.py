@@ -194,7 +194,7 @@ class PresenterCache:
         self.device_bytes = device_bytes
         self.host_bytes = host_bytes
         self.stats = CacheStats()
-        self._entries: dict[EntryKey, _Entry] = {}
+        self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()  # least recent first
         self._device: OrderedDict[EntryKey, int] = OrderedDict()  # key -> bytes, LRU first
         self._host: OrderedDict[EntryKey, int] = OrderedDict()
         self._lock = threading.Lock()
@@ -210,6 +210,7 @@ class PresenterCache:
                 self.stats.misses += 1
                 return None
             self.stats.hits += 1
+            self._entries.move_to_end(key)
             if entry.device is not None:
                 self._device.move_to_end(key)
                 if entry.host is not None:
@@ -224,10 +225,16 @@ class PresenterCache:
                 self._fit_device()
             return on_device
 
-    def presenter_keys(self) -> frozenset[str]:
-        """The content keys of the presenters held (what a worker tells the claim)."""
+    def presenter_keys(self) -> tuple[str, ...]:
+        """The content keys of the presenters held, most recently used first (what a worker
+        tells the claim)."""
         with self._lock:
-            return frozenset(k.presenter for k in self._entries)
+            return tuple(dict.fromkeys(k.presenter for k in reversed(self._entries)))
+
+    def keys(self) -> list[EntryKey]:
+        """The entries' keys, least recently used first."""
+        with self._lock:
+            return list(self._entries)
 
     def __contains__(self, key: object) -> bool:
         with self._lock:

@@ -127,10 +127,10 @@ class EngineCache:
                 engine.presenter_cache = self.presenters
             return engine
 
-    def presenter_keys(self) -> frozenset[str]:
-        """The presenters this process holds (`jobs.presenter_key` values)."""
+    def presenter_keys(self) -> tuple[str, ...]:
+        """The presenters this process holds (`jobs.presenter_key` values), most recent first."""
         cache = self.presenters
-        return frozenset() if cache is None else cache.presenter_keys()
+        return () if cache is None else cache.presenter_keys()
 
     def close(self) -> None:
         """Shut down the engines that run processes of their own (multi-GPU ranks)."""

@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -150,7 +150,7 @@ class Lifecycle:
         storage: Storage,
         *,
         engines: Callable[[EngineSpec], Engine] | None = None,
-        presenter_keys: Callable[[], frozenset[str]] | None = None,
+        presenter_keys: Callable[[], Collection[str]] | None = None,
         on_clip: ClipHook | None = None,
     ):
         self.config = config
@@ -158,7 +158,7 @@ class Lifecycle:
         self.storage = storage
         self._engines = engines if engines is not None else ENGINES.get
         self.presenter_keys = presenter_keys or (
-            ENGINES.presenter_keys if engines is None else frozenset
+            ENGINES.presenter_keys if engines is None else tuple
         )
         """The presenters this worker's engines hold: the claim prefers their jobs."""
         self.on_clip = on_clip

@@ -86,7 +86,7 @@ def same_frames(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 def entry_parts(cache: PresenterCache) -> dict[str, int]:
     """Bytes of the (one) cache entry by part: text, motion, sink, decoder."""
-    (key,) = cache._entries
+    (key,) = cache.keys()
     entry = cache.get(key)
     assert entry is not None
     parts: dict[str, int] = {}

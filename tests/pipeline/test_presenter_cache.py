@@ -87,7 +87,7 @@ def test_the_entry_depends_on_the_presenter_alone_not_speech_or_seed(cached, col
 
 def test_an_entry_is_never_written_by_the_streams_that_use_it(cached, cold):
     frames(cached, presenter(), namespace="t")
-    (key,) = cached.presenter_cache._entries
+    (key,) = cached.presenter_cache.keys()
     entry = cached.presenter_cache.get(key)
     before = {k: t.clone() for k, t in entry.tensors.items()}
     for _ in range(2):
@@ -152,7 +152,7 @@ def test_two_tenants_with_the_same_files_share_no_entry(cached, cold):
     assert not b.presenter_cached  # the same files, another tenant: computed, not shared
     assert_same([c.frames for c in b], cold["talking"])
     assert len(cache) == 2 and a.presenter_key != b.presenter_key
-    assert cache.presenter_keys() == {a.presenter_key, b.presenter_key}
+    assert cache.presenter_keys() == (b.presenter_key, a.presenter_key)  # most recent first
 
 
 def test_the_key_is_the_one_a_job_carries(cached):
@@ -192,6 +192,7 @@ def test_the_least_recently_used_goes_first():
     assert cache.get(a) is not None  # a is now the more recent
     cache.put(c, synthetic(1000))
     assert (a in cache, b in cache, c in cache) == (True, False, True)
+    assert cache.presenter_keys() == ("c", "a")  # what a worker tells its claim: recent first
     assert cache.usage() == (2000, 0)
 
 
@@ -207,3 +208,16 @@ def test_the_host_tier_is_bounded_too():
     assert got is not None and torch.equal(got.text, torch.zeros(250))
     assert [k in cache for k in keys] == [False, True, False, True]
     assert cache.usage() == (1000, 2000)
+
+
+def test_a_resumed_stream_takes_its_prompt_encoding_from_the_cache(cached, cold):
+    frames(cached, presenter(), namespace="t")
+    stream = cached.open(presenter())  # no namespace: computed, not cached
+    next(stream)
+    state = stream.state_dict()
+    resumed = cached.open(presenter(), state=state, namespace="t")
+    assert resumed.presenter_cached and resumed.next_clip == 1
+    rest = [c.frames for c in resumed]
+    assert len(rest) == CLIPS - 1
+    for got, want in zip(rest, cold["talking"][1:], strict=True):
+        assert np.array_equal(got, want)

@@ -44,7 +44,7 @@ def test_a_repeat_presenter_opens_from_the_cache_with_the_same_frames(
     first = make_job(sqlite_db, local_storage)
     assert lifecycle.run(first) is Outcome.SUCCEEDED
     assert not lifecycle.last_stats.presenter_cached
-    assert engines.presenter_keys() == {job(sqlite_db, first).presenter_key}
+    assert engines.presenter_keys() == (job(sqlite_db, first).presenter_key,)
 
     second = make_job(sqlite_db, local_storage)  # the same presenter: from the cache
     assert lifecycle.run(second) is Outcome.SUCCEEDED
