@@ -77,6 +77,11 @@ class UploadCache:
             self._records[(record.tenant, record.id)] = record
 
 
+def input_sha256(got: LocalInput | StoredInput) -> str:
+    """The sha256 of an input's bytes (computed when it was received, or uploaded)."""
+    return got.upload.sha256 if isinstance(got, StoredInput) else got.sha256
+
+
 def info_dict(info: ImageInfo | AudioInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 

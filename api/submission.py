@@ -41,6 +41,7 @@ from api.references import (
     check_stored,
     copy_upload,
     download_reference,
+    input_sha256,
     reference_kind,
     upload_not_found,
 )
@@ -49,7 +50,14 @@ from api.scripts import resolve_script, script_identity, synthesise
 from api.services import Services
 from db import job_store, tenants, uploads, webhooks
 from db.models import Job
-from db.params import AudioFacts, ImageFacts, JobParams, ScriptParams, WatermarkParams
+from db.params import (
+    AudioFacts,
+    ImageFacts,
+    JobParams,
+    ScriptParams,
+    WatermarkParams,
+    presenter_key,
+)
 from pipeline import params as P
 from storage import keys
 from storage.base import StorageError
@@ -475,13 +483,15 @@ def _accept(
             local = isinstance(image_got, LocalInput) or isinstance(audio_got, LocalInput)
             if not local:
                 job = _create(s, services, caller, req, job_id, params, clips_total,
-                              image_got.key, audio_got.key, idempotency_key, fingerprint)  # fmt: skip
+                              image_got.key, audio_got.key, idempotency_key, fingerprint,
+                              input_sha256(image_got))  # fmt: skip
         if local:  # store the files, then write the job (deleting them again if that fails)
             image_key = _store(services, job_id, image_got, image, "image", stored)
             audio_key = _store(services, job_id, audio_got, audio, "audio", stored)
             with services.database.transaction() as s:
                 job = _create(s, services, caller, req, job_id, params, clips_total,
-                              image_key, audio_key, idempotency_key, fingerprint)  # fmt: skip
+                              image_key, audio_key, idempotency_key, fingerprint,
+                              input_sha256(image_got))  # fmt: skip
     except sa.exc.IntegrityError:
         _delete_quietly(services, stored)
         existing = (
@@ -525,7 +535,9 @@ def _create(
     audio_key: str,
     idempotency_key: str | None,
     fingerprint: str,
+    image_sha256: str,
 ) -> Job:
+    precision = req.precision or services.config.default_precision
     job = job_store.create_job(
         s,
         job_store.NewJob(
@@ -537,9 +549,10 @@ def _create(
             clips_total=clips_total,
             max_attempts=services.config.max_attempts,
             priority=req.priority,
-            precision=req.precision or services.config.default_precision,
+            precision=precision,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
+            presenter_key=presenter_key(caller.tenant, image_sha256, params, precision),
         ),
     )
     if req.webhook_url:

@@ -51,6 +51,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     batch_id: uuid.UUID | None = None
+    presenter_key: str | None = None
+    """`db.params.presenter_key` of the job (None: no presenter affinity)."""
 
 
 def new_job_rows(
@@ -76,6 +78,7 @@ def new_job_rows(
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
         "batch_id": new.batch_id,
+        "presenter_key": new.presenter_key,
         "created_at": now,
         "updated_at": now,
     }

@@ -125,6 +125,9 @@ class Job(Base):
     batch_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("batches.id", ondelete="SET NULL")
     )
+    presenter_key: Mapped[str | None] = mapped_column(sa.String(64))
+    """Names the job's presenter (`db.params.presenter_key`: tenant, portrait, prompt, size,
+    precision): a worker that holds its encodings prefers the job among equals."""
     output_meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     """What the output is: bytes, sha256, frames, duration_s (recorded at success, or
     measured once on the first request for the result)."""
@@ -144,6 +147,15 @@ class Job(Base):
         sa.Index("ix_jobs_claim", "status", sa.desc("priority"), "created_at"),
         # fair share: the best queued job of each tenant, running jobs per tenant, quotas
         sa.Index("ix_jobs_fair", "status", "tenant", sa.desc("priority"), "created_at", "id"),
+        # presenter affinity: the best queued job of a presenter a worker holds
+        sa.Index(
+            "ix_jobs_presenter",
+            "status",
+            "presenter_key",
+            sa.desc("priority"),
+            "created_at",
+            "id",
+        ),
         # batch status and cancel
         sa.Index("ix_jobs_batch", "batch_id", "status"),
         # listings: a tenant's jobs, newest first (scanned backwards)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from pipeline import params as P
+from pipeline.presenter_key import presenter_key as _presenter_key
 
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 CORNERS: tuple[Corner, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -207,3 +208,10 @@ class JobParams(_Frozen):
     def frames_for(self, clips: int, clips_total: int) -> int:
         """Delivered frames in the first `clips` clips of a `clips_total`-clip job."""
         return min(clips * self.infer_frames, self.frames_total(clips_total))
+
+
+def presenter_key(tenant: str, image_sha256: str, params: JobParams, precision: str) -> str:
+    """What `jobs.presenter_key` holds: the key under which a worker's presenter cache keeps
+    this job's presenter (`pipeline.presenter_key`, namespaced by the tenant), so that a
+    worker holding it can prefer the job in the claim."""
+    return _presenter_key(tenant, image_sha256, params.prompt, params.size, precision)

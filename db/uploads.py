@@ -53,6 +53,7 @@ class UploadRecord:
     bytes: int
     info: Mapping[str, Any]
     """What inspection found (a read-only view of JSON scalars)."""
+    sha256: str
 
     @classmethod
     def of(cls, upload: Upload) -> UploadRecord:
@@ -63,6 +64,7 @@ class UploadRecord:
             key=upload.key,
             bytes=upload.bytes,
             info=MappingProxyType(dict(upload.info)),
+            sha256=upload.sha256,
         )
 
 

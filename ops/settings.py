@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     engine_ranks: int = 0
     """Devices of a multi-device engine (0: every GPU the worker sees)."""
     torch_threads: int = 0
+    presenter_cache_gpu_gb: float = 8
+    """The worker's presenter cache on the GPU (a CPU worker: in memory): encodings of recent
+    presenters kept across jobs, so that a repeat presenter's stream opens in about a second
+    (0: none on the GPU)."""
+    presenter_cache_host_gb: float = 16
+    """Its second tier, in page-locked host memory, for presenters pushed off the GPU (0: none;
+    both 0: no presenter cache)."""
     precisions: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["bf16"])
     """The DiT precisions this worker serves (comma-separated: bf16, fp8); it claims only jobs
     of these, and loads the model once per precision it meets."""
@@ -382,6 +389,8 @@ class Settings(BaseSettings):
                 factory=self.engine_factory,
                 ranks=self.engine_ranks,
                 torch_threads=self.torch_threads,
+                presenter_cache_gpu_bytes=int(self.presenter_cache_gpu_gb * GB),
+                presenter_cache_host_bytes=int(self.presenter_cache_host_gb * GB),
             ),
             encoder=EncoderSettings(preset=self.encoder_preset, crf=self.encoder_crf),
             watermark=self.watermark_spec(),

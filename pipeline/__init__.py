@@ -7,6 +7,9 @@ for clip in stream:            # Clip(index, frames uint8 [T, H, W, 3], audio_st
     ...
 sd = stream.state_dict()       # between clips; pipeline.state.save_state / load_state
 
+gen.presenter_cache = PresenterCache(device_bytes=8 << 30, host_bytes=16 << 30)
+gen.open(request, namespace="tenant-a")   # a presenter seen before opens from the cache
+
 On several GPUs, pipeline.tpp.Engine serves the same stream API (see pipeline/tpp/engine.py).
 """
 
@@ -18,16 +21,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.generator import Generator
     from pipeline.inputs import Waveform
+    from pipeline.presenters import PresenterCache
     from pipeline.request import Clip, RenderRequest
     from pipeline.stream import Stream
 
-__all__ = ["Clip", "Generator", "RenderRequest", "Stream", "Waveform"]
+__all__ = ["Clip", "Generator", "PresenterCache", "RenderRequest", "Stream", "Waveform"]
 
 # Loaded on first use, so that `pipeline.params` (request validation in the API) does not
 # import torch and the model code.
 _EXPORTS = {
     "Clip": "pipeline.request",
     "Generator": "pipeline.generator",
+    "PresenterCache": "pipeline.presenters",
     "RenderRequest": "pipeline.request",
     "Stream": "pipeline.stream",
     "Waveform": "pipeline.inputs",

@@ -21,6 +21,11 @@ An engine runs its DiT at one `precision` (pipeline.params.PRECISIONS), chosen w
 every state and checkpoint records it, and `open(..., resume_from=...)` refuses a checkpoint of
 another precision with `PrecisionMismatch` (a ValueError, defined with the precisions in
 pipeline.params).
+
+An engine may also keep presenters across streams (`PresenterEngine`: the one-device
+generator): what a stream's open computes from its portrait, prompt, size and precision alone
+is cached per namespace (pipeline/presenters.py), and `open(request, namespace=tenant)` of a
+presenter seen before takes it from there, with the same frames.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from pipeline.params import Precision, PrecisionMismatch
 
 if TYPE_CHECKING:  # importing the contract loads no torch
+    from pipeline.presenters import PresenterCache
     from pipeline.request import Clip, RenderRequest
     from pipeline.state import StateDict
 
-__all__ = ["Engine", "PrecisionMismatch", "RenderStream"]
+__all__ = ["Engine", "PrecisionMismatch", "PresenterEngine", "RenderStream"]
 
 
 @runtime_checkable
@@ -107,4 +113,24 @@ class Engine(Protocol):
     def shutdown(self) -> None:
         """Release what the engine holds beyond its Python objects (rank processes, devices).
         Idempotent."""
+        ...
+
+
+@runtime_checkable
+class PresenterEngine(Engine, Protocol):
+    """An engine whose streams can take their presenter from a cache (pipeline/presenters.py)."""
+
+    presenter_cache: PresenterCache | None
+    """The cache its streams use (None: none); its owner may share one between engines."""
+
+    def open(
+        self,
+        request: RenderRequest,
+        *,
+        resume_from: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
+    ) -> RenderStream:
+        """As `Engine.open`; with a namespace (the caller's tenant) and a cache, a fresh
+        stream's presenter comes from the cache, or is computed and kept there. Another
+        namespace's entries are never used."""
         ...

@@ -7,6 +7,7 @@ several devices.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.components import Components, build_random, load_released
 from pipeline.params import Precision
+from pipeline.presenters import PresenterCache, PresenterScope
 from pipeline.presets import Preset, get_preset
 from pipeline.request import RenderRequest
 from pipeline.stream import Decode, Stream
@@ -38,9 +40,20 @@ class Generator:
     """The caller writes this engine's checkpoints (`pipeline.state.write_checkpoint` of a
     `state_dict()`): there is nothing to gain from the stream writing them itself."""
 
-    def __init__(self, preset: Preset, components: Components):
+    def __init__(
+        self,
+        preset: Preset,
+        components: Components,
+        presenter_cache: PresenterCache | None = None,
+    ):
         self.preset = preset
         self.components = components
+        self.presenter_cache = presenter_cache
+        """Where streams opened with a namespace keep and find their presenters
+        (pipeline/presenters.py); one cache may serve several generators."""
+        self.engine_id = uuid.uuid4().hex
+        """Names this generator's model in the cache's keys: no other engine's entries are
+        used, even of the same preset."""
         self._active: Stream | None = None
 
     @property
@@ -61,6 +74,7 @@ class Generator:
         seed: int = 0,
         dit_overrides: dict[str, Any] | None = None,
         precision: str = params.PRECISION_DEFAULT,
+        presenter_cache: PresenterCache | None = None,
     ) -> Generator:
         """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
 
@@ -71,7 +85,8 @@ class Generator:
         weight values. dit_overrides: change DiT settings (e.g. num_layers for a reduced depth).
         precision: "bf16" (the DiT's linears in `dtype`) or "fp8" (their weights quantised to
         float8 e4m3 once loaded, the LoRA merged; pipeline/model/fp8.py). On a GPU the VAE's
-        kernels are stored channels-last for the streaming decoder.
+        kernels are stored channels-last for the streaming decoder. presenter_cache: see
+        `open`'s namespace.
         """
         precision = params.check_precision(precision)
         preset = get_preset(resolve_name(name, checkpoint_dir))
@@ -93,7 +108,7 @@ class Generator:
             comps.dit.to_fp8()
         if device.type == "cuda":
             vae_mod.use_channels_last(comps.vae)
-        return cls(preset, comps)
+        return cls(preset, comps, presenter_cache)
 
     def open(
         self,
@@ -103,11 +118,17 @@ class Generator:
         resume_from: str | os.PathLike[str] | None = None,
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
+        namespace: str | None = None,
     ) -> Stream:
         """Start a stream for `request`, or continue one from a state / checkpoint directory.
 
         A resumed stream must be opened with the same request (ValueError otherwise). Opening a
         stream closes the generator's previous one and frees its caches.
+
+        namespace (the caller's tenant, say): with a `presenter_cache`, a fresh stream takes
+        what its open computes from the presenter (portrait, prompt, size, precision) from the
+        cache, or computes and stores it; entries of another namespace are never seen. The
+        frames are the same either way. None: the cache is not used.
         """
         if state is not None and resume_from is not None:
             raise ValueError("give either state or resume_from, not both")
@@ -118,8 +139,17 @@ class Generator:
         if self._active is not None:
             self._active.close()
             self._active = None
+        scope = None
+        if self.presenter_cache is not None and namespace is not None:
+            scope = PresenterScope(self.presenter_cache, namespace, self.engine_id)
         stream = Stream(
-            self.preset, self.components, request, state=state, decode=decode, progress=progress
+            self.preset,
+            self.components,
+            request,
+            state=state,
+            decode=decode,
+            progress=progress,
+            presenters=scope,
         )
         self._active = stream
         return stream

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from pipeline import params
+from pipeline import presenters as presenter_mod
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
@@ -66,6 +67,7 @@ class Stream:
         state: state_io.StateDict | state_io.TensorSource | None = None,
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
+        presenters: presenter_mod.PresenterScope | None = None,
     ):
         request.validate()
         if decode not in ("online", "offline"):
@@ -115,13 +117,22 @@ class Stream:
         self.schedule = flow_schedule(
             request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
         )
-        text = encode_prompt(
-            comps.text_encoder,
-            comps.tokenizer,
-            request.prompt,
-            preset.dit.text_len,
-            device=comps.text_device,
-        )
+        # a presenter seen before: its open comes from the cache (pipeline/presenters.py)
+        scope = presenters if decode == "online" else None
+        key = None if scope is None else scope.key(request, self.fingerprint, comps.dit.precision)
+        cached = None if scope is None or key is None else scope.cache.get(key)
+        self.presenter_key = None if key is None else key.presenter
+        self.presenter_cached = cached is not None
+        if cached is not None:
+            text = presenter_mod.copy_tensor(cached.text)
+        else:
+            text = encode_prompt(
+                comps.text_encoder,
+                comps.tokenizer,
+                request.prompt,
+                preset.dit.text_len,
+                device=comps.text_device,
+            )
         self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
         self.audio = AudioFeatures(
             comps.audio_encoder,
@@ -143,6 +154,9 @@ class Stream:
             assert restoring is not None
             restoring.result()  # the ring caches are in place
             self._finish_restore(source)
+        elif cached is not None:
+            self.next_clip = 0
+            self._motion = presenter_mod.restore(cached, self.caches, self.sink_keys, self.decoder)
         else:
             self.next_clip = 0
             reference, motion = self._reference_latents()
@@ -152,6 +166,11 @@ class Stream:
                 self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
             else:
                 self._offline_latents.append(warmup.cpu())
+            if scope is not None and key is not None:
+                kept = presenter_mod.capture(
+                    text, motion, self.caches[0], self.sink_keys, self.decoder
+                )
+                scope.cache.put(key, kept)
 
     # ---- iteration -----------------------------------------------------------------------
 

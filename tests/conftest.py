@@ -127,18 +127,22 @@ def create_job():
 
     from db import job_store
     from db.models import Job
-    from tests.factories import job_params
+    from tests.factories import job_params, presenter
 
     def create(database: Database, **overrides) -> Job:
         job_id = overrides.pop("id", None) or uuid.uuid4()
+        tenant = overrides.get("tenant", "default")
+        params = overrides.get("params") or job_params(audio_duration_s=19.2)
+        precision = overrides.get("precision", "bf16")
         fields = dict(
             id=job_id,
             tenant="default",
-            params=job_params(audio_duration_s=19.2),  # exactly its ten clips of 48 frames
+            params=params,  # default: exactly its ten clips of 48 frames
             image_key=f"jobs/{job_id}/inputs/image.png",
             audio_key=f"jobs/{job_id}/inputs/audio.wav",
             clips_total=10,
             max_attempts=3,
+            presenter_key=presenter(tenant, params=params, precision=precision),
         )
         fields.update(overrides)
         now = fields.pop("now", None)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
 from db.failures import Failure, FailureKind
 from db.leases import Lease
 from db.models import utcnow
-from db.params import AudioFacts, ImageFacts, JobParams
+from db.params import AudioFacts, ImageFacts, JobParams, presenter_key
 from pipeline import params as P
 
 
@@ -30,6 +31,14 @@ def job_params(**overrides: Any) -> JobParams:
     )
     fields.update(overrides)
     return JobParams(**fields)
+
+
+def presenter(
+    tenant: str, portrait: bytes = b"portrait", params: JobParams | None = None, precision="bf16"
+) -> str:
+    """The presenter key of a job of `tenant` with this portrait (`jobs.presenter_key`)."""
+    digest = hashlib.sha256(portrait).hexdigest()
+    return presenter_key(tenant, digest, params or job_params(), precision)
 
 
 def lease_for(job_id: uuid.UUID, worker_id: str, attempt: int) -> Lease:

@@ -74,9 +74,20 @@ class EngineSpec:
     precision: str = P.PRECISION_DEFAULT
     """The DiT's precision (pipeline.params.PRECISIONS); a worker builds one engine for each
     precision it serves, from this spec with the precision replaced."""
+    presenter_cache_gpu_bytes: int = 0
+    presenter_cache_host_bytes: int = 0
+    """The process's presenter cache (pipeline/presenters.py), shared by its engines: bytes on
+    the engine's device (a CPU engine: host memory) and in page-locked host memory; both 0:
+    no cache. An engine that cannot use one (the multi-GPU engine) ignores it."""
 
     def __post_init__(self) -> None:
         P.check_precision(self.precision)
+        if self.presenter_cache_gpu_bytes < 0 or self.presenter_cache_host_bytes < 0:
+            raise ValueError("presenter cache sizes must be >= 0")
+
+    @property
+    def caches_presenters(self) -> bool:
+        return self.presenter_cache_gpu_bytes > 0 or self.presenter_cache_host_bytes > 0
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ Loading a 14B model takes minutes and must never happen per job. Nothing here ru
 first job, so a process that forks workers never initialises CUDA before the fork.
 ``pipeline.Generator`` (one device) is the default engine; the multi-GPU engine
 (`pipeline.tpp`) plugs in through ``EngineSpec.factory`` (see `multi_gpu_engine`).
+
+The process also keeps one presenter cache (pipeline/presenters.py) across jobs, shared by its
+engines, sized by the spec: a job whose presenter (tenant, portrait, prompt, size, precision)
+was rendered here before opens from it. Its keys go to the claim (presenter affinity).
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import importlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.engine import Engine
+from pipeline.engine import Engine, PresenterEngine
 from worker.config import EngineSpec
+
+if TYPE_CHECKING:
+    from pipeline.presenters import PresenterCache
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,8 @@ class EngineCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._engines: dict[EngineSpec, Engine] = {}
+        self.presenters: PresenterCache | None = None
+        """The process's presenter cache, made with its first engine that has one."""
 
     def get(self, spec: EngineSpec) -> Engine:
         with self._lock:
@@ -108,7 +117,20 @@ class EngineCache:
                 engine = build_engine(spec)
                 log.info("engine loaded in %.1f s", time.monotonic() - started)
                 self._engines[spec] = engine
+            if isinstance(engine, PresenterEngine) and spec.caches_presenters:
+                if self.presenters is None:
+                    from pipeline.presenters import PresenterCache
+
+                    self.presenters = PresenterCache(
+                        spec.presenter_cache_gpu_bytes, spec.presenter_cache_host_bytes
+                    )
+                engine.presenter_cache = self.presenters
             return engine
+
+    def presenter_keys(self) -> tuple[str, ...]:
+        """The presenters this process holds (`jobs.presenter_key` values), most recent first."""
+        cache = self.presenters
+        return () if cache is None else cache.presenter_keys()
 
     def close(self) -> None:
         """Shut down the engines that run processes of their own (multi-GPU ranks)."""

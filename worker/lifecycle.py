@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -43,7 +43,7 @@ from db.database import Database
 from db.leases import LeaseLost
 from db.segments import Segment
 from db.states import JobStatus
-from pipeline.engine import Engine, RenderStream
+from pipeline.engine import Engine, PresenterEngine, RenderStream
 from storage import keys
 from storage.base import ObjectNotFound, Storage
 from worker.backoff import with_retries
@@ -111,6 +111,8 @@ class AttemptStats:
     """Waiting for the model to load, after the inputs and the checkpoint were downloaded
     beside it (0 when it was loaded already)."""
     open_s: float = 0.0
+    presenter_cached: bool = False
+    """The stream's presenter came from the worker's presenter cache."""
     render_s: float = 0.0
     """From the first clip asked of the stream to the last one back, boundaries included."""
     capture_s: float = 0.0
@@ -148,12 +150,17 @@ class Lifecycle:
         storage: Storage,
         *,
         engines: Callable[[EngineSpec], Engine] | None = None,
+        presenter_keys: Callable[[], Collection[str]] | None = None,
         on_clip: ClipHook | None = None,
     ):
         self.config = config
         self.database = database
         self.storage = storage
         self._engines = engines if engines is not None else ENGINES.get
+        self.presenter_keys = presenter_keys or (
+            ENGINES.presenter_keys if engines is None else tuple
+        )
+        """The presenters this worker's engines hold: the claim prefers their jobs."""
         self.on_clip = on_clip
         """Called after every generated clip (see `ClipDone`)."""
         self.faults = FaultPlan.parse(config.fault)
@@ -182,7 +189,8 @@ class Lifecycle:
         """Handle one wake-up, sent for `job_id`.
 
         A wake-up says that work exists, not which comes first: the worker takes the best
-        queued job (priority, then fair share between tenants, then age), which is `job_id`
+        queued job (priority, then fair share between tenants, then a presenter it holds,
+        then age), which is `job_id`
         unless others are ahead of it; with none queued, it takes over `job_id` if that job's
         lease expired unreaped, and otherwise drops the wake-up as a duplicate.
         """
@@ -230,6 +238,7 @@ class Lifecycle:
                 self.config.worker_id,
                 self.config.lease_s,
                 serves=self.config.capabilities,
+                cached=self.presenter_keys(),
             )
 
 
@@ -434,9 +443,20 @@ class _Attempt:
 
         started = time.monotonic()
         request = plan.request(image, audio)
-        stream = engine.open(request, resume_from=start.checkpoint)
+        if isinstance(engine, PresenterEngine) and engine.presenter_cache is not None:
+            # the tenant is the namespace: no job sees another tenant's presenters
+            stream = engine.open(request, resume_from=start.checkpoint, namespace=plan.tenant)
+        else:
+            stream = engine.open(request, resume_from=start.checkpoint)
         self._stream = stream
         self.stats.open_s = time.monotonic() - started
+        self.stats.presenter_cached = bool(getattr(stream, "presenter_cached", False))
+        log.info(
+            "job %s: stream opened in %.2f s%s",
+            self.job_id,
+            self.stats.open_s,
+            " (presenter from the cache)" if self.stats.presenter_cached else "",
+        )
         if stream.num_clips != plan.clips_total or stream.next_clip != start.clip:
             raise RuntimeError(
                 f"the engine's stream renders clips {stream.next_clip}..{stream.num_clips}, "

@@ -35,6 +35,7 @@ from api.references import (
     StoredInput,
     check_stored,
     download_reference,
+    input_sha256,
     load_uploads,
     reference_kind,
     upload_not_found,
@@ -53,7 +54,7 @@ from api.submission import (
 )
 from db import batches, job_store, tenants, webhooks
 from db.models import Batch
-from db.params import ScriptParams
+from db.params import ScriptParams, presenter_key
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=error_responses())
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -382,21 +383,28 @@ def _create(
     _store_imports(services, caller, refs)
 
     batch_id = uuid.uuid4()
-    jobs = [
-        job_store.NewJob(
-            id=job_id,
-            tenant=caller.tenant,
-            params=params,
-            image_key=refs[(c.image, "image")].key,  # type: ignore[arg-type]
-            audio_key=refs[(c.audio, "audio")].key,  # type: ignore[arg-type]
-            clips_total=clips_total,
-            max_attempts=services.config.max_attempts,
-            priority=req.priority,
-            precision=req.precision or services.config.default_precision,
-            batch_id=batch_id,
+    jobs = []
+    for job_id, (req, params, clips_total), c in zip(job_ids, planned, checked, strict=True):
+        precision = req.precision or services.config.default_precision
+        portrait = refs[(c.image, "image")]
+        assert portrait.got is not None
+        jobs.append(
+            job_store.NewJob(
+                id=job_id,
+                tenant=caller.tenant,
+                params=params,
+                image_key=portrait.key,  # type: ignore[arg-type]
+                audio_key=refs[(c.audio, "audio")].key,  # type: ignore[arg-type]
+                clips_total=clips_total,
+                max_attempts=services.config.max_attempts,
+                priority=req.priority,
+                precision=precision,
+                batch_id=batch_id,
+                presenter_key=presenter_key(
+                    caller.tenant, input_sha256(portrait.got), params, precision
+                ),
+            )
         )
-        for job_id, (req, params, clips_total), c in zip(job_ids, planned, checked, strict=True)
-    ]
     job_hooks = [
         batches.JobWebhook(
             url=req.webhook_url,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
@@ -301,7 +302,7 @@ def s3_api(workdir: Path) -> Iterator[Any]:
 def bench_tiny(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from db import job_store, migrate
     from db.database import Database
-    from db.params import AudioFacts, ImageFacts, JobParams
+    from db.params import AudioFacts, ImageFacts, JobParams, presenter_key
     from pipeline.params import fit_size
     from storage import keys
     from storage.local import LocalStorage
@@ -346,6 +347,9 @@ def bench_tiny(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     audio_key=audio_key,
                     clips_total=clips,
                     max_attempts=1,
+                    presenter_key=presenter_key(
+                        "bench", hashlib.sha256(image).hexdigest(), params, "bf16"
+                    ),
                 ),
             )
         return job_id

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
 import pytest
 
 from db import job_store, outbox
+from db.params import presenter_key
 from tests import media
 from tests.conftest import INPUT_BUCKET, count_rows
 
@@ -151,3 +153,38 @@ def test_a_job_chooses_its_precision_and_the_operator_sets_the_default(api_clien
     r = submit(api_client, prompt="p", precision="fp16")
     assert r.status_code == 422
     assert "unknown precision 'fp16'" in r.text and "bf16, fp8" in r.text
+
+
+def test_a_job_names_its_presenter_however_its_portrait_arrives(api_client, api_services):
+    """The presenter key: the tenant, the portrait's digest, prompt, size and precision (the
+    worker's presenter cache keys the job's stream by the same function)."""
+    image = media.png()
+    by_file = submit(api_client, image, prompt="a teacher", size="720*400")
+    up = api_client.post("/v1/uploads", files={"file": ("a.png", image)}, data={"kind": "image"})
+    assert up.status_code in (200, 201), up.text
+    audio = api_client.post(
+        "/v1/uploads", files={"file": ("a.wav", media.wav(2.0))}, data={"kind": "audio"}
+    ).json()["id"]
+    by_upload = api_client.post(
+        "/v1/jobs",
+        json={"image": up.json()["id"], "audio": audio, "prompt": "a teacher", "size": "720*400"},
+    )
+    batch = api_client.post(
+        "/v1/batches",
+        json={"jobs": [{"image": up.json()["id"], "audio": audio, "prompt": p, "size": "720*400"}
+                       for p in ("a teacher", "another style")]},
+    )  # fmt: skip
+    fp8 = submit(api_client, image, prompt="a teacher", size="720*400", precision="fp8")
+    ids = [r.json()["id"] for r in (by_file, by_upload, fp8)] + batch.json()["job_ids"]
+    with api_services.database.transaction() as s:
+        jobs = [job_store.get_job(s, uuid.UUID(i)) for i in ids]
+    digest = hashlib.sha256(image).hexdigest()
+    want = presenter_key("default", digest, jobs[0].job_params, "bf16")
+    assert [j.presenter_key for j in jobs] == [
+        want,
+        want,
+        presenter_key("default", digest, jobs[0].job_params, "fp8"),
+        want,
+        presenter_key("default", digest, jobs[4].job_params, "bf16"),
+    ]
+    assert len({want, jobs[2].presenter_key, jobs[4].presenter_key}) == 3

@@ -17,7 +17,7 @@ import av
 from db import job_store
 from db.database import Database
 from db.models import Job
-from db.params import ImageFacts
+from db.params import ImageFacts, presenter_key
 from pipeline.params import frames_for_duration
 from storage import keys
 from storage.base import Storage
@@ -51,6 +51,8 @@ def make_job(
     checkpoint_every: int = CHECKPOINT_EVERY,
     max_attempts: int = 3,
     precision: str = "bf16",
+    tenant: str = "default",
+    priority: int = 0,
     **params: Any,
 ) -> uuid.UUID:
     """Store the inputs and insert a queued job with its outbox row, as the API does.
@@ -61,7 +63,8 @@ def make_job(
     image_key = keys.input_key(job_id, "image", "png")
     audio_key = keys.input_key(job_id, "audio", "wav")
     seconds = round(clips * INFER_FRAMES / 25 - 0.1, 3)  # SPEECH_S for the standard job
-    storage.put_bytes(image_key, image if image is not None else media.png(128, 128))
+    image = image if image is not None else media.png(128, 128)
+    storage.put_bytes(image_key, image)
     storage.put_bytes(audio_key, audio if audio is not None else media.wav(seconds))
     all_params = job_params(
         size="64*64",
@@ -79,13 +82,17 @@ def make_job(
             s,
             job_store.NewJob(
                 id=job_id,
-                tenant="default",
+                tenant=tenant,
                 params=all_params,
                 image_key=image_key,
                 audio_key=audio_key,
                 clips_total=clips,
                 max_attempts=max_attempts,
                 precision=precision,
+                priority=priority,
+                presenter_key=presenter_key(
+                    tenant, hashlib.sha256(image).hexdigest(), all_params, precision
+                ),
             ),
         )
     return job_id
