@@ -502,6 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budgets-mb-s", type=lambda t: [float(x) for x in t.split(",")], default=[25, 50, 100]
     )
     p.add_argument("--max-interval-min", type=float, default=30.0)
+    p.add_argument(
+        "--tiers-runs",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=["cold", "remote"],
+        help="tiers: besides the warm resume and the fresh open, a cold resume, a download",
+    )
     p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")
     p.add_argument("--tiny-clips", type=int, default=20)
