@@ -16,9 +16,9 @@ from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
 from api.references import reference_pattern
-from api.routes import batches, files, health, jobs, uploads, webhooks
+from api.routes import batches, files, health, jobs, presenters, uploads, webhooks
 from api.routes.webhooks import WebhookRequest
-from api.schemas import JobRequest, form_schema
+from api.schemas import form_schema, job_schema
 from api.services import Services
 
 DESCRIPTION = """Queued, resumable renders of long talking-avatar videos.
@@ -37,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(uploads.router)
+    app.include_router(presenters.router)
     app.include_router(webhooks.router)
     app.include_router(files.router)
     dashboard.install(app)  # the web dashboard at /
@@ -71,7 +72,7 @@ def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
     reference = {"pattern": reference_pattern(config.allowed_input_buckets)}
-    job = JobRequest.model_json_schema(ref_template=template)
+    job = job_schema(template)
     job["properties"]["image"].update(reference)
     job["properties"]["audio"].update(reference)
     bodies = {
@@ -79,6 +80,7 @@ def _openapi(app: FastAPI, config: ApiConfig) -> dict[str, Any]:
         "JobForm": form_schema(job),
         "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
         **batches.request_schemas(template, reference["pattern"]),
+        **presenters.request_schemas(job),
     }
     for name, body in bodies.items():
         components.update(body.pop("$defs", {}))  # nested models, referred to by the template

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import forms, text
+from api import forms, presenters, text
 from api.auth import Caller
 from api.config import ApiConfig, InputLimits
 from api.errors import ApiError, pydantic_error
@@ -64,7 +64,8 @@ Input = LocalInput | StoredInput
 @dataclass
 class Submission:
     request: JobRequest
-    image: UploadFile | str
+    image: UploadFile | str | None
+    """None for a job that names a presenter."""
     audio: UploadFile | str
 
 
@@ -88,16 +89,42 @@ async def submit(
     check_idempotency_key(idempotency_key)
     async with contextlib.AsyncExitStack() as opened:  # closes the form's spooled files
         submission = await read_request(request, services, caller, opened)
-        image = await _materialise(services, caller, submission.image, "image", scratch)
-        audio = await _materialise(services, caller, submission.audio, "audio", scratch)
+        req = submission.request
+        image: LocalInput | UploadRef | None = None
+        if submission.image is not None:
+            image = await materialise(services, caller, submission.image, "image", scratch)
+        audio = await materialise(services, caller, submission.audio, "audio", scratch)
+    # a presenter's job is fingerprinted as sent (by the presenter's name): retrying it returns
+    # the job even when the presenter has changed or gone since
     fingerprint = request_fingerprint(
-        submission.request.model_dump(mode="json", exclude={"image", "audio"}),
-        _identity(submission.image, image),
+        req.model_dump(mode="json", exclude={"image", "audio"} | _unset_presenter(req)),
+        f"presenter:{req.presenter}" if image is None else _identity(submission.image, image),
         _identity(submission.audio, audio),
     )
+    if req.presenter is not None:
+        try:
+            presenter = await run_in_threadpool(
+                presenters.find, services, caller.tenant, req.presenter
+            )
+        except ApiError:
+            earlier = idempotency_key and await run_in_threadpool(
+                _find_idempotent, services, caller.tenant, idempotency_key
+            )
+            if earlier:
+                return replay(earlier, fingerprint, idempotency_key), False  # type: ignore[arg-type]
+            raise
+        req = req.with_presenter(presenter)
+        image = UploadRef(presenter.portrait.id)
+    assert image is not None
     return await run_in_threadpool(
-        _accept, services, caller, submission.request, image, audio, idempotency_key, fingerprint
+        _accept, services, caller, req, image, audio, idempotency_key, fingerprint
     )
+
+
+def _unset_presenter(req: JobRequest) -> set[str]:
+    """Left out of the fingerprint when unused, so a job's fingerprint is what it was before
+    jobs could name presenters."""
+    return {"presenter"} if req.presenter is None else set()
 
 
 def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
@@ -140,9 +167,12 @@ async def read_request(
         )
     except ValidationError as e:
         raise pydantic_error(list(e.errors())) from None
+    job_request.check_presenter_choice(image_file="image" in files)
     image = files.get("image") or job_request.image
     audio = files.get("audio") or job_request.audio
     for name, value in (("image", image), ("audio", audio)):
+        if name == "image" and job_request.presenter is not None:
+            continue  # the presenter's portrait
         if not value:
             how = (
                 "upload it as a file field"
@@ -153,7 +183,7 @@ async def read_request(
     return Submission(job_request, image, audio)  # type: ignore[arg-type]
 
 
-def _field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
+def field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
     def too_large(name: str, limit: int) -> ApiError:
         if name == "prompt":
             return ApiError(
@@ -183,7 +213,7 @@ async def _read_form(
         max_files=2,
         max_fields=32,
         max_field_bytes=FORM_FIELD_LIMIT,
-        too_large=_field_too_large(caller.limits),
+        too_large=field_too_large(caller.limits),
     )
     opened.push_async_callback(form.close)
     fields: dict[str, Any] = {}
@@ -246,7 +276,7 @@ class Scratch:
             self._dir.cleanup()
 
 
-async def _materialise(
+async def materialise(
     services: Services, caller: Caller, source: UploadFile | str, kind: str, scratch: Scratch
 ) -> LocalInput | UploadRef:
     """An upload copied out, an s3:// reference downloaded, or an upload id to look up."""
@@ -322,6 +352,7 @@ def job_params(
         )
     width, height = P.fit_size(image.width, image.height, req.size)
     check_watermark(req.watermark, width, height, config, field)
+    assert req.prompt is not None  # check_presenter_choice; a presenter's job has its prompt
     params = JobParams(
         prompt=req.prompt,
         size=req.size,
@@ -491,6 +522,7 @@ def _create(
             precision=req.precision or services.config.default_precision,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
+            presenter=req.presenter,
         ),
     )
     if req.webhook_url:

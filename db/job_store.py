@@ -51,6 +51,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     batch_id: uuid.UUID | None = None
+    presenter: str | None = None
+    """The presenter's name, for people (the job's inputs and params are its own copies)."""
 
 
 def new_job_rows(
@@ -76,6 +78,7 @@ def new_job_rows(
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
         "batch_id": new.batch_id,
+        "presenter": new.presenter,
         "created_at": now,
         "updated_at": now,
     }

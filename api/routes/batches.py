@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api import presenters
 from api.auth import Caller
 from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses, pydantic_error
@@ -39,7 +40,7 @@ from api.references import (
 )
 from api.routes.jobs import decode_cursor, encode_cursor, page_size
 from api.routes.uploads import store_upload
-from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links
+from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links, job_schema
 from api.services import Services
 from api.submission import check_idempotency_key, check_quota, job_params, request_fingerprint
 from db import batches, job_store, tenants, webhooks
@@ -66,16 +67,18 @@ class BatchRequest(BaseModel):
     )
 
 
-REQUIRED_IN_EACH_JOB = ("prompt", "image", "audio")
+REQUIRED_IN_EACH_JOB = ("audio",)
+FROM_PRESENTER = ("prompt", "image")
+"""Required in each job (or the defaults) unless it names a presenter."""
 
 
 def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, Any]]:
     """The published schemas of a batch: `BatchRequest`, and `BatchJob`, a job request whose
     fields may come from `defaults` (so none is required on its own), with image and audio
-    also by input name. Each of prompt, image and audio must be in every job or in the
-    defaults, as the server checks. `reference` is the pattern of an input reference."""
-    job = JobRequest.model_json_schema(ref_template=ref_template)
-    job.pop("required", None)
+    also by input name. Audio must be in every job or in the defaults, and so must prompt and
+    image unless a presenter is named instead, as the server checks. `reference` is the pattern of an input reference."""
+    job = job_schema(ref_template)
+    job.pop("anyOf", None)
     job["title"] = "BatchJob"
     job["description"] = "A job of a batch: a JobRequest whose fields `defaults` may give."
     for kind in ("image", "audio"):
@@ -103,6 +106,18 @@ def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, An
             ]
         }
         for name in REQUIRED_IN_EACH_JOB
+    ] + [
+        {
+            "anyOf": [
+                {
+                    "required": ["defaults"],
+                    "properties": {"defaults": {"anyOf": [own, by_presenter]}},
+                },
+                {"properties": {"jobs": {"items": {"anyOf": [own, by_presenter]}}}},
+            ]
+        }
+        for name in FROM_PRESENTER
+        for own, by_presenter in [({"required": [name]}, {"required": ["presenter"]})]
     ]
     return {"BatchRequest": batch, "BatchJob": job}
 
@@ -169,26 +184,55 @@ class _Ref:
     key: str | None = None
 
 
-def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest, str, str]]:
-    """Each job as a JobRequest with the references of its image and audio."""
+PRESENTER_TAKES = ("image", "prompt", "size")
+"""What a presenter gives a job: a job's own presenter takes the place of these in the
+defaults, and a job's own image or prompt takes the place of the defaults' presenter."""
+
+
+def merge_defaults(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    base = dict(defaults)
+    if "presenter" in job:
+        for name in PRESENTER_TAKES:
+            base.pop(name, None)
+    elif "image" in job or "prompt" in job:
+        base.pop("presenter", None)
+    return {**base, **job}
+
+
+def _validate_jobs(
+    services: Services, body: BatchRequest, caller: Caller
+) -> list[tuple[JobRequest, str, str]]:
+    """Each job as a JobRequest with the references of its image and audio (a presenter's
+    job: with what it takes from its presenter)."""
     for name, value in body.inputs.items():
         if not INPUT_NAME.match(name):
             raise ApiError(
                 422, "invalid_parameter", f"inputs: {name!r} is not a valid input name", "inputs"
             )
         reference_kind(value, f"inputs.{name}")
-    checked = []
+    checked: list[JobRequest] = []
     for i, job in enumerate(body.jobs):
         field = f"jobs[{i}]"
         try:
             req = JobRequest.model_validate(
-                {**body.defaults, **job}, context={"limits": caller.limits}
+                merge_defaults(body.defaults, job), context={"limits": caller.limits}
             )
         except ValidationError as e:
             error = pydantic_error(list(e.errors()))
             error.field = f"{field}.{error.field}" if error.field else field
             error.message = f"{field}.{error.message}"
             raise error from None
+        req.check_presenter_choice(f"{field}.")
+        checked.append(req)
+    named = [req.presenter for req in checked if req.presenter is not None]
+    found = presenters.find_many(services, caller.tenant, named) if named else {}
+    jobs = []
+    for i, req in enumerate(checked):
+        field = f"jobs[{i}]"
+        if req.presenter is not None:
+            if req.presenter not in found:
+                raise presenters.not_found(req.presenter, f"{field}.presenter")
+            req = req.with_presenter(found[req.presenter])
         refs = []
         for kind in ("image", "audio"):
             value = getattr(req, kind)
@@ -202,8 +246,8 @@ def _validate_jobs(body: BatchRequest, caller: Caller) -> list[tuple[JobRequest,
             value = body.inputs.get(value, value)
             reference_kind(value, f"{field}.{kind}")
             refs.append(value)
-        checked.append((req, refs[0], refs[1]))
-    return checked
+        jobs.append((req, refs[0], refs[1]))
+    return jobs
 
 
 def _check_webhooks(services: Services, requests: list[JobRequest]) -> None:
@@ -270,7 +314,7 @@ def _create(
         replayed = _replay(services, caller, idempotency_key, fingerprint)
         if replayed is not None:
             return *replayed, False
-    checked = _validate_jobs(body, caller)
+    checked = _validate_jobs(services, body, caller)
     _check_webhooks(services, [req for req, _, _ in checked])
     refs: dict[tuple[str, str], _Ref] = {}
     for i, (_req, image, audio) in enumerate(checked):
@@ -310,6 +354,7 @@ def _create(
             priority=req.priority,
             precision=req.precision or services.config.default_precision,
             batch_id=batch_id,
+            presenter=req.presenter,
         )
         for job_id, (req, params, clips_total), (_r, image, audio) in zip(
             job_ids, planned, checked, strict=True
