@@ -185,17 +185,18 @@ class _Ref:
 
 
 PRESENTER_TAKES = ("image", "prompt", "size")
-"""What a presenter gives a job: a job's own presenter takes the place of these in the
-defaults, and a job's own image or prompt takes the place of the defaults' presenter."""
 
 
 def merge_defaults(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """A job's fields over the defaults'. A presenter gives a job its image, prompt and size,
+    so the job's own image or prompt sets the defaults' presenter aside, and a presenter (the
+    job's or the defaults') sets the defaults' image, prompt and size aside."""
     base = dict(defaults)
-    if "presenter" in job:
+    if "image" in job or "prompt" in job:
+        base.pop("presenter", None)
+    if "presenter" in job or "presenter" in base:
         for name in PRESENTER_TAKES:
             base.pop(name, None)
-    elif "image" in job or "prompt" in job:
-        base.pop("presenter", None)
     return {**base, **job}
 
 

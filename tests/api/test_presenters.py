@@ -292,3 +292,94 @@ def test_deleting_a_presenter_leaves_accepted_jobs_as_they_were(api_client, api_
         job["params"], job["inputs"], "anna",
     )  # fmt: skip
     assert api_services.storage.get_bytes(job["inputs"]["image"]) == image
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batch_jobs_may_name_presenters(api_client, api_services):
+    create(api_client, image=media.png(256, 384), size="480*832")
+    create(api_client, name="bob", image=media.png(320, 320), prompt="A narrator", size="64*64")
+    up = {
+        kind: api_client.post(
+            "/v1/uploads", data={"kind": kind}, files={"file": ("f", data)}
+        ).json()["id"]
+        for kind, data in (("image", media.png(384, 256)), ("audio", media.wav(2.0)))
+    }
+    body = {
+        # the defaults' presenter, size and image: each job takes what applies to it
+        "defaults": {"presenter": "anna", "audio": up["audio"], "size": "384*256", "seed": 3},
+        "jobs": [
+            {},  # anna
+            {"presenter": "bob"},  # bob, with his own size, not the defaults'
+            {"prompt": "A guest", "image": up["image"]},  # its own portrait: no presenter
+        ],
+    }
+    r = api_client.post("/v1/batches", json=body)
+    assert r.status_code == 201, r.text
+    jobs = [api_client.get(f"/v1/jobs/{i}").json() for i in r.json()["job_ids"]]
+    assert [j["presenter"] for j in jobs] == ["anna", "bob", None]
+    assert [j["params"]["prompt"] for j in jobs] == [PROMPT, "A narrator", "A guest"]
+    assert [j["params"]["size"] for j in jobs] == ["480*832", "64*64", "384*256"]
+    anna = api_client.get("/v1/presenters/anna").json()
+    assert jobs[0]["inputs"]["image"].startswith(f"uploads/{anna['image']}.")
+    # the same as a single job naming the presenter
+    single = submit(api_client, audio=media.wav(2.0), presenter="anna", seed="3").json()
+    assert single["params"] == jobs[0]["params"]
+
+
+@pytest.mark.parametrize(
+    "job,status,code,field",
+    [
+        ({"presenter": "nobody"}, 422, "presenter_not_found", "jobs[1].presenter"),
+        ({"presenter": "anna", "prompt": "p"}, 422, "presenter_conflict", "jobs[1].prompt"),
+        ({"presenter": "anna", "size": "64*64"}, 422, "presenter_conflict", "jobs[1].size"),
+        ({"image": "upl_" + "0" * 24}, 422, "invalid_parameter", "jobs[1].prompt"),
+    ],
+)
+def test_bad_presenter_jobs_refuse_the_whole_batch(
+    api_client, api_services, job, status, code, field
+):
+    create(api_client)
+    audio = api_client.post(
+        "/v1/uploads", data={"kind": "audio"}, files={"file": ("f", media.wav(1.0))}
+    ).json()["id"]
+    body = {"defaults": {"audio": audio}, "jobs": [{"presenter": "anna"}, job]}
+    r = api_client.post("/v1/batches", json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["field"]) == (code, field), error
+    if code == "presenter_not_found":
+        assert "'nobody'" in error["message"]
+    assert rows(api_services, "jobs") == 0 and rows(api_services, "batches") == 0
+
+
+@pytest.mark.slow
+def test_a_presenter_job_renders_after_its_presenter_is_deleted_as_the_files_job_does(
+    api_client, api_services, tmp_path
+):
+    """Both jobs render with the tiny model: the same frames, and the presenter's deletion
+    between submit and render changes nothing."""
+    from tests.worker.lifecycle_helpers import config, output_hashes
+    from worker.lifecycle import Lifecycle, Outcome
+
+    image, audio = media.png(128, 128), media.wav(0.9)
+    params = {"seed": "5", "infer_frames": "12", "num_clips": "2"}
+    create(api_client, image=image, size="64*64")
+    by_presenter = submit(api_client, audio=audio, presenter="anna", **params).json()
+    assert api_client.delete("/v1/presenters/anna").status_code == 204
+    by_files = api_client.post(
+        "/v1/jobs",
+        files={"image": ("p.png", image, "image/png"), "audio": ("s.wav", audio, "audio/wav")},
+        data={"prompt": PROMPT, "size": "64*64", **params},
+    ).json()
+
+    database, storage = api_services.database, api_services.storage
+    worker = Lifecycle(config(tmp_path), database, storage)
+    for job in (by_presenter, by_files):
+        assert worker.run(uuid.UUID(job["id"])) is Outcome.SUCCEEDED
+        assert api_client.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+    frames = [
+        output_hashes(storage, uuid.UUID(j["id"]), tmp_path) for j in (by_presenter, by_files)
+    ]
+    assert len(frames[0]) > 0 and frames[0] == frames[1]
