@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -71,18 +73,51 @@ class LongtakeClient:
 
     def submit(
         self,
-        image: Path,
+        image: Path | None,
         audio: Path,
         *,
         idempotency_key: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
-        """Upload the two files with the render parameters (None values are left out)."""
+        """Upload the files with the render parameters (None values are left out). A job that
+        names a presenter (`presenter=NAME`) sends no image."""
         data = {k: str(v) for k, v in params.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        with image.open("rb") as image_file, audio.open("rb") as audio_file:
-            files = {"image": (image.name, image_file), "audio": (audio.name, audio_file)}
+        with contextlib.ExitStack() as opened:
+            files = {"audio": (audio.name, opened.enter_context(audio.open("rb")))}
+            if image is not None:
+                files["image"] = (image.name, opened.enter_context(image.open("rb")))
             return self._request("POST", "/v1/jobs", files=files, data=data, headers=headers).json()
+
+    def create_presenter(
+        self, name: str, image: Path | str, *, prompt: str, size: str | None = None
+    ) -> dict[str, Any]:
+        """A presenter from a portrait file, or from a reference (s3:// URI or upload id)."""
+        data = {"name": name, "prompt": prompt, **({"size": size} if size else {})}
+        if isinstance(image, str):
+            body = {**data, "image": image}
+            return self._request("POST", "/v1/presenters", json=body).json()
+        with image.open("rb") as f:
+            files = {"image": (image.name, f)}
+            return self._request("POST", "/v1/presenters", files=files, data=data).json()
+
+    def presenters(self) -> list[dict[str, Any]]:
+        """Every presenter of the tenant, by name."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = self._request("GET", "/v1/presenters", params=params).json()
+            found += page["presenters"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    def presenter(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/presenters/{quote(name, safe='')}").json()
+
+    def delete_presenter(self, name: str) -> None:
+        self._request("DELETE", f"/v1/presenters/{quote(name, safe='')}")
 
     def submit_options(self) -> dict[str, Any]:
         """What a submission may choose on this server (the dashboard's form reads the same):

@@ -5,8 +5,12 @@ the same name (lesson-3.png beside lesson-3.wav), else `--image`, else the folde
 its prompt is the text file with the same name (lesson-3.txt), else `--prompt`.
 
 A manifest has one job per row (CSV with a header) or per line (JSONL): `image`, `audio` and
-`prompt`, plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Paths are
+`prompt`, or `presenter` and `audio` (one of the tenant's presenters gives the portrait, prompt
+and size), plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Paths are
 relative to the manifest; s3:// URIs and upload ids (upl_...) are passed through as they are.
+
+`--presenter NAME` gives every job that names no portrait (a folder's audio files, a row
+without image or presenter) that presenter instead of `--image` and `--prompt`.
 
 Local files are uploaded once each (the API stores identical bytes once), and the jobs refer
 to their upload ids.
@@ -33,12 +37,16 @@ def is_reference(value: str) -> bool:
     return value.startswith("s3://") or value.startswith("upl_")
 
 
-def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) -> list[dict]:
+def jobs_from_folder(
+    folder: Path, *, image: Path | None, prompt: str | None, presenter: str | None = None
+) -> list[dict]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     audios = [p for p in files if p.suffix.lower() in AUDIO_EXTS]
     images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTS}
     if not audios:
         raise ManifestError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_EXTS))})")
+    if presenter is not None:
+        return [{"presenter": presenter, "audio": str(audio)} for audio in audios]
     only_image = next(iter(images.values())) if len(images) == 1 else None
     jobs = []
     for audio in audios:
@@ -61,7 +69,7 @@ def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) ->
 # (a prompt of digits stays a prompt); any other cell is read as JSON when it is JSON (numbers,
 # true/false, a watermark object) and as text otherwise.
 TEXT_COLUMNS = frozenset(
-    {"image", "audio", "prompt", "size", "precision", "webhook_url", "webhook_secret"}
+    {"image", "audio", "prompt", "presenter", "size", "precision", "webhook_url", "webhook_secret"}
 )
 
 
@@ -74,7 +82,7 @@ def _cell(column: str, value: str) -> Any:
         return value
 
 
-def jobs_from_manifest(path: Path) -> list[dict]:
+def jobs_from_manifest(path: Path, presenter: str | None = None) -> list[dict]:
     base = path.parent
     if path.suffix.lower() == ".csv":
         with path.open(newline="") as f:
@@ -101,21 +109,35 @@ def jobs_from_manifest(path: Path) -> list[dict]:
     for n, row in enumerate(rows, 1):
         for kind in ("image", "audio"):
             value = row.get(kind)
+            if kind == "image" and not value and (row.get("presenter") or presenter):
+                continue  # the presenter's portrait
             if not value:
-                raise ManifestError(f"{path}: job {n} has no {kind}")
+                raise ManifestError(
+                    f"{path}: job {n} has no {kind}"
+                    + (" (nor a presenter)" if kind == "image" else "")
+                )
             if not is_reference(value):
                 row[kind] = str((base / value).resolve())
     return rows
 
 
-def read_jobs(source: Path, *, image: Path | None, prompt: str | None) -> list[dict]:
+def read_jobs(
+    source: Path, *, image: Path | None, prompt: str | None, presenter: str | None = None
+) -> list[dict]:
+    if presenter is not None and (image is not None or prompt is not None):
+        raise ManifestError(
+            "--presenter brings its own portrait and prompt: drop --image and --prompt"
+        )
     if source.is_dir():
-        return jobs_from_folder(source, image=image, prompt=prompt)
+        return jobs_from_folder(source, image=image, prompt=prompt, presenter=presenter)
     if source.is_file():
-        jobs = jobs_from_manifest(source)
+        jobs = jobs_from_manifest(source, presenter)
         for job in jobs:
-            if prompt and "prompt" not in job:
-                job["prompt"] = prompt
+            if "image" in job or "presenter" in job:
+                if prompt and "prompt" not in job and "presenter" not in job:
+                    job["prompt"] = prompt
+            elif presenter is not None:
+                job["presenter"] = presenter
         return jobs
     raise ManifestError(f"{source} is neither a folder nor a manifest file")
 
@@ -128,6 +150,8 @@ def upload_local_files(
     ids: dict[str, str] = {}
     for job in jobs:
         for kind in ("image", "audio"):
+            if kind not in job:  # a presenter's job
+                continue
             value = job[kind]
             if is_reference(value):
                 continue
