@@ -201,8 +201,6 @@ def _validate(
         raise ApiError(
             422, "invalid_parameter", f"name: {shown}; a name has {NAME_DESCRIPTION}", "name"
         )
-    if file is not None and "image" in raw:
-        raise forms.duplicate("image")
     try:
         req = JobRequest.model_validate(
             {k: raw[k] for k in ("prompt", "size", "image") if k in raw},

@@ -146,6 +146,14 @@ BAD = [
     ("image-corrupt", {}, b"\x89PNG\r\n\x1a\nnot really", 422, "invalid_image", "image"),
     ("image-gif", {}, media.image_bytes("GIF"), 422, "unsupported_image_format", "PNG, JPEG"),
     ("image-tiny", {}, media.image_bytes("PNG", 16, 16), 422, "invalid_image", "at least"),
+    (
+        "image-too-many-bytes",
+        {},
+        b"\x89PNG" + bytes(2 * 1024 * 1024),
+        413,
+        "image_too_large",
+        "larger than the limit",
+    ),
     ("image-upload-unknown", {"ref": "upl_" + "0" * 24}, b"", 422, "input_not_found", "upl_"),
     ("image-not-a-reference", {"ref": "face.png"}, b"", 422, "invalid_reference", "neither"),
 ]
