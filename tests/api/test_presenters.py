@@ -391,3 +391,33 @@ def test_a_presenter_job_renders_after_its_presenter_is_deleted_as_the_files_job
         output_hashes(storage, uuid.UUID(j["id"]), tmp_path) for j in (by_presenter, by_files)
     ]
     assert len(frames[0]) > 0 and frames[0] == frames[1]
+
+
+def test_concurrent_creations_of_one_name_make_one_presenter(live_api, api_key, api_services):
+    """Each request passes the name check before any has written: the unique (tenant, name)
+    decides, and the losers' stored portraits are removed."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    import httpx
+
+    barrier = Barrier(6)
+
+    def send(n: int):
+        with httpx.Client(base_url=live_api.url, timeout=60) as client:
+            image = media.png(128 + 64 * n, 192)  # different bytes: each its own upload
+            barrier.wait()
+            return client.post(
+                "/v1/presenters",
+                files={"image": ("p.png", image, "image/png")},
+                data={"name": "anna", "prompt": f"take {n}"},
+                headers={"Authorization": f"Bearer {api_key}"},
+            )
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(send, range(6)))
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 5
+    (winner,) = [r.json() for r in answers if r.status_code == 201]
+    assert (rows(api_services, "presenters"), rows(api_services, "uploads")) == (1, 1)
+    (key,) = api_services.storage.list()
+    assert key.startswith(f"uploads/{winner['image']}.")
