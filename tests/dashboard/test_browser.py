@@ -732,6 +732,8 @@ def test_presenters_are_made_used_and_deleted_through_the_page(browser, embedded
         (job,) = jobs
         assert job["presenter"] == "anna"
         assert (job["params"]["size"], job["params"]["infer_frames"]) == ("64*64", 12)
+        row = page.locator(f'#job-rows tr[data-job-id="{job["id"]}"]')
+        assert "anna: A teacher at a whiteboard." in row.inner_text()  # who, in the list
         page.locator("#facts summary").click()
         assert "Presenter\nanna" in page.locator("#detail-facts").inner_text()
 
