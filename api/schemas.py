@@ -394,7 +394,7 @@ def form_schema(job: dict[str, Any]) -> dict[str, Any]:
     digits, num_clips also as words, webhook_events comma-separated, watermark as JSON text)
     beside the files image and audio. An omitted field takes its default; there is no null.
     image and prompt are required unless presenter is given (the server says which to drop
-    when both are)."""
+    when both are); the form's description says so."""
     properties: dict[str, Any] = {}
     for name, prop in job["properties"].items():
         if name in ("image", "audio"):
@@ -419,8 +419,12 @@ def form_schema(job: dict[str, Any]) -> dict[str, Any]:
         properties[kind] = {"type": "string", "format": "binary"}
     return {
         "type": "object",
+        "description": "The files image and audio and the parameters as text fields; image "
+        "and prompt are required unless presenter is given, and then neither they nor size "
+        "may be.",
+        # image and prompt, or presenter: not stated as a combinator, which fuzzers cannot
+        # evaluate over binary parts; the server answers a 422 naming what is missing or extra
         "required": ["audio"],
-        "anyOf": presenter_or_own("image", "prompt"),
         "properties": properties,
         "additionalProperties": False,
     }
