@@ -15,9 +15,9 @@ from api.limits import BodyLimitMiddleware
 from api.logs import RequestLogMiddleware
 from api.metrics import CONTENT_TYPE, MetricsMiddleware
 from api.references import reference_pattern
-from api.routes import batches, files, health, jobs, uploads, voices, webhooks
+from api.routes import batches, files, health, jobs, presenters, uploads, voices, webhooks
 from api.routes.webhooks import WebhookRequest
-from api.schemas import JobRequest, form_schema
+from api.schemas import form_schema, job_schema
 from api.services import Services
 from speech import SpeechError
 
@@ -37,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(uploads.router)
+    app.include_router(presenters.router)
     app.include_router(webhooks.router)
     app.include_router(voices.router)
     app.include_router(files.router)
@@ -73,20 +74,16 @@ def _openapi(app: FastAPI, services: Services) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
     reference = {"pattern": reference_pattern(config.allowed_input_buckets)}
-    job = JobRequest.model_json_schema(ref_template=template)
+    job = job_schema(template)
     job["properties"]["image"].update(reference)
     job["properties"]["audio"].update(reference)
     _speech_choices(job["properties"], services)
-    # the speech: a track or a script, not both (null is leaving one out)
-    job["not"] = {
-        "required": ["audio", "script"],
-        "properties": {"audio": {"type": "string"}, "script": {"type": "string"}},
-    }
     bodies = {
         "JobRequest": job,
         "JobForm": form_schema(job),
         "WebhookRequest": WebhookRequest.model_json_schema(ref_template=template),
         **batches.request_schemas(template, reference["pattern"]),
+        **presenters.request_schemas(job),
     }
     _speech_choices(bodies["BatchJob"]["properties"], services)
     for name, body in bodies.items():

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -72,25 +73,61 @@ class LongtakeClient:
 
     def submit(
         self,
-        image: Path,
+        image: Path | None,
         audio: Path | None,
         *,
         idempotency_key: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
-        """Upload the files with the render parameters (None values are left out). Without
-        audio, the parameters give a script (`script`, `language`, `voice`) to be spoken."""
+        """Upload the files with the render parameters (None values are left out). A job that
+        names a presenter (`presenter=NAME`) sends no image; without audio, the parameters give
+        a script (`script`, `language`, `voice`) to be spoken."""
         data = {k: str(v) for k, v in params.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with contextlib.ExitStack() as opened:
-            files = {"image": (image.name, opened.enter_context(image.open("rb")))}
+            files = {}
+            if image is not None:
+                files["image"] = (image.name, opened.enter_context(image.open("rb")))
             if audio is not None:
                 files["audio"] = (audio.name, opened.enter_context(audio.open("rb")))
+            if not files:  # a presenter and a script: nothing to upload, a JSON body
+                body = {k: v for k, v in params.items() if v is not None}
+                return self._request("POST", "/v1/jobs", json=body, headers=headers).json()
             return self._request("POST", "/v1/jobs", files=files, data=data, headers=headers).json()
 
     def voices(self) -> dict[str, Any]:
         """The speech engines, languages and voices a script may be spoken in."""
         return self._request("GET", "/v1/voices").json()
+
+    def create_presenter(
+        self, name: str, image: Path | str, *, prompt: str, size: str | None = None
+    ) -> dict[str, Any]:
+        """A presenter from a portrait file, or from a reference (s3:// URI or upload id)."""
+        data = {"name": name, "prompt": prompt, **({"size": size} if size else {})}
+        if isinstance(image, str):
+            body = {**data, "image": image}
+            return self._request("POST", "/v1/presenters", json=body).json()
+        with image.open("rb") as f:
+            files = {"image": (image.name, f)}
+            return self._request("POST", "/v1/presenters", files=files, data=data).json()
+
+    def presenters(self) -> list[dict[str, Any]]:
+        """Every presenter of the tenant, by name."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = self._request("GET", "/v1/presenters", params=params).json()
+            found += page["presenters"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    def presenter(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/presenters/{quote(name, safe='')}").json()
+
+    def delete_presenter(self, name: str) -> None:
+        self._request("DELETE", f"/v1/presenters/{quote(name, safe='')}")
 
     def submit_options(self) -> dict[str, Any]:
         """What a submission may choose on this server (the dashboard's form reads the same):

@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from api import text
 from api.config import InputLimits
+from api.errors import ApiError
 from db.failures import FailureKind
 from db.models import Job, JobEvent
 from db.params import InferFrames, PrecisionName, SampleSteps, SizeKey, WatermarkParams
+from db.presenters import PRESENTER_NAME_PATTERN, PresenterRecord, is_presenter_name
 from db.states import JobStatus
 from db.uploads import UPLOAD_ID_PATTERN
 from db.webhooks import WEBHOOK_EVENTS
@@ -169,8 +171,10 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(
-        description="What the video shows, in a sentence or a paragraph (trimmed).",
+    prompt: str | None = Field(
+        None,
+        description="What the video shows, in a sentence or a paragraph (trimmed). Required "
+        "unless `presenter` is given.",
         json_schema_extra={"maxLength": LIMITS.max_prompt_chars, "pattern": f"[^{BLANK}]"},
     )
     size: SizeKey = Field(
@@ -236,6 +240,12 @@ class JobRequest(BaseModel):
         None, description="The engine that synthesises the script; the server's default when "
         "omitted.",
     )  # fmt: skip
+    presenter: str | None = Field(
+        None,
+        description="The name of one of your presenters (POST /v1/presenters): its portrait, "
+        "prompt and size, instead of sending image, prompt and size.",
+        json_schema_extra={"pattern": PRESENTER_NAME_PATTERN, "maxLength": 64},
+    )
     webhook_url: str | None = Field(
         None,
         description="POST this job's events to this http(s) URL, signed (see docs/api.md). "
@@ -271,7 +281,9 @@ class JobRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str, info: ValidationInfo) -> str:
+    def _prompt(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:  # a presenter's job, or refused by `check_presenter_choice`
+            return None
         limit = cls._limits(info).max_prompt_chars
         if len(v) > limit:
             raise ValueError(f"the prompt has {len(v)} characters; at most {limit} are allowed")
@@ -323,6 +335,15 @@ class JobRequest(BaseModel):
             raise ValueError(f"checkpoint_every must be between 1 and {limit} clips")
         return v
 
+    @field_validator("presenter")
+    @classmethod
+    def _presenter(cls, v: str | None) -> str | None:
+        if v is not None and not is_presenter_name(v):
+            raise ValueError(
+                f"{v[:80]!r} is not a presenter name (1 to 64 letters, digits, '.', '_' or '-')"
+            )
+        return v
+
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, v: str | None) -> str | None:
@@ -359,15 +380,81 @@ class JobRequest(BaseModel):
                 ) from None
         return v
 
+    def check_presenter_choice(self, field: str = "", image_file: bool = False) -> None:
+        """422 unless the job has its portrait, prompt and size from exactly one place: a
+        presenter, or the request. `field` is the job's place in a batch (`jobs[3].`);
+        `image_file`, whether the image came as a file."""
+        if self.presenter is None:
+            if self.prompt is None:
+                raise ApiError(
+                    422, "invalid_parameter", f"{field}prompt: required; describe the speaker "
+                    "and the scene, or name a presenter", f"{field}prompt",
+                )  # fmt: skip
+            return
+        given = [
+            name
+            for name, sent in (
+                ("image", image_file or "image" in self.model_fields_set),
+                ("prompt", "prompt" in self.model_fields_set),
+                ("size", "size" in self.model_fields_set),
+            )
+            if sent
+        ]
+        if given:
+            raise ApiError(
+                422, "presenter_conflict",
+                f"{field}presenter {self.presenter!r} brings its own portrait, prompt and size: "
+                f"drop {' and '.join(given)}, or drop presenter to send them yourself",
+                f"{field}{given[0]}",
+            )  # fmt: skip
+
+    def with_presenter(self, presenter: PresenterRecord) -> JobRequest:
+        """The request with the presenter's portrait (its upload id), prompt and size, as if
+        they had been sent: the job then holds its own copy of them."""
+        return self.model_copy(
+            update={"image": presenter.portrait.id, "prompt": presenter.prompt,
+                    "size": presenter.size}
+        )  # fmt: skip
+
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(2**31)
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """Each of `names` is given: present and not null (null is leaving a field out)."""
+    return {"required": list(names), "properties": {n: {"type": "string"} for n in names}}
+
+
+PORTRAIT_CHOICE: dict[str, Any] = {
+    "oneOf": [_given("image", "prompt"), _given("presenter")],
+    "not": {"anyOf": [{"allOf": [_given("presenter"), _given(name)]}
+                      for name in ("image", "prompt", "size")]},
+}  # fmt: skip
+"""A job's portrait and prompt: its own image and prompt, or a presenter's (then none of
+image, prompt and size may be given)."""
+
+SPEECH_CHOICE: dict[str, Any] = {"oneOf": [_given("audio"), _given("script")]}
+"""A job's speech: an audio track or a script, one of the two."""
+
+
+def job_schema(ref_template: str) -> dict[str, Any]:
+    """JobRequest's published schema: a prompt is text (no null); image and prompt are required
+    unless the job names a presenter, and audio unless it gives a script."""
+    job = JobRequest.model_json_schema(ref_template=ref_template)
+    prompt = job["properties"]["prompt"]
+    rest = {k: v for k, v in prompt.items() if k not in ("anyOf", "default")}
+    job["properties"]["prompt"] = {**rest, "type": "string"}
+    job.pop("required", None)
+    job["allOf"] = [PORTRAIT_CHOICE, SPEECH_CHOICE]
+    return job
 
 
 def form_schema(job: dict[str, Any]) -> dict[str, Any]:
     """The multipart form of a job: JobRequest's fields as text fields (numbers as their
     digits, num_clips also as words, webhook_events comma-separated, watermark as JSON text)
     beside the files image and audio (or a script instead of audio). An omitted field takes
-    its default; there is no null."""
+    its default; there is no null. image and prompt are required unless presenter is given
+    (the server says which to drop when both are); the form's description says so."""
     properties: dict[str, Any] = {}
     for name, prop in job["properties"].items():
         if name in ("image", "audio"):
@@ -392,9 +479,13 @@ def form_schema(job: dict[str, Any]) -> dict[str, Any]:
         properties[kind] = {"type": "string", "format": "binary"}
     return {
         "type": "object",
-        "required": ["image", "prompt"],
+        "description": "The files image and audio and the parameters as text fields. The "
+        "speech is the file audio or a script (with its language), one of the two; image and "
+        "prompt are required unless presenter is given, and then neither they nor size may be.",
         # the speech: a file, or a script to synthesise
         "oneOf": [{"required": ["audio"]}, {"required": ["script"]}],
+        # image and prompt, or presenter: not stated as a combinator, which fuzzers cannot
+        # evaluate over binary parts; the server answers a 422 naming what is missing or extra
         "properties": properties,
         "additionalProperties": False,
     }
@@ -429,6 +520,10 @@ class JobOut(BaseModel):
         "submit it again with other inputs); render or infrastructure: a retry may succeed."
     )
     can_retry: bool = Field(description="Whether POST .../retry is accepted and may help.")
+    presenter: str | None = Field(
+        description="The presenter the job was submitted with; params and inputs hold what "
+        "it took from it."
+    )
     output_key: str | None
     created_at: datetime
     updated_at: datetime
@@ -464,6 +559,7 @@ class JobOut(BaseModel):
             error_kind=job.failure_kind,
             can_retry=job.job_status in (JobStatus.FAILED, JobStatus.CANCELED)
             and job.error_kind != "input",
+            presenter=job.presenter,
             output_key=job.output_key,
             created_at=job.created_at,
             updated_at=job.updated_at,

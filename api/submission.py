@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api import forms, text
+from api import forms, presenters, text
 from api.auth import Caller
 from api.config import ApiConfig, InputLimits
 from api.errors import ApiError, pydantic_error
@@ -73,7 +73,8 @@ Input = LocalInput | StoredInput
 @dataclass
 class Submission:
     request: JobRequest
-    image: UploadFile | str
+    image: UploadFile | str | None
+    """None for a job that names a presenter."""
     audio: UploadFile | str | ScriptParams
     """An uploaded file, a reference, or a script to synthesise."""
 
@@ -98,18 +99,43 @@ async def submit(
     check_idempotency_key(idempotency_key)
     async with contextlib.AsyncExitStack() as opened:  # closes the form's spooled files
         submission = await read_request(request, services, caller, opened)
-        image = await _materialise(services, caller, submission.image, "image", scratch)
-        audio = await _materialise(services, caller, submission.audio, "audio", scratch)
+        req = submission.request
+        image: LocalInput | UploadRef | None = None
+        if submission.image is not None:
+            image = await materialise(services, caller, submission.image, "image", scratch)
+        audio = await materialise(services, caller, submission.audio, "audio", scratch)
+    # a presenter's job is fingerprinted as sent (by the presenter's name): retrying it returns
+    # the job even when the presenter has changed or gone since
     fingerprint = request_fingerprint(
-        submission.request.model_dump(mode="json", exclude={"image", "audio"}),
-        _identity(submission.image, image),
+        req.model_dump(mode="json", exclude={"image", "audio"} | _unset_presenter(req)),
+        f"presenter:{req.presenter}" if image is None else _identity(submission.image, image),
         _identity(submission.audio, audio),
     )
     script = submission.audio if isinstance(submission.audio, ScriptParams) else None
+    if req.presenter is not None:
+        try:
+            presenter = await run_in_threadpool(
+                presenters.find, services, caller.tenant, req.presenter
+            )
+        except ApiError:
+            earlier = idempotency_key and await run_in_threadpool(
+                _find_idempotent, services, caller.tenant, idempotency_key
+            )
+            if earlier:
+                return replay(earlier, fingerprint, idempotency_key), False  # type: ignore[arg-type]
+            raise
+        req = req.with_presenter(presenter)
+        image = UploadRef(presenter.portrait.id)
+    assert image is not None
     return await run_in_threadpool(
-        _accept, services, caller, submission.request, image, audio, idempotency_key, fingerprint,
-        script,
-    )  # fmt: skip
+        _accept, services, caller, req, image, audio, idempotency_key, fingerprint, script
+    )
+
+
+def _unset_presenter(req: JobRequest) -> set[str]:
+    """Left out of the fingerprint when unused, so a job's fingerprint is what it was before
+    jobs could name presenters."""
+    return {"presenter"} if req.presenter is None else set()
 
 
 def request_fingerprint(fields: dict[str, Any], image: str, audio: str) -> str:
@@ -155,6 +181,7 @@ async def read_request(
         )
     except ValidationError as e:
         raise pydantic_error(list(e.errors())) from None
+    job_request.check_presenter_choice(image_file="image" in files)
     image = files.get("image") or job_request.image
     audio = files.get("audio") or job_request.audio
     if audio and job_request.script is not None:
@@ -163,8 +190,11 @@ async def read_request(
             "spoken into the job's audio", "script",
         )  # fmt: skip
     how = "upload it as a file field" if form else "give an s3:// reference or an upload id"
-    if not image:
-        raise ApiError(422, "missing_input", f"image is required: {how} named image", "image")
+    if not image and job_request.presenter is None:
+        raise ApiError(
+            422, "missing_input", f"image is required: {how} named image, or name a presenter",
+            "image",
+        )  # fmt: skip
     # which engine, language and voice (their lists may take the engine a moment to read)
     script = await run_in_threadpool(resolve_script, services.speech, job_request)
     if not audio and script is None:
@@ -172,10 +202,11 @@ async def read_request(
             422, "missing_input", f"audio is required: {how} named audio, or send a script "
             "(with its language) to be spoken", "audio",
         )  # fmt: skip
-    return Submission(job_request, image, audio or script)  # type: ignore[arg-type]
+    # a presenter's job has no image of its own: check_presenter_choice refused one
+    return Submission(job_request, image or None, audio or script)  # type: ignore[arg-type]
 
 
-def _field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
+def field_too_large(limits: InputLimits) -> Callable[[str, int], ApiError]:
     def too_large(name: str, limit: int) -> ApiError:
         if name == "prompt":
             return ApiError(
@@ -211,7 +242,7 @@ async def _read_form(
         max_files=2,
         max_fields=32,
         max_field_bytes=FORM_FIELD_LIMIT,
-        too_large=_field_too_large(caller.limits),
+        too_large=field_too_large(caller.limits),
     )
     opened.push_async_callback(form.close)
     fields: dict[str, Any] = {}
@@ -274,7 +305,7 @@ class Scratch:
             self._dir.cleanup()
 
 
-async def _materialise(
+async def materialise(
     services: Services,
     caller: Caller,
     source: UploadFile | str | ScriptParams,
@@ -374,6 +405,7 @@ def job_params(
         )
     width, height = P.fit_size(image.width, image.height, req.size)
     check_watermark(req.watermark, width, height, config, field)
+    assert req.prompt is not None  # check_presenter_choice; a presenter's job has its prompt
     params = JobParams(
         prompt=req.prompt,
         size=req.size,
@@ -553,6 +585,7 @@ def _create(
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
             presenter_key=presenter_key(caller.tenant, image_sha256, params, precision),
+            presenter=req.presenter,
         ),
     )
     if req.webhook_url:

@@ -53,6 +53,8 @@ class NewJob:
     batch_id: uuid.UUID | None = None
     presenter_key: str | None = None
     """`db.params.presenter_key` of the job (None: no presenter affinity)."""
+    presenter: str | None = None
+    """The presenter's name, for people (the job's inputs and params are its own copies)."""
 
 
 def new_job_rows(
@@ -79,6 +81,7 @@ def new_job_rows(
         "request_hash": new.request_hash,
         "batch_id": new.batch_id,
         "presenter_key": new.presenter_key,
+        "presenter": new.presenter,
         "created_at": now,
         "updated_at": now,
     }

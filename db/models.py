@@ -1,6 +1,6 @@
 """The schema: jobs, their append-only event history, the outbox, and rendered segments; the
-tenants that own jobs and their API keys; batches and uploaded inputs; webhooks and the
-durable queue of their deliveries.
+tenants that own jobs and their API keys; batches, uploaded inputs and named presenters;
+webhooks and the durable queue of their deliveries.
 
 The row in `jobs` is the source of truth for a render; broker messages are only wake-ups.
 Types are chosen to work on both PostgreSQL and SQLite (the embedded mode).
@@ -80,6 +80,10 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     image_key: Mapped[str] = mapped_column(sa.String(1024))
     audio_key: Mapped[str] = mapped_column(sa.String(1024))
+    presenter: Mapped[str | None] = mapped_column(sa.String(64))
+    """The name of the presenter the job was submitted with, for people: the job holds its
+    own copy of what it took from it (portrait key, prompt, size), so a presenter deleted
+    or made again later changes nothing about the job."""
 
     # progress
     clips_total: Mapped[int] = mapped_column(sa.Integer)
@@ -323,6 +327,28 @@ class Upload(Base):
     __table_args__ = (
         sa.CheckConstraint(sa.column("kind").in_(("image", "audio")), name="kind"),
         sa.UniqueConstraint("tenant", "kind", "sha256"),
+    )
+
+
+class Presenter(Base):
+    """A named portrait, prompt and size of one tenant, that jobs name instead of repeating
+    them. The portrait is an upload (stored once, shared by every job that uses it)."""
+
+    __tablename__ = "presenters"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    upload_id: Mapped[str] = mapped_column(sa.ForeignKey("uploads.id", ondelete="RESTRICT"))
+    prompt: Mapped[str] = mapped_column(sa.Text)
+    size: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    upload: Mapped[Upload] = relationship(lazy="joined")
+
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "name"),
+        sa.Index("ix_presenters_upload", "upload_id"),
     )
 
 

@@ -278,15 +278,45 @@ def read_script(path: Path) -> str:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
-def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    if (args.audio is None) == (args.script is None):
-        print(
-            "error: give a speech track (AUDIO) or a script (--script FILE), one of the two",
-            file=sys.stderr,
-        )
-        return 2
+def _submit_inputs(args: argparse.Namespace) -> None:
+    """With --presenter there is no IMAGE: a lone positional path is the speech track."""
+    if args.presenter is not None and args.audio is None and args.script is None:
+        args.image, args.audio = None, args.image
+
+
+def _submit_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line's choice of portrait, prompt and speech, if
+    anything."""
+    inputs = "give IMAGE and AUDIO, or --presenter NAME and AUDIO"
+    if args.presenter is not None:
+        given = [
+            what
+            for what, value in (("IMAGE", args.image), ("--prompt", args.prompt),
+                                ("--size", args.size))
+            if value is not None
+        ]  # fmt: skip
+        if given:
+            return (
+                f"--presenter {args.presenter} brings its own portrait, prompt and size: "
+                f"drop {' and '.join(given)}"
+            )
+    elif args.image is None:
+        return f"{inputs} (--script FILE may stand in for AUDIO)"
+    if args.audio is None and args.script is None:
+        return f"{inputs}: a speech track, or a script (--script FILE) to be spoken instead"
+    if args.presenter is None and args.prompt is None:
+        return "give --prompt (or --presenter NAME instead of IMAGE)"
+    if args.audio is not None and args.script is not None:
+        return "give a speech track (AUDIO) or a script (--script FILE), one of the two"
     if args.script is None and (args.language or args.voice or args.speech_engine):
-        print("error: --language, --voice and --speech-engine go with --script", file=sys.stderr)
+        return "--language, --voice and --speech-engine go with --script"
+    return None
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    _submit_inputs(args)
+    if (problem := _submit_usage(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     for path in (args.image, args.audio):
         if path is not None and not path.is_file():
@@ -300,12 +330,16 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     with _client(args) as client:
-        # the size that suits the model this deployment runs, unless the user chose one
-        size = args.size or client.submit_options()["default_size"]
+        # the size that suits the model this deployment runs, unless the user chose one (a
+        # presenter has its own)
+        size = None
+        if args.presenter is None:
+            size = args.size or client.submit_options()["default_size"]
         job = client.submit(
             args.image,
             args.audio,
             idempotency_key=args.idempotency_key,
+            presenter=args.presenter,
             prompt=args.prompt,
             size=size,
             num_clips=args.clips,
@@ -324,7 +358,8 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"job {job['id']} queued: {count(job['progress']['clips_total'], 'clip')} of "
             f"{params['infer_frames']} frames at {params['width']}x{params['height']} "
-            f"(size {params['size']})",
+            f"(size {params['size']})"
+            + (f" with presenter {job['presenter']}" if job.get("presenter") else ""),
             file=sys.stderr,
         )
         if args.watch:
@@ -342,6 +377,8 @@ def describe(job: dict[str, Any]) -> str:
         f"attempt   {job['attempt']} of {job['max_attempts']}",
         f"created   {job['created_at']}",
     ]
+    if job.get("presenter"):
+        lines.insert(2, f"presenter {job['presenter']}")
     if p["fps"]:
         lines.append(f"speed     {p['fps']:.1f} fps, eta {format_eta(p['eta_s'])}")
     if p["last_checkpoint_clip"] is not None:
@@ -439,6 +476,64 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
         dest = args.output or Path(f"{args.job}.mp4")
         size = client.download(result["url"], dest)
     print(f"{dest} ({size} bytes)")
+    return 0
+
+
+# --------------------------------------------------------------------------- presenters
+
+
+def _is_reference(value: str) -> bool:
+    return value.startswith("s3://") or value.startswith("upl_")
+
+
+def cmd_presenters_create(settings: Settings, args: argparse.Namespace) -> int:
+    image: Path | str = args.image
+    if not _is_reference(args.image):
+        image = Path(args.image)
+        if not image.is_file():
+            print(f"error: {image} is not a file (nor an s3:// URI or upload id)", file=sys.stderr)
+            return 2
+    with _client(args) as client:
+        size = args.size or client.submit_options()["default_size"]
+        presenter = client.create_presenter(args.name, image, prompt=args.prompt, size=size)
+    print(presenter["name"])
+    print(
+        f"presenter {presenter['name']}: {presenter['image_width']}x{presenter['image_height']} "
+        f"portrait, videos at {presenter['width']}x{presenter['height']} (size "
+        f"{presenter['size']}); submit with `longtake submit --presenter {presenter['name']} "
+        "AUDIO`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+PRESENTER_ROW = "{name:<24} {size:<10} {video:<10} {prompt}"
+
+
+def cmd_presenters_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        found = client.presenters()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(PRESENTER_ROW.format(name="NAME", size="SIZE", video="VIDEO", prompt="PROMPT"))
+    for p in found:
+        prompt = p["prompt"] if len(p["prompt"]) <= 60 else p["prompt"][:59] + "…"
+        video = f"{p['width']}x{p['height']}"
+        print(PRESENTER_ROW.format(name=p["name"], size=p["size"], video=video, prompt=prompt))
+    return 0
+
+
+def cmd_presenters_show(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.presenter(args.name), indent=2))
+    return 0
+
+
+def cmd_presenters_delete(settings: Settings, args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_presenter(args.name)
+    print(f"presenter {args.name} deleted; jobs that used it render as they were submitted")
     return 0
 
 
@@ -558,7 +653,9 @@ def cmd_batch_submit(settings: Settings, args: argparse.Namespace) -> int:
     from ops.manifest import ManifestError, batch_key, read_jobs, upload_local_files
 
     try:
-        jobs = read_jobs(args.source, image=args.image, prompt=args.prompt)
+        jobs = read_jobs(
+            args.source, image=args.image, prompt=args.prompt, presenter=args.presenter
+        )
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -753,17 +850,25 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p = add(
         "submit",
         cmd_submit,
-        "upload a portrait and a speech track (or a script to be spoken); prints the job id",
+        "upload a portrait and a speech track (or name a presenter, or give a script to be "
+        "spoken); prints the job id",
         api=True,
     )
     p.epilog = (
         f"For a quick look at a result, render a small part first: {QUICK} "
         "(two clips of about two seconds each, at the smallest size). Instead of AUDIO, "
         "--script FILE --language LANG [--voice VOICE] has the server speak the script "
-        "(`longtake voices` lists languages and voices)."
+        "(`longtake voices` lists languages and voices). Instead of IMAGE, --prompt and "
+        "--size, --presenter NAME uses one of your presenters: `submit --presenter NAME AUDIO` "
+        "or `submit --presenter NAME --script FILE --language LANG`."
     )
-    p.add_argument("image", type=Path)
-    p.add_argument("audio", type=Path, nargs="?", help="the speech track (or give --script)")
+    p.add_argument("image", type=Path, nargs="?", help="the portrait (not with --presenter)")
+    p.add_argument(
+        "audio",
+        type=Path,
+        nargs="?",
+        help="the speech track (or give --script); with --presenter, the only path given",
+    )
     p.add_argument(
         "--script",
         type=Path,
@@ -773,7 +878,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--language", help="the script's language, e.g. en-us (`longtake voices`)")
     p.add_argument("--voice", help="the voice that speaks it (default: the engine's)")
     p.add_argument("--speech-engine", help="the engine that speaks it (default: the server's)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", help="what the video shows (required without --presenter)")
+    p.add_argument(
+        "--presenter",
+        help="one of your presenters (`longtake presenters list`): its portrait, prompt and "
+        "size instead of IMAGE, --prompt and --size",
+    )
     p.add_argument(
         "--size",
         default=None,
@@ -831,6 +941,32 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("job", type=job_id)
     p.add_argument("-o", "--output", type=Path, default=None, help="default: <job id>.mp4")
 
+    presenters = sub.add_parser(
+        "presenters", help="named portraits, prompts and sizes that jobs name (--presenter)"
+    )
+    presenters_sub = presenters.add_subparsers(
+        dest="presenters_command", required=True, metavar="ACTION"
+    )
+    p = presenters_sub.add_parser(
+        "create", parents=[client], help="check and keep a portrait, a prompt and a size"
+    )
+    p.set_defaults(func=cmd_presenters_create)
+    p.add_argument("name", help="letters, digits, '.', '_' or '-' (at most 64)")
+    p.add_argument("image", help="the portrait: a file, an s3:// URI or an upload id")
+    p.add_argument("--prompt", required=True, help="what the videos show")
+    p.add_argument("--size", help="area key such as 720*400 (default: what the server suggests)")
+    p = presenters_sub.add_parser("list", parents=[client], help="your presenters, by name")
+    p.set_defaults(func=cmd_presenters_list)
+    p.add_argument("--json", action="store_true")
+    p = presenters_sub.add_parser("show", parents=[client], help="one presenter, as JSON")
+    p.set_defaults(func=cmd_presenters_show)
+    p.add_argument("name")
+    p = presenters_sub.add_parser(
+        "delete", parents=[client], help="delete a presenter (accepted jobs are unaffected)"
+    )
+    p.set_defaults(func=cmd_presenters_delete)
+    p.add_argument("name")
+
     # API keys and tenants: operator commands on the database itself
     keys = sub.add_parser("keys", help="create, list and revoke API keys (on the database)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -876,6 +1012,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="a folder, or a .csv / .jsonl manifest")
     p.add_argument("--image", type=Path, help="the portrait of jobs that name none")
     p.add_argument("--prompt", help="the prompt of jobs that have none")
+    p.add_argument(
+        "--presenter",
+        help="the presenter of jobs that name no portrait (instead of --image and --prompt)",
+    )
     p.add_argument("--size", help="area key such as 720*400, for every job")
     p.add_argument("--priority", type=int)
     p.add_argument("--checkpoint-every", type=int)

@@ -5,10 +5,14 @@ the same name (lesson-3.png beside lesson-3.wav), else `--image`, else the folde
 its prompt is the text file with the same name (lesson-3.txt), else `--prompt`.
 
 A manifest has one job per row (CSV with a header) or per line (JSONL): `image`, `audio` and
-`prompt`, plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Instead
+`prompt`, or `presenter` and `audio` (one of the tenant's presenters gives the portrait, prompt
+and size), plus any job parameter (size, num_clips, seed, priority, webhook_url, ...). Instead
 of `audio`, a row may give `script`, a UTF-8 text file the server speaks as the job's audio,
 with `language` and `voice` (docs/speech.md). Paths are relative to the manifest; s3:// URIs
 and upload ids (upl_...) are passed through as they are.
+
+`--presenter NAME` gives every job that names no portrait (a folder's audio files, a row
+without image or presenter) that presenter instead of `--image` and `--prompt`.
 
 Local files are uploaded once each (the API stores identical bytes once), and the jobs refer
 to their upload ids.
@@ -35,12 +39,16 @@ def is_reference(value: str) -> bool:
     return value.startswith("s3://") or value.startswith("upl_")
 
 
-def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) -> list[dict]:
+def jobs_from_folder(
+    folder: Path, *, image: Path | None, prompt: str | None, presenter: str | None = None
+) -> list[dict]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     audios = [p for p in files if p.suffix.lower() in AUDIO_EXTS]
     images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTS}
     if not audios:
         raise ManifestError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_EXTS))})")
+    if presenter is not None:
+        return [{"presenter": presenter, "audio": str(audio)} for audio in audios]
     only_image = next(iter(images.values())) if len(images) == 1 else None
     jobs = []
     for audio in audios:
@@ -63,8 +71,8 @@ def jobs_from_folder(folder: Path, *, image: Path | None, prompt: str | None) ->
 # (a prompt of digits stays a prompt); any other cell is read as JSON when it is JSON (numbers,
 # true/false, a watermark object) and as text otherwise.
 TEXT_COLUMNS = frozenset(
-    {"image", "audio", "prompt", "size", "precision", "webhook_url", "webhook_secret", "script",
-     "language", "voice", "speech_engine"}
+    {"image", "audio", "prompt", "presenter", "size", "precision", "webhook_url",
+     "webhook_secret", "script", "language", "voice", "speech_engine"}
 )  # fmt: skip
 
 
@@ -77,7 +85,7 @@ def _cell(column: str, value: str) -> Any:
         return value
 
 
-def jobs_from_manifest(path: Path) -> list[dict]:
+def jobs_from_manifest(path: Path, presenter: str | None = None) -> list[dict]:
     base = path.parent
     if path.suffix.lower() == ".csv":
         with path.open(newline="") as f:
@@ -106,10 +114,12 @@ def jobs_from_manifest(path: Path) -> list[dict]:
             raise ManifestError(f"{path}: job {n} has both audio and a script; give one of them")
         for kind in ("image", "audio"):
             value = row.get(kind)
+            if kind == "image" and not value and (row.get("presenter") or presenter):
+                continue  # the presenter's portrait
             if not value:
                 if kind == "audio" and row.get("script"):
                     continue
-                also = " (or a script)" if kind == "audio" else ""
+                also = " (nor a presenter)" if kind == "image" else " (or a script)"
                 raise ManifestError(f"{path}: job {n} has no {kind}{also}")
             if not is_reference(value):
                 row[kind] = str((base / value).resolve())
@@ -130,14 +140,23 @@ def _script_text(path: Path, where: str) -> str:
         ) from None
 
 
-def read_jobs(source: Path, *, image: Path | None, prompt: str | None) -> list[dict]:
+def read_jobs(
+    source: Path, *, image: Path | None, prompt: str | None, presenter: str | None = None
+) -> list[dict]:
+    if presenter is not None and (image is not None or prompt is not None):
+        raise ManifestError(
+            "--presenter brings its own portrait and prompt: drop --image and --prompt"
+        )
     if source.is_dir():
-        return jobs_from_folder(source, image=image, prompt=prompt)
+        return jobs_from_folder(source, image=image, prompt=prompt, presenter=presenter)
     if source.is_file():
-        jobs = jobs_from_manifest(source)
+        jobs = jobs_from_manifest(source, presenter)
         for job in jobs:
-            if prompt and "prompt" not in job:
-                job["prompt"] = prompt
+            if "image" in job or "presenter" in job:
+                if prompt and "prompt" not in job and "presenter" not in job:
+                    job["prompt"] = prompt
+            elif presenter is not None:
+                job["presenter"] = presenter
         return jobs
     raise ManifestError(f"{source} is neither a folder nor a manifest file")
 
@@ -151,7 +170,7 @@ def upload_local_files(
     for job in jobs:
         for kind in ("image", "audio"):
             value = job.get(kind)
-            if value is None or is_reference(value):
+            if value is None or is_reference(value):  # None: a presenter's or a script's
                 continue
             if value not in ids:
                 path = Path(value)

@@ -30,7 +30,7 @@ REDIS_URL = os.environ.get("LONGTAKE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TABLES = ("job_segments", "job_events", "outbox", "jobs")
 # emptied after each test too, first (they refer to the job tables) or last (jobs refer to them)
 BEFORE_TABLES = ("webhook_deliveries", "webhooks")
-AFTER_TABLES = ("batches", "uploads", "api_keys", "tenants")
+AFTER_TABLES = ("batches", "presenters", "uploads", "api_keys", "tenants")
 
 
 # --------------------------------------------------------------------------- databases

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api import presenters
 from api.auth import Caller
 from api.deps import CallerDep, ServicesDep
 from api.errors import ApiError, error_responses, pydantic_error
@@ -42,7 +43,7 @@ from api.references import (
 )
 from api.routes.jobs import decode_cursor, encode_cursor, page_size
 from api.routes.uploads import store_upload
-from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links
+from api.schemas import Cursor, IdempotencyKey, JobRequest, PageSize, id_links, job_schema
 from api.scripts import resolve_script, script_identity, synthesise
 from api.services import Services
 from api.submission import (
@@ -79,17 +80,19 @@ class BatchRequest(BaseModel):
     )
 
 
-REQUIRED_IN_EACH_JOB = ("prompt", "image")
-"""What every job or the defaults must give; and audio or a script."""
+FROM_PRESENTER = ("prompt", "image")
+"""Required in each job (or the defaults) unless it names a presenter; and audio or a script
+in each job (or the defaults)."""
 
 
 def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, Any]]:
     """The published schemas of a batch: `BatchRequest`, and `BatchJob`, a job request whose
     fields may come from `defaults` (so none is required on its own), with image and audio
-    also by input name. Each of prompt, image and audio (or a script) must be in every job or
-    in the defaults, as the server checks. `reference` is the pattern of an input reference."""
-    job = JobRequest.model_json_schema(ref_template=ref_template)
-    job.pop("required", None)
+    also by input name. Each of prompt and image must be in every job or in the defaults
+    unless a presenter is named instead, and so must audio or a script, as the server checks.
+    `reference` is the pattern of an input reference."""
+    job = job_schema(ref_template)
+    job.pop("allOf", None)
     job["title"] = "BatchJob"
     job["description"] = "A job of a batch: a JobRequest whose fields `defaults` may give."
     for kind in ("image", "audio"):
@@ -112,11 +115,15 @@ def request_schemas(ref_template: str, reference: str) -> dict[str, dict[str, An
     batch["allOf"] = [
         {
             "anyOf": [
-                {"required": ["defaults"], "properties": {"defaults": {"required": [name]}}},
-                {"properties": {"jobs": {"items": {"required": [name]}}}},
+                {
+                    "required": ["defaults"],
+                    "properties": {"defaults": {"anyOf": [own, by_presenter]}},
+                },
+                {"properties": {"jobs": {"items": {"anyOf": [own, by_presenter]}}}},
             ]
         }
-        for name in REQUIRED_IN_EACH_JOB
+        for name in FROM_PRESENTER
+        for own, by_presenter in [({"required": [name]}, {"required": ["presenter"]})]
     ] + [
         {
             "anyOf": [
@@ -207,12 +214,17 @@ class _Checked:
 
 
 SPEECH_FIELDS = ("script", "language", "voice", "speech_engine")
+PRESENTER_TAKES = ("image", "prompt", "size")
 
 
-def _defaults_for(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """The defaults a job takes: its own audio sets aside the defaults' script, its own script
-    the defaults' audio, and the defaults' language, voice and engine apply only to a job that
-    ends up with a script."""
+def merge_defaults(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """A job's fields over the defaults'.
+
+    The speech: the job's own audio sets aside the defaults' script, its own script the
+    defaults' audio, and the defaults' language, voice and engine apply only to a job that
+    ends up with a script. The portrait: a presenter gives a job its image, prompt and size,
+    so the job's own image or prompt sets the defaults' presenter aside, and a presenter (the
+    job's or the defaults') sets the defaults' image, prompt and size aside."""
     drop = set()
     if job.get("audio") is not None:
         drop.add("script")
@@ -220,35 +232,52 @@ def _defaults_for(defaults: dict[str, Any], job: dict[str, Any]) -> dict[str, An
         drop.add("audio")
     if job.get("script", None if "script" in drop else defaults.get("script")) is None:
         drop.update(SPEECH_FIELDS)
-    return {k: v for k, v in defaults.items() if k not in drop}
+    base = {k: v for k, v in defaults.items() if k not in drop}
+    if "image" in job or "prompt" in job:
+        base.pop("presenter", None)
+    if "presenter" in job or "presenter" in base:
+        for name in PRESENTER_TAKES:
+            base.pop(name, None)
+    return {**base, **job}
 
 
 def _validate_jobs(services: Services, body: BatchRequest, caller: Caller) -> list[_Checked]:
-    """Each job as a JobRequest with the references of its image and audio (or its script)."""
+    """Each job as a JobRequest with the references of its image and audio (a presenter's
+    job: with what it takes from its presenter; a script's: the script's identity)."""
     for name, value in body.inputs.items():
         if not INPUT_NAME.match(name):
             raise ApiError(
                 422, "invalid_parameter", f"inputs: {name!r} is not a valid input name", "inputs"
             )
         reference_kind(value, f"inputs.{name}")
-    checked = []
+    validated: list[tuple[JobRequest, ScriptParams | None]] = []
     for i, job in enumerate(body.jobs):
         field = f"jobs[{i}]"
         try:
             req = JobRequest.model_validate(
-                {**_defaults_for(body.defaults, job), **job}, context={"limits": caller.limits}
+                merge_defaults(body.defaults, job), context={"limits": caller.limits}
             )
         except ValidationError as e:
             error = pydantic_error(list(e.errors()))
             error.field = f"{field}.{error.field}" if error.field else field
             error.message = f"{field}.{error.message}"
             raise error from None
+        req.check_presenter_choice(f"{field}.")
         if req.audio and req.script is not None:
             raise ApiError(
                 422, "script_and_audio", f"{field}: send either audio or a script, not both "
                 "(the batch's defaults may give one of them)", f"{field}.script",
             )  # fmt: skip
-        script = resolve_script(services.speech, req, f"{field}.")
+        validated.append((req, resolve_script(services.speech, req, f"{field}.")))
+    named = [req.presenter for req, _ in validated if req.presenter is not None]
+    found = presenters.find_many(services, caller.tenant, named) if named else {}
+    checked = []
+    for i, (req, script) in enumerate(validated):
+        field = f"jobs[{i}]"
+        if req.presenter is not None:
+            if req.presenter not in found:
+                raise presenters.not_found(req.presenter, f"{field}.presenter")
+            req = req.with_presenter(found[req.presenter])
         refs = []
         for kind in ("image", "audio"):
             value = getattr(req, kind)
@@ -403,6 +432,7 @@ def _create(
                 presenter_key=presenter_key(
                     caller.tenant, input_sha256(portrait.got), params, precision
                 ),
+                presenter=req.presenter,
             )
         )
     job_hooks = [

@@ -44,11 +44,14 @@ export class Api {
     return url;
   }
 
-  async request(method, path, { query = {}, json, signal, headers = {} } = {}) {
+  // `json`: a body to send as JSON; `form`: a FormData (sent as multipart/form-data)
+  async request(method, path, { query = {}, json, form, signal, headers = {} } = {}) {
     const init = { method, signal, headers: this.headers({ Accept: "application/json", ...headers }) };
     if (json !== undefined) {
       init.body = JSON.stringify(json);
       init.headers["Content-Type"] = "application/json";
+    } else if (form !== undefined) {
+      init.body = form;
     }
     let response;
     try {
@@ -94,6 +97,18 @@ export class Api {
 
   result(id) {
     return this.request("GET", `/v1/jobs/${encodeURIComponent(id)}/result`);
+  }
+
+  listPresenters() {
+    return this.request("GET", "/v1/presenters", { query: { limit: 200 } });
+  }
+
+  createPresenter(form) {
+    return this.request("POST", "/v1/presenters", { form });
+  }
+
+  deletePresenter(name) {
+    return this.request("DELETE", `/v1/presenters/${encodeURIComponent(name)}`);
   }
 
   // POST /v1/jobs as multipart/form-data. XMLHttpRequest, not fetch: only it reports upload

@@ -6,6 +6,7 @@ import { $, setText } from "./dom.js";
 import { JobDetail } from "./detail.js";
 import { shortId } from "./format.js";
 import { JobList } from "./jobs.js";
+import { Presenters } from "./presenters.js";
 import { SubmitForm } from "./submit.js";
 
 const KEY_STORAGE = "longtake.apiKey";
@@ -16,6 +17,7 @@ let options = null;
 let list = null;
 let detail = null;
 let form = null;
+let presenters = null;
 let authOff = false;
 
 // Read out to screen readers (and shown nowhere else): one message at a time.
@@ -110,6 +112,7 @@ function signOut(message = "") {
   if (list) list.stop();
   if (detail) detail.close();
   if (form) form.reset();
+  if (presenters) presenters.reset();
   statuses.clear();
   history.replaceState(null, "", window.location.pathname);
   showSignIn(message);
@@ -133,8 +136,11 @@ function enter() {
       showJob(job.id);
     } });
     form.init();
+    presenters = new Presenters(api, options, { announce, onChange: (found) => form.setPresenters(found) });
+    presenters.init();
   }
   list.start();
+  presenters.load();
   const wanted = /^#job=([0-9a-f-]{36})$/.exec(window.location.hash);
   // on a narrow screen the job sits below the form: take the user to it
   if (wanted) showJob(wanted[1], true);

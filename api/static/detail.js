@@ -167,6 +167,7 @@ export class JobDetail {
   renderFacts(job) {
     const p = job.params;
     const facts = [
+      ["Presenter", job.presenter],
       ["Size", p.width && p.height ? `${p.width} × ${p.height} (${p.size})` : p.size],
       ["Clips", `${job.progress.clips_total} of ${p.infer_frames} frames each`],
       ["Speech", speechText(p)],

@@ -109,7 +109,8 @@ export class JobList {
   fill(row, job) {
     const id = shortId(job.id);
     const [jobCell, statusCell, progressCell, createdCell, actionsCell] = row.cells;
-    jobCell.querySelector(".prompt-excerpt").textContent = job.params.prompt || "";
+    const prompt = job.params.prompt || "";
+    jobCell.querySelector(".prompt-excerpt").textContent = job.presenter ? `${job.presenter}: ${prompt}` : prompt;
     const badge = statusCell.querySelector(".badge");
     badge.textContent = statusText(job.status);
     badge.className = `badge status-${job.status}`;

@@ -1,11 +1,13 @@
 // The "New job" form: the portrait and the speech (chosen or dropped), the prompt and the
-// render parameters, sent as multipart/form-data to POST /v1/jobs.
+// render parameters, sent as multipart/form-data to POST /v1/jobs. A job may name a presenter
+// instead: then its portrait, prompt and size are the presenter's, and those fields hide.
 
 import { $, el, randomKey, setText } from "./dom.js";
 import { bytes, count, seconds, shortId } from "./format.js";
 
 // API field name -> the control that sets it (the API's errors name the field)
 const CONTROLS = {
+  presenter: "presenter-select",
   image: "image-input",
   audio: "audio-input",
   prompt: "prompt",
@@ -58,6 +60,7 @@ export class SubmitForm {
     this.setUpFile("image-input", "image-drop", () => this.describeImage());
     this.setUpFile("audio-input", "audio-drop", () => this.describeAudio());
     $("prompt").addEventListener("input", () => this.countPrompt());
+    $("presenter-select").addEventListener("change", () => this.showOwnFields());
     frames.addEventListener("change", () => this.describeLength());
     // An edit makes the form a new request; and a message about what was just changed (or
     // about the whole form) no longer applies: a new file was chosen, the prompt rewritten.
@@ -72,6 +75,28 @@ export class SubmitForm {
       this.submit();
     });
     this.countPrompt();
+  }
+
+  // The presenters the tenant has (Presenters keeps it up to date); a chosen one that is gone
+  // is chosen no longer.
+  setPresenters(presenters) {
+    const select = $("presenter-select");
+    const chosen = select.value;
+    select.replaceChildren(select.options[0]);
+    for (const p of presenters) {
+      select.append(el("option", { value: p.name, selected: p.name === chosen }, `${p.name} (${p.width} × ${p.height})`));
+    }
+    this.showOwnFields();
+  }
+
+  presenter() {
+    return $("presenter-select").value || null;
+  }
+
+  // The portrait, prompt and size are this job's own only without a presenter.
+  showOwnFields() {
+    const own = !this.presenter();
+    for (const node of this.form.querySelectorAll(".own")) node.hidden = !own;
   }
 
   setUpFile(inputId, zoneId, describe) {
@@ -164,6 +189,7 @@ export class SubmitForm {
     $("sample-steps").value = this.options.sample_steps.default;
     this.describeLength();
     this.countPrompt();
+    this.showOwnFields();
   }
 
   countPrompt() {
@@ -173,9 +199,10 @@ export class SubmitForm {
 
   // What the browser can tell before uploading anything; the server checks everything again.
   problem() {
-    if (!$("image-input").files.length) return { field: "image", message: "Choose a portrait image." };
+    const own = !this.presenter();
+    if (own && !$("image-input").files.length) return { field: "image", message: "Choose a portrait image (or a presenter)." };
     if (!$("audio-input").files.length) return { field: "audio", message: "Choose a speech file." };
-    if (!$("prompt").value.trim()) return { field: "prompt", message: "Write a prompt: what the video shows." };
+    if (own && !$("prompt").value.trim()) return { field: "prompt", message: "Write a prompt: what the video shows." };
     const seed = $("seed").value.trim();
     if (seed && !/^\d+$/.test(seed)) return { field: "seed", message: "The seed is a whole number (or empty for a random one)." };
     for (const field of ["num_clips", "sample_steps", "checkpoint_every", "priority"]) {
@@ -190,10 +217,15 @@ export class SubmitForm {
 
   formData() {
     const data = new FormData();
-    data.append("image", $("image-input").files[0]);
+    const presenter = this.presenter();
+    if (presenter) {
+      data.append("presenter", presenter); // its portrait, prompt and size
+    } else {
+      data.append("image", $("image-input").files[0]);
+      data.append("prompt", $("prompt").value.trim());
+      data.append("size", $("size").value);
+    }
     data.append("audio", $("audio-input").files[0]);
-    data.append("prompt", $("prompt").value.trim());
-    data.append("size", $("size").value);
     data.append("infer_frames", $("infer-frames").value);
     data.append("sample_steps", $("sample-steps").value);
     for (const field of ["num_clips", "seed", "checkpoint_every"]) {

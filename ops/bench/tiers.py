@@ -58,8 +58,7 @@ def log(msg: str) -> None:
 
 
 def make_request(size: str, infer_frames: int, clips: int) -> Any:
-    from ops.bench.lifecycle import portrait_png
-    from ops.demo import synthesize_speech
+    from ops.demo import portrait_png, synthesize_speech
     from pipeline import RenderRequest, Waveform
     from pipeline.params import check_size_key
 

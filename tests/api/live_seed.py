@@ -1,5 +1,5 @@
 """Resources on a running server for schemathesis to work on (tests/api/schemathesis.toml):
-an image and an audio upload, a job and a batch made of them, and a webhook. Prints them as
+an image and an audio upload, a job and a batch made of them, a presenter, and a webhook. Prints them as
 shell variables the configuration reads:
 
     eval "$(python -m tests.api.live_seed http://127.0.0.1:PORT "$KEY" http://127.0.0.1:9/hook)"
@@ -35,7 +35,12 @@ def seed(client: httpx.Client, webhook_url: str) -> dict[str, str]:
         )
     )
     job = {"prompt": "A presenter", "image": image, "audio": audio, "size": "64*64"}
+    presenter = {"name": "anna", "prompt": "A presenter", "image": image, "size": "64*64"}
+    response = client.post("/v1/presenters", json=presenter)
+    if response.status_code not in (201, 409):  # 409: made by an earlier run
+        raise SystemExit(f"{response.request.url}: {response.status_code} {response.text}")
     return {
+        "LT_PRESENTER_NAME": "anna",
         "LT_UPLOAD_ID": image,
         "LT_JOB_ID": created(client.post("/v1/jobs", json=job)),
         "LT_BATCH_ID": created(client.post("/v1/batches", json={"jobs": [job]})),

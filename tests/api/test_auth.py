@@ -4,6 +4,7 @@ resources are 404s), revoked keys stop working, and each key is rate limited."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -87,6 +88,9 @@ def other_tenant(api_services, create_job):
         json={"jobs": [{"prompt": "p", "image": upload["id"], "audio": audio["id"]}]},
     ).json()
     hook = other.post("/v1/webhooks", json={"url": "http://93.184.216.34/hook"}).json()
+    presenter = other.post(
+        "/v1/presenters", json={"name": "anna", "prompt": "p", "image": upload["id"]}
+    ).json()
     with db.transaction() as s:
         lease = leases.claim(s, job.id, "w", 60)
         seg = Segment(0, keys.segment_key(job.id, 0), 0, 1, 48, 3, "a" * 64)
@@ -100,6 +104,7 @@ def other_tenant(api_services, create_job):
         "batch": batch["id"],
         "upload": upload["id"],
         "webhook": hook["id"],
+        "presenter": presenter["name"],
         "secret": other.get("/v1/webhooks/secret").json()["secret"],
     }
 
@@ -117,6 +122,8 @@ ISOLATION = [
     ("GET", "/v1/webhooks/{webhook_id}", "webhook"),
     ("DELETE", "/v1/webhooks/{webhook_id}", "webhook"),
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", "webhook"),
+    ("GET", "/v1/presenters/{presenter_name}", "presenter"),
+    ("DELETE", "/v1/presenters/{presenter_name}", "presenter"),
 ]
 
 
@@ -134,7 +141,7 @@ def test_isolation_covers_every_route_with_an_id(api_client):
 
 @pytest.mark.parametrize("method,path,kind", ISOLATION, ids=[f"{m} {p}" for m, p, _ in ISOLATION])
 def test_another_tenants_resources_do_not_exist(api_client, other_tenant, method, path, kind):
-    url = path.replace("{" + f"{kind}_id" + "}", str(other_tenant[kind]))
+    url = re.sub(r"\{\w+\}", str(other_tenant[kind]), path)
     r = api_client.request(method, url)
     assert r.status_code == 404, r.text
     assert r.json()["error"]["code"] == f"{kind}_not_found"  # as if it did not exist at all
@@ -147,6 +154,7 @@ def test_listings_and_references_stay_within_the_tenant(api_client, other_tenant
         api_client.get("/v1/jobs", params={"batch_id": other_tenant["batch"]}).json()["jobs"] == []
     )
     assert api_client.get("/v1/batches").json()["batches"] == []
+    assert api_client.get("/v1/presenters").json()["presenters"] == []
     assert api_client.get("/v1/webhooks").json()["webhooks"] == []
     assert (
         api_client.get("/v1/webhooks", params={"job_id": other_tenant["job"]}).json()["webhooks"]
@@ -158,6 +166,10 @@ def test_listings_and_references_stay_within_the_tenant(api_client, other_tenant
         json={"prompt": "p", "image": other_tenant["upload"], "audio": other_tenant["upload"]},
     )
     assert (r.status_code, r.json()["error"]["code"]) == (422, "input_not_found")
+    r = api_client.post(
+        "/v1/jobs", json={"presenter": other_tenant["presenter"], "audio": other_tenant["upload"]}
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "presenter_not_found")
     r = api_client.post(
         "/v1/webhooks", json={"url": "http://93.184.216.34/x", "job_id": str(other_tenant["job"])}
     )

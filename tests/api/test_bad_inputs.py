@@ -14,7 +14,7 @@ from tests import media
 from tests.api import crafted
 from tests.conftest import INPUT_BUCKET
 
-ROWS = ("jobs", "outbox", "job_events", "job_segments", "uploads", "webhooks",
+ROWS = ("jobs", "outbox", "job_events", "job_segments", "uploads", "presenters", "webhooks",
         "webhook_deliveries", "batches")  # fmt: skip
 NOTHING = {"rows": dict.fromkeys(ROWS, 0), "objects": []}
 

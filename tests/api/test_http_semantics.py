@@ -198,6 +198,40 @@ def test_the_job_schema_and_the_server_agree(schema, api_client, body, valid):
         assert r.status_code in (400, 422) and r.json()["error"]["code"] != "input_not_found"
 
 
+PRESENTER_JOB = {"presenter": "anna", "audio": JOB["audio"]}
+SCRIPT = {"script": "Hi there", "language": "en-us"}
+
+
+@pytest.mark.parametrize(
+    "body,valid",
+    [
+        (PRESENTER_JOB, True),
+        ({"presenter": "anna", **SCRIPT}, True),  # a presenter and a script: nothing else
+        ({**PRESENTER_JOB, "audio": None, **SCRIPT}, True),
+        ({**JOB, "presenter": None}, True),
+        ({"presenter": "anna"}, False),  # no speech
+        ({**PRESENTER_JOB, **SCRIPT}, False),  # two
+        ({**PRESENTER_JOB, "prompt": "p"}, False),  # the presenter's own fields
+        ({**PRESENTER_JOB, "size": "720*400"}, False),
+        ({**PRESENTER_JOB, "image": JOB["image"]}, False),
+        ({"prompt": "p", **SCRIPT}, False),  # no portrait
+        ({"image": JOB["image"], **SCRIPT}, False),  # no prompt
+        ({**JOB, "image": None}, False),
+    ],
+)
+def test_the_job_schema_says_what_each_combination_requires(schema, api_client, body, valid):
+    """image and prompt, or a presenter; audio, or a script."""
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/JobRequest", "components": schema["components"]}
+    )
+    assert validator.is_valid(body) == valid, list(validator.iter_errors(body))
+    r = api_client.post("/v1/jobs", json=body)
+    assert r.status_code in (400, 422), r.text
+    # no such presenter or inputs: the schema cannot know that
+    unknowable = r.json()["error"]["code"] in ("presenter_not_found", "input_not_found")
+    assert unknowable == valid, r.text
+
+
 def test_every_cursor_of_the_published_form_is_one_the_server_takes(api_client, create_job):
     from api.routes.jobs import encode_cursor
 
@@ -232,8 +266,10 @@ def test_the_form_schema_and_the_server_agree(schema, api_client, fields, ok):
     from tests import media
 
     form = schema["components"]["schemas"]["JobForm"]
-    assert form["additionalProperties"] is False and set(form["required"]) == {"image", "prompt"}
+    assert form["additionalProperties"] is False and "required" not in form
     assert form["oneOf"] == [{"required": ["audio"]}, {"required": ["script"]}]
+    # image and prompt, or a presenter instead of image, prompt and size (said in words)
+    assert "image and prompt are required unless presenter is given" in form["description"]
     pattern = form["properties"]["webhook_events"]["pattern"]
     if "webhook_events" in fields:
         assert bool(re.match(pattern, fields["webhook_events"])) == ok

@@ -98,5 +98,7 @@ def test_every_operation_honours_the_schema(api_client, api_services, api_key, m
         "GET /v1/webhooks/{webhook_id}",
         "GET /v1/webhooks/{webhook_id}/deliveries",
         "DELETE /v1/webhooks/{webhook_id}",
+        "GET /v1/presenters/{presenter_name}",
+        "DELETE /v1/presenters/{presenter_name}",
     ):
         assert answered[label] & {200, 204}, (label, sorted(answered[label]))

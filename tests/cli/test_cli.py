@@ -145,12 +145,12 @@ def test_progress_line():
 
 def test_migrate_embedded_and_postgres(embedded_env, postgres_url_factory, capsys, monkeypatch):
     code, out, _ = run(capsys, "migrate", "--embedded")
-    assert code == 0 and out.strip() == "database at revision 0006"
-    assert migrate.current_revision(f"sqlite:///{embedded_env / 'longtake.sqlite3'}") == "0006"
+    assert code == 0 and out.strip() == "database at revision 0007"
+    assert migrate.current_revision(f"sqlite:///{embedded_env / 'longtake.sqlite3'}") == "0007"
 
     url = postgres_url_factory()
     monkeypatch.setenv("LONGTAKE_DATABASE_URL", url)
-    assert run(capsys, "migrate")[1].strip() == "database at revision 0006"
+    assert run(capsys, "migrate")[1].strip() == "database at revision 0007"
     assert run(capsys, "migrate", "base", "--down")[1].strip() == "database at revision None"
 
 

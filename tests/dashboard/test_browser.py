@@ -165,10 +165,12 @@ PLAY = """async (id) => {
 
 
 def fill_form(page, image: Path, audio: Path, *, checkpoint_every: int) -> None:
-    page.get_by_label("Portrait").set_input_files(image)
+    page.get_by_label("Portrait", exact=True).set_input_files(image)
     page.get_by_label("Speech").set_input_files(audio)
-    page.get_by_label("Prompt").fill("A presenter in a blue sweater speaks to the camera.")
-    page.get_by_label("Size").select_option("64*64")
+    page.get_by_label("Prompt", exact=True).fill(
+        "A presenter in a blue sweater speaks to the camera."
+    )
+    page.get_by_label("Size", exact=True).select_option("64*64")
     page.get_by_label("Frames per clip").select_option("12")
     if page.locator("details.more").get_attribute("open") is None:
         page.get_by_text("More settings").click()
@@ -301,8 +303,8 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
         page.get_by_role("button", name="Sign in").click()
         page.locator("#workspace").wait_for()
 
-        page.get_by_label("Portrait").set_input_files(inputs["portrait"])
-        page.get_by_label("Prompt").fill("A presenter speaks.")
+        page.get_by_label("Portrait", exact=True).set_input_files(inputs["portrait"])
+        page.get_by_label("Prompt", exact=True).fill("A presenter speaks.")
         page.get_by_role("button", name="Render").click()
         assert page.locator("#submit-error").inner_text() == "Choose a speech file."
         assert page.get_by_label("Speech").get_attribute("aria-invalid") == "true"
@@ -310,7 +312,7 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
 
         not_an_image = tmp_path / "scan.png"
         not_an_image.write_text("this is not a picture")
-        page.get_by_label("Portrait").set_input_files(not_an_image)
+        page.get_by_label("Portrait", exact=True).set_input_files(not_an_image)
         page.locator("#image-info").get_by_text("this browser cannot show it").wait_for()
         # a message stays until what it is about changes
         assert page.locator("#submit-error").inner_text() == "Choose a speech file."
@@ -321,7 +323,7 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
         error = page.locator("#submit-error")
         error.filter(has_text="Not submitted").wait_for()
         assert "image" in error.inner_text()
-        assert page.get_by_label("Portrait").get_attribute("aria-invalid") == "true"
+        assert page.get_by_label("Portrait", exact=True).get_attribute("aria-invalid") == "true"
         assert page.get_by_label("Speech").get_attribute("aria-invalid") is None
         with embedded_service.process.database.transaction() as s:
             assert s.scalar(sa.text("SELECT count(*) FROM jobs")) == 0  # nothing was queued
@@ -329,9 +331,9 @@ def test_bad_input_is_explained_at_its_field(browser, embedded_service, inputs, 
         watched.screenshot("5-bad-input.png")
 
         # another file is chosen: the server's word on the first one no longer stands
-        page.get_by_label("Portrait").set_input_files(inputs["portrait"])
+        page.get_by_label("Portrait", exact=True).set_input_files(inputs["portrait"])
         assert page.locator("#submit-error").inner_text() == ""
-        assert page.get_by_label("Portrait").get_attribute("aria-invalid") is None
+        assert page.get_by_label("Portrait", exact=True).get_attribute("aria-invalid") is None
 
         # signing out leaves nothing behind: not the key, not the chosen files
         key_id = embedded_service.api_key.split("_")[1]
@@ -678,5 +680,70 @@ def test_counts_read_as_words(browser, embedded_service):
         assert said == ["1 clip", "2 clips", "0 clips", "1 clip, waiting",
                         "the clip is rendered, stitching", "segment 1: 1 frame, 9 bytes"]  # fmt: skip
         assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_presenters_are_made_used_and_deleted_through_the_page(browser, embedded_service, inputs):
+    """A presenter made in the Presenters panel is offered by the job form, which then sends
+    no portrait, prompt or size of its own; a refused one is explained at its field."""
+    watched = Watched(browser, embedded_service.url)
+    page = watched.page
+    headers = {"Authorization": f"Bearer {embedded_service.api_key}"}
+    try:
+        sign_in(page, embedded_service.api_key)
+        page.locator("#presenters-empty").wait_for()
+        page.get_by_text("New presenter").click()
+        page.get_by_role("button", name="Save presenter").click()
+        assert "Name it with letters" in page.locator("#presenter-error").inner_text()
+        assert page.evaluate("document.activeElement.id") == "presenter-name"
+
+        def save(name: str) -> None:
+            page.get_by_label("Presenter name").fill(name)
+            page.get_by_label("Presenter portrait").set_input_files(inputs["portrait"])
+            page.get_by_label("Presenter prompt").fill("A teacher at a whiteboard.")
+            page.get_by_label("Presenter size").select_option("64*64")
+            page.get_by_role("button", name="Save presenter").click()
+
+        save("anna")
+        page.locator('#presenter-list li[data-presenter="anna"]').wait_for()
+        assert (
+            "64 × 64 · A teacher at a whiteboard." in page.locator("#presenter-list").inner_text()
+        )
+        assert page.get_by_label("Presenter name").input_value() == ""  # ready for the next
+        save("anna")  # the API refuses the same name: its message, at the field it names
+        page.locator("#presenter-error").filter(has_text="Not saved").wait_for()
+        assert "already" in page.locator("#presenter-error").inner_text()
+        assert page.get_by_label("Presenter name").get_attribute("aria-invalid") == "true"
+
+        # the job form offers it; choosing it puts the job's own portrait, prompt, size away
+        choice = page.get_by_label("Presenter", exact=True)
+        assert choice.locator("option").all_inner_texts()[1] == "anna (64 × 64)"
+        choice.select_option("anna")
+        for block in ("#image-drop", "#prompt-block", "#size-block"):
+            assert page.locator(block).is_hidden(), block
+        page.get_by_label("Speech").set_input_files(inputs["brief"])
+        page.get_by_label("Frames per clip").select_option("12")
+        page.get_by_role("button", name="Render").click()
+        page.locator("#job-rows tr").first.wait_for()
+        page.locator("#detail-prompt").filter(has_text="A teacher at a whiteboard.").wait_for()
+        watched.screenshot("8-presenters.png")
+        jobs = httpx.get(f"{embedded_service.url}/v1/jobs", headers=headers).json()["jobs"]
+        (job,) = jobs
+        assert job["presenter"] == "anna"
+        assert (job["params"]["size"], job["params"]["infer_frames"]) == ("64*64", 12)
+        row = page.locator(f'#job-rows tr[data-job-id="{job["id"]}"]')
+        assert "anna: A teacher at a whiteboard." in row.inner_text()  # who, in the list
+        page.locator("#facts summary").click()
+        assert "Presenter\nanna" in page.locator("#detail-facts").inner_text()
+
+        page.get_by_role("button", name="Delete presenter anna").click()
+        page.locator("#presenters-empty").wait_for()
+        assert choice.locator("option").count() == 1 and choice.input_value() == ""
+        assert page.locator("#image-drop").is_visible()  # its own fields are back
+        assert httpx.get(f"{embedded_service.url}/v1/presenters", headers=headers).json() == {
+            "presenters": [], "next_cursor": None,
+        }  # fmt: skip
+        assert [p for p in watched.problems if "409" not in p] == []
     finally:
         watched.close()

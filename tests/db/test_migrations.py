@@ -11,10 +11,10 @@ from db import migrate
 from db.database import make_engine
 from db.models import Base
 
-HEAD = "0006"
+HEAD = "0007"
 EXPECTED_TABLES = {
     "jobs", "job_events", "outbox", "job_segments",
-    "tenants", "api_keys", "batches", "uploads", "webhooks", "webhook_deliveries",
+    "tenants", "api_keys", "batches", "uploads", "presenters", "webhooks", "webhook_deliveries",
 }  # fmt: skip
 
 
