@@ -36,6 +36,7 @@ H200, `ops/bench/load.py`, 2026-11-21).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +92,14 @@ def frames_hash(frames: Any) -> str:
 def sink_hash(stream: Any) -> str:
     """The sink as attention reads it (unrotated reference keys, each step's motion keys and
     values), hashed on the host."""
+    import torch
+
     h = hashlib.sha256()
     parts = [stream.sink_keys.ref]
     for cache in stream.caches:
         parts += [cache.sink_motion_keys, cache.sink_values]
     for t in parts:
-        h.update(t.contiguous().view(-1).view(__import__("torch").uint8).cpu().numpy().tobytes())
+        h.update(t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -147,7 +151,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     log(f"state {state_bytes / 1e9:.2f} GB ({shards}); captures {captures}")
 
     local = LocalTier(workdir / "local")
-    directory = local.directory(__import__("uuid").uuid4(), boundary)
+    directory = local.directory(uuid.uuid4(), boundary)
     started = time.perf_counter()
     state_io.write_checkpoint(state, directory)
     write_s = time.perf_counter() - started
@@ -161,7 +165,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     stream.close()
     gen.shutdown()
     del stream, gen
-    __import__("gc").collect()
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
