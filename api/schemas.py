@@ -126,7 +126,11 @@ def check_webhook_secret(secret: str) -> str:
 
 
 def check_script(text: str, limit: int) -> str:
-    """The script trimmed of surrounding whitespace; ValueError saying what to fix."""
+    """The script trimmed of surrounding whitespace, its line breaks line feeds; ValueError
+    saying what to fix."""
+    # browsers send a textarea's line breaks in a multipart form as CR LF: the script is kept
+    # (and its length counted) as it was written
+    text = text.replace("\r\n", "\n")
     if len(text) > limit:
         raise ValueError(
             f"the script has {len(text)} characters; at most {limit} are allowed, split it "

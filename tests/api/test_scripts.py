@@ -67,6 +67,15 @@ def test_a_script_by_json_with_the_portrait_by_upload_id_and_the_default_voice(a
     }  # fmt: skip
 
 
+def test_a_scripts_cr_lf_line_breaks_are_kept_as_line_feeds(api_client):
+    """Browsers send a textarea's line breaks in a multipart form as CR LF; the script is kept
+    as it was written, and counted so against the limit."""
+    r = api_client.post("/v1/jobs", files={"image": IMAGE},
+                        data=script_fields(script="Welcome back.\r\nToday: fractions.\r\n"))  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["script"]["text"] == "Welcome back.\nToday: fractions."
+
+
 def test_the_same_script_with_the_same_idempotency_key_returns_the_first_job(api_client):
     headers = {"Idempotency-Key": "lesson-1"}
     first = api_client.post("/v1/jobs", files={"image": IMAGE}, data=script_fields(),
