@@ -86,6 +86,7 @@ def form_options(config: ApiConfig) -> dict[str, Any]:
         "checkpoint_every_max": InputLimits().max_checkpoint_every,
         "num_clips_max": P.NUM_CLIPS_MAX,
         "prompt_max_chars": P.PROMPT_MAX_CHARS,
+        "script_max_chars": config.limits.max_script_chars,
         "fps": P.FPS,
         # whether to ask for a key at all (LONGTAKE_AUTH=off serves loopback clients without)
         "auth_required": config.auth_required,

@@ -99,6 +99,10 @@ export class Api {
     return this.request("GET", `/v1/jobs/${encodeURIComponent(id)}/result`);
   }
 
+  voices() {
+    return this.request("GET", "/v1/voices");
+  }
+
   listPresenters() {
     return this.request("GET", "/v1/presenters", { query: { limit: 200 } });
   }

@@ -1,15 +1,35 @@
 // The "New job" form: the portrait and the speech (chosen or dropped), the prompt and the
 // render parameters, sent as multipart/form-data to POST /v1/jobs. A job may name a presenter
-// instead: then its portrait, prompt and size are the presenter's, and those fields hide.
+// instead: then its portrait, prompt and size are the presenter's, and those fields hide. The
+// speech is an audio file or a script, which the server speaks when the job is sent, in a
+// language and voice of its default engine (GET /v1/voices).
 
 import { $, el, randomKey, setText } from "./dom.js";
 import { bytes, count, seconds, shortId } from "./format.js";
+
+// Offered first where the engine speaks it; otherwise its first language.
+const DEFAULT_LANGUAGES = ["en", "en-us", "en-gb"];
+
+// "en-gb · British English" where the browser knows the language's name.
+function languageLabel(code) {
+  try {
+    const name = new Intl.DisplayNames(["en"], { type: "language" }).of(code);
+    if (name && name.toLowerCase() !== code.toLowerCase()) return `${code} · ${name}`;
+  } catch {
+    // not a tag the browser can name (espeak-ng has a few): the code alone
+  }
+  return code;
+}
 
 // API field name -> the control that sets it (the API's errors name the field)
 const CONTROLS = {
   presenter: "presenter-select",
   image: "image-input",
   audio: "audio-input",
+  script: "script",
+  language: "language",
+  voice: "voice",
+  speech_engine: "language", // only ever the engine the languages came from
   prompt: "prompt",
   size: "size",
   num_clips: "num-clips",
@@ -33,6 +53,8 @@ export class SubmitForm {
     // returns the first job instead of rendering it twice
     this.idempotencyKey = null;
     this.errorControl = null; // the control the message under the form is about, if any
+    this.engine = null; // the speech engine scripts are spoken by: GET /v1/voices' default
+    this.loadingVoices = false;
   }
 
   init() {
@@ -56,10 +78,16 @@ export class SubmitForm {
     $("num-clips").max = o.num_clips_max;
     $("checkpoint-every").max = o.checkpoint_every_max;
     $("prompt").maxLength = o.prompt_max_chars;
+    $("script").maxLength = o.script_max_chars;
 
     this.setUpFile("image-input", "image-drop", () => this.describeImage());
     this.setUpFile("audio-input", "audio-drop", () => this.describeAudio());
     $("prompt").addEventListener("input", () => this.countPrompt());
+    $("script").addEventListener("input", () => this.countScript());
+    $("language").addEventListener("change", () => this.fillVoices());
+    for (const radio of this.form.elements.speech_source) {
+      radio.addEventListener("change", () => this.showSpeechFields());
+    }
     $("presenter-select").addEventListener("change", () => this.showOwnFields());
     frames.addEventListener("change", () => this.describeLength());
     // An edit makes the form a new request; and a message about what was just changed (or
@@ -75,6 +103,66 @@ export class SubmitForm {
       this.submit();
     });
     this.countPrompt();
+    this.countScript();
+  }
+
+  // The engine, languages and voices a script may be spoken in. Not the tenant's own: loaded
+  // once, and again after a failure when a script is chosen.
+  async loadVoices() {
+    if (this.engine || this.loadingVoices) return;
+    this.loadingVoices = true;
+    try {
+      const { engines } = await this.api.voices();
+      const engine = engines.find((e) => e.default) || engines[0];
+      if (!engine) throw new Error("the server has no speech engine");
+      this.engine = engine;
+      setText("voices-error", "");
+    } catch (error) {
+      setText("voices-error", `Could not load the languages and voices: ${error.message}`);
+      return;
+    } finally {
+      this.loadingVoices = false;
+    }
+    const first = DEFAULT_LANGUAGES.find((code) => this.engine.languages.includes(code))
+      || this.engine.languages[0];
+    // `selected` marks the default, which form.reset() chooses again
+    $("language").replaceChildren(...this.engine.languages.map(
+      (code) => el("option", { value: code, selected: code === first }, languageLabel(code)),
+    ));
+    this.fillVoices();
+  }
+
+  // The voices that speak the chosen language; the engine's default voice first chosen.
+  fillVoices() {
+    if (!this.engine) return;
+    const language = $("language").value;
+    const select = $("voice");
+    const speaking = this.engine.voices.filter((v) => !v.languages.length || v.languages.includes(language));
+    // the voice chosen before, where it speaks this language too
+    const wanted = select.value || this.engine.default_voice;
+    const chosen = speaking.some((v) => v.id === wanted) ? wanted : this.engine.default_voice;
+    select.replaceChildren(...speaking.map((v) => {
+      const name = v.name && v.name !== v.id ? `${v.id} · ${v.name}` : v.id;
+      const label = v.gender ? `${name} (${v.gender})` : name;
+      return el("option", { value: v.id, selected: v.id === chosen }, label);
+    }));
+  }
+
+  scripted() {
+    return this.form.elements.speech_source.value === "script";
+  }
+
+  // Either the audio file's field or the script's, never both.
+  showSpeechFields() {
+    const scripted = this.scripted();
+    $("audio-drop").hidden = scripted;
+    $("script-block").hidden = !scripted;
+    if (scripted) this.loadVoices();
+  }
+
+  countScript() {
+    const n = $("script").value.length;
+    setText("script-count", `${n} of ${this.options.script_max_chars} characters`);
   }
 
   // The presenters the tenant has (Presenters keeps it up to date); a chosen one that is gone
@@ -189,7 +277,13 @@ export class SubmitForm {
     $("sample-steps").value = this.options.sample_steps.default;
     this.describeLength();
     this.countPrompt();
+    this.countScript();
     this.showOwnFields();
+    this.showSpeechFields();
+    if (!this.engine) setText("voices-error", "");
+    // the default language is chosen again: its voices, the default one chosen
+    $("voice").value = "";
+    this.fillVoices();
   }
 
   countPrompt() {
@@ -201,7 +295,12 @@ export class SubmitForm {
   problem() {
     const own = !this.presenter();
     if (own && !$("image-input").files.length) return { field: "image", message: "Choose a portrait image (or a presenter)." };
-    if (!$("audio-input").files.length) return { field: "audio", message: "Choose a speech file." };
+    if (this.scripted()) {
+      if (!$("script").value.trim()) return { field: "script", message: "Write the script: the words to speak." };
+      if (!this.engine) return { field: "language", message: "The languages and voices are not loaded yet; try again in a moment." };
+    } else if (!$("audio-input").files.length) {
+      return { field: "audio", message: "Choose a speech file." };
+    }
     if (own && !$("prompt").value.trim()) return { field: "prompt", message: "Write a prompt: what the video shows." };
     const seed = $("seed").value.trim();
     if (seed && !/^\d+$/.test(seed)) return { field: "seed", message: "The seed is a whole number (or empty for a random one)." };
@@ -225,7 +324,14 @@ export class SubmitForm {
       data.append("prompt", $("prompt").value.trim());
       data.append("size", $("size").value);
     }
-    data.append("audio", $("audio-input").files[0]);
+    if (this.scripted()) {
+      data.append("script", $("script").value); // the server trims it and checks each character
+      data.append("language", $("language").value);
+      data.append("voice", $("voice").value);
+      data.append("speech_engine", this.engine.name);
+    } else {
+      data.append("audio", $("audio-input").files[0]);
+    }
     data.append("infer_frames", $("infer-frames").value);
     data.append("sample_steps", $("sample-steps").value);
     for (const field of ["num_clips", "seed", "checkpoint_every"]) {

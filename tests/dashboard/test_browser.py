@@ -747,3 +747,135 @@ def test_presenters_are_made_used_and_deleted_through_the_page(browser, embedded
         assert [p for p in watched.problems if "409" not in p] == []
     finally:
         watched.close()
+
+
+SCRIPT = "Welcome back.\nToday: adding fractions, step by step."
+
+
+def choose_script(page) -> None:
+    """The speech from a script: its fields in place of the audio file's, once the
+    languages and voices have loaded."""
+    page.get_by_label("A script to speak").check()
+    assert page.locator("#audio-drop").is_hidden()
+    page.locator("#script-block").wait_for()
+    page.locator("#language option").first.wait_for(state="attached")
+
+
+def test_a_script_is_sent_from_the_form_with_a_portrait_or_a_presenter(
+    browser, embedded_service, inputs
+):
+    """The form's script, language and voice (from GET /v1/voices) make a job that carries
+    the script, whether the job has its own portrait or names a presenter; no audio is sent."""
+    headers = {"Authorization": f"Bearer {embedded_service.api_key}"}
+    made = httpx.post(
+        f"{embedded_service.url}/v1/presenters",
+        headers=headers,
+        data={"name": "anna", "prompt": "A teacher at a whiteboard.", "size": "64*64"},
+        files={"image": ("portrait.png", inputs["portrait"].read_bytes(), "image/png")},
+    )
+    assert made.status_code == 201, made.text
+    watched = Watched(browser, embedded_service.url)
+    page = watched.page
+    try:
+        sign_in(page, embedded_service.api_key)
+        page.get_by_label("Portrait", exact=True).set_input_files(inputs["portrait"])
+        # a file chosen first is set aside: the API refuses a script with audio as well
+        page.get_by_label("Speech").set_input_files(inputs["brief"])
+        page.get_by_label("Prompt", exact=True).fill("A presenter in a blue sweater.")
+        page.get_by_label("Size", exact=True).select_option("64*64")
+        choose_script(page)
+        # the engine's default language where it is English, and its default voice
+        language, voice = page.get_by_label("Language"), page.get_by_label("Voice")
+        assert (language.input_value(), voice.input_value()) == ("en-us", "default")
+        offered = httpx.get(f"{embedded_service.url}/v1/voices", headers=headers).json()
+        (engine,) = [e for e in offered["engines"] if e["default"]]
+        assert (
+            language.locator("option").evaluate_all("options => options.map(o => o.value)")
+            == engine["languages"]
+        )
+        language.select_option("en-gb")
+        voice.select_option("m3")
+        page.get_by_label("Script", exact=True).fill(SCRIPT)
+        assert page.locator("#script-count").inner_text().startswith(f"{len(SCRIPT)} of ")
+        page.get_by_role("button", name="Render").click()
+        page.locator("#detail[data-job-id]").wait_for()
+        first = detail_state(page)["job"]
+        page.locator("#facts summary").click()
+        page.locator("#detail-facts dd.script").filter(has_text="adding fractions").wait_for()
+        assert page.locator("#detail-facts dd.script").inner_text() == SCRIPT
+        job = httpx.get(f"{embedded_service.url}/v1/jobs/{first}", headers=headers).json()
+        assert job["params"]["script"] == {
+            "text": SCRIPT, "language": "en-gb", "voice": "m3", "engine": engine["name"],
+        }  # fmt: skip
+        assert job["presenter"] is None and job["params"]["size"] == "64*64"
+        watched.screenshot("9-script-job.png")
+
+        # the same script with a presenter; another language keeps the voice where it can
+        page.get_by_label("Presenter", exact=True).select_option("anna")
+        language.select_option("de")
+        assert voice.input_value() == "m3"
+        page.get_by_label("Script", exact=True).fill("Guten Morgen.")
+        page.get_by_role("button", name="Render").click()
+        page.wait_for_function(
+            "(first) => { const id = document.getElementById('detail').dataset.jobId;"
+            " return id && id !== first; }",
+            arg=first,
+        )
+        second = detail_state(page)["job"]
+        job = httpx.get(f"{embedded_service.url}/v1/jobs/{second}", headers=headers).json()
+        assert job["presenter"] == "anna"
+        assert job["params"]["script"] == {
+            "text": "Guten Morgen.", "language": "de", "voice": "m3", "engine": engine["name"],
+        }  # fmt: skip
+        page.locator("#detail-prompt").filter(has_text="A teacher at a whiteboard.").wait_for()
+        assert page.locator("#job-rows tr").count() == 2
+        assert watched.problems == []
+    finally:
+        watched.close()
+
+
+def test_a_refused_script_is_explained_at_its_field(browser, embedded_service, inputs):
+    """An empty script is caught in the browser; what only the server checks (a control
+    character, a language its engine does not speak) comes back as the API's message, on the
+    field it names, and no job is made."""
+    watched = Watched(browser, embedded_service.url)
+    page = watched.page
+    try:
+        sign_in(page, embedded_service.api_key)
+        page.get_by_label("Portrait", exact=True).set_input_files(inputs["portrait"])
+        page.get_by_label("Prompt", exact=True).fill("A presenter speaks.")
+        choose_script(page)
+        script = page.get_by_label("Script", exact=True)
+        page.get_by_role("button", name="Render").click()
+        assert page.locator("#submit-error").inner_text() == "Write the script: the words to speak."
+        assert script.get_attribute("aria-invalid") == "true"
+        assert page.evaluate("document.activeElement.id") == "script"
+
+        script.fill("Hello\u0007 there.")
+        assert script.input_value() == "Hello\u0007 there."
+        assert page.locator("#submit-error").is_hidden()  # the script changed
+        page.get_by_role("button", name="Render").click()
+        error = page.locator("#submit-error")
+        error.filter(has_text="Not submitted").wait_for()
+        assert "U+0007" in error.inner_text(), error.inner_text()
+        assert script.get_attribute("aria-invalid") == "true"
+        assert page.evaluate("document.activeElement.id") == "script"
+
+        # a language the page was not offered (an engine upgraded under it): the API names it
+        script.fill("Hello there.")
+        page.evaluate(
+            """() => { const s = document.getElementById('language');
+                       s.append(new Option('xx', 'xx')); s.value = 'xx'; }"""
+        )
+        page.get_by_role("button", name="Render").click()
+        error.filter(has_text="Not submitted").wait_for()
+        assert "does not speak 'xx'" in error.inner_text(), error.inner_text()
+        assert page.get_by_label("Language").get_attribute("aria-invalid") == "true"
+        assert script.get_attribute("aria-invalid") is None
+
+        with embedded_service.process.database.transaction() as s:
+            assert s.scalar(sa.text("SELECT count(*) FROM jobs")) == 0  # nothing was queued
+        assert page.locator("#job-rows tr").count() == 0
+        assert [p for p in watched.problems if "422" not in p] == []
+    finally:
+        watched.close()

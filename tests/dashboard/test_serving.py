@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
-from api.config import ApiConfig
+from api.config import ApiConfig, InputLimits
 from api.dashboard import STATIC_DIR
 from api.services import Services
 from pipeline import params as P
@@ -163,6 +163,7 @@ def test_the_form_offers_what_the_api_accepts(client, sqlite_db, local_storage):
     assert (steps["min"], steps["max"]) == (P.SAMPLE_STEPS_MIN, P.SAMPLE_STEPS_MAX)
     assert options["priority"] == {"min": -100, "max": 100}
     assert options["fps"] == P.FPS and options["auth_required"] is True
+    assert options["script_max_chars"] == InputLimits().max_script_chars
 
     services = Services(
         config=ApiConfig(auth_required=False), database=sqlite_db, storage=local_storage
