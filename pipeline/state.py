@@ -36,7 +36,12 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
 from pipeline.params import Precision, PrecisionMismatch
-from pipeline.weights.safetensors_file import TensorEntry, TensorFile, read_header
+from pipeline.weights.safetensors_file import (
+    SafetensorsHeader,
+    TensorEntry,
+    TensorFile,
+    read_header,
+)
 
 FORMAT = "longtake.stream-state/1"
 READABLE = (FORMAT,)
@@ -230,11 +235,13 @@ class CheckpointSource:
         self.manifest = read_manifest(self.directory)
         self.chunk_bytes = chunk_bytes
         self._where: dict[str, tuple[Path, TensorEntry]] = {}
+        self._headers: dict[Path, SafetensorsHeader] = {}
         for shard in self.manifest["shards"]:
             path = self.directory / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["bytes"]:
                 raise ValueError(f"{path}: missing or truncated checkpoint shard")
-            for name, entry in read_header(path).tensors.items():
+            header = self._headers[path] = read_header(path)
+            for name, entry in header.tensors.items():
                 self._where[name] = (path, entry)
 
     @property
@@ -246,8 +253,13 @@ class CheckpointSource:
 
     def get(self, name: str) -> torch.Tensor:
         path, entry = self._where[name]
-        with TensorFile(read_header(path)) as f:
+        with TensorFile(self._headers[path]) as f:
             return f.read(entry)
+
+    def _read_span(self, path: Path, offset: int, out: torch.Tensor) -> None:
+        """Read out.numel() bytes of shard `path` from `offset` into the flat uint8 `out`."""
+        with TensorFile(self._headers[path]) as f:
+            f.read_bytes_into(offset, out, f"{path.name} at byte {offset}")
 
     def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
         rows: list[tuple[Path, int, torch.Tensor]] = []  # (file, offset, contiguous dst row)
@@ -268,7 +280,7 @@ class CheckpointSource:
             self._fill_through_staging(rows)
         else:
             for path, offset, row in rows:
-                _read_span(path, offset, _bytes_of(row))
+                self._read_span(path, offset, _bytes_of(row))
 
     def _fill_through_staging(self, rows: list[tuple[Path, int, torch.Tensor]]) -> None:
         # rows in groups of at most chunk_bytes (one row at least): one read, one copy each
@@ -294,7 +306,7 @@ class CheckpointSource:
             at = 0
             for path, offset, row in group:
                 n = row.numel() * row.element_size()
-                _read_span(path, offset, buffers[slot][at : at + n])
+                self._read_span(path, offset, buffers[slot][at : at + n])
                 at += n
 
         with ThreadPoolExecutor(max_workers=1) as reader, torch.cuda.stream(side):
@@ -333,21 +345,6 @@ def _contiguous_rows(t: torch.Tensor) -> Iterator[torch.Tensor]:
 def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU tensor's bytes as a flat uint8 view (no copy)."""
     return t.reshape(-1).view(torch.uint8)
-
-
-def _read_span(path: Path, offset: int, out: torch.Tensor) -> None:
-    """Read out.numel() bytes of `path` from `offset` into the flat uint8 CPU tensor `out`."""
-    view = memoryview(out.numpy())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise ValueError(f"{path}: unexpected end of file (the shard is truncated)")
-            done += n
-    finally:
-        os.close(fd)
 
 
 def _check_fits(name: str, src: torch.Tensor, dst: torch.Tensor) -> None:

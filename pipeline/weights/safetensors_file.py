@@ -165,17 +165,22 @@ class TensorFile:
         flat = out.reshape(-1).view(torch.uint8)[: entry.nbytes]
         if flat.numel() < entry.nbytes:
             raise ValueError(f"buffer of {flat.numel()} bytes is too small for {entry.name}")
-        view = memoryview(flat.numpy())
+        self.read_bytes_into(entry.start, flat, entry.name)
+        return flat.view(entry.dtype).view(entry.shape)
+
+    def read_bytes_into(self, offset: int, out: torch.Tensor, what: str) -> None:
+        """Fill the flat uint8 CPU tensor `out` with the file's bytes from `offset` (`what`:
+        the tensor they belong to, for the error)."""
+        view = memoryview(out.numpy())
         done = 0
-        while done < entry.nbytes:
-            n = os.preadv(self._fd, [view[done:]], entry.start + done)
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], offset + done)
             if n == 0:
                 raise CorruptFileError(
-                    f"{self.header.path}: unexpected end of file while reading {entry.name} "
+                    f"{self.header.path}: unexpected end of file while reading {what} "
                     "(the file shrank while it was being read?)"
                 )
             done += n
-        return flat.view(entry.dtype).view(entry.shape)
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
         out = torch.empty(entry.shape, dtype=entry.dtype)
