@@ -36,6 +36,7 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
 from pipeline.params import Precision, PrecisionMismatch
+from pipeline.weights.errors import CorruptFileError
 from pipeline.weights.safetensors_file import (
     SafetensorsHeader,
     TensorEntry,
@@ -259,7 +260,10 @@ class CheckpointSource:
     def _read_span(self, path: Path, offset: int, out: torch.Tensor) -> None:
         """Read out.numel() bytes of shard `path` from `offset` into the flat uint8 `out`."""
         with TensorFile(self._headers[path]) as f:
-            f.read_bytes_into(offset, out, f"{path.name} at byte {offset}")
+            try:
+                f.read_bytes_into(offset, out, f"{path.name} at byte {offset}")
+            except CorruptFileError as exc:  # a checkpoint that cannot resume: a ValueError
+                raise ValueError(str(exc)) from exc
 
     def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
         rows: list[tuple[Path, int, torch.Tensor]] = []  # (file, offset, contiguous dst row)
