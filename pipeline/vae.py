@@ -13,7 +13,9 @@ On a GPU the decoder runs channels-last and compiled (`torch.compile` of `vae.de
 graph per latent frame once the cache is warm: its entries are inputs and outputs of the
 graph, replaced as in eager mode), which leaves the cache, its snapshots and its state as they
 are. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py measures
-it).
+it). The compiled decoder is handed canonical strides (`_canonical`), so the graph that runs
+is fixed by the stream's position (empty cache, one frame cached, steady), whatever the
+process ran before: a resumed stream repeats the uninterrupted one's frames bit for bit.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class StreamingDecoder:
         for i in range(x.shape[2]):
             frame = x[:, :, i : i + 1]
             first = self.frames_decoded == 0
+            if self.compiled:
+                frame = _canonical(frame)
+                self._cache = [_canonical(e) for e in self._cache]
             try:
                 out.append(
                     self._decoder(frame, feat_cache=self._cache, feat_idx=[0], first_chunk=first)
@@ -211,6 +216,43 @@ class StreamingDecoder:
 
     def nbytes(self) -> int:
         return sum(e.numel() * e.element_size() for e in self._cache if isinstance(e, torch.Tensor))
+
+
+def _canonical(entry: torch.Tensor | str | None) -> Any:
+    """A tensor with the strides a dense tensor of its shape and layout has (a view, or a copy
+    when it is not dense); anything else as it is.
+
+    A compiled graph is chosen by guards on its inputs' strides, those of size-1 dimensions
+    included: a frame sliced from a 2- or a 3-frame call, a cache entry written by a compiled
+    graph (whose output strides are the compiler's) or one restored from a state all differ
+    there. Each difference compiled a graph of its own, which graphs a stream then ran depended
+    on what the process had decoded before, and the graphs' kernels differ in rounding: on an
+    H200 the frames of a resumed stream, and of a process's first stream, did not repeat. With
+    every input canonical, the graph is a function of the stream's position alone."""
+    if not isinstance(entry, torch.Tensor):
+        return entry
+    cl = entry.dim() == 5 and entry.is_contiguous(memory_format=torch.channels_last_3d)
+    if not (cl or entry.is_contiguous()):  # not dense: a dense copy, its dimensions' order kept
+        entry = entry.clone(memory_format=torch.preserve_format)
+        cl = entry.dim() == 5 and entry.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if cl else torch.contiguous_format
+    strides = _dense_strides(tuple(entry.shape), layout)
+    if entry.stride() == strides:
+        return entry
+    return entry.as_strided(entry.shape, strides)
+
+
+def _dense_strides(shape: tuple[int, ...], layout: torch.memory_format) -> tuple[int, ...]:
+    """The strides of a dense tensor of `shape` in `layout` (size-1 dimensions included)."""
+    dims = list(range(len(shape)))
+    if layout == torch.channels_last_3d:  # N, C, T, H, W stored as N, T, H, W, C
+        dims = [0, 2, 3, 4, 1]
+    strides = [0] * len(shape)
+    step = 1
+    for d in reversed(dims):
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:

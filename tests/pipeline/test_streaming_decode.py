@@ -75,3 +75,48 @@ def test_offline_stream_equals_online_stream(tiny):
     for a, b in zip(online, offline, strict=True):
         assert a.dtype == np.uint8 and a.shape == (24, 64, 64, 3)
         assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_compiled_decoder_runs_one_graph_per_stream_position():
+    """The compiled decoder (as on a GPU: channels-last, torch.compile) picks its graph by where
+    the stream stands, not by what the process decoded before: a second stream and a stream
+    resumed from a saved state run the graphs the first one compiled, so they compute with the
+    same kernels and give the same frames. (A graph of its own for a restored cache entry's
+    strides gave a resumed stream other frames on an H200.)"""
+    from torch._dynamo.utils import counters
+
+    from pipeline import Generator
+    from pipeline.vae import use_channels_last
+
+    vae = Generator.from_preset("tiny", device="cpu", seed=7).components.vae  # not shared
+    use_channels_last(vae)
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    latents = torch.randn(16, 2 + 3 * 4, 8, 8)
+    prime, blocks = latents[:, :2], [latents[:, 2 + 3 * i : 5 + 3 * i] for i in range(4)]
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    def stream(restore_at: int | None = None) -> list[torch.Tensor]:
+        decoder = StreamingDecoder(vae, channels_last=True, compiled=True)
+        decoder.decode(prime)
+        out = []
+        for i, z in enumerate(blocks):
+            if i == restore_at:
+                tensors, meta = decoder.state_dict()
+                tensors = {k: v.clone() for k, v in tensors.items()}  # dense, as from disk
+                decoder = StreamingDecoder(vae, channels_last=True, compiled=True)
+                decoder.load_state_dict(tensors, meta)
+            out.append(decoder.decode(z))
+        assert decoder.compiled  # no fallback to the eager decoder
+        return out
+
+    first = stream()
+    compiled = graphs()
+    # an empty cache, a cache of one frame, then the steady state
+    assert compiled == 3
+    assert all(torch.equal(a, b) for a, b in zip(stream(), first, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(stream(restore_at=2), first, strict=True))
+    assert graphs() == compiled
