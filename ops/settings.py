@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     prefer_local_s: float = 120
     """A requeued job whose newest checkpoint is on one node's disk waits this long for a worker
     there before any worker may take it."""
+    compile_cache_dir: Path | None = None
+    """torch.compile's kernel cache (default <scratch>/compile-cache): on the node's disk, kept
+    across worker restarts, so a restarted worker does not compile its kernels again."""
     scratch_dir: Path | None = None
     """The worker's local working files (default: <tmp>/longtake-worker; embedded: data_dir)."""
     heartbeat_s: float | None = None
@@ -364,12 +367,13 @@ class Settings(BaseSettings):
         from worker.segments import EncoderSettings
         from worker.tiers import TierSettings
 
+        scratch = self.scratch_dir or default_scratch_dir()
         return WorkerConfig(
             lease_s=self.lease_s,
             heartbeat_s=self.heartbeat_s,
             progress_interval_s=self.progress_interval_s,
             soft_shutdown_timeout_s=self.soft_shutdown_timeout_s,
-            scratch_dir=self.scratch_dir or default_scratch_dir(),
+            scratch_dir=scratch,
             tiers=TierSettings(
                 node=self.node_id,
                 local=self.local_checkpoints,
@@ -389,6 +393,7 @@ class Settings(BaseSettings):
                 factory=self.engine_factory,
                 ranks=self.engine_ranks,
                 torch_threads=self.torch_threads,
+                compile_cache_dir=self.compile_cache_dir or scratch / "compile-cache",
                 presenter_cache_gpu_bytes=int(self.presenter_cache_gpu_gb * GB),
                 presenter_cache_host_bytes=int(self.presenter_cache_host_gb * GB),
             ),

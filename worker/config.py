@@ -74,6 +74,11 @@ class EngineSpec:
     precision: str = P.PRECISION_DEFAULT
     """The DiT's precision (pipeline.params.PRECISIONS); a worker builds one engine for each
     precision it serves, from this spec with the precision replaced."""
+    compile_cache_dir: Path | None = None
+    """Where torch.compile keeps its kernels (inductor's and Triton's caches), on the node's
+    disk: a worker restarted there loads them instead of compiling again, a minute or more of
+    a 14B engine's first clips. None: torch's default (under /tmp). An operator's own
+    TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR take precedence."""
     presenter_cache_gpu_bytes: int = 0
     presenter_cache_host_bytes: int = 0
     """The process's presenter cache (pipeline/presenters.py), shared by its engines: bytes on

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import Engine, PresenterEngine
@@ -39,8 +41,20 @@ def use_threads(spec: EngineSpec) -> None:
         torch.set_num_threads(spec.torch_threads)
 
 
+def use_compile_cache(spec: EngineSpec) -> None:
+    """Point torch.compile's caches at the spec's directory, before anything compiles (the
+    environment: the multi-GPU engine's rank processes inherit it)."""
+    if spec.compile_cache_dir is None:
+        return
+    root = Path(spec.compile_cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+
+
 def build_engine(spec: EngineSpec) -> Engine:
     use_threads(spec)
+    use_compile_cache(spec)
     if spec.factory:
         module_name, _, attr = spec.factory.partition(":")
         if not attr:

@@ -3,6 +3,7 @@ the heartbeat."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -285,3 +286,33 @@ def test_an_attempt_clears_what_earlier_attempts_left_and_never_a_later_ones(tmp
         (job / f"attempt-{n}" / "source.wav").write_bytes(b"x")
     _remove_older_attempts(job / "attempt-2")
     assert sorted(p.name for p in job.iterdir()) == ["attempt-2", "attempt-3"]
+
+
+def test_a_workers_compiled_kernels_are_kept_under_its_scratch_directory(tmp_path):
+    """torch.compile's caches go to the node's disk (<scratch>/compile-cache by default), where
+    a restarted worker finds them, instead of wherever the process's /tmp happens to be."""
+    script = textwrap.dedent(
+        """
+        import os, sys, torch
+        from ops.settings import Settings
+        from worker.engine import build_engine
+        spec = Settings().worker_config().engine
+        build_engine(spec)
+        torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.randn(8))
+        print(spec.compile_cache_dir, os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        """
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    }
+    env.update(LONGTAKE_SCRATCH_DIR=str(tmp_path / "scratch"), LONGTAKE_MODEL_PRESET="tiny")
+    env.update(LONGTAKE_MODEL_DEVICE="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "scratch" / "compile-cache"
+    assert out.stdout.split() == [str(root), str(root / "inductor")]
+    assert any(p.is_file() for p in (root / "inductor").rglob("*"))  # the kernel was kept
