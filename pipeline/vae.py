@@ -111,6 +111,21 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
     return fn
 
 
+WARM_UP_PASSES = 4
+"""The most scratch passes a compiled decoder's warm-up makes (two sufficed on an H200)."""
+
+_WARMED: weakref.WeakKeyDictionary[AutoencoderKLWan, set[tuple[object, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _graphs_compiled() -> int:
+    """How many graphs torch.compile has made in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 class StreamingDecoder:
     """Decodes normalised latents call by call; the causal conv cache lives across calls.
 
@@ -131,6 +146,8 @@ class StreamingDecoder:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [16, T, h, w] -> video [1, 3, T', H, W] in [-1, 1] (VAE dtype)."""
+        if self.compiled:
+            self._warm_up(latents)
         param = next(self.vae.parameters())
         z = denormalize_latents(self.vae, latents.unsqueeze(0).to(param.device))
         x = self.vae.post_quant_conv(z.to(param.dtype))
@@ -158,6 +175,37 @@ class StreamingDecoder:
                 )
             self.frames_decoded += 1
         return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
+
+    def _warm_up(self, latents: torch.Tensor) -> None:
+        """Compile every graph a stream of this size can run, in a fixed order, before the
+        first frame is decoded for real (once per VAE, size and layout in a process).
+
+        Which compiled graph runs a frame can depend on the graphs compiled before it: where
+        the compiler splits the decoder into several graphs (torch 2.11 on an H200 does), a
+        graph compiled later for one situation can be chosen for another, and graphs differ in
+        rounding. So a process decodes scratch streams (the first frame, a frame with one
+        cached, steady frames, a steady frame after a restore) until a pass compiles nothing
+        new: every process then holds the same graphs, compiled in the same order, and a
+        stream, resumed or not, runs the same kernels at the same position."""
+        key = (tuple(latents.shape[2:]), self.channels_last)
+        warmed = _WARMED.setdefault(self.vae, set())
+        if key in warmed:
+            return
+        warmed.add(key)  # first: the scratch decoders below must not warm up again
+        zeros = torch.zeros(latents.shape[0], 3, *latents.shape[2:], device=latents.device)
+        for _ in range(WARM_UP_PASSES):
+            before = _graphs_compiled()
+            scratch = StreamingDecoder(self.vae, self.channels_last, compiled=True)
+            scratch.decode(zeros[:, :2])  # the first frame, then a frame with one cached
+            scratch.decode(zeros)  # steady
+            resumed = StreamingDecoder(self.vae, self.channels_last, compiled=True)
+            resumed.load_state_dict(*scratch.state_dict())
+            resumed.decode(zeros[:, :1])  # steady, from a restored cache
+            if not (scratch.compiled and resumed.compiled):  # no working compiler here
+                self.compiled, self._decoder = False, self.vae.decoder
+                return
+            if _graphs_compiled() == before:
+                return
 
     # ---- state ---------------------------------------------------------------------------
 
