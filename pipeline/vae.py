@@ -147,7 +147,7 @@ class StreamingDecoder:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [16, T, h, w] -> video [1, 3, T', H, W] in [-1, 1] (VAE dtype)."""
         if self.compiled:
-            self._warm_up(latents)
+            self.warm_up(*latents.shape[2:])
         param = next(self.vae.parameters())
         z = denormalize_latents(self.vae, latents.unsqueeze(0).to(param.device))
         x = self.vae.post_quant_conv(z.to(param.dtype))
@@ -176,9 +176,10 @@ class StreamingDecoder:
             self.frames_decoded += 1
         return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
 
-    def _warm_up(self, latents: torch.Tensor) -> None:
-        """Compile every graph a stream of this size can run, in a fixed order, before the
-        first frame is decoded for real (once per VAE, size and layout in a process).
+    def warm_up(self, latent_h: int, latent_w: int) -> None:
+        """Compile every graph a stream of this latent size can run, in a fixed order, before
+        the first frame is decoded for real (once per VAE, size and layout in a process; the
+        first decode calls it, or a caller earlier, beside other work). Eager: nothing to do.
 
         Which compiled graph runs a frame can depend on the graphs compiled before it: where
         the compiler splits the decoder into several graphs (torch 2.11 on an H200 does), a
@@ -187,12 +188,16 @@ class StreamingDecoder:
         cached, steady frames, a steady frame after a restore) until a pass compiles nothing
         new: every process then holds the same graphs, compiled in the same order, and a
         stream, resumed or not, runs the same kernels at the same position."""
-        key = (tuple(latents.shape[2:]), self.channels_last)
+        if not self.compiled:
+            return
+        key = (latent_h, latent_w, self.channels_last)
         warmed = _WARMED.setdefault(self.vae, set())
         if key in warmed:
             return
         warmed.add(key)  # first: the scratch decoders below must not warm up again
-        zeros = torch.zeros(latents.shape[0], 3, *latents.shape[2:], device=latents.device)
+        channels = self.vae.config.z_dim
+        device = next(self.vae.parameters()).device
+        zeros = torch.zeros(channels, 3, latent_h, latent_w, device=device)
         for _ in range(WARM_UP_PASSES):
             before = _graphs_compiled()
             scratch = StreamingDecoder(self.vae, self.channels_last, compiled=True)
