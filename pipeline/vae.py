@@ -119,13 +119,6 @@ _WARMED: weakref.WeakKeyDictionary[AutoencoderKLWan, set[tuple[object, ...]]] = 
 )
 
 
-def _graphs_compiled() -> int:
-    """How many graphs torch.compile has made in this process."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 class StreamingDecoder:
     """Decodes normalised latents call by call; the causal conv cache lives across calls.
 
@@ -199,7 +192,7 @@ class StreamingDecoder:
         device = next(self.vae.parameters()).device
         zeros = torch.zeros(channels, 3, latent_h, latent_w, device=device)
         for _ in range(WARM_UP_PASSES):
-            before = _graphs_compiled()
+            before = fused.graphs_compiled()
             scratch = StreamingDecoder(self.vae, self.channels_last, compiled=True)
             scratch.decode(zeros[:, :2])  # the first frame, then a frame with one cached
             scratch.decode(zeros)  # steady
@@ -209,7 +202,7 @@ class StreamingDecoder:
             if not (scratch.compiled and resumed.compiled):  # no working compiler here
                 self.compiled, self._decoder = False, self.vae.decoder
                 return
-            if _graphs_compiled() == before:
+            if fused.graphs_compiled() == before:
                 return
 
     # ---- state ---------------------------------------------------------------------------

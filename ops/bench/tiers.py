@@ -159,7 +159,9 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sealed = local.seal(directory)
     seal_s = time.perf_counter() - started
     log(f"local checkpoint: write {write_s:.1f} s, seal {seal_s:.1f} s, {sealed / 1e9:.2f} GB")
-    del state
+    ring = state["tensors"]["step.0.ring"]
+    ring_shape, ring_dtype = tuple(ring.shape), ring.dtype
+    del state, ring
     expected_sink = sink_hash(stream)
     expected_clip = frames_hash(next(stream).frames)
     stream.close()
@@ -172,6 +174,20 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     assert local.valid(directory, verify=True)
     verify_s = time.perf_counter() - started
+
+    # reading one step's ring back into the device, the page cache warm: readers at once
+    restore_gb_s: dict[str, float] = {}
+    target = torch.empty(ring_shape, dtype=ring_dtype, device=device)
+    for readers in (1, 8):
+        source = state_io.CheckpointSource(directory, readers=readers)
+        sync(device)
+        started = time.perf_counter()
+        source.fill({"step.0.ring": target})
+        sync(device)
+        seconds = time.perf_counter() - started
+        restore_gb_s[str(readers)] = target.numel() * target.element_size() / seconds / 1e9
+    del target
+    log(f"reading a ring back, GB/s by readers: {restore_gb_s}")
 
     def child(mode: str) -> dict[str, Any]:
         cmd = [
@@ -267,6 +283,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "local_seal_s": seal_s,
         "local_background_s": write_s + seal_s,
         "local_verify_warm_s": verify_s,
+        "restore_read_gb_s_by_readers": restore_gb_s,
         "page_cache_evicted": evicted,
         "resume_local_warm": warm,
         "resume_local_cold": cold,
@@ -310,14 +327,19 @@ def report(part: dict[str, Any]) -> list[str]:
         f"  stall per checkpoint {part['stall_per_checkpoint_s']:.2f} s "
         f"({100 * part['stall_fraction_at_n']:.2f}% at N={part['checkpoint_every']}); local "
         f"write {part['local_write_s']:.1f} s + seal {part['local_seal_s']:.1f} s beside it",
-        "  | process | verify | open | first clip | from worker start |",
+        "  reading a step's ring back (page cache warm): "
+        + ", ".join(
+            f"{n} readers {v:.1f} GB/s" for n, v in part["restore_read_gb_s_by_readers"].items()
+        ),
+        "  | process | verify | open | first clip | from worker start | graphs compiled (open, clip) |",
     ]
     for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
         if r is None:
             continue
         lines.append(
             f"  | {label} | {r.get('verify_s', 0):.1f} s | {r['open_s']:.1f} s | "
-            f"{r['first_clip_s']:.1f} s | {r['first_frame_from_worker_start_s']:.1f} s |"
+            f"{r['first_clip_s']:.1f} s | {r['first_frame_from_worker_start_s']:.1f} s | "
+            f"{r['graphs_compiled_at_open']}, {r['graphs_compiled_in_first_clip']} |"
         )
     lines.append(
         f"  frames identical {part['frames_identical']}, sink identical {part['sink_identical']}"
@@ -376,6 +398,9 @@ def child_main(argv: list[str]) -> None:
         checker.join()
         assert verified["ok"], "the local checkpoint's seal does not match"
     request = make_request(a.size, a.infer_frames, a.clips)
+    from pipeline.model.fused import graphs_compiled
+
+    graphs = [graphs_compiled()]
     t0 = time.perf_counter()
     if a.mode == "resume":
         stream = gen.open(request, resume_from=a.checkpoint)
@@ -383,17 +408,21 @@ def child_main(argv: list[str]) -> None:
         stream = gen.open(request)
     sync(device)
     open_s = time.perf_counter() - t0
+    graphs.append(graphs_compiled())
     sink = sink_hash(stream) if a.mode == "resume" else ""
     t0 = time.perf_counter()
     clip = next(stream)
     sync(device)
     first_clip_s = time.perf_counter() - t0
+    graphs.append(graphs_compiled())
     out = {
         "mode": a.mode,
         "build_s": build_s,
         "verify_s": verified.get("s", 0.0),
         "open_s": open_s,
         "first_clip_s": first_clip_s,
+        "graphs_compiled_at_open": graphs[1] - graphs[0],
+        "graphs_compiled_in_first_clip": graphs[2] - graphs[1],
         "clip_index": clip.index,
         "clip_sha256": frames_hash(clip.frames),
         "sink_sha256": sink,

@@ -45,6 +45,13 @@ def allow_recompiles() -> None:
     setattr(cfg, name, max(int(getattr(cfg, name)), RECOMPILE_LIMIT))
 
 
+def graphs_compiled() -> int:
+    """How many graphs torch.compile has made in this process (all functions together)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _gpu_compiled(fn: _F) -> _F:
     compiled: Callable[..., Any] | None = None
 

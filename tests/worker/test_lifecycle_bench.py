@@ -51,3 +51,29 @@ def test_the_benchmark_runs_at_toy_size(tmp_path: Path):
     assert set(tiny) == {"2", "none"}
     assert tiny["2"]["checkpoint_bytes"] > 0 and tiny["none"]["checkpoint_bytes"] == 0
     assert 0 <= tiny["2"]["stall_fraction"] < 1
+
+
+@pytest.mark.slow
+def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
+    """The two tiers' benchmark (a local checkpoint, resumed in fresh processes): a resumed
+    process's frames and sink are the uninterrupted stream's, and every figure is there."""
+    doc = bench.main(
+        [
+            "--parts", "tiers",
+            "--engine-preset", "tiny",
+            "--engine-device", "cpu",
+            "--engine-size", "64*64",
+            "--infer-frames", "12",
+            "--tiers-runs", "cold",
+            "--workdir", str(tmp_path / "work"),
+            "--out", str(tmp_path / "tiers.json"),
+        ]
+    )  # fmt: skip
+    tiers = doc["parts"]["tiers"]
+    assert tiers["frames_identical"] and tiers["sink_identical"]
+    assert set(tiers["restore_read_gb_s_by_readers"]) == {"1", "8"}
+    for run in (tiers["resume_local_warm"], tiers["resume_local_cold"], tiers["fresh"]):
+        assert run["first_clip_s"] > 0 and run["open_s"] > 0
+        assert run["graphs_compiled_in_first_clip"] == 0  # the CPU compiles nothing
+    assert tiers["resume_local_warm"]["clip_index"] == tiers["fresh"]["clip_index"] + 3
+    assert tiers["single_tier_bytes_per_video_hour"] > 0
