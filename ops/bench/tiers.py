@@ -195,6 +195,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "--preset", args.engine_preset, "--device", str(device),
             "--size", args.engine_size, "--infer-frames", str(args.infer_frames),
             "--layers", str(args.engine_layers), "--clips", str(clips),
+            # CPU results depend on the thread count: the children render at the parent's
+            "--threads", str(torch.get_num_threads()),
             "--checkpoint", str(directory),
         ]  # fmt: skip
         started = time.perf_counter()
@@ -374,11 +376,13 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--layers", type=int)
     p.add_argument("--clips", type=int)
     p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
     import torch
 
     from worker.tiers import LocalTier
 
+    torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     verified: dict[str, Any] = {}
 
