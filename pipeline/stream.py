@@ -144,7 +144,8 @@ class Stream:
 
         cuda = self._device.type == "cuda"
         self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
-        self.decoder.warm_up(g.latent_h, g.latent_w)  # compiles, while a restore reads
+        if decode == "online":  # compiles, while a restore reads
+            self.decoder.warm_up(g.latent_h, g.latent_w)
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
