@@ -30,11 +30,13 @@ def set_compile(enabled: bool) -> None:
     _enabled = enabled
 
 
-RECOMPILE_LIMIT = 64
+RECOMPILE_LIMIT = 256
 """Compiled graphs kept per function. Each shape a function meets (a block, the sink, the
 prompt, the audio layers; at every output size a worker renders; with gradients on or off)
 is a graph of its own: at torch's default of 8 a long-lived process ran out of them and
-fell back to eager kernels (seen on an H200, 2026-12-02)."""
+fell back to eager kernels (seen on an H200, 2026-12-02), which also changes the bits a
+stream renders. A worker may render each of the 14 sizes (pipeline.params), with a handful
+of graphs per size for a function and for each piece of the compiled decoder."""
 
 
 def allow_recompiles() -> None:
