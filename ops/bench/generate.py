@@ -487,8 +487,20 @@ def bench_decode(
             "mean_abs_diff": float(diff.mean()),
             "psnr_db": psnr(other, ref),
         }
+    # the first decoder of its kind in the process against a second one: the same frames
+    # (compiled graphs chosen by what the process compiled before would not repeat)
+    name = "compiled_channels_last" if cuda else "eager"
+    channels_last, compiled = variants[name]
+    again = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
+    again.decode(latents[0])
+    again.decode(latents[0])
+    repeats = all(
+        np.array_equal(vae_mod.to_uint8_frames(again.decode(z)).cpu().numpy(), first)
+        for z, first in zip(latents[1:], frames[name], strict=True)
+    )
+    out["second_decoder_repeats_the_first"] = {"decoder": name, "equal": repeats}
+    log(f"decode: a second {name} decoder repeats the first one's frames: {repeats}")
     # a decoder's state mid-stream, through bytes, into a new decoder: the same frames after
-    channels_last, compiled = variants["compiled_channels_last" if cuda else "eager"]
     a = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
     b = vae_mod.StreamingDecoder(vae, channels_last=channels_last, compiled=compiled)
     half = len(latents) // 2
@@ -740,6 +752,13 @@ def table(r: dict) -> str:
                 v = d["vs_eager"]
                 extra = f" (vs eager: max |diff| {v['max_abs_diff']}, PSNR {v['psnr_db']:.1f} dB)"
             rows.append((f"decode per block: {name}", f"{d['per_block_s']:.3f} s{extra}"))
+    if "second_decoder_repeats_the_first" in dec:
+        rows.append(
+            (
+                "a second decoder repeats the first",
+                str(dec["second_decoder_repeats_the_first"]["equal"]),
+            )
+        )
     if "restored_state_continues_exactly" in dec:
         rows.append(
             (

@@ -68,6 +68,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     dec = report["decode"]
     assert dec["eager"]["per_block_s"] > 0 and dec["blocks_timed"] == 2
     assert dec["restored_state_continues_exactly"]["equal"] is True
+    assert dec["second_decoder_repeats_the_first"]["equal"] is True
     state = report["state"]
     assert state["bytes"] == sum(state["bytes_by_shard"].values()) > 0 and state["write_s"] > 0
     assert [s["clips"] for s in report["memory"]["online"]["samples"]] == [2]
