@@ -119,6 +119,31 @@ def test_a_checkpoint_is_read_straight_into_strided_tensors(tiny, tmp_path):
         source.fill({"step.0.ring": torch.zeros(3, dtype=ring.dtype)})
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("readers", [1, 3, 8])
+def test_a_checkpoint_is_read_into_gpu_views_through_the_staging_buffers(tmp_path, readers):
+    """Pieces of at most chunk_bytes go through a few page-locked buffers (two per reader),
+    each refilled only once its copy to the device has run: every byte lands where it belongs
+    and nothing outside the views is written, whatever the number of readers."""
+    gen = torch.Generator().manual_seed(readers)
+    tensors = {
+        f"step.{i}.ring": torch.randint(-999, 999, (3, 2, 41, 4, 8), generator=gen).to(
+            torch.bfloat16
+        )
+        for i in range(4)
+    }
+    state_io.write_checkpoint({"meta": {}, "tensors": tensors}, tmp_path / "ckpt")
+    source = state_io.CheckpointSource(tmp_path / "ckpt", chunk_bytes=100, readers=readers)
+    caches = {
+        k: torch.full((3, 2, 47, 4, 8), float("nan"), dtype=torch.bfloat16, device="cuda")
+        for k in tensors
+    }
+    source.fill({k: v[:, :, 6:] for k, v in caches.items()})  # strided views, as rings are
+    for name, want in tensors.items():
+        assert torch.equal(caches[name][:, :, 6:].cpu(), want)
+        assert caches[name][:, :, :6].isnan().all()
+
+
 def test_a_truncated_shard_is_refused_before_anything_is_read(tiny, tmp_path):
     stream = tiny.open(request(seconds=2.0, num_clips=2))
     next(stream)
