@@ -275,8 +275,8 @@ class CheckpointSource:
                 raise ValueError(str(exc)) from exc
 
     def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
-        # (file, offset, the destination's bytes: a flat uint8 view of at most chunk_bytes)
-        pieces: list[tuple[Path, int, torch.Tensor]] = []
+        # (file, offset, the destination's bytes: a flat uint8 view of a contiguous row)
+        rows: list[tuple[Path, int, torch.Tensor]] = []
         for name, dst in targets.items():
             path, entry = self._where[name]
             if tuple(dst.shape) != entry.shape or dst.dtype != entry.dtype:
@@ -287,17 +287,21 @@ class CheckpointSource:
             offset = entry.start
             for row in _contiguous_rows(dst):
                 flat = _bytes_of(row)
-                for at in range(0, flat.numel(), self.chunk_bytes):
-                    piece = flat[at : at + self.chunk_bytes]
-                    pieces.append((path, offset + at, piece))
+                rows.append((path, offset, flat))
                 offset += flat.numel()
-        if not pieces:
+        if not rows:
             return
-        if any(piece.device.type == "cuda" for _, _, piece in pieces):
+        if any(flat.device.type == "cuda" for _, _, flat in rows):
+            # through staging buffers of chunk_bytes: rows in pieces of at most that
+            pieces = [
+                (path, offset + at, flat[at : at + self.chunk_bytes])
+                for path, offset, flat in rows
+                for at in range(0, flat.numel(), self.chunk_bytes)
+            ]
             self._fill_through_staging(pieces)
-        else:
+        else:  # straight into host memory, a row per read
             with ThreadPoolExecutor(max_workers=self.readers) as pool:
-                for done in [pool.submit(self._read_span, *piece) for piece in pieces]:
+                for done in [pool.submit(self._read_span, *row) for row in rows]:
                     done.result()
 
     def _fill_through_staging(self, pieces: list[tuple[Path, int, torch.Tensor]]) -> None:
