@@ -51,10 +51,11 @@ def log(msg: str) -> None:
 
 def kind_of(kernel: str) -> str:
     """The kind of a GPU kernel (or, on a CPU, an operator) by its name: cuBLAS/cuBLASLt/
-    CUTLASS products, cuDNN and flash attention, Triton kernels from torch.compile, cuDNN
-    convolutions, copies."""
+    CUTLASS products, cuDNN and flash attention, the DiT's Triton kernels from torch.compile,
+    convolutions (the VAE decoder's, with its compiled padding and upsampling), copies."""
     n = kernel.lower()
-    if "conv" in n or "implicit_gemm" in n or "nchwtonhwc" in n:
+    vae = ("conv", "implicit_gemm", "nchwtonhwc", "constant_pad_nd", "_unsafe_index")
+    if any(s in n for s in vae):
         return "conv"
     if any(s in n for s in ("fmha", "flash", "attention", "sdpa")):
         return "attention"

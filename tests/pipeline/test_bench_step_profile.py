@@ -26,6 +26,9 @@ def test_kernels_are_sorted_by_kind():
     assert kind_of("aten::scaled_dot_product_attention") == "attention"
     assert kind_of("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "conv"
     assert kind_of("triton_red_fused__to_copy_abs_amax_clamp_div_gelu_0") == "triton"
+    # the compiled decoder's glue goes with its convolutions
+    assert kind_of("triton_poi_fused_constant_pad_nd_2") == "conv"
+    assert kind_of("triton_poi_fused__to_copy__unsafe_index_add_arange_clone_mul_0") == "conv"
     assert kind_of("Memcpy DtoD (Device -> Device)") == "copy"
     assert kind_of("void at::native::vectorized_elementwise_kernel<8, GeluCUDAKernelImpl>") == (
         "other"
