@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from datetime import date
@@ -36,10 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ops.bench.generate import request
+from ops.bench.generate import request, time_call
 from pipeline import Generator
+from pipeline.geometry import Geometry
 from pipeline.model import fp8
 from pipeline.model.attention import attention
+from pipeline.stream import prepare_inputs
 
 T0 = time.perf_counter()
 KINDS = ("matmul", "attention", "triton", "conv", "copy", "other")
@@ -70,22 +71,8 @@ def kind_of(kernel: str) -> str:
 
 
 def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    """`time_call` (ops/bench/generate.py) after 3 warm-up calls, in milliseconds."""
+    return time_call(fn, device, 3, repeats) * 1e3
 
 
 def bench_shapes(gen: Generator, device: torch.device, tokens: int, keys: int, reps: int) -> dict:
@@ -263,9 +250,12 @@ def main() -> None:
     gen = Generator.from_preset(
         args.preset, device=device, random_weights=True, precision=precisions[0]
     )
-    stream = gen.open(request(args.size, 1, args.steps))
-    geometry = stream.geometry
-    stream.close()
+    # the stream's geometry, from its inputs as the stream makes it (no model work)
+    req = request(args.size, 1, args.steps)
+    inputs = prepare_inputs(req, gen.preset)
+    geometry = Geometry(
+        inputs.width, inputs.height, req.infer_frames, gen.preset.dit.zip_frame_buckets
+    )
     report: dict[str, Any] = {
         "benchmark": "step_profile",
         "date": date.today().isoformat(),
