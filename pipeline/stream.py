@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -54,6 +55,26 @@ from pipeline.sampler import flow_schedule
 from pipeline.text import encode_prompt
 
 Decode = Literal["online", "offline"]
+
+PHASE_SYNC = False
+"""Benchmarks set it: `Stream.open_seconds` then waits for the opening thread's device queue at
+the end of each part, so each part's time is its own (a stream never waits there otherwise)."""
+
+
+class OpenClock:
+    """Wall seconds of each part of a stream's open, in order (`Stream.open_seconds`)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        if PHASE_SYNC and self.device.type == "cuda":  # this thread's queue: not a restore's
+            torch.cuda.current_stream(self.device).synchronize()
+        now = time.perf_counter()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last
+        self._last = now
 
 
 class Stream:
@@ -87,6 +108,9 @@ class Stream:
         self._dit = comps.dit
         self._vae = comps.vae
         self._device = comps.dit.device
+        clock = OpenClock(self._device)
+        self.open_seconds = clock.seconds
+        """Wall seconds of each part of the open (with `PHASE_SYNC`, each part's own)."""
 
         inputs = prepare_inputs(request, preset)
         samples = inputs.samples
@@ -112,6 +136,7 @@ class Stream:
         )
         source = None if state is None else state_io.as_source(state)
         restoring = None if source is None else self._start_restore(source)
+        clock.lap("inputs_and_caches")
 
         # fixed conditioning
         self.schedule = flow_schedule(
@@ -133,7 +158,9 @@ class Stream:
                 preset.dit.text_len,
                 device=comps.text_device,
             )
+        clock.lap("text")
         self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
+        clock.lap("denoiser")
         self.audio = AudioFeatures(
             comps.audio_encoder,
             samples,
@@ -141,11 +168,13 @@ class Stream:
             preset.stream.audio_context_frames,
         )
         self.clip_audio = ClipAudio(self.audio, g, self.num_clips)
+        clock.lap("audio")
 
         cuda = self._device.type == "cuda"
         self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
         if decode == "online":  # compiles, while a restore reads
             self.decoder.warm_up(g.latent_h, g.latent_w)
+        clock.lap("decoder_warm_up")
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
@@ -155,19 +184,25 @@ class Stream:
         if source is not None:
             assert restoring is not None
             restoring.result()  # the ring caches are in place
+            clock.lap("restore_wait")
             self._finish_restore(source)
+            clock.lap("restore_finish")
         elif cached is not None:
             self.next_clip = 0
             self._motion = presenter_mod.restore(cached, self.caches, self.sink_keys, self.decoder)
+            clock.lap("presenter_restore")
         else:
             self.next_clip = 0
             reference, motion = self._reference_latents()
+            clock.lap("portrait_latents")
             self._build_sink(reference)
+            clock.lap("sink")
             warmup = motion[:, : preset.stream.vae_warmup_frames]
             if decode == "online":
                 self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
             else:
                 self._offline_latents.append(warmup.cpu())
+            clock.lap("decoder_prime")
             if scope is not None and key is not None:
                 kept = presenter_mod.capture(
                     text, motion, self.caches[0], self.sink_keys, self.decoder

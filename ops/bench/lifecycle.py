@@ -508,6 +508,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["cold", "remote"],
         help="tiers: besides the warm resume and the fresh open, a cold resume, a download",
     )
+    p.add_argument(
+        "--tiers-captures",
+        type=int,
+        default=2,
+        help="tiers: timed captures into pinned memory (the stall is the last); 0: none",
+    )
     p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")
     p.add_argument("--tiny-clips", type=int, default=20)

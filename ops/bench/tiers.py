@@ -103,6 +103,60 @@ def sink_hash(stream: Any) -> str:
     return h.hexdigest()
 
 
+def checksum(t: Any) -> int:
+    """A cheap on-device fingerprint of a tensor's bits (for tensors too large to hash on the
+    host): the sum of its bytes taken as int32 words, with their positions folded in."""
+    import torch
+
+    words = t.contiguous().view(-1).view(torch.uint8)
+    words = words[: words.numel() // 4 * 4].view(torch.int32)
+    total = 0
+    for piece in words.split(1 << 26):
+        w = piece.to(torch.int64)
+        total += int((w * torch.arange(1, w.numel() + 1, device=w.device) % 1_000_003).sum())
+        total += int(w.sum())
+    return total
+
+
+class Trace:
+    """What a stream's next clip computes, part by part, so that two renders that differ say
+    where they part: the text and speech conditioning, each block's latents as the decoder
+    receives them and its frames, and the ring caches after the clip."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.blocks: list[tuple[str, str]] = []
+        decode = stream.decoder.decode
+
+        def traced(latents: Any) -> Any:
+            out = decode(latents)
+            self.blocks.append((tensor_sha(latents), tensor_sha(out)))
+            return out
+
+        stream.decoder.decode = traced
+
+    def report(self, clip: int) -> dict[str, Any]:
+        s = self.stream
+        feats = s.clip_audio._clips.get(clip)
+        return {
+            "text_kv": hashlib.sha256(
+                "".join(tensor_sha(t) for kv in s.denoiser.text_kv for t in kv).encode()
+            ).hexdigest(),
+            "audio": None if feats is None else tensor_sha(feats[0]),
+            "decoder_in": [a for a, _ in self.blocks],
+            "decoder_out": [b for _, b in self.blocks],
+            "rings_after": [checksum(c.ring) for c in s.caches],
+        }
+
+
+def tensor_sha(t: Any) -> str:
+    import torch
+
+    return hashlib.sha256(
+        t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
+    ).hexdigest()
+
+
 def sync(device: Any) -> None:
     import torch
 
@@ -129,20 +183,24 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sync(device)
     open_s = time.perf_counter() - started
     clip_times = []
+    first_clip_sha = ""
     for _ in range(3):
         started = time.perf_counter()
-        next(stream)
+        clip = next(stream)
         sync(device)
         clip_times.append(time.perf_counter() - started)
+        first_clip_sha = first_clip_sha or frames_hash(clip.frames)
     clip_s = min(clip_times[1:])
     boundary = stream.next_clip
 
     captures = []
     state: dict[str, Any] = {}
-    for _ in range(2):
+    for _ in range(args.tiers_captures):
         started = time.perf_counter()
         state = stream.state_dict(pin_memory=True)
         captures.append(time.perf_counter() - started)
+    if not captures:  # no stall measured: the state once, into pageable memory
+        state = stream.state_dict()
     state_bytes = sum(t.numel() * t.element_size() for t in state["tensors"].values())
     shards: dict[str, int] = {}
     for name, t in state["tensors"].items():
@@ -163,7 +221,10 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ring_shape, ring_dtype = tuple(ring.shape), ring.dtype
     del state, ring
     expected_sink = sink_hash(stream)
+    trace = Trace(stream)
     expected_clip = frames_hash(next(stream).frames)
+    expected_trace = trace.report(boundary)
+    del trace  # it holds the stream, and so the model
     stream.close()
     gen.shutdown()
     del stream, gen
@@ -187,6 +248,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         restore_gb_s[str(readers)] = target.numel() * target.element_size() / seconds / 1e9
     del target
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the children need the memory
     log(f"reading a ring back, GB/s by readers: {restore_gb_s}")
 
     def child(mode: str) -> dict[str, Any]:
@@ -200,8 +263,14 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "--checkpoint", str(directory),
         ]  # fmt: skip
         started = time.perf_counter()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        if out.returncode != 0:
+            log(f"{mode} failed ({out.returncode}): {out.stderr[-4000:]}")
+            if not lines:
+                raise RuntimeError(f"the {mode} process failed")
+        result = lines[0]
+        result["second_open"] = lines[1] if len(lines) > 1 else None
         result["process_s"] = time.perf_counter() - started
         log(f"{mode}: {result}")
         return result
@@ -279,8 +348,10 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "state_bytes": state_bytes,
         "shard_bytes": shards,
         "capture_s": captures,
-        "stall_per_checkpoint_s": captures[-1],
-        "stall_fraction_at_n": captures[-1] / (args.checkpoint_every * clip_s),
+        "stall_per_checkpoint_s": captures[-1] if captures else None,
+        "stall_fraction_at_n": (
+            captures[-1] / (args.checkpoint_every * clip_s) if captures else None
+        ),
         "local_write_s": write_s,
         "local_seal_s": seal_s,
         "local_background_s": write_s + seal_s,
@@ -291,7 +362,20 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "resume_local_cold": cold,
         "fresh": fresh,
         "expected_clip_sha256": expected_clip,
+        "expected_trace": expected_trace,
+        "first_clip_sha256": first_clip_sha,
+        "fresh_first_clip_identical": fresh["clip_sha256"] == first_clip_sha,
         "expected_sink_sha256": expected_sink,
+        "parts_that_differ": {
+            label: differing(expected_trace, r["trace"])
+            for label, r in (("warm", warm), ("cold", cold))
+            if r is not None
+        }
+        | (
+            {"warm_second_open": differing(expected_trace, warm["second_open"]["trace"])}
+            if warm.get("second_open")
+            else {}
+        ),
         "frames_identical": all(
             r["clip_sha256"] == expected_clip for r in (warm, cold) if r is not None
         ),
@@ -305,6 +389,18 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "single_tier_bytes_per_video_hour": today,
         "by_budget_mb_s": budgets,
     }
+
+
+def differing(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """The parts of two traces that differ ("decoder_in.2": block 2's latents)."""
+    out = []
+    for key, want in expected.items():
+        have = got.get(key)
+        if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+            out += [f"{key}.{i}" for i, (w, h) in enumerate(zip(want, have, strict=True)) if w != h]
+        elif want != have:
+            out.append(key)
+    return out
 
 
 def evict(directory: Path) -> bool:
@@ -326,8 +422,8 @@ def report(part: dict[str, Any]) -> list[str]:
     lines = [
         f"tiers {part['preset']} on {part['device_name']} at {part['size']}: clip "
         f"{part['clip_s']:.2f} s, state {part['state_bytes'] / 1e9:.2f} GB",
-        f"  stall per checkpoint {part['stall_per_checkpoint_s']:.2f} s "
-        f"({100 * part['stall_fraction_at_n']:.2f}% at N={part['checkpoint_every']}); local "
+        f"  stall per checkpoint {part['stall_per_checkpoint_s'] or 0:.2f} s "
+        f"({100 * (part['stall_fraction_at_n'] or 0):.2f}% at N={part['checkpoint_every']}); local "
         f"write {part['local_write_s']:.1f} s + seal {part['local_seal_s']:.1f} s beside it",
         "  reading a step's ring back (page cache warm): "
         + ", ".join(
@@ -343,9 +439,21 @@ def report(part: dict[str, Any]) -> list[str]:
             f"{r['first_clip_s']:.1f} s | {r['first_frame_from_worker_start_s']:.1f} s | "
             f"{r['graphs_compiled_at_open']}, {r['graphs_compiled_in_first_clip']} |"
         )
+    for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
+        if r is not None and r.get("open_parts_s"):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["open_parts_s"].items())
+            lines.append(f"  open of {label} (s): {parts}")
     lines.append(
         f"  frames identical {part['frames_identical']}, sink identical {part['sink_identical']}"
     )
+    if "parts_that_differ" in part:
+        lines.append(
+            f"  parts that differ from the uninterrupted clip: {part['parts_that_differ']}"
+        )
+        lines.append(
+            "  a fresh process's first clip equals the first process's: "
+            f"{part['fresh_first_clip_identical']}"
+        )
     if part["download_proxy_s"] is not None:
         lines.append(
             f"  remote resume from start {part['resume_remote_from_worker_start_s']:.1f} s "
@@ -402,8 +510,10 @@ def child_main(argv: list[str]) -> None:
         checker.join()
         assert verified["ok"], "the local checkpoint's seal does not match"
     request = make_request(a.size, a.infer_frames, a.clips)
+    from pipeline import stream as stream_mod
     from pipeline.model.fused import graphs_compiled
 
+    stream_mod.PHASE_SYNC = True  # each part of the open timed on its own
     graphs = [graphs_compiled()]
     t0 = time.perf_counter()
     if a.mode == "resume":
@@ -414,25 +524,35 @@ def child_main(argv: list[str]) -> None:
     open_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
     sink = sink_hash(stream) if a.mode == "resume" else ""
+    trace = Trace(stream)
     t0 = time.perf_counter()
     clip = next(stream)
     sync(device)
     first_clip_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
+    traced = trace.report(clip.index)
     out = {
         "mode": a.mode,
         "build_s": build_s,
         "verify_s": verified.get("s", 0.0),
         "open_s": open_s,
+        "open_parts_s": dict(stream.open_seconds),
         "first_clip_s": first_clip_s,
         "graphs_compiled_at_open": graphs[1] - graphs[0],
         "graphs_compiled_in_first_clip": graphs[2] - graphs[1],
         "clip_index": clip.index,
         "clip_sha256": frames_hash(clip.frames),
         "sink_sha256": sink,
+        "trace": traced,
         "since_process_start_s": time.perf_counter() - started,
     }
     print(json.dumps(out), flush=True)
+    if a.mode == "resume":  # the same resume again in this process: history, or the resume?
+        del trace
+        stream = gen.open(request, resume_from=a.checkpoint)
+        trace = Trace(stream)
+        again = {"clip_sha256": frames_hash(next(stream).frames), "trace": trace.report(clip.index)}
+        print(json.dumps(again), flush=True)
 
 
 if __name__ == "__main__":
