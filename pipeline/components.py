@@ -11,9 +11,13 @@ rank, the VAE where it decodes, the text and audio encoders once). Parts left ou
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,15 +28,76 @@ from diffusers import AutoencoderKLWan
 from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
 
 from pipeline.model import WanS2VTransformer
+from pipeline.params import Precision
 from pipeline.presets import Preset
 from pipeline.text import Tokenizer, byte_tokenizer, hf_tokenizer
 
 if TYPE_CHECKING:
     from pipeline.weights import Placement
 
+log = logging.getLogger(__name__)
+
 # The order parts draw their random weights in: part i of seed s uses seed s * 1000 + i, so a
 # process that builds only some parts gets the very weights a single device builds.
 PART_ORDER = ("dit", "text", "audio", "vae")
+
+
+@dataclass(frozen=True)
+class DitInfo:
+    """What a stream must know of the DiT before it has loaded: where it runs and how."""
+
+    device: torch.device
+    dtype: torch.dtype
+    precision: Precision
+
+
+class DeferredDit:
+    """The DiT loading in a thread of its own (`Generator.from_preset(defer_dit=True)`).
+
+    The 14B DiT is most of a worker's model load; a stream's open has much to do without it
+    (its inputs, the text and speech encoders, reading a checkpoint, compiling the decoder), so
+    it does that while the DiT loads and waits for it only where it needs it. A load that fails
+    raises in the waiting thread, and the next wait starts the load again.
+    """
+
+    def __init__(self, load: Callable[[], WanS2VTransformer], info: DitInfo):
+        self.info = info
+        self._load = load
+        self._lock = threading.Lock()
+        self.waiting = threading.Event()
+        """Set once a caller has had to wait for the load (the open ran out of other work)."""
+        self._future = self._start()
+
+    def _start(self) -> Future[WanS2VTransformer]:
+        future: Future[WanS2VTransformer] = Future()
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                future.set_result(self._load())
+                log.info("the DiT loaded in %.1f s", time.perf_counter() - started)
+            except BaseException as exc:  # raised where the DiT is waited for
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="dit-load", daemon=True).start()
+        return future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> WanS2VTransformer:
+        with self._lock:
+            future = self._future
+        if not future.done():
+            self.waiting.set()
+        try:
+            return future.result()
+        except BaseException:
+            with self._lock:
+                if self._future is future:  # one new attempt, whoever waits next
+                    log.warning("the DiT failed to load; it loads again at the next wait")
+                    self._future = self._start()
+            raise
 
 
 @dataclass
@@ -44,11 +109,36 @@ class Components:
     vae: AutoencoderKLWan | None
     text_device: torch.device | None = None
     """Where the text encoder runs; it may live in host memory and visit this device."""
+    dit_loading: DeferredDit | None = None
+    """The DiT while it loads (`dit` is None until `wait_dit` returns it)."""
+
+    @property
+    def dit_info(self) -> DitInfo:
+        """The DiT's device, dtype and precision, known before it has loaded."""
+        if self.dit is not None:
+            return DitInfo(self.dit.device, self.dit.dtype, self.dit.precision)
+        if self.dit_loading is not None:
+            return self.dit_loading.info
+        raise RuntimeError("this process has no dit (not in its placement)")
+
+    def wait_dit(self) -> WanS2VTransformer:
+        """The DiT, once loaded (at once when it is)."""
+        if self.dit is None:
+            if self.dit_loading is None:
+                raise RuntimeError("this process has no dit (not in its placement)")
+            self.dit = self.dit_loading.result()
+            self.dit_loading = None
+        return self.dit
 
     def require(self, *parts: str) -> None:
-        """Raise a clear error if a part this process must run was not built here."""
+        """Raise a clear error if a part this process must run was not built here (a DiT
+        still loading counts as built)."""
         attrs = {"dit": "dit", "text": "text_encoder", "audio": "audio_encoder", "vae": "vae"}
-        missing = [p for p in parts if getattr(self, attrs[p]) is None]
+        missing = [
+            p
+            for p in parts
+            if getattr(self, attrs[p]) is None and not (p == "dit" and self.dit_loading)
+        ]
         if missing:
             raise RuntimeError(f"this process has no {', '.join(missing)} (not in its placement)")
 
@@ -128,7 +218,12 @@ def random_init(module: nn.Module, generator: torch.Generator) -> None:
             std = 0.02
         else:
             std = 1.0 / math.sqrt(max(p.shape[-1], 1))
-        draw = torch.randn(p.shape, generator=generator, device=generator.device) * std
+        # float32 named, not taken from torch's default dtype: a DiT may load in a thread
+        # while another declares modules (which sets the default dtype for a moment)
+        draw = torch.randn(
+            p.shape, generator=generator, device=generator.device, dtype=torch.float32
+        )
+        draw = draw * std
         p.copy_(draw)
 
 
@@ -199,3 +294,62 @@ def load_released(
         loaded.vae,
         text_device=placement.devices.get("text"),
     )
+
+
+def build_deferred(
+    preset: Preset,
+    device: torch.device,
+    dtype: torch.dtype,
+    precision: Precision,
+    *,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    prepare: Callable[[WanS2VTransformer], None] | None = None,
+) -> Components:
+    """Every part on `device`, the DiT still loading (`Components.dit_loading`) when this
+    returns: the encoders and the VAE are built here, from `checkpoint_dir` (None: seeded
+    random weights, the very ones `build_random` draws); the DiT is filled in a thread, then
+    `prepare(dit)` runs there (the FP8 conversion, say).
+
+    The DiT's module is declared here, in the calling thread: declaring modules sets torch's
+    default dtype, which is global, and must not change under the caller's feet later."""
+    from pipeline.weights import Placement
+
+    rest = Placement({part: device for part in PART_ORDER if part != "dit"})
+    with _on_meta(dtype):
+        dit = WanS2VTransformer(preset.dit)
+    if checkpoint_dir is None:
+        comps = build_random(preset, device, dtype, seed, placement=rest)
+
+        def fill() -> None:
+            dit.to_empty(device=device)
+            dit.eval().requires_grad_(False)
+            generator = torch.Generator(device=device)
+            random_init(dit, generator.manual_seed(seed * 1000 + PART_ORDER.index("dit")))
+
+    else:
+        comps = load_released(preset, checkpoint_dir, device, dtype, placement=rest)
+
+        def fill() -> None:
+            from pipeline.weights import load_weights
+
+            load_weights(checkpoint_dir, Placement({"dit": device}), dit=dit)
+            dit.eval().requires_grad_(False)
+
+    def load() -> WanS2VTransformer:
+        if device.type != "cuda":
+            fill()
+            if prepare is not None:
+                prepare(dit)
+            return dit
+        # on a CUDA stream of its own, so that the opening thread's kernels do not queue
+        # behind the load's; the weights are complete on the device before anyone sees them
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            fill()
+            if prepare is not None:
+                prepare(dit)
+            torch.cuda.current_stream(device).synchronize()
+        return dit
+
+    comps.dit_loading = DeferredDit(load, DitInfo(device, dtype, precision))
+    return comps

@@ -93,6 +93,9 @@ class Denoiser:
         Only the layers up to the last one `sink_keys` and the caches hold are run; each layer's
         keys go to the caches that hold that layer."""
         stop = max([sink_keys.layers.stop, *(c.layers.stop for c in caches)])
+        # contiguous: the same compiled graphs whatever layout the latents came in (a slice of
+        # the portrait's latents, a block's first frame, the VAE encoder's channels-last output)
+        reference, motion = reference.contiguous(), motion.contiguous()
         sink = self.dit.embed_sink(reference, motion, self.cfg.sink_frame)
         freqs = self.dit.rope.freqs(sink.positions, self.dit.device)
         prefill = SinkPrefill(caches, sink_keys, freqs)
@@ -124,6 +127,25 @@ class Denoiser:
         kv = self.block_kv(cache, sink_keys, step, block_index)
         velocity = self.dit(latents, self.times[step], kv, self.text_kv, audio)
         return self.schedule.euler(latents, velocity, step)
+
+    def denoise_block(
+        self,
+        caches: list[StepKVCache],
+        sink_keys: SinkKeys,
+        features: torch.Tensor,
+        noise: torch.Tensor,
+        block_index: int,
+    ) -> torch.Tensor:
+        """Stream block `block_index` through every step (caches[i] is step i's): from its clip's
+        noise [16, frames of a clip, h, w] to clean latents [16, 3, h, w]; `features` are its
+        speech features [layers, C, 12 video frames]."""
+        g = self.geometry
+        b = block_index % g.blocks_per_clip
+        audio = self.audio(features)
+        x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
+        for i, cache in enumerate(caches):
+            x = self.step(cache, sink_keys, x, i, block_index, audio)
+        return x
 
     # ---- the same step in pieces, for a pipeline stage that runs some of its layers --------
 

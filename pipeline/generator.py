@@ -16,7 +16,7 @@ import torch
 from pipeline import params
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
-from pipeline.components import Components, build_random, load_released
+from pipeline.components import Components, build_deferred, build_random, load_released
 from pipeline.params import Precision
 from pipeline.presenters import PresenterCache, PresenterScope
 from pipeline.presets import Preset, get_preset
@@ -59,8 +59,7 @@ class Generator:
     @property
     def precision(self) -> Precision:
         """How the DiT's linear layers run ("bf16" or "fp8"), fixed when it was built."""
-        assert self.components.dit is not None
-        return self.components.dit.precision
+        return self.components.dit_info.precision
 
     @classmethod
     def from_preset(
@@ -75,6 +74,7 @@ class Generator:
         dit_overrides: dict[str, Any] | None = None,
         precision: str = params.PRECISION_DEFAULT,
         presenter_cache: PresenterCache | None = None,
+        defer_dit: bool = False,
     ) -> Generator:
         """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
 
@@ -86,7 +86,10 @@ class Generator:
         precision: "bf16" (the DiT's linears in `dtype`) or "fp8" (their weights quantised to
         float8 e4m3 once loaded, the LoRA merged; pipeline/model/fp8.py). On a GPU the VAE's
         kernels are stored channels-last for the streaming decoder. presenter_cache: see
-        `open`'s namespace.
+        `open`'s namespace. defer_dit: return once the encoders and the VAE are built, the DiT
+        still loading in a thread (pipeline.components.DeferredDit); a stream opened meanwhile
+        does its other work first and waits for the DiT where it needs it (a worker resumes a
+        job while its model loads).
         """
         precision = params.check_precision(precision)
         preset = get_preset(resolve_name(name, checkpoint_dir))
@@ -95,13 +98,29 @@ class Generator:
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        if random_weights or preset.name == "tiny":
-            comps = build_random(preset, device, dtype, seed)
-        elif checkpoint_dir is None:
+        random = random_weights or preset.name == "tiny"
+        if not random and checkpoint_dir is None:
             raise ValueError(
                 f"preset {preset.name!r} needs checkpoint_dir (or random_weights=True)"
             )
+        if defer_dit:
+            comps = build_deferred(
+                preset,
+                device,
+                dtype,
+                precision,
+                seed=seed,
+                checkpoint_dir=None if random else checkpoint_dir,
+                prepare=_to_fp8 if precision == "fp8" else None,
+            )
+            if device.type == "cuda":
+                assert comps.vae is not None
+                vae_mod.use_channels_last(comps.vae)
+            return cls(preset, comps, presenter_cache)
+        if random:
+            comps = build_random(preset, device, dtype, seed)
         else:
+            assert checkpoint_dir is not None
             comps = load_released(preset, checkpoint_dir, device, dtype)
         assert comps.dit is not None and comps.vae is not None
         if precision == "fp8":
@@ -160,3 +179,7 @@ class Generator:
         if self._active is not None:
             self._active.close()
             self._active = None
+
+
+def _to_fp8(dit: Any) -> None:
+    dit.to_fp8()

@@ -53,6 +53,7 @@ from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
 from pipeline.text import encode_prompt
+from pipeline.warm_up import warm_up_dit
 
 Decode = Literal["online", "offline"]
 
@@ -100,14 +101,14 @@ class Stream:
         self.decode_mode = decode
         self.progress = progress
         comps.require("dit", "text", "audio", "vae")
-        assert comps.dit is not None and comps.vae is not None
+        assert comps.vae is not None
         assert comps.text_encoder is not None and comps.tokenizer is not None
         assert comps.audio_encoder is not None
+        dit_info = comps.dit_info  # the DiT itself may still be loading (DeferredDit)
         if state is not None:  # before any work: a state of another precision cannot resume
-            state_io.require_precision(state_io.as_source(state).meta, comps.dit.precision)
-        self._dit = comps.dit
+            state_io.require_precision(state_io.as_source(state).meta, dit_info.precision)
         self._vae = comps.vae
-        self._device = comps.dit.device
+        self._device = dit_info.device
         clock = OpenClock(self._device)
         self.open_seconds = clock.seconds
         """Wall seconds of each part of the open (with `PHASE_SYNC`, each part's own)."""
@@ -126,7 +127,7 @@ class Stream:
         g = self.geometry = Geometry(
             self.width, self.height, request.infer_frames, preset.dit.zip_frame_buckets
         )
-        cfg, dtype = preset.dit, self._dit.dtype
+        cfg, dtype = preset.dit, dit_info.dtype
         self.caches = [
             StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype)
             for _ in range(request.sample_steps)
@@ -138,13 +139,14 @@ class Stream:
         restoring = None if source is None else self._start_restore(source)
         clock.lap("inputs_and_caches")
 
-        # fixed conditioning
+        # Everything up to the DiT's wait below needs no DiT: while it loads (a worker's
+        # start), the open encodes, reads the checkpoint and compiles meanwhile.
         self.schedule = flow_schedule(
             request.sample_steps, preset.stream.shift, preset.stream.num_train_timesteps
         )
         # a presenter seen before: its open comes from the cache (pipeline/presenters.py)
         scope = presenters if decode == "online" else None
-        key = None if scope is None else scope.key(request, self.fingerprint, comps.dit.precision)
+        key = None if scope is None else scope.key(request, self.fingerprint, dit_info.precision)
         cached = None if scope is None or key is None else scope.cache.get(key)
         self.presenter_key = None if key is None else key.presenter
         self.presenter_cached = cached is not None
@@ -159,8 +161,6 @@ class Stream:
                 device=comps.text_device,
             )
         clock.lap("text")
-        self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
-        clock.lap("denoiser")
         self.audio = AudioFeatures(
             comps.audio_encoder,
             samples,
@@ -175,6 +175,10 @@ class Stream:
         if decode == "online":  # compiles, while a restore reads
             self.decoder.warm_up(g.latent_h, g.latent_w)
         clock.lap("decoder_warm_up")
+        warm_up_dit(
+            preset, g, self.schedule, text, (self.audio.num_layers, self.audio.dim), dit_info
+        )
+        clock.lap("dit_warm_up")
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
@@ -193,16 +197,23 @@ class Stream:
             clock.lap("presenter_restore")
         else:
             self.next_clip = 0
-            reference, motion = self._reference_latents()
+            _, motion = self._reference_latents()
             clock.lap("portrait_latents")
-            self._build_sink(reference)
-            clock.lap("sink")
             warmup = motion[:, : preset.stream.vae_warmup_frames]
             if decode == "online":
                 self.decoder.decode(warmup)  # primes the conv cache; these frames are not shown
             else:
                 self._offline_latents.append(warmup.cpu())
             clock.lap("decoder_prime")
+
+        self._dit = comps.wait_dit()
+        clock.lap("dit_wait")
+        self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
+        clock.lap("denoiser")
+        if source is None and cached is None:
+            reference, motion = self._reference_latents()
+            self._build_sink(reference)
+            clock.lap("sink")
             if scope is not None and key is not None:
                 kept = presenter_mod.capture(
                     text, motion, self.caches[0], self.sink_keys, self.decoder
@@ -262,10 +273,8 @@ class Stream:
         (offline: its latents are kept). Nothing here waits for the device."""
         g = self.geometry
         block = clip * g.blocks_per_clip + b
-        audio = self.denoiser.audio(self.clip_audio.block(block))
-        x = noise[:, b * g.frames_per_block : (b + 1) * g.frames_per_block]
-        for i in range(self.request.sample_steps):
-            x = self.denoiser.step(self.caches[i], self.sink_keys, x, i, block, audio)
+        features = self.clip_audio.block(block)
+        x = self.denoiser.denoise_block(self.caches, self.sink_keys, features, noise, block)
         if frames is None:
             self._offline_latents.append(x.cpu())
         else:

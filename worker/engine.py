@@ -69,6 +69,7 @@ def build_engine(spec: EngineSpec) -> Engine:
         random_weights=spec.random_weights,
         checkpoint_dir=spec.checkpoint_dir,
         precision=spec.precision,
+        defer_dit=True,  # a job's open (a resume's checkpoint read) runs while the DiT loads
     )
 
 

@@ -3,7 +3,8 @@
 Between its matrix products a block runs a dozen memory-bound elementwise steps in float32;
 eager PyTorch spends one kernel, and one round trip through GPU memory, on each. On CUDA these
 functions are compiled with `torch.compile` (one kernel each); on the CPU they run eagerly, as
-written. `set_compile(False)` turns compilation off (benchmarks compare both).
+written. `set_compile(False)` turns compilation off (benchmarks compare both); tests compile on
+the CPU too, with dynamo's eager backend (the same graphs, made without code generation).
 
 The `*_fp8` variants end in the per-token quantisation of the FP8 linear layers
 (pipeline/model/fp8.py): the step before a linear writes its e4m3 input and scales directly,
@@ -13,7 +14,7 @@ in the same kernel, instead of a bf16 tensor that a separate kernel would read b
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import torch
@@ -23,11 +24,19 @@ from pipeline.model import fp8
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _enabled = True
+_devices: frozenset[str] = frozenset({"cuda"})
+_backend = "inductor"
+_forget: list[Callable[[], None]] = []  # drop each function's compiled version
 
 
-def set_compile(enabled: bool) -> None:
-    global _enabled
-    _enabled = enabled
+def set_compile(
+    enabled: bool, devices: Iterable[str] = ("cuda",), backend: str = "inductor"
+) -> None:
+    """Compile the glue (or not) on these device types, with this torch.compile backend."""
+    global _enabled, _devices, _backend
+    _enabled, _devices, _backend = enabled, frozenset(devices), backend
+    for forget in _forget:
+        forget()
 
 
 RECOMPILE_LIMIT = 256
@@ -47,6 +56,11 @@ def allow_recompiles() -> None:
     setattr(cfg, name, max(int(getattr(cfg, name)), RECOMPILE_LIMIT))
 
 
+def compiles_on(device: torch.device) -> bool:
+    """Whether the glue runs compiled on `device` (GPUs, unless compilation is turned off)."""
+    return _enabled and device.type in _devices
+
+
 def graphs_compiled() -> int:
     """How many graphs torch.compile has made in this process (all functions together)."""
     from torch._dynamo.utils import counters
@@ -59,11 +73,11 @@ def _gpu_compiled(fn: _F) -> _F:
 
     def call(*args: Any) -> Any:
         nonlocal compiled
-        if not (_enabled and args[0].is_cuda):
+        if not compiles_on(args[0].device):
             return fn(*args)
         if compiled is None:
             allow_recompiles()
-            compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+            compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=_backend)
         try:
             return compiled(*args)
         except Exception as exc:  # no working compiler here: stay correct, run eagerly
@@ -73,6 +87,11 @@ def _gpu_compiled(fn: _F) -> _F:
             compiled = fn
             return fn(*args)
 
+    def forget() -> None:
+        nonlocal compiled
+        compiled = None
+
+    _forget.append(forget)
     call.__doc__ = fn.__doc__
     return call  # type: ignore[return-value]
 

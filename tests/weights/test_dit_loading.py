@@ -34,9 +34,10 @@ def rewrite_shard(path: Path, change) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-def test_every_tensor_lands_where_it_belongs(pristine_release: TinyRelease):
+@pytest.mark.parametrize("readers", [1, 3])  # one shard at a time; all three at once
+def test_every_tensor_lands_where_it_belongs(pristine_release: TinyRelease, readers: int):
     module = tiny_dit()
-    report = load_dit(pristine_release.paths.base, module, "cpu")
+    report = load_dit(pristine_release.paths.base, module, "cpu", readers=readers)
     state = module.state_dict()
     written = pristine_release.written["dit"]
     assert set(state) == set(written)
