@@ -64,6 +64,8 @@ class DeferredDit:
         self.info = info
         self._load = load
         self._lock = threading.Lock()
+        self.seconds: float | None = None
+        """How long the load took, once it has."""
         self.waiting = threading.Event()
         """Set once a caller has had to wait for the load (the open ran out of other work)."""
         self._future = self._start()
@@ -74,8 +76,10 @@ class DeferredDit:
         def run() -> None:
             started = time.perf_counter()
             try:
-                future.set_result(self._load())
-                log.info("the DiT loaded in %.1f s", time.perf_counter() - started)
+                dit = self._load()
+                self.seconds = time.perf_counter() - started
+                log.info("the DiT loaded in %.1f s", self.seconds)
+                future.set_result(dit)
             except BaseException as exc:  # raised where the DiT is waited for
                 future.set_exception(exc)
 
@@ -304,12 +308,14 @@ def build_deferred(
     *,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    dit_dir: str | os.PathLike[str] | None = None,
     prepare: Callable[[WanS2VTransformer], None] | None = None,
 ) -> Components:
     """Every part on `device`, the DiT still loading (`Components.dit_loading`) when this
-    returns: the encoders and the VAE are built here, from `checkpoint_dir` (None: seeded
-    random weights, the very ones `build_random` draws); the DiT is filled in a thread, then
-    `prepare(dit)` runs there (the FP8 conversion, say).
+    returns: the encoders and the VAE are built here, from the release in `checkpoint_dir`
+    (None: seeded random weights, the very ones `build_random` draws); the DiT is filled in a
+    thread from the release in `dit_dir` (None: random), then `prepare(dit)` runs there (the
+    FP8 conversion, say). Benchmarks load a 14B DiT from disk with random encoders.
 
     The DiT's module is declared here, in the calling thread: declaring modules sets torch's
     default dtype, which is global, and must not change under the caller's feet later."""
@@ -320,21 +326,19 @@ def build_deferred(
         dit = WanS2VTransformer(preset.dit)
     if checkpoint_dir is None:
         comps = build_random(preset, device, dtype, seed, placement=rest)
-
-        def fill() -> None:
-            dit.to_empty(device=device)
-            dit.eval().requires_grad_(False)
-            generator = torch.Generator(device=device)
-            random_init(dit, generator.manual_seed(seed * 1000 + PART_ORDER.index("dit")))
-
     else:
         comps = load_released(preset, checkpoint_dir, device, dtype, placement=rest)
 
-        def fill() -> None:
+    def fill() -> None:
+        if dit_dir is None:
+            dit.to_empty(device=device)
+            generator = torch.Generator(device=device)
+            random_init(dit, generator.manual_seed(seed * 1000 + PART_ORDER.index("dit")))
+        else:
             from pipeline.weights import load_weights
 
-            load_weights(checkpoint_dir, Placement({"dit": device}), dit=dit)
-            dit.eval().requires_grad_(False)
+            load_weights(dit_dir, Placement({"dit": device}), dit=dit)
+        dit.eval().requires_grad_(False)
 
     def load() -> WanS2VTransformer:
         if device.type != "cuda":

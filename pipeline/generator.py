@@ -111,6 +111,7 @@ class Generator:
                 precision,
                 seed=seed,
                 checkpoint_dir=None if random else checkpoint_dir,
+                dit_dir=None if random else checkpoint_dir,
                 prepare=_to_fp8 if precision == "fp8" else None,
             )
             if device.type == "cuda":

@@ -514,6 +514,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="tiers: timed captures into pinned memory (the stall is the last); 0: none",
     )
+    p.add_argument(
+        "--tiers-dit-release",
+        type=Path,
+        default=None,
+        help="tiers: write the 14B DiT's release here (34 GB) and load it in the resuming "
+        "processes, beside their open (default: random weights, the load taken as --model-load-s)",
+    )
     p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")
     p.add_argument("--tiny-clips", type=int, default=20)

@@ -85,6 +85,37 @@ def build(preset: str, device: Any, layers: int) -> Any:
     )
 
 
+def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Path | None) -> Any:
+    """As a worker builds its engine: the encoders and the VAE at once, the DiT loading beside
+    (random weights, or the DiT of a release on disk, through the worker's loader)."""
+    import torch
+
+    from pipeline import Generator
+    from pipeline.components import build_deferred
+    from pipeline.presets import get_preset
+
+    if dit_release is None:
+        overrides = {"num_layers": layers} if layers else None
+        return Generator.from_preset(
+            preset, device=device, random_weights=True, dit_overrides=overrides, defer_dit=True
+        )
+    if layers:
+        raise ValueError("a release's DiT has the preset's depth")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    p = get_preset(preset)
+    return Generator(p, build_deferred(p, device, dtype, "bf16", dit_dir=dit_release))
+
+
+def write_dit_release(root: Path, preset: str) -> float:
+    """The DiT part of the release (shards, index, LoRA) with random values under `root`, as
+    ops/bench/load.py writes it; returns the seconds spent (0 when it was there already)."""
+    from ops.bench.load import LAYOUTS, write_release
+
+    if preset != "liveavatar-14b":
+        raise ValueError("a DiT release is written for liveavatar-14b only")
+    return write_release(root, LAYOUTS["14b"], ("dit",)).get("dit", 0.0)
+
+
 def frames_hash(frames: Any) -> str:
     return hashlib.sha256(frames.tobytes()).hexdigest()
 
@@ -262,6 +293,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "--threads", str(torch.get_num_threads()),
             "--checkpoint", str(directory),
         ]  # fmt: skip
+        if args.tiers_dit_release is not None:
+            cmd += ["--dit-release", str(args.tiers_dit_release)]
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
@@ -275,6 +308,10 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log(f"{mode}: {result}")
         return result
 
+    release_write_s = None
+    if args.tiers_dit_release is not None:
+        release_write_s = write_dit_release(args.tiers_dit_release, args.engine_preset)
+        log(f"the DiT's release under {args.tiers_dit_release} ({release_write_s:.1f} s)")
     runs = set(args.tiers_runs)
     warm = child("resume")
     evicted = cold = None
@@ -299,7 +336,11 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     load_s = args.model_load_s
     for r in (warm, cold, fresh):
-        if r is not None:
+        if r is None:
+            continue
+        if args.tiers_dit_release is not None:  # measured: the DiT loaded from disk beside
+            r["first_frame_from_worker_start_s"] = r["from_build_start_s"]
+        else:  # derived: a worker's measured load in place of the random build
             r["first_frame_from_worker_start_s"] = (
                 max(load_s, r.get("verify_s", 0.0)) + r["open_s"] + r["first_clip_s"]
             )
@@ -384,6 +425,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ),
         "download_proxy_s": download_s,
         "model_load_s": load_s,
+        "dit_release": None if args.tiers_dit_release is None else str(args.tiers_dit_release),
+        "dit_release_write_s": release_write_s,
         "resume_remote_from_worker_start_s": remote_from_start,
         "checkpoint_every": n,
         "single_tier_bytes_per_video_hour": today,
@@ -440,6 +483,12 @@ def report(part: dict[str, Any]) -> list[str]:
             f"{r['graphs_compiled_at_open']}, {r['graphs_compiled_in_first_clip']} |"
         )
     for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
+        if r is not None and r.get("dit_load_s") is not None:
+            lines.append(
+                f"  {label}: encoders built {r['build_s']:.1f} s, the DiT loaded beside in "
+                f"{r['dit_load_s']:.1f} s, first frame {r['from_build_start_s']:.1f} s after "
+                "the build began"
+            )
         if r is not None and r.get("open_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["open_parts_s"].items())
             lines.append(f"  open of {label} (s): {parts}")
@@ -485,6 +534,7 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--clips", type=int)
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--threads", type=int)
+    p.add_argument("--dit-release", type=Path, default=None)
     a = p.parse_args(argv)
     import torch
 
@@ -502,10 +552,10 @@ def child_main(argv: list[str]) -> None:
     checker = threading.Thread(target=verify) if a.mode == "resume" else None
     if checker is not None:
         checker.start()
-    t0 = time.perf_counter()
-    gen = build(a.preset, device, a.layers)
-    sync(device)
-    build_s = time.perf_counter() - t0
+    t0 = t_build = time.perf_counter()
+    gen = build_deferred_engine(a.preset, device, a.layers, a.dit_release)
+    loading = gen.components.dit_loading
+    build_s = time.perf_counter() - t0  # the DiT goes on loading
     if checker is not None:
         checker.join()
         assert verified["ok"], "the local checkpoint's seal does not match"
@@ -530,6 +580,7 @@ def child_main(argv: list[str]) -> None:
     sync(device)
     first_clip_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
+    from_build_start_s = time.perf_counter() - t_build
     traced = trace.report(clip.index)
     out = {
         "mode": a.mode,
@@ -537,6 +588,8 @@ def child_main(argv: list[str]) -> None:
         "verify_s": verified.get("s", 0.0),
         "open_s": open_s,
         "open_parts_s": dict(stream.open_seconds),
+        "dit_load_s": None if loading is None else loading.seconds,
+        "from_build_start_s": from_build_start_s,
         "first_clip_s": first_clip_s,
         "graphs_compiled_at_open": graphs[1] - graphs[0],
         "graphs_compiled_in_first_clip": graphs[2] - graphs[1],

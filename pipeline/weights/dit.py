@@ -13,6 +13,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,9 +134,13 @@ def load_dit(
         adapter = read_lora(lora)
         check_lora(adapter, {n: targets.shape(n) for n in targets.names()})
 
+    # the readers copy on the caller's CUDA stream (a stream's current stream is per thread)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
     def load_shard(header: SafetensorsHeader) -> CopyStats:
         items = sorted(((e, n) for n, e in header.tensors.items()), key=lambda item: item[0].start)
-        with TensorFile(header) as source:
+        on_stream = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        with TensorFile(header) as source, on_stream:
             return copy_tensors(source, items, targets, device)
 
     weights = CopyStats()
