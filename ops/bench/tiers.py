@@ -1,7 +1,8 @@
 """The two checkpoint tiers on one GPU: a part of `ops/bench/lifecycle.py` (`--parts tiers`).
 
     python -m ops.bench.lifecycle --parts tiers --engine-preset liveavatar-14b \\
-        --engine-device cuda --out bench-out/lifecycle-tiers.json
+        --engine-device cuda --tiers-dit-release /dev/shm/release \\
+        --out bench-out/lifecycle-tiers.json
 
 What it measures, on `--engine-preset` with random weights at `--engine-size`:
 
@@ -10,15 +11,19 @@ What it measures, on `--engine-preset` with random weights at `--engine-size`:
             buffers being the stream's own by then), written as a local checkpoint
             (`pipeline.state.write_checkpoint`) and sealed (`worker.tiers.LocalTier.seal`:
             per-chunk CRC-32s), the way the committer does beside generation; the clip after
-            the boundary is rendered for reference (its frames' hash, and the sink's).
-  resume    fresh processes, as a worker restarted on the node: each builds the model, checks
-            the local checkpoint's seal beside the build (as the worker checks it beside its
-            model load), opens the stream from the checkpoint and renders its first clip. Once
+            the boundary is rendered for reference (its frames' hash, and the sink's), traced
+            part by part (`Trace`).
+  resume    fresh processes, as a worker restarted on the node: each builds its engine as the
+            worker does (the DiT loading beside the open), checks the local checkpoint's seal
+            beside the build (as the worker checks it beside its model load), opens the stream
+            from the checkpoint, renders its first clip, and opens it again (the same clip in
+            a process that has rendered before: history, or the resume?). Once
             with the checkpoint in the page cache (a worker restarted soon after writing it),
             once after evicting it (`posix_fadvise(DONTNEED)`: a node rebooted). A third
             process opens a fresh stream and renders its first clip, for comparison. Each
-            resumed process reports whether its frames and its rebuilt sink are bit-identical
-            to the uninterrupted stream's.
+            resumed process reports whether its frames and its sink are bit-identical to the
+            uninterrupted stream's, and which parts of its trace differ; the fresh one whether
+            its first clip is the first process's.
   remote    the download of one step shard (a copy into another directory: a proxy for the
             bucket, faster than a real one), scaled by bytes to the whole state.
   bucket    bytes sent to the bucket per hour of rendered video: every checkpoint (every N
@@ -27,10 +32,14 @@ What it measures, on `--engine-preset` with random weights at `--engine-size`:
             surviving node), replayed over the boundaries of one hour of video at the measured
             clip time and state size.
 
-A worker's model load is not in these processes (random weights build in about a second);
-resume from a worker's start is reported as max(model load, seal check) + open + first clip,
-with the model load given by `--model-load-s` (default: the 14B release's cold load on one
-H200, `ops/bench/load.py`, 2026-11-21).
+With `--tiers-dit-release DIR` the DiT part of the preset's release (random values in the
+published layout, as `ops/bench/load.py` writes it: 34 GB for the 14B model, so put it where
+there is room, /dev/shm on the H200 host) is written once and every process loads its DiT from
+it through the worker's loader: a resume's time from a worker's start is then measured, from
+the engine's build to the first clip's frames. Without it the DiT's weights are random and
+that time is derived: max(model load, seal check) + open + first clip, with the model load
+given by `--model-load-s` (default: the 14B release's cold load on one H200,
+`ops/bench/load.py`, 2026-11-21).
 """
 
 from __future__ import annotations
@@ -106,14 +115,19 @@ def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Pa
     return Generator(p, build_deferred(p, device, dtype, "bf16", dit_dir=dit_release))
 
 
+def _release(preset: str) -> Any:
+    from pipeline.presets import get_preset
+    from pipeline.weights.preset_spec import release_spec
+
+    return release_spec(get_preset(preset))
+
+
 def write_dit_release(root: Path, preset: str) -> float:
     """The DiT part of the release (shards, index, LoRA) with random values under `root`, as
     ops/bench/load.py writes it; returns the seconds spent (0 when it was there already)."""
-    from ops.bench.load import LAYOUTS, write_release
+    from ops.bench.load import write_release
 
-    if preset != "liveavatar-14b":
-        raise ValueError("a DiT release is written for liveavatar-14b only")
-    return write_release(root, LAYOUTS["14b"], ("dit",)).get("dit", 0.0)
+    return write_release(root, _release(preset), ("dit",)).get("dit", 0.0)
 
 
 def frames_hash(frames: Any) -> str:
@@ -204,9 +218,22 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from pipeline import state as state_io
     from worker.tiers import LocalTier, RemotePolicy, TierSettings
 
+    release = args.tiers_dit_release
+    if release is not None and not (release / ".dit.complete").exists():
+        free = shutil.disk_usage(release.parent).free
+        need = sum(t.nbytes for t in _release(args.engine_preset).dit_specs().values()) * 1.1
+        if free < need:  # before the hour's work (the 14B DiT's release takes 34 GB)
+            raise SystemExit(f"{release.parent}: {free / 1e9:.1f} GB free, {need / 1e9:.1f} needed")
+    release_write_s = None
+    if release is not None:  # every process loads its DiT from it: the same weights
+        release_write_s = write_dit_release(release, args.engine_preset)
+        log(f"the DiT's release under {release} ({release_write_s:.1f} s)")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.engine_device == "auto" else args.engine_device)
-    gen = build(args.engine_preset, device, args.engine_layers)
+    if release is None:
+        gen = build(args.engine_preset, device, args.engine_layers)
+    else:
+        gen = build_deferred_engine(args.engine_preset, device, args.engine_layers, release)
     clips = 4  # warm-up, two timed, the one after the boundary
     request = make_request(args.engine_size, args.infer_frames, clips)
     started = time.perf_counter()
@@ -262,6 +289,13 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+        # the capture's page-locked buffers go back too (torch caches freed host blocks): the
+        # children, the page cache and a DiT release in memory need the host's memory
+        empty_host_cache = getattr(torch._C, "_host_emptyCache", None) or getattr(
+            torch._C, "_accelerator_emptyHostCache", None
+        )
+        if empty_host_cache is not None:
+            empty_host_cache()
 
     started = time.perf_counter()
     assert local.valid(directory, verify=True)
@@ -308,10 +342,6 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log(f"{mode}: {result}")
         return result
 
-    release_write_s = None
-    if args.tiers_dit_release is not None:
-        release_write_s = write_dit_release(args.tiers_dit_release, args.engine_preset)
-        log(f"the DiT's release under {args.tiers_dit_release} ({release_write_s:.1f} s)")
     runs = set(args.tiers_runs)
     warm = child("resume")
     evicted = cold = None

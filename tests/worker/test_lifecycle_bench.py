@@ -65,15 +65,25 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
             "--engine-size", "64*64",
             "--infer-frames", "12",
             "--tiers-runs", "cold",
+            "--tiers-dit-release", str(tmp_path / "release"),
             "--workdir", str(tmp_path / "work"),
             "--out", str(tmp_path / "tiers.json"),
         ]
     )  # fmt: skip
     tiers = doc["parts"]["tiers"]
     assert tiers["frames_identical"] and tiers["sink_identical"]
+    assert tiers["fresh_first_clip_identical"]
+    assert tiers["parts_that_differ"] == {"warm": [], "cold": [], "warm_second_open": []}
+    assert (
+        tiers["resume_local_warm"]["second_open"]["clip_sha256"] == (tiers["expected_clip_sha256"])
+    )
     assert set(tiers["restore_read_gb_s_by_readers"]) == {"1", "8"}
     for run in (tiers["resume_local_warm"], tiers["resume_local_cold"], tiers["fresh"]):
         assert run["first_clip_s"] > 0 and run["open_s"] > 0
         assert run["graphs_compiled_in_first_clip"] == 0  # the CPU compiles nothing
+        # the DiT came from the release on disk, loaded beside the open, and the first frame's
+        # time from the build's start is measured
+        assert run["dit_load_s"] > 0 and "dit_wait" in run["open_parts_s"]
+        assert run["first_frame_from_worker_start_s"] == run["from_build_start_s"] > 0
     assert tiers["resume_local_warm"]["clip_index"] == tiers["fresh"]["clip_index"] + 3
     assert tiers["single_tier_bytes_per_video_hour"] > 0
