@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ops.bench.timing import time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
@@ -150,26 +151,6 @@ class Timer:
             if keep:
                 self.spans.setdefault(name, []).append(seconds)
         self.pending = []
-
-
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of fn() after warm-up calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def sync(device: torch.device) -> None:

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ops.bench.generate import request, time_call
+from ops.bench.generate import request
+from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
 from pipeline.model import fp8

@@ -1,0 +1,175 @@
+"""FP8 attention against bf16 at the DiT's self-attention shapes: speed and error.
+
+    python -m ops.bench.fp8_attention --out bench-out/fp8-attention.json        # H200, 720x400
+    python -m ops.bench.fp8_attention --device cpu --quick --out x.json          # dry run
+
+One block's self-attention at one layer of the 14B DiT in a steady stream: queries of one block
+(3 latent frames), keys and values of the whole cache (the sink and four blocks), 40 heads of
+128. Inputs: queries and keys of unit RMS with outliers (as after the RMS norms and RoPE),
+values of a linear layer's scale, in bf16. For each way of computing it:
+
+  bf16          torch SDPA (cuDNN on Hopper), as the DiT runs today;
+  fp8 kernel    cuDNN's fused FP8 SDPA (pipeline/model/fp8_attention.py) on inputs already in
+                e4m3 (what a cache kept in FP8 would cost);
+  fp8 + quant   the same with Q, K and V quantised per call (amax, scale, cast) and O
+                dequantised: what it costs on today's bf16 cache;
+  quantise      the quantisation of Q, K and V alone.
+
+it reports the median time (CUDA events), TFLOP/s of the two products, the relative error of
+the output against float32 attention, and the projection to a 40-layer step. On the CPU (a dry
+run) the fp8 path is `fp8_attention.emulate`, and times mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ops.bench.timing import time_call
+from pipeline.geometry import Geometry
+from pipeline.model import attention as attention_mod
+from pipeline.model import fp8_attention as fa
+from pipeline.params import check_size_key
+from pipeline.presets import get_preset
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
+
+
+def inputs(lq: int, lk: int, heads: int, dim: int, device: torch.device) -> list[torch.Tensor]:
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, lq, heads, dim, generator=g, device=device)
+    k = torch.randn(1, lk, heads, dim, generator=g, device=device)
+    k[0, :: max(lk // 97, 1), :, 0] *= 8  # a few outliers set the scale, as RoPE'd keys have
+    v = torch.randn(1, lk, heads, dim, generator=g, device=device) * 0.5
+    return [t.to(torch.bfloat16) for t in (q, k, v)]
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float32 attention, head by head (bounded memory)."""
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for h in range(q.shape[2]):
+        qh, kh, vh = (t[:, :, h : h + 1].float().transpose(1, 2) for t in (q, k, v))
+        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+            out[:, :, h : h + 1] = F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2)
+    return out
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    preset = get_preset(args.preset)
+    width, height = check_size_key(args.size)
+    g = Geometry(width, height, args.infer_frames, preset.dit.zip_frame_buckets)
+    heads, dim, layers = preset.dit.num_heads, preset.dit.head_dim, preset.dit.num_layers
+    lq, lk = g.block_tokens, g.cache_tokens
+    if args.quick:
+        lq, lk, heads = min(lq, 64), min(lk, 256), min(heads, 2)
+    q, k, v = inputs(lq, lk, heads, dim, device)
+    flops = 4 * lq * lk * heads * dim  # the two products
+    want = reference(q, k, v)
+    warmup, repeats = (1, 2) if args.quick else (5, args.repeats)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def measure(name: str, fn: Any, out: torch.Tensor | None, count_flops: bool = True) -> None:
+        seconds = time_call(fn, device, warmup, repeats)
+        rows[name] = {
+            "seconds": seconds,
+            "tflop_s": flops / seconds / 1e12 if count_flops else None,
+            "rel_error_vs_fp32": None if out is None else rel_error(out, want),
+            "per_step_s": seconds * layers,
+        }
+        log(
+            f"{name}: {seconds * 1e3:.3f} ms"
+            + (f", error {rows[name]['rel_error_vs_fp32']:.4f}" if out is not None else "")
+        )
+
+    measure("bf16", lambda: attention_mod.attention(q, k, v), attention_mod.attention(q, k, v))
+    if fa.available(device):
+        attend = fa.CudnnFp8Attention(device)
+        q8, k8, v8 = (fa.quantize_per_tensor(t) for t in (q, k, v))
+        kernel = lambda: attend.quantized(q8[0], k8[0], v8[0], q8[1], k8[1], v8[1])  # noqa: E731
+        measure("fp8_kernel", kernel, kernel())
+        measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))
+        kernel_info = "cudnn"
+    else:
+        emulated = fa.emulate(q, k, v)
+        measure("fp8_emulated", lambda: fa.emulate(q, k, v), emulated)
+        kernel_info = "emulated (no Hopper GPU with the cuDNN frontend here)"
+    measure(
+        "quantise_qkv",
+        lambda: [fa.quantize_per_tensor(t) for t in (q, k, v)],
+        None,
+        count_flops=False,
+    )
+    return {
+        "benchmark": "fp8_attention",
+        "date": date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "fp8_path": kernel_info,
+        "preset": args.preset,
+        "size": args.size,
+        "query_tokens": lq,
+        "key_tokens": lk,
+        "heads": heads,
+        "head_dim": dim,
+        "layers": layers,
+        "rows": rows,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"self-attention of one block, {report['query_tokens']} queries x {report['key_tokens']} "
+        f"keys, {report['heads']} heads of {report['head_dim']} ({report['device']}, "
+        f"fp8 path: {report['fp8_path']})",
+        "| | ms per layer | TFLOP/s | per 40-layer step | error vs fp32 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in report["rows"].items():
+        tflops = "" if r["tflop_s"] is None else f"{r['tflop_s']:.0f}"
+        err = "" if r["rel_error_vs_fp32"] is None else f"{r['rel_error_vs_fp32']:.4f}"
+        lines.append(
+            f"| {name} | {r['seconds'] * 1e3:.3f} | {tflops} | {r['per_step_s'] * 1e3:.1f} ms | {err} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="liveavatar-14b")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", default="720*400")
+    p.add_argument("--infer-frames", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--quick", action="store_true", help="small shapes for a dry run")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    report = run(args)
+    report["total_s"] = time.perf_counter() - T0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print()
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
