@@ -86,9 +86,11 @@ def kernel(device: torch.device, out_dtype: torch.dtype) -> str:
     "scaled_mm+bias" (the bias added after), or "emulated" (this torch has no kernel here)."""
     key = (device.type, out_dtype)
     if key not in _KERNEL:
-        a = torch.ones(16, 32, device=device).to(E4M3)
-        sa = torch.ones(16, 1, device=device)
-        sb = torch.ones(1, 16, device=device)
+        # float32 named: this may run in a DiT's loading thread while another thread declares
+        # modules (torch's default dtype is global)
+        a = torch.ones(16, 32, device=device, dtype=torch.float32).to(E4M3)
+        sa = torch.ones(16, 1, device=device, dtype=torch.float32)
+        sb = torch.ones(1, 16, device=device, dtype=torch.float32)
         bias = torch.zeros(16, device=device, dtype=out_dtype)
         _KERNEL[key] = "emulated"
         for name, kw in (("scaled_mm", {"bias": bias}), ("scaled_mm+bias", {})):
