@@ -324,10 +324,6 @@ def build_deferred(
     rest = Placement({part: device for part in PART_ORDER if part != "dit"})
     with _on_meta(dtype):
         dit = WanS2VTransformer(preset.dit)
-    if checkpoint_dir is None:
-        comps = build_random(preset, device, dtype, seed, placement=rest)
-    else:
-        comps = load_released(preset, checkpoint_dir, device, dtype, placement=rest)
 
     def fill() -> None:
         if dit_dir is None:
@@ -355,5 +351,12 @@ def build_deferred(
             torch.cuda.current_stream(device).synchronize()
         return dit
 
-    comps.dit_loading = DeferredDit(load, DitInfo(device, dtype, precision))
+    # the DiT first: its read overlaps the encoders' (the loading thread names every dtype it
+    # creates, so the encoders' declarations below cannot change what it loads)
+    loading = DeferredDit(load, DitInfo(device, dtype, precision))
+    if checkpoint_dir is None:
+        comps = build_random(preset, device, dtype, seed, placement=rest)
+    else:
+        comps = load_released(preset, checkpoint_dir, device, dtype, placement=rest)
+    comps.dit_loading = loading
     return comps
