@@ -194,6 +194,20 @@ class Trace:
         }
 
 
+def compile_summary() -> dict[str, float]:
+    """Seconds torch.compile spent in this process, by phase (dynamo's `dynamo_timed`)."""
+    from torch._dynamo.utils import compile_times
+
+    headers, rows = compile_times(repr="csv", aggregate=True)
+    out: dict[str, float] = {}
+    for name, value in zip(headers, rows, strict=False):
+        try:
+            out[str(name)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def tensor_sha(t: Any) -> str:
     import torch
 
@@ -627,6 +641,8 @@ def child_main(argv: list[str]) -> None:
         "clip_sha256": frames_hash(clip.frames),
         "sink_sha256": sink,
         "trace": traced,
+        # where the compiles' time went (dynamo's own accounting, summed per phase)
+        "compile_times": compile_summary(),
         "since_process_start_s": time.perf_counter() - started,
     }
     print(json.dumps(out), flush=True)
