@@ -165,3 +165,15 @@ def test_the_warm_up_makes_every_graph_a_stream_runs(glue_compiled_on_cpu, tmp_p
     for g, w in zip(resumed, rest, strict=True):
         assert np.array_equal(g, w)
     assert first.index == 0
+
+
+def test_an_fp8_dit_is_quantised_in_its_loading_thread():
+    req = request(seconds=1.0, num_clips=1)
+    whole = Generator.from_preset("tiny", device="cpu", precision="fp8")
+    want = [c.frames for c in whole.open(req)]
+    gen = Generator.from_preset("tiny", device="cpu", precision="fp8", defer_dit=True)
+    assert gen.precision == "fp8"
+    got = [c.frames for c in gen.open(req)]
+    assert gen.components.dit is not None and gen.components.dit.precision == "fp8"
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
