@@ -3,7 +3,7 @@
 Hopper's tensor cores run FP8 products at twice the bf16 rate, and attention is about 40 % of
 a DiT step on an H200 (docs/benchmarks.md, "Where a step's time goes"). torch's SDPA takes no
 float8 inputs, so the kernel is reached through the cuDNN frontend (the optional
-`nvidia-cudnn-frontend` package, `pip install longtake[gpu]`). Not yet on the DiT's path: this
+`nvidia-cudnn-frontend` package, `pip install longtake[cudnn]`). Not yet on the DiT's path: this
 module and `ops/bench/fp8_attention.py` measure what it would give (speed, error) first.
 
 What one call computes, every tensor x held as x8 = e4m3(x · m_x) with a power-of-two
