@@ -99,13 +99,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     measure("bf16", lambda: attention_mod.attention(q, k, v), attention_mod.attention(q, k, v))
+    failure = None
     if fa.available(device):
-        attend = fa.CudnnFp8Attention(device)
-        q8, k8, v8 = (fa.quantize_per_tensor(t) for t in (q, k, v))
-        kernel = lambda: attend.quantized(q8[0], k8[0], v8[0], q8[1], k8[1], v8[1])  # noqa: E731
-        measure("fp8_kernel", kernel, kernel())
-        measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))
         kernel_info = "cudnn"
+        try:
+            attend = fa.CudnnFp8Attention(device)
+            q8, k8, v8 = (fa.quantize_per_tensor(t) for t in (q, k, v))
+            kernel = lambda: attend.quantized(q8[0], k8[0], v8[0], q8[1], k8[1], v8[1])  # noqa: E731
+            measure("fp8_kernel", kernel, kernel())
+            measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))
+        except Exception as exc:  # noqa: BLE001 - an unsupported plan is a result too
+            failure = f"{type(exc).__name__}: {exc}"
+            log(f"cuDNN FP8 attention failed: {failure}")
     else:
         emulated = fa.emulate(q, k, v)
         measure("fp8_emulated", lambda: fa.emulate(q, k, v), emulated)
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "fp8_path": kernel_info,
+        "fp8_failure": failure,
         "preset": args.preset,
         "size": args.size,
         "query_tokens": lq,

@@ -122,15 +122,11 @@ class CudnnFp8Attention:
             n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=f32)
             for n in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
         }
-        o, _, amax_s, amax_o = graph.sdpa_fp8(
-            q=tq,
-            k=tk,
-            v=tv,
-            **scalars,
-            is_inference=True,
-            attn_scale=1.0 / math.sqrt(q.shape[-1]),
-            use_causal_mask=False,
-        )
+        common = dict(q=tq, k=tk, v=tv, attn_scale=1.0 / math.sqrt(q.shape[-1]), **scalars)
+        try:  # newer frontends take generate_stats, older ones is_inference
+            o, _, amax_s, amax_o = graph.sdpa_fp8(**common, generate_stats=False)
+        except TypeError:
+            o, _, amax_s, amax_o = graph.sdpa_fp8(**common, is_inference=True)
         b, n, h, d = q.shape
         o.set_output(True).set_dim((b, h, n, d)).set_stride((n * h * d, d, h * d, 1))
         o.set_data_type(e4m3)
