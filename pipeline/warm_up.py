@@ -43,9 +43,9 @@ def warm_up_dit(
     info: DitInfo,
 ) -> None:
     """Make every compiled graph of the DiT's glue that a stream of this geometry runs (once
-    per configuration in a process). text: the stream's encoded prompt (its shape, dtype and
-    device are what count); audio_dims: (layers, channels) of its speech features. Where the
-    glue is not compiled (the CPU) there is nothing to do."""
+    per configuration in a process). text: the stream's encoded prompt (its width, dtype and
+    device count, not its length: the model pads it); audio_dims: (layers, channels) of its
+    speech features. Where the glue is not compiled (the CPU) there is nothing to do."""
     if not fused.compiles_on(info.device):
         return
     g = geometry
@@ -54,7 +54,7 @@ def warm_up_dit(
         repr(preset.stream),
         g,
         schedule.timesteps,
-        (tuple(text.shape), text.dtype, text.device),
+        (text.shape[-1], text.dtype, text.device),  # its length is padded away in the model
         audio_dims,
         (info.device, info.dtype, info.precision),
     )
@@ -65,7 +65,8 @@ def warm_up_dit(
         dit = scratch_dit(preset, info)
         for _ in range(WARM_UP_PASSES):
             before = fused.graphs_compiled()
-            _scratch_stream(dit, preset, g, schedule, torch.zeros_like(text), audio_dims)
+            scratch_text = text.new_zeros(1, text.shape[-1])
+            _scratch_stream(dit, preset, g, schedule, scratch_text, audio_dims)
             if fused.graphs_compiled() == before:
                 break
         del dit
