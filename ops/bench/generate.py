@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ops.bench.timing import time_call
+from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
@@ -210,21 +210,7 @@ def _median_time(device: torch.device, calls: list[Callable[[], Any]], repeats: 
     for fn in calls:
         fn()
     sync(device)
-    times = []
-    for i in range(repeats):
-        fn = calls[i % len(calls)]
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(seconds_of(calls[i % len(calls)], device) for i in range(repeats))
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

@@ -10,21 +10,22 @@ from typing import Any
 import torch
 
 
+def seconds_of(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of fn() (CUDA events on a GPU, the wall clock elsewhere)."""
+    if device.type == "cuda":
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e) / 1000
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of fn() after warm-up calls (CUDA events on a GPU)."""
+    """Median seconds of fn() after warm-up calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(seconds_of(fn, device) for _ in range(repeats))
