@@ -187,9 +187,9 @@ class Stream:
 
         if source is not None:
             assert restoring is not None
-            restoring.result()  # the ring caches are in place
+            decoder_state = restoring.result()  # the ring caches and the sink are in place
             clock.lap("restore_wait")
-            self._finish_restore(source)
+            self._finish_restore(source, decoder_state)
             clock.lap("restore_finish")
         elif cached is not None:
             self.next_clip = 0
@@ -371,9 +371,10 @@ class Stream:
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
-    def _start_restore(self, source: state_io.TensorSource) -> Future[None]:
-        """Check that the state fits this request, then read its ring caches into place in a
-        thread (they are most of its bytes), so that the encoders run meanwhile."""
+    def _start_restore(self, source: state_io.TensorSource) -> Future[dict[str, torch.Tensor]]:
+        """Check that the state fits this request, then read it in a thread, so that the
+        encoders and the warm-ups run meanwhile: the ring caches and the sink into place, the
+        decoder's cache onto the host (the result: its tensors by name)."""
         meta = source.meta
         saved = meta.get("request", {})
         diff = sorted(
@@ -386,48 +387,46 @@ class Stream:
             )
         if not 0 <= meta["next_clip"] <= self.num_clips:
             raise ValueError("stream state has an invalid clip index")
-        rings = {f"step.{i}.ring": cache.ring for i, cache in enumerate(self.caches)}
-        missing = sorted(set(rings) - source.names())
+        targets = {f"step.{i}.ring": cache.ring for i, cache in enumerate(self.caches)}
+        targets |= {
+            "sink.ref_keys": self.sink_keys.ref,
+            "sink.motion_keys": self.caches[0].sink_motion_keys,
+            "sink.values": self.caches[0].sink_values,
+        }
+        missing = sorted(set(targets) - source.names())
         if missing:
             raise ValueError("the stream state has no " + ", ".join(missing))
         if self._device.type == "cuda":  # the caches' zero fill first: the copies run on a
             torch.cuda.current_stream(self._device).synchronize()  # stream of their own
-        done: Future[None] = Future()
+        done: Future[dict[str, torch.Tensor]] = Future()
+        prefix = "decoder."
 
         def fill() -> None:
             try:
-                source.fill(rings)
-                done.set_result(None)
+                source.fill(targets)
+                names = [k for k in source.names() if k.startswith(prefix)]
+                done.set_result({k[len(prefix) :]: source.get(k) for k in names})
             except BaseException as exc:  # raised in the opening thread
                 done.set_exception(exc)
 
         threading.Thread(target=fill, name="state-restore", daemon=True).start()
         return done
 
-    def _finish_restore(self, source: state_io.TensorSource) -> None:
-        """The sink, the decoder's cache and the clip index.
+    def _finish_restore(
+        self, source: state_io.TensorSource, decoder: dict[str, torch.Tensor]
+    ) -> None:
+        """The sink in every step's cache, the decoder's cache (`decoder`: its tensors, read)
+        and the clip index.
 
         The sink is copied, not rebuilt from its latent: on a GPU the sink's prefill in another
         process does not give the same bits (measured on an H200: a fresh open's sink differs
         between processes while every block's step repeats exactly), so only a copy resumes
         exactly."""
-        meta, names = source.meta, source.names()
-        source.fill(
-            {
-                "sink.ref_keys": self.sink_keys.ref,
-                "sink.motion_keys": self.caches[0].sink_motion_keys,
-                "sink.values": self.caches[0].sink_values,
-            }
-        )
         for cache in self.caches[1:]:  # the same sink in every step's cache
             cache.sink_motion_keys.copy_(self.caches[0].sink_motion_keys)
             cache.sink_values.copy_(self.caches[0].sink_values)
-        prefix = "decoder."
-        self.decoder.load_state_dict(
-            {k[len(prefix) :]: source.get(k) for k in names if k.startswith(prefix)},
-            meta["decoder"],
-        )
-        self.next_clip = int(meta["next_clip"])
+        self.decoder.load_state_dict(decoder, source.meta["decoder"])
+        self.next_clip = int(source.meta["next_clip"])
 
     def checkpoint(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write the state's shards into `directory`, then manifest.json last."""
