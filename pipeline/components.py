@@ -86,9 +86,6 @@ class DeferredDit:
         threading.Thread(target=run, name="dit-load", daemon=True).start()
         return future
 
-    def done(self) -> bool:
-        return self._future.done()
-
     def result(self) -> WanS2VTransformer:
         with self._lock:
             future = self._future
@@ -335,19 +332,17 @@ def build_deferred(
 
             load_weights(dit_dir, Placement({"dit": device}), dit=dit)
         dit.eval().requires_grad_(False)
+        if prepare is not None:
+            prepare(dit)
 
     def load() -> WanS2VTransformer:
         if device.type != "cuda":
             fill()
-            if prepare is not None:
-                prepare(dit)
             return dit
         # on a CUDA stream of its own, so that the opening thread's kernels do not queue
         # behind the load's; the weights are complete on the device before anyone sees them
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
             fill()
-            if prepare is not None:
-                prepare(dit)
             torch.cuda.current_stream(device).synchronize()
         return dit
 

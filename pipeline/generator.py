@@ -17,6 +17,7 @@ from pipeline import params
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.components import Components, build_deferred, build_random, load_released
+from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presenters import PresenterCache, PresenterScope
 from pipeline.presets import Preset, get_preset
@@ -103,7 +104,7 @@ class Generator:
             raise ValueError(
                 f"preset {preset.name!r} needs checkpoint_dir (or random_weights=True)"
             )
-        if defer_dit:
+        if defer_dit:  # the FP8 conversion in the DiT's loading thread
             comps = build_deferred(
                 preset,
                 device,
@@ -112,20 +113,16 @@ class Generator:
                 seed=seed,
                 checkpoint_dir=None if random else checkpoint_dir,
                 dit_dir=None if random else checkpoint_dir,
-                prepare=_to_fp8 if precision == "fp8" else None,
+                prepare=WanS2VTransformer.to_fp8 if precision == "fp8" else None,
             )
-            if device.type == "cuda":
-                assert comps.vae is not None
-                vae_mod.use_channels_last(comps.vae)
-            return cls(preset, comps, presenter_cache)
-        if random:
+        elif random:
             comps = build_random(preset, device, dtype, seed)
         else:
             assert checkpoint_dir is not None
             comps = load_released(preset, checkpoint_dir, device, dtype)
-        assert comps.dit is not None and comps.vae is not None
-        if precision == "fp8":
+        if comps.dit is not None and precision == "fp8":  # built here, not deferred
             comps.dit.to_fp8()
+        assert comps.vae is not None
         if device.type == "cuda":
             vae_mod.use_channels_last(comps.vae)
         return cls(preset, comps, presenter_cache)
@@ -180,7 +177,3 @@ class Generator:
         if self._active is not None:
             self._active.close()
             self._active = None
-
-
-def _to_fp8(dit: Any) -> None:
-    dit.to_fp8()
