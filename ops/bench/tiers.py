@@ -85,15 +85,6 @@ def make_request(size: str, infer_frames: int, clips: int) -> Any:
     )
 
 
-def build(preset: str, device: Any, layers: int) -> Any:
-    from pipeline import Generator
-
-    overrides = {"num_layers": layers} if layers else None
-    return Generator.from_preset(
-        preset, device=device, random_weights=True, dit_overrides=overrides
-    )
-
-
 def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Path | None) -> Any:
     """As a worker builds its engine: the encoders and the VAE at once, the DiT loading beside
     (random weights, or the DiT of a release on disk, through the worker's loader)."""
@@ -137,15 +128,10 @@ def frames_hash(frames: Any) -> str:
 def sink_hash(stream: Any) -> str:
     """The sink as attention reads it (unrotated reference keys, each step's motion keys and
     values), hashed on the host."""
-    import torch
-
-    h = hashlib.sha256()
     parts = [stream.sink_keys.ref]
     for cache in stream.caches:
         parts += [cache.sink_motion_keys, cache.sink_values]
-    for t in parts:
-        h.update(t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
-    return h.hexdigest()
+    return tensors_sha(parts)
 
 
 def checksum(t: Any) -> int:
@@ -184,9 +170,7 @@ class Trace:
         s = self.stream
         feats = s.clip_audio._clips.get(clip)
         return {
-            "text_kv": hashlib.sha256(
-                "".join(tensor_sha(t) for kv in s.denoiser.text_kv for t in kv).encode()
-            ).hexdigest(),
+            "text_kv": tensors_sha([t for kv in s.denoiser.text_kv for t in kv]),
             "audio": None if feats is None else tensor_sha(feats[0]),
             "decoder_in": [a for a, _ in self.blocks],
             "decoder_out": [b for _, b in self.blocks],
@@ -208,12 +192,18 @@ def compile_summary() -> dict[str, float]:
     return out
 
 
-def tensor_sha(t: Any) -> str:
+def tensors_sha(tensors: list[Any]) -> str:
+    """SHA-256 of the tensors' bytes, one after another (copied to the host)."""
     import torch
 
-    return hashlib.sha256(
-        t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
-    ).hexdigest()
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def tensor_sha(t: Any) -> str:
+    return tensors_sha([t])
 
 
 def sync(device: Any) -> None:
@@ -244,10 +234,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         log(f"the DiT's release under {release} ({release_write_s:.1f} s)")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.engine_device == "auto" else args.engine_device)
-    if release is None:
-        gen = build(args.engine_preset, device, args.engine_layers)
-    else:
-        gen = build_deferred_engine(args.engine_preset, device, args.engine_layers, release)
+    gen = build_deferred_engine(args.engine_preset, device, args.engine_layers, release)
+    gen.components.wait_dit()  # the first process's open is timed without the load
     clips = 4  # warm-up, two timed, the one after the boundary
     request = make_request(args.engine_size, args.infer_frames, clips)
     started = time.perf_counter()
