@@ -9,10 +9,17 @@ cache makes any split of the latents into calls give exactly the frames of one `
 over all of them. The first latent frame of a stream decodes to 1 video frame, every later one
 to 4.
 
-On a GPU the decoder runs channels-last and compiled (`torch.compile` of `vae.decoder`, one
-graph per latent frame once the cache is warm: its entries are inputs and outputs of the
-graph, replaced as in eager mode), which leaves the cache, its snapshots and its state as they
-are. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py measures
+The decoder runs one latent frame at a time through `decode_frame`, which drives the
+decoder's modules in the order and with the ops of `WanDecoder3d.forward` but tells the
+temporal upsamplers' "seen one frame" marker from a tensor by type. (diffusers compares a
+cached tensor with that string; torch 2.11's compiler cannot trace the comparison, broke the
+decoder into ~30 graphs, one per module and shape, and took ~19 s to warm them up in every
+process on an H200.)
+
+On a GPU the decoder runs channels-last and compiled (`torch.compile` of `decode_frame`, whole:
+one graph for the first frame, one for the second, one for every later frame; the cache's
+entries are inputs and outputs of the graph, replaced as in eager mode), which leaves the
+cache, its snapshots and its state as they are. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py measures
 it). The compiled decoder is handed canonical strides (`_canonical`), so the graph that runs
 is fixed by the stream's position (empty cache, one frame cached, steady), whatever the
 process ran before: a resumed stream repeats the uninterrupted one's frames bit for bit.
@@ -28,11 +35,17 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    WanCausalConv3d,
+    WanDecoder3d,
+    WanResample,
+    WanUpBlock,
+)
 
 from pipeline.model import fused
 
 _REPEAT = "Rep"  # diffusers' marker in the cache of a temporal upsampler that has seen one frame
+_CACHE_T = 2  # frames a causal convolution keeps (diffusers' CACHE_T)
 
 
 _STATS: weakref.WeakKeyDictionary[
@@ -97,17 +110,114 @@ class DecoderSnapshot:
     frames_decoded: int
 
 
+# ---- one latent frame through the decoder --------------------------------------------------
+
+CacheEntry = torch.Tensor | str | None
+"""A causal convolution's cached frames [1, C, 1 or 2, H, W]; `_REPEAT` for a temporal
+upsampler that has seen one frame; None before the first frame."""
+
+
+def check_decoder(decoder: WanDecoder3d) -> None:
+    """`decode_frame` drives the Wan2.1 decoder (plain up blocks, temporal and spatial 2×
+    upsamplers); anything else is refused rather than decoded wrongly."""
+    for block in decoder.up_blocks:
+        if not isinstance(block, WanUpBlock):
+            raise ValueError(f"streaming decode does not support {type(block).__name__}")
+        for up in block.upsamplers or ():
+            if up.mode not in ("upsample2d", "upsample3d"):
+                raise ValueError(f"streaming decode does not support a {up.mode!r} resample")
+
+
+def decode_frame(
+    decoder: WanDecoder3d, x: torch.Tensor, cache: list[CacheEntry]
+) -> torch.Tensor:
+    """One latent frame x [1, C, 1, h, w] (after post_quant_conv) -> its video frames
+    [1, 3, 1 or 4, H, W], replacing `cache`'s entries (diffusers' order) with new ones.
+
+    The ops, and their order, are `WanDecoder3d.forward(x, feat_cache=cache)`'s, so eager
+    frames are bit-identical to it; the residual and attention blocks are the modules' own."""
+    idx = [0]
+    x = _cached_conv(decoder.conv_in, x, cache, idx)
+    x = decoder.mid_block(x, feat_cache=cache, feat_idx=idx)
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            x = resnet(x, feat_cache=cache, feat_idx=idx)
+        if block.upsamplers is not None:
+            x = _upsample(block.upsamplers[0], x, cache, idx)
+    x = decoder.nonlinearity(decoder.norm_out(x))
+    return _cached_conv(decoder.conv_out, x, cache, idx)
+
+
+def _cached(x: torch.Tensor, entry: torch.Tensor | None) -> torch.Tensor:
+    """What a causal convolution caches after reading x: x's last frames, topped up to
+    _CACHE_T with the previous entry's last one."""
+    kept = x[:, :, -_CACHE_T:, :, :].clone()
+    if kept.shape[2] < _CACHE_T and entry is not None:
+        kept = torch.cat([entry[:, :, -1, :, :].unsqueeze(2), kept], dim=2)
+    return kept
+
+
+def _cached_conv(
+    conv: WanCausalConv3d, x: torch.Tensor, cache: list[CacheEntry], idx: list[int]
+) -> torch.Tensor:
+    entry = cache[idx[0]]
+    assert not isinstance(entry, str)
+    kept = _cached(x, entry)
+    x = conv(x, entry)
+    cache[idx[0]] = kept
+    idx[0] += 1
+    return x
+
+
+def _upsample(
+    up: WanResample, x: torch.Tensor, cache: list[CacheEntry], idx: list[int]
+) -> torch.Tensor:
+    """`WanResample.forward` for the decoder's modes: a temporal upsampler doubles the frames
+    from its second frame on (its first frame only marks the cache), then every frame is
+    upsampled 2× in space."""
+    b, c, t, h, w = x.size()
+    if up.mode == "upsample3d":
+        entry = cache[idx[0]]
+        if entry is None:
+            cache[idx[0]] = _REPEAT
+        else:
+            kept = x[:, :, -_CACHE_T:, :, :].clone()
+            if kept.shape[2] < _CACHE_T:
+                before = (
+                    torch.zeros_like(kept)
+                    if isinstance(entry, str)
+                    else entry[:, :, -1, :, :].unsqueeze(2)
+                )
+                kept = torch.cat([before, kept], dim=2)
+            x = up.time_conv(x) if isinstance(entry, str) else up.time_conv(x, entry)
+            cache[idx[0]] = kept
+            x = x.reshape(b, 2, c, t, h, w)
+            x = torch.stack((x[:, 0, :, :, :, :], x[:, 1, :, :, :, :]), 3)
+            x = x.reshape(b, c, t * 2, h, w)
+        idx[0] += 1
+    t = x.shape[2]
+    x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    x = up.resample(x)
+    return x.view(b, t, x.size(1), x.size(2), x.size(3)).permute(0, 2, 1, 3, 4)
+
+
 _COMPILED: weakref.WeakKeyDictionary[AutoencoderKLWan, Callable[..., Any]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
-    """`vae.decoder` compiled once per VAE (streams share it; kernels are built on first use)."""
+    """`decode_frame` on `vae.decoder`, compiled whole, once per VAE (streams share it;
+    kernels are built on first use)."""
     fn = _COMPILED.get(vae)
     if fn is None:
-        fused.allow_recompiles()  # a graph per upsampling stage, first frames and size
-        fn = _COMPILED[vae] = torch.compile(vae.decoder, dynamic=False)
+        fused.configure_compiler()  # a graph per stream position and size
+        decoder = vae.decoder
+
+        def frame(x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
+            return decode_frame(decoder, x, cache)
+
+        fn = _COMPILED[vae] = torch.compile(frame, fullgraph=True, dynamic=False)
     return fn
 
 
@@ -131,9 +241,10 @@ class StreamingDecoder:
         self.vae = vae
         self.channels_last = channels_last
         self.compiled = compiled
-        self._decoder: Callable[..., Any] = compiled_decoder(vae) if compiled else vae.decoder
+        check_decoder(vae.decoder)
+        self._decoder = compiled_decoder(vae) if compiled else self._eager
         self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-        self._cache: list[torch.Tensor | str | None] = [None] * self.num_convs
+        self._cache: list[CacheEntry] = [None] * self.num_convs
         self.frames_decoded = 0  # latent frames
 
     @torch.no_grad()
@@ -149,23 +260,18 @@ class StreamingDecoder:
         out = []
         for i in range(x.shape[2]):
             frame = x[:, :, i : i + 1]
-            first = self.frames_decoded == 0
             if self.compiled:
                 frame = _canonical(frame)
                 self._cache = [_canonical(e) for e in self._cache]
             try:
-                out.append(
-                    self._decoder(frame, feat_cache=self._cache, feat_idx=[0], first_chunk=first)
-                )
+                out.append(self._decoder(frame, self._cache))
             except Exception as exc:  # noqa: BLE001 - no working compiler here: stay correct
                 if not self.compiled:
                     raise
                 # a failed compile runs nothing, so the cache is as the last frame left it
                 warnings.warn(f"compiled VAE decode failed, decoding eagerly: {exc}", stacklevel=2)
-                self.compiled, self._decoder = False, self.vae.decoder
-                out.append(
-                    self._decoder(frame, feat_cache=self._cache, feat_idx=[0], first_chunk=first)
-                )
+                self.compiled, self._decoder = False, self._eager
+                out.append(self._decoder(frame, self._cache))
             self.frames_decoded += 1
         return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
 
@@ -174,13 +280,15 @@ class StreamingDecoder:
         the first frame is decoded for real (once per VAE, size and layout in a process; the
         first decode calls it, or a caller earlier, beside other work). Eager: nothing to do.
 
-        Which compiled graph runs a frame can depend on the graphs compiled before it: where
-        the compiler splits the decoder into several graphs (torch 2.11 on an H200 does), a
-        graph compiled later for one situation can be chosen for another, and graphs differ in
-        rounding. So a process decodes scratch streams (the first frame, a frame with one
-        cached, steady frames, a steady frame after a restore) until a pass compiles nothing
-        new: every process then holds the same graphs, compiled in the same order, and a
-        stream, resumed or not, runs the same kernels at the same position."""
+        Which compiled graph runs a frame must not depend on what the process decoded
+        before (graphs differ in rounding): where several graphs fit a situation, the one
+        compiled last is chosen (when the compiler split the decoder into many graphs, on an
+        H200, that made a resumed stream's frames differ). So a process decodes scratch
+        streams (the first frame, a frame with one cached, steady frames, a steady frame
+        after a restore) until a pass compiles nothing new: every process then holds the
+        same graphs, compiled in the same order, and a stream, resumed or not, runs the same
+        kernels at the same position. The compile happens here, beside other work of the
+        open (a restore's read), not in the first clip."""
         if not self.compiled:
             return
         key = (latent_h, latent_w, self.channels_last)
@@ -200,10 +308,13 @@ class StreamingDecoder:
             resumed.load_state_dict(*scratch.state_dict())
             resumed.decode(zeros[:, :1])  # steady, from a restored cache
             if not (scratch.compiled and resumed.compiled):  # no working compiler here
-                self.compiled, self._decoder = False, self.vae.decoder
+                self.compiled, self._decoder = False, self._eager
                 return
             if fused.graphs_compiled() == before:
                 return
+
+    def _eager(self, x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
+        return decode_frame(self.vae.decoder, x, cache)
 
     # ---- state ---------------------------------------------------------------------------
 

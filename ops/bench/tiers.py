@@ -605,7 +605,6 @@ def child_main(argv: list[str]) -> None:
     sync(device)
     open_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
-    sink = sink_hash(stream) if a.mode == "resume" else ""
     trace = Trace(stream)
     t0 = time.perf_counter()
     clip = next(stream)
@@ -613,6 +612,7 @@ def child_main(argv: list[str]) -> None:
     first_clip_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
     from_build_start_s = time.perf_counter() - t_build
+    sink = sink_hash(stream) if a.mode == "resume" else ""  # fixed once open: hashed untimed
     traced = trace.report(clip.index)
     out = {
         "mode": a.mode,

@@ -48,12 +48,25 @@ stream renders. A worker may render each of the 14 sizes (pipeline.params), with
 of graphs per size for a function and for each piece of the compiled decoder."""
 
 
-def allow_recompiles() -> None:
-    """Raise torch.compile's per-function graph limit to RECOMPILE_LIMIT (never lower it)."""
+def configure_compiler() -> None:
+    """Settings every compiled function here needs (call before compiling; idempotent).
+
+    - torch.compile's per-function graph limit raised to RECOMPILE_LIMIT (never lowered).
+    - Inductor's deterministic mode: a reduction kernel's launch configuration (its block
+      sizes and warps, which set the order of its sums) is chosen from its shape alone,
+      never by timing candidates on the device. Timed choices depend on what else the GPU
+      does meanwhile: on an H200 a resumed process, whose decoder compiled while its
+      checkpoint streamed in, picked other configurations than the process it resumed, and
+      its frames differed in rounding (2026-12-03). Without timing, every process compiles
+      the same kernels for the same graphs."""
     cfg = torch._dynamo.config
     # the setting's name since torch 2.6; before it, cache_size_limit
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     setattr(cfg, name, max(int(getattr(cfg, name)), RECOMPILE_LIMIT))
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "deterministic"):  # torch >= 2.8
+        inductor.deterministic = True
 
 
 def compiles_on(device: torch.device) -> bool:
@@ -76,7 +89,7 @@ def _gpu_compiled(fn: _F) -> _F:
         if not compiles_on(args[0].device):
             return fn(*args)
         if compiled is None:
-            allow_recompiles()
+            configure_compiler()
             compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=_backend)
         try:
             return compiled(*args)
