@@ -128,9 +128,7 @@ def check_decoder(decoder: WanDecoder3d) -> None:
                 raise ValueError(f"streaming decode does not support a {up.mode!r} resample")
 
 
-def decode_frame(
-    decoder: WanDecoder3d, x: torch.Tensor, cache: list[CacheEntry]
-) -> torch.Tensor:
+def decode_frame(decoder: WanDecoder3d, x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
     """One latent frame x [1, C, 1, h, w] (after post_quant_conv) -> its video frames
     [1, 3, 1 or 4, H, W], replacing `cache`'s entries (diffusers' order) with new ones.
 
