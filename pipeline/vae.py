@@ -199,15 +199,18 @@ def _upsample(
     return x.view(b, t, x.size(1), x.size(2), x.size(3)).permute(0, 2, 1, 3, 4)
 
 
-_COMPILED: weakref.WeakKeyDictionary[AutoencoderKLWan, Callable[..., Any]] = (
+_COMPILED: weakref.WeakKeyDictionary[AutoencoderKLWan, dict[str, Callable[..., Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
-    """`decode_frame` on `vae.decoder`, compiled whole, once per VAE (streams share it;
-    kernels are built on first use)."""
-    fn = _COMPILED.get(vae)
+    """`decode_frame` on `vae.decoder`, compiled whole with the glue's backend
+    (`fused.compile_backend`), once per VAE and backend (streams share it; kernels are built
+    on first use)."""
+    backend = fused.compile_backend()
+    by_backend = _COMPILED.setdefault(vae, {})
+    fn = by_backend.get(backend)
     if fn is None:
         fused.configure_compiler()  # a graph per stream position and size
         decoder = vae.decoder
@@ -215,7 +218,9 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
         def frame(x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
             return decode_frame(decoder, x, cache)
 
-        fn = _COMPILED[vae] = torch.compile(frame, fullgraph=True, dynamic=False)
+        fn = by_backend[backend] = torch.compile(
+            frame, fullgraph=True, dynamic=False, backend=backend
+        )
     return fn
 
 
@@ -387,9 +392,13 @@ def _canonical(entry: torch.Tensor | str | None) -> Any:
     if not isinstance(entry, torch.Tensor):
         return entry
     cl = entry.dim() == 5 and entry.is_contiguous(memory_format=torch.channels_last_3d)
-    if not (cl or entry.is_contiguous()):  # not dense: a dense copy, its dimensions' order kept
-        entry = entry.clone(memory_format=torch.preserve_format)
-        cl = entry.dim() == 5 and entry.is_contiguous(memory_format=torch.channels_last_3d)
+    if not (cl or entry.is_contiguous()):
+        # in neither layout (a view, or dense in another order of its dimensions: a
+        # temporal upsampler's cache, concatenated along time, can be stored time-major):
+        # a copy in the default layout, as a restore from disk gives it
+        return entry.contiguous()
+    # in one of the two layouts but for strides of size-1 dimensions: the same memory order,
+    # so the view reads the same values
     layout = torch.channels_last_3d if cl else torch.contiguous_format
     strides = _dense_strides(tuple(entry.shape), layout)
     if entry.stride() == strides:

@@ -69,6 +69,11 @@ def configure_compiler() -> None:
         inductor.deterministic = True
 
 
+def compile_backend() -> str:
+    """The torch.compile backend compiled code here uses (inductor; tests: eager)."""
+    return _backend
+
+
 def compiles_on(device: torch.device) -> bool:
     """Whether the glue runs compiled on `device` (GPUs, unless compilation is turned off)."""
     return _enabled and device.type in _devices

@@ -168,3 +168,64 @@ def test_compiled_decoder_and_glue_choose_kernels_without_timing_them(vae):
         assert limit is not None and limit >= fused.RECOMPILE_LIMIT
     finally:
         inductor.deterministic = saved
+
+
+def test_canonical_cache_entries_keep_their_values():
+    """The compiled decoder's inputs are handed canonical strides; the values must not change,
+    whatever the order an entry's memory is in. (A temporal upsampler's cache, made by a
+    concatenation along time, can be stored time-major; giving it the default strides by
+    reinterpreting its memory permuted its values, on every frame of a compiled stream, while
+    a stream restored from disk read them right: its frames differed, on an H200.)"""
+    from pipeline.vae import _canonical, _dense_strides
+
+    torch.manual_seed(3)
+    base = torch.randn(1, 6, 2, 5, 7)
+    time_major = base.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
+    channels_last = base.contiguous(memory_format=torch.channels_last_3d)
+    sliced = torch.randn(1, 6, 4, 5, 7)[:, :, -2:]
+    one_frame = torch.randn(1, 6, 1, 5, 7)
+    odd_size_one = one_frame.as_strided(one_frame.shape, (210, 35, 999, 7, 1))
+    for t in (base, time_major, channels_last, sliced, one_frame, odd_size_one):
+        c = _canonical(t)
+        assert torch.equal(c, t)
+        layouts = (torch.contiguous_format, torch.channels_last_3d)
+        assert c.stride() in [_dense_strides(tuple(t.shape), f) for f in layouts]
+    assert time_major.stride() != base.stride() and torch.equal(time_major, base)
+
+
+@pytest.mark.slow
+def test_compiled_decoder_repeats_the_eager_decoder_bit_for_bit():
+    """Compiled with dynamo's eager backend (the same graphs, run without code generation),
+    the compiled path, canonical strides and all, must give the eager decoder's frames, also
+    across a saved and restored state."""
+    from pipeline import Generator
+    from pipeline.model import fused
+
+    vae = Generator.from_preset("tiny", device="cpu", seed=11).components.vae  # not shared
+    torch._dynamo.reset()
+    torch.manual_seed(4)
+    latents = torch.randn(16, 2 + 3 * 4, 8, 8)
+    prime, blocks = latents[:, :2], [latents[:, 2 + 3 * i : 5 + 3 * i] for i in range(4)]
+
+    def stream(compiled: bool, restore_at: int | None = None) -> list[torch.Tensor]:
+        decoder = StreamingDecoder(vae, compiled=compiled)
+        decoder.decode(prime)
+        out = []
+        for i, z in enumerate(blocks):
+            if i == restore_at:
+                tensors, meta = decoder.state_dict()
+                tensors = {k: v.contiguous() for k, v in tensors.items()}  # as from disk
+                decoder = StreamingDecoder(vae, compiled=compiled)
+                decoder.load_state_dict(tensors, meta)
+            out.append(decoder.decode(z))
+        assert decoder.compiled == compiled
+        return out
+
+    eager = stream(False)
+    fused.set_compile(True, devices=("cpu",), backend="eager")
+    try:
+        for restore_at in (None, 2):
+            got = stream(True, restore_at)
+            assert all(torch.equal(a, b) for a, b in zip(got, eager, strict=True))
+    finally:
+        fused.set_compile(True)
