@@ -363,6 +363,8 @@ def _contiguous_rows(t: torch.Tensor) -> Iterator[torch.Tensor]:
 
 def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     """A contiguous tensor's bytes as a flat uint8 view (no copy), on its device."""
+    if not t.is_contiguous():  # reshape would copy, and a read into the copy would be lost
+        raise ValueError("not contiguous: no flat view of its bytes")
     return t.reshape(-1).view(torch.uint8)
 
 

@@ -162,6 +162,8 @@ class TensorFile:
 
         Returns a view of `out` with the entry's dtype and shape.
         """
+        if not out.is_contiguous():  # reshape would copy: the bytes would land in the copy
+            raise ValueError(f"the buffer for {entry.name} is not contiguous")
         flat = out.reshape(-1).view(torch.uint8)[: entry.nbytes]
         if flat.numel() < entry.nbytes:
             raise ValueError(f"buffer of {flat.numel()} bytes is too small for {entry.name}")

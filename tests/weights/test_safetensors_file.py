@@ -55,6 +55,16 @@ def test_read_into_a_larger_reused_buffer(written):
         assert got.data_ptr() == buffer.data_ptr()  # no copy on the way
 
 
+def test_read_into_a_buffer_that_is_not_contiguous_is_refused(written):
+    """Its flat view would be a copy: the bytes would be read into the copy and lost."""
+    path, _ = written
+    header = read_header(path)
+    strided = torch.zeros(16, 16, dtype=torch.uint8).t()
+    with TensorFile(header) as source, pytest.raises(ValueError, match="not contiguous"):
+        source.read_into(header.tensors["a.weight"], strided)
+    assert not strided.any()
+
+
 def test_truncated_file_is_reported_as_truncated(written):
     path, _ = written
     data = path.read_bytes()
