@@ -17,6 +17,7 @@ from pipeline import params
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.components import Components, build_deferred, build_random, load_released
+from pipeline.host_buffers import HostBuffers
 from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presenters import PresenterCache, PresenterScope
@@ -56,6 +57,9 @@ class Generator:
         """Names this generator's model in the cache's keys: no other engine's entries are
         used, even of the same preset."""
         self._active: Stream | None = None
+        self.host_buffers = HostBuffers(page_lock=components.dit_info.device.type == "cuda")
+        """Where its streams' states are captured (pinned on a GPU), kept across streams: a
+        worker page-locks its capture memory once."""
 
     @property
     def precision(self) -> Precision:
@@ -167,6 +171,7 @@ class Generator:
             decode=decode,
             progress=progress,
             presenters=scope,
+            host_buffers=self.host_buffers,
         )
         self._active = stream
         return stream

@@ -48,6 +48,7 @@ from pipeline.cache import SinkKeys, StepKVCache
 from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
+from pipeline.host_buffers import HostBuffers
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
@@ -90,6 +91,7 @@ class Stream:
         decode: Decode = "online",
         progress: Callable[[int], None] | None = None,
         presenters: presenter_mod.PresenterScope | None = None,
+        host_buffers: HostBuffers | None = None,
     ):
         request.validate()
         if decode not in ("online", "offline"):
@@ -182,7 +184,8 @@ class Stream:
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
-        self._pinned: dict[str, torch.Tensor] = {}  # reused state capture buffers
+        # page-locked capture buffers (GPU streams), shared with the generator's later streams
+        self._host_buffers = host_buffers or HostBuffers(page_lock=cuda)
         self._closed = False
 
         if source is not None:
@@ -219,6 +222,10 @@ class Stream:
                     text, motion, self.caches[0], self.sink_keys, self.decoder
                 )
                 scope.cache.put(key, kept)
+        if cuda and decode == "online":  # page-locked beside the first clips, not at a capture
+            self._host_buffers.reserve(
+                {name: (tuple(t.shape), t.dtype) for name, t in self._capture_tensors().items()}
+            )
 
     # ---- iteration -----------------------------------------------------------------------
 
@@ -343,22 +350,12 @@ class Stream:
         def host(name: str, t: torch.Tensor) -> torch.Tensor:
             if not pin:
                 return t.detach().to("cpu", copy=True)
-            buf = self._pinned.get(name)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = self._pinned[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf = self._host_buffers.buffer(name, t.shape, t.dtype)
             buf.copy_(t, non_blocking=True)
             return buf
 
-        live = {
-            "sink.ref_keys": self.sink_keys.ref,
-            "sink.motion_keys": self.caches[0].sink_motion_keys,
-            "sink.values": self.caches[0].sink_values,
-        }
-        for i, cache in enumerate(self.caches):
-            live[f"step.{i}.ring"] = cache.ring
         dec_tensors, dec_meta = self.decoder.state_dict()
-        live.update({f"decoder.{k}": v for k, v in dec_tensors.items()})
-        tensors = {name: host(name, t) for name, t in live.items()}
+        tensors = {name: host(name, t) for name, t in self._capture_tensors(dec_tensors).items()}
         if pin:
             torch.cuda.synchronize(self._device)
         meta: dict[str, Any] = {
@@ -370,6 +367,22 @@ class Stream:
             "precision": self._dit.precision,
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
+
+    def _capture_tensors(
+        self, decoder: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The device tensors a state holds, by name (`decoder`: the decoder's, if taken)."""
+        if decoder is None:
+            decoder = self.decoder.state_dict()[0]
+        live = {
+            "sink.ref_keys": self.sink_keys.ref,
+            "sink.motion_keys": self.caches[0].sink_motion_keys,
+            "sink.values": self.caches[0].sink_values,
+        }
+        for i, cache in enumerate(self.caches):
+            live[f"step.{i}.ring"] = cache.ring
+        live.update({f"decoder.{k}": v for k, v in decoder.items()})
+        return live
 
     def _start_restore(self, source: state_io.TensorSource) -> Future[dict[str, torch.Tensor]]:
         """Check that the state fits this request, then read it in a thread, so that the
@@ -457,7 +470,6 @@ class Stream:
         self.caches = []
         self._offline_latents = []
         self._offline_clips = []
-        self._pinned = {}
         self._motion = None
 
     def _check_open(self) -> None:

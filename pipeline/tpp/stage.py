@@ -35,6 +35,7 @@ from pipeline.cache import SinkKeys, StepKVCache
 from pipeline.components import Components
 from pipeline.denoise import Denoiser
 from pipeline.geometry import Geometry
+from pipeline.host_buffers import HostBuffers, make_buffer
 from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
 from pipeline.state import CheckpointSource, StateSource, TensorSource, shard_of
@@ -63,6 +64,17 @@ class RankContext:
     send_lock: threading.Lock
     dit_group: Any = None
     side_group: Any = None
+    capture_buffers: HostBuffers | None = None
+    """Shared-memory host buffers for `Capture` (page-locked on a GPU), kept across streams."""
+    write_buffers: HostBuffers | None = None
+    """Host buffers a checkpoint's shards are written from, kept across streams."""
+
+    def __post_init__(self) -> None:
+        cuda = self.device.type == "cuda"
+        if self.capture_buffers is None:
+            self.capture_buffers = HostBuffers(page_lock=cuda, shared=True)
+        if self.write_buffers is None:
+            self.write_buffers = HostBuffers(page_lock=cuda)
 
     def send(self, message: object) -> None:
         with self.send_lock:
@@ -101,8 +113,6 @@ class RankStream:
         self.blocks_done = self.start_block
         self._first_latent_done = spec.start_clip > 0 or spec.num_clips < 2
         self._first_latent_sends: list[Any] = []
-        self._host_buffers: dict[str, torch.Tensor] = {}
-        self._registered: list[torch.Tensor] = []
         self.shutdown_requested = False
         self._writer: threading.Thread | None = None
         self.decode: DecodeStage | None = None
@@ -114,6 +124,10 @@ class RankStream:
             self._open_dit(text, restore)
         if ctx.decodes:
             self.decode = DecodeStage(self, restore)
+        if ctx.is_dit and self.device.type == "cuda":
+            # the bulk of a checkpoint's host memory, page-locked beside the first clips
+            assert ctx.write_buffers is not None
+            ctx.write_buffers.reserve(self._ring_specs())
         self.open_s = time.perf_counter() - started
 
     # ---- opening -------------------------------------------------------------------------
@@ -424,8 +438,6 @@ class RankStream:
             self.handle(self.ctx.conn.recv())
         if self.decode is not None:
             self.decode.join()
-        for buf in self._registered:
-            _unregister(buf)
         if self._writer is not None:
             self._writer.join()
         self.timeline.stop()
@@ -484,6 +496,17 @@ class RankStream:
             meta["decoder"] = dec_meta
         return tensors, meta
 
+    def _ring_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The shape and dtype of each ring piece this rank's states hold, by name."""
+        n = self.num_layers
+        return {
+            piece_name(f"step.{u.step}.ring", u.layers, n): (
+                tuple(self.caches[u.step].ring.shape),
+                self.caches[u.step].ring.dtype,
+            )
+            for u in self.piece
+        }
+
     def _sink_piece(self) -> dict[str, torch.Tensor]:
         """The sink layers this rank saves (each layer by the lowest rank that holds it)."""
         mine = sink_layers(self.spec.partition, self.ctx.rank)
@@ -510,15 +533,13 @@ class RankStream:
         """Copies in host memory the caller can map (shared memory); `reuse`: into buffers
         kept for the next capture of the same kind (the caller must be done with them)."""
         out = {}
+        buffers = self.ctx.capture_buffers
+        assert buffers is not None
         for name, t in tensors.items():
-            key = f"{reuse}:{name}"
-            buf = self._host_buffers.get(key) if reuse else None
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype).share_memory_()
-                if reuse:
-                    if t.is_cuda and _register(buf):
-                        self._registered.append(buf)
-                    self._host_buffers[key] = buf
+            if reuse:
+                buf = buffers.buffer(f"{reuse}:{name}", t.shape, t.dtype)
+            else:
+                buf = make_buffer((tuple(t.shape), t.dtype), page_lock=False, shared=True)
             buf.copy_(t, non_blocking=reuse is not None and t.is_cuda)
             out[name] = buf
         if self.device.type == "cuda":
@@ -533,12 +554,10 @@ class RankStream:
         started = time.perf_counter()
         tensors, meta = self.state_at(m.boundary)
         host = {}
+        buffers = self.ctx.write_buffers
+        assert buffers is not None
         for name, t in tensors.items():
-            key = f"write:{name}"
-            buf = self._host_buffers.get(key)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
-                self._host_buffers[key] = buf
+            buf = buffers.buffer(name, t.shape, t.dtype)
             buf.copy_(t, non_blocking=t.is_cuda)
             host[name] = buf
         if self.device.type == "cuda":
@@ -596,22 +615,6 @@ def write_rank_shards(
             os.fsync(f.fileno())
         files.append({"file": path.name, "bytes": path.stat().st_size, "tensors": len(members)})
     return files
-
-
-def _register(buf: torch.Tensor) -> bool:
-    """Page-lock a shared host buffer, so device copies into it run at full speed (where the
-    system allows it; otherwise copies are merely slower)."""
-    if not buf.numel():
-        return False
-    try:
-        size = buf.numel() * buf.element_size()
-        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), size, 0)) == 0
-    except (RuntimeError, TypeError, ValueError):
-        return False
-
-
-def _unregister(buf: torch.Tensor) -> None:
-    torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
 
 
 class DecodeStage:

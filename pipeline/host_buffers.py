@@ -1,0 +1,142 @@
+"""Page-locked host buffers for a stream's state captures, made ahead of time and kept.
+
+A capture copies the whole stream state (48 GB at 14B and 720x400) from the GPU into host
+memory between two clips; the GPU waits for it. Into page-locked memory the copy runs at bus
+speed (0.9 s on an H200 host), but page-locking that much memory takes tens of seconds, and
+torch's pinned-memory allocator rounds every block up to a power of two (an 11 GB ring cache
+takes 16 GB). Made at the first capture, the buffers stalled a stream's GPU for 45 s once per
+stream (an H200 host, 2026-12-03) and held ~70 GB for a 48 GB state.
+
+`HostBuffers` makes buffers of exactly the tensors' sizes (ordinary host memory, then
+`cudaHostRegister`), in a thread of its own as soon as a stream knows what it will capture
+(`reserve`, at the end of its open), and keeps them for the next streams of the same shapes:
+a worker page-locks its capture memory once, beside generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from concurrent.futures import Future
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Spec = tuple[tuple[int, ...], torch.dtype]
+"""A buffer's shape and dtype."""
+
+
+def register(buf: torch.Tensor) -> bool:
+    """Page-lock a host tensor's memory in place, so device copies into it run at full speed
+    (where the system allows it; otherwise copies are merely slower). True if it did."""
+    if not buf.numel():
+        return False
+    try:
+        size = buf.numel() * buf.element_size()
+        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), size, 0)) == 0
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def unregister(ptr: int) -> None:
+    with contextlib.suppress(RuntimeError, TypeError, ValueError):  # no driver, at exit
+        torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tensor:
+    """An uninitialised host tensor of exactly `spec`'s size; `shared`: in shared memory (other
+    processes can map it); `page_lock`: page-locked until the tensor object is collected."""
+    shape, dtype = spec
+    buf = torch.empty(shape, dtype=dtype)
+    if shared:
+        buf.share_memory_()
+    if page_lock and register(buf):
+        # unlocked before the memory goes back (the tensor object dies before its storage)
+        weakref.finalize(buf, unregister, buf.data_ptr())
+    return buf
+
+
+class HostBuffers:
+    """Named host buffers, made in a background thread ahead of use and reused while the
+    shape and dtype asked for stay the same.
+
+    The buffers belong to whoever holds this object (a generator: one set for its streams):
+    a capture's tensors are these buffers, so write a capture out before the next capture of
+    any stream that shares them. Thread-safe."""
+
+    def __init__(self, page_lock: bool, shared: bool = False):
+        self.page_lock = page_lock
+        self.shared = shared
+        self._lock = threading.Lock()
+        self._made: dict[str, tuple[Spec, Future[torch.Tensor]]] = {}
+        self.reserve_seconds: float | None = None
+        """How long the last `reserve` took to make its buffers, once it has."""
+
+    def reserve(self, specs: Mapping[str, Spec]) -> None:
+        """Start making the buffers of `specs` that are not there yet, in a thread; returns at
+        once. Buffers of other names or shapes are kept until asked for again."""
+        todo: list[tuple[Spec, Future[torch.Tensor]]] = []
+        with self._lock:
+            for name, spec in specs.items():
+                spec = (tuple(spec[0]), spec[1])
+                held = self._made.get(name)
+                if held is not None and held[0] == spec:
+                    continue
+                future: Future[torch.Tensor] = Future()
+                self._made[name] = (spec, future)
+                todo.append((spec, future))
+        if not todo:
+            return
+
+        def make() -> None:
+            started = time.perf_counter()
+            for spec, future in todo:
+                try:
+                    future.set_result(make_buffer(spec, self.page_lock, self.shared))
+                except BaseException as exc:  # raised to whoever asks for that buffer
+                    future.set_exception(exc)
+            self.reserve_seconds = time.perf_counter() - started
+            log.info("host buffers: %d made in %.1f s", len(todo), self.reserve_seconds)
+
+        threading.Thread(target=make, name="host-buffers", daemon=True).start()
+
+    def buffer(
+        self, name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The buffer `name` of this shape and dtype: the one reserved (waiting for it if it is
+        still being made), or one made now."""
+        spec = (tuple(shape), dtype)
+        with self._lock:
+            held = self._made.get(name)
+            if held is None or held[0] != spec:
+                future: Future[torch.Tensor] = Future()
+                self._made[name] = (spec, future)
+                held = None
+        if held is None:
+            try:
+                future.set_result(make_buffer(spec, self.page_lock, self.shared))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future.result()
+        return held[1].result()
+
+    def nbytes(self) -> int:
+        """Bytes of the buffers made so far."""
+        with self._lock:
+            held = [f for _, f in self._made.values()]
+        return sum(
+            t.numel() * t.element_size()
+            for f in held
+            if f.done() and f.exception() is None
+            for t in [f.result()]
+        )
+
+    def clear(self) -> None:
+        """Drop every buffer (their memory goes back once nobody else holds them)."""
+        with self._lock:
+            self._made = {}
