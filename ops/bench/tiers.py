@@ -267,6 +267,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         shard = state_io.shard_of(name)
         shards[shard] = shards.get(shard, 0) + t.numel() * t.element_size()
     log(f"state {state_bytes / 1e9:.2f} GB ({shards}); captures {captures}")
+    reserve_s, buffers_bytes = gen.host_buffers.reserve_seconds, gen.host_buffers.nbytes()
 
     local = LocalTier(workdir / "local")
     directory = local.directory(uuid.uuid4(), boundary)
@@ -422,6 +423,11 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "shard_bytes": shards,
         "capture_s": captures,
         "stall_per_checkpoint_s": captures[-1] if captures else None,
+        # the stream's first capture: its buffers page-locked beside its first clips (or not
+        # yet, and the capture waits for the rest)
+        "first_capture_s": captures[0] if captures else None,
+        "capture_buffers_made_s": reserve_s,
+        "capture_buffers_bytes": buffers_bytes,
         "stall_fraction_at_n": (
             captures[-1] / (args.checkpoint_every * clip_s) if captures else None
         ),
@@ -500,6 +506,9 @@ def report(part: dict[str, Any]) -> list[str]:
         f"  stall per checkpoint {part['stall_per_checkpoint_s'] or 0:.2f} s "
         f"({100 * (part['stall_fraction_at_n'] or 0):.2f}% at N={part['checkpoint_every']}); local "
         f"write {part['local_write_s']:.1f} s + seal {part['local_seal_s']:.1f} s beside it",
+        f"  a stream's first capture {part['first_capture_s'] or 0:.2f} s (its buffers, "
+        f"{(part['capture_buffers_bytes'] or 0) / 1e9:.2f} GB, page-locked beside the first "
+        f"clips in {part['capture_buffers_made_s'] or 0:.1f} s)",
         "  reading a step's ring back (page cache warm): "
         + ", ".join(
             f"{n} readers {v:.1f} GB/s" for n, v in part["restore_read_gb_s_by_readers"].items()
