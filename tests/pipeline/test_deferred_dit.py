@@ -66,7 +66,8 @@ def test_the_open_encodes_reads_and_primes_before_it_waits_for_the_dit(tiny, tmp
     assert comps.dit_loading is not None
     seen: dict[str, int] = {"text": 0, "decoder": 0}
     comps.text_encoder.register_forward_hook(lambda *a: seen.__setitem__("text", 1))
-    comps.vae.decoder.register_forward_hook(lambda *a: seen.__setitem__("decoder", 1))
+    # the decoder runs a frame at a time through its modules (pipeline.vae.decode_frame)
+    comps.vae.decoder.conv_in.register_forward_hook(lambda *a: seen.__setitem__("decoder", 1))
     opened: list[object] = []
     failed: list[BaseException] = []
 
