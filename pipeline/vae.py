@@ -16,13 +16,15 @@ cached tensor with that string; torch 2.11's compiler cannot trace the compariso
 decoder into ~30 graphs, one per module and shape, and took ~19 s to warm them up in every
 process on an H200.)
 
-On a GPU the decoder runs channels-last and compiled (`torch.compile` of `decode_frame`, whole:
-one graph for the first frame, one for the second, one for every later frame; the cache's
-entries are inputs and outputs of the graph, replaced as in eager mode), which leaves the
-cache, its snapshots and its state as they are. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py measures
-it). The compiled decoder is handed canonical strides (`_canonical`), so the graph that runs
-is fixed by the stream's position (empty cache, one frame cached, steady), whatever the
-process ran before: a resumed stream repeats the uninterrupted one's frames bit for bit.
+On a GPU the decoder runs channels-last and compiled (`torch.compile` of `decode_frame`, whole;
+the cache's entries are inputs and outputs of the graph, replaced as in eager mode), which
+leaves the cache, its snapshots and its state as they are. A stream's first two latent frames
+(the prime, never shown) decode eagerly in every process: the graphs for an empty cache and
+for a cache of one frame would serve two frames per stream and cost seconds of every open to
+compile; only the steady graph is compiled. Compiled frames differ from eager ones by rounding
+only (ops/bench/generate.py measures it). The compiled decoder is handed canonical strides
+(`_canonical`), so the graph that runs is fixed by the stream's position, whatever the process
+ran before: a resumed stream repeats the uninterrupted one's frames bit for bit.
 """
 
 from __future__ import annotations
@@ -224,6 +226,9 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
     return fn
 
 
+COMPILED_FROM_FRAME = 2
+"""The first latent frame (0-based) a compiled decoder runs compiled; those before run eagerly."""
+
 WARM_UP_PASSES = 4
 """The most scratch passes a compiled decoder's warm-up makes (two sufficed on an H200)."""
 
@@ -263,13 +268,14 @@ class StreamingDecoder:
         out = []
         for i in range(x.shape[2]):
             frame = x[:, :, i : i + 1]
-            if self.compiled:
+            compiled = self.compiled and self.frames_decoded >= COMPILED_FROM_FRAME
+            if compiled:
                 frame = _canonical(frame)
                 self._cache = [_canonical(e) for e in self._cache]
             try:
-                out.append(self._decoder(frame, self._cache))
+                out.append((self._decoder if compiled else self._eager)(frame, self._cache))
             except Exception as exc:  # noqa: BLE001 - no working compiler here: stay correct
-                if not self.compiled:
+                if not compiled:
                     raise
                 # a failed compile runs nothing, so the cache is as the last frame left it
                 warnings.warn(f"compiled VAE decode failed, decoding eagerly: {exc}", stacklevel=2)
@@ -287,8 +293,8 @@ class StreamingDecoder:
         before (graphs differ in rounding): where several graphs fit a situation, the one
         compiled last is chosen (when the compiler split the decoder into many graphs, on an
         H200, that made a resumed stream's frames differ). So a process decodes scratch
-        streams (the first frame, a frame with one cached, steady frames, a steady frame
-        after a restore) until a pass compiles nothing new: every process then holds the
+        streams (the eager prime, steady frames after it, a steady frame after a restore)
+        until a pass compiles nothing new: every process then holds the
         same graphs, compiled in the same order, and a stream, resumed or not, runs the same
         kernels at the same position. The compile happens here, beside other work of the
         open (a restore's read), not in the first clip."""
@@ -305,8 +311,8 @@ class StreamingDecoder:
         for _ in range(WARM_UP_PASSES):
             before = fused.graphs_compiled()
             scratch = StreamingDecoder(self.vae, self.channels_last, compiled=True)
-            scratch.decode(zeros[:, :2])  # the first frame, then a frame with one cached
-            scratch.decode(zeros)  # steady
+            scratch.decode(zeros[:, :COMPILED_FROM_FRAME])  # eager
+            scratch.decode(zeros)  # compiled, from the eager frames' cache, then its own
             resumed = StreamingDecoder(self.vae, self.channels_last, compiled=True)
             resumed.load_state_dict(*scratch.state_dict())
             resumed.decode(zeros[:, :1])  # steady, from a restored cache
