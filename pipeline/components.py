@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -112,6 +112,8 @@ class Components:
     """Where the text encoder runs; it may live in host memory and visit this device."""
     dit_loading: DeferredDit | None = None
     """The DiT while it loads (`dit` is None until `wait_dit` returns it)."""
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds each part built here took (random weights drawn, or loaded from a release)."""
 
     @property
     def dit_info(self) -> DitInfo:
@@ -241,7 +243,9 @@ def build_random(
     for it. An offloaded text encoder is drawn on its device, then moved to host memory.
     """
     placement = placement or _single(device)
+    started = time.perf_counter()
     comps = build_empty(preset, device, dtype, placement)
+    comps.build_seconds["empty"] = time.perf_counter() - started
     for i, (part, m) in enumerate(
         zip(
             PART_ORDER,
@@ -251,10 +255,15 @@ def build_random(
     ):
         if m is None:
             continue
-        generator = torch.Generator(device=placement.devices[part]).manual_seed(seed * 1000 + i)
+        started = time.perf_counter()
+        where = torch.device(placement.devices[part])
+        generator = torch.Generator(device=where).manual_seed(seed * 1000 + i)
         random_init(m, generator)
         if placement.load_device(part) != placement.devices[part]:
             m.to(placement.load_device(part))
+        if where.type == "cuda":  # this thread's queue only (a DiT may load beside)
+            torch.cuda.current_stream(where).synchronize()
+        comps.build_seconds[part] = time.perf_counter() - started
     return comps
 
 
@@ -294,6 +303,7 @@ def load_released(
         loaded.audio_encoder,
         loaded.vae,
         text_device=placement.devices.get("text"),
+        build_seconds=dict(loaded.seconds),
     )
 
 

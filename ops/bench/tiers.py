@@ -530,6 +530,9 @@ def report(part: dict[str, Any]) -> list[str]:
                 f"{r['dit_load_s']:.1f} s, first frame {r['from_build_start_s']:.1f} s after "
                 "the build began"
             )
+        if r is not None and r.get("build_parts_s"):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["build_parts_s"].items())
+            lines.append(f"  build of {label} (s): {parts}")
         if r is not None and r.get("open_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["open_parts_s"].items())
             lines.append(f"  open of {label} (s): {parts}")
@@ -626,6 +629,7 @@ def child_main(argv: list[str]) -> None:
     out = {
         "mode": a.mode,
         "build_s": build_s,
+        "build_parts_s": dict(gen.components.build_seconds),
         "verify_s": verified.get("s", 0.0),
         "open_s": open_s,
         "open_parts_s": dict(stream.open_seconds),

@@ -109,7 +109,8 @@ class _Timer:
 
     def __exit__(self, *exc: object) -> None:
         if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            # this thread's stream only: a DiT loading beside (its own stream) is not waited for
+            torch.cuda.current_stream(self.device).synchronize()
         self.into[self.part] = time.perf_counter() - self.start
         log.info("loaded %s in %.1f s", self.part, self.into[self.part])
 

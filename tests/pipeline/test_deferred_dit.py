@@ -178,3 +178,15 @@ def test_an_fp8_dit_is_quantised_in_its_loading_thread():
     assert gen.components.dit is not None and gen.components.dit.precision == "fp8"
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
+
+
+def test_the_build_says_what_each_part_took():
+    """Where a worker's start goes (benchmarks report it): every part built in the calling
+    thread is timed; a deferred DiT is timed by its loader instead."""
+    gen = deferred()
+    built = gen.components.build_seconds
+    assert set(built) == {"empty", "text", "audio", "vae"}
+    assert all(s >= 0 for s in built.values())
+    gen.components.wait_dit()
+    whole = Generator.from_preset("tiny", random_weights=True).components.build_seconds
+    assert set(whole) == {"empty", "dit", "text", "audio", "vae"}
