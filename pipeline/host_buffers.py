@@ -55,9 +55,12 @@ def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tens
     buf = torch.empty(shape, dtype=dtype)
     if shared:
         buf.share_memory_()
-    if page_lock and register(buf):
-        # unlocked before the memory goes back (the tensor object dies before its storage)
-        weakref.finalize(buf, unregister, buf.data_ptr())
+    if page_lock:
+        if register(buf):
+            # unlocked before the memory goes back (the tensor object dies before its storage)
+            weakref.finalize(buf, unregister, buf.data_ptr())
+        elif buf.numel():  # correct, but each capture then waits for a slower copy
+            log.warning("could not page-lock a %.2f GB capture buffer", buf.nbytes / 1e9)
     return buf
 
 
