@@ -37,8 +37,7 @@ def register(buf: torch.Tensor) -> bool:
     if not buf.numel():
         return False
     try:
-        size = buf.numel() * buf.element_size()
-        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), size, 0)) == 0
+        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.nbytes, 0)) == 0
     except (RuntimeError, TypeError, ValueError):
         return False
 
@@ -99,10 +98,7 @@ class HostBuffers:
         def make() -> None:
             started = time.perf_counter()
             for spec, future in todo:
-                try:
-                    future.set_result(make_buffer(spec, self.page_lock, self.shared))
-                except BaseException as exc:  # raised to whoever asks for that buffer
-                    future.set_exception(exc)
+                self._make_into(future, spec)
             self.reserve_seconds = time.perf_counter() - started
             log.info("host buffers: %d made in %.1f s", len(todo), self.reserve_seconds)
 
@@ -121,12 +117,15 @@ class HostBuffers:
                 self._made[name] = (spec, future)
                 held = None
         if held is None:
-            try:
-                future.set_result(make_buffer(spec, self.page_lock, self.shared))
-            except BaseException as exc:
-                future.set_exception(exc)
+            self._make_into(future, spec)
             return future.result()
         return held[1].result()
+
+    def _make_into(self, future: Future[torch.Tensor], spec: Spec) -> None:
+        try:
+            future.set_result(make_buffer(spec, self.page_lock, self.shared))
+        except BaseException as exc:  # raised to whoever asks for that buffer
+            future.set_exception(exc)
 
     def nbytes(self) -> int:
         """Bytes of the buffers made so far."""

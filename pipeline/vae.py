@@ -181,15 +181,11 @@ def _upsample(
         if entry is None:
             cache[idx[0]] = _REPEAT
         else:
-            kept = x[:, :, -_CACHE_T:, :, :].clone()
-            if kept.shape[2] < _CACHE_T:
-                before = (
-                    torch.zeros_like(kept)
-                    if isinstance(entry, str)
-                    else entry[:, :, -1, :, :].unsqueeze(2)
-                )
-                kept = torch.cat([before, kept], dim=2)
-            x = up.time_conv(x) if isinstance(entry, str) else up.time_conv(x, entry)
+            seen_one = isinstance(entry, str)  # its first frame passed without a time conv
+            kept = _cached(x, None if seen_one else entry)
+            if seen_one and kept.shape[2] < _CACHE_T:  # topped up with a zero frame instead
+                kept = torch.cat([torch.zeros_like(kept), kept], dim=2)
+            x = up.time_conv(x) if seen_one else up.time_conv(x, entry)
             cache[idx[0]] = kept
             x = x.reshape(b, 2, c, t, h, w)
             x = torch.stack((x[:, 0, :, :, :, :], x[:, 1, :, :, :, :]), 3)
@@ -294,9 +290,9 @@ class StreamingDecoder:
         compiled last is chosen (when the compiler split the decoder into many graphs, on an
         H200, that made a resumed stream's frames differ). So a process decodes scratch
         streams (the eager prime, steady frames after it, a steady frame after a restore)
-        until a pass compiles nothing new: every process then holds the
-        same graphs, compiled in the same order, and a stream, resumed or not, runs the same
-        kernels at the same position. The compile happens here, beside other work of the
+        until a pass compiles nothing new: every process then holds the same graphs, compiled
+        in the same order, and a stream, resumed or not, runs the same kernels at the same
+        position. The compile happens here, beside other work of the
         open (a restore's read), not in the first clip."""
         if not self.compiled:
             return

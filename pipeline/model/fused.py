@@ -54,11 +54,10 @@ def configure_compiler() -> None:
     - torch.compile's per-function graph limit raised to RECOMPILE_LIMIT (never lowered).
     - Inductor's deterministic mode: a reduction kernel's launch configuration (its block
       sizes and warps, which set the order of its sums) is chosen from its shape alone,
-      never by timing candidates on the device. Timed choices depend on what else the GPU
-      does meanwhile: on an H200 a resumed process, whose decoder compiled while its
-      checkpoint streamed in, picked other configurations than the process it resumed, and
-      its frames differed in rounding (2026-12-03). Without timing, every process compiles
-      the same kernels for the same graphs."""
+      never by timing candidates on the device. Timed choices can depend on what else the
+      GPU does meanwhile (a resumed process's decoder compiles while its checkpoint streams
+      in), and the kernels chosen differ in rounding; without timing, every process
+      compiles the same kernels for the same graphs."""
     cfg = torch._dynamo.config
     # the setting's name since torch 2.6; before it, cache_size_limit
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from pipeline.cache import SinkKeys, StepKVCache
 from pipeline.components import Components
 from pipeline.denoise import Denoiser
 from pipeline.geometry import Geometry
-from pipeline.host_buffers import HostBuffers, make_buffer
+from pipeline.host_buffers import HostBuffers, Spec, make_buffer
 from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
 from pipeline.state import CheckpointSource, StateSource, TensorSource, shard_of
@@ -64,17 +64,15 @@ class RankContext:
     send_lock: threading.Lock
     dit_group: Any = None
     side_group: Any = None
-    capture_buffers: HostBuffers | None = None
+    capture_buffers: HostBuffers = field(init=False)
     """Shared-memory host buffers for `Capture` (page-locked on a GPU), kept across streams."""
-    write_buffers: HostBuffers | None = None
+    write_buffers: HostBuffers = field(init=False)
     """Host buffers a checkpoint's shards are written from, kept across streams."""
 
     def __post_init__(self) -> None:
         cuda = self.device.type == "cuda"
-        if self.capture_buffers is None:
-            self.capture_buffers = HostBuffers(page_lock=cuda, shared=True)
-        if self.write_buffers is None:
-            self.write_buffers = HostBuffers(page_lock=cuda)
+        self.capture_buffers = HostBuffers(page_lock=cuda, shared=True)
+        self.write_buffers = HostBuffers(page_lock=cuda)
 
     def send(self, message: object) -> None:
         with self.send_lock:
@@ -126,7 +124,6 @@ class RankStream:
             self.decode = DecodeStage(self, restore)
         if ctx.is_dit and self.device.type == "cuda":
             # the bulk of a checkpoint's host memory, page-locked beside the first clips
-            assert ctx.write_buffers is not None
             ctx.write_buffers.reserve(self._ring_specs())
         self.open_s = time.perf_counter() - started
 
@@ -496,7 +493,7 @@ class RankStream:
             meta["decoder"] = dec_meta
         return tensors, meta
 
-    def _ring_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def _ring_specs(self) -> dict[str, Spec]:
         """The shape and dtype of each ring piece this rank's states hold, by name."""
         n = self.num_layers
         return {
@@ -534,7 +531,6 @@ class RankStream:
         kept for the next capture of the same kind (the caller must be done with them)."""
         out = {}
         buffers = self.ctx.capture_buffers
-        assert buffers is not None
         for name, t in tensors.items():
             if reuse:
                 buf = buffers.buffer(f"{reuse}:{name}", t.shape, t.dtype)
@@ -555,7 +551,6 @@ class RankStream:
         tensors, meta = self.state_at(m.boundary)
         host = {}
         buffers = self.ctx.write_buffers
-        assert buffers is not None
         for name, t in tensors.items():
             buf = buffers.buffer(name, t.shape, t.dtype)
             buf.copy_(t, non_blocking=t.is_cuda)
