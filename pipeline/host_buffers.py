@@ -3,9 +3,10 @@
 A capture copies the whole stream state (48 GB at 14B and 720x400) from the GPU into host
 memory between two clips; the GPU waits for it. Into page-locked memory the copy runs at bus
 speed (0.9 s on an H200 host), but page-locking that much memory takes tens of seconds, and
-torch's pinned-memory allocator rounds every block up to a power of two (an 11 GB ring cache
-takes 16 GB). Made at the first capture, the buffers stalled a stream's GPU for 45 s once per
-stream (an H200 host, 2026-12-03) and held ~70 GB for a 48 GB state.
+torch's pinned-memory allocator rounds every block up to a power of two (its rule, read in
+its source: an 11 GB ring cache would take 16 GB, ~70 GB for a 48 GB state). Made at the first
+capture, the buffers stalled a stream's GPU for 45 s once per stream (an H200 host,
+2026-12-03).
 
 `HostBuffers` makes buffers of exactly the tensors' sizes (ordinary host memory, then
 `cudaHostRegister`), in a thread of its own as soon as a stream knows what it will capture

@@ -55,7 +55,7 @@ def test_a_buffer_is_reused_while_its_shape_stays_and_replaced_when_it_changes()
 
 def test_a_buffer_has_exactly_the_size_asked_for():
     """No rounding up (torch's page-locked allocator rounds to a power of two: an 11 GB ring
-    cache held 16 GB)."""
+    cache would take 16 GB)."""
     buf = hb.make_buffer(((3, 1000, 3), torch.bfloat16), page_lock=False)
     assert buf.untyped_storage().nbytes() == 3 * 1000 * 3 * 2
 
