@@ -32,20 +32,87 @@ Spec = tuple[tuple[int, ...], torch.dtype]
 """A buffer's shape and dtype."""
 
 
-def register(buf: torch.Tensor) -> bool:
-    """Page-lock a host tensor's memory in place, so device copies into it run at full speed
-    (where the system allows it; otherwise copies are merely slower). True if it did."""
-    if not buf.numel():
-        return False
+CHUNK_BYTES = 64 << 20
+"""Host memory is page-locked in pieces of at most this many bytes, split at multiples of it
+in the address space (so page-aligned). One `cudaHostRegister` of an 11 GB buffer holds
+locks the rendering thread's CUDA calls wait on: registered whole beside a stream's first
+clip, 48 GB of buffers stretched that clip from 4.4 s to 23.5 s (an H200 host, 2026-12-03)."""
+
+
+def chunks(ptr: int, nbytes: int) -> list[tuple[int, int]]:
+    """(start, length) of the pieces [ptr, ptr + nbytes) is registered in: split where the
+    address crosses a multiple of CHUNK_BYTES."""
+    out = []
+    start, end = ptr, ptr + nbytes
+    while start < end:
+        stop = min((start // CHUNK_BYTES + 1) * CHUNK_BYTES, end)
+        out.append((start, stop - start))
+        start = stop
+    return out
+
+
+def _register(ptr: int, nbytes: int) -> bool:
     try:
-        return int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.nbytes, 0)) == 0
-    except (RuntimeError, TypeError, ValueError):
+        return int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)) == 0
+    except (AssertionError, RuntimeError, TypeError, ValueError):  # no CUDA in this build
         return False
+
+
+def register(buf: torch.Tensor) -> list[int] | None:
+    """Page-lock a host tensor's memory in place, piece by piece (`chunks`), so device copies
+    into it run at full speed where the system allows it. The pieces' start addresses (to
+    unregister), or None if it could not (copies are then merely slower)."""
+    if not buf.numel():
+        return None
+    done: list[int] = []
+    for start, length in chunks(buf.data_ptr(), buf.nbytes):
+        if not _register(start, length):
+            for ptr in done:
+                unregister(ptr)
+            return None
+        done.append(start)
+    return done
 
 
 def unregister(ptr: int) -> None:
     with contextlib.suppress(RuntimeError, TypeError, ValueError):  # no driver, at exit
         torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def _unregister_all(ptrs: list[int]) -> None:
+    for ptr in ptrs:
+        unregister(ptr)
+
+
+def copy_piecewise(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """`dst.copy_(src)` without blocking the host, in one copy per registered piece (`chunks`)
+    of each host side: the driver refuses a copy that spans two registrations ("invalid
+    argument", an H200 host). A non-contiguous side goes through a contiguous copy on its own
+    device. Returns `dst`."""
+    if dst.shape != src.shape or dst.dtype != src.dtype:
+        raise ValueError(
+            f"copy of {src.dtype}{tuple(src.shape)} into {dst.dtype}{tuple(dst.shape)}"
+        )
+    if (dst.device.type != "cpu" and src.device.type != "cpu") or dst.numel() == 0:
+        return dst.copy_(src)
+    flat_src = src.contiguous().view(-1)
+    staged = (
+        dst if dst.is_contiguous() else torch.empty_like(dst, memory_format=torch.contiguous_format)
+    )
+    flat_dst = staged.view(-1)
+    size = dst.element_size()
+    cuts = {0, dst.numel()}
+    for t in (flat_dst, flat_src):
+        if t.device.type == "cpu":
+            cuts.update(
+                (start - t.data_ptr()) // size for start, _ in chunks(t.data_ptr(), t.nbytes)
+            )
+    bounds = sorted(cuts)
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        flat_dst[a:b].copy_(flat_src[a:b], non_blocking=True)
+    if staged is not dst:
+        dst.copy_(staged)
+    return dst
 
 
 def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tensor:
@@ -55,10 +122,15 @@ def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tens
     buf = torch.empty(shape, dtype=dtype)
     if shared:
         buf.share_memory_()
-    if page_lock:
-        if register(buf):
+    if page_lock and buf.numel():
+        # the pages faulted in here, by torch's threads, not inside the registration, which
+        # holds the driver's lock (the rendering thread's launches wait on it) while it
+        # faults them in one by one
+        buf.zero_()
+        pieces = register(buf)
+        if pieces is not None:
             # unlocked before the memory goes back (the tensor object dies before its storage)
-            weakref.finalize(buf, unregister, buf.data_ptr())
+            weakref.finalize(buf, _unregister_all, pieces)
         elif buf.numel():  # correct, but each capture then waits for a slower copy
             log.warning("could not page-lock a %.2f GB capture buffer", buf.nbytes / 1e9)
     return buf

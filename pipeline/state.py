@@ -36,6 +36,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
+from pipeline.host_buffers import copy_piecewise
 from pipeline.params import Precision, PrecisionMismatch
 from pipeline.weights.errors import CorruptFileError
 from pipeline.weights.safetensors_file import (
@@ -219,7 +220,7 @@ class StateSource:
     def fill(self, targets: Mapping[str, torch.Tensor]) -> None:
         for name, dst in targets.items():
             _check_fits(name, self.get(name), dst)
-            dst.copy_(self.get(name))
+            copy_piecewise(dst, self.get(name))  # it may be a capture's page-locked buffer
         _wait_for_copies(targets)
 
 

@@ -48,7 +48,7 @@ from pipeline.cache import SinkKeys, StepKVCache
 from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
-from pipeline.host_buffers import HostBuffers
+from pipeline.host_buffers import HostBuffers, copy_piecewise
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
@@ -350,9 +350,7 @@ class Stream:
         def host(name: str, t: torch.Tensor) -> torch.Tensor:
             if not pin:
                 return t.detach().to("cpu", copy=True)
-            buf = self._host_buffers.buffer(name, t.shape, t.dtype)
-            buf.copy_(t, non_blocking=True)
-            return buf
+            return copy_piecewise(self._host_buffers.buffer(name, t.shape, t.dtype), t)
 
         dec_tensors, dec_meta = self.decoder.state_dict()
         tensors = {name: host(name, t) for name, t in self._capture_tensors(dec_tensors).items()}

@@ -533,6 +533,9 @@ def report(part: dict[str, Any]) -> list[str]:
         if r is not None and r.get("build_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["build_parts_s"].items())
             lines.append(f"  build of {label} (s): {parts}")
+        if r is not None and r.get("build_samples_s"):
+            where = ", ".join(f"{k} {v:.1f}" for k, v in r["build_samples_s"]["project"].items())
+            lines.append(f"  the build's main thread, sampled (s): {where}")
         if r is not None and r.get("open_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["open_parts_s"].items())
             lines.append(f"  open of {label} (s): {parts}")
@@ -596,8 +599,11 @@ def child_main(argv: list[str]) -> None:
     checker = threading.Thread(target=verify) if a.mode == "resume" else None
     if checker is not None:
         checker.start()
+    from ops.bench.timing import StackSampler
+
     t0 = t_build = time.perf_counter()
-    gen = build_deferred_engine(a.preset, device, a.layers, a.dit_release)
+    with StackSampler() as build_samples:  # where the build's time goes, line by line
+        gen = build_deferred_engine(a.preset, device, a.layers, a.dit_release)
     loading = gen.components.dit_loading
     build_s = time.perf_counter() - t0  # the DiT goes on loading
     if checker is not None:
@@ -630,6 +636,7 @@ def child_main(argv: list[str]) -> None:
         "mode": a.mode,
         "build_s": build_s,
         "build_parts_s": dict(gen.components.build_seconds),
+        "build_samples_s": build_samples.top(),
         "verify_s": verified.get("s", 0.0),
         "open_s": open_s,
         "open_parts_s": dict(stream.open_seconds),

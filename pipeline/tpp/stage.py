@@ -35,7 +35,7 @@ from pipeline.cache import SinkKeys, StepKVCache
 from pipeline.components import Components
 from pipeline.denoise import Denoiser
 from pipeline.geometry import Geometry
-from pipeline.host_buffers import HostBuffers, Spec, make_buffer
+from pipeline.host_buffers import HostBuffers, Spec, copy_piecewise, make_buffer
 from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
 from pipeline.state import CheckpointSource, StateSource, TensorSource, shard_of
@@ -237,19 +237,26 @@ class RankStream:
             )
 
     def _load_dit(self, source: TensorSource) -> None:
+        """This rank's layers of the sink and the rings from `source` (its tensors may be a
+        capture's page-locked buffers: copied piece by piece, then waited for)."""
         n = self.num_layers
         sk = self.sink_keys
         for u in self.piece:
             cache = self.caches[u.step]
-            sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start].copy_(
-                gather_layers(source, "sink.ref_keys", u.layers, n)
+            copy_piecewise(
+                sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start],
+                gather_layers(source, "sink.ref_keys", u.layers, n),
             )
-            cache.sink_motion_keys.copy_(gather_layers(source, "sink.motion_keys", u.layers, n))
-            cache.sink_values.copy_(gather_layers(source, "sink.values", u.layers, n))
+            copy_piecewise(
+                cache.sink_motion_keys, gather_layers(source, "sink.motion_keys", u.layers, n)
+            )
+            copy_piecewise(cache.sink_values, gather_layers(source, "sink.values", u.layers, n))
             name = piece_name(f"step.{u.step}.ring", u.layers, n)
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
-            cache.ring.copy_(source.get(name))
+            copy_piecewise(cache.ring, source.get(name))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ---- the block loop ------------------------------------------------------------------
 
@@ -536,7 +543,10 @@ class RankStream:
                 buf = buffers.buffer(f"{reuse}:{name}", t.shape, t.dtype)
             else:
                 buf = make_buffer((tuple(t.shape), t.dtype), page_lock=False, shared=True)
-            buf.copy_(t, non_blocking=reuse is not None and t.is_cuda)
+            if reuse is not None and t.is_cuda:
+                copy_piecewise(buf, t)
+            else:
+                buf.copy_(t)
             out[name] = buf
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -552,9 +562,7 @@ class RankStream:
         host = {}
         buffers = self.ctx.write_buffers
         for name, t in tensors.items():
-            buf = buffers.buffer(name, t.shape, t.dtype)
-            buf.copy_(t, non_blocking=t.is_cuda)
-            host[name] = buf
+            host[name] = copy_piecewise(buffers.buffer(name, t.shape, t.dtype), t)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         capture_s = time.perf_counter() - started

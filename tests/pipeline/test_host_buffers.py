@@ -87,3 +87,78 @@ def test_streams_of_one_generator_share_its_buffers(tiny):
     second = tiny.open(req)
     assert held is tiny.host_buffers and second._host_buffers is tiny.host_buffers
     assert tiny.host_buffers.page_lock is False  # on the CPU: nothing to page-lock
+
+
+def test_memory_is_page_locked_in_bounded_pieces_split_at_page_aligned_addresses(monkeypatch):
+    """One registration of a whole 11 GB buffer stalls the rendering thread's CUDA calls for
+    its duration; pieces bound each stall."""
+    monkeypatch.setattr(hb, "CHUNK_BYTES", 1 << 16)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(hb, "_register", lambda ptr, n: calls.append((ptr, n)) or True)
+    buf = torch.empty(300_001, dtype=torch.uint8)
+    pieces = hb.register(buf)
+    assert pieces == [ptr for ptr, _ in calls]
+    assert all(n <= 1 << 16 for _, n in calls)
+    # the pieces cover the buffer exactly, in order, and meet only at multiples of the piece
+    # size (page-aligned: no page belongs to two registrations)
+    assert calls[0][0] == buf.data_ptr()
+    assert sum(n for _, n in calls) == buf.nbytes
+    for (p0, n0), (p1, _) in zip(calls, calls[1:], strict=False):
+        assert p0 + n0 == p1 and p1 % (1 << 16) == 0 and p1 % 4096 == 0
+
+
+def test_a_piece_that_cannot_be_locked_unlocks_the_pieces_before_it(monkeypatch):
+    monkeypatch.setattr(hb, "CHUNK_BYTES", 1 << 16)
+    locked: list[int] = []
+    unlocked: list[int] = []
+
+    def register(ptr, n):
+        if len(locked) == 2:
+            return False
+        locked.append(ptr)
+        return True
+
+    monkeypatch.setattr(hb, "_register", register)
+    monkeypatch.setattr(hb, "unregister", unlocked.append)
+    assert hb.register(torch.empty(1 << 18, dtype=torch.uint8)) is None
+    assert sorted(unlocked) == sorted(locked) and len(locked) == 2
+
+
+@pytest.mark.parametrize("direction", ["to_host", "from_host"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_a_copy_is_split_at_the_host_buffers_pieces_and_copies_every_value(
+    monkeypatch, direction, layout
+):
+    """The driver refuses a copy that spans two registrations: every copy to or from a
+    buffer registered in pieces stays within one piece, whatever the other side's layout."""
+    monkeypatch.setattr(hb, "CHUNK_BYTES", 1 << 12)
+    host = torch.empty(37, 101, dtype=torch.float32)
+    other = torch.randn(37, 101, dtype=torch.float32)
+    if layout == "strided":  # same values and shape, column-major (a channels-last cache)
+        other = other.t().contiguous().t()
+    if direction == "from_host":
+        host.copy_(torch.randn(37, 101))
+        dst, src = other, host
+    else:
+        dst, src = host, other
+    expected = src.clone()
+    spans: list[tuple[int, int]] = []
+    real_copy = torch.Tensor.copy_
+
+    def recording_copy(self, source, non_blocking=False):
+        for t in (self, source):
+            if t.untyped_storage().data_ptr() == host.untyped_storage().data_ptr():
+                spans.append((t.data_ptr(), t.nbytes))
+        return real_copy(self, source, non_blocking=non_blocking)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", recording_copy)
+    assert hb.copy_piecewise(dst, src) is dst
+    pieces = hb.chunks(host.data_ptr(), host.nbytes)
+    monkeypatch.undo()
+    assert torch.equal(dst, expected)
+    assert len(pieces) > 1
+    assert sum(n for _, n in spans) == host.nbytes  # every byte once, each copy in one piece
+    for ptr, n in spans:
+        assert any(p <= ptr and ptr + n <= p + length for p, length in pieces)
+    with pytest.raises(ValueError, match="copy of"):
+        hb.copy_piecewise(dst, src[:3])
