@@ -12,21 +12,24 @@ rank, the VAE where it decodes, the text and audio encoders once). Parts left ou
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 from diffusers import AutoencoderKLWan
 from transformers import UMT5Config, UMT5EncoderModel, Wav2Vec2Config, Wav2Vec2Model
 
+from pipeline.dit_loading import (
+    PART_ORDER,
+    DeferredDit,
+    DitInfo,
+    on_meta,
+    random_init,
+    start_dit_load,
+)
 from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presets import Preset
@@ -36,69 +39,6 @@ if TYPE_CHECKING:
     from pipeline.weights import Placement
 
 log = logging.getLogger(__name__)
-
-# The order parts draw their random weights in: part i of seed s uses seed s * 1000 + i, so a
-# process that builds only some parts gets the very weights a single device builds.
-PART_ORDER = ("dit", "text", "audio", "vae")
-
-
-@dataclass(frozen=True)
-class DitInfo:
-    """What a stream must know of the DiT before it has loaded: where it runs and how."""
-
-    device: torch.device
-    dtype: torch.dtype
-    precision: Precision
-
-
-class DeferredDit:
-    """The DiT loading in a thread of its own (`Generator.from_preset(defer_dit=True)`).
-
-    The 14B DiT is most of a worker's model load; a stream's open has much to do without it
-    (its inputs, the text and speech encoders, reading a checkpoint, compiling the decoder), so
-    it does that while the DiT loads and waits for it only where it needs it. A load that fails
-    raises in the waiting thread, and the next wait starts the load again.
-    """
-
-    def __init__(self, load: Callable[[], WanS2VTransformer], info: DitInfo):
-        self.info = info
-        self._load = load
-        self._lock = threading.Lock()
-        self.seconds: float | None = None
-        """How long the load took, once it has."""
-        self.waiting = threading.Event()
-        """Set once a caller has had to wait for the load (the open ran out of other work)."""
-        self._future = self._start()
-
-    def _start(self) -> Future[WanS2VTransformer]:
-        future: Future[WanS2VTransformer] = Future()
-
-        def run() -> None:
-            started = time.perf_counter()
-            try:
-                dit = self._load()
-                self.seconds = time.perf_counter() - started
-                log.info("the DiT loaded in %.1f s", self.seconds)
-                future.set_result(dit)
-            except BaseException as exc:  # raised where the DiT is waited for
-                future.set_exception(exc)
-
-        threading.Thread(target=run, name="dit-load", daemon=True).start()
-        return future
-
-    def result(self) -> WanS2VTransformer:
-        with self._lock:
-            future = self._future
-        if not future.done():
-            self.waiting.set()
-        try:
-            return future.result()
-        except BaseException:
-            with self._lock:
-                if self._future is future:  # one new attempt, whoever waits next
-                    log.warning("the DiT failed to load; it loads again at the next wait")
-                    self._future = self._start()
-            raise
 
 
 @dataclass
@@ -146,18 +86,6 @@ class Components:
             raise RuntimeError(f"this process has no {', '.join(missing)} (not in its placement)")
 
 
-@contextmanager
-def _on_meta(dtype: torch.dtype) -> Iterator[None]:
-    """Build modules without memory, their tensors declared in `dtype`."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _single(device: torch.device | str) -> Placement:
     from pipeline.weights import Placement
 
@@ -174,7 +102,7 @@ def build_empty(
     the parts `placement` names on their devices (offloaded text encoder: in host memory)."""
     placement = placement or _single(device)
     parts = placement.parts
-    with _on_meta(dtype):
+    with on_meta(dtype):
         dit = WanS2VTransformer(preset.dit) if "dit" in parts else None
         text = UMT5EncoderModel(UMT5Config(**preset.text_encoder)) if "text" in parts else None
         audio = Wav2Vec2Model(Wav2Vec2Config(**preset.audio_encoder)) if "audio" in parts else None
@@ -191,43 +119,6 @@ def build_empty(
         vae,
         text_device=placement.devices.get("text"),
     )
-
-
-@torch.no_grad()
-def random_init(module: nn.Module, generator: torch.Generator) -> None:
-    """Random weights that keep activations at unit scale through any depth.
-
-    Matrices, kernels and embedding tables ~ N(0, 1/fan_in), modulation tables and other
-    vectors ~ N(0, 1/width), biases ~ N(0, 0.02), norm scales 1 and norm biases 0.
-    Values are drawn in float32 on the generator's device and cast, one tensor at a time.
-    """
-    norm_types = (nn.LayerNorm, nn.GroupNorm)
-    norm_params = {
-        id(p)
-        for m in module.modules()
-        if isinstance(m, norm_types)
-        or type(m).__name__.lower().endswith(("rmsnorm", "rms_norm", "layernorm"))
-        for p in m.parameters(recurse=False)
-    }
-    for name, p in module.named_parameters():
-        if id(p) in norm_params or name.endswith(("norm_q.weight", "norm_k.weight")):
-            p.fill_(0.0 if name.endswith("bias") else 1.0)
-            continue
-        if "modulation" in name:
-            std = 1.0 / math.sqrt(p.shape[-1])
-        elif p.ndim >= 2:
-            std = 1.0 / math.sqrt(math.prod(p.shape[1:]))
-        elif name.endswith("bias"):
-            std = 0.02
-        else:
-            std = 1.0 / math.sqrt(max(p.shape[-1], 1))
-        # float32 named, not taken from torch's default dtype: a DiT may load in a thread
-        # while another declares modules (which sets the default dtype for a moment)
-        draw = torch.randn(
-            p.shape, generator=generator, device=generator.device, dtype=torch.float32
-        )
-        draw = draw * std
-        p.copy_(draw)
 
 
 def build_random(
@@ -281,7 +172,7 @@ def load_released(
     placement = placement or _single(device)
     dit = None
     if "dit" in placement.parts:
-        with _on_meta(dtype):
+        with on_meta(dtype):
             dit = WanS2VTransformer(preset.dit)
     loaded = load_weights(
         checkpoint_dir,
@@ -317,48 +208,26 @@ def build_deferred(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     dit_dir: str | os.PathLike[str] | None = None,
     prepare: Callable[[WanS2VTransformer], None] | None = None,
+    loading: DeferredDit | None = None,
 ) -> Components:
     """Every part on `device`, the DiT still loading (`Components.dit_loading`) when this
     returns: the encoders and the VAE are built here, from the release in `checkpoint_dir`
-    (None: seeded random weights, the very ones `build_random` draws); the DiT is filled in a
-    thread from the release in `dit_dir` (None: random), then `prepare(dit)` runs there (the
-    FP8 conversion, say). Benchmarks load a 14B DiT from disk with random encoders.
-
-    The DiT's module is declared here, in the calling thread: declaring modules sets torch's
-    default dtype, which is global, and must not change under the caller's feet later."""
+    (None: seeded random weights, the very ones `build_random` draws); the DiT is the load
+    started by `pipeline.dit_loading.start_dit_load` (`loading`, started earlier, or started
+    here from `dit_dir` with `prepare`). Benchmarks load a 14B DiT from disk with random
+    encoders."""
     from pipeline.weights import Placement
 
+    if loading is None:  # the DiT first: its read overlaps the encoders' build
+        loading = start_dit_load(
+            preset, device, dtype, precision, seed=seed, dit_dir=dit_dir, prepare=prepare
+        )
+    elif loading.info != DitInfo(device, dtype, precision):
+        raise ValueError(
+            f"the DiT loading ({loading.info}) is not the one asked for "
+            f"({DitInfo(device, dtype, precision)})"
+        )
     rest = Placement({part: device for part in PART_ORDER if part != "dit"})
-    with _on_meta(dtype):
-        dit = WanS2VTransformer(preset.dit)
-
-    def fill() -> None:
-        if dit_dir is None:
-            dit.to_empty(device=device)
-            generator = torch.Generator(device=device)
-            random_init(dit, generator.manual_seed(seed * 1000 + PART_ORDER.index("dit")))
-        else:
-            from pipeline.weights import load_weights
-
-            load_weights(dit_dir, Placement({"dit": device}), dit=dit)
-        dit.eval().requires_grad_(False)
-        if prepare is not None:
-            prepare(dit)
-
-    def load() -> WanS2VTransformer:
-        if device.type != "cuda":
-            fill()
-            return dit
-        # on a CUDA stream of its own, so that the opening thread's kernels do not queue
-        # behind the load's; the weights are complete on the device before anyone sees them
-        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-            fill()
-            torch.cuda.current_stream(device).synchronize()
-        return dit
-
-    # the DiT first: its read overlaps the encoders' (the loading thread names every dtype it
-    # creates, so the encoders' declarations below cannot change what it loads)
-    loading = DeferredDit(load, DitInfo(device, dtype, precision))
     if checkpoint_dir is None:
         comps = build_random(preset, device, dtype, seed, placement=rest)
     else:

@@ -17,8 +17,8 @@ from pipeline import params
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
 from pipeline.components import Components, build_deferred, build_random, load_released
+from pipeline.dit_loading import DeferredDit, default_dtype, weights_dir
 from pipeline.host_buffers import HostBuffers
-from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presenters import PresenterCache, PresenterScope
 from pipeline.presets import Preset, get_preset
@@ -80,6 +80,7 @@ class Generator:
         precision: str = params.PRECISION_DEFAULT,
         presenter_cache: PresenterCache | None = None,
         defer_dit: bool = False,
+        dit_loading: DeferredDit | None = None,
     ) -> Generator:
         """Build a preset's models on `device` in `dtype` (default: bf16 on GPU, fp32 on CPU).
 
@@ -94,7 +95,9 @@ class Generator:
         `open`'s namespace. defer_dit: return once the encoders and the VAE are built, the DiT
         still loading in a thread (pipeline.components.DeferredDit); a stream opened meanwhile
         does its other work first and waits for the DiT where it needs it (a worker resumes a
-        job while its model loads).
+        job while its model loads). dit_loading: that DiT load, already started by
+        `pipeline.dit_loading.start_preset_dit` with the same arguments (before this module's
+        imports, as a worker does); implies defer_dit.
         """
         precision = params.check_precision(precision)
         preset = get_preset(resolve_name(name, checkpoint_dir))
@@ -102,28 +105,25 @@ class Generator:
             preset = preset.with_dit(**dit_overrides)
         device = torch.device(device)
         if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        random = random_weights or preset.name == "tiny"
-        if not random and checkpoint_dir is None:
-            raise ValueError(
-                f"preset {preset.name!r} needs checkpoint_dir (or random_weights=True)"
-            )
-        if defer_dit:  # the FP8 conversion in the DiT's loading thread
+            dtype = default_dtype(device)
+        weights = weights_dir(preset, random_weights, checkpoint_dir)
+        random = weights is None
+        if defer_dit or dit_loading is not None:  # the FP8 conversion in the loading thread
             comps = build_deferred(
                 preset,
                 device,
                 dtype,
                 precision,
                 seed=seed,
-                checkpoint_dir=None if random else checkpoint_dir,
-                dit_dir=None if random else checkpoint_dir,
-                prepare=WanS2VTransformer.to_fp8 if precision == "fp8" else None,
+                checkpoint_dir=weights,
+                dit_dir=weights,
+                loading=dit_loading,
             )
         elif random:
             comps = build_random(preset, device, dtype, seed)
         else:
-            assert checkpoint_dir is not None
-            comps = load_released(preset, checkpoint_dir, device, dtype)
+            assert weights is not None
+            comps = load_released(preset, weights, device, dtype)
         if comps.dit is not None and precision == "fp8":  # built here, not deferred
             comps.dit.to_fp8()
         assert comps.vae is not None

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from pipeline.cache import SinkKeys, StepKVCache
-from pipeline.components import DitInfo, _on_meta, random_init
 from pipeline.denoise import Denoiser
+from pipeline.dit_loading import DitInfo, on_meta, random_init
 from pipeline.geometry import Geometry
 from pipeline.model import WanS2VTransformer, fused
 from pipeline.presets import Preset
@@ -78,7 +78,7 @@ def scratch_dit(preset: Preset, info: DitInfo) -> WanS2VTransformer:
     seeded random weights, on `info.device` at `info.precision`."""
     inject = (0,) if preset.dit.audio_inject_layers else ()
     cfg = preset.with_dit(num_layers=2, audio_inject_layers=inject).dit
-    with _on_meta(info.dtype):
+    with on_meta(info.dtype):
         dit = WanS2VTransformer(cfg)
     dit.to_empty(device=info.device)
     dit.eval().requires_grad_(False)

@@ -61,15 +61,30 @@ def build_engine(spec: EngineSpec) -> Engine:
             raise ValueError(f"engine factory {spec.factory!r} must have the form module:function")
         return getattr(importlib.import_module(module_name), attr)(spec)
 
+    device = resolve_device(spec.device)
+    loading = None
+    if spec.preset != "auto":  # (resolving "auto" reads the release with the heavy modules)
+        # the DiT's load starts before the encoders' libraries are imported: their imports,
+        # the encoders' build and a job's open (a resume's checkpoint read) run beside it
+        from pipeline.dit_loading import start_preset_dit
+
+        loading = start_preset_dit(
+            spec.preset,
+            device=device,
+            precision=spec.precision,
+            random_weights=spec.random_weights,
+            checkpoint_dir=spec.checkpoint_dir,
+        )
     from pipeline import Generator
 
     return Generator.from_preset(
         spec.preset,
-        device=resolve_device(spec.device),
+        device=device,
         random_weights=spec.random_weights,
         checkpoint_dir=spec.checkpoint_dir,
         precision=spec.precision,
-        defer_dit=True,  # a job's open (a resume's checkpoint read) runs while the DiT loads
+        defer_dit=True,
+        dit_loading=loading,
     )
 
 

@@ -50,7 +50,7 @@ def build(init: str, seed: int, device: str) -> Wav2Vec2Model:
     torch.manual_seed(seed)
     model = Wav2Vec2Model(Wav2Vec2Config(**LIVEAVATAR_14B.audio_encoder))
     if init == "unit":
-        from pipeline.components import random_init  # imports diffusers
+        from pipeline.dit_loading import random_init
 
         random_init(model, torch.Generator().manual_seed(seed))
     return model.to(device).eval().requires_grad_(False)

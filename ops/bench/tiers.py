@@ -86,24 +86,35 @@ def make_request(size: str, infer_frames: int, clips: int) -> Any:
 
 
 def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Path | None) -> Any:
-    """As a worker builds its engine: the encoders and the VAE at once, the DiT loading beside
-    (random weights, or the DiT of a release on disk, through the worker's loader)."""
-    import torch
-
-    from pipeline import Generator
-    from pipeline.components import build_deferred
+    """As a worker builds its engine (worker.engine.build_engine): the DiT's load started
+    first, then the rest imported and the encoders and the VAE built beside it (random
+    weights, or the DiT of a release on disk, through the worker's loader)."""
+    from pipeline.dit_loading import default_dtype, start_dit_load, start_preset_dit
     from pipeline.presets import get_preset
 
     if dit_release is None:
         overrides = {"num_layers": layers} if layers else None
+        loading = start_preset_dit(
+            preset, device=device, precision="bf16", random_weights=True, dit_overrides=overrides
+        )
+        from pipeline import Generator
+
         return Generator.from_preset(
-            preset, device=device, random_weights=True, dit_overrides=overrides, defer_dit=True
+            preset,
+            device=device,
+            random_weights=True,
+            dit_overrides=overrides,
+            dit_loading=loading,
         )
     if layers:
         raise ValueError("a release's DiT has the preset's depth")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     p = get_preset(preset)
-    return Generator(p, build_deferred(p, device, dtype, "bf16", dit_dir=dit_release))
+    dtype = default_dtype(device)
+    loading = start_dit_load(p, device, dtype, "bf16", dit_dir=dit_release)
+    from pipeline import Generator
+    from pipeline.components import build_deferred
+
+    return Generator(p, build_deferred(p, device, dtype, "bf16", loading=loading))
 
 
 def _release(preset: str) -> Any:

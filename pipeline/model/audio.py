@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers.models.normalization import AdaLayerNorm
 
 from pipeline.model.layers import CrossAttention
 
@@ -90,6 +89,17 @@ class CausalAudioEncoder(nn.Module):
         return self.encoder(mixed)
 
 
+class AudioAdaLayerNorm(nn.Module):
+    """An injector's adaptive norm: the global audio vector, through SiLU and `linear`, gives
+    the (shift, scale) of a parameter-free layer norm of the tokens [.., 2 * dim]. Only the
+    projection has weights (the release's `linear.weight` / `linear.bias`); the norm itself
+    runs fused in `WanS2VTransformer.inject_audio`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+
 class AudioInjector(nn.Module):
     """Per injected layer: AdaLN (global audio vector) + cross-attention to the frame's tokens."""
 
@@ -99,5 +109,5 @@ class AudioInjector(nn.Module):
             [CrossAttention(dim, num_heads, eps) for _ in range(num_injected)]
         )
         self.injector_adain_layers = nn.ModuleList(
-            [AdaLayerNorm(dim, output_dim=2 * dim, chunk_dim=1) for _ in range(num_injected)]
+            [AudioAdaLayerNorm(dim) for _ in range(num_injected)]
         )

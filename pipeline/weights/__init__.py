@@ -11,24 +11,27 @@ longtake loads them exactly as released:
 - `resolve_preset(root)` picks `liveavatar-14b` when the release verifies, else `tiny`.
 """
 
-from .dit import DiTLoadReport, load_dit, open_sharded
-from .download import DownloadReport, download, download_plan
-from .errors import (
-    CheckpointError,
-    CorruptFileError,
-    KeyMismatchError,
-    MissingFileError,
-    ShapeMismatchError,
-)
-from .layout import PARTS, CheckpointPaths, release_files
-from .loader import LoadedWeights, load_weights, resolve_preset
-from .placement import Placement, visiting
-from .preset_spec import release_spec
-from .specs import ReleaseSpec, S2VArchitecture
-from .verify import VerifyReport, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .dit import DiTLoadReport, load_dit, open_sharded
+    from .downloader import DownloadReport, download, download_plan
+    from .errors import (
+        CheckpointError,
+        CorruptFileError,
+        KeyMismatchError,
+        MissingFileError,
+        ShapeMismatchError,
+    )
+    from .layout import PARTS, CheckpointPaths, release_files
+    from .loader import LoadedWeights, load_weights, resolve_preset
+    from .placement import Placement, visiting
+    from .preset_spec import release_spec
+    from .specs import ReleaseSpec, S2VArchitecture
+    from .verifier import VerifyReport, verify
 
 __all__ = [
-    "PARTS",
     "CheckpointError",
     "CheckpointPaths",
     "CorruptFileError",
@@ -37,6 +40,7 @@ __all__ = [
     "KeyMismatchError",
     "LoadedWeights",
     "MissingFileError",
+    "PARTS",
     "Placement",
     "ReleaseSpec",
     "S2VArchitecture",
@@ -53,3 +57,40 @@ __all__ = [
     "verify",
     "visiting",
 ]
+
+# Loaded on first use (no submodule shares a name with an export: importing a submodule sets
+# the package's attribute of its name): the DiT's checkpoint reader (`.dit`) and the errors do not import the
+# encoders' libraries (transformers, diffusers), which the loader and the verifier do; a
+# worker starts its DiT's load before it pays for those imports (pipeline.dit_loading).
+_EXPORTS = {
+    "DiTLoadReport": "dit",
+    "load_dit": "dit",
+    "open_sharded": "dit",
+    "DownloadReport": "downloader",
+    "download": "downloader",
+    "download_plan": "downloader",
+    "CheckpointError": "errors",
+    "CorruptFileError": "errors",
+    "KeyMismatchError": "errors",
+    "MissingFileError": "errors",
+    "ShapeMismatchError": "errors",
+    "PARTS": "layout",
+    "CheckpointPaths": "layout",
+    "release_files": "layout",
+    "LoadedWeights": "loader",
+    "load_weights": "loader",
+    "resolve_preset": "loader",
+    "Placement": "placement",
+    "visiting": "placement",
+    "release_spec": "preset_spec",
+    "ReleaseSpec": "specs",
+    "S2VArchitecture": "specs",
+    "VerifyReport": "verifier",
+    "verify": "verifier",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ from .placement import Placement
 from .specs import ReleaseSpec
 from .text_encoder import load_text_encoder, load_tokenizer
 from .vae import load_vae
-from .verify import verify
+from .verifier import verify
 
 log = logging.getLogger(__name__)
 

@@ -190,3 +190,38 @@ def test_the_build_says_what_each_part_took():
     gen.components.wait_dit()
     whole = Generator.from_preset("tiny", random_weights=True).components.build_seconds
     assert set(whole) == {"empty", "dit", "text", "audio", "vae"}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_a_dit_load_started_ahead_gives_the_dit_from_preset_builds(precision):
+    """A worker starts its DiT's load before importing the rest (pipeline.dit_loading): the
+    generator built on that load holds the very DiT a plain build makes, FP8 conversion
+    included."""
+    from pipeline.dit_loading import start_preset_dit
+
+    loading = start_preset_dit("tiny", device="cpu", precision=precision)
+    ahead = Generator.from_preset("tiny", device="cpu", precision=precision, dit_loading=loading)
+    assert ahead.components.dit_loading is loading  # used, not started again
+    plain = Generator.from_preset("tiny", device="cpu", precision=precision)
+    got = ahead.components.wait_dit().state_dict()
+    want = plain.components.wait_dit().state_dict()
+    assert got.keys() == want.keys()
+    for name, t in want.items():
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+    assert ahead.precision == precision
+
+
+def test_a_dit_load_of_another_precision_or_device_is_refused():
+    from pipeline.dit_loading import start_preset_dit
+
+    loading = start_preset_dit("tiny", device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="not the one asked for"):
+        Generator.from_preset("tiny", device="cpu", precision="bf16", dit_loading=loading)
+    loading.result()  # its thread done before the test ends
+
+
+def test_a_release_preset_without_a_release_is_refused_before_any_load_starts():
+    from pipeline.dit_loading import start_preset_dit
+
+    with pytest.raises(ValueError, match="needs checkpoint_dir"):
+        start_preset_dit("liveavatar-14b", device="cpu", precision="bf16")

@@ -94,3 +94,62 @@ def test_request_limits_and_the_engine_contract_load_no_torch():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def _heavy_after(code: str) -> list[str]:
+    """The encoders' libraries a fresh interpreter has imported after running `code`."""
+    probe = (
+        code
+        + "\nimport sys; print('heavy:' + ','.join(m for m in ('transformers', 'diffusers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("heavy:"), out.stdout
+    return [m for m in line.removeprefix("heavy:").split(",") if m]
+
+
+def test_the_dit_its_loader_and_the_worker_import_no_encoder_libraries():
+    """transformers and diffusers take seconds to import (up to 13 s on a GPU host): the DiT's
+    load starts without them, and neither the worker's job code nor a checkpoint's reader
+    pulls them in before the engine is built."""
+    assert _heavy_after("import pipeline.dit_loading, pipeline.weights.dit") == []
+    assert _heavy_after("import pipeline.state, worker.lifecycle, worker.engine") == []
+    assert _heavy_after("from pipeline.weights import CheckpointError, Placement") == []
+    assert _heavy_after("from pipeline.weights import verify") == ["transformers"]  # lazily
+
+
+def test_the_worker_starts_its_dit_load_before_importing_the_encoder_libraries():
+    code = """
+import json, sys
+import pipeline.dit_loading as dl
+seen = []
+start = dl.DeferredDit._start
+def spy(self):
+    seen.append([m for m in ('transformers', 'diffusers') if m in sys.modules])
+    return start(self)
+dl.DeferredDit._start = spy
+from worker.config import EngineSpec
+from worker.engine import build_engine
+engine = build_engine(EngineSpec(preset='tiny', device='cpu', torch_threads=1))
+engine.components.wait_dit()
+print(json.dumps(seen))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[[]]"  # one load, started before them
+
+
+def test_no_lazy_export_shares_its_name_with_a_submodule():
+    """Importing a submodule sets the package's attribute of its name, which would then hide
+    a lazily exported function of the same name (`from pipeline.weights import verify`)."""
+    import pipeline
+    import pipeline.weights
+
+    for package in (pipeline, pipeline.weights):
+        folder = Path(package.__file__).parent
+        for name in package._EXPORTS:
+            assert not (folder / f"{name}.py").exists(), f"{package.__name__}.{name}"
+            assert not (folder / name).is_dir(), f"{package.__name__}.{name}"

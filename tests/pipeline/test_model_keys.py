@@ -99,3 +99,23 @@ def test_reduced_depth_keeps_only_existing_injection_layers():
     shallow = LIVEAVATAR_14B.with_dit(num_layers=5)
     assert shallow.dit.audio_inject_layers == (0, 4)
     assert isinstance(shallow.dit, DiTConfig)
+
+
+def test_the_audio_injectors_adaptive_norm_keeps_diffusers_keys_and_random_weights():
+    """The injectors' AdaLN is the project's own (diffusers' costs its import before the DiT
+    can load): the same weight names and shapes as diffusers' `AdaLayerNorm(dim,
+    output_dim=2 * dim, chunk_dim=1)`, and the same seeded random weights."""
+    import torch
+    from diffusers.models.normalization import AdaLayerNorm
+
+    from pipeline.dit_loading import random_init
+    from pipeline.model.audio import AudioAdaLayerNorm
+
+    ours, theirs = AudioAdaLayerNorm(16), AdaLayerNorm(16, output_dim=32, chunk_dim=1)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+    random_init(ours, torch.Generator().manual_seed(3))
+    random_init(theirs, torch.Generator().manual_seed(3))
+    for name, t in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], t), name

@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import CheckpointError
 from .layout import BASE_DIR, BASE_REPO, LORA_DIR, LORA_FILE, LORA_REPO, release_files
 from .specs import ReleaseSpec
-from .verify import VerifyReport, verify
+from .verifier import VerifyReport, verify
 
 
 @dataclass(frozen=True)
