@@ -128,15 +128,15 @@ def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tens
     if shared:
         buf.share_memory_()
     if page_lock and buf.numel():
-        # the pages faulted in here, by torch's threads, not inside the registration, which
-        # holds the driver's lock (the rendering thread's launches wait on it) while it
-        # faults them in one by one
+        # the pages faulted in here, by torch's threads, and not inside the registration: it
+        # holds a lock the rendering thread's launches wait on, and faulting the pages in was
+        # most of its time (ops/bench/host_register.py)
         buf.zero_()
         pieces = register(buf)
         if pieces is not None:
             # unlocked before the memory goes back (the tensor object dies before its storage)
             weakref.finalize(buf, _unregister_all, pieces)
-        elif buf.numel():  # correct, but each capture then waits for a slower copy
+        else:  # correct, but each capture then waits for a slower copy
             log.warning("could not page-lock a %.2f GB capture buffer", buf.nbytes / 1e9)
     return buf
 
