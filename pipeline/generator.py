@@ -107,7 +107,6 @@ class Generator:
         if dtype is None:
             dtype = default_dtype(device)
         weights = weights_dir(preset, random_weights, checkpoint_dir)
-        random = weights is None
         if defer_dit or dit_loading is not None:  # the FP8 conversion in the loading thread
             comps = build_deferred(
                 preset,
@@ -119,10 +118,9 @@ class Generator:
                 dit_dir=weights,
                 loading=dit_loading,
             )
-        elif random:
+        elif weights is None:
             comps = build_random(preset, device, dtype, seed)
         else:
-            assert weights is not None
             comps = load_released(preset, weights, device, dtype)
         if comps.dit is not None and precision == "fp8":  # built here, not deferred
             comps.dit.to_fp8()

@@ -120,9 +120,12 @@ def copy_piecewise(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return dst
 
 
-def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tensor:
+def make_buffer(
+    spec: Spec, page_lock: bool, shared: bool = False, prefault: bool = True
+) -> torch.Tensor:
     """An uninitialised host tensor of exactly `spec`'s size; `shared`: in shared memory (other
-    processes can map it); `page_lock`: page-locked until the tensor object is collected."""
+    processes can map it); `page_lock`: page-locked until the tensor object is collected, its
+    pages faulted in first unless `prefault` is False (ops/bench/host_register.py compares)."""
     shape, dtype = spec
     buf = torch.empty(shape, dtype=dtype)
     if shared:
@@ -131,7 +134,8 @@ def make_buffer(spec: Spec, page_lock: bool, shared: bool = False) -> torch.Tens
         # the pages faulted in here, by torch's threads, and not inside the registration: it
         # holds a lock the rendering thread's launches wait on, and faulting the pages in was
         # most of its time (ops/bench/host_register.py)
-        buf.zero_()
+        if prefault:
+            buf.zero_()
         pieces = register(buf)
         if pieces is not None:
             # unlocked before the memory goes back (the tensor object dies before its storage)

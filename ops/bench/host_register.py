@@ -28,6 +28,7 @@ import platform
 import statistics
 import threading
 import time
+import weakref
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ def whole(spec: hb.Spec) -> torch.Tensor:
     if torch.cuda.is_available():
         rc = int(torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.nbytes, 0))
         if rc == 0:
-            import weakref
-
             weakref.finalize(buf, hb.unregister, buf.data_ptr())
     return buf
 
@@ -61,14 +60,7 @@ def torch_pin(spec: hb.Spec) -> torch.Tensor:
 
 def chunked(spec: hb.Spec) -> torch.Tensor:
     """Registered in pieces, its pages faulted in by the registration."""
-    buf = torch.empty(spec[0], dtype=spec[1])
-    if torch.cuda.is_available():
-        import weakref
-
-        pieces = hb.register(buf)
-        if pieces is not None:
-            weakref.finalize(buf, hb._unregister_all, pieces)
-    return buf
+    return hb.make_buffer(spec, page_lock=torch.cuda.is_available(), prefault=False)
 
 
 def prefaulted(spec: hb.Spec) -> torch.Tensor:
@@ -82,8 +74,8 @@ WAYS = {"whole": whole, "chunked": chunked, "prefaulted": prefaulted, "torch_pin
 def blocks_beside(
     make: Any, specs: list[hb.Spec], device: torch.device, size: int, per_block: int
 ) -> dict[str, Any]:
-    """Blocks of GPU work timed while `make` builds `specs` in a thread (None: alone, for as
-    many blocks as `blocks_alone`)."""
+    """Blocks of GPU work timed while `make` builds `specs` in a thread (None: 20 blocks
+    alone)."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     made: list[torch.Tensor] = []
     done = threading.Event()

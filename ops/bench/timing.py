@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +42,6 @@ class StackSampler:
     PROJECT = ("/pipeline/", "/ops/", "/worker/")
 
     def __init__(self, interval: float = 0.05, thread_id: int | None = None):
-        import threading
-
         self.interval = interval
         self.thread_id = thread_id if thread_id is not None else threading.get_ident()
         self.project: dict[str, int] = {}
@@ -50,8 +50,6 @@ class StackSampler:
         self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
 
     def _run(self) -> None:
-        import sys
-
         while not self._stop.wait(self.interval):
             frame = sys._current_frames().get(self.thread_id)
             if frame is None:

@@ -543,11 +543,7 @@ class RankStream:
                 buf = buffers.buffer(f"{reuse}:{name}", t.shape, t.dtype)
             else:
                 buf = make_buffer((tuple(t.shape), t.dtype), page_lock=False, shared=True)
-            if reuse is not None and t.is_cuda:
-                copy_piecewise(buf, t)
-            else:
-                buf.copy_(t)
-            out[name] = buf
+            out[name] = copy_piecewise(buf, t)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out
