@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pipeline import gil
 from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presets import Preset, get_preset
@@ -68,7 +69,8 @@ class DeferredDit:
         def run() -> None:
             started = time.perf_counter()
             try:
-                dit = self._load()
+                with gil.loading():  # beside the imports and compiles of the opening thread
+                    dit = self._load()
                 self.seconds = time.perf_counter() - started
                 log.info("the DiT loaded in %.1f s", self.seconds)
                 future.set_result(dit)

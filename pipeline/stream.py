@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline import params
+from pipeline import gil, params
 from pipeline import presenters as presenter_mod
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
@@ -414,7 +414,8 @@ class Stream:
 
         def fill() -> None:
             try:
-                source.fill(targets)
+                with gil.loading():  # beside the open's compiles
+                    source.fill(targets)
                 names = [k for k in source.names() if k.startswith(prefix)]
                 done.set_result({k[len(prefix) :]: source.get(k) for k in names})
             except BaseException as exc:  # raised in the opening thread

@@ -13,7 +13,10 @@ One call does everything:
              the meta device, then the LoRA merged;
        text  the umT5 encoder into UMT5EncoderModel;
        vae   the VAE into AutoencoderKLWan;
-  3. prints a table (seconds, GB/s, peak host RSS and its anonymous part, GPU memory) and
+  3. loads the DiT twice more, warm, beside a thread that runs Python without pause (as a
+     worker's imports and torch.compile's tracing do while the DiT loads): once with CPython's
+     default switch interval and once inside `pipeline.gil.loading()`, as the worker loads;
+  4. prints a table (seconds, GB/s, peak host RSS and its anonymous part, GPU memory) and
      writes it as JSON to --out. RSS figures are in GiB, sizes in GB.
 
 --layout small runs the same on a few-MB release, on CPU too (the test suite does).
@@ -31,12 +34,14 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline import gil
 from pipeline.weights.dit import load_dit
 from pipeline.weights.layout import CheckpointPaths
 from pipeline.weights.spec_module import module_from_shapes
@@ -232,6 +237,36 @@ class RssSampler:
         self._thread.join()
 
 
+class BusyPython:
+    """A thread that runs Python bytecode without pause while the `with` block runs, as the
+    opening thread does beside the DiT's load (imports, torch.compile's tracing)."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="busy-python", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for i in range(20_000):  # pure bytecode: holds the GIL until made to switch
+                total += i * i
+            self.rounds += 1
+
+    def __enter__(self) -> BusyPython:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# (cache, a busy Python thread beside, the load inside pipeline.gil.loading())
+CASES = (("cold", False, False), ("warm", False, False))
+CONTENDED = (("warm", True, False), ("warm", True, True))
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -290,14 +325,15 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(part: str, root: Path, layout: str, device_name: str) -> list[dict[str, Any]]:
-    """Cold then warm load of one part, in this (fresh) process."""
+    """Cold then warm load of one part, in this (fresh) process; the DiT's also beside busy
+    Python, with the default switch interval and with the loads' short one."""
     spec = LAYOUTS[layout]
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.cuda.init()
         torch.empty(1, device=device)  # the CUDA context belongs to the baseline
     rows = []
-    for cache in ("cold", "warm"):
+    for cache, busy, short in CASES + (CONTENDED if part == "dit" else ()):
         if cache == "cold":
             evict(part_files(root, part))
         peak_reset = _reset_peak_rss() or cache == "cold"
@@ -305,8 +341,15 @@ def measure(part: str, root: Path, layout: str, device_name: str) -> list[dict[s
         baseline_anon = _status_kib("RssAnon")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with RssSampler() as sampled:
+        beside = BusyPython() if busy else nullcontext()
+        switching = gil.loading() if short else nullcontext()
+        with RssSampler() as sampled, beside, switching:
+            interval = sys.getswitchinterval()
             row = {"part": part, "cache": cache, **load_once(part, root, spec, device)}
+        row["beside"] = "busy python" if busy else None
+        if isinstance(beside, BusyPython):  # what the busy thread got done meanwhile
+            row["busy_rounds_per_s"] = round(beside.rounds / row["seconds"], 1)
+        row["switch_interval_ms"] = round(interval * 1e3, 3)
         peak = _status_kib("VmHWM")
         row["peak_anon_above_baseline_gb"] = round(
             (sampled.peak_anon_kib - baseline_anon) / 2**20, 2
@@ -371,12 +414,13 @@ def _gb(row: dict[str, Any], key: str) -> str:
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"checkpoint load, layout {report['layout']}, {report['device']}",
-        f"{'part':5} {'cache':5} {'GB':>7} {'s':>7} {'GB/s':>6} "
+        f"{'part':5} {'cache':5} {'beside':11} {'switch':>7} {'GB':>7} {'s':>7} {'GB/s':>6} "
         f"{'RSS peak':>9} {'above base':>10} {'anon above':>10} {'GPU peak':>9}",
     ]
     for r in report["results"]:
         line = (
-            f"{r['part']:5} {r['cache']:5} {r['gb']:7.2f} {r['seconds']:7.2f} "
+            f"{r['part']:5} {r['cache']:5} {r.get('beside') or '-':11} "
+            f"{r.get('switch_interval_ms', 5.0):5.1f}ms {r['gb']:7.2f} {r['seconds']:7.2f} "
             f"{r['gb_per_s']:6.2f} {_gb(r, 'peak_rss_gb'):>9} "
             f"{_gb(r, 'peak_rss_above_baseline_gb'):>10} "
             f"{_gb(r, 'peak_anon_above_baseline_gb'):>10} {_gb(r, 'gpu_peak_gb'):>9}"
