@@ -139,6 +139,14 @@ class Stream:
         )
         source = None if state is None else state_io.as_source(state)
         restoring = None if source is None else self._start_restore(source)
+        cuda = self._device.type == "cuda"
+        # page-locked capture buffers (GPU streams), shared with the generator's later streams;
+        # the caches' (nearly all of a state) are made beside the open, which waits on the CPU
+        # (encoders, compiles), rather than beside the first clips, whose launches they delay
+        self._host_buffers = host_buffers or HostBuffers(page_lock=cuda)
+        self._pinned_captures = cuda and decode == "online"
+        if self._pinned_captures:
+            self._reserve_capture_buffers(self._cache_tensors())
         clock.lap("inputs_and_caches")
 
         # Everything up to the DiT's wait below needs no DiT: while it loads (a worker's
@@ -172,7 +180,6 @@ class Stream:
         self.clip_audio = ClipAudio(self.audio, g, self.num_clips)
         clock.lap("audio")
 
-        cuda = self._device.type == "cuda"
         self.decoder = vae_mod.StreamingDecoder(self._vae, channels_last=cuda, compiled=cuda)
         if decode == "online":  # compiles, while a restore reads
             self.decoder.warm_up(g.latent_h, g.latent_w)
@@ -184,8 +191,6 @@ class Stream:
         self._motion: torch.Tensor | None = None
         self._offline_latents: list[torch.Tensor] = []
         self._offline_clips: list[Clip] = []
-        # page-locked capture buffers (GPU streams), shared with the generator's later streams
-        self._host_buffers = host_buffers or HostBuffers(page_lock=cuda)
         self._closed = False
 
         if source is not None:
@@ -222,10 +227,8 @@ class Stream:
                     text, motion, self.caches[0], self.sink_keys, self.decoder
                 )
                 scope.cache.put(key, kept)
-        if cuda and decode == "online":  # page-locked beside the first clips, not at a capture
-            self._host_buffers.reserve(
-                {name: (tuple(t.shape), t.dtype) for name, t in self._capture_tensors().items()}
-            )
+        if self._pinned_captures:  # the decoder's too, now that its cache is made
+            self._reserve_capture_buffers(self._capture_tensors())
 
     # ---- iteration -----------------------------------------------------------------------
 
@@ -366,12 +369,9 @@ class Stream:
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
-    def _capture_tensors(
-        self, decoder: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The device tensors a state holds, by name (`decoder`: the decoder's, if taken)."""
-        if decoder is None:
-            decoder = self.decoder.state_dict()[0]
+    def _cache_tensors(self) -> dict[str, torch.Tensor]:
+        """The device tensors of a state that are the DiT's caches (the sink and the rings), by
+        name: fixed in shape from the open's start."""
         live = {
             "sink.ref_keys": self.sink_keys.ref,
             "sink.motion_keys": self.caches[0].sink_motion_keys,
@@ -379,8 +379,21 @@ class Stream:
         }
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
+        return live
+
+    def _capture_tensors(
+        self, decoder: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The device tensors a state holds, by name (`decoder`: the decoder's, if taken)."""
+        if decoder is None:
+            decoder = self.decoder.state_dict()[0]
+        live = self._cache_tensors()
         live.update({f"decoder.{k}": v for k, v in decoder.items()})
         return live
+
+    def _reserve_capture_buffers(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Start making the capture buffers of `tensors` (those not made yet) in a thread."""
+        self._host_buffers.reserve({name: (tuple(t.shape), t.dtype) for name, t in tensors.items()})
 
     def _start_restore(self, source: state_io.TensorSource) -> Future[dict[str, torch.Tensor]]:
         """Check that the state fits this request, then read it in a thread, so that the
