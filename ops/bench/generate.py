@@ -47,7 +47,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -247,8 +247,18 @@ class SyncCheck:
                 out = self.inner(clip, b, noise, frames)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        self.warnings = [str(w.message).splitlines()[0] for w in caught]
+        self.warnings = sync_reports(str(w.message) for w in caught)
         return out
+
+
+SYNC_REPORT = "called a synchronizing CUDA operation"
+"""What torch warns at each host synchronisation in sync debug mode ("warn"). The mode also
+warns, once per process, that it is a prototype: not a synchronisation."""
+
+
+def sync_reports(messages: Iterable[str]) -> list[str]:
+    """The first lines of the warnings that report a host synchronisation."""
+    return [m.splitlines()[0] for m in messages if SYNC_REPORT in m]
 
 
 def bench_generation(

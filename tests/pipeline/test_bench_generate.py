@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.bench import generate
 from pipeline.presets import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,3 +74,16 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     assert state["bytes"] == sum(state["bytes_by_shard"].values()) > 0 and state["write_s"] > 0
     assert [s["clips"] for s in report["memory"]["online"]["samples"]] == [2]
     assert [s["clips"] for s in report["memory"]["offline"]["samples"]] == [1, 2]
+
+
+def test_only_synchronisations_count_as_host_syncs():
+    caught = [
+        "Synchronization debug mode is a prototype feature and does not yet detect all "
+        "synchronizing operations (Triggered internally at Module.cpp:1003.)",
+        "called a synchronizing CUDA operation (Triggered internally at CUDAFunctions.cpp:151.)\n"
+        "  x.item()",
+        "some other warning",
+    ]
+    assert generate.sync_reports(caught) == [
+        "called a synchronizing CUDA operation (Triggered internally at CUDAFunctions.cpp:151.)"
+    ]
