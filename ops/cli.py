@@ -116,9 +116,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     from db.database import Database
     from dispatch import tasks
+    from worker import engine
     from worker.lifecycle import Lifecycle
 
-    # Built in the worker at its first job: database, storage and (lazily) the model.
+    # Built in the worker at its first job: database and storage; the model from the start
+    # (unless preloading is off), beside Celery's own start and the first claim.
+    config = settings.worker_config()
+    if config.preload:
+        engine.preload(config.engine_for(config.precisions[0]))
     tasks.install(
         app,
         lambda: Lifecycle(

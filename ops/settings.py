@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     prefer_local_s: float = 120
     """A requeued job whose newest checkpoint is on one node's disk waits this long for a worker
     there before any worker may take it."""
+    worker_preload: bool = True
+    """`longtake worker` starts building its engine (for the first of its precisions) as it
+    starts, not at its first job: the model loads while Celery connects and the job is
+    claimed, and a restarted worker's resume finds it loaded or loading."""
     compile_cache_dir: Path | None = None
     """torch.compile's kernel cache (default <scratch>/compile-cache): on the node's disk, kept
     across worker restarts, so a restarted worker does not compile its kernels again."""
@@ -385,6 +389,7 @@ class Settings(BaseSettings):
                 prefer_local_s=self.prefer_local_s,
             ),
             precisions=tuple(self.precisions),
+            preload=self.worker_preload,
             engine=EngineSpec(
                 preset=self.model_preset,
                 device=self.model_device,

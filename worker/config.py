@@ -115,6 +115,9 @@ class WorkerConfig:
     precisions: tuple[str, ...] = (P.PRECISION_DEFAULT,)
     """The precisions this worker serves: it claims only jobs that need one of them, and
     builds (once each) an engine per precision it meets. Each 14B engine holds its weights."""
+    preload: bool = True
+    """Build the engine of `precisions[0]` as the worker process starts (`longtake worker`),
+    not at its first job (worker.engine.preload)."""
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     watermark: WatermarkSpec = field(default_factory=WatermarkSpec)

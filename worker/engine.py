@@ -1,8 +1,9 @@
 """The generation engine as the worker sees it: `pipeline.engine.Engine`, built once per worker
-process at its first job and kept.
+process and kept: as `longtake worker` starts (`preload`), or else at its first job.
 
-Loading a 14B model takes minutes and must never happen per job. Nothing here runs before the
-first job, so a process that forks workers never initialises CUDA before the fork.
+Loading a 14B model takes minutes and must never happen per job. `longtake worker` renders in
+the process that loads the model (Celery's threads pool: no fork), so building the engine as
+it starts initialises CUDA in the only process that will use it.
 ``pipeline.Generator`` (one device) is the default engine; the multi-GPU engine
 (`pipeline.tpp`) plugs in through ``EngineSpec.factory`` (see `multi_gpu_engine`).
 
@@ -118,6 +119,24 @@ def multi_gpu_engine(spec: EngineSpec) -> Engine:
             raise RuntimeError("the multi-GPU engine needs a CUDA device (or device 'cpu')")
         config = EngineConfig.cuda(gpus, **common)
     return TppEngine(config)
+
+
+def preload(spec: EngineSpec, cache: EngineCache | None = None) -> threading.Thread:
+    """Start building the engine of `spec` in a daemon thread and return it. A job that asks
+    for the engine meanwhile waits for this build (`EngineCache.get`) instead of starting its
+    own; a build that fails is logged here, and the job's request builds again (and fails
+    there, where the attempt records it)."""
+    engines = cache if cache is not None else ENGINES
+
+    def build() -> None:
+        try:
+            engines.get(spec)
+        except Exception:
+            log.exception("preloading the %s engine failed; the first job loads it", spec.preset)
+
+    thread = threading.Thread(target=build, name="engine-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def resolve_device(device: str) -> str:
