@@ -115,6 +115,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         emulated = fa.emulate(q, k, v)
         measure("fp8_emulated", lambda: fa.emulate(q, k, v), emulated)
         kernel_info = "emulated (no Hopper GPU with the cuDNN frontend here)"
+    # where the FP8 path's error comes from: each rounding alone, then all but the output's
+    # (an output kept in bf16), emulated in float32 on the same inputs
+    parts = {name: frozenset({name}) for name in ("q", "k", "v", "p", "o")}
+    parts["all_but_o"] = fa.ROUNDINGS - {"o"}
+    parts["all"] = fa.ROUNDINGS
+    error_parts = {
+        name: rel_error(fa.emulate(q, k, v, rounded=which), want) for name, which in parts.items()
+    }
+    log("emulated error by rounding: " + ", ".join(f"{n} {e:.4f}" for n, e in error_parts.items()))
     measure(
         "quantise_qkv",
         lambda: [fa.quantize_per_tensor(t) for t in (q, k, v)],
@@ -139,6 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "head_dim": dim,
         "layers": layers,
         "rows": rows,
+        "rel_error_by_rounding": error_parts,
     }
 
 
@@ -155,6 +165,12 @@ def table(report: dict[str, Any]) -> str:
         err = "" if r["rel_error_vs_fp32"] is None else f"{r['rel_error_vs_fp32']:.4f}"
         lines.append(
             f"| {name} | {r['seconds'] * 1e3:.3f} | {tflops} | {r['per_step_s'] * 1e3:.1f} ms | {err} |"
+        )
+    parts = report.get("rel_error_by_rounding") or {}
+    if parts:
+        lines.append(
+            "emulated error, by the tensors rounded to e4m3: "
+            + ", ".join(f"{n} {e:.4f}" for n, e in parts.items())
         )
     return "\n".join(lines)
 

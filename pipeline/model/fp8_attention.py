@@ -50,22 +50,43 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize(x, m), m
 
 
+ROUNDINGS = frozenset({"q", "k", "v", "p", "o"})
+"""The tensors FP8 attention holds in e4m3: the inputs, the softmax numerators, the output."""
+
+
 def emulate(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_scale: float | None = None,
+    rounded: frozenset[str] = ROUNDINGS,
 ) -> torch.Tensor:
     """What FP8 attention computes, in float32: q [B, Lq, H, D], k and v [B, Lk, H, D], any
-    float dtype. Returns O [B, Lq, H, D] float32 (after its own e4m3 rounding)."""
+    float dtype. Returns O [B, Lq, H, D] float32 (after its own e4m3 rounding). `rounded`: the
+    tensors rounded to e4m3 (all of ROUNDINGS, as the kernel does; fewer to see where the
+    error comes from), the others kept in float32."""
+    unknown = set(rounded) - ROUNDINGS
+    if unknown:
+        raise ValueError(
+            f"unknown tensors {sorted(unknown)}; FP8 attention rounds {sorted(ROUNDINGS)}"
+        )
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if attn_scale is None else attn_scale
-    (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (q, k, v))
+
+    def held(t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor | float]:
+        return quantize_per_tensor(t) if name in rounded else (t.float(), 1.0)
+
+    (q8, mq), (k8, mk), (v8, mv) = held(q, "q"), held(k, "k"), held(v, "v")
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q8, k8, v8))  # [B, H, L, D]
     s = qf @ kf.transpose(-1, -2) * (scale / (mq * mk))
     s = s - s.amax(dim=-1, keepdim=True)
     numerators = s.exp()  # (0, 1]
-    p8 = quantize(numerators, P_SCALE).float()
+    p8 = quantize(numerators, P_SCALE).float() if "p" in rounded else numerators * P_SCALE
     o = (p8 @ vf) / (numerators.sum(dim=-1, keepdim=True) * P_SCALE) / mv
-    o8 = quantize(o, mv).float() / mv  # the output's own rounding, at m_o = m_v
-    return o8.transpose(1, 2)
+    if "o" in rounded:  # the output's own rounding, at m_o = m_v (or v's own multiplier)
+        mo = mv if "v" in rounded else pow2_multiplier(v.abs().amax())
+        o = quantize(o, mo).float() / mo
+    return o.transpose(1, 2)
 
 
 def available(device: torch.device) -> bool:

@@ -27,3 +27,8 @@ def test_benchmark_dry_run_reports_every_row(tmp_path):
     assert 0.005 < rows["fp8_emulated"]["rel_error_vs_fp32"] < 0.15
     for r in rows.values():
         assert r["seconds"] > 0 and r["per_step_s"] == r["seconds"] * 40
+    # the error taken apart: every rounding alone costs less than all of them together
+    parts = report["rel_error_by_rounding"]
+    assert set(parts) == {"q", "k", "v", "p", "o", "all_but_o", "all"}
+    assert parts["all"] == rows["fp8_emulated"]["rel_error_vs_fp32"]
+    assert all(0 < parts[n] < parts["all"] for n in ("q", "k", "v", "p", "o", "all_but_o"))

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.model import fp8_attention as fa
 
@@ -96,3 +97,21 @@ def test_cudnn_fp8_attention_matches_the_emulation_and_exact_attention():
     assert (got - want).norm() / want.norm() < 0.1
     # the kernel's softmax is online (block by block): close to the emulation, not equal
     assert (got - emulated).norm() / want.norm() < 0.03
+
+
+def test_emulation_rounds_only_the_tensors_named():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, n, 2, 16, generator=g) for n in (8, 24, 24))
+    exact = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ).transpose(1, 2)
+    assert torch.allclose(fa.emulate(q, k, v, rounded=frozenset()), exact, atol=1e-5)
+    assert torch.equal(fa.emulate(q, k, v, rounded=fa.ROUNDINGS), fa.emulate(q, k, v))
+    only_v = fa.emulate(q, k, v, rounded=frozenset({"v"}))
+    v8, mv = fa.quantize_per_tensor(v)
+    with_v8 = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), (v8.float() / mv).transpose(1, 2)
+    ).transpose(1, 2)
+    assert torch.allclose(only_v, with_v8, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown tensors"):
+        fa.emulate(q, k, v, rounded=frozenset({"s"}))
