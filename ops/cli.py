@@ -114,6 +114,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if not settings.worker_respawn:
+        return _worker(settings, args, app)
+    from ops import respawn
+
+    # the worker is a fork of this process, which imports what it needs once: a worker that
+    # dies is replaced by a new fork that starts loading its model at once
+    seconds = respawn.preimport()
+    print(f"longtake worker: modules imported in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return respawn.run(lambda: _worker(settings, args, app))
+
+
+def _worker(settings: Settings, args: argparse.Namespace, app: Any) -> int:
     from db.database import Database
     from dispatch import tasks
     from worker import engine

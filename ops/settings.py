@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     """`longtake worker` starts building its engine (for the first of its precisions) as it
     starts, not at its first job: the model loads while Celery connects and the job is
     claimed, and a restarted worker's resume finds it loaded or loading."""
+    worker_respawn: bool = True
+    """`longtake worker` runs the worker in a fork of a parent that imports the worker's
+    modules once and replaces a worker process that dies (ops/respawn.py)."""
     compile_cache_dir: Path | None = None
     """torch.compile's kernel cache (default <scratch>/compile-cache): on the node's disk, kept
     across worker restarts, so a restarted worker does not compile its kernels again."""

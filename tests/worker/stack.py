@@ -112,6 +112,8 @@ def running_stack(
         "LONGTAKE_TORCH_THREADS": "1",
         "LONGTAKE_SCRATCH_DIR": str(tmp_path / "scratch"),
         "LONGTAKE_SOFT_SHUTDOWN_TIMEOUT_S": "30",
+        # one process per worker: killing it (a fault) is the whole worker's crash
+        "LONGTAKE_WORKER_RESPAWN": "false",
     }
     relay = Relay(pg_db, REDIS_URL, redis_prefix)
     workers: list[WorkerProcess] = []

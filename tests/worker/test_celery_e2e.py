@@ -12,6 +12,7 @@ clip before a recorded checkpoint is ever generated again.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -77,6 +78,32 @@ def test_an_idle_worker_stops_at_once_on_sigterm(services):
     assert idle.wait(120) == 0  # far below the 600 s a soft shutdown on idle would take
     logs = idle.text()
     assert "no job is running" in logs and "released after" not in logs
+
+
+STARTED = re.compile(r"worker process (\d+) started")
+
+
+def test_a_worker_process_that_dies_is_replaced_and_renders(services):
+    """`longtake worker` as operators run it (ops/respawn.py): the worker process is a fork of
+    a parent that imported its modules; killed alone, it is replaced by a new one, which
+    renders; a SIGTERM to `longtake worker` stops the worker and then the parent."""
+    db, storage, start = services["db"], services["storage"], services["start"]
+    worker = start("respawn", LONGTAKE_WORKER_RESPAWN="true")
+    wait_for(lambda: " ready." in worker.text(), 180, "the first worker process")
+    assert "modules imported in" in worker.text()
+    first = int(STARTED.findall(worker.text())[0])
+    assert first != worker.process.pid
+    os.kill(first, signal.SIGKILL)  # the worker process alone crashes
+    wait_for(
+        lambda: len(STARTED.findall(worker.text())) == 2 and worker.text().count(" ready.") == 2,
+        180,
+        "a new worker process",
+    )
+    assert worker.process.poll() is None  # `longtake worker` itself lives on
+    job_id = make_job(db, storage, clips=2)
+    wait_for(lambda: status(db, job_id) == "succeeded", 300, "the job to succeed")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait(120) == 0, worker.text()[-3000:]
 
 
 def test_kill_9_anywhere_and_sigterm_then_the_video_equals_an_uninterrupted_one(services, tmp_path):

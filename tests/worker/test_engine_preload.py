@@ -88,6 +88,7 @@ def test_the_worker_command_preloads_unless_told_not_to(monkeypatch, preload):
     monkeypatch.setenv("LONGTAKE_ENGINE_FACTORY", SPEC.factory or "")
     monkeypatch.setenv("LONGTAKE_MODEL_DEVICE", "cpu")
     monkeypatch.setenv("LONGTAKE_WORKER_PRELOAD", "true" if preload else "false")
+    monkeypatch.setenv("LONGTAKE_WORKER_RESPAWN", "false")  # the worker in this process
     consuming: list[str] = []
     # Celery's own worker loop is not under test: here it returns at once
     monkeypatch.setattr(Celery, "worker_main", lambda self, argv: consuming.append("started"))

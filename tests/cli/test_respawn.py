@@ -1,0 +1,149 @@
+"""`longtake worker`'s parent (ops/respawn.py): a worker process that dies is replaced by a new
+fork, a worker that ends on purpose is not, a stop reaches the worker, the worker dies with its
+parent, and the parent's imports leave it forkable (one thread)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from ops import respawn
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_S = 60.0  # a bound on conditions, never a sleep
+
+SCRIPT = """
+import os, sys, threading
+from ops import respawn
+
+pids, mode = sys.argv[1], sys.argv[2]
+
+def worker():
+    with open(pids, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if mode == "done":
+        return 0
+    if mode == "fail":
+        return 3
+    threading.Event().wait()  # until a signal ends it
+    return 0
+
+sys.exit(respawn.run(worker, respawn.Backoff(first=0.05, most=0.2, healthy_after=1000)))
+"""
+
+
+def start(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
+    pids = tmp_path / "pids"
+    pids.touch()
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(pids), mode], cwd=REPO)
+    return proc, pids
+
+
+def until(condition, what: str) -> None:
+    """Wait for `condition()` to hold (checked on a short tick), at most WAIT_S."""
+    tick = threading.Event()
+    for _ in range(int(WAIT_S / 0.02)):
+        if condition():
+            return
+        tick.wait(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def workers(pids: Path) -> list[int]:
+    return [int(line) for line in pids.read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def test_a_worker_that_dies_is_replaced_and_a_stop_reaches_the_next(tmp_path):
+    proc, pids = start(tmp_path, "block")
+    try:
+        until(lambda: len(workers(pids)) == 1, "the first worker")
+        first = workers(pids)[0]
+        assert first != proc.pid
+        os.kill(first, signal.SIGKILL)  # a crash of the worker alone
+        until(lambda: len(workers(pids)) == 2, "a new worker")
+        second = workers(pids)[1]
+        assert second != first and alive(second)
+        proc.send_signal(signal.SIGTERM)  # a deploy's stop: passed on to the worker
+        assert proc.wait(WAIT_S) == 128 + signal.SIGTERM  # the worker's own end
+        assert not alive(second)
+        assert len(workers(pids)) == 2  # a stopped worker is not replaced
+    finally:
+        proc.kill()
+
+
+def test_a_worker_that_ends_on_purpose_is_not_replaced(tmp_path):
+    proc, pids = start(tmp_path, "done")
+    assert proc.wait(WAIT_S) == 0
+    assert len(workers(pids)) == 1
+
+
+def test_killing_the_parent_stops_the_worker(tmp_path):
+    proc, pids = start(tmp_path, "block")
+    try:
+        until(lambda: len(workers(pids)) == 1, "the worker")
+        worker = workers(pids)[0]
+        proc.kill()  # kill -9 of `longtake worker`: as before, nothing of it goes on
+        proc.wait(WAIT_S)
+        until(lambda: not alive(worker), "the worker to die with its parent")
+    finally:
+        proc.kill()
+
+
+def test_a_failing_worker_is_replaced_after_pauses_and_a_stop_ends_the_wait(tmp_path):
+    proc, pids = start(tmp_path, "fail")
+    try:
+        until(lambda: len(workers(pids)) >= 3, "three workers")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT_S) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+
+
+def test_the_pause_grows_while_workers_keep_dying_and_resets_after_a_healthy_one():
+    backoff = respawn.Backoff(first=1.0, most=5.0, healthy_after=100.0)
+    assert [backoff.after(3.0) for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert backoff.after(500.0) == 1.0  # it ran long enough: a fresh fault
+
+
+def test_a_process_with_threads_runs_the_worker_itself():
+    hold = threading.Event()
+    other = threading.Thread(target=hold.wait)
+    other.start()
+    try:
+        assert not respawn.can_fork()
+        assert respawn.run(lambda: os.getpid()) == os.getpid()  # in this very process
+    finally:
+        hold.set()
+        other.join()
+
+
+@pytest.mark.slow
+def test_the_parent_imports_the_worker_modules_and_stays_forkable():
+    code = (
+        "import sys, threading\n"
+        "from ops import respawn\n"
+        "respawn.preimport()\n"
+        "print(threading.active_count(), all(m in sys.modules for m in respawn.PREIMPORTS))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "True"]
