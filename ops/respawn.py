@@ -6,8 +6,9 @@ back as a fork of this parent, which has imported torch, torch.compile's modules
 libraries (transformers, diffusers), Celery and the project's worker code already: the new
 worker starts loading its model at once instead of after the imports (15-16 s on an H200 host,
 more than the model's own load: docs/benchmarks.md, tiers run e). The parent does nothing else:
-it initialises no CUDA, starts no thread and opens no connection, so forking it is safe (it
-checks that it holds one thread before each fork, and runs the worker in-process when not).
+it initialises no CUDA (torch is asked to check for GPUs through NVML), starts no thread and
+opens no connection, so forking it is safe; it checks before each fork that it holds one
+thread and no initialised CUDA driver, and runs the worker in its own process when not.
 
 Signals: SIGTERM and SIGINT are passed on to the worker (its warm shutdown), and the parent
 exits with the worker's status once it has ended. A worker that ends with status 0 was told to
@@ -60,7 +61,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def preimport(modules: tuple[str, ...] = PREIMPORTS) -> float:
-    """Import `modules` in this process; returns the seconds it took."""
+    """Import `modules` in this process (after `prepare`); returns the seconds it took."""
+    prepare()
     started = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
@@ -68,9 +70,32 @@ def preimport(modules: tuple[str, ...] = PREIMPORTS) -> float:
 
 
 def can_fork() -> bool:
-    """Whether forking this process is safe: a POSIX system and no thread but this one (a
-    forked child holds a copy of every lock another thread held)."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    """Whether forking this process is safe: a POSIX system, no thread but this one (a forked
+    child holds a copy of every lock another thread held), and no CUDA driver initialised (a
+    child of a process that did cannot use CUDA)."""
+    return hasattr(os, "fork") and threading.active_count() == 1 and not cuda_driver_initialised()
+
+
+_CUDA_ERROR_NOT_INITIALIZED = 3
+
+
+def cuda_driver_initialised() -> bool:
+    """Whether this process has initialised the CUDA driver (`cuInit`): every driver call
+    before it answers CUDA_ERROR_NOT_INITIALIZED. False where the driver is not loaded."""
+    try:  # only a library already loaded (RTLD_NOLOAD): loading it here would not answer
+        libcuda = ctypes.CDLL(
+            "libcuda.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL
+        )
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return libcuda.cuDeviceGetCount(ctypes.byref(count)) != _CUDA_ERROR_NOT_INITIALIZED
+
+
+def prepare() -> None:
+    """Before the parent's imports: torch answers `torch.cuda.is_available()` (which libraries
+    may ask as they import) from NVML, without initialising the CUDA driver."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 
 def _die_with_parent(parent: int) -> None:
@@ -108,7 +133,10 @@ def run(target: Callable[[], int], backoff: Backoff | None = None) -> int:
     time, replacing each that dies; returns the status to exit with. Runs `target` in this
     process instead where forking is not safe."""
     if not can_fork():
-        _say("this process cannot fork safely; the worker runs without a parent")
+        _say(
+            "this process cannot fork safely (threads, or the CUDA driver initialised); "
+            "the worker runs without a parent"
+        )
         return target()
     backoff = backoff or Backoff()
     stopping = threading.Event()
@@ -124,8 +152,8 @@ def run(target: Callable[[], int], backoff: Backoff | None = None) -> int:
     previous = {s: signal.signal(s, forward) for s in passed_on}
     try:
         while True:
-            if not can_fork():  # a library started a thread in this process after all
-                _say("a thread appeared in the worker's parent; the worker runs in it")
+            if not can_fork():  # a library started a thread (or CUDA) here after all
+                _say("the worker's parent cannot fork safely any more; the worker runs in it")
                 return target()
             started, parent = time.monotonic(), os.getpid()
             # held while the two processes set up: a stop asked meanwhile reaches the worker

@@ -147,3 +147,11 @@ def test_the_parent_imports_the_worker_modules_and_stays_forkable():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["1", "True"]
+
+
+def test_the_parent_asks_torch_to_check_for_cuda_without_initialising_it(monkeypatch):
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    respawn.prepare()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    # no CUDA driver loaded in this process (a CPU machine): nothing stops the fork
+    assert not respawn.cuda_driver_initialised()
