@@ -38,18 +38,23 @@ def _say(message: str) -> None:
     print(f"longtake worker[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
-PREIMPORTS = (
+PIPELINE_PREIMPORTS = (
     "torch",
     "torch._dynamo",  # also what a meta-device draw imports in the DiT's declaration
     "torch._inductor.compile_fx",
     "transformers",
     "diffusers",
-    "celery",
     "pipeline.components",
     "pipeline.stream",
     "pipeline.warm_up",
     "pipeline.dit_loading",
     "pipeline.weights.dit",
+)
+"""What the pipeline imports on a stream's way to its first frame."""
+
+PREIMPORTS = (
+    *PIPELINE_PREIMPORTS,
+    "celery",
     "db.database",
     "dispatch.tasks",
     "worker.lifecycle",

@@ -506,7 +506,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tiers-runs",
         type=lambda t: [x for x in t.split(",") if x],
         default=["cold", "remote"],
-        help="tiers: besides the warm resume and the fresh open, a cold resume, a download",
+        help="tiers: besides the warm resume and the fresh open, a cold resume, a download, "
+        "a resume in a fork of a process that has imported the modules (forked)",
     )
     p.add_argument(
         "--tiers-captures",

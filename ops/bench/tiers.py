@@ -54,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -331,7 +332,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         torch.cuda.empty_cache()  # the children need the memory
     log(f"reading a ring back, GB/s by readers: {restore_gb_s}")
 
-    def child(mode: str) -> dict[str, Any]:
+    def child(mode: str, forked: bool = False) -> dict[str, Any]:
         cmd = [
             sys.executable, "-m", "ops.bench.tiers", mode,
             "--preset", args.engine_preset, "--device", str(device),
@@ -343,6 +344,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ]  # fmt: skip
         if args.tiers_dit_release is not None:
             cmd += ["--dit-release", str(args.tiers_dit_release)]
+        if forked:  # as a replaced worker: a fork of a process that has imported the modules
+            cmd.append("--forked")
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
@@ -358,6 +361,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     runs = set(args.tiers_runs)
     warm = child("resume")
+    forked = child("resume", forked=True) if "forked" in runs else None
     evicted = cold = None
     if "cold" in runs:
         evicted = evict(directory)
@@ -379,7 +383,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(directory.parent)
 
     load_s = args.model_load_s
-    for r in (warm, cold, fresh):
+    for r in (warm, forked, cold, fresh):
         if r is None:
             continue
         if args.tiers_dit_release is not None:  # measured: the DiT loaded from disk beside
@@ -449,6 +453,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "restore_read_gb_s_by_readers": restore_gb_s,
         "page_cache_evicted": evicted,
         "resume_local_warm": warm,
+        "resume_local_forked": forked,
         "resume_local_cold": cold,
         "fresh": fresh,
         "expected_clip_sha256": expected_clip,
@@ -458,7 +463,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "expected_sink_sha256": expected_sink,
         "parts_that_differ": {
             label: differing(expected_trace, r["trace"])
-            for label, r in (("warm", warm), ("cold", cold))
+            for label, r in (("warm", warm), ("forked", forked), ("cold", cold))
             if r is not None
         }
         | (
@@ -467,10 +472,10 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             else {}
         ),
         "frames_identical": all(
-            r["clip_sha256"] == expected_clip for r in (warm, cold) if r is not None
+            r["clip_sha256"] == expected_clip for r in (warm, forked, cold) if r is not None
         ),
         "sink_identical": all(
-            r["sink_sha256"] == expected_sink for r in (warm, cold) if r is not None
+            r["sink_sha256"] == expected_sink for r in (warm, forked, cold) if r is not None
         ),
         "download_proxy_s": download_s,
         "model_load_s": load_s,
@@ -511,6 +516,13 @@ def evict(directory: Path) -> bool:
 
 def report(part: dict[str, Any]) -> list[str]:
     warm, cold, fresh = part["resume_local_warm"], part["resume_local_cold"], part["fresh"]
+    forked = part.get("resume_local_forked")
+    runs = (
+        ("resume, warm cache", warm),
+        ("resume, forked", forked),
+        ("resume, cold", cold),
+        ("fresh", fresh),
+    )
     lines = [
         f"tiers {part['preset']} on {part['device_name']} at {part['size']}: clip "
         f"{part['clip_s']:.2f} s, state {part['state_bytes'] / 1e9:.2f} GB",
@@ -526,7 +538,7 @@ def report(part: dict[str, Any]) -> list[str]:
         ),
         "  | process | verify | open | first clip | from worker start | graphs compiled (open, clip) |",
     ]
-    for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
+    for label, r in runs:
         if r is None:
             continue
         lines.append(
@@ -534,7 +546,7 @@ def report(part: dict[str, Any]) -> list[str]:
             f"{r['first_clip_s']:.1f} s | {r['first_frame_from_worker_start_s']:.1f} s | "
             f"{r['graphs_compiled_at_open']}, {r['graphs_compiled_in_first_clip']} |"
         )
-    for label, r in (("resume, warm cache", warm), ("resume, cold", cold), ("fresh", fresh)):
+    for label, r in runs:
         if r is not None and r.get("dit_load_s") is not None:
             lines.append(
                 f"  {label}: encoders built {r['build_s']:.1f} s, the DiT loaded beside in "
@@ -593,7 +605,35 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--threads", type=int)
     p.add_argument("--dit-release", type=Path, default=None)
+    p.add_argument("--forked", action="store_true", help="in a fork, after the imports")
     a = p.parse_args(argv)
+    imports_s = None
+    if a.forked:  # as `longtake worker` replaces a worker process (ops/respawn.py)
+        from ops import respawn
+
+        imports_s = respawn.preimport((*respawn.PIPELINE_PREIMPORTS, "worker.tiers"))
+        if not respawn.can_fork():
+            raise RuntimeError("this process cannot fork safely")
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid:
+            _, status = os.waitpid(pid, 0)
+            sys.exit(os.waitstatus_to_exitcode(status))
+        started = time.perf_counter()  # the worker's start: the fork
+        code = 1
+        try:
+            _child(a, started, imports_s)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _child(a, started, imports_s)
+
+
+def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> None:
     import torch
 
     from worker.tiers import LocalTier
@@ -663,6 +703,8 @@ def child_main(argv: list[str]) -> None:
         # where the compiles' time went (dynamo's own accounting, summed per phase)
         "compile_times": compile_summary(),
         "since_process_start_s": time.perf_counter() - started,
+        "forked": a.forked,
+        "imports_before_fork_s": imports_s,
     }
     print(json.dumps(out), flush=True)
     if a.mode == "resume":  # the same resume again in this process: history, or the resume?

@@ -64,7 +64,7 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
             "--engine-device", "cpu",
             "--engine-size", "64*64",
             "--infer-frames", "12",
-            "--tiers-runs", "cold",
+            "--tiers-runs", "cold,forked",
             "--tiers-dit-release", str(tmp_path / "release"),
             "--workdir", str(tmp_path / "work"),
             "--out", str(tmp_path / "tiers.json"),
@@ -73,12 +73,20 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
     tiers = doc["parts"]["tiers"]
     assert tiers["frames_identical"] and tiers["sink_identical"]
     assert tiers["fresh_first_clip_identical"]
-    assert tiers["parts_that_differ"] == {"warm": [], "cold": [], "warm_second_open": []}
+    assert tiers["parts_that_differ"] == {
+        "warm": [],
+        "forked": [],  # a resume in a fork of a process with the modules imported
+        "cold": [],
+        "warm_second_open": [],
+    }
+    forked = tiers["resume_local_forked"]
+    assert forked["forked"] and forked["imports_before_fork_s"] > 0
+    assert forked["clip_sha256"] == tiers["expected_clip_sha256"]
     assert (
         tiers["resume_local_warm"]["second_open"]["clip_sha256"] == (tiers["expected_clip_sha256"])
     )
     assert set(tiers["restore_read_gb_s_by_readers"]) == {"1", "8"}
-    for run in (tiers["resume_local_warm"], tiers["resume_local_cold"], tiers["fresh"]):
+    for run in (tiers["resume_local_warm"], forked, tiers["resume_local_cold"], tiers["fresh"]):
         assert run["first_clip_s"] > 0 and run["open_s"] > 0
         assert run["graphs_compiled_in_first_clip"] == 0  # the CPU compiles nothing
         # the DiT came from the release on disk, loaded beside the open, and the first frame's
