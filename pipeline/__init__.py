@@ -15,8 +15,9 @@ On several GPUs, pipeline.tpp.Engine serves the same stream API (see pipeline/tp
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline.lazy import exports
 
 if TYPE_CHECKING:
     from pipeline.generator import Generator
@@ -39,7 +40,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)

@@ -11,8 +11,9 @@ longtake loads them exactly as released:
 - `resolve_preset(root)` picks `liveavatar-14b` when the release verifies, else `tiny`.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline.lazy import exports
 
 if TYPE_CHECKING:
     from .dit import DiTLoadReport, load_dit, open_sharded
@@ -63,34 +64,31 @@ __all__ = [
 # encoders' libraries (transformers, diffusers), which the loader and the verifier do; a
 # worker starts its DiT's load before it pays for those imports (pipeline.dit_loading).
 _EXPORTS = {
-    "DiTLoadReport": "dit",
-    "load_dit": "dit",
-    "open_sharded": "dit",
-    "DownloadReport": "downloader",
-    "download": "downloader",
-    "download_plan": "downloader",
-    "CheckpointError": "errors",
-    "CorruptFileError": "errors",
-    "KeyMismatchError": "errors",
-    "MissingFileError": "errors",
-    "ShapeMismatchError": "errors",
-    "PARTS": "layout",
-    "CheckpointPaths": "layout",
-    "release_files": "layout",
-    "LoadedWeights": "loader",
-    "load_weights": "loader",
-    "resolve_preset": "loader",
-    "Placement": "placement",
-    "visiting": "placement",
-    "release_spec": "preset_spec",
-    "ReleaseSpec": "specs",
-    "S2VArchitecture": "specs",
-    "VerifyReport": "verifier",
-    "verify": "verifier",
+    "DiTLoadReport": ".dit",
+    "load_dit": ".dit",
+    "open_sharded": ".dit",
+    "DownloadReport": ".downloader",
+    "download": ".downloader",
+    "download_plan": ".downloader",
+    "CheckpointError": ".errors",
+    "CorruptFileError": ".errors",
+    "KeyMismatchError": ".errors",
+    "MissingFileError": ".errors",
+    "ShapeMismatchError": ".errors",
+    "PARTS": ".layout",
+    "CheckpointPaths": ".layout",
+    "release_files": ".layout",
+    "LoadedWeights": ".loader",
+    "load_weights": ".loader",
+    "resolve_preset": ".loader",
+    "Placement": ".placement",
+    "visiting": ".placement",
+    "release_spec": ".preset_spec",
+    "ReleaseSpec": ".specs",
+    "S2VArchitecture": ".specs",
+    "VerifyReport": ".verifier",
+    "verify": ".verifier",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)
