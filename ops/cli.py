@@ -138,16 +138,15 @@ def _worker(settings: Settings, args: argparse.Namespace, app: Any) -> int:
         engine.preload(config.engine_for(config.precisions[0]))
     tasks.install(
         app,
-        lambda: Lifecycle(
-            settings.worker_config(), Database(settings.database_url), settings.make_storage()
-        ),
+        lambda: Lifecycle(config, Database(settings.database_url), settings.make_storage()),
     )
-    # One thread runs the task (the model lives in this process, never forked); the main
-    # thread keeps answering pings and handling signals while an hour-long render runs.
+    # One thread runs the task (the model lives in this process, forked before any of it
+    # loaded); the main thread keeps answering pings and handling signals while an hour-long
+    # render runs.
     app.worker_main(
         [
             "worker",
-            f"--queues={','.join(settings.worker_config().capabilities.topics())}",
+            f"--queues={','.join(config.capabilities.topics())}",
             "--pool=threads",
             "--concurrency=1",
             f"--loglevel={args.log_level.upper()}",

@@ -169,7 +169,7 @@ def run(target: Callable[[], int], backoff: Backoff | None = None) -> int:
                     signal.signal(s, handler)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, passed_on)
                 _die_with_parent(parent)
-                os._exit(_run_child(target))
+                os._exit(exit_status(target))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, passed_on)
             _say(f"worker process {child} started")
             status = _wait_for(child)
@@ -187,9 +187,10 @@ def run(target: Callable[[], int], backoff: Backoff | None = None) -> int:
             signal.signal(s, handler)
 
 
-def _run_child(target: Callable[[], int]) -> int:
-    """`target`'s exit status, as the interpreter would have made it (the child leaves with
-    os._exit: the parent's exit handlers are not the child's to run)."""
+def exit_status(target: Callable[[], int]) -> int:
+    """`target`'s exit status, as the interpreter would have made it, for a forked child to
+    leave with through os._exit (the parent's exit handlers are not the child's to run): its
+    SystemExit's code, 1 with the traceback printed for an exception; output flushed."""
     status = 1
     try:
         status = target()

@@ -2,7 +2,8 @@
 process and kept: as `longtake worker` starts (`preload`), or else at its first job.
 
 Loading a 14B model takes minutes and must never happen per job. `longtake worker` renders in
-the process that loads the model (Celery's threads pool: no fork), so building the engine as
+the process that loads the model (Celery's threads pool, no fork after it: the worker process
+is forked from its parent before anything loads, ops/respawn.py), so building the engine as
 it starts initialises CUDA in the only process that will use it.
 ``pipeline.Generator`` (one device) is the default engine; the multi-GPU engine
 (`pipeline.tpp`) plugs in through ``EngineSpec.factory`` (see `multi_gpu_engine`).

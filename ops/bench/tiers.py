@@ -54,7 +54,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -620,20 +619,13 @@ def child_main(argv: list[str]) -> None:
             _, status = os.waitpid(pid, 0)
             sys.exit(os.waitstatus_to_exitcode(status))
         started = time.perf_counter()  # the worker's start: the fork
-        code = 1
-        try:
-            _child(a, started, imports_s)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        os._exit(respawn.exit_status(lambda: _child(a, started, imports_s)))
     _child(a, started, imports_s)
 
 
-def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> None:
+def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> int:
+    """The resuming (or fresh) process's work, its figures printed as JSON lines; returns its
+    exit status."""
     import torch
 
     from worker.tiers import LocalTier
@@ -713,6 +705,7 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> No
         trace = Trace(stream)
         again = {"clip_sha256": frames_hash(next(stream).frames), "trace": trace.report(clip.index)}
         print(json.dumps(again), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
