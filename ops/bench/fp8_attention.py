@@ -37,6 +37,7 @@ from ops.bench.timing import time_call
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
 from pipeline.model import fp8_attention as fa
+from pipeline.model import int8_attention as ia
 from pipeline.params import check_size_key
 from pipeline.presets import get_preset
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warmup, repeats = (1, 2) if args.quick else (5, args.repeats)
     rows: dict[str, dict[str, Any]] = {}
 
-    def measure(name: str, fn: Any, out: torch.Tensor | None, count_flops: bool = True) -> None:
+    def measure(name: str, fn: Any, out: torch.Tensor | None, count_flops: bool = True) -> float:
         seconds = time_call(fn, device, warmup, repeats)
         rows[name] = {
             "seconds": seconds,
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{name}: {seconds * 1e3:.3f} ms"
             + (f", error {rows[name]['rel_error_vs_fp32']:.4f}" if out is not None else "")
         )
+        return seconds
 
     measure("bf16", lambda: attention_mod.attention(q, k, v), attention_mod.attention(q, k, v))
     failure = None
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         emulated = fa.emulate(q, k, v)
         measure("fp8_emulated", lambda: fa.emulate(q, k, v), emulated)
         kernel_info = "emulated (no Hopper GPU with the cuDNN frontend here)"
+    int8_rows(q, k, v, device, measure)
     # where the FP8 path's error comes from: each rounding alone, then all but the output's
     # (an output kept in bf16), emulated in float32 on the same inputs
     parts = {name: frozenset({name}) for name in ("q", "k", "v", "p", "o")}
@@ -150,6 +153,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "rel_error_by_rounding": error_parts,
     }
+
+
+INT8_TILES = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3))
+"""Tile configurations of the int8 kernel tried: (query rows, key columns, warps, stages)."""
+
+
+def int8_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: torch.device, measure: Any
+) -> None:
+    """The int8-logits kernel (pipeline/model/int8_attention.py) at each tile configuration on
+    inputs already quantised, the same kernel with bf16 logits (how far Triton is from cuDNN
+    before int8), the best configuration with the quantisation per call, and the quantisation
+    alone. On a machine without the kernel: its emulation's error."""
+    if not ia.available(device):
+        measure("int8_qk_emulated", lambda: ia.emulate(q, k, v), ia.emulate(q, k, v))
+        return
+    quantize = torch.compile(ia.quantize, dynamic=False)
+    q8, sq, k8, sk = quantize(q, k)
+    best: tuple[float, tuple[int, int, int, int]] | None = None
+    for tiles in INT8_TILES:
+        name = "int8_qk_kernel_m{}_n{}_w{}_s{}".format(*tiles)
+        try:
+            fn = lambda tiles=tiles: ia.attend_quantized(q8, sq, k8, sk, v, *tiles)  # noqa: E731
+            seconds = measure(name, fn, fn())
+        except Exception as exc:  # noqa: BLE001 - a configuration that does not fit is a result
+            log(f"{name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        if best is None or seconds < best[0]:
+            best = (seconds, tiles)
+    if best is None:
+        return
+    tiles = best[1]
+    log(f"int8 kernel's best tiles: {tiles}")
+    scale = ia._LOG2E / q.shape[-1] ** 0.5
+    sq1 = torch.full(q.shape[:3], scale, device=device)
+    sk1 = torch.ones(k.shape[:3], device=device)
+    try:
+        fn = lambda: ia.attend_quantized(q, sq1, k, sk1, v, *tiles)  # noqa: E731
+        measure("triton_bf16_same_kernel", fn, fn())
+    except Exception as exc:  # noqa: BLE001
+        log(f"bf16 variant failed: {type(exc).__name__}: {str(exc)[:300]}")
+    fn = lambda: ia.attend_quantized(*quantize(q, k), v, *tiles)  # noqa: E731
+    measure("int8_qk_with_quantisation", fn, fn())
+    measure("int8_quantise_qk", lambda: quantize(q, k), None, count_flops=False)
 
 
 def table(report: dict[str, Any]) -> str:
