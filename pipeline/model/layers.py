@@ -91,12 +91,39 @@ class SelfAttention(nn.Module):
         self.o = Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+        self.register_buffer("qkv_fp8", None)
+        self.register_buffer("qkv_scale", None)
+        self.register_buffer("qkv_bias", None)
+
+    def fuse_qkv(self) -> None:
+        """FP8 (after the three layers' `to_fp8`): q, k and v from one product of N = 3C
+        instead of three of C (their weights, scales and biases stacked; the layers' own copies
+        freed). Each output channel keeps its own scale, so the values are the three products'."""
+        parts = (self.q, self.k, self.v)
+        if any(m.weight_fp8 is None or m.weight_scale is None for m in parts):
+            raise ValueError("fuse_qkv needs the q, k and v layers in FP8")
+        self.qkv_fp8 = torch.cat([m.weight_fp8 for m in parts])  # [3C, C]
+        self.qkv_scale = torch.cat([m.weight_scale for m in parts], dim=1)  # [1, 3C]
+        self.qkv_bias = torch.cat([m.bias.detach() for m in parts])  # [3C]
+        for m in parts:
+            m.weight_fp8 = m.weight_scale = None
+            m.register_parameter("bias", None)
+
+    def _qkv(self, x: torch.Tensor | Fp8Rows) -> tuple[torch.Tensor, ...]:
+        """q, k, v [1, L, C] each (with FP8 fused: views into one [1, L, 3C] product)."""
+        if self.qkv_fp8 is None or self.qkv_scale is None or self.qkv_bias is None:
+            return self.q(x), self.k(x), self.v(x)
+        rows = x if isinstance(x, Fp8Rows) else Fp8Rows(*fused.quantize_rows(x))
+        weight = Fp8Weight(self.qkv_fp8, self.qkv_scale)
+        qkv = fp8.linear(rows, weight, self.qkv_bias, self.qkv_bias.dtype)
+        return qkv.chunk(3, dim=-1)
 
     def forward(self, x: torch.Tensor | Fp8Rows, cache: KVCache) -> torch.Tensor:
         """x [1, L, C] (or its FP8 rows) -> [1, L, C]."""
-        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
-        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
-        v = self.v(x).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        q, k, v = self._qkv(x)
+        q = self.norm_q(q).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        k = self.norm_k(k).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
+        v = v.unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
         keys, values = cache.update(self.layer, k, v)  # [1, S, H, D]: sink, ring, these tokens
         q = apply_rope(q, cache.freqs)  # the queries sit where the new keys sit
         return self.o(attention(q, keys, values).flatten(2))
@@ -143,11 +170,13 @@ class TransformerBlock(nn.Module):
         self.fp8 = False
 
     def to_fp8(self) -> None:
-        """Quantise this block's linear layers (attention, text cross-attention, FFN) to FP8;
-        from now on the step before each one hands it FP8 rows."""
+        """Quantise this block's linear layers (attention, text cross-attention, FFN) to FP8,
+        self-attention's q, k and v as one product; from now on the step before each one hands
+        it FP8 rows."""
         for m in self.modules():
             if isinstance(m, Linear):
                 m.to_fp8()
+        self.self_attn.fuse_qkv()
         self.fp8 = True
 
     def forward(

@@ -4,6 +4,8 @@ scaled product, each against a float reference."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -161,3 +163,31 @@ def test_a_block_in_fp8_stays_close_to_the_block_in_float():
     assert block.fp8
     err = ((got - want).norm() / want.norm()).item()
     assert 0 < err < 0.02  # the residual stream carries most of the output
+
+
+def test_self_attention_in_fp8_makes_q_k_and_v_in_one_product_with_the_same_values():
+    """One product of the stacked weights (each output channel on its own scale) gives the
+    values of the three separate FP8 products; the layers' own copies are freed."""
+    torch.manual_seed(5)
+    block = TransformerBlock(64, 128, num_heads=4).eval()
+    for name, p in block.named_parameters():
+        if name.endswith("bias"):
+            torch.nn.init.normal_(p, std=0.02)
+    separate = copy.deepcopy(block)
+    for m in separate.modules():
+        if isinstance(m, Linear):
+            m.to_fp8()
+    separate.fp8 = True
+    block.to_fp8()
+    attn = block.self_attn
+    assert attn.qkv_fp8 is not None and attn.qkv_fp8.shape == (192, 64)
+    assert all(m.weight_fp8 is None and m.bias is None for m in (attn.q, attn.k, attn.v))
+    x = torch.randn(1, 10, 64)
+    time_mod = torch.randn(6, 64) * 0.1
+    text = (torch.randn(1, 7, 4, 16), torch.randn(1, 7, 4, 16))
+    with torch.no_grad():
+        want = separate(x, time_mod, _NoCache(10, 16), text)
+        got = block(x, time_mod, _NoCache(10, 16), text)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="in FP8"):
+        TransformerBlock(64, 128, num_heads=4).self_attn.fuse_qkv()
