@@ -39,6 +39,7 @@ from ops.bench.generate import request
 from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
+from pipeline.model import attention as attention_mod
 from pipeline.model import fp8
 from pipeline.model.attention import attention
 from pipeline.stream import prepare_inputs
@@ -235,6 +236,11 @@ def main() -> None:
     p.add_argument("--size", default="720*400")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--precisions", default="bf16,fp8", help="bf16 first: fp8 quantises it")
+    p.add_argument(
+        "--int8-attention",
+        action="store_true",
+        help="profile the last precision again with attention's logits in int8",
+    )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
@@ -282,6 +288,14 @@ def main() -> None:
             f"[{precision}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s: "
             + ", ".join(f"{k} {v:.3f}" for k, v in clip["by_kind_s"].items())
         )
+        report["total_s"] = time.perf_counter() - T0
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.int8_attention:
+        attention_mod.set_backend("int8")
+        label = f"{precisions[-1]}+int8-attention"
+        report["clips"][label] = clip = profile_clip(gen, args, device)
+        attention_mod.set_backend("auto")
+        log(f"[{label}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
         report["total_s"] = time.perf_counter() - T0
         args.out.write_text(json.dumps(report, indent=2))
     print()

@@ -3,7 +3,8 @@
 flash-attn is used when importable (and the inputs are half precision on a GPU); otherwise
 PyTorch SDPA, which picks cuDNN / flash / memory-efficient kernels on GPU and its own on CPU.
 `set_backend` pins one kernel (benchmarks and engines compare them); the CPU always runs SDPA's
-own kernel.
+own kernel. "int8" is not SDPA's: the logits' product in int8 (pipeline/model/int8_attention.py),
+an approximation, measured beside the others before anything renders with it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _GPU_ORDER = [
     SDPBackend.MATH,
 ]
 
-BACKENDS = ("auto", "flash_attn", "cudnn", "flash", "efficient", "math")
+BACKENDS = ("auto", "flash_attn", "cudnn", "flash", "efficient", "math", "int8")
 _SDPA = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -61,6 +62,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         and k.stride(-1) == 1
     ):
         return _flash_attn_func(q, k, v)
+    if _backend == "int8" and q.is_cuda:
+        from pipeline.model import int8_attention
+
+        return int8_attention.attention(q, k, v)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if q.is_cuda:
         with _gpu_kernels():

@@ -85,7 +85,9 @@ def graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _gpu_compiled(fn: _F) -> _F:
+def gpu_compiled(fn: _F) -> _F:
+    """`fn`, compiled (one graph, static shapes) where `compiles_on` its first argument's device;
+    eager elsewhere, or where compiling fails."""
     compiled: Callable[..., Any] | None = None
 
     def call(*args: Any) -> Any:
@@ -113,7 +115,7 @@ def _gpu_compiled(fn: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-@_gpu_compiled
+@gpu_compiled
 def modulated_norm(
     h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -121,7 +123,7 @@ def modulated_norm(
     return (F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift).to(dtype)
 
 
-@_gpu_compiled
+@gpu_compiled
 def affine_norm(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -129,24 +131,24 @@ def affine_norm(
     return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(dtype)
 
 
-@_gpu_compiled
+@gpu_compiled
 def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """h + y * gate in float32 (h float32, y in the weights' dtype)."""
     return h + y.float() * gate
 
 
-@_gpu_compiled
+@gpu_compiled
 def residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return h + y.float()
 
 
-@_gpu_compiled
+@gpu_compiled
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, rounded to x's dtype, then scaled (Wan's order)."""
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * weight
 
 
-@_gpu_compiled
+@gpu_compiled
 def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x [B, L, H, D] by rot [L, 1, D/2, 2] (cos, sin); float32 math."""
     xr = x.float().unflatten(-1, (-1, 2))
@@ -159,7 +161,7 @@ def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 # ---- ending in FP8 rows: (e4m3 [..., K], float32 scales [..., 1]) -----------------------------
 
 
-@_gpu_compiled
+@gpu_compiled
 def modulated_norm_fp8(
     h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +169,7 @@ def modulated_norm_fp8(
     return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift)
 
 
-@_gpu_compiled
+@gpu_compiled
 def affine_norm_fp8(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,13 +177,13 @@ def affine_norm_fp8(
     return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps))
 
 
-@_gpu_compiled
+@gpu_compiled
 def gelu_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """tanh-GELU of the FFN's hidden x (float32 arithmetic), quantised per token."""
     return fp8.quantize_rows(F.gelu(x.float(), approximate="tanh"))
 
 
-@_gpu_compiled
+@gpu_compiled
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x quantised per token: where nothing of ours runs before a linear (after attention)."""
     return fp8.quantize_rows(x)

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from pipeline.model import fused
+
 INT8_MAX = 127.0
 _LOG2E = 1.4426950408889634
 
@@ -98,7 +100,7 @@ def _build() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def kernel(
+    def int8_attention_kernel(
         Q, K, V, SQ, SK, OUT,
         lq, lk, heads,
         sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, so_b, so_l, so_h,
@@ -152,7 +154,7 @@ def _build() -> Any:
             mask=row_ok[:, None],
         )
 
-    return kernel
+    return int8_attention_kernel
 
 
 def attend_quantized(
@@ -194,8 +196,11 @@ def attend_quantized(
     return out
 
 
+_quantize_fused = fused.gpu_compiled(quantize)  # one graph: the keys' mean, both quantisations
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention of q [B, L, H, D] over k, v [B, S, H, D] (bf16), Q·Kᵀ in int8."""
     if not available(q.device):
         return emulate(q, k, v)
-    return attend_quantized(*quantize(q, k), v)
+    return attend_quantized(*_quantize_fused(q, k), v)
