@@ -48,7 +48,7 @@ from storage import keys
 from storage.base import ObjectNotFound, Storage
 from worker.backoff import with_retries
 from worker.checkpoints import download_checkpoint
-from worker.commit import Interval, IntervalCommitter, read_open_interval
+from worker.commit import Interval, IntervalCommitter, OpenInterval, read_open_interval
 from worker.config import EngineSpec, WorkerConfig
 from worker.engine import ENGINES, use_threads
 from worker.errors import JobInputError, describe, is_retryable
@@ -138,6 +138,10 @@ class _Stop(Exception):
 
     def __init__(self, outcome: Outcome):
         self.outcome = outcome
+
+
+class _DamagedLocal(Exception):
+    """The local checkpoint a stream opened from failed its CRCs: resume from the bucket."""
 
 
 class Lifecycle:
@@ -267,6 +271,9 @@ class _Attempt:
         )
         self._background = ThreadPoolExecutor(1, thread_name_prefix="audio")
         self._engine: Future[Engine] | None = None
+        # the local checkpoint's CRCs, read beside the model load and the open; no clip is
+        # rendered from it before they match its seal
+        self._local_sound: Future[bool] | None = None
         self._stream: RenderStream | None = None
         self._interval: Interval | None = None
         self._last_progress = 0.0
@@ -324,23 +331,23 @@ class _Attempt:
         audio_track: Future[Path] = self._background.submit(
             prepare_audio, audio, self.scratch / "audio.m4a", plan.duration_s, self.config.audio
         )
-        start = self._resume_point(plan)
-        self.stats.resumed_from = start.clip
-        tier = self.stats.resumed_from_tier if start.checkpoint is not None else ""
-        log.info(
-            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s%s",
-            self.job_id,
-            self.attempt,
-            job.max_attempts,
-            start.clip,
-            plan.clips_total,
-            len(start.segments),
-            start.reason,
-            f" (the {tier} tier)" if tier else "",
-        )
+        start = self._starting_at(plan, job.max_attempts, use_local=True)
         segments = start.segments
         if start.clip < plan.clips_total:
-            segments = segments + self._render(plan, image, audio, start)
+            try:
+                segments = segments + self._render(plan, image, audio, start)
+            except _DamagedLocal:
+                log.warning(
+                    "job %s: the local checkpoint at clip %d does not match its seal; "
+                    "resuming from the bucket's",
+                    self.job_id,
+                    start.clip,
+                )
+                self._close_stream()
+                start = self._starting_at(plan, job.max_attempts, use_local=False)
+                segments = start.segments
+                if start.clip < plan.clips_total:
+                    segments = segments + self._render(plan, image, audio, start)
         finisher = Finisher(self.config, self.leased, self.storage, self.scratch, self.lc.faults)
         timing = finisher.finish(plan, segments, audio_track.result())
         self.stats.stitch_s, self.stats.upload_s = timing.stitch_s, timing.upload_s
@@ -364,18 +371,51 @@ class _Attempt:
         threading.Thread(target=load, name="engine-load", daemon=True).start()
         return future
 
-    def _resume_point(self, plan: JobPlan) -> ResumePoint:
+    def _starting_at(self, plan: JobPlan, max_attempts: int, *, use_local: bool) -> ResumePoint:
+        start = self._resume_point(plan, use_local=use_local)
+        self.stats.resumed_from = start.clip
+        tier = self.stats.resumed_from_tier if start.checkpoint is not None else ""
+        log.info(
+            "job %s: attempt %d of %d starts at clip %d of %d (%d segments kept): %s%s",
+            self.job_id,
+            self.attempt,
+            max_attempts,
+            start.clip,
+            plan.clips_total,
+            len(start.segments),
+            start.reason,
+            f" (the {tier} tier)" if tier else "",
+        )
+        return start
+
+    def _resume_point(self, plan: JobPlan, *, use_local: bool = True) -> ResumePoint:
         """The newest checkpoint this worker can reach, fetched, and the decision on it: the
-        local one when it is on this node, sound, and not older than the bucket's (no
-        download); else the bucket's."""
+        local one when it is on this node, sealed with every file at its size, and not older
+        than the bucket's (no download; its CRCs are read beside the open, `_local_sound`);
+        else the bucket's."""
         cp = self.leased.lease.checkpoints
         node = self.config.tiers.node
         checkpoint, recorded = None, cp.remote_clip or 0
-        if cp.local_clip is not None and cp.local_node == node and cp.local_clip >= recorded:
+        carried: OpenInterval | None = None
+        self.stats.resumed_from_tier = ""
+        if (
+            use_local
+            and cp.local_clip is not None
+            and cp.local_node == node
+            and cp.local_clip >= recorded
+        ):
             local = self.committer.local.directory(self.job_id, cp.local_clip)
-            if self.committer.local.valid(local, verify=self.config.tiers.verify):
+            sound = self.committer.local.valid(local, verify=False)
+            if sound:
+                try:
+                    carried = read_open_interval(local)
+                except (OSError, ValueError, KeyError, TypeError):
+                    sound = False  # damaged where the CRCs would have said so
+            if sound:
                 checkpoint, recorded = local, cp.local_clip
                 self.stats.resumed_from_tier = "local"
+                if self.config.tiers.verify:
+                    self._local_sound = self._verify_beside(local)
             else:
                 log.warning(
                     "job %s: the local checkpoint at clip %d is missing or damaged; using the "
@@ -390,11 +430,33 @@ class _Attempt:
                 self.stats.resumed_from_tier = "remote"
             except JobInputError as exc:
                 log.warning("job %s: %s", self.job_id, exc)
-        carried = read_open_interval(checkpoint) if checkpoint is not None else None
+        if checkpoint is not None and self.stats.resumed_from_tier != "local":
+            carried = read_open_interval(checkpoint)
         segments = self.leased.segments() if recorded else []
         return resume_point(
             recorded, plan.clips_total, plan.infer_frames, segments, checkpoint, carried
         )
+
+    def _verify_beside(self, local: Path) -> Future[bool]:
+        """Read the local checkpoint's CRCs in a thread of their own (seconds for a 14B
+        stream's state: beside the model load and the open, off the way to the first clip)."""
+        future: Future[bool] = Future()
+
+        def verify() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self.committer.local.valid(local, verify=True))
+            except BaseException as exc:  # noqa: BLE001 - the attempt waits for the verdict
+                future.set_exception(exc)
+
+        threading.Thread(target=verify, name="local-verify", daemon=True).start()
+        return future
+
+    def _local_damaged(self) -> bool:
+        """Whether the local checkpoint being resumed from failed its CRCs (waits for them;
+        False when none is being checked). Asked once."""
+        sound, self._local_sound = self._local_sound, None
+        return sound is not None and not sound.result()
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -443,12 +505,19 @@ class _Attempt:
 
         started = time.monotonic()
         request = plan.request(image, audio)
-        if isinstance(engine, PresenterEngine) and engine.presenter_cache is not None:
-            # the tenant is the namespace: no job sees another tenant's presenters
-            stream = engine.open(request, resume_from=start.checkpoint, namespace=plan.tenant)
-        else:
-            stream = engine.open(request, resume_from=start.checkpoint)
+        try:
+            if isinstance(engine, PresenterEngine) and engine.presenter_cache is not None:
+                # the tenant is the namespace: no job sees another tenant's presenters
+                stream = engine.open(request, resume_from=start.checkpoint, namespace=plan.tenant)
+            else:
+                stream = engine.open(request, resume_from=start.checkpoint)
+        except Exception as exc:
+            if self._local_damaged():  # what the open tripped on
+                raise _DamagedLocal from exc
+            raise
         self._stream = stream
+        if self._local_damaged():  # before anything is rendered or encoded from it
+            raise _DamagedLocal
         self.stats.open_s = time.monotonic() - started
         self.stats.presenter_cached = bool(getattr(stream, "presenter_cached", False))
         log.info(

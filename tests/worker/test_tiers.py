@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -96,18 +97,39 @@ def test_a_job_whose_node_is_gone_resumes_from_the_bucket(
     assert output_hashes(local_storage, job_id, tmp_path) == reference
 
 
-def test_a_damaged_local_checkpoint_is_never_used(sqlite_db, local_storage, tmp_path, reference):
+def damage(directory: Path, name: str, at: int) -> None:
+    """Flip every bit of one byte of a file of a checkpoint, its size unchanged."""
+    path = directory / name
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("shard", id="a-shard's-last-byte"),  # the open succeeds on wrong data
+        pytest.param("manifest", id="the-manifest's-first-byte"),  # the open trips on it
+    ],
+)
+def test_a_damaged_local_checkpoint_is_never_used(
+    sqlite_db, local_storage, tmp_path, reference, where
+):
+    """Its CRCs are read beside the open; the damage is found before any clip is rendered from
+    it, and the same attempt resumes from the bucket."""
     clip_log = ClipLog()
     job_id = first_attempt_until_clip_3(sqlite_db, local_storage, tmp_path, clip_log)
     local = LocalTier(tmp_path / "scratch" / "checkpoints").directory(job_id, 3)
     seal = json.loads((local / SEAL).read_text())
-    shard = local / sorted(n for n in seal["files"] if n.endswith(".safetensors"))[0]
-    data = bytearray(shard.read_bytes())
-    data[-1] ^= 0xFF  # one bit pattern flipped, the size unchanged
-    shard.write_bytes(bytes(data))
+    if where == "shard":
+        damage(local, sorted(n for n in seal["files"] if n.endswith(".safetensors"))[0], -1)
+    else:
+        damage(local, "manifest.json", 0)
+    assert LocalTier(local.parent.parent).valid(local, verify=False)  # sizes as sealed
     second = Lifecycle(tiered(tmp_path), sqlite_db, local_storage, on_clip=clip_log)
     assert second.run(job_id) is Outcome.SUCCEEDED
     assert second.last_stats.resumed_from_tier == "remote"  # the bucket's copy instead
+    assert clip_log.generated(job_id, 2) == [3, 4]  # nothing rendered from the damaged one
     assert output_hashes(local_storage, job_id, tmp_path) == reference
 
 
@@ -227,3 +249,33 @@ def test_a_seal_checks_every_chunk_of_every_file(tmp_path, monkeypatch):
     local.seal(d)
     monkeypatch.setattr(tiers, "CRC_CHUNK", 4096)  # sealed with another chunk size
     assert not local.valid(d, verify=True)
+
+
+def test_the_local_checkpoint_is_checked_beside_the_open(
+    sqlite_db, local_storage, tmp_path, reference, monkeypatch
+):
+    """Reading the CRCs of a 14B state takes seconds: they are read while the stream opens
+    (the restore included), not before it; the first clip waits for them."""
+    from pipeline.generator import Generator
+
+    clip_log = ClipLog()
+    job_id = first_attempt_until_clip_3(sqlite_db, local_storage, tmp_path, clip_log)
+    opening, seen = threading.Event(), {}
+    open_stream, check = Generator.open, LocalTier.valid
+
+    def open_noting(self, *args, **kwargs):
+        opening.set()
+        return open_stream(self, *args, **kwargs)
+
+    def check_once_opening(self, directory, *, verify):
+        if verify:  # the worker's CRC check of the resumed checkpoint
+            seen["open_began_first"] = opening.wait(timeout=120)
+        return check(self, directory, verify=verify)
+
+    monkeypatch.setattr(Generator, "open", open_noting)
+    monkeypatch.setattr(LocalTier, "valid", check_once_opening)
+    second = Lifecycle(tiered(tmp_path), sqlite_db, local_storage, on_clip=clip_log)
+    assert second.run(job_id) is Outcome.SUCCEEDED
+    assert second.last_stats.resumed_from_tier == "local"
+    assert seen == {"open_began_first": True}
+    assert output_hashes(local_storage, job_id, tmp_path) == reference
