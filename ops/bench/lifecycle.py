@@ -505,9 +505,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tiers-runs",
         type=lambda t: [x for x in t.split(",") if x],
-        default=["cold", "remote"],
-        help="tiers: besides the warm resume and the fresh open, a cold resume, a download, "
-        "a resume in a fork of a process that has imported the modules (forked)",
+        default=["warm", "cold", "fresh", "remote"],
+        help="tiers: the processes to measure: a resume with the page cache warm (warm), with "
+        "it evicted (cold), a fresh open (fresh), a download (remote), a resume in a fork of a "
+        "process that has imported the modules (forked)",
     )
     p.add_argument(
         "--tiers-captures",

@@ -359,13 +359,13 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return result
 
     runs = set(args.tiers_runs)
-    warm = child("resume")
+    warm = child("resume") if "warm" in runs else None
     forked = child("resume", forked=True) if "forked" in runs else None
     evicted = cold = None
     if "cold" in runs:
         evicted = evict(directory)
         cold = child("resume")
-    fresh = child("fresh")
+    fresh = child("fresh") if "fresh" in runs else None
 
     download_s = None
     if "remote" in runs:  # one step shard through the bucket proxy, scaled to the state
@@ -392,8 +392,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 max(load_s + r["open_s"], r.get("verify_s", 0.0)) + r["first_clip_s"]
             )
     remote_from_start = None
-    if download_s is not None:
-        opened = cold or warm  # the open and first clip of a resume, its bytes downloaded
+    opened = cold or warm or forked  # the open and first clip of a resume, bytes downloaded
+    if download_s is not None and opened is not None:
         remote_from_start = max(load_s, download_s) + opened["open_s"] + opened["first_clip_s"]
 
     # bytes to the bucket per hour of video
@@ -458,7 +458,9 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "expected_clip_sha256": expected_clip,
         "expected_trace": expected_trace,
         "first_clip_sha256": first_clip_sha,
-        "fresh_first_clip_identical": fresh["clip_sha256"] == first_clip_sha,
+        "fresh_first_clip_identical": None
+        if fresh is None
+        else fresh["clip_sha256"] == first_clip_sha,
         "expected_sink_sha256": expected_sink,
         "parts_that_differ": {
             label: differing(expected_trace, r["trace"])
@@ -467,7 +469,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         }
         | (
             {"warm_second_open": differing(expected_trace, warm["second_open"]["trace"])}
-            if warm.get("second_open")
+            if warm is not None and warm.get("second_open")
             else {}
         ),
         "frames_identical": all(
@@ -573,7 +575,7 @@ def report(part: dict[str, Any]) -> list[str]:
             "  a fresh process's first clip equals the first process's: "
             f"{part['fresh_first_clip_identical']}"
         )
-    if part["download_proxy_s"] is not None:
+    if part["resume_remote_from_worker_start_s"] is not None:
         lines.append(
             f"  remote resume from start {part['resume_remote_from_worker_start_s']:.1f} s "
             f"(download proxy {part['download_proxy_s']:.1f} s)"

@@ -64,7 +64,7 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
             "--engine-device", "cpu",
             "--engine-size", "64*64",
             "--infer-frames", "12",
-            "--tiers-runs", "cold,forked",
+            "--tiers-runs", "warm,cold,fresh,forked",
             "--tiers-dit-release", str(tmp_path / "release"),
             "--workdir", str(tmp_path / "work"),
             "--out", str(tmp_path / "tiers.json"),
@@ -93,5 +93,8 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
         # time from the build's start is measured
         assert run["dit_load_s"] > 0 and "dit_wait" in run["open_parts_s"]
         assert run["first_frame_from_worker_start_s"] == run["from_build_start_s"] > 0
+    for run in (tiers["resume_local_warm"], forked, tiers["resume_local_cold"]):
+        # the seal's CRCs were read beside the open; the first clip waited for what was left
+        assert run["verify_s"] > 0 and 0 <= run["verify_wait_s"] <= run["verify_s"]
     assert tiers["resume_local_warm"]["clip_index"] == tiers["fresh"]["clip_index"] + 3
     assert tiers["single_tier_bytes_per_video_hour"] > 0
