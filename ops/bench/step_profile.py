@@ -40,7 +40,7 @@ from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
-from pipeline.model import fp8
+from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
 from pipeline.stream import prepare_inputs
 
@@ -241,6 +241,12 @@ def main() -> None:
         action="store_true",
         help="profile the last precision again with attention's logits in int8",
     )
+    p.add_argument(
+        "--persistent-rows",
+        action="store_true",
+        help="profile the last precision again with rows of up to 16 384 elements reduced in "
+        "one pass (pipeline.model.fused.set_persistent_rows)",
+    )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
@@ -288,6 +294,17 @@ def main() -> None:
             f"[{precision}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s: "
             + ", ".join(f"{k} {v:.3f}" for k, v in clip["by_kind_s"].items())
         )
+        report["total_s"] = time.perf_counter() - T0
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.persistent_rows:
+        label = f"{precisions[-1]}+persistent-rows"
+        if fused.set_persistent_rows(True):
+            report["clips"][label] = clip = profile_clip(gen, args, device)
+            fused.set_persistent_rows(False)
+            log(f"[{label}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
+        else:
+            log(f"[{label}] this torch cannot change inductor's reduction heuristics")
+        report["persistent_rows_applied"] = label in report["clips"]
         report["total_s"] = time.perf_counter() - T0
         args.out.write_text(json.dumps(report, indent=2))
     if args.int8_attention:

@@ -13,6 +13,7 @@ in the same kernel, instead of a bf16 tensor that a separate kernel would read b
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -66,6 +67,64 @@ def configure_compiler() -> None:
 
     if hasattr(inductor, "deterministic"):  # torch >= 2.8
         inductor.deterministic = True
+
+
+PERSISTENT_ROW_MAX = 16384
+"""The longest row (C = 5120 of the 14B DiT, its FFN's 13 824) a compiled reduction over the
+last dimension holds in registers whole, with `set_persistent_rows`."""
+
+
+@functools.cache
+def _row_choices_class() -> type:
+    """Inductor's heuristics, but a reduction over the last dimension of a row of at most
+    PERSISTENT_ROW_MAX elements holds the row whole.
+
+    Inductor holds rows of at most 1024 elements whole; longer rows become loops, and a chain
+    such as LayerNorm -> modulation -> row maximum -> fp8 cast becomes four kernels, each
+    reading the row again from memory (the fp8 step's norms, seen on an H200). Held whole,
+    the chain can be one kernel."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+    from torch._inductor.virtualized import V
+
+    class RowChoices(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features: Any, cooperative_reduction: bool) -> bool:
+            if features.get_reduction_hint() == ReductionHint.INNER and (
+                V.graph.sizevars.statically_known_leq(features.reduction_numel, PERSISTENT_ROW_MAX)
+            ):
+                return True
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+        def uuid(self) -> str:  # part of inductor's cache key: no kernel of the default reused
+            return f"longtake-persistent-rows-{PERSISTENT_ROW_MAX}"
+
+    return RowChoices
+
+
+def _row_choices() -> Any:
+    """The factory inductor's config takes."""
+    return _row_choices_class()()
+
+
+def set_persistent_rows(enabled: bool) -> bool:
+    """Compile row reductions of up to PERSISTENT_ROW_MAX elements as single passes (or go back
+    to inductor's own choice); every compiled function compiles again. Returns False where
+    this torch has no way to change inductor's heuristics (nothing changes then). Off by
+    default until measured; benchmarks compare both."""
+    import torch._inductor.config as inductor
+
+    if not hasattr(inductor, "inductor_choices_class"):
+        return False
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    inductor.inductor_choices_class = _row_choices if enabled else None
+    V.set_choices_handler(_row_choices() if enabled else InductorChoices())  # this thread's
+    torch._dynamo.reset()
+    for forget in _forget:
+        forget()
+    return True
 
 
 def compile_backend() -> str:

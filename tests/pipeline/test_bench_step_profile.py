@@ -41,11 +41,14 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     subprocess.run(
         [sys.executable, "-m", "ops.bench.step_profile", "--preset", "tiny", "--device", "cpu",
-         "--size", "64*64", "--steps", "2", "--quick", "--out", str(out)],
+         "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention",
+         "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
-    assert set(report["clips"]) == {"bf16", "fp8"}
+    # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits
+    rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
+    assert set(report["clips"]) == {"bf16", "fp8", "fp8+int8-attention"} | rows
     assert len(report["shapes"]["linears"]) == 3
     for figures in report["shapes"]["linears"].values():
         assert figures["bf16_ms"] > 0 and figures["fp8_ms"] > 0
