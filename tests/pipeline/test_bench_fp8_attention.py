@@ -19,12 +19,15 @@ def test_benchmark_dry_run_reports_every_row(tmp_path):
     )  # fmt: skip
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert set(rows) == {"bf16", "fp8_emulated", "quantise_qkv"}
+    assert set(rows) == {"bf16", "fp8_emulated", "int8_qk_emulated", "quantise_qkv"}
     assert report["fp8_path"].startswith("emulated")
     assert report["layers"] == 40 and report["head_dim"] == 128
     # bf16 attention is close to float32; the fp8 emulation pays its three mantissa bits
     assert rows["bf16"]["rel_error_vs_fp32"] < 0.01
     assert 0.005 < rows["fp8_emulated"]["rel_error_vs_fp32"] < 0.15
+    # int8 logits (7 bits, a scale per token and head) err less than e4m3 and more than bf16
+    int8 = rows["int8_qk_emulated"]["rel_error_vs_fp32"]
+    assert rows["bf16"]["rel_error_vs_fp32"] < int8 < rows["fp8_emulated"]["rel_error_vs_fp32"]
     for r in rows.values():
         assert r["seconds"] > 0 and r["per_step_s"] == r["seconds"] * 40
     # the error taken apart: every rounding alone costs less than all of them together
