@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -138,6 +139,26 @@ class _Stop(Exception):
 
     def __init__(self, outcome: Outcome):
         self.outcome = outcome
+
+
+_T = TypeVar("_T")
+
+
+def _beside(work: Callable[[], _T], name: str) -> Future[_T]:
+    """`work`'s result (or exception, raised where the attempt asks for the result), made in a
+    daemon thread: a worker told to exit does not wait for work nobody needs any more."""
+    future: Future[_T] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class _DamagedLocal(Exception):
@@ -356,20 +377,8 @@ class _Attempt:
     def _load_engine_beside(self, precision: str) -> Future[Engine]:
         """Load the worker's model (the first job of a process, or after a crash: minutes for
         the 14B weights) while the inputs and the checkpoint download. The model stays loaded
-        for the worker's next jobs whatever happens to this attempt; a daemon thread, so a
-        worker told to exit does not wait for a load nobody needs."""
-        future: Future[Engine] = Future()
-
-        def load() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(self.lc.engine(precision))
-            except BaseException as exc:  # raised in the attempt, where it waits for the model
-                future.set_exception(exc)
-
-        threading.Thread(target=load, name="engine-load", daemon=True).start()
-        return future
+        for the worker's next jobs whatever happens to this attempt."""
+        return _beside(lambda: self.lc.engine(precision), "engine-load")
 
     def _starting_at(self, plan: JobPlan, max_attempts: int, *, use_local: bool) -> ResumePoint:
         start = self._resume_point(plan, use_local=use_local)
@@ -440,17 +449,7 @@ class _Attempt:
     def _verify_beside(self, local: Path) -> Future[bool]:
         """Read the local checkpoint's CRCs in a thread of their own (seconds for a 14B
         stream's state: beside the model load and the open, off the way to the first clip)."""
-        future: Future[bool] = Future()
-
-        def verify() -> None:
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(self.committer.local.valid(local, verify=True))
-            except BaseException as exc:  # noqa: BLE001 - the attempt waits for the verdict
-                future.set_exception(exc)
-
-        threading.Thread(target=verify, name="local-verify", daemon=True).start()
-        return future
+        return _beside(lambda: self.committer.local.valid(local, verify=True), "local-verify")
 
     def _local_damaged(self) -> bool:
         """Whether the local checkpoint being resumed from failed its CRCs (waits for them;

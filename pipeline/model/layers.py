@@ -65,9 +65,14 @@ class Linear(nn.Linear):
             if isinstance(x, Fp8Rows):
                 raise TypeError("FP8 rows given to a linear layer that is not in FP8")
             return F.linear(x, self.weight, self.bias)
-        rows = x if isinstance(x, Fp8Rows) else Fp8Rows(*fused.quantize_rows(x))
-        weight = Fp8Weight(self.weight_fp8, self.weight_scale)
-        return fp8.linear(rows, weight, self.bias, self.bias.dtype)
+        return _fp8_linear(x, Fp8Weight(self.weight_fp8, self.weight_scale), self.bias)
+
+
+def _fp8_linear(x: torch.Tensor | Fp8Rows, weight: Fp8Weight, bias: torch.Tensor) -> torch.Tensor:
+    """x [..., K] (FP8 rows, or a tensor quantised here per token) @ weight [N, K]^T + bias,
+    in the bias's dtype."""
+    rows = x if isinstance(x, Fp8Rows) else Fp8Rows(*fused.quantize_rows(x))
+    return fp8.linear(rows, weight, bias, bias.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -113,9 +118,7 @@ class SelfAttention(nn.Module):
         """q, k, v [1, L, C] each (with FP8 fused: views into one [1, L, 3C] product)."""
         if self.qkv_fp8 is None or self.qkv_scale is None or self.qkv_bias is None:
             return self.q(x), self.k(x), self.v(x)
-        rows = x if isinstance(x, Fp8Rows) else Fp8Rows(*fused.quantize_rows(x))
-        weight = Fp8Weight(self.qkv_fp8, self.qkv_scale)
-        qkv = fp8.linear(rows, weight, self.qkv_bias, self.qkv_bias.dtype)
+        qkv = _fp8_linear(x, Fp8Weight(self.qkv_fp8, self.qkv_scale), self.qkv_bias)
         return qkv.chunk(3, dim=-1)
 
     def forward(self, x: torch.Tensor | Fp8Rows, cache: KVCache) -> torch.Tensor:
