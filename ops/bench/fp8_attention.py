@@ -169,7 +169,7 @@ def int8_rows(
     if not ia.available(device):
         measure("int8_qk_emulated", lambda: ia.emulate(q, k, v), ia.emulate(q, k, v))
         return
-    quantize = torch.compile(ia.quantize, dynamic=False)
+    quantize = ia.quantize_compiled  # as the DiT's attention runs it
     q8, sq, k8, sk = quantize(q, k)
     best: tuple[float, tuple[int, int, int, int]] | None = None
     for tiles in INT8_TILES:
@@ -186,7 +186,7 @@ def int8_rows(
         return
     tiles = best[1]
     log(f"int8 kernel's best tiles: {tiles}")
-    scale = ia._LOG2E / q.shape[-1] ** 0.5
+    scale = ia.LOG2E / q.shape[-1] ** 0.5
     sq1 = torch.full(q.shape[:3], scale, device=device)
     sk1 = torch.ones(k.shape[:3], device=device)
     try:

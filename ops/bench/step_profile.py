@@ -296,25 +296,28 @@ def main() -> None:
         )
         report["total_s"] = time.perf_counter() - T0
         args.out.write_text(json.dumps(report, indent=2))
-    if args.persistent_rows:
-        label = f"{precisions[-1]}+persistent-rows"
-        if fused.set_persistent_rows(True):
+
+    def again(variant: str, undo: Callable[[], object]) -> None:
+        """The last precision's clip profiled again, with a variant switched on (`undo`
+        switches it off after)."""
+        label = f"{precisions[-1]}+{variant}"
+        try:
             report["clips"][label] = clip = profile_clip(gen, args, device)
-            fused.set_persistent_rows(False)
-            log(f"[{label}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
-        else:
-            log(f"[{label}] this torch cannot change inductor's reduction heuristics")
-        report["persistent_rows_applied"] = label in report["clips"]
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
-    if args.int8_attention:
-        attention_mod.set_backend("int8")
-        label = f"{precisions[-1]}+int8-attention"
-        report["clips"][label] = clip = profile_clip(gen, args, device)
-        attention_mod.set_backend("auto")
+        finally:
+            undo()
         log(f"[{label}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
         report["total_s"] = time.perf_counter() - T0
         args.out.write_text(json.dumps(report, indent=2))
+
+    if args.persistent_rows:
+        report["persistent_rows_applied"] = fused.set_persistent_rows(True)
+        if report["persistent_rows_applied"]:
+            again("persistent-rows", lambda: fused.set_persistent_rows(False))
+        else:
+            log("this torch cannot change inductor's reduction heuristics: no persistent rows")
+    if args.int8_attention:
+        attention_mod.set_backend("int8")
+        again("int8-attention", lambda: attention_mod.set_backend("auto"))
     print()
     print(table(report))
 

@@ -30,7 +30,8 @@ import torch
 from pipeline.model import fused
 
 INT8_MAX = 127.0
-_LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634
+"""log2(e): the kernel exponentiates base 2, the scales of q carry it."""
 
 
 def smooth_keys(k: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ def quantize(
     and its scales."""
     q8, sq = quantize_tokens(q)
     k8, sk = quantize_tokens(smooth_keys(k))
-    return q8, sq * (_LOG2E / math.sqrt(q.shape[-1])), k8, sk
+    return q8, sq * (LOG2E / math.sqrt(q.shape[-1])), k8, sk
 
 
 def emulate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -196,11 +197,12 @@ def attend_quantized(
     return out
 
 
-_quantize_fused = fused.gpu_compiled(quantize)  # one graph: the keys' mean, both quantisations
+quantize_compiled = fused.gpu_compiled(quantize)
+"""`quantize` as one compiled graph on a GPU (the keys' mean, both quantisations)."""
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention of q [B, L, H, D] over k, v [B, S, H, D] (bf16), Q·Kᵀ in int8."""
     if not available(q.device):
         return emulate(q, k, v)
-    return attend_quantized(*_quantize_fused(q, k), v)
+    return attend_quantized(*quantize_compiled(q, k), v)
