@@ -269,7 +269,9 @@ def test_the_local_checkpoint_is_checked_beside_the_open(
 
     def check_once_opening(self, directory, *, verify):
         if verify:  # the worker's CRC check of the resumed checkpoint
-            seen["open_began_first"] = opening.wait(timeout=120)
+            # the open sets the event; the timeout only ends the deadlock a check made before
+            # the open would be (the open would wait for this check forever)
+            seen["open_began_first"] = opening.wait(timeout=600)
         return check(self, directory, verify=verify)
 
     monkeypatch.setattr(Generator, "open", open_noting)
