@@ -33,11 +33,16 @@ POSTGRES_CONNECT_ARGS: dict[str, Any] = {
 }
 
 
-def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+def make_engine(url: str, *, idle_transaction_timeout_s: float = 0.0, **kwargs: Any) -> sa.Engine:
+    """`idle_transaction_timeout_s` (Postgres; 0: none): the server ends a session idle inside
+    a transaction that long, releasing its locks (a frozen process's among them)."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         connect_args = {**POSTGRES_CONNECT_ARGS, **kwargs.pop("connect_args", {})}
+        if idle_transaction_timeout_s > 0:
+            ms = max(1, round(idle_transaction_timeout_s * 1000))
+            connect_args["options"] = f"-c idle_in_transaction_session_timeout={ms}"
         return sa.create_engine(parsed, connect_args=connect_args, **kwargs)
 
     # SQLite: one writer at a time. Every transaction starts with BEGIN IMMEDIATE, so a claim
@@ -72,9 +77,11 @@ class Database:
     returned to callers outside the transaction.
     """
 
-    def __init__(self, url: str, **engine_kwargs: Any):
+    def __init__(self, url: str, *, idle_transaction_timeout_s: float = 0.0, **engine_kwargs: Any):
         self.url = url
-        self.engine = make_engine(url, **engine_kwargs)
+        self.engine = make_engine(
+            url, idle_transaction_timeout_s=idle_transaction_timeout_s, **engine_kwargs
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -40,13 +40,12 @@ def check_api() -> str:
 
 
 def check_relay() -> str:
-    from db.database import Database
     from dispatch.celery_app import make_celery_app
     from dispatch.relay import CeleryDispatcher
     from ops.settings import Settings
 
     settings = Settings()
-    database = Database(settings.database_url)
+    database = settings.make_database()
     try:
         database.ping()
     finally:

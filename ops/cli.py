@@ -126,7 +126,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace, app: Any) -> int:
-    from db.database import Database
     from dispatch import tasks
     from worker import engine
     from worker.lifecycle import Lifecycle
@@ -138,7 +137,7 @@ def _worker(settings: Settings, args: argparse.Namespace, app: Any) -> int:
         engine.preload(config.engine_for(config.precisions[0]))
     tasks.install(
         app,
-        lambda: Lifecycle(config, Database(settings.database_url), settings.make_storage()),
+        lambda: Lifecycle(config, settings.make_database(), settings.make_storage()),
     )
     # One thread runs the task (the model lives in this process, forked before any of it
     # loaded); the main thread keeps answering pings and handling signals while an hour-long
@@ -188,13 +187,12 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     import threading
 
     from api.logs import configure as configure_logging
-    from db.database import Database
     from dispatch.celery_app import make_celery_app
     from dispatch.relay import CeleryDispatcher, OutboxRelay
     from dispatch.webhooks import WebhookDeliverer
 
     configure_logging(settings.log_format, args.log_level)
-    database = Database(settings.database_url)
+    database = settings.make_database()
     relay = OutboxRelay(
         database,
         # publishes by task name: no task modules, so the relay never imports the render stack
@@ -233,7 +231,6 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
-    from db.database import Database
     from dispatch.sweep import ResumePointSweeper
 
     if args.embedded:
@@ -242,7 +239,7 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
     if days <= 0:
         print("longtake sweep: nothing to do (resume points are kept: retention 0)")
         return 0
-    database = Database(settings.database_url)
+    database = settings.make_database()
     try:
         sweeper = ResumePointSweeper(database, settings.make_storage(), retention_s=days * 86400)
         result = sweeper.run_once()
@@ -557,9 +554,8 @@ def cmd_presenters_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _database(settings: Settings, args: argparse.Namespace):
-    from db.database import Database
 
-    return Database((settings.embedded() if args.embedded else settings).database_url)
+    return (settings.embedded() if args.embedded else settings).make_database()
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:

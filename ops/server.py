@@ -139,7 +139,7 @@ def build(settings: Settings, *, embedded: bool, relay: bool = True) -> ApiProce
         settings = settings.embedded()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.database_url)
-    database = Database(settings.database_url, **settings.database_pool())
+    database = settings.make_database(pooled=True)
     storage = settings.make_storage()
     services = Services(
         config=settings.api_config(),

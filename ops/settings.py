@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     """Unfinished jobs a tenant may have, unless its own limit says otherwise."""
     max_batch_jobs: int = 10_000
     database_pool_size: int = 10
+    database_idle_transaction_timeout_s: float = 60.0
+    """Postgres ends a session of ours that sits idle inside a transaction this long, which
+    releases its row locks: a process frozen mid-transaction (a paused VM, SIGSTOP, a swap
+    storm) cannot keep its job from the reaper, or another worker, for longer (0: never)."""
     api_workers: int = 1
     """API processes `longtake serve` runs (each with its own pool, relay and delivery loop)."""
     serve_relay: bool = True
@@ -305,8 +309,20 @@ class Settings(BaseSettings):
         """Embedded mode writes its local API key here."""
         return self.data_dir / "api-key"
 
-    def database_pool(self) -> dict[str, int]:
-        return {"pool_size": self.database_pool_size, "max_overflow": self.database_pool_size}
+    def make_database(self, *, pooled: bool = False) -> Database:
+        """The database, as every process of ours opens it; `pooled`: with the API's pool."""
+        from db.database import Database
+
+        pool = (
+            {"pool_size": self.database_pool_size, "max_overflow": self.database_pool_size}
+            if pooled
+            else {}
+        )
+        return Database(
+            self.database_url,
+            idle_transaction_timeout_s=self.database_idle_transaction_timeout_s,
+            **pool,
+        )
 
     def delivery_config(self) -> DeliveryConfig:
         from dispatch.webhooks import DeliveryConfig

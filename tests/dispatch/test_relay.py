@@ -7,12 +7,17 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import sqlalchemy as sa
+
 from db import job_store, leases, outbox, upkeep
 from db.states import JobStatus
 from dispatch.celery_app import CeleryConfig, make_celery_app
 from dispatch.relay import CeleryDispatcher, OutboxRelay
+from ops.settings import Settings
 from tests.conftest import REDIS_URL, count_rows, free_port, queued_messages
 from tests.factories import job_params
+from tests.worker.stack import wait_for
 
 
 def test_publishes_exactly_the_committed_jobs(pg_db, create_job, celery_app, redis_prefix):
@@ -121,6 +126,40 @@ def test_a_pass_reaps_expired_leases_and_publishes_their_wake_up(db, create_job)
     result = OutboxRelay(db, recorder).run_once()
     assert result.reaped == [upkeep.ReapedJob(job.id, JobStatus.QUEUED)]
     assert recorder.published == [job.id, job.id]  # "created", then "lease_expired"
+
+
+def test_a_worker_frozen_inside_a_transaction_keeps_its_job_from_nobody(
+    pg_db, postgres_url, create_job
+):
+    """A worker frozen (SIGSTOP, a paused VM, a swap storm) between a write to its job and the
+    commit holds the row's lock, and the reaper skips locked rows: the job would wait for the
+    frozen process forever. The server ends a session idle inside a transaction after the
+    configured time, which releases the lock; the job is reaped and the frozen write is lost."""
+    job = create_job(pg_db)
+    settings = Settings(database_url=postgres_url, database_idle_transaction_timeout_s=1)
+    worker_db = settings.make_database()
+    with worker_db.transaction() as s:
+        lease = leases.claim(s, job.id, "frozen", lease_s=0.01)
+    frozen = worker_db.sessions()
+    try:
+        frozen.begin()
+        leases.update_progress(frozen, lease, clips_done=1)  # locks the row; never committed
+        relay = OutboxRelay(pg_db, Recorder())
+        # a guard, not a measure: the lock goes one idle-timeout after the write
+        wait_for(lambda: relay.run_once().reaped, 120, "the frozen worker's job to be reaped")
+        with pytest.raises(sa.exc.DBAPIError) as ended:  # the server ended that session
+            frozen.commit()
+        # a disconnect, as the worker's retries and the pool take it: the next transaction
+        # runs on a new connection and finds the lease gone
+        assert ended.value.connection_invalidated
+        with worker_db.transaction() as s:
+            assert not leases.heartbeat(s, lease, 60)
+    finally:
+        frozen.close()
+        worker_db.dispose()
+    with pg_db.transaction() as s:
+        row = job_store.get_job(s, job.id)
+    assert (row.status, row.clips_done) == (JobStatus.QUEUED.value, 0)
 
 
 def test_stale_queued_jobs_get_a_new_wake_up(db, create_job):

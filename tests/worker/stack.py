@@ -107,6 +107,8 @@ def running_stack(
         "LONGTAKE_STORAGE_REGION": "us-east-1",
         "LONGTAKE_STORAGE_PATH_STYLE": "true",
         "LONGTAKE_LEASE_S": str(LEASE_S),
+        # a worker paused inside a transaction (SIGSTOP) holds its job's row no longer
+        "LONGTAKE_DATABASE_IDLE_TRANSACTION_TIMEOUT_S": str(LEASE_S),
         "LONGTAKE_MODEL_PRESET": "tiny",
         "LONGTAKE_MODEL_DEVICE": "cpu",
         "LONGTAKE_TORCH_THREADS": "1",
