@@ -136,6 +136,9 @@ def _compiled(mode: str, module: Any, frame: Any, cache: list, artefact: Path) -
     if mode in ("jit", "jit again"):
         return torch.compile(call, fullgraph=True, dynamic=False)
     if mode == "save":
+        # off by default before torch 2.12 (the compiled function then has no aot_compile)
+        if hasattr(torch._dynamo.config, "enable_aot_compile"):
+            torch._dynamo.config.enable_aot_compile = True
         fn = torch.compile(call, fullgraph=True, dynamic=False).aot_compile(
             ((module, frame, list(cache)), {})
         )
