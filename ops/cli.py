@@ -554,7 +554,6 @@ def cmd_presenters_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _database(settings: Settings, args: argparse.Namespace):
-
     return (settings.embedded() if args.embedded else settings).make_database()
 
 

@@ -82,7 +82,9 @@ def _row_choices_class() -> type:
     Inductor holds rows of at most 1024 elements whole; longer rows become loops, and a chain
     such as LayerNorm -> modulation -> row maximum -> fp8 cast becomes four kernels, each
     reading the row again from memory (the fp8 step's norms, seen on an H200). Held whole,
-    the chain can be one kernel."""
+    single reductions become one pass, but on an H200 the chain stayed four kernels (the
+    scheduler does not fuse a reduction into the next over the same rows) and the step was no
+    faster (docs/benchmarks.md)."""
     from torch._inductor.choices import InductorChoices
     from torch._inductor.runtime.hints import ReductionHint
     from torch._inductor.virtualized import V
@@ -110,8 +112,8 @@ def _row_choices() -> Any:
 def set_persistent_rows(enabled: bool) -> bool:
     """Compile row reductions of up to PERSISTENT_ROW_MAX elements as single passes (or go back
     to inductor's own choice); every compiled function compiles again. Returns False where
-    this torch has no way to change inductor's heuristics (nothing changes then). Off by
-    default until measured; benchmarks compare both."""
+    this torch has no way to change inductor's heuristics (nothing changes then). Off: measured
+    on an H200 it gained nothing; step_profile --persistent-rows compares both."""
     import torch._inductor.config as inductor
 
     if not hasattr(inductor, "inductor_choices_class"):
