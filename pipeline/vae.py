@@ -16,23 +16,31 @@ cached tensor with that string; torch 2.11's compiler cannot trace the compariso
 decoder into ~30 graphs, one per module and shape, and took ~19 s to warm them up in every
 process on an H200.)
 
-On a GPU the decoder runs channels-last and compiled (`torch.compile` of `decode_frame`, whole;
-the cache's entries are inputs and outputs of the graph, replaced as in eager mode), which
-leaves the cache, its snapshots and its state as they are. A stream's first two latent frames
-(the prime, never shown) decode eagerly in every process: the graphs for an empty cache and
-for a cache of one frame would serve two frames per stream and cost seconds of every open to
-compile; only the steady graph is compiled. Compiled frames differ from eager ones by rounding
-only (ops/bench/generate.py measures it). The compiled decoder is handed canonical strides
-(`_canonical`), so the graph that runs is fixed by the stream's position, whatever the process
-ran before: a resumed stream repeats the uninterrupted one's frames bit for bit.
+On a GPU the decoder runs channels-last and compiled (`decode_frame`, whole; the cache's
+entries are inputs and outputs of the graph, replaced as in eager mode), which leaves the
+cache, its snapshots and its state as they are. A stream's first two latent frames (the prime,
+never shown) decode eagerly in every process: the graphs for an empty cache and for a cache of
+one frame would serve two frames per stream and cost seconds of every open to compile; only
+the steady graph is compiled. Where torch can save a compiled function (`aot_compile`), the
+steady graph is compiled once per size and machine, saved beside inductor's cache and loaded
+by every later process (`precompiled`): a worker's open then loads it instead of tracing and
+compiling it. Compiled frames differ from eager ones by rounding only (ops/bench/generate.py
+measures it). The compiled decoder is handed canonical strides (`_canonical`: one layout per
+decoder), so the graph that runs is fixed by the stream's position, whatever the process ran
+before: a resumed stream repeats the uninterrupted one's frames bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -222,6 +230,133 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
     return fn
 
 
+class FrameDecoder(torch.nn.Module):
+    """`decode_frame` as a module's forward. A saved graph takes the module as an argument,
+    so the weights stay out of the artefact and are read from the live VAE."""
+
+    def __init__(self, decoder: WanDecoder3d):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
+        return decode_frame(self.decoder, x, cache)
+
+
+def call_frame_decoder(
+    module: FrameDecoder, x: torch.Tensor, cache: list[CacheEntry]
+) -> torch.Tensor:
+    return module(x, cache)
+
+
+ARTEFACT_FORMAT = 1
+"""Bumped when what an artefact holds changes in a way its other key parts do not show."""
+
+_precompile = True
+_PRECOMPILED: weakref.WeakKeyDictionary[
+    AutoencoderKLWan, dict[str, Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]]
+] = weakref.WeakKeyDictionary()
+
+
+def set_precompile(enabled: bool) -> None:
+    """Use saved steady-frame graphs where this torch can (on by default; benchmarks compare)."""
+    global _precompile
+    _precompile = enabled
+
+
+def precompiles() -> bool:
+    """Whether compiled decoders save their steady graph and load it in later processes: on,
+    with inductor, where this torch has `aot_compile` (2.11 has it behind a switch)."""
+    return (
+        _precompile
+        and fused.compile_backend() == "inductor"
+        and hasattr(torch.compiler, "load_compiled_function")
+        and hasattr(torch._dynamo.config, "enable_aot_compile")
+    )
+
+
+def artefact_path(vae: AutoencoderKLWan, x: torch.Tensor, cache: list[CacheEntry]) -> Path:
+    """Where the steady graph for these inputs is saved: inductor's cache directory
+    (TORCHINDUCTOR_CACHE_DIR), under a name hashed from everything the graph depends on:
+    the torch and diffusers versions, the device's model, the weights' shapes, layouts and
+    dtypes, the inputs' shapes and strides, the VAE's configuration and this module's code."""
+    import diffusers
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    device = x.device
+    facts = {
+        "format": ARTEFACT_FORMAT,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{device.type}-{platform.machine()}",
+        "weights": [
+            (name, tuple(w.shape), w.stride(), str(w.dtype))
+            for name, w in vae.decoder.named_parameters()
+        ],
+        "inputs": [
+            (tuple(t.shape), t.stride(), str(t.dtype)) if isinstance(t, torch.Tensor) else t
+            for t in (x, *cache)
+        ],
+        # diffusers' bookkeeping keys ("_use_default_values"...) are left out: their order
+        # varies from process to process
+        "config": {k: v for k, v in vae.config.items() if not k.startswith("_")},
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cache_dir()) / "longtake-decoder" / f"{digest[:40]}.aot"
+
+
+def precompiled(
+    vae: AutoencoderKLWan, x: torch.Tensor, cache: list[CacheEntry]
+) -> Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]:
+    """The steady-frame graph for inputs shaped like x and cache (canonical), loaded from its
+    artefact, or compiled with `aot_compile` and saved there for later processes (once per
+    VAE and inputs in a process).
+
+    A process that loads the graph skips tracing and compiling it (on an H200, 720x400: first
+    frame 3.7 s after the start against 8.8 s for torch.compile with a warm cache). Every
+    process then runs the same kernels: saved and loaded graphs decode bit for bit alike,
+    which resumed streams rely on. A damaged or unreadable artefact is compiled anew; one
+    that cannot be written leaves this process with its in-memory graph."""
+    path = artefact_path(vae, x, cache)
+    by_key = _PRECOMPILED.setdefault(vae, {})
+    fn = by_key.get(path.name)
+    if fn is not None:
+        return fn
+    module = FrameDecoder(vae.decoder)
+    graph: Callable[..., Any] | None = None
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                graph = torch.compiler.load_compiled_function(
+                    f, f_globals=call_frame_decoder.__globals__
+                )
+        except Exception as exc:  # noqa: BLE001 - any damage: compile anew
+            warnings.warn(f"decoder artefact {path} unreadable, compiling: {exc}", stacklevel=2)
+            path.unlink(missing_ok=True)
+    if graph is None:
+        fused.configure_compiler()
+        torch._dynamo.config.enable_aot_compile = True  # off by default before torch 2.12
+        compiled = torch.compile(
+            call_frame_decoder, fullgraph=True, dynamic=False, backend="inductor"
+        )
+        graph = compiled.aot_compile(((module, x, list(cache)), {}))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(f"{path.name}.{os.getpid()}.part")
+            graph.save_compiled_function(str(part))
+            os.replace(part, path)  # whole or absent, whoever saves at the same time
+        except OSError as exc:
+            warnings.warn(f"decoder artefact not saved to {path}: {exc}", stacklevel=2)
+
+    def steady(frame: torch.Tensor, entries: list[CacheEntry]) -> torch.Tensor:
+        return graph(module, frame, entries)
+
+    by_key[path.name] = steady
+    return steady
+
+
 COMPILED_FROM_FRAME = 2
 """The first latent frame (0-based) a compiled decoder runs compiled; those before run eagerly."""
 
@@ -238,7 +373,8 @@ class StreamingDecoder:
 
     channels_last (GPU): feed the decoder channels-last activations (pair with
     `use_channels_last(vae)`); the CPU keeps the default layout, bit-identical to `vae.decode`.
-    compiled (GPU): run `compiled_decoder(vae)` instead of the eager decoder.
+    compiled (GPU): decode steady frames (from COMPILED_FROM_FRAME on) with a compiled graph:
+    `precompiled` where this torch can save one, else `compiled_decoder(vae)`.
     """
 
     def __init__(self, vae: AutoencoderKLWan, channels_last: bool = False, compiled: bool = False):
@@ -246,7 +382,6 @@ class StreamingDecoder:
         self.channels_last = channels_last
         self.compiled = compiled
         check_decoder(vae.decoder)
-        self._decoder = compiled_decoder(vae) if compiled else self._eager
         self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self._cache: list[CacheEntry] = [None] * self.num_convs
         self.frames_decoded = 0  # latent frames
@@ -264,19 +399,20 @@ class StreamingDecoder:
         out = []
         for i in range(x.shape[2]):
             frame = x[:, :, i : i + 1]
-            compiled = self.compiled and self.frames_decoded >= COMPILED_FROM_FRAME
-            if compiled:
-                frame = _canonical(frame)
-                self._cache = [_canonical(e) for e in self._cache]
+            if not (self.compiled and self.frames_decoded >= COMPILED_FROM_FRAME):
+                out.append(self._eager(frame, self._cache))
+                self.frames_decoded += 1
+                continue
+            frame = _canonical(frame, self.channels_last)
+            self._cache = [_canonical(e, self.channels_last) for e in self._cache]
             try:
-                out.append((self._decoder if compiled else self._eager)(frame, self._cache))
+                out.append(self._steady(frame, self._cache)(frame, self._cache))
             except Exception as exc:  # noqa: BLE001 - no working compiler here: stay correct
-                if not compiled:
-                    raise
-                # a failed compile runs nothing, so the cache is as the last frame left it
+                # a failed compile (or a saved graph refusing its inputs) runs nothing, so
+                # the cache is as the last frame left it
                 warnings.warn(f"compiled VAE decode failed, decoding eagerly: {exc}", stacklevel=2)
-                self.compiled, self._decoder = False, self._eager
-                out.append(self._decoder(frame, self._cache))
+                self.compiled = False
+                out.append(self._eager(frame, self._cache))
             self.frames_decoded += 1
         return torch.clamp(torch.cat(out, dim=2), min=-1.0, max=1.0)
 
@@ -313,13 +449,21 @@ class StreamingDecoder:
             resumed.load_state_dict(*scratch.state_dict())
             resumed.decode(zeros[:, :1])  # steady, from a restored cache
             if not (scratch.compiled and resumed.compiled):  # no working compiler here
-                self.compiled, self._decoder = False, self._eager
+                self.compiled = False
                 return
             if fused.graphs_compiled() == before:
                 return
 
     def _eager(self, x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
         return decode_frame(self.vae.decoder, x, cache)
+
+    def _steady(
+        self, x: torch.Tensor, cache: list[CacheEntry]
+    ) -> Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]:
+        """The compiled function for a steady frame (canonical x and cache)."""
+        if precompiles():
+            return precompiled(self.vae, x, cache)
+        return compiled_decoder(self.vae)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -380,28 +524,30 @@ class StreamingDecoder:
         return sum(e.numel() * e.element_size() for e in self._cache if isinstance(e, torch.Tensor))
 
 
-def _canonical(entry: torch.Tensor | str | None) -> Any:
-    """A tensor with the strides a dense tensor of its shape and layout has (a view, or a copy
-    when it is not dense); anything else as it is.
+def _canonical(entry: torch.Tensor | str | None, channels_last: bool) -> Any:
+    """A tensor dense in the decoder's layout (channels-last for a channels-last decoder's 5-D
+    tensors, the default otherwise), with the strides a dense tensor of its shape has in that
+    layout, size-1 dimensions included: itself or a view where its memory is already in that
+    order, else a copy; anything else as it is.
 
-    A compiled graph is chosen by guards on its inputs' strides, those of size-1 dimensions
-    included: a frame sliced from a 2- or a 3-frame call, a cache entry written by a compiled
-    graph (whose output strides are the compiler's) or one restored from a state all differ
-    there. Each difference compiled a graph of its own, which graphs a stream then ran depended
-    on what the process had decoded before, and the graphs' kernels differ in rounding: on an
-    H200 the frames of a resumed stream, and of a process's first stream, did not repeat. With
-    every input canonical, the graph is a function of the stream's position alone."""
+    A compiled graph is chosen by guards on its inputs' strides, and a saved one
+    (`precompiled`) accepts only the strides it was compiled for: the layout is therefore a
+    function of the decoder alone, never of what produced an entry. A frame sliced from a 2-
+    or a 3-frame call, an entry written by a compiled graph (whose output strides are the
+    compiler's), one made by a concatenation along time (stored time-major) or one restored
+    from a state all differ otherwise. (Each difference compiled a graph of its own; which
+    graphs a stream then ran depended on what the process had decoded before, and the graphs'
+    kernels differ in rounding: on an H200 the frames of a resumed stream did not repeat. A
+    saved graph met an entry in the other layout and refused it.)"""
     if not isinstance(entry, torch.Tensor):
         return entry
-    cl = entry.dim() == 5 and entry.is_contiguous(memory_format=torch.channels_last_3d)
-    if not (cl or entry.is_contiguous()):
-        # in neither layout (a view, or dense in another order of its dimensions: a
-        # temporal upsampler's cache, concatenated along time, can be stored time-major):
-        # a copy in the default layout, as a restore from disk gives it
-        return entry.contiguous()
-    # in one of the two layouts but for strides of size-1 dimensions: the same memory order,
-    # so the view reads the same values
-    layout = torch.channels_last_3d if cl else torch.contiguous_format
+    layout = (
+        torch.channels_last_3d if channels_last and entry.dim() == 5 else torch.contiguous_format
+    )
+    if not entry.is_contiguous(memory_format=layout):
+        entry = entry.contiguous(memory_format=layout)
+    # dense in the layout but for strides of size-1 dimensions: the same memory order, so
+    # the view reads the same values
     strides = _dense_strides(tuple(entry.shape), layout)
     if entry.stride() == strides:
         return entry

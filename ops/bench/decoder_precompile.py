@@ -82,25 +82,29 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
         if cuda:
             torch.cuda.synchronize(device)
 
-    module = FrameDecoder(vae.decoder)
-    cache = [vae_mod._canonical(e) for e in primed._cache]
+    module = vae_mod.FrameDecoder(vae.decoder)
+    cache = [vae_mod._canonical(e, cuda) for e in primed._cache]
     t0 = time.perf_counter()
     try:
-        fn = _compiled(mode, module, vae_mod._canonical(frames[0]), cache, artefact)
+        fn = _compiled(mode, module, vae_mod._canonical(frames[0], cuda), cache, artefact)
     except (AttributeError, NotImplementedError, RuntimeError) as exc:
         return {"mode": mode, "unavailable": f"{type(exc).__name__}: {exc}"[:300]}
     ready_s = time.perf_counter() - t0
     out, first_s = [], 0.0
     for i, frame in enumerate(frames):
-        cache = [vae_mod._canonical(e) for e in cache]
-        out.append(fn(module, vae_mod._canonical(frame), cache))
+        cache = [vae_mod._canonical(e, cuda) for e in cache]
+        out.append(fn(module, vae_mod._canonical(frame, cuda), cache))
         if i == 0:
             sync()
             first_s = time.perf_counter() - t0
     sync()
     t1 = time.perf_counter()
     for _ in range(3):
-        fn(module, vae_mod._canonical(frames[-1]), [vae_mod._canonical(e) for e in cache])
+        fn(
+            module,
+            vae_mod._canonical(frames[-1], cuda),
+            [vae_mod._canonical(e, cuda) for e in cache],
+        )
     sync()
     steady_s = (time.perf_counter() - t1) / 3
     digest = hashlib.sha256()
@@ -116,30 +120,14 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
     }
 
 
-class FrameDecoder(torch.nn.Module):
-    """`decode_frame` as a module's forward: the compiled function takes the module as an
-    argument, so the weights stay out of a saved artefact."""
-
-    def __init__(self, decoder: torch.nn.Module):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, x: torch.Tensor, cache: list) -> torch.Tensor:
-        return vae_mod.decode_frame(self.decoder, x, cache)
-
-
-def call(module: Any, x: Any, cache: list) -> Any:
-    return module(x, cache)
-
-
 def _compiled(mode: str, module: Any, frame: Any, cache: list, artefact: Path) -> Any:
     if mode in ("jit", "jit again"):
-        return torch.compile(call, fullgraph=True, dynamic=False)
+        return torch.compile(vae_mod.call_frame_decoder, fullgraph=True, dynamic=False)
     if mode == "save":
         # off by default before torch 2.12 (the compiled function then has no aot_compile)
         if hasattr(torch._dynamo.config, "enable_aot_compile"):
             torch._dynamo.config.enable_aot_compile = True
-        fn = torch.compile(call, fullgraph=True, dynamic=False).aot_compile(
+        fn = torch.compile(vae_mod.call_frame_decoder, fullgraph=True, dynamic=False).aot_compile(
             ((module, frame, list(cache)), {})
         )
         fn.save_compiled_function(str(artefact))
@@ -147,7 +135,9 @@ def _compiled(mode: str, module: Any, frame: Any, cache: list, artefact: Path) -
     if not artefact.exists():
         raise RuntimeError("no artefact: the save failed")
     with open(artefact, "rb") as f:
-        return torch.compiler.load_compiled_function(f, f_globals=call.__globals__)
+        return torch.compiler.load_compiled_function(
+            f, f_globals=vae_mod.call_frame_decoder.__globals__
+        )
 
 
 def table(report: dict[str, Any]) -> str:

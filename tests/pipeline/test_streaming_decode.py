@@ -78,7 +78,7 @@ def test_offline_stream_equals_online_stream(tiny):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_runs_one_graph_per_stream_position():
+def test_compiled_decoder_runs_one_graph_per_stream_position(tmp_path, monkeypatch):
     """The compiled decoder (as on a GPU: channels-last, torch.compile) picks its graph by where
     the stream stands, not by what the process decoded before: its graphs are all compiled,
     in a fixed order, before its first frame, and a later stream and a stream resumed from a
@@ -90,6 +90,8 @@ def test_compiled_decoder_runs_one_graph_per_stream_position():
     from pipeline import Generator
     from pipeline.vae import use_channels_last
 
+    # a compile cache of its own: no steady graph saved by an earlier run to load
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     vae = Generator.from_preset("tiny", device="cpu", seed=7).components.vae  # not shared
     use_channels_last(vae)
     torch._dynamo.reset()
@@ -186,11 +188,49 @@ def test_canonical_cache_entries_keep_their_values():
     one_frame = torch.randn(1, 6, 1, 5, 7)
     odd_size_one = one_frame.as_strided(one_frame.shape, (210, 35, 999, 7, 1))
     for t in (base, time_major, channels_last, sliced, one_frame, odd_size_one):
-        c = _canonical(t)
-        assert torch.equal(c, t)
-        layouts = (torch.contiguous_format, torch.channels_last_3d)
-        assert c.stride() in [_dense_strides(tuple(t.shape), f) for f in layouts]
+        for cl, layout in ((False, torch.contiguous_format), (True, torch.channels_last_3d)):
+            c = _canonical(t, cl)
+            assert torch.equal(c, t)
+            assert c.stride() == _dense_strides(tuple(t.shape), layout)
     assert time_major.stride() != base.stride() and torch.equal(time_major, base)
+
+
+def test_compiled_decoder_inputs_have_one_layout_whatever_made_them(vae):
+    """Every tensor the compiled steady-frame graph receives is dense in the decoder's layout,
+    whether the eager prime, the graph itself or a restored state made it: the strides of each
+    input are a function of its shape. (A saved graph accepts only the strides it was compiled
+    for; on an H200 a cache entry that a concatenation left time-major reached it in the
+    default layout instead of channels-last, and it was refused.)"""
+    from pipeline.vae import _dense_strides
+
+    torch.manual_seed(4)
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def spy(decoder: StreamingDecoder) -> StreamingDecoder:
+        decoder.compiled = True  # the compiled path's inputs, decoded by the eager decoder
+        eager = decoder._eager
+
+        def steady(x, cache):
+            for t in (x, *cache):
+                if isinstance(t, torch.Tensor):
+                    seen.append((tuple(t.shape), t.stride()))
+            return eager(x, cache)
+
+        decoder._steady = lambda x, cache: steady  # noqa: ARG005
+        decoder.warm_up = lambda *a: None  # noqa: ARG005
+        return decoder
+
+    for channels_last in (True, False):
+        seen.clear()
+        first = spy(StreamingDecoder(vae, channels_last=channels_last))
+        first.decode(torch.randn(16, 5, 8, 8))
+        tensors, meta = first.state_dict()
+        resumed = spy(StreamingDecoder(vae, channels_last=channels_last))
+        resumed.load_state_dict({k: v.clone() for k, v in tensors.items()}, meta)
+        resumed.decode(torch.randn(16, 3, 8, 8))
+        layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        assert len(seen) > 20
+        assert all(stride == _dense_strides(shape, layout) for shape, stride in seen)
 
 
 @pytest.mark.slow
