@@ -42,6 +42,7 @@ import torch
 from pipeline import gil, params
 from pipeline import presenters as presenter_mod
 from pipeline import state as state_io
+from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
 from pipeline.cache import SinkKeys, StepKVCache
@@ -53,7 +54,6 @@ from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_by
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
-from pipeline.text import encode_prompt
 from pipeline.warm_up import warm_up_dit
 
 Decode = Literal["online", "offline"]
@@ -163,13 +163,15 @@ class Stream:
         if cached is not None:
             text = presenter_mod.copy_tensor(cached.text)
         else:
-            text = encode_prompt(
+            text = text_mod.prompt_states(
                 comps.text_encoder,
                 comps.tokenizer,
                 request.prompt,
                 preset.dit.text_len,
                 device=comps.text_device,
+                saved=source,
             )
+        self._text = text
         clock.lap("text")
         self.audio = AudioFeatures(
             comps.audio_encoder,
@@ -389,6 +391,7 @@ class Stream:
             decoder = self.decoder.state_dict()[0]
         live = self._cache_tensors()
         live.update({f"decoder.{k}": v for k, v in decoder.items()})
+        live[text_mod.STATE_NAME] = self._text
         return live
 
     def _reserve_capture_buffers(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+    from pipeline.state import TensorSource
 
 Tokenizer = Callable[[str, int], list[int]]
 """(prompt, max tokens) -> token ids ending with EOS."""
 
 PAD_ID, EOS_ID = 0, 1
+
+STATE_NAME = "prompt.text"
+"""The encoded prompt's name in a stream's state ([n_tokens, d_model] float32; 8 MB for the
+14B model's 512 tokens): a resume reads it back instead of encoding the prompt again, which
+runs umT5-XXL (11 GB of weights, first taken to the GPU where they are kept in host memory)
+while the model loads and the checkpoint streams in (on an H200, 6.1 s of a resumed open
+with both beside it, against 0.7 s alone)."""
 
 
 def byte_tokenizer(prompt: str, max_tokens: int) -> list[int]:
@@ -48,13 +60,35 @@ def encode_prompt(
     if not ids:
         ids = [EOS_ID]
     home = next(model.parameters()).device
-    target = home if device is None else torch.device(device)
+    target = encode_device(model, device)
     if home.type == "cpu" and target.type != "cpu":
         from pipeline.weights import visiting
 
         with visiting(model, target):
             return _encode(model, ids, target)
     return _encode(model, ids, target)
+
+
+def encode_device(model: UMT5EncoderModel, device: torch.device | str | None) -> torch.device:
+    """Where `encode_prompt` runs the encoder, and leaves its states."""
+    return next(model.parameters()).device if device is None else torch.device(device)
+
+
+def prompt_states(
+    model: UMT5EncoderModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_tokens: int,
+    device: torch.device | str | None = None,
+    saved: TensorSource | None = None,
+) -> torch.Tensor:
+    """`encode_prompt`'s states, read from `saved` (a state being resumed) where it holds them
+    (STATE_NAME), bit for bit what the encoder gave the interrupted stream; encoded otherwise
+    (a fresh stream, or a state written before states kept the prompt). The caller has checked
+    that the state belongs to this request."""
+    if saved is not None and STATE_NAME in saved.names():
+        return saved.get(STATE_NAME).to(encode_device(model, device))
+    return encode_prompt(model, tokenizer, prompt, max_tokens, device)
 
 
 def _encode(model: UMT5EncoderModel, ids: list[int], device: torch.device) -> torch.Tensor:

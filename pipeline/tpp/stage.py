@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
 from pipeline.cache import SinkKeys, StepKVCache
@@ -40,7 +41,6 @@ from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
 from pipeline.state import CheckpointSource, StateSource, TensorSource, shard_of
 from pipeline.stream import ClipAudio, clip_noise, portrait_latents, to_device
-from pipeline.text import encode_prompt
 from pipeline.tpp import protocol as msg
 from pipeline.tpp.config import EngineConfig
 from pipeline.tpp.links import Link, Packet, Shapes
@@ -116,7 +116,8 @@ class RankStream:
         self.decode: DecodeStage | None = None
         restore = self._restore_source()
 
-        text = self._exchange_text() if ctx.is_dit else None
+        text = self._exchange_text(restore) if ctx.is_dit else None
+        self.text = text  # rank 0's goes into its states
         self.motion = self._exchange_motion() if spec.start_clip == 0 else None
         if ctx.is_dit:
             self._open_dit(text, restore)
@@ -136,19 +137,21 @@ class RankStream:
             return StateSource({"meta": {}, "tensors": self.spec.restore_tensors})
         return None
 
-    def _exchange_text(self) -> torch.Tensor:
-        """The prompt's encoder states, computed once on rank 0 and broadcast to DiT ranks."""
+    def _exchange_text(self, restore: TensorSource | None) -> torch.Tensor:
+        """The prompt's encoder states, computed once on rank 0 (read from the state being
+        resumed, where it holds them) and broadcast to DiT ranks."""
         ctx, preset = self.ctx, self.ctx.preset
         if ctx.rank == 0:
             comps = ctx.comps
             assert comps.text_encoder is not None and comps.tokenizer is not None
             assert self.spec.prompt is not None
-            text = encode_prompt(
+            text = text_mod.prompt_states(
                 comps.text_encoder,
                 comps.tokenizer,
                 self.spec.prompt,
                 preset.dit.text_len,
                 device=comps.text_device,
+                saved=restore,
             ).to(self.device)
         if ctx.cfg.dit_ranks == 1:
             return text
@@ -494,6 +497,8 @@ class RankStream:
             for u in self.piece:
                 tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
             tensors.update(self._sink_piece())
+        if self.ctx.rank == 0 and self.text is not None:
+            tensors[text_mod.STATE_NAME] = self.text
         if self.decode is not None:
             dec_tensors, dec_meta = self.decode.state_at(boundary)
             tensors.update({f"decoder.{k}": v for k, v in dec_tensors.items()})

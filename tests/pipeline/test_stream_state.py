@@ -78,6 +78,54 @@ def test_checkpoint_directory_round_trip(tiny, six_clips, tmp_path):
         assert np.array_equal(clip.frames, six_clips[clip.index])
 
 
+def _counting_text_encoder(gen, monkeypatch) -> list[int]:
+    """Counts the text encoder's forward passes (the class's: a visiting encoder is the same
+    object)."""
+    calls = [0]
+    encoder = gen.components.text_encoder
+    forward = type(encoder).forward
+
+    def counted(self, *args, **kwargs):
+        calls[0] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(encoder), "forward", counted)
+    return calls
+
+
+def test_a_resume_reads_the_encoded_prompt_instead_of_encoding_it(
+    tiny, six_clips, tmp_path, monkeypatch
+):
+    """The encoded prompt is part of the state: a resume does not run the text encoder (on a
+    GPU it would take its 11 GB of weights to the device beside the model's load and the
+    checkpoint's read) and continues with the uninterrupted stream's frames; a state written
+    before it was kept (no prompt.text) still resumes, encoding the prompt again."""
+    from pipeline.text import STATE_NAME
+
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    next(stream)
+    next(stream)
+    stream.checkpoint(tmp_path / "ckpt")
+    state = stream.state_dict()
+    stream.close()
+    assert state["tensors"][STATE_NAME].dtype == torch.float32
+    assert (tmp_path / "ckpt" / "prompt.safetensors").is_file()
+
+    calls = _counting_text_encoder(tiny, monkeypatch)
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), resume_from=tmp_path / "ckpt")
+    assert calls[0] == 0
+    assert torch.equal(resumed._text, state["tensors"][STATE_NAME])
+    for clip in resumed:
+        assert np.array_equal(clip.frames, six_clips[clip.index])
+
+    older = {"meta": state["meta"], "tensors": dict(state["tensors"])}
+    del older["tensors"][STATE_NAME]
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), state=older)
+    assert calls[0] == 1
+    for clip in resumed:
+        assert np.array_equal(clip.frames, six_clips[clip.index])
+
+
 def _sink(stream) -> list[torch.Tensor]:
     """The sink as attention reads it: unrotated reference keys, and every step's motion keys
     and values (the reference keys' slot in a step cache is rewritten before every use)."""

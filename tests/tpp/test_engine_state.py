@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import state as state_io
+from pipeline.text import STATE_NAME
 from pipeline.tpp import EngineError
 from tests.tpp.conftest import config, request
 
@@ -27,6 +28,7 @@ def test_checkpoint_kill_new_engine_restore_gives_the_uninterrupted_frames(
     # whole groups keep the single-device shard names; step 1 is split between the ranks
     assert {"sink.safetensors", "step-0.safetensors", "step-2.safetensors"} <= names
     assert {"step-1.rank0.safetensors", "step-1.rank1.safetensors", "decoder.safetensors"} <= names
+    assert "prompt.safetensors" in names  # rank 0's encoded prompt: a resume does not encode
     manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
     assert manifest["meta"]["next_clip"] == 2 and manifest["meta"]["tpp"]["dit_ranks"] == 2
 
@@ -53,6 +55,7 @@ def test_state_at_the_first_and_last_boundary_resumes(engine2, reference, bounda
         next(stream)
     state = stream.state_dict()
     stream.close()
+    assert state["tensors"][STATE_NAME].shape[0] > 0  # the encoded prompt, gathered from rank 0
     resumed = engine2.open(request(3, 4), state=state)
     assert resumed.next_clip == boundary
     assert [c.frames.tobytes() for c in resumed] == [
