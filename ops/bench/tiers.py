@@ -189,6 +189,11 @@ class Trace:
         }
 
 
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def compile_summary() -> dict[str, float]:
     """Seconds torch.compile spent in this process, by phase (dynamo's `dynamo_timed`)."""
     from torch._dynamo.utils import compile_times
@@ -553,7 +558,9 @@ def report(part: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  {label}: encoders built {r['build_s']:.1f} s, the DiT loaded beside in "
                 f"{r['dit_load_s']:.1f} s, first frame {r['from_build_start_s']:.1f} s after "
-                f"the build began (of it the request's inputs {r.get('request_s', 0):.1f} s)"
+                f"the build began (of it the request's inputs {r.get('request_s', 0):.1f} s; "
+                f"CPU time meanwhile {r.get('cpu_s_to_first_frame', 0):.0f} s "
+                f"on {r.get('cpu_count')} cores)"
             )
         if r is not None and r.get("build_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["build_parts_s"].items())
@@ -647,6 +654,7 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
         checker.start()
     from ops.bench.timing import StackSampler
 
+    cpu_at_build = _cpu_s()
     t0 = t_build = time.perf_counter()
     with StackSampler() as build_samples:  # where the build's time goes, line by line
         gen = build_deferred_engine(a.preset, device, a.layers, a.dit_release)
@@ -680,6 +688,7 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     first_clip_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
     from_build_start_s = time.perf_counter() - t_build
+    cpu_s = _cpu_s() - cpu_at_build
     sink = sink_hash(stream) if a.mode == "resume" else ""  # fixed once open: hashed untimed
     traced = trace.report(clip.index)
     out = {
@@ -694,6 +703,10 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
         "open_parts_s": dict(stream.open_seconds),
         "dit_load_s": None if loading is None else loading.seconds,
         "from_build_start_s": from_build_start_s,
+        # the process's CPU time (all threads) over the same span: against the host's cores,
+        # how busy the host was while the model loaded, the state streamed in and it opened
+        "cpu_s_to_first_frame": cpu_s,
+        "cpu_count": os.cpu_count(),
         "first_clip_s": first_clip_s,
         "graphs_compiled_at_open": graphs[1] - graphs[0],
         "graphs_compiled_in_first_clip": graphs[2] - graphs[1],

@@ -251,6 +251,29 @@ def test_a_seal_checks_every_chunk_of_every_file(tmp_path, monkeypatch):
     assert not local.valid(d, verify=True)
 
 
+def test_each_chunks_crc_is_the_crc_of_its_own_bytes(tmp_path, monkeypatch):
+    """The summing threads reuse their chunk buffers: a short last chunk, read into a buffer
+    that held a whole chunk before, is summed over its own bytes only."""
+    import random
+    import zlib
+
+    from worker import tiers
+
+    monkeypatch.setattr(tiers, "CRC_CHUNK", 1000)
+    monkeypatch.setattr(tiers, "CRC_THREADS", 2)
+    rng = random.Random(3)
+    files = {
+        tmp_path / name: rng.randbytes(size)
+        for name, size in (("a", 5000), ("b", 2500), ("c", 1), ("d", 999), ("e", 0))
+    }
+    for path, data in files.items():
+        path.write_bytes(data)
+    got = tiers._chunk_crcs(list(files))
+    for path, data in files.items():
+        want = [zlib.crc32(data[at : at + 1000]) for at in range(0, max(len(data), 1), 1000)]
+        assert got[path] == want, path.name
+
+
 def test_the_local_checkpoint_is_checked_beside_the_open(
     sqlite_db, local_storage, tmp_path, reference, monkeypatch
 ):
