@@ -18,11 +18,11 @@ Tokenizer = Callable[[str, int], list[int]]
 PAD_ID, EOS_ID = 0, 1
 
 STATE_NAME = "prompt.text"
-"""The encoded prompt's name in a stream's state ([n_tokens, d_model] float32; 8 MB for the
-14B model's 512 tokens): a resume reads it back instead of encoding the prompt again, which
+"""The encoded prompt's name in a stream's state ([n_tokens, d_model] float32; at most 8 MB for
+the 14B model's 512 tokens): a resume reads it back instead of encoding the prompt again, which
 runs umT5-XXL (11 GB of weights, first taken to the GPU where they are kept in host memory)
 while the model loads and the checkpoint streams in (on an H200, 6.1 s of a resumed open
-with both beside it, against 0.7 s alone)."""
+with both beside it, against 0.7 s in a quiet process)."""
 
 
 def byte_tokenizer(prompt: str, max_tokens: int) -> list[int]:
