@@ -251,24 +251,16 @@ def call_frame_decoder(
 ARTEFACT_FORMAT = 1
 """Bumped when what an artefact holds changes in a way its other key parts do not show."""
 
-_precompile = True
 _PRECOMPILED: weakref.WeakKeyDictionary[
     AutoencoderKLWan, dict[str, Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]]
 ] = weakref.WeakKeyDictionary()
-
-
-def set_precompile(enabled: bool) -> None:
-    """Use saved steady-frame graphs where this torch can (on by default; benchmarks compare)."""
-    global _precompile
-    _precompile = enabled
 
 
 def precompiles() -> bool:
     """Whether compiled decoders save their steady graph and load it in later processes: on,
     with inductor, where this torch has `aot_compile` (2.11 has it behind a switch)."""
     return (
-        _precompile
-        and fused.compile_backend() == "inductor"
+        fused.compile_backend() == "inductor"
         and hasattr(torch.compiler, "load_compiled_function")
         and hasattr(torch._dynamo.config, "enable_aot_compile")
     )
@@ -385,6 +377,9 @@ class StreamingDecoder:
         self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self._cache: list[CacheEntry] = [None] * self.num_convs
         self.frames_decoded = 0  # latent frames
+        self._steady_fns: dict[
+            tuple[int, ...], Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]
+        ] = {}
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -460,10 +455,14 @@ class StreamingDecoder:
     def _steady(
         self, x: torch.Tensor, cache: list[CacheEntry]
     ) -> Callable[[torch.Tensor, list[CacheEntry]], torch.Tensor]:
-        """The compiled function for a steady frame (canonical x and cache)."""
-        if precompiles():
-            return precompiled(self.vae, x, cache)
-        return compiled_decoder(self.vae)
+        """The compiled function for a steady frame (canonical x and cache), found once per
+        frame size (naming a saved graph hashes the decoder's weights' and inputs' layouts)."""
+        key = tuple(x.shape)
+        fn = self._steady_fns.get(key)
+        if fn is None:
+            fn = precompiled(self.vae, x, cache) if precompiles() else compiled_decoder(self.vae)
+            self._steady_fns[key] = fn
+        return fn
 
     # ---- state ---------------------------------------------------------------------------
 
