@@ -176,31 +176,33 @@ def gpu_compiled(fn: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
+# the norms' float32 arithmetic, shared by the functions below
+
+
+def _affine_ln(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps)
+
+
+def _modulated_ln(
+    h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> torch.Tensor:
+    return F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift
+
+
 @gpu_compiled
 def modulated_norm(
     h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> torch.Tensor:
     """LayerNorm (no affine) of float32 h, then AdaLN: * (1 + scale) + shift, cast to dtype."""
-    return (F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift).to(dtype)
-
-
-@gpu_compiled
-def affine_norm(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
-) -> torch.Tensor:
-    """LayerNorm with its own scale and bias, in float32, cast to dtype."""
-    return F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps).to(dtype)
+    return _modulated_ln(h, shift, scale, eps).to(dtype)
 
 
 @gpu_compiled
 def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """h + y * gate in float32 (h float32, y in the weights' dtype)."""
     return h + y.float() * gate
-
-
-@gpu_compiled
-def residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return h + y.float()
 
 
 @gpu_compiled
@@ -219,6 +221,69 @@ def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
+# ---- a residual sum and the norm after it, in one graph ----------------------------------------
+#
+# The block adds an attention's output to the residual stream and normalises the sum for the
+# next linear layer. As two compiled functions that is a kernel writing the sum and others
+# reading it back for the norm's statistics; in one graph the compiler can take the statistics
+# from the sum as it makes it. Each returns the new residual stream (float32) and the next
+# layer's input, with the values of the two steps one after the other.
+
+
+@gpu_compiled
+def gated_residual_affine_norm(
+    h: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gated_residual`, then LayerNorm with its own scale and bias, in float32, cast to dtype."""
+    h = h + y.float() * gate
+    return h, _affine_ln(h, weight, bias, eps).to(dtype)
+
+
+@gpu_compiled
+def residual_modulated_norm(
+    h: torch.Tensor,
+    y: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h + y (h float32), then `modulated_norm` of the sum."""
+    h = h + y.float()
+    return h, _modulated_ln(h, shift, scale, eps).to(dtype)
+
+
+@gpu_compiled
+def gated_residual_affine_norm_fp8(
+    h: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_affine_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    h = h + y.float() * gate
+    q, s = fp8.quantize_rows(_affine_ln(h, weight, bias, eps))
+    return h, q, s
+
+
+@gpu_compiled
+def residual_modulated_norm_fp8(
+    h: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`residual_modulated_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    h = h + y.float()
+    q, s = fp8.quantize_rows(_modulated_ln(h, shift, scale, eps))
+    return h, q, s
+
+
 # ---- ending in FP8 rows: (e4m3 [..., K], float32 scales [..., 1]) -----------------------------
 
 
@@ -227,15 +292,7 @@ def modulated_norm_fp8(
     h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`modulated_norm` of float32 h, quantised per token for an FP8 linear."""
-    return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], eps=eps) * (1 + scale) + shift)
-
-
-@gpu_compiled
-def affine_norm_fp8(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`affine_norm` of float32 h, quantised per token for an FP8 linear."""
-    return fp8.quantize_rows(F.layer_norm(h, h.shape[-1:], weight.float(), bias.float(), eps))
+    return fp8.quantize_rows(_modulated_ln(h, shift, scale, eps))
 
 
 @gpu_compiled

@@ -197,11 +197,10 @@ class TransformerBlock(nn.Module):
         h = x.float()  # the residual stream, float32 inside the block
 
         y = self.self_attn(self._modulated_norm(h, shift1, scale1, dtype), cache)
-        h = fused.gated_residual(h, y, gate1)
-
-        h = fused.residual(h, self.cross_attn(self._affine_norm(h, dtype), *text_kv))
-
-        u = self.ffn[0](self._modulated_norm(h, shift2, scale2, dtype))  # [1, L, ffn_dim]
+        h, normed = self._residual_affine_norm(h, y, gate1, dtype)
+        y = self.cross_attn(normed, *text_kv)
+        h, normed = self._residual_modulated_norm(h, y, shift2, scale2, dtype)
+        u = self.ffn[0](normed)  # [1, L, ffn_dim]
         u = Fp8Rows(*fused.gelu_fp8(u)) if self.fp8 else self.ffn[1](u)
         y = self.ffn[2](u)
         return fused.gated_residual(h, y, gate2).to(dtype)
@@ -215,11 +214,29 @@ class TransformerBlock(nn.Module):
             return Fp8Rows(*fused.modulated_norm_fp8(h, shift, scale, self.eps))
         return fused.modulated_norm(h, shift, scale, self.eps, dtype)
 
-    def _affine_norm(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | Fp8Rows:
+    # a residual sum and the norm after it, in one compiled step: (the sum, the next input)
+
+    def _residual_affine_norm(
+        self, h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
         w, b = self.norm3.weight, self.norm3.bias
         if self.fp8:
-            return Fp8Rows(*fused.affine_norm_fp8(h, w, b, self.eps))
-        return fused.affine_norm(h, w, b, self.eps, dtype)
+            h, q, s = fused.gated_residual_affine_norm_fp8(h, y, gate, w, b, self.eps)
+            return h, Fp8Rows(q, s)
+        return fused.gated_residual_affine_norm(h, y, gate, w, b, self.eps, dtype)
+
+    def _residual_modulated_norm(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        shift: torch.Tensor,
+        scale: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
+        if self.fp8:
+            h, q, s = fused.residual_modulated_norm_fp8(h, y, shift, scale, self.eps)
+            return h, Fp8Rows(q, s)
+        return fused.residual_modulated_norm(h, y, shift, scale, self.eps, dtype)
 
 
 class Head(nn.Module):

@@ -121,6 +121,38 @@ def test_the_fused_steps_end_in_the_same_quantisation():
     assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_residual_and_the_norm_after_it_in_one_step_equal_the_two_steps(compiled):
+    """The block's residual sums merged with the norms after them: the same values as the sum
+    followed by the norm, in the weights' dtype and in FP8 rows (eager, and compiled with
+    dynamo's eager backend: the same graphs)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(1, 20, 64, generator=g)
+    y = torch.randn(1, 20, 64, generator=g).to(torch.bfloat16)
+    gate, shift, scale, w, b = (torch.randn(64, generator=g) for _ in range(5))
+    summed, gated = h + y.float(), h + y.float() * gate
+    affine = F.layer_norm(gated, (64,), w, b, 1e-6)
+    modulated = F.layer_norm(summed, (64,), eps=1e-6) * (1 + scale) + shift
+    if compiled:
+        fused.set_compile(True, devices=("cpu",), backend="eager")
+    try:
+        got = fused.gated_residual_affine_norm(h, y, gate, w, b, 1e-6, torch.bfloat16)
+        assert torch.equal(got[0], gated) and torch.equal(got[1], affine.to(torch.bfloat16))
+        got = fused.residual_modulated_norm(h, y, shift, scale, 1e-6, torch.bfloat16)
+        assert torch.equal(got[0], summed) and torch.equal(got[1], modulated.to(torch.bfloat16))
+        for got, (s, n) in (
+            (fused.gated_residual_affine_norm_fp8(h, y, gate, w, b, 1e-6), (gated, affine)),
+            (fused.residual_modulated_norm_fp8(h, y, shift, scale, 1e-6), (summed, modulated)),
+        ):
+            q, scales = fp8.quantize_rows(n)
+            assert torch.equal(got[0], s)
+            assert torch.equal(got[1].float(), q.float()) and torch.equal(got[2], scales)
+    finally:
+        fused.set_compile(True)
+
+
 def test_a_quantised_linear_keeps_its_names_and_drops_its_float_weight():
     lin = Linear(64, 32)
     names = set(lin.state_dict())
