@@ -40,7 +40,7 @@ from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
-from pipeline.model import fp8, fused
+from pipeline.model import fp8, fp8_rows, fused
 from pipeline.model.attention import attention
 from pipeline.stream import prepare_inputs
 
@@ -65,7 +65,7 @@ def kind_of(kernel: str) -> str:
     matmuls = ("gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "::linear", "addmm", "::mm")
     if any(s in n for s in matmuls):
         return "matmul"
-    if n.startswith("triton"):
+    if n.startswith("triton") or n.endswith("rows_fp8"):  # (ours: pipeline/model/fp8_rows.py)
         return "triton"
     if any(s in n for s in ("copy", "memcpy", "memset")):
         return "copy"
@@ -247,6 +247,12 @@ def main() -> None:
         help="profile the last precision again with rows of up to 16 384 elements reduced in "
         "one pass (pipeline.model.fused.set_persistent_rows)",
     )
+    p.add_argument(
+        "--compiled-rows",
+        action="store_true",
+        help="profile the last precision again with the FP8 steps compiled by inductor instead "
+        "of pipeline/model/fp8_rows.py's kernels",
+    )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
@@ -315,6 +321,9 @@ def main() -> None:
             again("persistent-rows", lambda: fused.set_persistent_rows(False))
         else:
             log("this torch cannot change inductor's reduction heuristics: no persistent rows")
+    if args.compiled_rows:
+        fp8_rows.set_enabled(False)
+        again("compiled-rows", lambda: fp8_rows.set_enabled(True))
     if args.int8_attention:
         attention_mod.set_backend("int8")
         again("int8-attention", lambda: attention_mod.set_backend("auto"))

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
-from pipeline.model import fp8
+from pipeline.model import fp8, fp8_rows
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _enabled = True
@@ -260,7 +260,7 @@ def residual_modulated_norm(
 
 
 @gpu_compiled
-def gated_residual_affine_norm_fp8(
+def _gated_residual_affine_norm_fp8(
     h: torch.Tensor,
     y: torch.Tensor,
     gate: torch.Tensor,
@@ -268,17 +268,17 @@ def gated_residual_affine_norm_fp8(
     bias: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`gated_residual_affine_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    """The arithmetic of `gated_residual_affine_norm_fp8`, compiled on a GPU."""
     h = h + y.float() * gate
     q, s = fp8.quantize_rows(_affine_ln(h, weight, bias, eps))
     return h, q, s
 
 
 @gpu_compiled
-def residual_modulated_norm_fp8(
+def _residual_modulated_norm_fp8(
     h: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`residual_modulated_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    """The arithmetic of `residual_modulated_norm_fp8`, compiled on a GPU."""
     h = h + y.float()
     q, s = fp8.quantize_rows(_modulated_ln(h, shift, scale, eps))
     return h, q, s
@@ -288,20 +288,71 @@ def residual_modulated_norm_fp8(
 
 
 @gpu_compiled
-def modulated_norm_fp8(
+def _modulated_norm_fp8(
     h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`modulated_norm` of float32 h, quantised per token for an FP8 linear."""
+    """The arithmetic of `modulated_norm_fp8`, compiled on a GPU."""
     return fp8.quantize_rows(_modulated_ln(h, shift, scale, eps))
 
 
 @gpu_compiled
-def gelu_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """tanh-GELU of the FFN's hidden x (float32 arithmetic), quantised per token."""
+def _gelu_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arithmetic of `gelu_fp8`, compiled on a GPU."""
     return fp8.quantize_rows(F.gelu(x.float(), approximate="tanh"))
 
 
 @gpu_compiled
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arithmetic of `quantize_rows`, compiled on a GPU."""
+    return fp8.quantize_rows(x)
+
+
+# ---- the FP8 steps: one Triton kernel each on CUDA (pipeline/model/fp8_rows.py), else the
+# compiled functions above (or their eager arithmetic) ------------------------------------------
+
+
+def modulated_norm_fp8(
+    h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`modulated_norm` of float32 h, quantised per token for an FP8 linear."""
+    if fp8_rows.usable(h):
+        _, q, s = fp8_rows.norm_fp8(h, None, None, scale, shift, eps, modulated=True)
+        return q, s
+    return _modulated_norm_fp8(h, shift, scale, eps)
+
+
+def gated_residual_affine_norm_fp8(
+    h: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_affine_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    if fp8_rows.usable(h):
+        return fp8_rows.norm_fp8(h, y, gate, weight, bias, eps, modulated=False)
+    return _gated_residual_affine_norm_fp8(h, y, gate, weight, bias, eps)
+
+
+def residual_modulated_norm_fp8(
+    h: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`residual_modulated_norm`, quantised per token: (sum, e4m3 rows, scales)."""
+    if fp8_rows.usable(h):
+        return fp8_rows.norm_fp8(h, y, None, scale, shift, eps, modulated=True)
+    return _residual_modulated_norm_fp8(h, y, shift, scale, eps)
+
+
+def gelu_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tanh-GELU of the FFN's hidden x (float32 arithmetic), quantised per token."""
+    if fp8_rows.usable(x):
+        return fp8_rows.act_fp8(x, gelu=True)
+    return _gelu_fp8(x)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x quantised per token: where nothing of ours runs before a linear (after attention)."""
-    return fp8.quantize_rows(x)
+    if fp8_rows.usable(x):
+        return fp8_rows.act_fp8(x, gelu=False)
+    return _quantize_rows(x)

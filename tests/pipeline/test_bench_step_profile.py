@@ -26,6 +26,7 @@ def test_kernels_are_sorted_by_kind():
     assert kind_of("aten::scaled_dot_product_attention") == "attention"
     assert kind_of("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "conv"
     assert kind_of("triton_red_fused__to_copy_abs_amax_clamp_div_gelu_0") == "triton"
+    assert kind_of("norm_rows_fp8") == kind_of("act_rows_fp8") == "triton"  # our own
     # the compiled decoder's glue goes with its convolutions
     assert kind_of("triton_poi_fused_constant_pad_nd_2") == "conv"
     assert kind_of("triton_poi_fused__to_copy__unsafe_index_add_arange_clone_mul_0") == "conv"
@@ -41,14 +42,23 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     subprocess.run(
         [sys.executable, "-m", "ops.bench.step_profile", "--preset", "tiny", "--device", "cpu",
-         "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention",
+         "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention", "--compiled-rows",
          "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
     # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
-    assert set(report["clips"]) == {"bf16", "fp8", "fp8+int8-attention"} | rows
+    assert (
+        set(report["clips"])
+        == {
+            "bf16",
+            "fp8",
+            "fp8+int8-attention",
+            "fp8+compiled-rows",
+        }
+        | rows
+    )
     assert len(report["shapes"]["linears"]) == 3
     for figures in report["shapes"]["linears"].values():
         assert figures["bf16_ms"] > 0 and figures["fp8_ms"] > 0

@@ -1,0 +1,163 @@
+"""The steps that end in FP8 rows, each one Triton kernel with a row held whole per program.
+
+Before each FP8 linear a block normalises (or activates) its rows and quantises them per token
+(pipeline/model/fp8.py): a row's largest magnitude must be known before any of it is cast.
+Compiled by inductor, a LayerNorm followed by that maximum is four kernels over 5120-wide rows
+(the statistics, the normalised and modulated rows, their maximum, the cast: the scheduler does
+not fuse one row reduction into the next), each reading the row again from GPU memory; the
+residual sum before it is one more (docs/benchmarks.md, "Where a step's time goes"). Here one
+program holds a row in registers and does all of it: the residual sum (written out: it is the
+residual stream), the LayerNorm's statistics (two passes over the registers: mean, then the
+centred variance), the affine or AdaLN modulation, the row's maximum, the scale and the cast.
+
+    norm_fp8(h, y, gate, a, b, eps, modulated)   h' = h + y * gate (y, gate optional)
+                                                 n  = LN(h') * (1 + a) + b   (modulated)
+                                                    = LN(h') * a + b         (affine)
+                                                 -> (h', e4m3 rows of n, scales)
+    act_fp8(x, gelu)                             n = gelu_tanh(x) or x -> (e4m3 rows, scales)
+
+The quantisation rule is fp8.quantize_rows': scale = max(|row|, 1e-12) / 448, values divided
+and saturated to ±448, rounded to nearest e4m3. The results equal the compiled functions' up to
+float32 rounding in the statistics (a different order of sums), which can move a value across
+an e4m3 rounding boundary. CUDA only; `usable` says where.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.model import fp8
+
+_enabled = True
+_kernels: dict[str, Any] = {}
+_triton: bool | None = None  # importable (found out once)
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use these kernels where they can run (on by default; benchmarks compare both ways)."""
+    global _enabled
+    _enabled = enabled
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels run for x: on CUDA with Triton importable, rows contiguous."""
+    global _triton
+    if not (_enabled and x.is_cuda and x.is_contiguous()):
+        return False
+    if _triton is None:
+        try:
+            import triton  # noqa: F401
+
+            _triton = True
+        except ImportError:
+            _triton = False
+    return _triton
+
+
+def _build() -> dict[str, Any]:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def norm_rows_fp8(
+        H, Y, GATE, A, B, H_OUT, Q, S,
+        n_cols, eps,
+        HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, MODULATED: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        at = row * n_cols + cols
+        h = tl.load(H + at, mask=ok, other=0.0).to(tl.float32)
+        if HAS_Y:
+            y = tl.load(Y + at, mask=ok, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                y = y * tl.load(GATE + cols, mask=ok, other=0.0)
+            h = h + y
+            tl.store(H_OUT + at, h, mask=ok)
+        mean = tl.sum(h, axis=0) / n_cols
+        centred = tl.where(ok, h - mean, 0.0)
+        var = tl.sum(centred * centred, axis=0) / n_cols
+        n = centred * tl.rsqrt(var + eps)
+        a = tl.load(A + cols, mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=ok, other=0.0).to(tl.float32)
+        if MODULATED:  # AdaLN: LN(h) * (1 + scale) + shift
+            a = a + 1.0
+        n = tl.where(ok, n * a + b, 0.0)
+        scale = tl.maximum(tl.max(tl.abs(n), axis=0), 1e-12) / 448.0
+        q = tl.minimum(tl.maximum(n / scale, -448.0), 448.0)
+        tl.store(Q + at, q.to(tl.float8e4nv), mask=ok)
+        tl.store(S + row, scale)
+
+    @triton.jit
+    def act_rows_fp8(X, Q, S, n_cols, GELU: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        at = row * n_cols + cols
+        x = tl.load(X + at, mask=ok, other=0.0).to(tl.float32)
+        if GELU:  # tanh GELU: 0.5 (1 + tanh(z)) = sigmoid(2 z)
+            z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            x = x * tl.sigmoid(2.0 * z)
+        x = tl.where(ok, x, 0.0)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0
+        q = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
+        tl.store(Q + at, q.to(tl.float8e4nv), mask=ok)
+        tl.store(S + row, scale)
+
+    return {"norm": norm_rows_fp8, "act": act_rows_fp8}
+
+
+def _kernel(name: str) -> Any:
+    if not _kernels:
+        _kernels.update(_build())
+    return _kernels[name]
+
+
+def _launch_shape(n_cols: int) -> tuple[int, int]:
+    """(BLOCK, warps) for rows of n_cols: the row padded to a power of two, ~16 float32
+    values a thread (5120: 8192 and 16 warps; 13 824: 16 384 and 32)."""
+    block = 1 << max(n_cols - 1, 1).bit_length()
+    return block, max(4, min(32, block // 512))
+
+
+def norm_fp8(
+    h: torch.Tensor,
+    y: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    modulated: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 h [..., C] (plus y * gate: y [..., C] any float dtype, gate [C] float32) ->
+    (the sum, float32 [..., C] (h itself without y); e4m3 rows [..., C]; scales [..., 1]).
+    a, b [C]: the modulation's scale and shift (modulated) or the LayerNorm's weight and
+    bias."""
+    n_cols = h.shape[-1]
+    rows = h.numel() // n_cols
+    q = torch.empty(h.shape, device=h.device, dtype=fp8.E4M3)
+    s = torch.empty((*h.shape[:-1], 1), device=h.device, dtype=torch.float32)
+    out = torch.empty_like(h) if y is not None else h
+    block, warps = _launch_shape(n_cols)
+    _kernel("norm")[(rows,)](
+        h, h if y is None else y.contiguous(), a if gate is None else gate,
+        a.contiguous(), b.contiguous(), out, q, s,
+        n_cols, eps,
+        HAS_Y=y is not None, HAS_GATE=gate is not None, MODULATED=modulated,
+        BLOCK=block, num_warps=warps,
+    )  # fmt: skip
+    return out, q, s
+
+
+def act_fp8(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] (any float dtype) -> (e4m3 rows of gelu_tanh(x) or x, scales [..., 1])."""
+    n_cols = x.shape[-1]
+    q = torch.empty(x.shape, device=x.device, dtype=fp8.E4M3)
+    s = torch.empty((*x.shape[:-1], 1), device=x.device, dtype=torch.float32)
+    block, warps = _launch_shape(n_cols)
+    _kernel("act")[(x.numel() // n_cols,)](x, q, s, n_cols, GELU=gelu, BLOCK=block, num_warps=warps)
+    return q, s

@@ -1,0 +1,65 @@
+"""The FP8 steps' Triton kernels (pipeline/model/fp8_rows.py) against the compiled functions'
+arithmetic, at the 14B DiT's row widths and at one that is not a power of two."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.model import fp8, fp8_rows
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and fp8_rows.usable(torch.empty(1, device="cuda"))),
+    reason="needs a GPU and Triton",
+)
+
+
+def same_rows(got: tuple[torch.Tensor, torch.Tensor], want_rows: torch.Tensor) -> None:
+    """Scales equal to float32 rounding; e4m3 values equal but where the statistics' order of
+    sums moved a value across a rounding boundary (one step, rarely)."""
+    q, s = got
+    want_q, want_s = fp8.quantize_rows(want_rows)
+    assert q.dtype == fp8.E4M3 and q.shape == want_q.shape and s.shape == want_s.shape
+    assert torch.allclose(s, want_s, rtol=1e-5, atol=0)
+    a, b = fp8.dequantize(q, s), fp8.dequantize(want_q, want_s)
+    differ = (a != b).float().mean().item()
+    assert differ < 1e-3
+    assert ((a - b).abs() <= want_s * 32 + 1e-6).all()  # one e4m3 step at most (<= 448 / 16)
+
+
+@pytest.mark.parametrize("width", [5120, 100])
+def test_the_norm_kernels_compute_the_compiled_steps(width):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = 333
+    h = torch.randn(1, rows, width, device="cuda", generator=g) * 3
+    y = torch.randn(1, rows, width, device="cuda", generator=g).to(torch.bfloat16)
+    gate, shift, scale = (torch.randn(width, device="cuda", generator=g) for _ in range(3))
+    w = torch.randn(width, device="cuda", generator=g).to(torch.bfloat16)
+    b = torch.randn(width, device="cuda", generator=g).to(torch.bfloat16)
+    h[0, 7] = 0.0  # a constant row: variance 0, every value the shift
+
+    summed, q, s = fp8_rows.norm_fp8(h, y, gate, w, b, 1e-6, modulated=False)
+    want = h + y.float() * gate
+    assert torch.equal(summed, want)
+    same_rows((q, s), F.layer_norm(want, (width,), w.float(), b.float(), 1e-6))
+
+    summed, q, s = fp8_rows.norm_fp8(h, y, None, scale, shift, 1e-6, modulated=True)
+    want = h + y.float()
+    assert torch.equal(summed, want)
+    same_rows((q, s), F.layer_norm(want, (width,), eps=1e-6) * (1 + scale) + shift)
+
+    same_h, q, s = fp8_rows.norm_fp8(h, None, None, scale, shift, 1e-6, modulated=True)
+    assert same_h is h
+    same_rows((q, s), F.layer_norm(h, (width,), eps=1e-6) * (1 + scale) + shift)
+
+
+@pytest.mark.parametrize("width", [13824, 5120, 100])
+def test_the_activation_kernels_compute_the_compiled_steps(width):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = (torch.randn(1, 257, width, device="cuda", generator=g) * 4).to(torch.bfloat16)
+    x[0, 3] = 0.0  # an all-zero row: zeros, the floor scale
+    same_rows(fp8_rows.act_fp8(x, gelu=True), F.gelu(x.float(), approximate="tanh"))
+    q, s = fp8_rows.act_fp8(x, gelu=False)
+    same_rows((q, s), x.float())
+    assert (q[0, 3].float() == 0).all() and s[0, 3].item() == pytest.approx(1e-12 / 448)
