@@ -248,10 +248,10 @@ def main() -> None:
         "one pass (pipeline.model.fused.set_persistent_rows)",
     )
     p.add_argument(
-        "--compiled-rows",
+        "--fp8-rows",
         action="store_true",
-        help="profile the last precision again with the FP8 steps compiled by inductor instead "
-        "of pipeline/model/fp8_rows.py's kernels",
+        help="profile the last precision again with the FP8 steps run by "
+        "pipeline/model/fp8_rows.py's kernels instead of inductor's",
     )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
@@ -321,9 +321,9 @@ def main() -> None:
             again("persistent-rows", lambda: fused.set_persistent_rows(False))
         else:
             log("this torch cannot change inductor's reduction heuristics: no persistent rows")
-    if args.compiled_rows:
-        fp8_rows.set_enabled(False)
-        again("compiled-rows", lambda: fp8_rows.set_enabled(True))
+    if args.fp8_rows:
+        fp8_rows.set_enabled(True)
+        again("fp8-rows", lambda: fp8_rows.set_enabled(False))
     if args.int8_attention:
         attention_mod.set_backend("int8")
         again("int8-attention", lambda: attention_mod.set_backend("auto"))

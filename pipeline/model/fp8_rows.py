@@ -19,7 +19,8 @@ centred variance), the affine or AdaLN modulation, the row's maximum, the scale 
 The quantisation rule is fp8.quantize_rows': scale = max(|row|, 1e-12) / 448, values divided
 and saturated to ±448, rounded to nearest e4m3. The results equal the compiled functions' up to
 float32 rounding in the statistics (a different order of sums), which can move a value across
-an e4m3 rounding boundary. CUDA only; `usable` says where.
+an e4m3 rounding boundary. CUDA only; `usable` says where. Off until measured against the
+compiled steps on a GPU (`set_enabled`; ops/bench/step_profile.py --fp8-rows compares them).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ import torch
 
 from pipeline.model import fp8
 
-_enabled = True
+_enabled = False
 _kernels: dict[str, Any] = {}
 _triton: bool | None = None  # importable (found out once)
 
 
 def set_enabled(enabled: bool) -> None:
-    """Use these kernels where they can run (on by default; benchmarks compare both ways)."""
+    """Use these kernels where they can run (off by default; benchmarks compare both ways)."""
     global _enabled
     _enabled = enabled
 

@@ -42,7 +42,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     subprocess.run(
         [sys.executable, "-m", "ops.bench.step_profile", "--preset", "tiny", "--device", "cpu",
-         "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention", "--compiled-rows",
+         "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention", "--fp8-rows",
          "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
@@ -55,7 +55,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "bf16",
             "fp8",
             "fp8+int8-attention",
-            "fp8+compiled-rows",
+            "fp8+fp8-rows",
         }
         | rows
     )

@@ -9,10 +9,25 @@ import torch.nn.functional as F
 
 from pipeline.model import fp8, fp8_rows
 
+
+def _triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and fp8_rows.usable(torch.empty(1, device="cuda"))),
-    reason="needs a GPU and Triton",
+    not (torch.cuda.is_available() and _triton()), reason="needs a GPU and Triton"
 )
+
+
+@pytest.fixture(autouse=True)
+def enabled():
+    fp8_rows.set_enabled(True)
+    yield
+    fp8_rows.set_enabled(False)
 
 
 def same_rows(got: tuple[torch.Tensor, torch.Tensor], want_rows: torch.Tensor) -> None:
