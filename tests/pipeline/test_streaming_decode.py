@@ -172,6 +172,27 @@ def test_compiled_decoder_and_glue_choose_kernels_without_timing_them(vae):
         inductor.deterministic = saved
 
 
+def test_the_steady_graph_is_looked_up_once_per_frame_size(vae, monkeypatch):
+    """Finding a saved graph hashes the decoder's weights' and inputs' layouts (~0.5 ms): a
+    decoder does it once per frame size, not at every frame of the stream."""
+    from pipeline import vae as vae_mod
+
+    looked_up: list[tuple[int, ...]] = []
+
+    def lookup(v, x, cache):
+        looked_up.append(tuple(x.shape))
+        return lambda frame, entries: vae_mod.decode_frame(v.decoder, frame, entries)
+
+    monkeypatch.setattr(vae_mod, "precompiles", lambda: True)
+    monkeypatch.setattr(vae_mod, "precompiled", lookup)
+    decoder = StreamingDecoder(vae, compiled=True)
+    monkeypatch.setattr(decoder, "warm_up", lambda *a: None)
+    for n in (2, 3, 3, 3):
+        decoder.decode(torch.randn(16, n, 8, 8))
+    assert decoder.compiled and decoder.frames_decoded == 11
+    assert looked_up == [looked_up[0]]  # nine steady frames, one look-up
+
+
 def test_canonical_cache_entries_keep_their_values():
     """The compiled decoder's inputs are handed canonical strides; the values must not change,
     whatever the order an entry's memory is in. (A temporal upsampler's cache, made by a
