@@ -23,6 +23,7 @@ import os, sys, threading
 from ops import respawn
 
 pids, mode = sys.argv[1], sys.argv[2]
+first, most = (float(v) for v in sys.argv[3:5]) if len(sys.argv) > 3 else (0.05, 0.2)
 
 def worker():
     with open(pids, "a") as f:
@@ -34,15 +35,16 @@ def worker():
     threading.Event().wait()  # until a signal ends it
     return 0
 
-sys.exit(respawn.run(worker, respawn.Backoff(first=0.05, most=0.2, healthy_after=1000)))
+sys.exit(respawn.run(worker, respawn.Backoff(first=first, most=most, healthy_after=1000)))
 """
 
 
-def start(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, Path]:
+def start(tmp_path: Path, mode: str, *backoff: float, **popen) -> tuple[subprocess.Popen, Path]:
+    """The parent running `mode`'s worker; `backoff`: its first and longest pause (s)."""
     pids = tmp_path / "pids"
     pids.touch()
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(pids), mode], cwd=REPO)
-    return proc, pids
+    args = [sys.executable, "-c", SCRIPT, str(pids), mode, *map(str, backoff)]
+    return subprocess.Popen(args, cwd=REPO, **popen), pids
 
 
 def until(condition, what: str) -> None:
@@ -107,12 +109,33 @@ def test_killing_the_parent_stops_the_worker(tmp_path):
         proc.kill()
 
 
-def test_a_failing_worker_is_replaced_after_pauses_and_a_stop_ends_the_wait(tmp_path):
+def test_a_failing_worker_is_replaced_after_pauses(tmp_path):
     proc, pids = start(tmp_path, "fail")
     try:
         until(lambda: len(workers(pids)) >= 3, "three workers")
+    finally:
+        proc.kill()
+
+
+def test_a_stop_ends_the_pause_before_a_replacement(tmp_path):
+    """A stop that comes while the parent waits to replace a dead worker ends the wait at once.
+    (Sent when the parent says it is pausing: a stop that meets a worker which is ending with
+    its own status anyway leaves with that status, as any stop of a running worker does.)"""
+    proc, pids = start(tmp_path, "fail", 600, 600, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    err = proc.stderr
+    assert err is not None
+
+    def read() -> None:
+        for line in err:
+            said.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        until(lambda: any("a new one starts in" in line for line in said), "the pause")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT_S) == 128 + signal.SIGTERM
+        assert proc.wait(WAIT_S) == 128 + signal.SIGTERM  # long before the 600 s pause ends
+        assert len(workers(pids)) == 1
     finally:
         proc.kill()
 
