@@ -404,6 +404,25 @@ def block_velocities(
     return inputs, velocities
 
 
+def refresh_text_kv(gen: Generator, stream: Any) -> None:
+    """The stream's prompt keys and values made again by its DiT (after the DiT was quantised
+    in place, its cross-attention's projections are fp8 ones)."""
+    comps, d = gen.components, stream.denoiser
+    text = encode_prompt(
+        comps.text_encoder,
+        comps.tokenizer,
+        stream.request.prompt,
+        gen.preset.dit.text_len,
+        device=comps.text_device,
+    )
+    d.text_kv = d.dit.text_context(text)
+
+
+def relative_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> list[float]:
+    """|got - want| / |want| per step."""
+    return [float((a - b).norm() / b.norm()) for a, b in zip(got, want, strict=True)]
+
+
 def render_frames(gen: Generator, size: str, marks: list[int], steps: int) -> dict[int, np.ndarray]:
     """Frames of clips (marks: 1-based counts, e.g. 1, 10, 50) of one stream at `size`."""
     want = {m - 1 for m in marks}
@@ -931,22 +950,12 @@ def main() -> None:
             gen.components.dit.to_fp8()  # the same weights, quantised in place
             log(f"quantised the DiT to fp8 in {time.perf_counter() - t:.1f}s")
             # the same inputs (latents, caches, prompt states, audio) through the fp8 model
-            comps, d = gen.components, stream.denoiser
-            text = encode_prompt(
-                comps.text_encoder,
-                comps.tokenizer,
-                stream.request.prompt,
-                gen.preset.dit.text_len,
-                device=comps.text_device,
-            )
-            d.text_kv = d.dit.text_context(text)
+            refresh_text_kv(gen, stream)
             _, v8 = block_velocities(stream, velocity_block, xs)
             report["fp8_error"] = {
                 "note": "random weights: real weights may differ",
                 "velocity_block": velocity_block,
-                "velocity_rel_error": [
-                    float((a - b).norm() / b.norm()) for a, b in zip(v8, v16, strict=True)
-                ],
+                "velocity_rel_error": relative_errors(v8, v16),
                 "psnr_db": {},
             }
             log(

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ops.bench.generate import request
+from ops.bench.generate import block_velocities, refresh_text_kv, relative_errors, request
 from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
@@ -196,6 +196,31 @@ def profile_clip(gen: Generator, args: argparse.Namespace, device: torch.device)
     }
 
 
+def velocity_errors(gen: Generator, args: argparse.Namespace) -> dict[str, list[float]]:
+    """What each fp8 form costs against bf16 on the same inputs: the velocity of each step of
+    one steady block (after two clips) in bf16, then with the DiT quantised in place, through
+    inductor's FP8 steps and through fp8_rows' kernels. Leaves the DiT quantised."""
+    stream = gen.open(request(args.size, 3, args.steps))
+    next(stream)
+    next(stream)
+    block = stream.next_clip * stream.geometry.blocks_per_clip
+    xs, v16 = block_velocities(stream, block)
+    gen.components.dit.to_fp8()
+    refresh_text_kv(gen, stream)
+    _, v8 = block_velocities(stream, block, xs)
+    fp8_rows.set_enabled(True)
+    try:
+        _, v8_rows = block_velocities(stream, block, xs)
+    finally:
+        fp8_rows.set_enabled(False)
+    stream.close()
+    return {
+        "fp8": relative_errors(v8, v16),
+        "fp8+fp8-rows": relative_errors(v8_rows, v16),
+        "fp8-rows against fp8": relative_errors(v8_rows, v8),
+    }
+
+
 def table(report: dict) -> str:
     rows: list[tuple[str, str]] = [("device", report["device"])]
     for name, f in report["shapes"]["linears"].items():
@@ -225,6 +250,8 @@ def table(report: dict) -> str:
                 ),
             )
         )
+    for name, errors in report.get("velocity_rel_error", {}).items():
+        rows.append((f"velocity error, {name}", ", ".join(f"{e:.2%}" for e in errors)))
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
@@ -251,7 +278,8 @@ def main() -> None:
         "--fp8-rows",
         action="store_true",
         help="profile the last precision again with the FP8 steps run by "
-        "pipeline/model/fp8_rows.py's kernels instead of inductor's",
+        "pipeline/model/fp8_rows.py's kernels instead of inductor's (with bf16,fp8: and "
+        "compare the velocities of one block's steps, bf16 against both fp8 forms)",
     )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
@@ -294,7 +322,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for precision in precisions:
         if precision == "fp8" and gen.precision != "fp8":
-            gen.components.dit.to_fp8()  # the same weights, quantised in place
+            if args.fp8_rows:  # quantises the DiT
+                report["velocity_rel_error"] = velocity_errors(gen, args)
+                log(f"velocity relative error per step: {report['velocity_rel_error']}")
+            else:
+                gen.components.dit.to_fp8()  # the same weights, quantised in place
         report["clips"][precision] = clip = profile_clip(gen, args, device)
         log(
             f"[{precision}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s: "
