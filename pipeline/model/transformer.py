@@ -157,10 +157,7 @@ class WanS2VTransformer(nn.Module):
         x = self.patch_embedding(latents.unsqueeze(0).to(self.dtype)).flatten(2).transpose(1, 2)
         # the (absent) pose video is all zeros: its encoding is the conv's bias alone
         cond = self.cond_encoder.bias + self.trainable_cond_mask.weight[TOKEN_NOISY]
-        # x is the conv's output seen channels-first (token stride 1): the sum is written
-        # row-major, so that the residual stream every block reads and writes holds a token's
-        # C values together (row-wise kernels such as pipeline/model/fp8_rows.py need it)
-        return torch.add(x, cond, out=x.new_empty(x.shape))
+        return x + cond
 
     def run_layers(
         self,

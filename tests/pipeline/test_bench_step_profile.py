@@ -47,7 +47,8 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
-    # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits
+    # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits,
+    # inductor's FP8 steps instead of fp8_rows'
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
     assert (
         set(report["clips"])
@@ -55,7 +56,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "bf16",
             "fp8",
             "fp8+int8-attention",
-            "fp8+fp8-rows",
+            "fp8+inductor-rows",
         }
         | rows
     )
@@ -68,3 +69,8 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         assert clip["fps"] == pytest.approx(clip["frames"] / clip["clip_wall_s"])
         assert clip["top_kernels"] and clip["by_kind_s"]["matmul"] > 0
     assert report["clips"]["bf16"]["by_kind_s"]["conv"] > 0  # the VAE's decode
+    # one block's velocities, bf16 against both fp8 forms (the same on the CPU: no Triton)
+    errors = report["velocity_rel_error"]
+    assert set(errors) == {"fp8", "fp8+inductor-rows", "fp8 against fp8+inductor-rows"}
+    assert all(len(e) == 2 for e in errors.values())
+    assert 0 < errors["fp8"][0] < 0.5 and errors["fp8 against fp8+inductor-rows"] == [0.0, 0.0]
