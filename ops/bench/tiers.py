@@ -85,7 +85,9 @@ def make_request(size: str, infer_frames: int, clips: int) -> Any:
     )
 
 
-def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Path | None) -> Any:
+def build_deferred_engine(
+    preset: str, device: Any, layers: int, dit_release: Path | None, precision: str = "bf16"
+) -> Any:
     """As a worker builds its engine (worker.engine.build_engine): the DiT's load started
     first, then the rest imported and the encoders and the VAE built beside it (random
     weights, or the DiT of a release on disk, through the worker's loader)."""
@@ -95,7 +97,7 @@ def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Pa
     if dit_release is None:
         overrides = {"num_layers": layers} if layers else None
         loading = start_preset_dit(
-            preset, device=device, precision="bf16", random_weights=True, dit_overrides=overrides
+            preset, device=device, precision=precision, random_weights=True, dit_overrides=overrides
         )
         from pipeline import Generator
 
@@ -103,6 +105,7 @@ def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Pa
             preset,
             device=device,
             random_weights=True,
+            precision=precision,
             dit_overrides=overrides,
             dit_loading=loading,
         )
@@ -110,11 +113,11 @@ def build_deferred_engine(preset: str, device: Any, layers: int, dit_release: Pa
         raise ValueError("a release's DiT has the preset's depth")
     p = get_preset(preset)
     dtype = default_dtype(device)
-    loading = start_dit_load(p, device, dtype, "bf16", dit_dir=dit_release)
+    loading = start_dit_load(p, device, dtype, precision, dit_dir=dit_release)
     from pipeline import Generator
     from pipeline.components import build_deferred
 
-    return Generator(p, build_deferred(p, device, dtype, "bf16", loading=loading))
+    return Generator(p, build_deferred(p, device, dtype, precision, loading=loading))
 
 
 def _release(preset: str) -> Any:
