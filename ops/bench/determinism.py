@@ -33,6 +33,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from ops.bench.tiers import build_deferred_engine, checksum, frames_hash, make_request, sync
+
 REPO = Path(__file__).resolve().parents[2]
 
 GLUE = (
@@ -109,7 +111,7 @@ class Probe:
                     "shape": list(t.shape),
                     "dtype": str(t.dtype).removeprefix("torch."),
                     "stride": list(t.stride()),
-                    "checksum": _checksum(t),
+                    "checksum": checksum(t.detach()),  # summed on its device
                 }
             )
 
@@ -127,14 +129,6 @@ def _tensors(out: Any) -> list[Any]:
     return []
 
 
-def _checksum(t: Any) -> int:
-    """The tensor's bytes summed as int32 words with their positions folded in, on its device
-    (a scalar comes back, not the tensor)."""
-    from ops.bench.tiers import checksum
-
-    return checksum(t.detach())
-
-
 def child(args: argparse.Namespace) -> None:
     """One process: build, record, render; the records and frame hashes to args.child_out."""
     import torch
@@ -143,7 +137,6 @@ def child(args: argparse.Namespace) -> None:
     for setting in args.inductor:
         name, _, value = setting.partition("=")
         setattr(inductor_config, name, json.loads(value.lower()))
-    from ops.bench.tiers import build_deferred_engine, frames_hash, make_request, sync
 
     if args.row_major:
         from pipeline.model.transformer import WanS2VTransformer
@@ -206,9 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         runs = []
+        argv_child = list(argv if argv is not None else sys.argv[1:])
         for i in range(args.processes):
             out = Path(tmp) / f"process-{i}.json"
-            argv_child = list(argv if argv is not None else sys.argv[1:])
             subprocess.run(
                 [
                     sys.executable,
