@@ -385,6 +385,7 @@ class StreamingDecoder:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [16, T, h, w] -> video [1, 3, T', H, W] in [-1, 1] (VAE dtype)."""
         if self.compiled:
+            fused.configure_compiler()  # in this thread (a decode thread compiles too)
             self.warm_up(*latents.shape[2:])
         param = next(self.vae.parameters())
         z = denormalize_latents(self.vae, latents.unsqueeze(0).to(param.device))

@@ -6,7 +6,8 @@
 A resumed stream continues bit for bit only if every process computes what the first one
 computed. This runs `--processes` fresh processes one after another, sharing one inductor
 cache directory, new for the run: the first compiles the DiT's glue, the later ones load it
-from the cache, as a worker's processes on one node do. Each builds the engine as a worker does
+from the cache, as a worker's processes on one node do (`--cold`: each process a new cache of
+its own, as workers on different nodes). Each builds the engine as a worker does
 (`ops.bench.tiers.build_deferred_engine`: random weights, seeded; the DiT loading beside the
 open), opens a fresh stream and renders `--clips` clips while it records, in call order, a
 checksum of every tensor each of the DiT's modules returns, and of every result of the compiled
@@ -16,7 +17,8 @@ module or function, its shape), or that none does.
 
 Options for experiments: `--row-major` writes the residual stream row-major after the patch
 embedding (the layout tried on 2026-12-03: see docs/benchmarks.md); `--inductor NAME=VALUE`
-sets a `torch._inductor.config` attribute in every process before anything compiles.
+sets a `torch._inductor.config` attribute (VALUE in JSON: `false`, `1`) in every process and
+every thread that compiles.
 """
 
 from __future__ import annotations
@@ -132,11 +134,14 @@ def _tensors(out: Any) -> list[Any]:
 def child(args: argparse.Namespace) -> None:
     """One process: build, record, render; the records and frame hashes to args.child_out."""
     import torch
-    import torch._inductor.config as inductor_config
 
+    from pipeline.model import fused
+
+    settings = {}
     for setting in args.inductor:
         name, _, value = setting.partition("=")
-        setattr(inductor_config, name, json.loads(value.lower()))
+        settings[name] = json.loads(value)
+    fused.set_inductor_settings(settings)  # in every thread that compiles
 
     if args.row_major:
         from pipeline.model.transformer import WanS2VTransformer
@@ -171,6 +176,18 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
+def keep_kernels(cache: Path, dest: Path) -> None:
+    """Copy the Triton kernels' sources and their chosen launch configurations out of an
+    inductor cache (the compiled binaries stay behind)."""
+    import shutil
+
+    for src in cache.rglob("*"):
+        if src.is_file() and src.suffix in (".py", ".best_config"):
+            target = dest / src.relative_to(cache)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -187,6 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--inductor", action="append", default=[], help="NAME=VALUE (JSON) of inductor's config"
     )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="a new inductor cache for each process: every one compiles everything",
+    )
+    p.add_argument(
+        "--keep-kernels", type=Path, help="copy the generated kernels and their chosen configs here"
+    )
     p.add_argument("--out", type=Path)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -196,11 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         p.error("--out is required")
     with tempfile.TemporaryDirectory(prefix="determinism-") as tmp:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         runs = []
         argv_child = list(argv if argv is not None else sys.argv[1:])
         for i in range(args.processes):
+            cache = Path(tmp) / (f"inductor-{i}" if args.cold else "inductor")
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
             out = Path(tmp) / f"process-{i}.json"
             subprocess.run(
                 [
@@ -217,13 +243,19 @@ def main(argv: list[str] | None = None) -> None:
             )
             runs.append(json.loads(out.read_text()))
             print(f"process {i}: {runs[-1]['seconds']:.1f} s, {len(runs[-1]['records'])} calls")
+            if args.keep_kernels is not None and (args.cold or i == args.processes - 1):
+                keep_kernels(
+                    cache, args.keep_kernels / f"process-{i}" if args.cold else args.keep_kernels
+                )
     first = runs[0]["records"]
     report = {
         "benchmark": "determinism",
         "date": date.today().isoformat(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "child_out")},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("out", "child_out", "keep_kernels")
+        },
         "frames_sha256": [r["frames_sha256"] for r in runs],
         "calls": len(first),
         "first_difference": [first_difference(first, r["records"]) for r in runs[1:]],

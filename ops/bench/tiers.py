@@ -574,6 +574,10 @@ def report(part: dict[str, Any]) -> list[str]:
         if r is not None and r.get("open_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["open_parts_s"].items())
             lines.append(f"  open of {label} (s): {parts}")
+        if r is not None and r.get("open_samples_s"):
+            for kind in ("project", "innermost"):
+                where = ", ".join(f"{k} {v:.1f}" for k, v in r["open_samples_s"][kind].items())
+                lines.append(f"  the open's main thread, sampled, {kind} frame (s): {where}")
     lines.append(
         f"  frames identical {part['frames_identical']}, sink identical {part['sink_identical']}"
     )
@@ -672,11 +676,12 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     stream_mod.PHASE_SYNC = True  # each part of the open timed on its own
     graphs = [graphs_compiled()]
     t0 = time.perf_counter()
-    if a.mode == "resume":
-        stream = gen.open(request, resume_from=a.checkpoint)
-    else:
-        stream = gen.open(request)
-    sync(device)
+    with StackSampler() as open_samples:  # where the open's time goes, line by line
+        if a.mode == "resume":
+            stream = gen.open(request, resume_from=a.checkpoint)
+        else:
+            stream = gen.open(request)
+        sync(device)
     open_s = time.perf_counter() - t0
     graphs.append(graphs_compiled())
     t0 = time.perf_counter()
@@ -704,6 +709,7 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
         "request_s": request_s,
         "open_s": open_s,
         "open_parts_s": dict(stream.open_seconds),
+        "open_samples_s": open_samples.top(),
         "dit_load_s": None if loading is None else loading.seconds,
         "from_build_start_s": from_build_start_s,
         # the process's CPU time (all threads) over the same span: against the host's cores,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
@@ -49,8 +50,16 @@ stream renders. A worker may render each of the 14 sizes (pipeline.params), with
 of graphs per size for a function and for each piece of the compiled decoder."""
 
 
+_settings_version = 0
+"""Bumped whenever a compiler setting made here changes: every thread applies it again."""
+_configured: ContextVar[int] = ContextVar("longtake_compiler_configured", default=-1)
+_persistent_rows: bool | None = None  # None: inductor's own heuristics, never touched
+_inductor_settings: dict[str, Any] = {}  # experiments' extra settings (set_inductor_settings)
+
+
 def configure_compiler() -> None:
-    """Settings every compiled function here needs (call before compiling; idempotent).
+    """Settings every compiled function here needs, applied in the calling thread; a cheap
+    check once they are (compiled code calls it before each call that may compile).
 
     - torch.compile's per-function graph limit raised to RECOMPILE_LIMIT (never lowered).
     - Inductor's deterministic mode: a reduction kernel's launch configuration (its block
@@ -58,7 +67,17 @@ def configure_compiler() -> None:
       never by timing candidates on the device. Timed choices can depend on what else the
       GPU does meanwhile (a resumed process's decoder compiles while its checkpoint streams
       in), and the kernels chosen differ in rounding; without timing, every process
-      compiles the same kernels for the same graphs."""
+      compiles the same kernels for the same graphs.
+    - `set_persistent_rows` and `set_inductor_settings`, where they were called.
+
+    torch keeps a setting made by assigning to its config per thread (a context variable):
+    made in one thread, it does not reach a graph compiled in another. Applied once per
+    process, a 14B render compiled its first graphs in deterministic mode and the clip's
+    later ones, in other threads, not (seen on an H200): those reductions picked their
+    launch configuration by timing, and two processes compiling cold rendered different
+    frames. Hence per thread, before every compile."""
+    if _configured.get() == _settings_version:
+        return
     cfg = torch._dynamo.config
     # the setting's name since torch 2.6; before it, cache_size_limit
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
@@ -67,6 +86,37 @@ def configure_compiler() -> None:
 
     if hasattr(inductor, "deterministic"):  # torch >= 2.8
         inductor.deterministic = True
+    if _persistent_rows is not None and hasattr(inductor, "inductor_choices_class"):
+        from torch._inductor.choices import InductorChoices
+        from torch._inductor.virtualized import V
+
+        inductor.inductor_choices_class = _row_choices if _persistent_rows else None
+        V.set_choices_handler(_row_choices() if _persistent_rows else InductorChoices())
+    for key, value in _inductor_settings.items():
+        setattr(inductor, key, value)
+    _configured.set(_settings_version)
+
+
+def _settings_changed() -> None:
+    """Every thread applies the settings again, and every function compiles again."""
+    global _settings_version
+    _settings_version += 1
+    torch._dynamo.reset()
+    for forget in _forget:
+        forget()
+
+
+def set_inductor_settings(settings: dict[str, Any]) -> None:
+    """Extra `torch._inductor.config` settings for every compile here, in every thread (for
+    experiments: ops/bench/determinism.py); every compiled function compiles again."""
+    import torch._inductor.config as inductor
+
+    for key in settings:
+        if not hasattr(inductor, key):
+            raise ValueError(f"torch._inductor.config has no setting {key!r}")
+    _inductor_settings.clear()
+    _inductor_settings.update(settings)
+    _settings_changed()
 
 
 PERSISTENT_ROW_MAX = 16384
@@ -114,18 +164,14 @@ def set_persistent_rows(enabled: bool) -> bool:
     to inductor's own choice); every compiled function compiles again. Returns False where
     this torch has no way to change inductor's heuristics (nothing changes then). Off: measured
     on an H200 it gained nothing; step_profile --persistent-rows compares both."""
+    global _persistent_rows
     import torch._inductor.config as inductor
 
     if not hasattr(inductor, "inductor_choices_class"):
         return False
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.virtualized import V
-
-    inductor.inductor_choices_class = _row_choices if enabled else None
-    V.set_choices_handler(_row_choices() if enabled else InductorChoices())  # this thread's
-    torch._dynamo.reset()
-    for forget in _forget:
-        forget()
+    _persistent_rows = enabled
+    _settings_changed()
+    configure_compiler()  # in this thread now, as before: callers may compile without us
     return True
 
 
@@ -155,8 +201,8 @@ def gpu_compiled(fn: _F) -> _F:
         nonlocal compiled
         if not compiles_on(args[0].device):
             return fn(*args)
+        configure_compiler()  # in this thread: any call may compile (a new shape)
         if compiled is None:
-            configure_compiler()
             compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=_backend)
         try:
             return compiled(*args)
