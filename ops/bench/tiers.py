@@ -197,6 +197,33 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def disk_read_bytes() -> int | None:
+    """Bytes this process (all its threads) has had read from storage, not served by the page
+    cache (Linux's /proc/self/io `read_bytes`); None where that is not kept."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def memory_info() -> dict[str, int]:
+    """The host's memory (bytes) as /proc/meminfo has it: what is available, the page cache,
+    page-locked memory and shared memory (a DiT release in /dev/shm); empty elsewhere."""
+    keys = {"MemTotal", "MemAvailable", "Cached", "Mlocked", "Shmem"}
+    out: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in keys:
+                out[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def compile_summary() -> dict[str, float]:
     """Seconds torch.compile spent in this process, by phase (dynamo's `dynamo_timed`)."""
     from torch._dynamo.utils import compile_times
@@ -565,6 +592,13 @@ def report(part: dict[str, Any]) -> list[str]:
                 f"CPU time meanwhile {r.get('cpu_s_to_first_frame', 0):.0f} s "
                 f"on {r.get('cpu_count')} cores)"
             )
+        if r is not None and r.get("disk_read_bytes_to_first_frame") is not None:
+            mem = r.get("memory_at_start") or {}
+            lines.append(
+                f"  {label}: read from the disk (not the page cache) before its first frame "
+                f"{r['disk_read_bytes_to_first_frame'] / 1e9:.1f} GB; host memory at its start "
+                + ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in mem.items())
+            )
         if r is not None and r.get("build_parts_s"):
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["build_parts_s"].items())
             lines.append(f"  build of {label} (s): {parts}")
@@ -662,6 +696,8 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     from ops.bench.timing import StackSampler
 
     cpu_at_build = _cpu_s()
+    # whether the checkpoint comes from the page cache or the disk (and how many times)
+    memory_at_start, disk_at_start = memory_info(), disk_read_bytes()
     t0 = t_build = time.perf_counter()
     with StackSampler() as build_samples:  # where the build's time goes, line by line
         gen = build_deferred_engine(a.preset, device, a.layers, a.dit_release)
@@ -697,6 +733,8 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     graphs.append(graphs_compiled())
     from_build_start_s = time.perf_counter() - t_build
     cpu_s = _cpu_s() - cpu_at_build
+    disk_now = disk_read_bytes()
+    disk_read = None if disk_now is None or disk_at_start is None else disk_now - disk_at_start
     sink = sink_hash(stream) if a.mode == "resume" else ""  # fixed once open: hashed untimed
     traced = trace.report(clip.index)
     out = {
@@ -716,6 +754,8 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
         # how busy the host was while the model loaded, the state streamed in and it opened
         "cpu_s_to_first_frame": cpu_s,
         "cpu_count": os.cpu_count(),
+        "disk_read_bytes_to_first_frame": disk_read,
+        "memory_at_start": memory_at_start,
         "first_clip_s": first_clip_s,
         "graphs_compiled_at_open": graphs[1] - graphs[0],
         "graphs_compiled_in_first_clip": graphs[2] - graphs[1],

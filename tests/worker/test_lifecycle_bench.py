@@ -98,6 +98,10 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
         # time from the build's start is measured
         assert run["dit_load_s"] > 0 and "dit_wait" in run["open_parts_s"]
         assert run["first_frame_from_worker_start_s"] == run["from_build_start_s"] > 0
+        # what came from the disk rather than the page cache, and the host's memory then
+        assert run["disk_read_bytes_to_first_frame"] >= 0
+        assert run["memory_at_start"]["MemTotal"] >= run["memory_at_start"]["MemAvailable"] > 0
+        assert {"project", "innermost"} <= set(run["open_samples_s"])
     for run in (tiers["resume_local_warm"], forked, tiers["resume_local_cold"]):
         # the seal's CRCs were read beside the open; the first clip waited for what was left
         assert run["verify_s"] > 0 and 0 <= run["verify_wait_s"] <= run["verify_s"]
