@@ -20,8 +20,9 @@ Measures, in one run:
   4. what fp8 costs in error: the relative error of the velocity against bf16's on the same
      inputs (one block, each step: the same latents, caches, prompt and audio; the fp8 model
      is the bf16 model quantised), and the PSNR of the decoded frames against the bf16 render
-     of the same request after 1, 10 and 50 clips (`--quality-size`, `--quality-clips`).
-     Random weights: real weights may differ;
+     of the same request after 1, 10 and 50 clips (`--quality-size`, `--quality-clips`;
+     `--quality-only` runs these renders and nothing else). Random weights: real weights may
+     differ;
   5. (optional) the stream state at a clip boundary: its size, the time to capture it to host
      memory (pageable and pinned) and to write it as a checkpoint directory (fsync'd);
   6. (optional) GPU memory and host RSS after 10, 100 and 300 clips with online and with
@@ -828,6 +829,11 @@ def main() -> None:
     p.add_argument(
         "--quality-before", type=float, default=1e9, help="seconds; later, no PSNR renders"
     )
+    p.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="part 4's PSNR renders alone (bf16, then fp8 on the same weights); nothing timed",
+    )
     p.add_argument("--decode-blocks", type=int, default=6, help="latent blocks for part 3")
     p.add_argument("--skip-state", action="store_true", help="leave out part 5")
     p.add_argument("--mem-layers", type=int, default=2)
@@ -849,6 +855,8 @@ def main() -> None:
     precisions = [v for v in args.precisions.split(",") if v]
     if precisions not in (["bf16"], ["fp8"], ["bf16", "fp8"]):
         p.error("--precisions: bf16, fp8 or bf16,fp8")
+    if args.quality_only and precisions != ["bf16", "fp8"]:
+        p.error("--quality-only compares fp8 with bf16: --precisions bf16,fp8")
     marks = [int(v) for v in args.quality_clips.split(",") if v]
     device = torch.device(args.device)
     deadline = T0 + args.deadline
@@ -938,6 +946,24 @@ def main() -> None:
             t = time.perf_counter()
             quality[precision] = render_frames(gen, args.quality_size, marks, args.steps)
             log(f"[{precision}] rendered in {time.perf_counter() - t:.1f}s")
+
+    if args.quality_only:
+        render_for_psnr(gen, "bf16")
+        gen.components.dit.to_fp8()  # the same weights, quantised in place
+        assert gen.precision == "fp8"
+        render_for_psnr(gen, "fp8")
+        report["fp8_error"] = {
+            "note": "random weights: real weights may differ",
+            "psnr_db": {
+                args.quality_size: {
+                    str(m): psnr(quality["fp8"][m - 1], quality["bf16"][m - 1]) for m in marks
+                }
+            },
+        }
+        save()
+        for m, db in report["fp8_error"]["psnr_db"][args.quality_size].items():
+            print(f"fp8 against bf16 at {args.quality_size}, after {m} clips: PSNR {db:.2f} dB")
+        return
 
     if "bf16" in precisions:
         render_for_psnr(gen, "bf16")

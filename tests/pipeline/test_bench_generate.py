@@ -87,3 +87,21 @@ def test_only_synchronisations_count_as_host_syncs():
     assert generate.sync_reports(caught) == [
         "called a synchronizing CUDA operation (Triggered internally at CUDAFunctions.cpp:151.)"
     ]
+
+
+def test_quality_only_renders_both_precisions_and_reports_psnr(tmp_path):
+    """`--quality-only`: the long PSNR renders alone, fp8 against bf16 on the same weights, a
+    finite PSNR (the two precisions differ) at each asked clip count; nothing timed."""
+    out = tmp_path / "quality.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    subprocess.run(
+        [sys.executable, "-m", "ops.bench.generate", "--preset", "tiny", "--device", "cpu",
+         "--quality-only", "--quality-size", "64*64", "--quality-clips", "1,3",
+         "--out", str(out)],
+        cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    psnr = report["fp8_error"]["psnr_db"]["64*64"]
+    assert set(psnr) == {"1", "3"}
+    assert all(20 < db < 80 for db in psnr.values())  # close, and not identical
+    assert report["precisions"] == {} and "memory" not in report
