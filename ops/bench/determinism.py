@@ -141,7 +141,8 @@ def child(args: argparse.Namespace) -> None:
     for setting in args.inductor:
         name, _, value = setting.partition("=")
         settings[name] = json.loads(value)
-    fused.set_inductor_settings(settings)  # in every thread that compiles
+    if settings:
+        fused.set_inductor_settings(settings)  # in every thread that compiles
 
     if args.row_major:
         from pipeline.model.transformer import WanS2VTransformer
@@ -186,6 +187,19 @@ def keep_kernels(cache: Path, dest: Path) -> None:
             target = dest / src.relative_to(cache)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, target)
+
+
+def kernels_timed(cache: Path) -> tuple[int, int]:
+    """(Triton kernel sources in an inductor cache, those compiled outside deterministic mode:
+    their launch configuration may be chosen by timing)."""
+    total = timed = 0
+    for src in cache.rglob("*.py"):
+        text = src.read_text(errors="replace")
+        if "@triton.jit" not in text:
+            continue
+        total += 1
+        timed += "'deterministic': False" in text
+    return total, timed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,7 +256,14 @@ def main(argv: list[str] | None = None) -> None:
                 check=True,
             )
             runs.append(json.loads(out.read_text()))
-            print(f"process {i}: {runs[-1]['seconds']:.1f} s, {len(runs[-1]['records'])} calls")
+            runs[-1]["kernels"], runs[-1]["kernels_outside_deterministic_mode"] = kernels_timed(
+                cache
+            )
+            print(
+                f"process {i}: {runs[-1]['seconds']:.1f} s, {len(runs[-1]['records'])} calls, "
+                f"{runs[-1]['kernels_outside_deterministic_mode']} of {runs[-1]['kernels']} "
+                "kernels in the cache compiled outside deterministic mode"
+            )
             if args.keep_kernels is not None and (args.cold or i == args.processes - 1):
                 keep_kernels(
                     cache, args.keep_kernels / f"process-{i}" if args.cold else args.keep_kernels
@@ -257,6 +278,11 @@ def main(argv: list[str] | None = None) -> None:
             k: v for k, v in vars(args).items() if k not in ("out", "child_out", "keep_kernels")
         },
         "frames_sha256": [r["frames_sha256"] for r in runs],
+        # in the cache after each process (one shared cache: the running total)
+        "kernels": [r["kernels"] for r in runs],
+        "kernels_outside_deterministic_mode": [
+            r["kernels_outside_deterministic_mode"] for r in runs
+        ],
         "calls": len(first),
         "first_difference": [first_difference(first, r["records"]) for r in runs[1:]],
     }

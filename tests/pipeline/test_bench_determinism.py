@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.determinism import first_difference
+from ops.bench.determinism import first_difference, kernels_timed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,3 +48,19 @@ def test_two_tiny_processes_compute_the_same_calls(tmp_path):
     assert len(hashes) == 2 and len(hashes[0]) == 2 and hashes[0] == hashes[1]
     assert report["first_difference"] == [None]
     assert report["calls"] > 100  # every module's and glue function's results, both clips
+    assert report["kernels_outside_deterministic_mode"] == [0, 0]  # the CPU compiles none
+
+
+def test_kernels_compiled_outside_deterministic_mode_are_counted(tmp_path):
+    def kernel(where: str, deterministic: bool) -> None:
+        path = tmp_path / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = f"inductor_meta={{'kernel_name': 'k', 'deterministic': {deterministic}}}"
+        path.write_text(f"@triton_heuristics.reduction({meta})\n@triton.jit\ndef k(): pass\n")
+
+    kernel("ab/one.py", True)
+    kernel("cd/two.py", False)
+    kernel("cd/three.py", False)
+    (tmp_path / "ef").mkdir()
+    (tmp_path / "ef" / "graph.py").write_text("# a graph's wrapper, no kernel of its own\n")
+    assert kernels_timed(tmp_path) == (3, 2)
