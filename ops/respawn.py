@@ -66,12 +66,35 @@ _PR_SET_PDEATHSIG = 1
 
 
 def preimport(modules: tuple[str, ...] = PREIMPORTS) -> float:
-    """Import `modules` in this process (after `prepare`); returns the seconds it took."""
+    """Import `modules` in this process (after `prepare`), then `prewarm` what the imports
+    allow; returns the seconds it took."""
     prepare()
     started = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
+    prewarm()
     return time.perf_counter() - started
+
+
+COMPILER_KEYS = ("torch_key", "triton_key")
+"""Inductor's hashes of torch's and Triton's sources (`torch._inductor.codecache`), part of
+every compiled graph's cache key: each process computes them once, by reading and hashing
+those packages' files, on its way to its first compiled call (~0.7-0.8 s each; Triton's was
+0.7 s of a forked resume's open on an H200, docs/benchmarks.md, run 2026-12-04b)."""
+
+
+def prewarm() -> None:
+    """Compute the COMPILER_KEYS here, where torch.compile's modules are imported, so that
+    every forked worker inherits them. Hashing files only: no CUDA, no thread. A key that
+    cannot be computed here (no Triton) is left for the worker, which meets the same."""
+    codecache = sys.modules.get("torch._inductor.codecache")
+    if codecache is None:
+        return
+    for name in COMPILER_KEYS:
+        key = getattr(codecache, name, None)
+        if key is not None:
+            with contextlib.suppress(Exception):
+                key()
 
 
 def can_fork() -> bool:

@@ -178,3 +178,29 @@ def test_the_parent_asks_torch_to_check_for_cuda_without_initialising_it(monkeyp
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
     # no CUDA driver loaded in this process (a CPU machine): nothing stops the fork
     assert not respawn.cuda_driver_initialised()
+
+
+def test_the_parent_computes_the_compilers_keys_for_its_workers(monkeypatch):
+    """The hashes every compiled graph's cache key needs are computed once in the parent (a
+    forked worker inherits them), without starting a thread: the parent stays forkable."""
+    import torch._inductor.codecache as codecache
+
+    called: list[str] = []
+    for name in respawn.COMPILER_KEYS:
+        monkeypatch.setattr(codecache, name, lambda name=name: called.append(name) or b"key")
+    respawn.prewarm()
+    assert called == list(respawn.COMPILER_KEYS)
+    assert respawn.can_fork()
+
+
+def test_a_compiler_key_that_fails_is_left_for_the_worker(monkeypatch):
+    import torch._inductor.codecache as codecache
+
+    def broken() -> bytes:
+        raise RuntimeError("no Triton here")
+
+    called: list[str] = []
+    monkeypatch.setattr(codecache, "torch_key", broken)
+    monkeypatch.setattr(codecache, "triton_key", lambda: called.append("triton") or None)
+    respawn.prewarm()  # does not raise, and goes on to the next key
+    assert called == ["triton"]
