@@ -508,7 +508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["warm", "cold", "fresh", "remote"],
         help="tiers: the processes to measure: a resume with the page cache warm (warm), with "
         "it evicted (cold), a fresh open (fresh), a download (remote), a resume in a fork of a "
-        "process that has imported the modules (forked)",
+        "process that has imported the modules (forked; first, after the process that wrote "
+        "the checkpoint), the same with the checkpoint evicted from the page cache "
+        "(forked-cold)",
     )
     p.add_argument(
         "--tiers-captures",

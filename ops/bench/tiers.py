@@ -394,9 +394,15 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return result
 
     runs = set(args.tiers_runs)
-    warm = child("resume") if "warm" in runs else None
+    # the fork first: a worker replaced on a live node follows the one that wrote and checked
+    # the checkpoint, which is then in the page cache (a resumed process run before it would
+    # have page-locked 48 GB of capture buffers of its own, which can push it out)
     forked = child("resume", forked=True) if "forked" in runs else None
-    evicted = cold = None
+    evicted = forked_cold = cold = None
+    if "forked-cold" in runs:  # the same with the checkpoint read from the disk
+        evicted = evict(directory)
+        forked_cold = child("resume", forked=True)
+    warm = child("resume") if "warm" in runs else None
     if "cold" in runs:
         evicted = evict(directory)
         cold = child("resume")
@@ -417,7 +423,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(directory.parent)
 
     load_s = args.model_load_s
-    for r in (warm, forked, cold, fresh):
+    resumes = (warm, forked, forked_cold, cold)
+    for r in (*resumes, fresh):
         if r is None:
             continue
         if args.tiers_dit_release is not None:  # measured: the DiT loaded from disk beside
@@ -427,7 +434,9 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 max(load_s + r["open_s"], r.get("verify_s", 0.0)) + r["first_clip_s"]
             )
     remote_from_start = None
-    opened = cold or warm or forked  # the open and first clip of a resume, bytes downloaded
+    opened = (
+        cold or warm or forked or forked_cold
+    )  # the open and first clip of a resume, bytes downloaded
     if download_s is not None and opened is not None:
         remote_from_start = max(load_s, download_s) + opened["open_s"] + opened["first_clip_s"]
 
@@ -488,6 +497,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "page_cache_evicted": evicted,
         "resume_local_warm": warm,
         "resume_local_forked": forked,
+        "resume_local_forked_cold": forked_cold,
         "resume_local_cold": cold,
         "fresh": fresh,
         "expected_clip_sha256": expected_clip,
@@ -499,7 +509,12 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "expected_sink_sha256": expected_sink,
         "parts_that_differ": {
             label: differing(expected_trace, r["trace"])
-            for label, r in (("warm", warm), ("forked", forked), ("cold", cold))
+            for label, r in (
+                ("warm", warm),
+                ("forked", forked),
+                ("forked_cold", forked_cold),
+                ("cold", cold),
+            )
             if r is not None
         }
         | (
@@ -508,11 +523,9 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             else {}
         ),
         "frames_identical": all(
-            r["clip_sha256"] == expected_clip for r in (warm, forked, cold) if r is not None
+            r["clip_sha256"] == expected_clip for r in resumes if r is not None
         ),
-        "sink_identical": all(
-            r["sink_sha256"] == expected_sink for r in (warm, forked, cold) if r is not None
-        ),
+        "sink_identical": all(r["sink_sha256"] == expected_sink for r in resumes if r is not None),
         "download_proxy_s": download_s,
         "model_load_s": load_s,
         "dit_release": None if args.tiers_dit_release is None else str(args.tiers_dit_release),
@@ -556,6 +569,7 @@ def report(part: dict[str, Any]) -> list[str]:
     runs = (
         ("resume, warm cache", warm),
         ("resume, forked", forked),
+        ("resume, forked, checkpoint evicted", part.get("resume_local_forked_cold")),
         ("resume, cold", cold),
         ("fresh", fresh),
     )

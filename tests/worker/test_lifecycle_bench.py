@@ -69,7 +69,7 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
             "--engine-device", "cpu",
             "--engine-size", "64*64",
             "--infer-frames", "12",
-            "--tiers-runs", "warm,cold,fresh,forked",
+            "--tiers-runs", "warm,cold,fresh,forked,forked-cold",
             "--tiers-dit-release", str(tmp_path / "release"),
             "--workdir", str(tmp_path / "work"),
             "--out", str(tmp_path / "tiers.json"),
@@ -81,17 +81,20 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
     assert tiers["parts_that_differ"] == {
         "warm": [],
         "forked": [],  # a resume in a fork of a process with the modules imported
+        "forked_cold": [],  # the same, the checkpoint evicted from the page cache first
         "cold": [],
         "warm_second_open": [],
     }
-    forked = tiers["resume_local_forked"]
-    assert forked["forked"] and forked["imports_before_fork_s"] > 0
-    assert forked["clip_sha256"] == tiers["expected_clip_sha256"]
+    forked, forked_cold = tiers["resume_local_forked"], tiers["resume_local_forked_cold"]
+    for run in (forked, forked_cold):
+        assert run["forked"] and run["imports_before_fork_s"] > 0
+        assert run["clip_sha256"] == tiers["expected_clip_sha256"]
     assert (
         tiers["resume_local_warm"]["second_open"]["clip_sha256"] == (tiers["expected_clip_sha256"])
     )
     assert set(tiers["restore_read_gb_s_by_readers"]) == {"1", "8"}
-    for run in (tiers["resume_local_warm"], forked, tiers["resume_local_cold"], tiers["fresh"]):
+    resumes = (tiers["resume_local_warm"], forked, forked_cold, tiers["resume_local_cold"])
+    for run in (*resumes, tiers["fresh"]):
         assert run["first_clip_s"] > 0 and run["open_s"] > 0
         assert run["graphs_compiled_in_first_clip"] == 0  # the CPU compiles nothing
         # the DiT came from the release on disk, loaded beside the open, and the first frame's
@@ -102,7 +105,7 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
         assert run["disk_read_bytes_to_first_frame"] >= 0
         assert run["memory_at_start"]["MemTotal"] >= run["memory_at_start"]["MemAvailable"] > 0
         assert {"project", "innermost"} <= set(run["open_samples_s"])
-    for run in (tiers["resume_local_warm"], forked, tiers["resume_local_cold"]):
+    for run in resumes:
         # the seal's CRCs were read beside the open; the first clip waited for what was left
         assert run["verify_s"] > 0 and 0 <= run["verify_wait_s"] <= run["verify_s"]
     assert tiers["resume_local_warm"]["clip_index"] == tiers["fresh"]["clip_index"] + 3
