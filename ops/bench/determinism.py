@@ -16,7 +16,7 @@ process and the first recorded call where a later process parts from the first (
 module or function, its shape), or that none does.
 
 Options for experiments: `--row-major` writes the residual stream row-major after the patch
-embedding (the layout tried on 2026-12-03: see docs/benchmarks.md); `--inductor NAME=VALUE`
+embedding (`WanS2VTransformer.row_major_stream`; see docs/benchmarks.md); `--inductor NAME=VALUE`
 sets a `torch._inductor.config` attribute (VALUE in JSON: `false`, `1`) in every process and
 every thread that compiles.
 """
@@ -144,20 +144,11 @@ def child(args: argparse.Namespace) -> None:
     if settings:
         fused.set_inductor_settings(settings)  # in every thread that compiles
 
-    if args.row_major:
-        from pipeline.model.transformer import WanS2VTransformer
-
-        plain = WanS2VTransformer.embed_video
-
-        def embed_row_major(self: Any, latents: torch.Tensor) -> torch.Tensor:
-            x = plain(self, latents)
-            return x.contiguous()
-
-        WanS2VTransformer.embed_video = embed_row_major  # type: ignore[method-assign]
     device = torch.device(args.device)
     started = time.perf_counter()
     gen = build_deferred_engine(args.preset, device, args.layers, None, args.precision)
     gen.components.wait_dit()
+    gen.components.dit.row_major_stream = args.row_major  # before the open's warm-up
     probe = Probe(gen.components.dit, args.clips - 1)
     stream = gen.open(make_request(args.size, args.infer_frames, args.clips))
     hashes = []

@@ -282,6 +282,12 @@ def main() -> None:
         "instead of pipeline/model/fp8_rows.py's kernels (with bf16,fp8: and compare the "
         "velocities of one block's steps, bf16 against both fp8 forms)",
     )
+    p.add_argument(
+        "--row-major",
+        action="store_true",
+        help="profile the last precision again with the residual stream row-major "
+        "(WanS2VTransformer.row_major_stream switched over)",
+    )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
@@ -357,6 +363,15 @@ def main() -> None:
     if args.fp8_rows:  # the default: the same clip with inductor's steps instead
         fp8_rows.set_enabled(False)
         again("inductor-rows", lambda: fp8_rows.set_enabled(True))
+    if args.row_major:
+        dit = gen.components.dit
+        default = dit.row_major_stream
+        dit.row_major_stream = not default
+
+        def back() -> None:
+            dit.row_major_stream = default
+
+        again("row-major" if not default else "conv-layout", back)
     if args.int8_attention:
         attention_mod.set_backend("int8")
         again("int8-attention", lambda: attention_mod.set_backend("auto"))

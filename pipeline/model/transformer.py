@@ -81,6 +81,16 @@ class SinkTokens:
 
 
 class WanS2VTransformer(nn.Module):
+    row_major_stream = False
+    """Write the residual stream row-major ([1, L, C] with a token's C values together) where
+    the patch embedding makes it, instead of the convolution's layout seen channels-first
+    (token stride 1), which every elementwise step after it keeps. Row-major, each norm over
+    a token's channels is one contiguous row: inductor fuses each norm chain into one kernel
+    and the FP8 row kernels (fp8_rows.py) can run (one H200, 2026-12-03: an fp8 clip 3.62 s
+    against 4.00 s). Off until two processes compiling cold are shown to render the same bits
+    with it (`python -m ops.bench.determinism --cold --row-major`). Frames differ in rounding
+    between the layouts, so every process of a job must use the same one."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
@@ -157,6 +167,8 @@ class WanS2VTransformer(nn.Module):
         x = self.patch_embedding(latents.unsqueeze(0).to(self.dtype)).flatten(2).transpose(1, 2)
         # the (absent) pose video is all zeros: its encoding is the conv's bias alone
         cond = self.cond_encoder.bias + self.trainable_cond_mask.weight[TOKEN_NOISY]
+        if self.row_major_stream:  # the sum written row-major: one copy either way
+            return torch.add(x, cond, out=x.new_empty(x.shape))
         return x + cond
 
     def run_layers(
