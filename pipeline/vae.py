@@ -225,7 +225,11 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
             return decode_frame(decoder, x, cache)
 
         fn = by_backend[backend] = torch.compile(
-            frame, fullgraph=True, dynamic=False, backend=backend
+            frame,
+            fullgraph=True,
+            dynamic=False,
+            backend=backend,
+            options=fused.compile_options(backend),
         )
     return fn
 
@@ -294,6 +298,7 @@ def artefact_path(vae: AutoencoderKLWan, x: torch.Tensor, cache: list[CacheEntry
         # varies from process to process
         "config": {k: v for k, v in vae.config.items() if not k.startswith("_")},
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "compile_options": fused.compile_options("inductor"),
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
     return Path(cache_dir()) / "longtake-decoder" / f"{digest[:40]}.aot"
@@ -331,7 +336,11 @@ def precompiled(
         fused.configure_compiler()
         torch._dynamo.config.enable_aot_compile = True  # off by default before torch 2.12
         compiled = torch.compile(
-            call_frame_decoder, fullgraph=True, dynamic=False, backend="inductor"
+            call_frame_decoder,
+            fullgraph=True,
+            dynamic=False,
+            backend="inductor",
+            options=fused.compile_options("inductor"),
         )
         graph = compiled.aot_compile(((module, x, list(cache)), {}))
         try:

@@ -71,11 +71,10 @@ def configure_compiler() -> None:
     - `set_persistent_rows` and `set_inductor_settings`, where they were called.
 
     torch keeps a setting made by assigning to its config per thread (a context variable):
-    made in one thread, it does not reach a graph compiled in another. Applied once per
-    process, a 14B render compiled its first graphs in deterministic mode and the clip's
-    later ones, in other threads, not (seen on an H200): those reductions picked their
-    launch configuration by timing, and two processes compiling cold rendered different
-    frames. Hence per thread, before every compile."""
+    made in one thread, it does not reach a graph compiled in another (the engine's decoder
+    thread compiled with torch's limit of 8 graphs). Hence per thread, before every compile.
+    Inductor's deterministic mode is also handed to each compile (`compile_options`): an
+    assignment does not even last in its own thread."""
     if _configured.get() == _settings_version:
         return
     cfg = torch._dynamo.config
@@ -95,6 +94,22 @@ def configure_compiler() -> None:
     for key, value in _inductor_settings.items():
         setattr(inductor, key, value)
     _configured.set(_settings_version)
+
+
+def compile_options(backend: str) -> dict[str, Any] | None:
+    """The inductor settings to compile with, given to torch.compile itself (`options`): the
+    compile applies them to its own code generation, whatever the thread's settings are by
+    then. (Assigned to inductor's config instead, deterministic mode does not last: dynamo
+    restores torch's deterministic-algorithms flag after tracing each frame, and
+    `torch.use_deterministic_algorithms` sets inductor's `deterministic` along with it, so a
+    process compiled its first graph of each function in deterministic mode and the later
+    ones not.) None for other backends, which take no inductor settings."""
+    if backend != "inductor":
+        return None
+    import torch._inductor.config as inductor
+
+    options = {"deterministic": True} if hasattr(inductor, "deterministic") else {}
+    return options | _inductor_settings
 
 
 def _settings_changed() -> None:
@@ -203,7 +218,13 @@ def gpu_compiled(fn: _F) -> _F:
             return fn(*args)
         configure_compiler()  # in this thread: any call may compile (a new shape)
         if compiled is None:
-            compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=_backend)
+            compiled = torch.compile(
+                fn,
+                fullgraph=True,
+                dynamic=False,
+                backend=_backend,
+                options=compile_options(_backend),
+            )
         try:
             return compiled(*args)
         except Exception as exc:  # no working compiler here: stay correct, run eagerly
