@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from pipeline import vae as vae_mod
+from pipeline.model import fused
 
 MODES = ("jit", "jit again", "save", "load")
 FRAMES = 6  # compiled frames decoded after the eager prime
@@ -49,7 +50,6 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
     from pipeline.components import build_random
     from pipeline.dit_loading import default_dtype
     from pipeline.geometry import Geometry
-    from pipeline.model import fused
     from pipeline.params import check_size_key
     from pipeline.presets import get_preset
     from pipeline.weights.placement import Placement
@@ -122,14 +122,22 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
 
 def _compiled(mode: str, module: Any, frame: Any, cache: list, artefact: Path) -> Any:
     if mode in ("jit", "jit again"):
-        return torch.compile(vae_mod.call_frame_decoder, fullgraph=True, dynamic=False)
+        return torch.compile(
+            vae_mod.call_frame_decoder,
+            fullgraph=True,
+            dynamic=False,
+            options=fused.compile_options("inductor"),  # as the pipeline compiles it
+        )
     if mode == "save":
         # off by default before torch 2.12 (the compiled function then has no aot_compile)
         if hasattr(torch._dynamo.config, "enable_aot_compile"):
             torch._dynamo.config.enable_aot_compile = True
-        fn = torch.compile(vae_mod.call_frame_decoder, fullgraph=True, dynamic=False).aot_compile(
-            ((module, frame, list(cache)), {})
-        )
+        fn = torch.compile(
+            vae_mod.call_frame_decoder,
+            fullgraph=True,
+            dynamic=False,
+            options=fused.compile_options("inductor"),
+        ).aot_compile(((module, frame, list(cache)), {}))
         fn.save_compiled_function(str(artefact))
         return fn
     if not artefact.exists():
