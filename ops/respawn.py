@@ -79,8 +79,8 @@ def preimport(modules: tuple[str, ...] = PREIMPORTS) -> float:
 COMPILER_KEYS = ("torch_key", "triton_key")
 """Inductor's hashes of torch's and Triton's sources (`torch._inductor.codecache`), part of
 every compiled graph's cache key: each process computes them once, by reading and hashing
-those packages' files, on its way to its first compiled call (~0.7-0.8 s each; Triton's was
-0.7 s of a forked resume's open on an H200, docs/benchmarks.md, run 2026-12-04b)."""
+those packages' files, on its way to its first compiled call (Triton's took 0.7 s of a forked
+resume's open on an H200, docs/benchmarks.md, run 2026-12-04b; torch's 0.8 s on a CPU host)."""
 
 
 def prewarm() -> None:

@@ -224,13 +224,7 @@ def compiled_decoder(vae: AutoencoderKLWan) -> Callable[..., Any]:
         def frame(x: torch.Tensor, cache: list[CacheEntry]) -> torch.Tensor:
             return decode_frame(decoder, x, cache)
 
-        fn = by_backend[backend] = torch.compile(
-            frame,
-            fullgraph=True,
-            dynamic=False,
-            backend=backend,
-            options=fused.compile_options(backend),
-        )
+        fn = by_backend[backend] = fused.compile_static(frame, backend)
     return fn
 
 
@@ -335,13 +329,7 @@ def precompiled(
     if graph is None:
         fused.configure_compiler()
         torch._dynamo.config.enable_aot_compile = True  # off by default before torch 2.12
-        compiled = torch.compile(
-            call_frame_decoder,
-            fullgraph=True,
-            dynamic=False,
-            backend="inductor",
-            options=fused.compile_options("inductor"),
-        )
+        compiled = fused.compile_static(call_frame_decoder, "inductor")
         graph = compiled.aot_compile(((module, x, list(cache)), {}))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

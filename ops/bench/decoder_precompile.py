@@ -122,22 +122,14 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
 
 def _compiled(mode: str, module: Any, frame: Any, cache: list, artefact: Path) -> Any:
     if mode in ("jit", "jit again"):
-        return torch.compile(
-            vae_mod.call_frame_decoder,
-            fullgraph=True,
-            dynamic=False,
-            options=fused.compile_options("inductor"),  # as the pipeline compiles it
-        )
+        return fused.compile_static(vae_mod.call_frame_decoder, "inductor")  # as the pipeline
     if mode == "save":
         # off by default before torch 2.12 (the compiled function then has no aot_compile)
         if hasattr(torch._dynamo.config, "enable_aot_compile"):
             torch._dynamo.config.enable_aot_compile = True
-        fn = torch.compile(
-            vae_mod.call_frame_decoder,
-            fullgraph=True,
-            dynamic=False,
-            options=fused.compile_options("inductor"),
-        ).aot_compile(((module, frame, list(cache)), {}))
+        fn = fused.compile_static(vae_mod.call_frame_decoder, "inductor").aot_compile(
+            ((module, frame, list(cache)), {})
+        )
         fn.save_compiled_function(str(artefact))
         return fn
     if not artefact.exists():

@@ -423,7 +423,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(directory.parent)
 
     load_s = args.model_load_s
-    resumes = (warm, forked, forked_cold, cold)
+    resumed = {"warm": warm, "forked": forked, "forked_cold": forked_cold, "cold": cold}
+    resumes = [r for r in resumed.values() if r is not None]
     for r in (*resumes, fresh):
         if r is None:
             continue
@@ -434,9 +435,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 max(load_s + r["open_s"], r.get("verify_s", 0.0)) + r["first_clip_s"]
             )
     remote_from_start = None
-    opened = (
-        cold or warm or forked or forked_cold
-    )  # the open and first clip of a resume, bytes downloaded
+    # the open and first clip of a resume, bytes downloaded
+    opened = cold or warm or forked or forked_cold
     if download_s is not None and opened is not None:
         remote_from_start = max(load_s, download_s) + opened["open_s"] + opened["first_clip_s"]
 
@@ -509,12 +509,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "expected_sink_sha256": expected_sink,
         "parts_that_differ": {
             label: differing(expected_trace, r["trace"])
-            for label, r in (
-                ("warm", warm),
-                ("forked", forked),
-                ("forked_cold", forked_cold),
-                ("cold", cold),
-            )
+            for label, r in resumed.items()
             if r is not None
         }
         | (
@@ -522,10 +517,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if warm is not None and warm.get("second_open")
             else {}
         ),
-        "frames_identical": all(
-            r["clip_sha256"] == expected_clip for r in resumes if r is not None
-        ),
-        "sink_identical": all(r["sink_sha256"] == expected_sink for r in resumes if r is not None),
+        "frames_identical": all(r["clip_sha256"] == expected_clip for r in resumes),
+        "sink_identical": all(r["sink_sha256"] == expected_sink for r in resumes),
         "download_proxy_s": download_s,
         "model_load_s": load_s,
         "dit_release": None if args.tiers_dit_release is None else str(args.tiers_dit_release),

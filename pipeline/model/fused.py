@@ -112,6 +112,15 @@ def compile_options(backend: str) -> dict[str, Any] | None:
     return options | _inductor_settings
 
 
+def compile_static(fn: Callable[..., Any], backend: str | None = None) -> Any:
+    """`fn` compiled as everything here is compiled: one graph, static shapes, `backend`
+    (default: the glue's, `compile_backend`) with `compile_options`."""
+    backend = _backend if backend is None else backend
+    return torch.compile(
+        fn, fullgraph=True, dynamic=False, backend=backend, options=compile_options(backend)
+    )
+
+
 def _settings_changed() -> None:
     """Every thread applies the settings again, and every function compiles again."""
     global _settings_version
@@ -218,13 +227,7 @@ def gpu_compiled(fn: _F) -> _F:
             return fn(*args)
         configure_compiler()  # in this thread: any call may compile (a new shape)
         if compiled is None:
-            compiled = torch.compile(
-                fn,
-                fullgraph=True,
-                dynamic=False,
-                backend=_backend,
-                options=compile_options(_backend),
-            )
+            compiled = compile_static(fn)
         try:
             return compiled(*args)
         except Exception as exc:  # no working compiler here: stay correct, run eagerly

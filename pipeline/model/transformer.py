@@ -87,9 +87,9 @@ class WanS2VTransformer(nn.Module):
     (token stride 1), which every elementwise step after it keeps. Row-major, each norm over
     a token's channels is one contiguous row: inductor fuses each norm chain into one kernel
     and the FP8 row kernels (fp8_rows.py) can run (one H200, 2026-12-03, two runs: an fp8
-    clip 3.62 s against 4.00 s). Off until two processes compiling cold are shown to render the same bits
-    with it (`python -m ops.bench.determinism --cold --row-major`). Frames differ in rounding
-    between the layouts, so every process of a job must use the same one."""
+    clip 3.62 s against 4.00 s). Off until two processes compiling cold are shown to render
+    the same bits with it (`python -m ops.bench.determinism --cold --row-major`). Frames
+    differ in rounding between the layouts, so every process of a job must use the same one."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
