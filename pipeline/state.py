@@ -4,13 +4,16 @@ A state is `{"meta": <JSON-able dict>, "tensors": {name: CPU tensor}}`, as retur
 `Stream.state_dict()`. Tensor names are grouped by owner, so a pipeline-parallel engine can
 write and read its share alone:
 
-    sink.*        reference keys, motion keys and values of the sink (all steps share them)
+    sink.*        the latent frame the sink was built from (`sink.latent`)
     step.<i>.*    the ring cache of denoising step i
     decoder.*     the streaming VAE decoder's feature cache
 
-The sink (2.3 GB at 720x400 for the 14B model) is a function of its latent, the portrait, the
-prompt and the model, but it is kept: rebuilt in another process on a GPU it does not come out
-with the same bits (see docs/benchmarks.md, the two checkpoint tiers), and a resume must.
+The sink's keys and values (2.3 GB at 720x400 for the 14B model) are not kept: they are a
+function of `sink.latent` [16, 1, h, w] (the portrait's reference latent before clip 0, the
+stream's own first latent frame after it), the portrait, the prompt and the model, and a resume
+prefills them again. That gives the same bits in another process because every compiled kernel
+is built in inductor's deterministic mode (see docs/benchmarks.md, the two checkpoint tiers).
+States of format 1 hold the sink's caches instead (`SINK_CACHES`); they still resume, by copy.
 
 `save_state` / `load_state` keep a whole state in one file (or file object).
 `write_checkpoint` / `read_checkpoint` keep it in a directory, one shard per group, and write
@@ -46,8 +49,11 @@ from pipeline.weights.safetensors_file import (
     read_header,
 )
 
-FORMAT = "longtake.stream-state/1"
-READABLE = (FORMAT,)
+FORMAT = "longtake.stream-state/2"
+READABLE = (FORMAT, "longtake.stream-state/1")
+SINK_LATENT = "sink.latent"
+SINK_CACHES = ("sink.ref_keys", "sink.motion_keys", "sink.values")
+"""What a format-1 state holds of the sink instead of its latent."""
 MANIFEST = "manifest.json"
 _META_KEY = "longtake.state"
 

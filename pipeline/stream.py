@@ -16,8 +16,9 @@ memory without blocking, and the host waits once per clip, for the clip's last f
 Before clip 0 the sink (the reference frame plus motion frames made from it) is run through the
 model once and cached, and the streaming decoder is primed by decoding motion latents, whose
 frames are discarded. At every clip boundary `state_dict()` captures everything the rest of the
-stream depends on (per-step ring caches, the sink, the decoder's cache, the clip index); a
-stream opened with it continues with identical frames on the same device and dtype. Random
+stream depends on (per-step ring caches, the latent the sink was built from, the decoder's
+cache, the clip index); a stream opened with it prefills the same sink and continues with
+identical frames on the same device and dtype. Random
 draws need no saved generator state: each is a pure function of the request's seed and its
 place in the stream (the noise of clip c, the sink offset of block b at step i), and the
 speech features of a clip depend only on the audio.
@@ -137,6 +138,11 @@ class Stream:
         self.sink_keys = SinkKeys(
             g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
         )
+        # the latent the sink was built from [16, 1, h, w]: what a state keeps of the sink
+        self._sink_latent = torch.zeros(
+            cfg.in_dim, 1, g.latent_h, g.latent_w, device=self._device, dtype=torch.float32
+        )
+        self._sink_from_latent = False  # a resume prefills the sink from the state's latent
         source = None if state is None else state_io.as_source(state)
         restoring = None if source is None else self._start_restore(source)
         cuda = self._device.type == "cuda"
@@ -201,9 +207,13 @@ class Stream:
             clock.lap("restore_wait")
             self._finish_restore(source, decoder_state)
             clock.lap("restore_finish")
+            if self._sink_from_latent:  # the sink's motion part: before the DiT is needed
+                self._reference_latents()
+                clock.lap("portrait_latents")
         elif cached is not None:
             self.next_clip = 0
             self._motion = presenter_mod.restore(cached, self.caches, self.sink_keys, self.decoder)
+            self._sink_latent.copy_(self._motion[:, 1:2])
             clock.lap("presenter_restore")
         else:
             self.next_clip = 0
@@ -229,6 +239,11 @@ class Stream:
                     text, motion, self.caches[0], self.sink_keys, self.decoder
                 )
                 scope.cache.put(key, kept)
+        elif self._sink_from_latent:
+            self._build_sink(self._sink_latent)
+            if self.next_clip > 0:  # as after clip 0: the portrait's latents are not needed
+                self._motion = None
+            clock.lap("sink")
         if self._pinned_captures:  # the decoder's too, now that its cache is made
             self._reserve_capture_buffers(self._capture_tensors())
 
@@ -333,9 +348,11 @@ class Stream:
 
     def _build_sink(self, latent: torch.Tensor) -> None:
         """Run the sink (`latent` [16, 1, h, w] as its reference frame, the portrait's motion
-        latents) through the model into every step's cache."""
+        latents) through the model into every step's cache; `latent` is kept for the state."""
         _, motion = self._reference_latents()
-        self.denoiser.prefill_sink(self.caches, self.sink_keys, latent, motion)
+        if latent is not self._sink_latent:
+            self._sink_latent.copy_(latent)
+        self.denoiser.prefill_sink(self.caches, self.sink_keys, self._sink_latent, motion)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -372,13 +389,9 @@ class Stream:
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
     def _cache_tensors(self) -> dict[str, torch.Tensor]:
-        """The device tensors of a state that are the DiT's caches (the sink and the rings), by
-        name: fixed in shape from the open's start."""
-        live = {
-            "sink.ref_keys": self.sink_keys.ref,
-            "sink.motion_keys": self.caches[0].sink_motion_keys,
-            "sink.values": self.caches[0].sink_values,
-        }
+        """The device tensors of a state that are the DiT's (the sink's latent and the rings),
+        by name: fixed in shape from the open's start."""
+        live = {state_io.SINK_LATENT: self._sink_latent}
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
         return live
@@ -415,11 +428,21 @@ class Stream:
         if not 0 <= meta["next_clip"] <= self.num_clips:
             raise ValueError("stream state has an invalid clip index")
         targets = {f"step.{i}.ring": cache.ring for i, cache in enumerate(self.caches)}
-        targets |= {
-            "sink.ref_keys": self.sink_keys.ref,
-            "sink.motion_keys": self.caches[0].sink_motion_keys,
-            "sink.values": self.caches[0].sink_values,
-        }
+        self._sink_from_latent = state_io.SINK_LATENT in source.names()
+        if self._sink_from_latent:
+            targets[state_io.SINK_LATENT] = self._sink_latent
+        else:  # format 1: the sink's caches themselves
+            targets |= dict(
+                zip(
+                    state_io.SINK_CACHES,
+                    (
+                        self.sink_keys.ref,
+                        self.caches[0].sink_motion_keys,
+                        self.caches[0].sink_values,
+                    ),
+                    strict=True,
+                )
+            )
         missing = sorted(set(targets) - source.names())
         if missing:
             raise ValueError("the stream state has no " + ", ".join(missing))
@@ -443,16 +466,13 @@ class Stream:
     def _finish_restore(
         self, source: state_io.TensorSource, decoder: dict[str, torch.Tensor]
     ) -> None:
-        """The sink in every step's cache, the decoder's cache (`decoder`: its tensors, read)
-        and the clip index.
-
-        The sink is copied, not rebuilt from its latent: on a GPU the sink's prefill in another
-        process does not give the same bits (measured on an H200: a fresh open's sink differs
-        between processes while every block's step repeats exactly), so only a copy resumes
-        exactly."""
-        for cache in self.caches[1:]:  # the same sink in every step's cache
-            cache.sink_motion_keys.copy_(self.caches[0].sink_motion_keys)
-            cache.sink_values.copy_(self.caches[0].sink_values)
+        """The decoder's cache (`decoder`: its tensors, read) and the clip index; a format-1
+        state's sink, read into step 0's cache, into every step's. (A sink kept as its latent
+        is prefilled once the DiT is there.)"""
+        if not self._sink_from_latent:
+            for cache in self.caches[1:]:  # the same sink in every step's cache
+                cache.sink_motion_keys.copy_(self.caches[0].sink_motion_keys)
+                cache.sink_values.copy_(self.caches[0].sink_values)
         self.decoder.load_state_dict(decoder, source.meta["decoder"])
         self.next_clip = int(source.meta["next_clip"])
 

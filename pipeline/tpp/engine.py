@@ -56,8 +56,8 @@ steady state each rank loses 20-25 ms per ~0.33 s block between its blocks, and 
 less work than the slowest idles for the difference.
 
 Frames reach the caller through a shared-memory ring (pipeline.tpp.protocol.FrameRing); only a
-block index is pickled. Checkpoints: each rank writes its own shard files (its steps' rings, the
-sink layers no lower rank holds, the decoder cache) from its snapshot, in the background; the
+block index is pickled. Checkpoints: each rank writes its own shard files (its steps' rings; rank 0
+the sink's latent; the decoder cache) from its snapshot, in the background; the
 caller writes manifest.json last, once every rank has confirmed its files. The layout and names
 are pipeline.state's, split into per-layer pieces only where a step is split.
 

@@ -115,20 +115,6 @@ def layer_span(piece: tuple[Unit, ...]) -> range:
     return range(min(u.start for u in piece), max(u.stop for u in piece))
 
 
-def sink_layers(partition: Partition, rank: int) -> range:
-    """The sink layers `rank` saves in a checkpoint: those no lower rank holds. Every DiT rank
-    holds an identical sink for the layers it runs, so each layer is saved once."""
-    covered = 0
-    for r, piece in enumerate(partition):
-        span = layer_span(piece)
-        mine = range(max(covered, span.start), max(covered, span.stop)) if span else range(0)
-        if r == rank:
-            return mine
-        if span:
-            covered = max(covered, span.stop)
-    raise IndexError(rank)
-
-
 def to_json(partition: Partition) -> str:
     return json.dumps([[[u.step, u.start, u.stop] for u in piece] for piece in partition])
 

@@ -1,6 +1,6 @@
 """Stream-state tensors split across ranks, and where a restoring rank finds its share.
 
-The engine's state uses the single-device names (pipeline.state): `sink.*`, `step.<i>.ring`,
+The engine's state uses the single-device names (pipeline.state): `sink.latent`, `step.<i>.ring`,
 `decoder.*`. A tensor whose layers are split between ranks is saved as pieces named
 `<name>.layers.<a>-<b>` (layers a .. b-1 of the whole), one per rank. With whole steps per rank
 every name is the single-device one, so such a checkpoint is also a single-device checkpoint.

@@ -39,12 +39,19 @@ from pipeline.geometry import Geometry
 from pipeline.host_buffers import HostBuffers, Spec, copy_piecewise, make_buffer
 from pipeline.presets import Preset
 from pipeline.sampler import flow_schedule
-from pipeline.state import CheckpointSource, StateSource, TensorSource, shard_of
+from pipeline.state import (
+    SINK_CACHES,
+    SINK_LATENT,
+    CheckpointSource,
+    StateSource,
+    TensorSource,
+    shard_of,
+)
 from pipeline.stream import ClipAudio, clip_noise, portrait_latents, to_device
 from pipeline.tpp import protocol as msg
 from pipeline.tpp.config import EngineConfig
 from pipeline.tpp.links import Link, Packet, Shapes
-from pipeline.tpp.partition import Unit, sink_layers
+from pipeline.tpp.partition import Unit
 from pipeline.tpp.pieces import gather_layers, piece_name
 from pipeline.tpp.timeline import Timeline
 
@@ -118,11 +125,17 @@ class RankStream:
 
         text = self._exchange_text(restore) if ctx.is_dit else None
         self.text = text  # rank 0's goes into its states
-        self.motion = self._exchange_motion() if spec.start_clip == 0 else None
+        # the sink's motion part: a fresh stream's, or a resume's that prefills its sink
+        # again from the state's latent (every rank reads the same state)
+        self._sink_from_latent = restore is not None and SINK_LATENT in restore.names()
+        needs_motion = spec.start_clip == 0 or self._sink_from_latent
+        self.motion = self._exchange_motion() if needs_motion else None
         if ctx.is_dit:
             self._open_dit(text, restore)
         if ctx.decodes:
             self.decode = DecodeStage(self, restore)
+        if spec.start_clip > 0:  # a resume's sink is built: the portrait's latents are done
+            self.motion = None
         if ctx.is_dit and self.device.type == "cuda":
             # the bulk of a checkpoint's host memory, page-locked beside the first clips
             ctx.write_buffers.reserve(self._ring_specs())
@@ -203,6 +216,10 @@ class RankStream:
         self.sink_keys = SinkKeys(
             g, len(span), cfg.num_heads, cfg.head_dim, self.device, self.dtype, span.start
         )
+        # the latent the sink was built from [16, 1, h, w]: what a state keeps of the sink
+        self.sink_latent = torch.zeros(
+            cfg.in_dim, 1, g.latent_h, g.latent_w, device=self.device, dtype=torch.float32
+        )
         # snapshot slots: [boundary or -1, rings by step]
         self.slots: list[tuple[int, dict[int, torch.Tensor]]] = [
             (-1, {s: torch.empty_like(c.ring) for s, c in self.caches.items()})
@@ -233,31 +250,46 @@ class RankStream:
         self.downstream = Link(rank + 1, self.device) if rank < ctx.cfg.world_size - 1 else None
         if restore is not None:
             self._load_dit(restore)
-        elif self.piece:
+        else:
+            assert self.motion is not None
+            self._build_sink(self.motion[:, 1:2])
+
+    def _build_sink(self, latent: torch.Tensor) -> None:
+        """This rank's layers of the sink, from `latent` [16, 1, h, w] (kept for the state)
+        and the portrait's motion latents, into every step's cache it holds."""
+        if latent is not self.sink_latent:
+            self.sink_latent.copy_(latent)
+        if self.piece:
             assert self.motion is not None
             self.denoiser.prefill_sink(
-                list(self.caches.values()), self.sink_keys, self.motion[:, 1:2], self.motion
+                list(self.caches.values()), self.sink_keys, self.sink_latent, self.motion
             )
 
     def _load_dit(self, source: TensorSource) -> None:
-        """This rank's layers of the sink and the rings from `source` (its tensors may be a
-        capture's page-locked buffers: copied piece by piece, then waited for)."""
+        """This rank's rings from `source` (its tensors may be a capture's page-locked buffers:
+        copied piece by piece, then waited for), and its layers of the sink: prefilled again
+        from the state's latent, or, from a format-1 state, copied."""
         n = self.num_layers
         sk = self.sink_keys
+        ref_keys, motion_keys, values = SINK_CACHES
         for u in self.piece:
             cache = self.caches[u.step]
-            copy_piecewise(
-                sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start],
-                gather_layers(source, "sink.ref_keys", u.layers, n),
-            )
-            copy_piecewise(
-                cache.sink_motion_keys, gather_layers(source, "sink.motion_keys", u.layers, n)
-            )
-            copy_piecewise(cache.sink_values, gather_layers(source, "sink.values", u.layers, n))
+            if not self._sink_from_latent:
+                copy_piecewise(
+                    sk.ref[u.start - sk.layers.start : u.stop - sk.layers.start],
+                    gather_layers(source, ref_keys, u.layers, n),
+                )
+                copy_piecewise(
+                    cache.sink_motion_keys, gather_layers(source, motion_keys, u.layers, n)
+                )
+                copy_piecewise(cache.sink_values, gather_layers(source, values, u.layers, n))
             name = piece_name(f"step.{u.step}.ring", u.layers, n)
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
             copy_piecewise(cache.ring, source.get(name))
+        if self._sink_from_latent:
+            self.sink_latent.copy_(source.get(SINK_LATENT))
+            self._build_sink(self.sink_latent)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -345,12 +377,7 @@ class RankStream:
         if clip == 1 and spec.start_clip == 0 and spec.num_clips > 1:
             # capture(0) must still see the portrait's sink
             self._wait(lambda: self.released >= 0)
-            first = self._receive_first_latent()
-            if self.piece:
-                assert self.motion is not None
-                self.denoiser.prefill_sink(
-                    list(self.caches.values()), self.sink_keys, first, self.motion
-                )
+            self._build_sink(self._receive_first_latent())
             self.motion = None
         self.position = ("at", clip)
         if clip >= spec.num_clips:
@@ -496,7 +523,8 @@ class RankStream:
                 rings = found[0]
             for u in self.piece:
                 tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
-            tensors.update(self._sink_piece())
+        if self.ctx.rank == 0 and self.ctx.is_dit:  # every DiT rank holds the same latent
+            tensors[SINK_LATENT] = self.sink_latent
         if self.ctx.rank == 0 and self.text is not None:
             tensors[text_mod.STATE_NAME] = self.text
         if self.decode is not None:
@@ -514,28 +542,6 @@ class RankStream:
                 self.caches[u.step].ring.dtype,
             )
             for u in self.piece
-        }
-
-    def _sink_piece(self) -> dict[str, torch.Tensor]:
-        """The sink layers this rank saves (each layer by the lowest rank that holds it)."""
-        mine = sink_layers(self.spec.partition, self.ctx.rank)
-        if not mine:
-            return {}
-        sk = self.sink_keys
-        motion, values = [], []
-        for layer in mine:
-            u = next(u for u in self.piece if layer in u.layers)
-            kv = self.caches[u.step].layer(layer)
-            g = self.geometry
-            motion.append(kv[0, g.ref_tokens : g.sink_tokens])
-            values.append(kv[1, : g.sink_tokens])
-        n = self.num_layers
-        return {
-            piece_name("sink.ref_keys", mine, n): sk.ref[
-                mine.start - sk.layers.start : mine.stop - sk.layers.start
-            ],
-            piece_name("sink.motion_keys", mine, n): torch.stack(motion),
-            piece_name("sink.values", mine, n): torch.stack(values),
         }
 
     def _to_host(self, tensors: dict[str, torch.Tensor], reuse: str | None) -> dict:
@@ -591,13 +597,12 @@ class RankStream:
 
 
 def _split_groups(partition: Any) -> set[str]:
-    """Shard groups (sink, step-<i>) whose tensors are split between several ranks."""
+    """Shard groups (step-<i>) whose tensors are split between several ranks (the sink's
+    latent is rank 0's alone)."""
     owners: dict[str, set[int]] = {}
     for r, piece in enumerate(partition):
         for u in piece:
             owners.setdefault(f"step-{u.step}", set()).add(r)
-        if sink_layers(partition, r):
-            owners.setdefault("sink", set()).add(r)
     return {group for group, ranks in owners.items() if len(ranks) > 1}
 
 

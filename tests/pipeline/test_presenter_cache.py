@@ -221,3 +221,19 @@ def test_a_resumed_stream_takes_its_prompt_encoding_from_the_cache(cached, cold)
     assert len(rest) == CLIPS - 1
     for got, want in zip(rest, cold["talking"][1:], strict=True):
         assert np.array_equal(got, want)
+
+
+def test_a_state_taken_right_after_a_hit_resumes_with_the_cold_frames(cached, cold):
+    """A hit puts the sink in place from the cache, with no prefill: the state still names the
+    latent it was built from, and a resume prefills the same sink."""
+    frames(cached, presenter(), namespace="t")
+    stream = cached.open(presenter(), namespace="t")
+    assert stream.presenter_cached
+    state = stream.state_dict()
+    stream.close()
+    resumed = cached.open(presenter(), state=state)
+    assert not resumed.presenter_cached and resumed.next_clip == 0
+    got = [c.frames for c in resumed]
+    assert len(got) == CLIPS
+    for a, b in zip(got, cold["talking"], strict=True):
+        assert np.array_equal(a, b)

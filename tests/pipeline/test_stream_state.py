@@ -148,6 +148,68 @@ def test_a_restored_sink_equals_the_saved_one_bit_for_bit(tiny, boundary, tmp_pa
         assert torch.equal(got, want)
 
 
+def _counting_prefills(monkeypatch) -> list[int]:
+    from pipeline.denoise import Denoiser
+
+    calls = [0]
+    prefill = Denoiser.prefill_sink
+
+    def counted(self, *args, **kwargs):
+        calls[0] += 1
+        return prefill(self, *args, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "prefill_sink", counted)
+    return calls
+
+
+def test_a_state_keeps_the_sink_as_its_latent_and_a_resume_prefills_it(
+    tiny, six_clips, tmp_path, monkeypatch
+):
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    next(stream)
+    next(stream)
+    state = stream.state_dict()
+    stream.checkpoint(tmp_path / "ckpt")
+    g = stream.geometry
+    stream.close()
+    sink = {k: t for k, t in state["tensors"].items() if state_io.shard_of(k) == "sink"}
+    assert list(sink) == [state_io.SINK_LATENT]
+    assert sink[state_io.SINK_LATENT].shape == (16, 1, g.latent_h, g.latent_w)
+    shard = tmp_path / "ckpt" / "sink.safetensors"
+    assert shard.stat().st_size < 16 * g.latent_h * g.latent_w * 4 + 4096
+
+    calls = _counting_prefills(monkeypatch)
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), resume_from=tmp_path / "ckpt")
+    assert calls[0] == 1
+    for clip in resumed:
+        assert np.array_equal(clip.frames, six_clips[clip.index])
+
+
+def test_a_format_1_checkpoint_holding_the_sink_caches_resumes_by_copy(
+    tiny, six_clips, tmp_path, monkeypatch
+):
+    """Checkpoints written before the sink was kept as its latent hold its caches (format 1):
+    they resume, by copying them, with the same frames."""
+    stream = tiny.open(request(seconds=6.0, num_clips=6))
+    next(stream)
+    next(stream)
+    state = stream.state_dict()
+    tensors = {k: t for k, t in state["tensors"].items() if k != state_io.SINK_LATENT}
+    caches = (stream.sink_keys.ref, stream.caches[0].sink_motion_keys, stream.caches[0].sink_values)
+    tensors |= {k: t.clone() for k, t in zip(state_io.SINK_CACHES, caches, strict=True)}
+    stream.close()
+    state_io.write_checkpoint({"meta": state["meta"], "tensors": tensors}, tmp_path / "v1")
+    manifest = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    manifest["format"] = "longtake.stream-state/1"
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps(manifest))
+
+    calls = _counting_prefills(monkeypatch)
+    resumed = tiny.open(request(seconds=6.0, num_clips=6), resume_from=tmp_path / "v1")
+    assert calls[0] == 0
+    for clip in resumed:
+        assert np.array_equal(clip.frames, six_clips[clip.index])
+
+
 def test_a_checkpoint_is_read_straight_into_strided_tensors(tiny, tmp_path):
     stream = tiny.open(request(seconds=2.0, num_clips=2))
     next(stream)
