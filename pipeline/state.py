@@ -4,14 +4,15 @@ A state is `{"meta": <JSON-able dict>, "tensors": {name: CPU tensor}}`, as retur
 `Stream.state_dict()`. Tensor names are grouped by owner, so a pipeline-parallel engine can
 write and read its share alone:
 
-    sink.*        the latent frame the sink was built from (`sink.latent`)
+    sink.*        the latents the sink was built from (`sink.latent`, `sink.motion`)
     step.<i>.*    the ring cache of denoising step i
     decoder.*     the streaming VAE decoder's feature cache
 
 The sink's keys and values (2.3 GB at 720x400 for the 14B model) are not kept: they are a
 function of `sink.latent` [16, 1, h, w] (the portrait's reference latent before clip 0, the
-stream's own first latent frame after it), the portrait, the prompt and the model, and a resume
-prefills them again. That gives the same bits in another process because every compiled kernel
+stream's own first latent frame after it), `sink.motion` [16, 1 + (motion frames - 1) / 4, h, w]
+(the portrait's motion latents: kept, 1.4 MB, so a resume runs no VAE encoder), the prompt and
+the model, and a resume prefills them again. That gives the same bits in another process because every compiled kernel
 is built in inductor's deterministic mode (see docs/benchmarks.md, the two checkpoint tiers).
 States of format 1 hold the sink's caches instead (`SINK_CACHES`); they still resume, by copy.
 
@@ -52,6 +53,7 @@ from pipeline.weights.safetensors_file import (
 FORMAT = "longtake.stream-state/2"
 READABLE = (FORMAT, "longtake.stream-state/1")
 SINK_LATENT = "sink.latent"
+SINK_MOTION = "sink.motion"
 SINK_CACHES = ("sink.ref_keys", "sink.motion_keys", "sink.values")
 """What a format-1 state holds of the sink instead of its latent."""
 MANIFEST = "manifest.json"

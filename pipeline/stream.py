@@ -138,9 +138,14 @@ class Stream:
         self.sink_keys = SinkKeys(
             g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
         )
-        # the latent the sink was built from [16, 1, h, w]: what a state keeps of the sink
+        # the latents the sink was built from (what a state keeps of it): its reference frame
+        # [16, 1, h, w] and the portrait's motion latents [16, 1 + (motion frames - 1) / 4, h, w]
         self._sink_latent = torch.zeros(
             cfg.in_dim, 1, g.latent_h, g.latent_w, device=self._device, dtype=torch.float32
+        )
+        motion_latents = 1 + (preset.stream.motion_frames - 1) // 4
+        self._sink_motion = torch.zeros(
+            cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=self._device
         )
         self._sink_from_latent = False  # a resume prefills the sink from the state's latent
         source = None if state is None else state_io.as_source(state)
@@ -207,13 +212,13 @@ class Stream:
             clock.lap("restore_wait")
             self._finish_restore(source, decoder_state)
             clock.lap("restore_finish")
-            if self._sink_from_latent:  # the sink's motion part: before the DiT is needed
-                self._reference_latents()
-                clock.lap("portrait_latents")
+            if self._sink_from_latent:  # the portrait's latents, as the state kept them
+                self._motion = self._sink_motion
         elif cached is not None:
             self.next_clip = 0
             self._motion = presenter_mod.restore(cached, self.caches, self.sink_keys, self.decoder)
             self._sink_latent.copy_(self._motion[:, 1:2])
+            self._sink_motion.copy_(self._motion)
             clock.lap("presenter_restore")
         else:
             self.next_clip = 0
@@ -352,7 +357,11 @@ class Stream:
         _, motion = self._reference_latents()
         if latent is not self._sink_latent:
             self._sink_latent.copy_(latent)
-        self.denoiser.prefill_sink(self.caches, self.sink_keys, self._sink_latent, motion)
+        if motion is not self._sink_motion:
+            self._sink_motion.copy_(motion)
+        self.denoiser.prefill_sink(
+            self.caches, self.sink_keys, self._sink_latent, self._sink_motion
+        )
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -389,9 +398,9 @@ class Stream:
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 
     def _cache_tensors(self) -> dict[str, torch.Tensor]:
-        """The device tensors of a state that are the DiT's (the sink's latent and the rings),
+        """The device tensors of a state that are the DiT's (the sink's latents and the rings),
         by name: fixed in shape from the open's start."""
-        live = {state_io.SINK_LATENT: self._sink_latent}
+        live = {state_io.SINK_LATENT: self._sink_latent, state_io.SINK_MOTION: self._sink_motion}
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
         return live
@@ -431,6 +440,7 @@ class Stream:
         self._sink_from_latent = state_io.SINK_LATENT in source.names()
         if self._sink_from_latent:
             targets[state_io.SINK_LATENT] = self._sink_latent
+            targets[state_io.SINK_MOTION] = self._sink_motion
         else:  # format 1: the sink's caches themselves
             targets |= dict(
                 zip(

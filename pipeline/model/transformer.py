@@ -86,10 +86,13 @@ class WanS2VTransformer(nn.Module):
     the patch embedding makes it, instead of the convolution's layout seen channels-first
     (token stride 1), which every elementwise step after it keeps. Row-major, each norm over
     a token's channels is one contiguous row: inductor fuses each norm chain into one kernel
-    and the FP8 row kernels (fp8_rows.py) can run (one H200, 2026-12-03, two runs: an fp8
-    clip 3.62 s against 4.00 s). Off until two processes compiling cold are shown to render
-    the same bits with it (`python -m ops.bench.determinism --cold --row-major`). Frames
-    differ in rounding between the layouts, so every process of a job must use the same one."""
+    and the FP8 row kernels (fp8_rows.py) can run (one H200, 2026-12-04: an fp8 clip 3.62 s
+    against 3.80 s, side by side). Two processes compiling cold render the same bits with it
+    since every compile is in deterministic mode (`python -m ops.bench.determinism --cold
+    --row-major`, 2026-12-04). Frames differ in rounding between the layouts, so a stream
+    records its layout in its state and a resume sets it on the DiT (`Stream.row_major`); the
+    class default is the layout of new streams, off until a resume in it is shown exact on a
+    GPU."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()

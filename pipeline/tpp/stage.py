@@ -42,6 +42,7 @@ from pipeline.sampler import flow_schedule
 from pipeline.state import (
     SINK_CACHES,
     SINK_LATENT,
+    SINK_MOTION,
     CheckpointSource,
     StateSource,
     TensorSource,
@@ -125,11 +126,12 @@ class RankStream:
 
         text = self._exchange_text(restore) if ctx.is_dit else None
         self.text = text  # rank 0's goes into its states
-        # the sink's motion part: a fresh stream's, or a resume's that prefills its sink
-        # again from the state's latent (every rank reads the same state)
+        # a resume prefills its sink again from the state's latents (every rank reads the same
+        # state); a format-1 state holds the sink's caches, and the portrait's latents are
+        # encoded again only where its clip 0 is still to come (its adaptive sink needs them)
         self._sink_from_latent = restore is not None and SINK_LATENT in restore.names()
-        needs_motion = spec.start_clip == 0 or self._sink_from_latent
-        self.motion = self._exchange_motion() if needs_motion else None
+        encode = restore is None or (spec.start_clip == 0 and not self._sink_from_latent)
+        self.motion = self._exchange_motion() if encode else None
         if ctx.is_dit:
             self._open_dit(text, restore)
         if ctx.decodes:
@@ -216,9 +218,13 @@ class RankStream:
         self.sink_keys = SinkKeys(
             g, len(span), cfg.num_heads, cfg.head_dim, self.device, self.dtype, span.start
         )
-        # the latent the sink was built from [16, 1, h, w]: what a state keeps of the sink
+        # the latents the sink was built from (what a state keeps of it), as pipeline.stream's
         self.sink_latent = torch.zeros(
             cfg.in_dim, 1, g.latent_h, g.latent_w, device=self.device, dtype=torch.float32
+        )
+        motion_latents = 1 + (preset.stream.motion_frames - 1) // 4
+        self.sink_motion = torch.zeros(
+            cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=self.device
         )
         # snapshot slots: [boundary or -1, rings by step]
         self.slots: list[tuple[int, dict[int, torch.Tensor]]] = [
@@ -255,14 +261,16 @@ class RankStream:
             self._build_sink(self.motion[:, 1:2])
 
     def _build_sink(self, latent: torch.Tensor) -> None:
-        """This rank's layers of the sink, from `latent` [16, 1, h, w] (kept for the state)
-        and the portrait's motion latents, into every step's cache it holds."""
+        """This rank's layers of the sink, from `latent` [16, 1, h, w] and the portrait's
+        motion latents (both kept for the state), into every step's cache it holds."""
+        assert self.motion is not None
         if latent is not self.sink_latent:
             self.sink_latent.copy_(latent)
+        if self.motion is not self.sink_motion:
+            self.sink_motion.copy_(self.motion)
         if self.piece:
-            assert self.motion is not None
             self.denoiser.prefill_sink(
-                list(self.caches.values()), self.sink_keys, self.sink_latent, self.motion
+                list(self.caches.values()), self.sink_keys, self.sink_latent, self.sink_motion
             )
 
     def _load_dit(self, source: TensorSource) -> None:
@@ -289,6 +297,7 @@ class RankStream:
             copy_piecewise(cache.ring, source.get(name))
         if self._sink_from_latent:
             self.sink_latent.copy_(source.get(SINK_LATENT))
+            self.motion = self.sink_motion.copy_(source.get(SINK_MOTION))
             self._build_sink(self.sink_latent)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -523,8 +532,9 @@ class RankStream:
                 rings = found[0]
             for u in self.piece:
                 tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
-        if self.ctx.rank == 0 and self.ctx.is_dit:  # every DiT rank holds the same latent
+        if self.ctx.rank == 0 and self.ctx.is_dit:  # every DiT rank holds the same latents
             tensors[SINK_LATENT] = self.sink_latent
+            tensors[SINK_MOTION] = self.sink_motion
         if self.ctx.rank == 0 and self.text is not None:
             tensors[text_mod.STATE_NAME] = self.text
         if self.decode is not None:

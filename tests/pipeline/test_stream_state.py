@@ -162,6 +162,20 @@ def _counting_prefills(monkeypatch) -> list[int]:
     return calls
 
 
+def _counting_encodes(monkeypatch) -> list[int]:
+    from pipeline import vae as vae_mod
+
+    calls = [0]
+    encode = vae_mod.encode
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(vae_mod, "encode", counted)
+    return calls
+
+
 def test_a_state_keeps_the_sink_as_its_latent_and_a_resume_prefills_it(
     tiny, six_clips, tmp_path, monkeypatch
 ):
@@ -173,14 +187,17 @@ def test_a_state_keeps_the_sink_as_its_latent_and_a_resume_prefills_it(
     g = stream.geometry
     stream.close()
     sink = {k: t for k, t in state["tensors"].items() if state_io.shard_of(k) == "sink"}
-    assert list(sink) == [state_io.SINK_LATENT]
+    assert sorted(sink) == [state_io.SINK_LATENT, state_io.SINK_MOTION]
     assert sink[state_io.SINK_LATENT].shape == (16, 1, g.latent_h, g.latent_w)
+    motion = sink[state_io.SINK_MOTION]
+    assert motion.shape[0] == 16 and motion.shape[2:] == (g.latent_h, g.latent_w)
     shard = tmp_path / "ckpt" / "sink.safetensors"
-    assert shard.stat().st_size < 16 * g.latent_h * g.latent_w * 4 + 4096
+    assert shard.stat().st_size < (1 + motion.shape[1]) * 16 * g.latent_h * g.latent_w * 4 + 4096
 
-    calls = _counting_prefills(monkeypatch)
+    calls, encodes = _counting_prefills(monkeypatch), _counting_encodes(monkeypatch)
     resumed = tiny.open(request(seconds=6.0, num_clips=6), resume_from=tmp_path / "ckpt")
     assert calls[0] == 1
+    assert encodes[0] == 0  # the portrait's latents come from the state
     for clip in resumed:
         assert np.array_equal(clip.frames, six_clips[clip.index])
 
@@ -194,7 +211,8 @@ def test_a_format_1_checkpoint_holding_the_sink_caches_resumes_by_copy(
     next(stream)
     next(stream)
     state = stream.state_dict()
-    tensors = {k: t for k, t in state["tensors"].items() if k != state_io.SINK_LATENT}
+    kept = (state_io.SINK_LATENT, state_io.SINK_MOTION)
+    tensors = {k: t for k, t in state["tensors"].items() if k not in kept}
     caches = (stream.sink_keys.ref, stream.caches[0].sink_motion_keys, stream.caches[0].sink_values)
     tensors |= {k: t.clone() for k, t in zip(state_io.SINK_CACHES, caches, strict=True)}
     stream.close()
