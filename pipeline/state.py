@@ -123,6 +123,24 @@ def require_precision(meta: Mapping[str, Any], precision: Precision) -> None:
         raise PrecisionMismatch(saved, precision)
 
 
+ROW_MAJOR, CONV = "row-major", "conv"
+"""The residual stream's layouts (`WanS2VTransformer.row_major_stream`): frames differ in
+rounding between them, so a stream resumes in the layout it was rendered in."""
+
+
+def layout_name(row_major: bool) -> str:
+    return ROW_MAJOR if row_major else CONV
+
+
+def row_major_of(meta: Mapping[str, Any]) -> bool:
+    """Whether a state was rendered with the residual stream row-major (states from before the
+    layout was recorded were all rendered in the convolution's)."""
+    layout = meta.get("layout", CONV)
+    if layout not in (ROW_MAJOR, CONV):
+        raise ValueError(f"the stream state has an unknown layout {layout!r}")
+    return layout == ROW_MAJOR
+
+
 def shard_of(name: str) -> str:
     """The shard file a tensor belongs to: sink, step-<i> or decoder."""
     head, _, rest = name.partition(".")

@@ -52,6 +52,7 @@ from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
 from pipeline.host_buffers import HostBuffers, copy_piecewise
 from pipeline.inputs import Waveform, fit_image, load_audio, load_image, read_bytes
+from pipeline.model import WanS2VTransformer
 from pipeline.presets import Preset
 from pipeline.request import Clip, RenderRequest, sha256
 from pipeline.sampler import flow_schedule
@@ -149,6 +150,12 @@ class Stream:
         )
         self._sink_from_latent = False  # a resume prefills the sink from the state's latent
         source = None if state is None else state_io.as_source(state)
+        # the residual stream's layout: a resume's is its state's, a new stream's the default
+        self.row_major = (
+            WanS2VTransformer.row_major_stream
+            if source is None
+            else state_io.row_major_of(source.meta)
+        )
         restoring = None if source is None else self._start_restore(source)
         cuda = self._device.type == "cuda"
         # page-locked capture buffers (GPU streams), shared with the generator's later streams;
@@ -198,7 +205,13 @@ class Stream:
             self.decoder.warm_up(g.latent_h, g.latent_w)
         clock.lap("decoder_warm_up")
         warm_up_dit(
-            preset, g, self.schedule, text, (self.audio.num_layers, self.audio.dim), dit_info
+            preset,
+            g,
+            self.schedule,
+            text,
+            (self.audio.num_layers, self.audio.dim),
+            dit_info,
+            self.row_major,
         )
         clock.lap("dit_warm_up")
         self._motion: torch.Tensor | None = None
@@ -232,6 +245,7 @@ class Stream:
             clock.lap("decoder_prime")
 
         self._dit = comps.wait_dit()
+        self._dit.row_major_stream = self.row_major  # the generator's streams run one at a time
         clock.lap("dit_wait")
         self.denoiser = Denoiser(self._dit, g, self.schedule, preset.stream, text, request.seed)
         clock.lap("denoiser")
@@ -394,6 +408,7 @@ class Stream:
             "cache_tokens": g.cache_tokens,
             "dtype": str(self._dit.dtype),
             "precision": self._dit.precision,
+            "layout": state_io.layout_name(self.row_major),
         }
         return {"meta": json.loads(json.dumps(meta)), "tensors": tensors}
 

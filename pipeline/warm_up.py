@@ -41,11 +41,13 @@ def warm_up_dit(
     text: torch.Tensor,
     audio_dims: tuple[int, int],
     info: DitInfo,
+    row_major: bool,
 ) -> None:
     """Make every compiled graph of the DiT's glue that a stream of this geometry runs (once
     per configuration in a process). text: the stream's encoded prompt (its width, dtype and
     device count, not its length: the model pads it); audio_dims: (layers, channels) of its
-    speech features. Where the glue is not compiled (the CPU) there is nothing to do."""
+    speech features; row_major: the stream's layout (`WanS2VTransformer.row_major_stream`).
+    Where the glue is not compiled (the CPU) there is nothing to do."""
     if not fused.compiles_on(info.device):
         return
     g = geometry
@@ -57,12 +59,14 @@ def warm_up_dit(
         (text.shape[-1], text.dtype, text.device),  # its length is padded away in the model
         audio_dims,
         (info.device, info.dtype, info.precision),
+        row_major,
     )
     if key in _WARMED:
         return
     _WARMED.add(key)  # first: a failure below must not repeat at every open
     with torch.no_grad():
         dit = scratch_dit(preset, info)
+        dit.row_major_stream = row_major
         for _ in range(WARM_UP_PASSES):
             before = fused.graphs_compiled()
             scratch_text = text.new_zeros(1, text.shape[-1])

@@ -135,7 +135,7 @@ def child(args: argparse.Namespace) -> None:
     """One process: build, record, render; the records and frame hashes to args.child_out."""
     import torch
 
-    from pipeline.model import fused
+    from pipeline.model import WanS2VTransformer, fused
 
     settings = {}
     for setting in args.inductor:
@@ -148,7 +148,7 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     gen = build_deferred_engine(args.preset, device, args.layers, None, args.precision)
     gen.components.wait_dit()
-    gen.components.dit.row_major_stream = args.row_major  # before the open's warm-up
+    WanS2VTransformer.row_major_stream = args.row_major  # the layout of the streams it opens
     probe = Probe(gen.components.dit, args.clips - 1)
     stream = gen.open(make_request(args.size, args.infer_frames, args.clips))
     hashes = []

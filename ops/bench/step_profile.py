@@ -363,13 +363,14 @@ def main() -> None:
     if args.fp8_rows:  # the default: the same clip with inductor's steps instead
         fp8_rows.set_enabled(False)
         again("inductor-rows", lambda: fp8_rows.set_enabled(True))
-    if args.row_major:
-        dit = gen.components.dit
-        default = dit.row_major_stream
-        dit.row_major_stream = not default
+    if args.row_major:  # the layout of the streams opened from now on
+        from pipeline.model import WanS2VTransformer
+
+        default = WanS2VTransformer.row_major_stream
+        WanS2VTransformer.row_major_stream = not default
 
         def back() -> None:
-            dit.row_major_stream = default
+            WanS2VTransformer.row_major_stream = default
 
         again("row-major" if not default else "conv-layout", back)
     if args.int8_attention:

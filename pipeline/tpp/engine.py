@@ -92,6 +92,7 @@ from pipeline import state as state_io
 from pipeline.generator import resolve_name
 from pipeline.geometry import Geometry
 from pipeline.inputs import Waveform
+from pipeline.model import WanS2VTransformer
 from pipeline.params import Precision
 from pipeline.presets import get_preset
 from pipeline.request import Clip, RenderRequest
@@ -263,15 +264,18 @@ class Engine:
         if restore_meta is not None:
             partition = self._check_restore(restore_meta, inputs.fingerprint, request, inputs)
             start_clip = int(restore_meta["next_clip"])
+            row_major = state_io.row_major_of(restore_meta)  # the layout it was rendered in
         else:
             partition = self.partition(request.sample_steps, split)
             start_clip = 0
+            row_major = WanS2VTransformer.row_major_stream
         stream = EngineStream(
             self,
             request,
             inputs,
             partition,
             start_clip,
+            row_major=row_major,
             restore_dir=restore_dir,
             restore_tensors=restore_tensors,
             decoder_meta=restore_meta.get("decoder") if restore_meta else None,
@@ -433,6 +437,7 @@ class EngineStream:
         partition: Partition,
         start_clip: int,
         *,
+        row_major: bool,
         restore_dir: str | None,
         restore_tensors: dict[str, torch.Tensor] | None,
         decoder_meta: dict[str, Any] | None,
@@ -448,6 +453,7 @@ class EngineStream:
         self.audio_duration_s = inputs.audio_duration_s
         self.fps = params.FPS
         self.next_clip = start_clip
+        self.row_major = row_major
         self.partition = partition
         self.progress: Callable[[int], None] | None = None
         g = self.geometry = Geometry(
@@ -484,6 +490,7 @@ class EngineStream:
             partition=partition,
             snapshots=self.snapshots,
             start_clip=start_clip,
+            row_major=row_major,
             restore_dir=restore_dir,
             restore_tensors=restore_tensors,
             decoder_meta=decoder_meta,
@@ -608,6 +615,7 @@ class EngineStream:
             "cache_tokens": self.geometry.cache_tokens,
             "dtype": str(cfg.torch_dtype),
             "precision": self.engine.precision,
+            "layout": state_io.layout_name(self.row_major),
             "tpp": {
                 "dit_ranks": cfg.dit_ranks,
                 "vae_on_own_rank": cfg.vae_on_own_rank,

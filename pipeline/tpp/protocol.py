@@ -80,6 +80,8 @@ class StreamSpec:
     snapshots: int
     """Clip-boundary snapshots a DiT rank keeps (0: it waits at each boundary for the caller)."""
     start_clip: int = 0
+    row_major: bool = False
+    """The residual stream's layout (`WanS2VTransformer.row_major_stream`)."""
     restore_dir: str | None = None
     restore_tensors: dict[str, torch.Tensor] | None = None
     decoder_meta: dict[str, Any] | None = None

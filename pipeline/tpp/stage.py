@@ -202,6 +202,7 @@ class RankStream:
         cfg = preset.dit
         dit = ctx.comps.dit
         assert dit is not None and text is not None
+        dit.row_major_stream = spec.row_major  # the rank's streams run one at a time
         schedule = flow_schedule(spec.steps, preset.stream.shift, preset.stream.num_train_timesteps)
         self.denoiser = Denoiser(dit, g, schedule, preset.stream, text, spec.seed)
         self.caches: dict[int, StepKVCache] = {

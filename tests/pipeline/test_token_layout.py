@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.model import WanS2VTransformer
 from tests.pipeline.conftest import request
 
 
@@ -18,11 +19,12 @@ def render(tiny, row_major: bool) -> tuple[list[np.ndarray], list[bool]]:
         b.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
         for b in dit.blocks
     ]
-    dit.row_major_stream = row_major
+    default = WanS2VTransformer.row_major_stream
+    WanS2VTransformer.row_major_stream = row_major  # the layout of the streams opened next
     try:
         frames = [clip.frames for clip in tiny.open(request(seconds=3.0, num_clips=2))]
     finally:
-        dit.row_major_stream = type(dit).row_major_stream
+        WanS2VTransformer.row_major_stream = default
         for h in hooks:
             h.remove()
     return frames, seen
@@ -46,3 +48,60 @@ def test_the_patch_embeddings_layout_is_kept_otherwise(conv_layout):
     # a block's noisy tokens come channels-first from the convolution; the sink's prefill
     # (its own tokens, concatenated: contiguous) is the exception
     assert not all(seen)
+
+
+def _resume_second_clip(tiny, state, default: bool) -> tuple[bool, list[bool]]:
+    """Resume `state`'s stream while new streams default to `default`: its `row_major`, and
+    for each block call of its clip whether the tokens were row-major."""
+    dit = tiny.components.dit
+    seen: list[bool] = []
+    hooks = [
+        b.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+        for b in dit.blocks
+    ]
+    before = WanS2VTransformer.row_major_stream
+    WanS2VTransformer.row_major_stream = default
+    try:
+        resumed = tiny.open(request(seconds=3.0, num_clips=2), state=state)
+        seen.clear()  # the clip's blocks, not the open's prefill
+        assert len([clip.frames for clip in resumed]) == 1
+        return resumed.row_major, seen
+    finally:
+        WanS2VTransformer.row_major_stream = before
+        for h in hooks:
+            h.remove()
+
+
+def _state_after_clip_0(tiny, row_major: bool | None) -> dict:
+    before = WanS2VTransformer.row_major_stream
+    if row_major is not None:
+        WanS2VTransformer.row_major_stream = row_major
+    try:
+        stream = tiny.open(request(seconds=3.0, num_clips=2))
+        next(stream)
+        state = stream.state_dict()
+        stream.close()
+    finally:
+        WanS2VTransformer.row_major_stream = before
+    return state
+
+
+@pytest.mark.parametrize("rendered_row_major", [False, True])
+def test_a_stream_resumes_in_the_layout_it_was_rendered_in(tiny, rendered_row_major):
+    """The layouts round differently on a GPU: a state records its own, and a resume takes it
+    whatever the layout of new streams has become since."""
+    state = _state_after_clip_0(tiny, rendered_row_major)
+    assert state["meta"]["layout"] == ("row-major" if rendered_row_major else "conv")
+    row_major, seen = _resume_second_clip(tiny, state, default=not rendered_row_major)
+    assert row_major is rendered_row_major
+    assert seen and all(seen) is rendered_row_major
+
+
+def test_a_state_from_before_the_layout_was_recorded_resumes_in_the_convolutions(tiny):
+    state = _state_after_clip_0(tiny, None)
+    del state["meta"]["layout"]
+    row_major, seen = _resume_second_clip(tiny, state, default=True)
+    assert row_major is False and not all(seen)
+    state["meta"]["layout"] = "diagonal"
+    with pytest.raises(ValueError, match="unknown layout"):
+        tiny.open(request(seconds=3.0, num_clips=2), state=state)

@@ -115,6 +115,22 @@ def test_a_state_keeps_the_sink_as_its_latent_alone(engine2, reference):
     assert state["tensors"][state_io.SINK_LATENT].shape[:2] == (16, 1)
 
 
+def test_a_resume_takes_the_layout_its_state_records(engine2, reference):
+    stream = engine2.open(request(3, 4), split="layers")
+    next(stream)
+    state = stream.state_dict()
+    stream.close()
+    assert state["meta"]["layout"] == "conv"  # the default of new streams
+    resumed = engine2.open(request(3, 4), state=state)
+    assert resumed.row_major is False
+    resumed.close()
+    state["meta"]["layout"] = "row-major"
+    resumed = engine2.open(request(3, 4), state=state)
+    assert resumed.row_major is True
+    # on the CPU the layouts round alike: the same frames
+    assert [c.frames.tobytes() for c in resumed] == [f.tobytes() for f in reference(3, 4)[1:]]
+
+
 @pytest.mark.parametrize("boundary", [0, 1])
 def test_a_format_1_state_holding_the_sink_caches_resumes_by_copy(
     engine2, tiny, reference, boundary
