@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.geometry import Geometry
+from pipeline.model.layers import CacheSlots
 from pipeline.model.rope import apply_rope
 
 
@@ -126,17 +127,31 @@ class BlockKV:
     def freqs(self) -> torch.Tensor:
         return self._freqs
 
+    def slots(self, layer: int) -> CacheSlots:
+        """Layer `layer`'s views: the block's ring slot, the reference keys' place, and the
+        valid part of the cache the queries attend to."""
+        g = self.cache.geometry
+        kv = self.cache.layer(layer)  # [2, cache_tokens, H, D]
+        ref = layer - self.sink_keys.layers.start
+        return CacheSlots(
+            k_slot=kv[0, self.begin : self.end],
+            v_slot=kv[1, self.begin : self.end],
+            ref_keys=self.sink_keys.ref[ref : ref + 1],
+            ref_freqs=self.ref_freqs,
+            ref_slot=kv[0, : g.ref_tokens],
+            keys=kv[0, : self.valid].unsqueeze(0),
+            values=kv[1, : self.valid].unsqueeze(0),
+        )
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [1, block_tokens, H, D] -> keys, values [1, valid, H, D]."""
-        g = self.cache.geometry
-        kv = self.cache.layer(layer)  # [2, cache_tokens, H, D]
-        ref = layer - self.sink_keys.layers.start
-        kv[0, : g.ref_tokens] = apply_rope(self.sink_keys.ref[ref : ref + 1], self.ref_freqs)[0]
-        kv[0, self.begin : self.end] = apply_rope(k, self._freqs)[0]
-        kv[1, self.begin : self.end] = v[0]
-        return kv[0, : self.valid].unsqueeze(0), kv[1, : self.valid].unsqueeze(0)
+        s = self.slots(layer)
+        s.ref_slot.copy_(apply_rope(s.ref_keys, s.ref_freqs)[0])
+        s.k_slot.copy_(apply_rope(k, self._freqs)[0])
+        s.v_slot.copy_(v[0])
+        return s.keys, s.values
 
 
 class SinkPrefill:

@@ -40,7 +40,7 @@ from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
-from pipeline.model import fp8, fp8_rows, fused
+from pipeline.model import fp8, fp8_rows, fused, layers
 from pipeline.model.attention import attention
 from pipeline.stream import prepare_inputs
 
@@ -288,6 +288,12 @@ def main() -> None:
         help="profile the last precision again with the residual stream row-major "
         "(WanS2VTransformer.row_major_stream switched over)",
     )
+    p.add_argument(
+        "--fused-cache-writes",
+        action="store_true",
+        help="profile the last precision again with self-attention's norms, rotations and "
+        "cache writes in one compiled graph (pipeline.model.layers.set_fused_cache_writes)",
+    )
     p.add_argument("--warm-clips", type=int, default=3, help="clips before the profiled one")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="tiny counts for a dry run")
@@ -373,6 +379,9 @@ def main() -> None:
             WanS2VTransformer.row_major_stream = default
 
         again("row-major" if not default else "conv-layout", back)
+    if args.fused_cache_writes:
+        layers.set_fused_cache_writes(True)
+        again("fused-cache-writes", lambda: layers.set_fused_cache_writes(False))
     if args.int8_attention:
         attention_mod.set_backend("int8")
         again("int8-attention", lambda: attention_mod.set_backend("auto"))

@@ -275,20 +275,54 @@ def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     return h + y.float() * gate
 
 
-@gpu_compiled
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, rounded to x's dtype, then scaled (Wan's order)."""
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * weight
 
 
-@gpu_compiled
-def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+def _rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x [B, L, H, D] by rot [L, 1, D/2, 2] (cos, sin); float32 math."""
     xr = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xr[..., 0], xr[..., 1]
     cos, sin = rot[..., 0], rot[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+rms_norm = gpu_compiled(_rms_norm)
+rope = gpu_compiled(_rope)
+
+
+@gpu_compiled
+def norm_rope_into_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    wq: torch.Tensor,
+    wk: torch.Tensor,
+    eps: float,
+    freqs: torch.Tensor,
+    k_slot: torch.Tensor,
+    v_slot: torch.Tensor,
+    ref_keys: torch.Tensor,
+    ref_freqs: torch.Tensor,
+    ref_slot: torch.Tensor,
+) -> torch.Tensor:
+    """Self-attention's inputs and its cache writes in one graph: q and k [1, L, C] RMS-normed
+    (weights wq, wk), cut into heads as k_slot [L, H, D] is and rotated by freqs
+    [L, 1, D/2, 2]; the keys written into k_slot, v [1, L, C] into v_slot, and the reference
+    keys ref_keys [1, R, H, D] rotated by ref_freqs [R, 1, D/2, 2] into ref_slot [R, H, D] (the
+    slots: views of one step cache that do not overlap). Returns the rotated queries
+    [1, L, H, D]. The arithmetic of `rms_norm` then `rope`: eager, the very same values;
+    compiled, a pass over q, k and v in place of two norms, three rotations and three copies.
+    """
+    heads = (k_slot.shape[1], -1)
+    q = _rope(_rms_norm(q, wq, eps).unflatten(2, heads), freqs)
+    k = _rope(_rms_norm(k, wk, eps).unflatten(2, heads), freqs)
+    ref_slot.copy_(_rope(ref_keys, ref_freqs)[0])
+    k_slot.copy_(k[0])
+    v_slot.copy_(v[0].unflatten(1, heads))
+    return q
 
 
 # ---- a residual sum and the norm after it, in one graph ----------------------------------------

@@ -13,7 +13,8 @@ queries attend to.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,31 @@ from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
 from pipeline.model.fp8 import Fp8Rows, Fp8Weight
 from pipeline.model.rope import apply_rope
+
+
+@dataclass(frozen=True)
+class CacheSlots:
+    """Where one layer's call writes into its step cache, and what its queries attend to:
+    views of the cache (the three written ones do not overlap)."""
+
+    k_slot: torch.Tensor  # [L, H, D]: this call's keys, rotated
+    v_slot: torch.Tensor  # [L, H, D]: its values
+    ref_keys: torch.Tensor  # [1, R, H, D]: the reference frame's keys, unrotated
+    ref_freqs: torch.Tensor  # [R, 1, D/2, 2]: where the reference frame sits for this call
+    ref_slot: torch.Tensor  # [R, H, D]: the reference keys, rotated
+    keys: torch.Tensor  # [1, S, H, D]: what the queries attend to
+    values: torch.Tensor  # [1, S, H, D]
+
+
+_fused_cache_writes = False
+
+
+def set_fused_cache_writes(enabled: bool) -> None:
+    """Normalise, rotate and write a self-attention's queries, keys and values in one compiled
+    graph (`fused.norm_rope_into_cache`) where its cache offers its slots: off by default,
+    for measuring (`ops/bench/step_profile.py --fused-cache-writes`)."""
+    global _fused_cache_writes
+    _fused_cache_writes = enabled
 
 
 class KVCache(Protocol):
@@ -39,6 +65,14 @@ class KVCache(Protocol):
         """Store layer `layer`'s new keys (not yet rotated) and values [1, L, H, D]; return the
         keys (rotated) and values the queries attend to: [1, S, H, D] each."""
         ...
+
+
+@runtime_checkable
+class SlotCache(KVCache, Protocol):
+    """A cache that can hand out the views a layer's call writes and reads (a block's step
+    cache: the sink's prefill writes into several caches and cannot)."""
+
+    def slots(self, layer: int) -> CacheSlots: ...
 
 
 class Linear(nn.Linear):
@@ -124,6 +158,23 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor | Fp8Rows, cache: KVCache) -> torch.Tensor:
         """x [1, L, C] (or its FP8 rows) -> [1, L, C]."""
         q, k, v = self._qkv(x)
+        if _fused_cache_writes and isinstance(cache, SlotCache):
+            s = cache.slots(self.layer)
+            q = fused.norm_rope_into_cache(
+                q,
+                k,
+                v,
+                self.norm_q.weight,
+                self.norm_k.weight,
+                self.norm_k.eps,
+                cache.freqs,
+                s.k_slot,
+                s.v_slot,
+                s.ref_keys,
+                s.ref_freqs,
+                s.ref_slot,
+            )
+            return self.o(attention(q, s.keys, s.values).flatten(2))
         q = self.norm_q(q).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
         k = self.norm_k(k).unflatten(2, (self.num_heads, -1))  # [1, L, H, D]
         v = v.unflatten(2, (self.num_heads, -1))  # [1, L, H, D]

@@ -43,12 +43,13 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "ops.bench.step_profile", "--preset", "tiny", "--device", "cpu",
          "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention", "--fp8-rows", "--row-major",
-         "--out", str(out)],
+         "--fused-cache-writes", "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
     # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits,
-    # inductor's FP8 steps instead of fp8_rows', the residual stream in the other layout
+    # inductor's FP8 steps instead of fp8_rows', the residual stream in the other layout, the
+    # attention's inputs and cache writes in one graph
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
     assert (
         set(report["clips"])
@@ -58,6 +59,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "fp8+int8-attention",
             "fp8+inductor-rows",
             "fp8+row-major",
+            "fp8+fused-cache-writes",
         }
         | rows
     )
