@@ -4,6 +4,9 @@ stride 1) runs through. Both render the same video up to rounding."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -11,8 +14,10 @@ from pipeline.model import WanS2VTransformer
 from tests.pipeline.conftest import request
 
 
-def render(tiny, row_major: bool) -> tuple[list[np.ndarray], list[bool]]:
-    """Two clips' frames, and for each block call whether its tokens were row-major."""
+@contextmanager
+def layout(tiny, row_major: bool) -> Iterator[list[bool]]:
+    """New streams in this layout; yields, for each block call meanwhile, whether its tokens
+    were row-major."""
     dit = tiny.components.dit
     seen: list[bool] = []
     hooks = [
@@ -22,11 +27,17 @@ def render(tiny, row_major: bool) -> tuple[list[np.ndarray], list[bool]]:
     default = WanS2VTransformer.row_major_stream
     WanS2VTransformer.row_major_stream = row_major  # the layout of the streams opened next
     try:
-        frames = [clip.frames for clip in tiny.open(request(seconds=3.0, num_clips=2))]
+        yield seen
     finally:
         WanS2VTransformer.row_major_stream = default
         for h in hooks:
             h.remove()
+
+
+def render(tiny, row_major: bool) -> tuple[list[np.ndarray], list[bool]]:
+    """Two clips' frames, and for each block call whether its tokens were row-major."""
+    with layout(tiny, row_major) as seen:
+        frames = [clip.frames for clip in tiny.open(request(seconds=3.0, num_clips=2))]
     return frames, seen
 
 
@@ -53,36 +64,19 @@ def test_the_patch_embeddings_layout_is_kept_otherwise(conv_layout):
 def _resume_second_clip(tiny, state, default: bool) -> tuple[bool, list[bool]]:
     """Resume `state`'s stream while new streams default to `default`: its `row_major`, and
     for each block call of its clip whether the tokens were row-major."""
-    dit = tiny.components.dit
-    seen: list[bool] = []
-    hooks = [
-        b.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
-        for b in dit.blocks
-    ]
-    before = WanS2VTransformer.row_major_stream
-    WanS2VTransformer.row_major_stream = default
-    try:
+    with layout(tiny, default) as seen:
         resumed = tiny.open(request(seconds=3.0, num_clips=2), state=state)
         seen.clear()  # the clip's blocks, not the open's prefill
         assert len([clip.frames for clip in resumed]) == 1
-        return resumed.row_major, seen
-    finally:
-        WanS2VTransformer.row_major_stream = before
-        for h in hooks:
-            h.remove()
+    return resumed.row_major, seen
 
 
-def _state_after_clip_0(tiny, row_major: bool | None) -> dict:
-    before = WanS2VTransformer.row_major_stream
-    if row_major is not None:
-        WanS2VTransformer.row_major_stream = row_major
-    try:
+def _state_after_clip_0(tiny, row_major: bool) -> dict:
+    with layout(tiny, row_major):
         stream = tiny.open(request(seconds=3.0, num_clips=2))
         next(stream)
         state = stream.state_dict()
         stream.close()
-    finally:
-        WanS2VTransformer.row_major_stream = before
     return state
 
 
@@ -98,7 +92,7 @@ def test_a_stream_resumes_in_the_layout_it_was_rendered_in(tiny, rendered_row_ma
 
 
 def test_a_state_from_before_the_layout_was_recorded_resumes_in_the_convolutions(tiny):
-    state = _state_after_clip_0(tiny, None)
+    state = _state_after_clip_0(tiny, False)
     del state["meta"]["layout"]
     row_major, seen = _resume_second_clip(tiny, state, default=True)
     assert row_major is False and not all(seen)
