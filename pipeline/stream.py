@@ -148,7 +148,10 @@ class Stream:
         self._sink_motion = torch.zeros(
             cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=self._device
         )
-        self._sink_from_latent = False  # a resume prefills the sink from the state's latent
+        self._sink_from_latent = False  # a resume prefills the sink from the state's latents
+        # whether those latents are known (not after a format-1 resume until the adaptive sink
+        # is built again): else a state keeps the sink's caches, as the resumed state did
+        self._sink_latents_known = True
         source = None if state is None else state_io.as_source(state)
         # the residual stream's layout: a resume's is its state's, a new stream's the default
         self.row_major = (
@@ -373,6 +376,7 @@ class Stream:
             self._sink_latent.copy_(latent)
         if motion is not self._sink_motion:
             self._sink_motion.copy_(motion)
+        self._sink_latents_known = True
         self.denoiser.prefill_sink(
             self.caches, self.sink_keys, self._sink_latent, self._sink_motion
         )
@@ -415,10 +419,21 @@ class Stream:
     def _cache_tensors(self) -> dict[str, torch.Tensor]:
         """The device tensors of a state that are the DiT's (the sink's latents and the rings),
         by name: fixed in shape from the open's start."""
-        live = {state_io.SINK_LATENT: self._sink_latent, state_io.SINK_MOTION: self._sink_motion}
+        if self._sink_latents_known:
+            live = {
+                state_io.SINK_LATENT: self._sink_latent,
+                state_io.SINK_MOTION: self._sink_motion,
+            }
+        else:
+            live = self._sink_caches()
         for i, cache in enumerate(self.caches):
             live[f"step.{i}.ring"] = cache.ring
         return live
+
+    def _sink_caches(self) -> dict[str, torch.Tensor]:
+        """The sink's caches by their format-1 names (step 0's: every step holds the same)."""
+        live = (self.sink_keys.ref, self.caches[0].sink_motion_keys, self.caches[0].sink_values)
+        return dict(zip(state_io.SINK_CACHES, live, strict=True))
 
     def _capture_tensors(
         self, decoder: dict[str, torch.Tensor] | None = None
@@ -452,22 +467,12 @@ class Stream:
         if not 0 <= meta["next_clip"] <= self.num_clips:
             raise ValueError("stream state has an invalid clip index")
         targets = {f"step.{i}.ring": cache.ring for i, cache in enumerate(self.caches)}
-        self._sink_from_latent = state_io.SINK_LATENT in source.names()
+        self._sink_from_latent = self._sink_latents_known = state_io.SINK_LATENT in source.names()
         if self._sink_from_latent:
             targets[state_io.SINK_LATENT] = self._sink_latent
             targets[state_io.SINK_MOTION] = self._sink_motion
         else:  # format 1: the sink's caches themselves
-            targets |= dict(
-                zip(
-                    state_io.SINK_CACHES,
-                    (
-                        self.sink_keys.ref,
-                        self.caches[0].sink_motion_keys,
-                        self.caches[0].sink_values,
-                    ),
-                    strict=True,
-                )
-            )
+            targets |= self._sink_caches()
         missing = sorted(set(targets) - source.names())
         if missing:
             raise ValueError("the stream state has no " + ", ".join(missing))

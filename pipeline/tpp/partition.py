@@ -124,6 +124,21 @@ def from_json(text: str | list) -> Partition:
     return tuple(tuple(Unit(*map(int, u)) for u in piece) for piece in data)
 
 
+def sink_layers(partition: Partition, rank: int) -> range:
+    """The sink layers `rank` saves in a state that keeps the sink's caches (format 1): those
+    no lower rank holds. Every DiT rank holds an identical sink for the layers it runs, so
+    each layer is saved once."""
+    covered = 0
+    for r, piece in enumerate(partition):
+        span = layer_span(piece)
+        mine = range(max(covered, span.start), max(covered, span.stop)) if span else range(0)
+        if r == rank:
+            return mine
+        if span:
+            covered = max(covered, span.stop)
+    raise IndexError(rank)
+
+
 def _check(steps: int, num_layers: int, ranks: int) -> None:
     if steps < 1 or num_layers < 1 or ranks < 1:
         raise ValueError("steps, layers and ranks must be at least 1")

@@ -52,7 +52,7 @@ from pipeline.stream import ClipAudio, clip_noise, portrait_latents, to_device
 from pipeline.tpp import protocol as msg
 from pipeline.tpp.config import EngineConfig
 from pipeline.tpp.links import Link, Packet, Shapes
-from pipeline.tpp.partition import Unit
+from pipeline.tpp.partition import Unit, sink_layers
 from pipeline.tpp.pieces import gather_layers, piece_name
 from pipeline.tpp.timeline import Timeline
 
@@ -130,6 +130,9 @@ class RankStream:
         # state); a format-1 state holds the sink's caches, and the portrait's latents are
         # encoded again only where its clip 0 is still to come (its adaptive sink needs them)
         self._sink_from_latent = restore is not None and SINK_LATENT in restore.names()
+        # whether the sink's latents are known: not after a format-1 resume past clip 0, whose
+        # states then keep the sink's caches as the resumed one did
+        self.sink_latents_known = restore is None or self._sink_from_latent
         encode = restore is None or (spec.start_clip == 0 and not self._sink_from_latent)
         self.motion = self._exchange_motion() if encode else None
         if ctx.is_dit:
@@ -269,6 +272,7 @@ class RankStream:
             self.sink_latent.copy_(latent)
         if self.motion is not self.sink_motion:
             self.sink_motion.copy_(self.motion)
+        self.sink_latents_known = True
         if self.piece:
             self.denoiser.prefill_sink(
                 list(self.caches.values()), self.sink_keys, self.sink_latent, self.sink_motion
@@ -296,6 +300,11 @@ class RankStream:
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
             copy_piecewise(cache.ring, source.get(name))
+        if not self._sink_from_latent and self.motion is not None:
+            # a format-1 state of boundary 0: the sink is the portrait's, its latents known
+            self.sink_latent.copy_(self.motion[:, 1:2])
+            self.sink_motion.copy_(self.motion)
+            self.sink_latents_known = True
         if self._sink_from_latent:
             self.sink_latent.copy_(source.get(SINK_LATENT))
             self.motion = self.sink_motion.copy_(source.get(SINK_MOTION))
@@ -533,7 +542,9 @@ class RankStream:
                 rings = found[0]
             for u in self.piece:
                 tensors[piece_name(f"step.{u.step}.ring", u.layers, n)] = rings[u.step]
-        if self.ctx.rank == 0 and self.ctx.is_dit:  # every DiT rank holds the same latents
+        if self.ctx.is_dit and not self.sink_latents_known:
+            tensors.update(self._sink_piece())
+        elif self.ctx.is_dit and self.ctx.rank == 0:  # every DiT rank holds the same latents
             tensors[SINK_LATENT] = self.sink_latent
             tensors[SINK_MOTION] = self.sink_motion
         if self.ctx.rank == 0 and self.text is not None:
@@ -553,6 +564,28 @@ class RankStream:
                 self.caches[u.step].ring.dtype,
             )
             for u in self.piece
+        }
+
+    def _sink_piece(self) -> dict[str, torch.Tensor]:
+        """The sink's caches (format 1) for the layers this rank saves: each layer by the
+        lowest rank that holds it."""
+        mine = sink_layers(self.spec.partition, self.ctx.rank)
+        if not mine:
+            return {}
+        sk, g, n = self.sink_keys, self.geometry, self.num_layers
+        motion, values = [], []
+        for layer in mine:
+            u = next(u for u in self.piece if layer in u.layers)
+            kv = self.caches[u.step].layer(layer)
+            motion.append(kv[0, g.ref_tokens : g.sink_tokens])
+            values.append(kv[1, : g.sink_tokens])
+        ref_keys, motion_keys, sink_values = SINK_CACHES
+        return {
+            piece_name(ref_keys, mine, n): sk.ref[
+                mine.start - sk.layers.start : mine.stop - sk.layers.start
+            ],
+            piece_name(motion_keys, mine, n): torch.stack(motion),
+            piece_name(sink_values, mine, n): torch.stack(values),
         }
 
     def _to_host(self, tensors: dict[str, torch.Tensor], reuse: str | None) -> dict:
@@ -584,7 +617,7 @@ class RankStream:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         capture_s = time.perf_counter() - started
-        split = _split_groups(self.spec.partition)
+        split = _split_groups(self.spec.partition, sink_caches=not self.sink_latents_known)
 
         def write() -> None:
             try:
@@ -607,13 +640,15 @@ class RankStream:
         self._writer.start()
 
 
-def _split_groups(partition: Any) -> set[str]:
-    """Shard groups (step-<i>) whose tensors are split between several ranks (the sink's
-    latent is rank 0's alone)."""
+def _split_groups(partition: Any, sink_caches: bool) -> set[str]:
+    """Shard groups (sink, step-<i>) whose tensors are split between several ranks (the sink's
+    latents are rank 0's alone; its caches, kept after a format-1 resume, are not)."""
     owners: dict[str, set[int]] = {}
     for r, piece in enumerate(partition):
         for u in piece:
             owners.setdefault(f"step-{u.step}", set()).add(r)
+        if sink_caches and sink_layers(partition, r):
+            owners.setdefault("sink", set()).add(r)
     return {group for group, ranks in owners.items() if len(ranks) > 1}
 
 

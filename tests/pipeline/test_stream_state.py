@@ -224,7 +224,13 @@ def test_a_format_1_checkpoint_holding_the_sink_caches_resumes_by_copy(
     calls = _counting_prefills(monkeypatch)
     resumed = tiny.open(request(seconds=6.0, num_clips=6), resume_from=tmp_path / "v1")
     assert calls[0] == 0
-    for clip in resumed:
+    assert np.array_equal(next(resumed).frames, six_clips[2])
+    # the sink's latents are not in a format-1 state: its later states keep the caches too
+    later = resumed.state_dict()
+    resumed.close()
+    assert set(state_io.SINK_CACHES) <= set(later["tensors"])
+    assert state_io.SINK_LATENT not in later["tensors"]
+    for clip in tiny.open(request(seconds=6.0, num_clips=6), state=later):
         assert np.array_equal(clip.frames, six_clips[clip.index])
 
 

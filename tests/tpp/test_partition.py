@@ -9,6 +9,7 @@ from pipeline.tpp.partition import (
     check_partition,
     from_json,
     make_partition,
+    sink_layers,
     split_layers,
     split_steps,
     to_json,
@@ -58,6 +59,25 @@ def test_partition_checks_coverage_and_order():
         check_partition(((Unit(0, 0, 5),),), 1, 4)
     with pytest.raises(ValueError, match="unknown split"):
         make_partition("rows", 4, 4, 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        split_steps(4, 40, 4),
+        split_layers(4, 40, 4, 27.0),
+        split_layers(2, 40, 4),
+        split_steps(2, 40, 4),
+    ],
+)
+def test_every_sink_layer_is_saved_by_exactly_one_rank_that_holds_it(p):
+    seen: list[int] = []
+    for rank, piece in enumerate(p):
+        mine = sink_layers(p, rank)
+        held = {layer for u in piece for layer in u.layers}
+        assert set(mine) <= held
+        seen.extend(mine)
+    assert sorted(seen) == list(range(40))
 
 
 def test_partition_round_trips_through_json():
