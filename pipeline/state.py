@@ -14,7 +14,9 @@ stream's own first latent frame after it), `sink.motion` [16, 1 + (motion frames
 (the portrait's motion latents: kept, 1.4 MB, so a resume runs no VAE encoder), the prompt and
 the model, and a resume prefills them again. That gives the same bits in another process because every compiled kernel
 is built in inductor's deterministic mode (see docs/benchmarks.md, the two checkpoint tiers).
-States of format 1 hold the sink's caches instead (`SINK_CACHES`); they still resume, by copy.
+States of format 1 hold the sink's caches instead (`SINK_CACHES`); they still resume, by copy,
+and a stream resumed from one past its clip 0 keeps writing them (its sink's latents are not
+known). Readers tell the two apart by the tensors' names.
 
 `save_state` / `load_state` keep a whole state in one file (or file object).
 `write_checkpoint` / `read_checkpoint` keep it in a directory, one shard per group, and write
