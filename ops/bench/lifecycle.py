@@ -525,6 +525,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tiers: write the 14B DiT's release here (34 GB) and load it in the resuming "
         "processes, beside their open (default: random weights, the load taken as --model-load-s)",
     )
+    p.add_argument(
+        "--tiers-row-major",
+        action="store_true",
+        help="tiers: new streams with the residual stream row-major "
+        "(WanS2VTransformer.row_major_stream); a resume takes its checkpoint's layout",
+    )
     p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")
     p.add_argument("--tiny-clips", type=int, default=20)

@@ -32,6 +32,10 @@ What it measures, on `--engine-preset` with random weights at `--engine-size`:
             surviving node), replayed over the boundaries of one hour of video at the measured
             clip time and state size.
 
+With `--tiers-row-major` the first process and a fresh one open their streams with the residual
+stream row-major (`WanS2VTransformer.row_major_stream`); the resuming processes keep the
+default and must take the layout from the checkpoint.
+
 With `--tiers-dit-release DIR` the DiT part of the preset's release (random values in the
 published layout, as `ops/bench/load.py` writes it: 34 GB for the 14B model, so put it where
 there is room, /dev/shm on the H200 host) is written once and every process loads its DiT from
@@ -284,6 +288,9 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     gen.components.wait_dit()  # the first process's open is timed without the load
     clips = 4  # warm-up, two timed, the one after the boundary
     request = make_request(args.engine_size, args.infer_frames, clips)
+    from pipeline.model import WanS2VTransformer
+
+    WanS2VTransformer.row_major_stream = args.tiers_row_major  # the layout of new streams
     started = time.perf_counter()
     stream = gen.open(request)
     sync(device)
@@ -380,6 +387,8 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cmd += ["--dit-release", str(args.tiers_dit_release)]
         if forked:  # as a replaced worker: a fork of a process that has imported the modules
             cmd.append("--forked")
+        if args.tiers_row_major and mode == "fresh":  # a resume must take its checkpoint's
+            cmd.append("--row-major")
         started = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
@@ -474,6 +483,7 @@ def bench_tiers(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "preset": args.engine_preset,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": args.engine_size,
+        "row_major": args.tiers_row_major,
         "open_s": open_s,
         "clip_times_s": clip_times,
         "clip_s": clip_s,
@@ -663,6 +673,7 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--dit-release", type=Path, default=None)
     p.add_argument("--forked", action="store_true", help="in a fork, after the imports")
+    p.add_argument("--row-major", action="store_true", help="new streams' layout")
     a = p.parse_args(argv)
     imports_s = None
     if a.forked:  # as `longtake worker` replaces a worker process (ops/respawn.py)
@@ -714,7 +725,10 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     request = make_request(a.size, a.infer_frames, a.clips)
     request_s = time.perf_counter() - t0  # the benchmark's synthetic inputs (a worker's: its job's)
     from pipeline import stream as stream_mod
+    from pipeline.model import WanS2VTransformer
     from pipeline.model.fused import graphs_compiled
+
+    WanS2VTransformer.row_major_stream = a.row_major  # a fresh open's; a resume takes its state's
 
     stream_mod.PHASE_SYNC = True  # each part of the open timed on its own
     graphs = [graphs_compiled()]
@@ -746,6 +760,7 @@ def _child(a: argparse.Namespace, started: float, imports_s: float | None) -> in
     traced = trace.report(clip.index)
     out = {
         "mode": a.mode,
+        "row_major": stream.row_major,
         "build_s": build_s,
         "build_parts_s": dict(gen.components.build_seconds),
         "build_samples_s": build_samples.top(),

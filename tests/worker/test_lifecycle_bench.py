@@ -70,6 +70,7 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
             "--engine-size", "64*64",
             "--infer-frames", "12",
             "--tiers-runs", "warm,cold,fresh,forked,forked-cold",
+            "--tiers-row-major",
             "--tiers-dit-release", str(tmp_path / "release"),
             "--workdir", str(tmp_path / "work"),
             "--out", str(tmp_path / "tiers.json"),
@@ -77,6 +78,10 @@ def test_the_tiers_part_runs_at_toy_size(tmp_path: Path):
     )  # fmt: skip
     tiers = doc["parts"]["tiers"]
     assert tiers["frames_identical"] and tiers["sink_identical"]
+    # the checkpoint's layout: the resuming processes' default is the other one
+    assert tiers["row_major"]
+    for run in ("resume_local_warm", "resume_local_forked", "resume_local_cold", "fresh"):
+        assert tiers[run]["row_major"], run
     assert tiers["fresh_first_clip_identical"]
     assert tiers["parts_that_differ"] == {
         "warm": [],
