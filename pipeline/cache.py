@@ -27,6 +27,20 @@ from pipeline.model.layers import CacheSlots
 from pipeline.model.rope import apply_rope
 
 
+def sink_latents(
+    in_dim: int, motion_frames: int, geometry: Geometry, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed float32 buffers for the latents a sink is built from: its reference frame
+    [in_dim, 1, h, w] and the portrait's motion latents [in_dim, 1 + (motion_frames - 1) / 4,
+    h, w] (the VAE encodes the first frame alone, then four frames per latent)."""
+    g = geometry
+    motion = 1 + (motion_frames - 1) // 4
+    return (
+        torch.zeros(in_dim, 1, g.latent_h, g.latent_w, device=device),
+        torch.zeros(in_dim, motion, g.latent_h, g.latent_w, device=device),
+    )
+
+
 class StepKVCache:
     """Keys and values of one denoising step: kv [layers, 2 (k, v), cache_tokens, heads, dim],
     for layers first_layer .. first_layer + num_layers - 1."""

@@ -46,7 +46,7 @@ from pipeline import state as state_io
 from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
-from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.cache import SinkKeys, StepKVCache, sink_latents
 from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
@@ -139,14 +139,9 @@ class Stream:
         self.sink_keys = SinkKeys(
             g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype
         )
-        # the latents the sink was built from (what a state keeps of it): its reference frame
-        # [16, 1, h, w] and the portrait's motion latents [16, 1 + (motion frames - 1) / 4, h, w]
-        self._sink_latent = torch.zeros(
-            cfg.in_dim, 1, g.latent_h, g.latent_w, device=self._device, dtype=torch.float32
-        )
-        motion_latents = 1 + (preset.stream.motion_frames - 1) // 4
-        self._sink_motion = torch.zeros(
-            cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=self._device
+        # the latents the sink was built from (what a state keeps of it)
+        self._sink_latent, self._sink_motion = sink_latents(
+            cfg.in_dim, preset.stream.motion_frames, g, self._device
         )
         self._sink_from_latent = False  # a resume prefills the sink from the state's latents
         # whether those latents are known (not after a format-1 resume until the adaptive sink

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.cache import SinkKeys, StepKVCache, sink_latents
 from pipeline.denoise import Denoiser
 from pipeline.dit_loading import DitInfo, on_meta, random_init
 from pipeline.geometry import Geometry
@@ -108,8 +108,7 @@ def _scratch_stream(
     ]
     sink_keys = SinkKeys(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, device, dit.dtype)
     denoiser = Denoiser(dit, g, schedule, preset.stream, text, seed=0)
-    motion_latents = 1 + (preset.stream.motion_frames - 1) // 4
-    motion = torch.zeros(cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=device)
+    _, motion = sink_latents(cfg.in_dim, preset.stream.motion_frames, g, device)
     denoiser.prefill_sink(caches, sink_keys, motion[:, 1:2], motion)
     noise = torch.zeros(cfg.in_dim, g.latent_frames_per_clip, g.latent_h, g.latent_w, device=device)
     n = g.video_frames_per_block

@@ -115,15 +115,6 @@ def layer_span(piece: tuple[Unit, ...]) -> range:
     return range(min(u.start for u in piece), max(u.stop for u in piece))
 
 
-def to_json(partition: Partition) -> str:
-    return json.dumps([[[u.step, u.start, u.stop] for u in piece] for piece in partition])
-
-
-def from_json(text: str | list) -> Partition:
-    data = json.loads(text) if isinstance(text, str) else text
-    return tuple(tuple(Unit(*map(int, u)) for u in piece) for piece in data)
-
-
 def sink_layers(partition: Partition, rank: int) -> range:
     """The sink layers `rank` saves in a state that keeps the sink's caches (format 1): those
     no lower rank holds. Every DiT rank holds an identical sink for the layers it runs, so
@@ -137,6 +128,15 @@ def sink_layers(partition: Partition, rank: int) -> range:
         if span:
             covered = max(covered, span.stop)
     raise IndexError(rank)
+
+
+def to_json(partition: Partition) -> str:
+    return json.dumps([[[u.step, u.start, u.stop] for u in piece] for piece in partition])
+
+
+def from_json(text: str | list) -> Partition:
+    data = json.loads(text) if isinstance(text, str) else text
+    return tuple(tuple(Unit(*map(int, u)) for u in piece) for piece in data)
 
 
 def _check(steps: int, num_layers: int, ranks: int) -> None:

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
-from pipeline.cache import SinkKeys, StepKVCache
+from pipeline.cache import SinkKeys, StepKVCache, sink_latents
 from pipeline.components import Components
 from pipeline.denoise import Denoiser
 from pipeline.geometry import Geometry
@@ -193,9 +193,9 @@ class RankStream:
         if cfg.world_size == 1:
             return motion
         if not ctx.decodes:
-            g = self.geometry
-            shape = (ctx.preset.dit.in_dim, 1 + (motion_frames - 1) // 4, g.latent_h, g.latent_w)
-            motion = torch.empty(shape, device=self.device)
+            _, motion = sink_latents(
+                ctx.preset.dit.in_dim, motion_frames, self.geometry, self.device
+            )
         dist.broadcast(motion, cfg.vae_rank)
         return motion
 
@@ -223,12 +223,8 @@ class RankStream:
             g, len(span), cfg.num_heads, cfg.head_dim, self.device, self.dtype, span.start
         )
         # the latents the sink was built from (what a state keeps of it), as pipeline.stream's
-        self.sink_latent = torch.zeros(
-            cfg.in_dim, 1, g.latent_h, g.latent_w, device=self.device, dtype=torch.float32
-        )
-        motion_latents = 1 + (preset.stream.motion_frames - 1) // 4
-        self.sink_motion = torch.zeros(
-            cfg.in_dim, motion_latents, g.latent_h, g.latent_w, device=self.device
+        self.sink_latent, self.sink_motion = sink_latents(
+            cfg.in_dim, preset.stream.motion_frames, g, self.device
         )
         # snapshot slots: [boundary or -1, rings by step]
         self.slots: list[tuple[int, dict[int, torch.Tensor]]] = [
@@ -300,15 +296,15 @@ class RankStream:
             if name not in source.names():
                 raise ValueError(f"the state has no {name}")
             copy_piecewise(cache.ring, source.get(name))
-        if not self._sink_from_latent and self.motion is not None:
-            # a format-1 state of boundary 0: the sink is the portrait's, its latents known
-            self.sink_latent.copy_(self.motion[:, 1:2])
-            self.sink_motion.copy_(self.motion)
-            self.sink_latents_known = True
         if self._sink_from_latent:
             self.sink_latent.copy_(source.get(SINK_LATENT))
             self.motion = self.sink_motion.copy_(source.get(SINK_MOTION))
             self._build_sink(self.sink_latent)
+        elif self.motion is not None:
+            # a format-1 state of boundary 0: the sink is the portrait's, its latents known
+            self.sink_latent.copy_(self.motion[:, 1:2])
+            self.sink_motion.copy_(self.motion)
+            self.sink_latents_known = True
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
