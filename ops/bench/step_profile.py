@@ -285,8 +285,9 @@ def main() -> None:
     p.add_argument(
         "--row-major",
         action="store_true",
-        help="profile the last precision again with the residual stream row-major "
-        "(WanS2VTransformer.row_major_stream switched over)",
+        help="profile the last precision again with the residual stream in the other layout "
+        "(WanS2VTransformer.row_major_stream switched over; with --fused-cache-writes, that "
+        "layout's clip is profiled again with them)",
     )
     p.add_argument(
         "--fused-cache-writes",
@@ -378,7 +379,16 @@ def main() -> None:
         def back() -> None:
             WanS2VTransformer.row_major_stream = default
 
-        again("row-major" if not default else "conv-layout", back)
+        label = "row-major" if not default else "conv-layout"
+        if args.fused_cache_writes:  # the fused writes in this layout too, before switching back
+            again(label, lambda: None)
+            layers.set_fused_cache_writes(True)
+            again(
+                f"{label}+fused-cache-writes",
+                lambda: (layers.set_fused_cache_writes(False), back()),
+            )
+        else:
+            again(label, back)
     if args.fused_cache_writes:
         layers.set_fused_cache_writes(True)
         again("fused-cache-writes", lambda: layers.set_fused_cache_writes(False))

@@ -81,7 +81,7 @@ class SinkTokens:
 
 
 class WanS2VTransformer(nn.Module):
-    row_major_stream = False
+    row_major_stream = True
     """Write the residual stream row-major ([1, L, C] with a token's C values together) where
     the patch embedding makes it, instead of the convolution's layout seen channels-first
     (token stride 1), which every elementwise step after it keeps. Row-major, each norm over
@@ -89,10 +89,12 @@ class WanS2VTransformer(nn.Module):
     and the FP8 row kernels (fp8_rows.py) can run (one H200, 2026-12-04: an fp8 clip 3.62 s
     against 3.80 s, side by side). Two processes compiling cold render the same bits with it
     since every compile is in deterministic mode (`python -m ops.bench.determinism --cold
-    --row-major`, 2026-12-04). Frames differ in rounding between the layouts, so a stream
-    records its layout in its state and a resume sets it on the DiT (`Stream.row_major`); the
-    class default is the layout of new streams, off until a resume in it is shown exact on a
-    GPU."""
+    --row-major`, 2026-12-04), and a 14B stream resumed in another process from its local
+    checkpoint renders the uninterrupted stream's frames (`ops/bench/lifecycle.py --parts tiers
+    --tiers-row-major`, one H200, 2026-12-04). Frames differ in rounding between the layouts,
+    so a stream records its layout in its state and a resume sets it on the DiT
+    (`Stream.row_major`): the class default is only the layout of new streams, and states
+    from before the record resume in the convolution's."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()

@@ -49,7 +49,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     report = json.loads(out.read_text())
     # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits,
     # inductor's FP8 steps instead of fp8_rows', the residual stream in the other layout, the
-    # attention's inputs and cache writes in one graph
+    # attention's inputs and cache writes in one graph (in both layouts)
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
     assert (
         set(report["clips"])
@@ -58,7 +58,9 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "fp8",
             "fp8+int8-attention",
             "fp8+inductor-rows",
-            "fp8+row-major",
+            # the default layout is row-major: the other is the convolution's
+            "fp8+conv-layout",
+            "fp8+conv-layout+fused-cache-writes",
             "fp8+fused-cache-writes",
         }
         | rows
