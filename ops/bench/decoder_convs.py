@@ -17,7 +17,7 @@ seeded random weights (channels-last on a GPU), primed eagerly as a stream is:
             with fewer than 16 output channels, channels-last with the output channels
             padded to 16 (zero kernels, the extra channels dropped): time per call, calls
             per frame, the kernel's name, and whether the outputs equal the decoder
-            layout's bit for bit.
+            layout's bit for bit (and the largest difference where they do not).
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ def run(preset_name: str, device_name: str, size: str, repeats: int) -> dict[str
                 "ms": {},
                 "kernels": {},
                 "equal_to_channels_last": {},
+                "max_abs_diff": {},
             }
             ref = None
             for name, fn in variants(m, x).items():
@@ -244,7 +245,9 @@ def run(preset_name: str, device_name: str, size: str, repeats: int) -> dict[str
                 y = fn()
                 if ref is None:
                     ref = y
-                row["equal_to_channels_last"][name] = bool(torch.equal(y[:, : ref.shape[1]], ref))
+                y = y[:, : ref.shape[1]]
+                row["equal_to_channels_last"][name] = bool(torch.equal(y, ref))
+                row["max_abs_diff"][name] = float((y.float() - ref.float()).abs().max())
             rows.append(row)
         rows.sort(key=lambda r: -r["ms"]["channels-last"] * r["calls_per_frame"])
         report["convs"] = rows
