@@ -61,6 +61,7 @@ from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
+from pipeline.model import attention as attention_mod
 from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
 from pipeline.model.transformer import dit_flops_per_block_step
@@ -834,6 +835,12 @@ def main() -> None:
         action="store_true",
         help="part 4's PSNR renders alone (bf16, then fp8 on the same weights); nothing timed",
     )
+    p.add_argument(
+        "--quality-fp8-attention",
+        action="store_true",
+        help="with --quality-only: a third render, fp8 with attention in FP8 too "
+        "(pipeline.model.attention's 'fp8' backend), its PSNR against bf16 beside fp8's",
+    )
     p.add_argument("--decode-blocks", type=int, default=6, help="latent blocks for part 3")
     p.add_argument("--skip-state", action="store_true", help="leave out part 5")
     p.add_argument("--mem-layers", type=int, default=2)
@@ -952,6 +959,14 @@ def main() -> None:
         gen.components.dit.to_fp8()  # the same weights, quantised in place
         assert gen.precision == "fp8"
         render_for_psnr(gen, "fp8")
+        renders = ["fp8"]
+        if args.quality_fp8_attention:
+            attention_mod.set_backend("fp8")
+            try:
+                render_for_psnr(gen, "fp8+fp8-attention")
+            finally:
+                attention_mod.set_backend("auto")
+            renders.append("fp8+fp8-attention")
         report["fp8_error"] = {
             "note": "random weights: real weights may differ",
             "psnr_db": {
@@ -960,9 +975,20 @@ def main() -> None:
                 }
             },
         }
+        if args.quality_fp8_attention:
+            report["fp8_error"]["psnr_db_fp8_attention"] = {
+                args.quality_size: {
+                    str(m): psnr(quality["fp8+fp8-attention"][m - 1], quality["bf16"][m - 1])
+                    for m in marks
+                }
+            }
         save()
-        for m, db in report["fp8_error"]["psnr_db"][args.quality_size].items():
-            print(f"fp8 against bf16 at {args.quality_size}, after {m} clips: PSNR {db:.2f} dB")
+        for name in renders:
+            key = "psnr_db" if name == "fp8" else "psnr_db_fp8_attention"
+            for m, db in report["fp8_error"][key][args.quality_size].items():
+                print(
+                    f"{name} against bf16 at {args.quality_size}, after {m} clips: PSNR {db:.2f} dB"
+                )
         return
 
     if "bf16" in precisions:

@@ -199,8 +199,8 @@ def profile_clip(gen: Generator, args: argparse.Namespace, device: torch.device)
 def velocity_errors(gen: Generator, args: argparse.Namespace) -> dict[str, list[float]]:
     """What each fp8 form costs against bf16 on the same inputs: the velocity of each step of
     one steady block (after two clips) in bf16, then with the DiT quantised in place, through
-    fp8_rows' kernels (the default) and through inductor's FP8 steps. Leaves the DiT
-    quantised."""
+    fp8_rows' kernels (the default), and as asked through inductor's FP8 steps (--fp8-rows) or
+    with attention in FP8 as well (--fp8-attention). Leaves the DiT quantised."""
     stream = gen.open(request(args.size, 3, args.steps))
     next(stream)
     next(stream)
@@ -209,17 +209,24 @@ def velocity_errors(gen: Generator, args: argparse.Namespace) -> dict[str, list[
     gen.components.dit.to_fp8()
     refresh_text_kv(gen, stream)
     _, v8_rows = block_velocities(stream, block, xs)
-    fp8_rows.set_enabled(False)
-    try:
-        _, v8 = block_velocities(stream, block, xs)
-    finally:
-        fp8_rows.set_enabled(True)
+    errors = {"fp8": relative_errors(v8_rows, v16)}
+    if args.fp8_rows:
+        fp8_rows.set_enabled(False)
+        try:
+            _, v8 = block_velocities(stream, block, xs)
+        finally:
+            fp8_rows.set_enabled(True)
+        errors["fp8+inductor-rows"] = relative_errors(v8, v16)
+        errors["fp8 against fp8+inductor-rows"] = relative_errors(v8_rows, v8)
+    if args.fp8_attention:
+        attention_mod.set_backend("fp8")
+        try:
+            _, v8_attention = block_velocities(stream, block, xs)
+        finally:
+            attention_mod.set_backend("auto")
+        errors["fp8+fp8-attention"] = relative_errors(v8_attention, v16)
     stream.close()
-    return {
-        "fp8": relative_errors(v8_rows, v16),
-        "fp8+inductor-rows": relative_errors(v8, v16),
-        "fp8 against fp8+inductor-rows": relative_errors(v8_rows, v8),
-    }
+    return errors
 
 
 def table(report: dict) -> str:
@@ -268,6 +275,13 @@ def main() -> None:
         "--int8-attention",
         action="store_true",
         help="profile the last precision again with attention's logits in int8",
+    )
+    p.add_argument(
+        "--fp8-attention",
+        action="store_true",
+        help="profile the last precision again with attention in FP8 (cuDNN's, "
+        "pipeline.model.attention's 'fp8' backend; with bf16,fp8: and the velocity's error "
+        "against bf16 with it)",
     )
     p.add_argument(
         "--persistent-rows",
@@ -336,7 +350,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for precision in precisions:
         if precision == "fp8" and gen.precision != "fp8":
-            if args.fp8_rows:  # quantises the DiT
+            if args.fp8_rows or args.fp8_attention:  # quantises the DiT
                 report["velocity_rel_error"] = velocity_errors(gen, args)
                 log(f"velocity relative error per step: {report['velocity_rel_error']}")
             else:
@@ -395,6 +409,9 @@ def main() -> None:
     if args.int8_attention:
         attention_mod.set_backend("int8")
         again("int8-attention", lambda: attention_mod.set_backend("auto"))
+    if args.fp8_attention:
+        attention_mod.set_backend("fp8")
+        again("fp8-attention", lambda: attention_mod.set_backend("auto"))
     print()
     print(table(report))
 

@@ -4,7 +4,11 @@ flash-attn is used when importable (and the inputs are half precision on a GPU);
 PyTorch SDPA, which picks cuDNN / flash / memory-efficient kernels on GPU and its own on CPU.
 `set_backend` pins one kernel (benchmarks and engines compare them); the CPU always runs SDPA's
 own kernel. "int8" is not SDPA's: the logits' product in int8 (pipeline/model/int8_attention.py),
-an approximation, measured beside the others before anything renders with it.
+an approximation, measured beside the others before anything renders with it. "fp8" is not
+either: cuDNN's FP8 attention (pipeline/model/fp8_attention.py: q, k, v, the softmax's
+numerators and the output in e4m3, one scale per tensor), on the CPU its float32 emulation; it
+exists so that what it costs a render (velocity, PSNR) can be measured, and nothing renders
+with it by default.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ _GPU_ORDER = [
     SDPBackend.MATH,
 ]
 
-BACKENDS = ("auto", "flash_attn", "cudnn", "flash", "efficient", "math", "int8")
+BACKENDS = ("auto", "flash_attn", "cudnn", "flash", "efficient", "math", "int8", "fp8")
 _SDPA = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -66,6 +70,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         from pipeline.model import int8_attention
 
         return int8_attention.attention(q, k, v)
+    if _backend == "fp8":
+        return _fp8(q, k, v)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if q.is_cuda:
         with _gpu_kernels():
@@ -80,3 +86,24 @@ def _gpu_kernels():  # noqa: ANN202 - a context manager
         return sdpa_kernel(_GPU_ORDER, set_priority=True)
     except TypeError:  # PyTorch without priorities: same set, default order
         return sdpa_kernel(_GPU_ORDER)
+
+
+_fp8_kernels: dict[torch.device, object] = {}
+
+
+def _fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The "fp8" backend: cuDNN's FP8 attention on a Hopper GPU (one execution context per
+    device), its float32 emulation elsewhere; [B, L, H, D] in and out, q's dtype."""
+    from pipeline.model import fp8_attention
+
+    if not q.is_cuda:
+        return fp8_attention.emulate(q, k, v).to(q.dtype)
+    if not fp8_attention.available(q.device):
+        raise RuntimeError(
+            "attention backend 'fp8' needs a Hopper GPU and the cuDNN frontend "
+            "(pip install longtake[cudnn])"
+        )
+    kernel = _fp8_kernels.get(q.device)
+    if kernel is None:
+        kernel = _fp8_kernels[q.device] = fp8_attention.CudnnFp8Attention(q.device)
+    return kernel(q.contiguous(), k.contiguous(), v.contiguous())  # type: ignore[operator]

@@ -97,11 +97,16 @@ def test_quality_only_renders_both_precisions_and_reports_psnr(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "ops.bench.generate", "--preset", "tiny", "--device", "cpu",
          "--quality-only", "--quality-size", "64*64", "--quality-clips", "1,3",
-         "--out", str(out)],
+         "--quality-fp8-attention", "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
     psnr = report["fp8_error"]["psnr_db"]["64*64"]
     assert set(psnr) == {"1", "3"}
     assert all(20 < db < 80 for db in psnr.values())  # close, and not identical
+    # the third render, attention in FP8 too: its own frames, still close to bf16's
+    with_attention = report["fp8_error"]["psnr_db_fp8_attention"]["64*64"]
+    assert set(with_attention) == {"1", "3"}
+    assert all(20 < db < 80 for db in with_attention.values())
+    assert with_attention != psnr
     assert report["precisions"] == {} and "memory" not in report

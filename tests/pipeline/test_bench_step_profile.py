@@ -43,13 +43,13 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "ops.bench.step_profile", "--preset", "tiny", "--device", "cpu",
          "--size", "64*64", "--steps", "2", "--quick", "--persistent-rows", "--int8-attention", "--fp8-rows", "--row-major",
-         "--fused-cache-writes", "--out", str(out)],
+         "--fused-cache-writes", "--fp8-attention", "--out", str(out)],
         cwd=REPO, env=env, check=True, timeout=600, capture_output=True,
     )  # fmt: skip
     report = json.loads(out.read_text())
     # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits,
     # inductor's FP8 steps instead of fp8_rows', the residual stream in the other layout, the
-    # attention's inputs and cache writes in one graph (in both layouts)
+    # attention's inputs and cache writes in one graph (in both layouts), FP8 attention
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
     assert (
         set(report["clips"])
@@ -57,6 +57,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "bf16",
             "fp8",
             "fp8+int8-attention",
+            "fp8+fp8-attention",
             "fp8+inductor-rows",
             # the default layout is row-major: the other is the convolution's
             "fp8+conv-layout",
@@ -76,6 +77,14 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     assert report["clips"]["bf16"]["by_kind_s"]["conv"] > 0  # the VAE's decode
     # one block's velocities, bf16 against both fp8 forms (the same on the CPU: no Triton)
     errors = report["velocity_rel_error"]
-    assert set(errors) == {"fp8", "fp8+inductor-rows", "fp8 against fp8+inductor-rows"}
+    assert set(errors) == {
+        "fp8",
+        "fp8+inductor-rows",
+        "fp8 against fp8+inductor-rows",
+        "fp8+fp8-attention",
+    }
     assert all(len(e) == 2 for e in errors.values())
     assert 0 < errors["fp8"][0] < 0.5 and errors["fp8 against fp8+inductor-rows"] == [0.0, 0.0]
+    # attention in e4m3 too: a velocity of its own, its error bounded
+    fp8_attention = errors["fp8+fp8-attention"]
+    assert fp8_attention != errors["fp8"] and 0 < fp8_attention[0] < 0.5

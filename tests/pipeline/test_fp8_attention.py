@@ -115,3 +115,21 @@ def test_emulation_rounds_only_the_tensors_named():
     assert torch.allclose(only_v, with_v8, atol=1e-5)
     with pytest.raises(ValueError, match="unknown tensors"):
         fa.emulate(q, k, v, rounded=frozenset({"s"}))
+
+
+def test_the_fp8_backend_is_the_emulation_on_the_cpu():
+    """`attention.set_backend("fp8")` routes the DiT's attention through FP8 attention (on the
+    CPU its emulation), in q's dtype; "auto" goes back to exact attention."""
+    from pipeline.model import attention
+
+    q, k, v = (t.to(torch.bfloat16) for t in qkv(lq=32, lk=100))
+    attention.set_backend("fp8")
+    try:
+        got = attention.attention(q, k, v)
+    finally:
+        attention.set_backend("auto")
+    assert got.dtype == torch.bfloat16 and got.shape == q.shape
+    assert torch.equal(got, fa.emulate(q, k, v).to(torch.bfloat16))
+    exact_bf16 = attention.attention(q, k, v)
+    assert not torch.equal(got, exact_bf16)
+    assert (got.double() - exact(q, k, v)).norm() / exact(q, k, v).norm() < 0.1
