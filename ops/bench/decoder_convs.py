@@ -34,8 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ops.bench.decoder_precompile import random_vae
 from pipeline import vae as vae_mod
-from pipeline.model import fused
 
 PAD_TO = 16
 
@@ -168,29 +168,9 @@ def variants(m: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
 
 
 def run(preset_name: str, device_name: str, size: str, repeats: int) -> dict[str, Any]:
-    from pipeline.components import build_random
-    from pipeline.dit_loading import default_dtype
-    from pipeline.geometry import Geometry
-    from pipeline.params import check_size_key
-    from pipeline.presets import get_preset
-    from pipeline.weights.placement import Placement
-
     device = torch.device(device_name)
-    preset = get_preset(preset_name)
-    vae = build_random(
-        preset, device, default_dtype(device), placement=Placement({"vae": device})
-    ).vae
-    assert vae is not None
     cuda = device.type == "cuda"
-    if cuda:
-        vae_mod.use_channels_last(vae)
-    fused.configure_compiler()
-    width, height = check_size_key(size)
-    g = Geometry(width, height, 48, preset.dit.zip_frame_buckets)
-    z = torch.randn(
-        16, 6, g.latent_h, g.latent_w, device=device,
-        generator=torch.Generator(device=device).manual_seed(0),
-    )  # fmt: skip
+    vae, z = random_vae(preset_name, device, size, 6)
 
     def sync() -> None:
         if cuda:

@@ -44,9 +44,10 @@ MODES = ("jit", "jit again", "save", "load")
 FRAMES = 6  # compiled frames decoded after the eager prime
 
 
-def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Path) -> dict:
-    """One mode, in this (fresh) process."""
-    started = time.perf_counter()
+def random_vae(preset_name: str, device: torch.device, size: str, latent_frames: int) -> tuple:
+    """The preset's VAE with seeded random weights (kernels channels-last on a GPU, the
+    compiler configured as the pipeline does) and seeded latents [16, latent_frames, h, w] of
+    a video of `size`: (vae, latents)."""
     from pipeline.components import build_random
     from pipeline.dit_loading import default_dtype
     from pipeline.geometry import Geometry
@@ -54,22 +55,29 @@ def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Pa
     from pipeline.presets import get_preset
     from pipeline.weights.placement import Placement
 
-    device = torch.device(device_name)
     preset = get_preset(preset_name)
     vae = build_random(
         preset, device, default_dtype(device), placement=Placement({"vae": device})
     ).vae
     assert vae is not None
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         vae_mod.use_channels_last(vae)
     fused.configure_compiler()
     width, height = check_size_key(size)
     g = Geometry(width, height, 48, preset.dit.zip_frame_buckets)
     z = torch.randn(
-        16, 2 + FRAMES, g.latent_h, g.latent_w, device=device,
+        16, latent_frames, g.latent_h, g.latent_w, device=device,
         generator=torch.Generator(device=device).manual_seed(0),
     )  # fmt: skip
+    return vae, z
+
+
+def child(mode: str, preset_name: str, device_name: str, size: str, artefact: Path) -> dict:
+    """One mode, in this (fresh) process."""
+    started = time.perf_counter()
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    vae, z = random_vae(preset_name, device, size, 2 + FRAMES)
     primed = vae_mod.StreamingDecoder(vae, channels_last=cuda, compiled=False)
     primed.decode(z[:, :2])  # eager, as a stream's prime: the cache of a steady frame
     param = next(vae.parameters())
