@@ -528,8 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tiers-row-major",
         action="store_true",
-        help="tiers: new streams with the residual stream row-major "
-        "(WanS2VTransformer.row_major_stream); a resume takes its checkpoint's layout",
+        help="tiers: new streams with the residual stream row-major (the pipeline's default; "
+        "otherwise the convolution's layout, WanS2VTransformer.row_major_stream); the resuming "
+        "processes' default stays the convolution's: they take the checkpoint's layout",
     )
     p.add_argument("--model-load-s", type=float, default=16.28, help="tiers: a worker's load")
     p.add_argument("--tiny-size", default="64*64")

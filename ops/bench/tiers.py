@@ -32,9 +32,10 @@ What it measures, on `--engine-preset` with random weights at `--engine-size`:
             surviving node), replayed over the boundaries of one hour of video at the measured
             clip time and state size.
 
-With `--tiers-row-major` the first process and a fresh one open their streams with the residual
-stream row-major (`WanS2VTransformer.row_major_stream`); the resuming processes keep the
-default and must take the layout from the checkpoint.
+Every process sets the layout of the streams it opens (`WanS2VTransformer.row_major_stream`):
+the convolution's, or with `--tiers-row-major` row-major (the pipeline's default) for the first
+process and a fresh one; the resuming processes set the convolution's either way, so that with
+`--tiers-row-major` they must take the layout from the checkpoint.
 
 With `--tiers-dit-release DIR` the DiT part of the preset's release (random values in the
 published layout, as `ops/bench/load.py` writes it: 34 GB for the 14B model, so put it where
