@@ -98,12 +98,12 @@ def _fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
     if not q.is_cuda:
         return fp8_attention.emulate(q, k, v).to(q.dtype)
-    if not fp8_attention.available(q.device):
-        raise RuntimeError(
-            "attention backend 'fp8' needs a Hopper GPU and the cuDNN frontend "
-            "(pip install longtake[cudnn])"
-        )
     kernel = _fp8_kernels.get(q.device)
-    if kernel is None:
+    if kernel is None:  # once per device
+        if not fp8_attention.available(q.device):
+            raise RuntimeError(
+                "attention backend 'fp8' needs a Hopper GPU and the cuDNN frontend "
+                "(pip install longtake[cudnn])"
+            )
         kernel = _fp8_kernels[q.device] = fp8_attention.CudnnFp8Attention(q.device)
     return kernel(q.contiguous(), k.contiguous(), v.contiguous())  # type: ignore[operator]
