@@ -9,7 +9,7 @@ goes"). The cuDNN frontend (the optional `nvidia-cudnn-frontend`) lists the othe
 same graph; each is built and timed here on the self-attention of one block (3375 queries over
 16 278 keys at 720×400, 40 heads of 128, q, k and v in the DiT's [B, L, H, D] layout), with:
 
-  ms, TFLOP/s   CUDA-event time per call (median of --repeats batches), 4·Lq·Lk·H·D flops;
+  ms, TFLOP/s   CUDA-event time per call (median of --repeats calls), 4·Lq·Lk·H·D flops;
   error         relative error against float32 attention on the same inputs;
   equal         whether the output equals torch's cuDNN SDPA output bit for bit.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from datetime import date
@@ -33,26 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ops.bench.timing import time_call
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def timed(fn: Any, repeats: int, batch: int = 5) -> float:
-    """Median ms per call over `repeats` batches of `batch` calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(batch):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / batch)
-    return statistics.median(times)
 
 
 def cudnn_graph(q: torch.Tensor, k: torch.Tensor, handle: Any) -> tuple[Any, dict[str, Any]]:
@@ -117,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         try:
             out = call()
-            ms = timed(call, args.repeats)
+            ms = time_call(call, device, 3, args.repeats) * 1e3
         except RuntimeError as exc:
             rows.append({"kernel": name, "unavailable": str(exc)[:200]})
             continue
@@ -160,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             call()
             torch.cuda.synchronize()
-            ms = timed(call, args.repeats)
+            ms = time_call(call, device, 3, args.repeats) * 1e3
             row.update(
                 ms=round(ms, 4),
                 tflops=round(flops / ms / 1e9, 1),
@@ -204,7 +188,7 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=16278)
     p.add_argument("--heads", type=int, default=40)
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.backends.cudnn.version()  # torch loads its libcudnn, which the frontend then finds

@@ -12,12 +12,14 @@ seeded random weights (channels-last on a GPU), primed eagerly as a stream is:
   steady    one compiled steady frame profiled: its time, and the convolutions' kernels
             grouped by input shape;
   convs     every distinct convolution of an eager steady frame (captured at
-            `_conv_forward`: the padded input, the kernel, strides), timed alone in the
-            decoder's layout (channels-last), in the default layout, and, for a convolution
-            with fewer than 16 output channels, channels-last with the output channels
-            padded to 16 (zero kernels, the extra channels dropped): time per call, calls
-            per frame, the kernel's name, and whether the outputs equal the decoder
-            layout's bit for bit (and the largest difference where they do not).
+            `_conv_forward`: the padded input, the kernel, strides), timed alone (median of
+            --repeats calls) in the decoder's layout (channels-last), in the default layout,
+            and channels-last with its channels padded (zero kernels, the extra outputs
+            dropped): a convolution with fewer than 16 outputs to 16, one whose outputs are
+            not a multiple of 64 (the sm90 kernels' tile) to the next, with its inputs too
+            where they allow; a 3-D kernel also as one 2-D convolution per time tap, summed.
+            Reported: time per call, calls per frame, the kernels, and whether each form's
+            output equals the decoder layout's bit for bit (and the largest difference).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ops.bench.decoder_precompile import random_vae
+from ops.bench.timing import time_call
 from pipeline import vae as vae_mod
 
 PAD_TO = 16
@@ -81,24 +84,6 @@ def conv(m: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b: Any) -> torch.
     return fn(x, w, b, m.stride, m.padding, m.dilation, m.groups)
 
 
-def time_call(fn: Any, device: torch.device, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - t0) / repeats * 1e3
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end) / repeats
-
-
 def kernels_of(fn: Any, device: torch.device) -> list[str]:
     if device.type != "cuda":
         return []
@@ -111,16 +96,16 @@ def kernels_of(fn: Any, device: torch.device) -> list[str]:
 
 
 def variants(m: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    """The convolution in each layout: name -> (callable, output to compare)."""
+    """The convolution in each form: name -> a call returning its output (the decoder's
+    channels-last form first: the others are compared with it)."""
     w, b = m.weight, m.bias
     fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-    out: dict[str, Any] = {
-        "channels-last": (
-            lambda: conv(m, x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt), b)
-        ),
-    }
+    xl, wl = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
     xc, wc = x.contiguous(), w.contiguous()
-    out["default"] = lambda: conv(m, xc, wc, b)
+    out: dict[str, Any] = {
+        "channels-last": lambda: conv(m, xl, wl, b),
+        "default": lambda: conv(m, xc, wc, b),
+    }
     if w.shape[0] < PAD_TO:
         wp = torch.zeros((PAD_TO, *w.shape[1:]), dtype=w.dtype, device=w.device)
         wp[: w.shape[0]] = w
@@ -129,13 +114,11 @@ def variants(m: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
         if b is not None:
             bp = torch.zeros(PAD_TO, dtype=b.dtype, device=b.device)
             bp[: b.shape[0]] = b
-        xl = x.contiguous(memory_format=fmt)
         n = w.shape[0]
         out[f"channels-last, {PAD_TO} outputs"] = lambda: conv(m, xl, wp, bp)[:, :n]
     c_out, c_in = w.shape[:2]
     if c_out >= PAD_TO and c_out % 64:  # channel counts off the sm90 kernels' 64-wide tiles
         up = -(-c_out // 64) * 64
-        xl = x.contiguous(memory_format=fmt)
         wo = torch.zeros((up, *w.shape[1:]), dtype=w.dtype, device=w.device)
         wo[:c_out] = w
         wo = wo.contiguous(memory_format=fmt)
@@ -152,7 +135,7 @@ def variants(m: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
     if x.dim() == 5 and w.shape[2] > 1 and tuple(m.stride) == (1, 1, 1) and m.padding[0] == 0:
         # a 3-D kernel as one 2-D convolution per time tap, summed: [T, C, H, W] views of the
         # channels-last input, frames in the batch
-        frames = x.contiguous(memory_format=fmt)[0].transpose(0, 1)  # [T, C, H, W]
+        frames = xl[0].transpose(0, 1)  # [T, C, H, W]
         taps = w.shape[2]
         t_out = x.shape[2] - taps + 1
         w2 = [w[:, :, i].contiguous(memory_format=torch.channels_last) for i in range(taps)]
@@ -220,7 +203,7 @@ def run(preset_name: str, device_name: str, size: str, repeats: int) -> dict[str
             }
             ref = None
             for name, fn in variants(m, x).items():
-                row["ms"][name] = round(time_call(fn, device, repeats), 4)
+                row["ms"][name] = round(time_call(fn, device, 3, repeats) * 1e3, 4)
                 row["kernels"][name] = [n[:120] for n in kernels_of(fn, device)]
                 y = fn()
                 if ref is None:
