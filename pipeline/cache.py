@@ -11,6 +11,14 @@ forward pass, so later blocks at step i see earlier blocks at step i's noise lev
 identical in every step's cache except for the reference keys' rotation, which moves with the
 stream (rolling RoPE) and is rewritten from the unrotated keys in `SinkKeys` on every call.
 
+At precision "fp8-attention" the caches hold e4m3 (`kv_dtype`): keys and values as x8 =
+e4m3(x · m) with one power-of-two multiplier m per layer for the keys and one for the values
+(`SinkKeys.mults`), chosen by the sink's prefill from the sink's own keys and values with
+`KV_HEADROOM` to spare; later tokens past that range saturate. A second prefill (the adaptive
+sink) that picks other multipliers rescales what the rings hold (a power of two: exact unless a
+value leaves e4m3's range). A resumed stream's prefill picks the multipliers its state's rings
+were written with, since it runs on the same sink: the multipliers need no place in a state.
+
 Memory is fixed at open: nothing here grows with the number of clips. A pipeline stage that
 runs only some layers of a step holds only those layers (`first_layer` onwards).
 
@@ -22,9 +30,24 @@ from __future__ import annotations
 
 import torch
 
+from pipeline import params
 from pipeline.geometry import Geometry
+from pipeline.model.fp8_attention import pow2_multiplier, quantize
 from pipeline.model.layers import CacheSlots
 from pipeline.model.rope import apply_rope
+
+E4M3 = torch.float8_e4m3fn
+
+KV_HEADROOM = 16.0
+"""How far past the sink's largest key (value) a later one may reach before it saturates: the
+multipliers put the sink's largest at 448 / 16 = 28. e4m3 keeps three mantissa bits at every
+magnitude from 2^-6 to 448, so the headroom costs precision only to values 2^-6 · 16 / 448 of
+the sink's largest or smaller (about 1/1800)."""
+
+
+def kv_dtype(precision: params.Precision, dtype: torch.dtype) -> torch.dtype:
+    """What a stream's key/value caches hold at `precision` (the model in `dtype`)."""
+    return E4M3 if params.attention_in_fp8(precision) else dtype
 
 
 def sink_latents(
@@ -61,6 +84,11 @@ class StepKVCache:
             num_layers, 2, geometry.cache_tokens, num_heads, head_dim, device=device, dtype=dtype
         )
 
+    @property
+    def fp8(self) -> bool:
+        """Whether this cache holds e4m3 (precision "fp8-attention")."""
+        return self.kv.dtype == E4M3
+
     def layer(self, layer: int) -> torch.Tensor:
         """kv [2, cache_tokens, heads, dim] of model layer `layer`."""
         return self.kv[layer - self.layers.start]
@@ -91,7 +119,8 @@ class StepKVCache:
 
 class SinkKeys:
     """The reference tokens' keys before rotation: ref [layers, ref_tokens, heads, dim], for
-    layers first_layer .. first_layer + num_layers - 1."""
+    layers first_layer .. first_layer + num_layers - 1; and the multipliers of e4m3 caches:
+    mults [layers, 2 (keys, values)] float32, 0 until a prefill picks them."""
 
     def __init__(
         self,
@@ -108,9 +137,10 @@ class SinkKeys:
         self.ref = torch.zeros(
             num_layers, geometry.ref_tokens, num_heads, head_dim, device=device, dtype=dtype
         )
+        self.mults = torch.zeros(num_layers, 2, device=device)
 
     def nbytes(self) -> int:
-        return self.ref.numel() * self.ref.element_size()
+        return self.ref.numel() * self.ref.element_size() + self.mults.numel() * 4
 
 
 class BlockKV:
@@ -155,12 +185,15 @@ class BlockKV:
             ref_slot=kv[0, : g.ref_tokens],
             keys=kv[0, : self.valid].unsqueeze(0),
             values=kv[1, : self.valid].unsqueeze(0),
+            kv_mults=self.sink_keys.mults[ref],
         )
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [1, block_tokens, H, D] -> keys, values [1, valid, H, D]."""
+        if self.cache.fp8:  # its writes quantise: SelfAttention writes through `slots`
+            raise TypeError("an e4m3 cache is written through its slots, not update()")
         s = self.slots(layer)
         s.ref_slot.copy_(apply_rope(s.ref_keys, s.ref_freqs)[0])
         s.k_slot.copy_(apply_rope(k, self._freqs)[0])
@@ -191,10 +224,36 @@ class SinkPrefill:
             g = sk.geometry
             sk.ref[layer - sk.layers.start] = k[0, : g.ref_tokens]
         k = apply_rope(k, self._freqs)
+        mults = None
+        if any(c.fp8 and layer in c.layers for c in self.caches):
+            mults = self._pick_mults(layer, k, v)
         for cache in self.caches:
             if layer in cache.layers:
                 g = cache.geometry
                 kv = cache.layer(layer)  # [2, cache_tokens, H, D]
-                kv[0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
-                kv[1, : g.sink_tokens] = v[0]
+                if cache.fp8:
+                    assert mults is not None
+                    new, ratio = mults
+                    ring = kv[:, g.sink_tokens :]  # [2, ring_tokens, H, D]
+                    ring.copy_(quantize(ring, ratio.view(2, 1, 1, 1)))
+                    kv[0, g.ref_tokens : g.sink_tokens] = quantize(k[0, g.ref_tokens :], new[0])
+                    kv[1, : g.sink_tokens] = quantize(v[0], new[1])
+                else:
+                    kv[0, g.ref_tokens : g.sink_tokens] = k[0, g.ref_tokens :]
+                    kv[1, : g.sink_tokens] = v[0]
+        if mults is not None and layer in sk.layers:
+            sk.mults[layer - sk.layers.start] = mults[0]
         return k, v
+
+    def _pick_mults(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s multipliers [2] (keys, values) from the sink's rotated keys and its
+        values, and the factor [2] that takes what the rings hold to them (1 where none were
+        picked before: the rings are empty, or a resume's, written at these multipliers).
+        On the device: no host synchronisation."""
+        amax = torch.stack([k.abs().amax(), v.abs().amax()]).float()
+        new = pow2_multiplier(amax * KV_HEADROOM)
+        old = self.sink_keys.mults[layer - self.sink_keys.layers.start]
+        ratio = torch.where(old > 0, new / old.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
+        return new, ratio

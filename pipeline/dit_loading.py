@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pipeline import gil
-from pipeline.model import WanS2VTransformer
+from pipeline import gil, params
+from pipeline.model import WanS2VTransformer, fp8_attention
 from pipeline.params import Precision
 from pipeline.presets import Preset, get_preset
 
@@ -178,8 +178,13 @@ def start_dit_load(
     The module is declared here, in the calling thread: declaring modules sets torch's default
     dtype, which is global, and must not change under another thread's feet later (the
     loading thread names every dtype it creates)."""
-    if prepare is None and precision == "fp8":
-        prepare = WanS2VTransformer.to_fp8
+    if prepare is None and precision != "bf16":
+
+        def prepare(dit: WanS2VTransformer) -> None:
+            dit.set_precision(precision)
+
+        if params.attention_in_fp8(precision):  # refused here, before the load starts
+            fp8_attention.require(device)
     with on_meta(dtype):
         dit = WanS2VTransformer(preset.dit)
 

@@ -122,8 +122,8 @@ class Generator:
             comps = build_random(preset, device, dtype, seed)
         else:
             comps = load_released(preset, weights, device, dtype)
-        if comps.dit is not None and precision == "fp8":  # built here, not deferred
-            comps.dit.to_fp8()
+        if comps.dit is not None:  # built here, not deferred
+            comps.dit.set_precision(precision)
         assert comps.vae is not None
         if device.type == "cuda":
             vae_mod.use_channels_last(comps.vae)

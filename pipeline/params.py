@@ -28,12 +28,15 @@ SAMPLE_STEPS_DEFAULT = 4
 SAMPLE_STEPS_MIN = 1
 SAMPLE_STEPS_MAX = 8
 
-Precision = Literal["bf16", "fp8"]
-PRECISIONS: tuple[Precision, ...] = ("bf16", "fp8")
-"""How the DiT's linear layers run. "bf16": in the model's dtype (bf16 on a GPU; the CPU's
-float32 in tests). "fp8": float8 e4m3 weights (one scale per output channel, quantised at load)
-and activations (one scale per token), products in float32 accumulators (pipeline/model/fp8.py).
-Attention, norms, modulation, embeddings and the head run in the model's dtype either way.
+Precision = Literal["bf16", "fp8", "fp8-attention"]
+PRECISIONS: tuple[Precision, ...] = ("bf16", "fp8", "fp8-attention")
+"""How the DiT runs. "bf16": in the model's dtype (bf16 on a GPU; the CPU's float32 in tests).
+"fp8": the blocks' linear layers in float8 e4m3, weights (one scale per output channel,
+quantised at load) and activations (one scale per token), products in float32 accumulators
+(pipeline/model/fp8.py); attention, norms, modulation, embeddings and the head in the model's
+dtype. "fp8-attention": "fp8", and self-attention in e4m3 too: its key/value caches held in
+e4m3 (half the bytes, in memory and in checkpoints) and cuDNN's FP8 attention kernel on a
+Hopper GPU (pipeline/model/fp8_attention.py; its float32 emulation on the CPU).
 A stream's precision is part of its identity: its checkpoints resume only at that precision."""
 PRECISION_DEFAULT: Precision = "bf16"
 
@@ -134,6 +137,16 @@ def check_sample_steps(n: int) -> int:
             f"sample_steps must be between {SAMPLE_STEPS_MIN} and {SAMPLE_STEPS_MAX}, got {n}"
         )
     return n
+
+
+def linears_in_fp8(precision: Precision) -> bool:
+    """Whether `precision` quantises the blocks' linear layers."""
+    return precision in ("fp8", "fp8-attention")
+
+
+def attention_in_fp8(precision: Precision) -> bool:
+    """Whether `precision` runs self-attention (and holds its caches) in e4m3."""
+    return precision == "fp8-attention"
 
 
 def check_precision(name: str) -> Precision:

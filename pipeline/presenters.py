@@ -134,6 +134,7 @@ def capture(
         "sink.ref_keys": sink_keys.ref,
         "sink.motion_keys": cache.sink_motion_keys,
         "sink.values": cache.sink_values,
+        "sink.kv_mults": sink_keys.mults,
     }
     dec_tensors, dec_meta = decoder.state_dict()
     live.update({_DECODER + k: v for k, v in dec_tensors.items()})
@@ -152,6 +153,7 @@ def restore(
     its prefill and warm-up would have left them; returns (a copy of) the motion latents."""
     t = presenter.tensors
     sink_keys.ref.copy_(t["sink.ref_keys"])
+    sink_keys.mults.copy_(t["sink.kv_mults"])
     for cache in caches:
         cache.sink_motion_keys.copy_(t["sink.motion_keys"])
         cache.sink_values.copy_(t["sink.values"])

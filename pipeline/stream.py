@@ -46,7 +46,7 @@ from pipeline import state as state_io
 from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
-from pipeline.cache import SinkKeys, StepKVCache, sink_latents
+from pipeline.cache import SinkKeys, StepKVCache, kv_dtype, sink_latents
 from pipeline.components import Components
 from pipeline.denoise import Denoiser, derive_seed
 from pipeline.geometry import Geometry
@@ -132,8 +132,9 @@ class Stream:
             self.width, self.height, request.infer_frames, preset.dit.zip_frame_buckets
         )
         cfg, dtype = preset.dit, dit_info.dtype
+        kv = kv_dtype(dit_info.precision, dtype)
         self.caches = [
-            StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, dtype)
+            StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, self._device, kv)
             for _ in range(request.sample_steps)
         ]
         self.sink_keys = SinkKeys(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.cache import SinkKeys, StepKVCache, sink_latents
+from pipeline.cache import SinkKeys, StepKVCache, kv_dtype, sink_latents
 from pipeline.denoise import Denoiser
 from pipeline.dit_loading import DitInfo, on_meta, random_init
 from pipeline.geometry import Geometry
@@ -87,8 +87,7 @@ def scratch_dit(preset: Preset, info: DitInfo) -> WanS2VTransformer:
     dit.to_empty(device=info.device)
     dit.eval().requires_grad_(False)
     random_init(dit, torch.Generator(device=info.device).manual_seed(0))
-    if info.precision == "fp8":
-        dit.to_fp8()
+    dit.set_precision(info.precision)
     return dit
 
 
@@ -103,7 +102,14 @@ def _scratch_stream(
     """What a stream runs through its DiT, in a stream's order, at zero-valued inputs."""
     cfg, device = dit.cfg, dit.device
     caches = [
-        StepKVCache(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, device, dit.dtype)
+        StepKVCache(
+            g,
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.head_dim,
+            device,
+            kv_dtype(dit.precision, dit.dtype),
+        )
         for _ in range(schedule.steps)
     ]
     sink_keys = SinkKeys(g, cfg.num_layers, cfg.num_heads, cfg.head_dim, device, dit.dtype)

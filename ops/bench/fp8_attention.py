@@ -106,8 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kernel_info = "cudnn"
         try:
             attend = fa.CudnnFp8Attention(device)
-            q8, k8, v8 = (fa.quantize_per_tensor(t) for t in (q, k, v))
-            kernel = lambda: attend.quantized(q8[0], k8[0], v8[0], q8[1], k8[1], v8[1])  # noqa: E731
+            (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
+            factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+            kernel = lambda: attend.run(q8, k8, v8, factors).float() / mv  # noqa: E731
             measure("fp8_kernel", kernel, kernel())
             measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))
         except Exception as exc:  # noqa: BLE001 - an unsupported plan is a result too

@@ -88,9 +88,6 @@ def _gpu_kernels():  # noqa: ANN202 - a context manager
         return sdpa_kernel(_GPU_ORDER)
 
 
-_fp8_kernels: dict[torch.device, object] = {}
-
-
 def _fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The "fp8" backend: cuDNN's FP8 attention on a Hopper GPU (one execution context per
     device), its float32 emulation elsewhere; [B, L, H, D] in and out, q's dtype."""
@@ -98,12 +95,5 @@ def _fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
     if not q.is_cuda:
         return fp8_attention.emulate(q, k, v).to(q.dtype)
-    kernel = _fp8_kernels.get(q.device)
-    if kernel is None:  # once per device
-        if not fp8_attention.available(q.device):
-            raise RuntimeError(
-                "attention backend 'fp8' needs a Hopper GPU and the cuDNN frontend "
-                "(pip install longtake[cudnn])"
-            )
-        kernel = _fp8_kernels[q.device] = fp8_attention.CudnnFp8Attention(q.device)
-    return kernel(q.contiguous(), k.contiguous(), v.contiguous())  # type: ignore[operator]
+    kernel = fp8_attention.kernel(q.device)
+    return kernel(q.contiguous(), k.contiguous(), v.contiguous())

@@ -3,8 +3,10 @@
 Hopper's tensor cores run FP8 products at twice the bf16 rate, and attention is about 40 % of
 a DiT step on an H200 (docs/benchmarks.md, "Where a step's time goes"). torch's SDPA takes no
 float8 inputs, so the kernel is reached through the cuDNN frontend (the optional
-`nvidia-cudnn-frontend` package, `pip install longtake[cudnn]`). Not yet on the DiT's path: this
-module and `ops/bench/fp8_attention.py` measure what it would give (speed, error) first.
+`nvidia-cudnn-frontend` package, `pip install longtake[cudnn]`). The DiT's precision
+"fp8-attention" runs its self-attention here (`attend`: q quantised as it is made, the keys and
+values already in e4m3 in their caches); `CudnnFp8Attention.__call__` quantises bf16 inputs
+itself, for measurements (`pipeline.model.attention`'s "fp8" backend).
 
 What one call computes, every tensor x held as x8 = e4m3(x · m_x) with a power-of-two
 multiplier m_x (exact to apply and to undo) chosen from the tensor's largest magnitude:
@@ -70,23 +72,74 @@ def emulate(
         raise ValueError(
             f"unknown tensors {sorted(unknown)}; FP8 attention rounds {sorted(ROUNDINGS)}"
         )
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d) if attn_scale is None else attn_scale
 
     def held(t: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor | float]:
         return quantize_per_tensor(t) if name in rounded else (t.float(), 1.0)
 
     (q8, mq), (k8, mk), (v8, mv) = held(q, "q"), held(k, "k"), held(v, "v")
+    o = _attend_float(q8, k8, v8, mq, mk, mv, attn_scale, round_p="p" in rounded)
+    if "o" in rounded:  # the output's own rounding, at m_o = m_v (or v's own multiplier)
+        mo = mv if "v" in rounded else pow2_multiplier(v.abs().amax())
+        o = quantize(o, mo).float() / mo
+    return o
+
+
+def _attend_float(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v8: torch.Tensor,
+    mq: torch.Tensor | float,
+    mk: torch.Tensor | float,
+    mv: torch.Tensor | float,
+    attn_scale: float | None = None,
+    round_p: bool = True,
+) -> torch.Tensor:
+    """The kernel's arithmetic in float32 on held tensors [B, L, H, D] (e4m3 or float32) and
+    their multipliers: O [B, Lq, H, D] float32, before its own rounding."""
+    scale = 1.0 / math.sqrt(q8.shape[-1]) if attn_scale is None else attn_scale
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q8, k8, v8))  # [B, H, L, D]
     s = qf @ kf.transpose(-1, -2) * (scale / (mq * mk))
     s = s - s.amax(dim=-1, keepdim=True)
     numerators = s.exp()  # (0, 1]
-    p8 = quantize(numerators, P_SCALE).float() if "p" in rounded else numerators * P_SCALE
+    p8 = quantize(numerators, P_SCALE).float() if round_p else numerators * P_SCALE
     o = (p8 @ vf) / (numerators.sum(dim=-1, keepdim=True) * P_SCALE) / mv
-    if "o" in rounded:  # the output's own rounding, at m_o = m_v (or v's own multiplier)
-        mo = mv if "v" in rounded else pow2_multiplier(v.abs().amax())
-        o = quantize(o, mo).float() / mo
     return o.transpose(1, 2)
+
+
+def attend(
+    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
+    """Attention of e4m3 queries q8 [1, Lq, H, D] over e4m3 keys and values [1, Lk, H, D]
+    (each contiguous), held with multipliers m_q, m_k, m_v; factors [4] float32 =
+    (1/m_q, 1/m_k, 1/m_v, m_v). Returns O8 e4m3 [1, Lq, H, D], held with multiplier m_v
+    (O ≈ O8 / m_v). cuDNN's kernel on a Hopper GPU, the float32 emulation on the CPU."""
+    if q8.is_cuda:
+        return kernel(q8.device).run(q8, k8, v8, factors)
+    descale = factors[:3]
+    o = _attend_float(q8, k8, v8, 1 / descale[0], 1 / descale[1], 1 / descale[2])
+    return quantize(o, factors[3])
+
+
+_kernels: dict[torch.device, CudnnFp8Attention] = {}
+
+
+def kernel(device: torch.device) -> CudnnFp8Attention:
+    """One execution context per device, made at its first use."""
+    kernel = _kernels.get(device)
+    if kernel is None:
+        require(device)
+        kernel = _kernels[device] = CudnnFp8Attention(device)
+    return kernel
+
+
+def require(device: torch.device) -> None:
+    """ValueError unless FP8 attention can run on `device` (the CPU's emulation always can)."""
+    if device.type == "cpu" or available(device):
+        return
+    raise ValueError(
+        f"FP8 attention needs a Hopper GPU and the cuDNN frontend (pip install "
+        f"longtake[cudnn]); {device} has neither or not both"
+    )
 
 
 def available(device: torch.device) -> bool:
@@ -115,6 +168,8 @@ class CudnnFp8Attention:
         self._plans: dict[tuple[Any, ...], tuple[Any, dict[str, Any], torch.Tensor]] = {}
         self._p_scale = torch.full((1, 1, 1, 1), P_SCALE, device=device)
         self._p_descale = self._p_scale.reciprocal()
+        # the kernel's amax outputs (of S and O), which nothing reads
+        self._amax = torch.empty(2, 1, 1, 1, 1, device=device)
 
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)
@@ -165,38 +220,35 @@ class CudnnFp8Attention:
         return plan
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """bf16 q [B, Lq, H, D], k and v [B, Lk, H, D] (contiguous), quantised per tensor here;
+        returns O in q's dtype."""
         (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (q, k, v))
-        return self.quantized(q8, k8, v8, mq, mk, mv).to(q.dtype)
+        factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+        return (self.run(q8, k8, v8, factors).float() / mv).to(q.dtype)
 
-    def quantized(
-        self,
-        q8: torch.Tensor,
-        k8: torch.Tensor,
-        v8: torch.Tensor,
-        mq: torch.Tensor,
-        mk: torch.Tensor,
-        mv: torch.Tensor,
+    def run(
+        self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor
     ) -> torch.Tensor:
-        """The kernel alone, on e4m3 inputs [B, L, H, D] (contiguous) and their multipliers;
-        returns O float32."""
+        """The kernel alone (`attend`'s contract): e4m3 inputs [B, L, H, D] (contiguous) and
+        factors [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v); returns O8 e4m3, held with m_v."""
         graph, t, workspace = self._plan(q8, k8)
         out = torch.empty(q8.shape, dtype=torch.float8_e4m3fn, device=self.device)
-        one = self._p_scale.new_empty(1, 1, 1, 1)
+        f = factors.view(4, 1, 1, 1, 1)  # four [1, 1, 1, 1] views: no copies
         pack = {
             t["q"]: q8,
             t["k"]: k8,
             t["v"]: v8,
-            t["descale_q"]: mq.reciprocal().view(1, 1, 1, 1),
-            t["descale_k"]: mk.reciprocal().view(1, 1, 1, 1),
-            t["descale_v"]: mv.reciprocal().view(1, 1, 1, 1),
+            t["descale_q"]: f[0],
+            t["descale_k"]: f[1],
+            t["descale_v"]: f[2],
             t["descale_s"]: self._p_descale,
             t["scale_s"]: self._p_scale,
-            t["scale_o"]: mv.view(1, 1, 1, 1),
+            t["scale_o"]: f[3],
             t["o"]: out,
-            t["amax_s"]: one,
-            t["amax_o"]: torch.empty_like(one),
+            t["amax_s"]: self._amax[0],
+            t["amax_o"]: self._amax[1],
         }
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self.cudnn.set_stream(handle=self.handle, stream=stream)
         graph.execute(pack, workspace, handle=self.handle)
-        return out.float() / mv
+        return out

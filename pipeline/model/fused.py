@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
-from pipeline.model import fp8, fp8_rows
+from pipeline.model import fp8, fp8_attention, fp8_rows
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _enabled = True
@@ -282,11 +282,15 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 def _rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x [B, L, H, D] by rot [L, 1, D/2, 2] (cos, sin); float32 math."""
+    return _rope_f32(x, rot).to(x.dtype)
+
+
+def _rope_f32(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """`_rope`'s rotation, left in float32."""
     xr = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xr[..., 0], xr[..., 1]
     cos, sin = rot[..., 0], rot[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
 
 
 rms_norm = gpu_compiled(_rms_norm)
@@ -323,6 +327,42 @@ def norm_rope_into_cache(
     k_slot.copy_(k[0])
     v_slot.copy_(v[0].unflatten(1, heads))
     return q
+
+
+@gpu_compiled
+def fp8_attention_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    wq: torch.Tensor,
+    wk: torch.Tensor,
+    eps: float,
+    freqs: torch.Tensor,
+    k_slot: torch.Tensor,
+    v_slot: torch.Tensor,
+    ref_keys: torch.Tensor,
+    ref_freqs: torch.Tensor,
+    ref_slot: torch.Tensor,
+    kv_mults: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`norm_rope_into_cache` for an e4m3 cache (precision "fp8-attention"), the rotations
+    quantised from float32: the keys (and the reference keys) written as e4m3(k · m_k), the
+    values as e4m3(v · m_v), kv_mults [2] = (m_k, m_v); the queries quantised with their own
+    power-of-two multiplier m_q, from their largest magnitude. Returns the queries e4m3
+    [1, L, H, D], the kernel's factors [4] float32 (1/m_q, 1/m_k, 1/m_v, m_v) and the scale of
+    every row of its output for the o-projection, [L, 1] float32 = 1/m_v.
+    """
+    heads = (k_slot.shape[1], -1)
+    qr = _rope_f32(_rms_norm(q, wq, eps).unflatten(2, heads), freqs)  # [1, L, H, D] float32
+    kr = _rope_f32(_rms_norm(k, wk, eps).unflatten(2, heads), freqs)
+    mk, mv = kv_mults[0], kv_mults[1]
+    ref_slot.copy_(fp8_attention.quantize(_rope_f32(ref_keys, ref_freqs)[0], mk))
+    k_slot.copy_(fp8_attention.quantize(kr[0], mk))
+    v_slot.copy_(fp8_attention.quantize(v[0].unflatten(1, heads), mv))
+    mq = fp8_attention.pow2_multiplier(qr.abs().amax())
+    factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+    o_scale = mv.reciprocal().reshape(1, 1).expand(q.shape[1], 1).clone()
+    return fp8_attention.quantize(qr, mq), factors, o_scale
 
 
 # ---- a residual sum and the norm after it, in one graph ----------------------------------------

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.model import fp8, fused
+from pipeline.model import fp8, fp8_attention, fused
 from pipeline.model.attention import attention
 from pipeline.model.fp8 import Fp8Rows, Fp8Weight
 from pipeline.model.rope import apply_rope
@@ -38,6 +38,12 @@ class CacheSlots:
     ref_slot: torch.Tensor  # [R, H, D]: the reference keys, rotated
     keys: torch.Tensor  # [1, S, H, D]: what the queries attend to
     values: torch.Tensor  # [1, S, H, D]
+    kv_mults: torch.Tensor  # [2] float32: an e4m3 cache's multipliers (keys, values)
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the cache holds e4m3 (then self-attention runs in FP8)."""
+        return self.k_slot.dtype == torch.float8_e4m3fn
 
 
 _fused_cache_writes = False
@@ -158,8 +164,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor | Fp8Rows, cache: KVCache) -> torch.Tensor:
         """x [1, L, C] (or its FP8 rows) -> [1, L, C]."""
         q, k, v = self._qkv(x)
-        if _fused_cache_writes and isinstance(cache, SlotCache):
-            s = cache.slots(self.layer)
+        slots = cache.slots(self.layer) if isinstance(cache, SlotCache) else None
+        if slots is not None and slots.fp8:
+            return self._attend_fp8(q, k, v, cache.freqs, slots)
+        if slots is not None and _fused_cache_writes:
+            s = slots
             q = fused.norm_rope_into_cache(
                 q,
                 k,
@@ -181,6 +190,37 @@ class SelfAttention(nn.Module):
         keys, values = cache.update(self.layer, k, v)  # [1, S, H, D]: sink, ring, these tokens
         q = apply_rope(q, cache.freqs)  # the queries sit where the new keys sit
         return self.o(attention(q, keys, values).flatten(2))
+
+    def _attend_fp8(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        freqs: torch.Tensor,
+        s: CacheSlots,
+    ) -> torch.Tensor:
+        """Self-attention over an e4m3 cache: q, k, v [1, L, C] normalised, rotated and
+        quantised in one step (k and v into the cache), FP8 attention, and its e4m3 output
+        handed to the o-projection as FP8 rows (one scale for every row: 1 / m_v)."""
+        q8, factors, o_scale = fused.fp8_attention_inputs(
+            q,
+            k,
+            v,
+            self.norm_q.weight,
+            self.norm_k.weight,
+            self.norm_k.eps,
+            freqs,
+            s.k_slot,
+            s.v_slot,
+            s.ref_keys,
+            s.ref_freqs,
+            s.ref_slot,
+            s.kv_mults,
+        )
+        o8 = fp8_attention.attend(q8, s.keys, s.values, factors).flatten(2)  # [1, L, C] e4m3
+        if self.o.weight_fp8 is not None:
+            return self.o(Fp8Rows(o8, o_scale.view(1, -1, 1)))
+        return self.o((o8.float() * o_scale).to(q.dtype))
 
 
 class CrossAttention(nn.Module):

@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.model import fused, rope
+from pipeline import params
+from pipeline.model import fp8_attention, fused, rope
 from pipeline.model.attention import attention
 from pipeline.model.audio import AudioInjector, CausalAudioEncoder
 from pipeline.model.frame_pack import FramePacker
@@ -140,10 +141,28 @@ class WanS2VTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
 
+    fp8_attention = False
+    """Whether this DiT's streams hold self-attention's caches in e4m3 and attend in FP8
+    (precision "fp8-attention"; `set_precision`). The layers follow their caches: this flag
+    is what the precision reports and what sizes a stream's caches (`pipeline.cache.kv_dtype`)."""
+
     @property
     def precision(self) -> Precision:
-        """How the blocks' linear layers run (pipeline.params.PRECISIONS)."""
-        return "fp8" if any(block.fp8 for block in self.blocks) else "bf16"
+        """How the DiT runs (pipeline.params.PRECISIONS)."""
+        if not any(block.fp8 for block in self.blocks):
+            return "bf16"
+        return "fp8-attention" if self.fp8_attention else "fp8"
+
+    def set_precision(self, precision: Precision) -> None:
+        """Make a bf16 DiT run at `precision` (once, after loading the weights and merging the
+        LoRA): the FP8 precisions quantise the blocks' linear layers."""
+        if self.precision != "bf16":
+            raise ValueError(f"the DiT already runs at precision {self.precision!r}")
+        if params.attention_in_fp8(precision):
+            fp8_attention.require(self.device)
+        if params.linears_in_fp8(precision):
+            self.to_fp8()
+        self.fp8_attention = params.attention_in_fp8(precision)
 
     def to_fp8(self) -> None:
         """Quantise every block's linear layers to FP8 (once, after loading the weights and

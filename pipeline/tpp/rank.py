@@ -56,6 +56,7 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
     import torch
     import torch.distributed as dist
 
+    from pipeline import params
     from pipeline.components import build_random, load_released
     from pipeline.model import attention, fused
     from pipeline.presets import get_preset
@@ -105,8 +106,8 @@ def _setup(rank: int, cfg: EngineConfig, conn: Any, store: str) -> Any:
         if cfg.checkpoint_dir is None:
             raise ValueError(f"preset {preset.name!r} needs checkpoint_dir (or random_weights)")
         comps = load_released(preset, cfg.checkpoint_dir, device, dtype, placement)
-    if comps.dit is not None and cfg.precision == "fp8":
-        comps.dit.to_fp8()  # this rank's own copy, after loading (and the LoRA merge)
+    if comps.dit is not None:  # this rank's own copy, after loading (and the LoRA merge)
+        comps.dit.set_precision(params.check_precision(cfg.precision))
     if comps.vae is not None and device.type == "cuda" and cfg.vae_channels_last:
         use_channels_last(comps.vae)
     info: dict[str, Any] = {

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from pipeline import text as text_mod
 from pipeline import vae as vae_mod
 from pipeline.audio_features import AudioFeatures
-from pipeline.cache import SinkKeys, StepKVCache, sink_latents
+from pipeline.cache import SinkKeys, StepKVCache, kv_dtype, sink_latents
 from pipeline.components import Components
 from pipeline.denoise import Denoiser
 from pipeline.geometry import Geometry
@@ -210,7 +210,13 @@ class RankStream:
         self.denoiser = Denoiser(dit, g, schedule, preset.stream, text, spec.seed)
         self.caches: dict[int, StepKVCache] = {
             u.step: StepKVCache(
-                g, len(u), cfg.num_heads, cfg.head_dim, self.device, self.dtype, first_layer=u.start
+                g,
+                len(u),
+                cfg.num_heads,
+                cfg.head_dim,
+                self.device,
+                kv_dtype(dit.precision, self.dtype),
+                first_layer=u.start,
             )
             for u in self.piece
         }
