@@ -81,8 +81,9 @@ def _layer_pair(heads: int, head_dim: int, tokens: int, cache: int, device: str,
     ref = torch.randn(1, 8, heads, head_dim, generator=g).to(device, torch.bfloat16)
     kv16 = torch.stack([keys, values]).to(device, torch.bfloat16)
     amax = torch.stack([keys.abs().amax(), values.abs().amax()])
-    mults = fa.pow2_multiplier(amax * KV_HEADROOM).to(device)
+    mults = fa.pow2_multiplier(amax * KV_HEADROOM)
     kv8 = torch.stack([fa.quantize(keys, mults[0]), fa.quantize(values, mults[1])]).to(device)
+    mults = mults.to(device)
     g16, g8 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     return (
         layer,
