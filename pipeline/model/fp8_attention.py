@@ -173,8 +173,11 @@ class CudnnFp8Attention:
 
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)
-        if handle is not None:
-            self.cudnn.destroy_handle(handle)
+        try:
+            if handle is not None:
+                self.cudnn.destroy_handle(handle)
+        except TypeError:  # at interpreter exit the frontend's functions may be gone
+            pass
 
     def _plan(self, q: torch.Tensor, k: torch.Tensor) -> tuple[Any, dict[str, Any], torch.Tensor]:
         key = (tuple(q.shape), tuple(k.shape))
