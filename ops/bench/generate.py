@@ -61,7 +61,6 @@ from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
-from pipeline.model import attention as attention_mod
 from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
 from pipeline.model.transformer import dit_flops_per_block_step

@@ -29,6 +29,14 @@ def tiny() -> Generator:
     return Generator.from_preset("tiny", device="cpu", random_weights=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_fp8_attention() -> Generator:
+    """The tiny model at precision fp8-attention (the same random weights as `tiny`)."""
+    return Generator.from_preset(
+        "tiny", device="cpu", random_weights=True, precision="fp8-attention"
+    )
+
+
 def portrait(width: int = 96, height: int = 80, mode: str = "RGB", fmt: str = "PNG") -> bytes:
     """A deterministic picture with structure (gradients and a disc) in any mode/format."""
     y, x = np.mgrid[0:height, 0:width]

@@ -237,3 +237,17 @@ def test_a_state_taken_right_after_a_hit_resumes_with_the_cold_frames(cached, co
     assert len(got) == CLIPS
     for a, b in zip(got, cold["talking"], strict=True):
         assert np.array_equal(a, b)
+
+
+def test_a_hit_at_fp8_attention_gives_the_cold_frames(tiny_fp8_attention):
+    # the e4m3 caches' multipliers, picked by the sink's prefill, come back with the sink
+    gen = tiny_fp8_attention
+    cold_frames = frames(gen, presenter())
+    gen.presenter_cache = PresenterCache(device_bytes=1 << 30, host_bytes=1 << 30)
+    try:
+        assert_same(frames(gen, presenter(), namespace="t"), cold_frames)
+        hit = gen.open(presenter(), namespace="t")
+        assert hit.presenter_cached
+        assert_same([c.frames for c in hit], cold_frames)
+    finally:
+        gen.presenter_cache = None
