@@ -104,7 +104,7 @@ def test_quality_only_renders_both_precisions_and_reports_psnr(tmp_path):
     psnr = report["fp8_error"]["psnr_db"]["64*64"]
     assert set(psnr) == {"1", "3"}
     assert all(20 < db < 80 for db in psnr.values())  # close, and not identical
-    # the third render, attention in FP8 too: its own frames, still close to bf16's
+    # the third render, at precision fp8-attention: its own frames, still close to bf16's
     with_attention = report["fp8_error"]["psnr_db_fp8_attention"]["64*64"]
     assert set(with_attention) == {"1", "3"}
     assert all(20 < db < 80 for db in with_attention.values())

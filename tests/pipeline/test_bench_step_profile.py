@@ -49,7 +49,8 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     report = json.loads(out.read_text())
     # the second fp8 profiles: row reductions held whole (where this torch can), int8 logits,
     # inductor's FP8 steps instead of fp8_rows', the residual stream in the other layout, the
-    # attention's inputs and cache writes in one graph (in both layouts), FP8 attention
+    # attention's inputs and cache writes in one graph (in both layouts); and the same weights
+    # at precision fp8-attention
     rows = {"fp8+persistent-rows"} if report["persistent_rows_applied"] else set()
     assert (
         set(report["clips"])
@@ -57,7 +58,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "bf16",
             "fp8",
             "fp8+int8-attention",
-            "fp8+fp8-attention",
+            "fp8-attention",
             "fp8+inductor-rows",
             # the default layout is row-major: the other is the convolution's
             "fp8+conv-layout",
@@ -81,10 +82,10 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         "fp8",
         "fp8+inductor-rows",
         "fp8 against fp8+inductor-rows",
-        "fp8+fp8-attention",
+        "fp8+fp8-backend-attention",
     }
     assert all(len(e) == 2 for e in errors.values())
     assert 0 < errors["fp8"][0] < 0.5 and errors["fp8 against fp8+inductor-rows"] == [0.0, 0.0]
-    # attention in e4m3 too: a velocity of its own, its error bounded
-    fp8_attention = errors["fp8+fp8-attention"]
+    # every attention through the fp8 backend too: a velocity of its own, its error bounded
+    fp8_attention = errors["fp8+fp8-backend-attention"]
     assert fp8_attention != errors["fp8"] and 0 < fp8_attention[0] < 0.5
