@@ -5,13 +5,12 @@ A requeued job whose newest checkpoint is on a node's own disk is also, for a gr
 download. Its wake-up goes to the node's topic ("render@<node>") at once, and to everyone's
 when the grace period ends.
 
-A job needs one precision (bf16, fp8: `jobs.precision`); a worker serves the precisions whose
-models it has loaded (`Capabilities`). The claim filters on it, and each job's wake-up goes to
-the topic of what it needs (`topic_for`), which the broker turns into a queue that only
-capable workers consume: a worker is never woken for a job it cannot take, and never takes
-one. Model presets and GPU counts are further requirements of the same kind; each would add a
-column, a field here and a part to the topic.
-"""
+A job needs one precision (bf16, fp8, fp8-attention: `jobs.precision`); a worker serves the
+precisions whose models it has loaded (`Capabilities`). The claim filters on it, and each job's
+wake-up goes to the topic of what it needs (`topic_for`), which the broker turns into a queue
+that only capable workers consume: a worker is never woken for a job it cannot take, and never
+takes one. Model presets and GPU counts are further requirements of the same kind; each would
+add a column, a field here and a part to the topic."""
 
 from __future__ import annotations
 

@@ -72,9 +72,9 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(sa.String(64))
     status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.QUEUED.value)
     priority: Mapped[int] = mapped_column(sa.Integer, default=0)
-    precision: Mapped[str] = mapped_column(sa.String(8), default="bf16", server_default="bf16")
-    """The DiT's precision (bf16, fp8): only a worker that serves it claims the job, and a
-    stream resumes only at the precision it started with."""
+    precision: Mapped[str] = mapped_column(sa.String(32), default="bf16", server_default="bf16")
+    """The DiT's precision (bf16, fp8, fp8-attention): only a worker that serves it claims the
+    job, and a stream resumes only at the precision it started with."""
 
     # The validated request, as `db.params.JobParams` writes it; read it with `job_params`.
     params: Mapped[dict[str, Any]] = mapped_column(JSONDoc)

@@ -156,8 +156,8 @@ class Settings(BaseSettings):
     """Its second tier, in page-locked host memory, for presenters pushed off the GPU (0: none;
     both 0: no presenter cache)."""
     precisions: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["bf16"])
-    """The DiT precisions this worker serves (comma-separated: bf16, fp8); it claims only jobs
-    of these, and loads the model once per precision it meets."""
+    """The DiT precisions this worker serves (comma-separated: bf16, fp8, fp8-attention); it
+    claims only jobs of these, and loads the model once per precision it meets."""
     default_precision: str = "bf16"
     """The precision of a job that does not name one (the API's default)."""
     node_id: str = Field(default_factory=socket.gethostname)

@@ -147,12 +147,15 @@ def test_a_job_chooses_its_precision_and_the_operator_sets_the_default(api_clien
     with api_services.database.transaction() as s:
         assert job_store.get_job(s, uuid.UUID(r.json()["id"])).precision == "fp8"
 
+    r = submit(api_client, prompt="p", precision="fp8-attention")
+    assert r.status_code == 201 and r.json()["precision"] == "fp8-attention", r.text
+
     r = submit(api_client, prompt="p")
     assert r.status_code == 201 and r.json()["precision"] == "bf16"  # the operator's default
 
     r = submit(api_client, prompt="p", precision="fp16")
     assert r.status_code == 422
-    assert "unknown precision 'fp16'" in r.text and "bf16, fp8" in r.text
+    assert "unknown precision 'fp16'" in r.text and "bf16, fp8, fp8-attention" in r.text
 
 
 def test_a_job_names_its_presenter_however_its_portrait_arrives(api_client, api_services):

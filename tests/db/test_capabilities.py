@@ -27,6 +27,16 @@ def test_the_best_queued_job_is_the_best_one_the_worker_serves(db, create_job):
     assert claim_next(db, FP8).job_id == fp8_high.id
 
 
+def test_an_fp8_attention_job_goes_only_to_a_worker_that_serves_that_precision(db, create_job):
+    # the same FP8 weights, other caches and kernels: fp8 is not enough to render it
+    job = create_job(db, precision="fp8-attention")
+    assert claim_next(db, BOTH) is None
+    with db.transaction() as s:
+        topics = {m.job_id: m.topic for m in outbox.lock_unsent(s)}
+    assert topics[job.id] == "render.fp8-attention"
+    assert claim_next(db, Capabilities(frozenset({"fp8-attention"}))).job_id == job.id
+
+
 def test_fair_share_picks_only_among_jobs_the_worker_serves(db, create_job):
     """Tenant a has only fp8 work queued, tenant b bf16: a bf16 worker takes b's job even
     though a has run fewer jobs."""

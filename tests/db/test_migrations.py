@@ -11,7 +11,7 @@ from db import migrate
 from db.database import make_engine
 from db.models import Base
 
-HEAD = "0007"
+HEAD = "0008"
 EXPECTED_TABLES = {
     "jobs", "job_events", "outbox", "job_segments",
     "tenants", "api_keys", "batches", "uploads", "presenters", "webhooks", "webhook_deliveries",
@@ -44,6 +44,17 @@ def test_postgres_up_down_up(postgres_url_factory):
 
 def test_sqlite_up_down_up(tmp_path):
     check_round_trip(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+
+
+def test_precision_names_fit_up_to_32_characters(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        columns = {c["name"]: c for c in sa.inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+    assert columns["precision"]["type"].length == 32  # "fp8-attention" needs 13
 
 
 def test_models_match_migrations(postgres_url):
