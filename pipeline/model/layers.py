@@ -4,6 +4,9 @@ Precision follows the reference: linear layers and attention run in the weights'
 GPU), while norms, the adaptive modulation and the residual sums are computed in float32. In the
 `fp8` precision (`TransformerBlock.to_fp8`), a block's linear layers hold float8 e4m3 weights
 and take their inputs quantised per token, by the fused step before them (pipeline/model/fp8.py).
+Self-attention runs in FP8 where its cache holds e4m3 (precision "fp8-attention",
+pipeline/cache.py): one compiled step quantises q and writes k and v, cuDNN's FP8 kernel
+attends (pipeline/model/fp8_attention.py), and its e4m3 output is the o-projection's FP8 rows.
 
 Self-attention reads and writes a KV cache it is handed (`KVCache`, implemented in
 pipeline/cache.py), as a decoder with a cache does: the cache knows where the call's tokens sit
