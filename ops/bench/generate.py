@@ -778,6 +778,13 @@ def table(r: dict) -> str:
                     ", ".join(f"{v:.1f} dB after {k} clip(s)" for k, v in marks.items()),
                 )
             )
+    for size, marks in r.get("fp8_attention_psnr_db", {}).items():
+        rows.append(
+            (
+                f"fp8-attention vs bf16 frames, PSNR at {size}",
+                ", ".join(f"{v:.1f} dB after {k} clip(s)" for k, v in marks.items()),
+            )
+        )
     for name, secs in r.get("attention_s", {}).items():
         rows.append(
             (
@@ -822,7 +829,12 @@ def main() -> None:
     p.add_argument("--size", default="720*400")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips", type=int, default=9, help="measured clips after the warm-up clip")
-    p.add_argument("--precisions", default="bf16,fp8", help="bf16 first: fp8 is compared to it")
+    p.add_argument(
+        "--precisions",
+        default="bf16,fp8",
+        help="bf16 first: fp8 is compared to it; fp8-attention last (the same weights, "
+        "self-attention in FP8 too)",
+    )
     p.add_argument("--dit-layers", type=int, default=None, help="a reduced depth (smoke runs)")
     p.add_argument("--quality-size", default="384*256", help="size of the long PSNR renders")
     p.add_argument("--quality-clips", default="1,10,50", help="PSNR after these many clips")
@@ -859,8 +871,10 @@ def main() -> None:
     args.mem_online = [int(v) for v in args.mem_online.split(",") if v]
     args.mem_offline = [int(v) for v in args.mem_offline.split(",") if v]
     precisions = [v for v in args.precisions.split(",") if v]
-    if precisions not in (["bf16"], ["fp8"], ["bf16", "fp8"]):
-        p.error("--precisions: bf16, fp8 or bf16,fp8")
+    # fp8-attention, if asked, comes last: the same DiT switched over after the others
+    before = precisions[:-1] if precisions[-1:] == ["fp8-attention"] else precisions
+    if not precisions or before not in ([], ["bf16"], ["fp8"], ["bf16", "fp8"]):
+        p.error("--precisions: bf16, fp8 or bf16,fp8, optionally then fp8-attention")
     if args.quality_only and precisions != ["bf16", "fp8"]:
         p.error("--quality-only compares fp8 with bf16: --precisions bf16,fp8")
     marks = [int(v) for v in args.quality_clips.split(",") if v]
@@ -915,7 +929,7 @@ def main() -> None:
     report["dit_layers"] = gen.preset.dit.num_layers
 
     keep = {0, args.clips}  # frames after 1 and after 1 + clips clips, for the PSNR
-    both = precisions == ["bf16", "fp8"]
+    both = before == ["bf16", "fp8"]  # fp8 compared with bf16
     frames: dict[str, dict[int, np.ndarray]] = {}
     quality: dict[str, dict[int, np.ndarray]] = {}
 
@@ -1030,6 +1044,22 @@ def main() -> None:
                     str(m): psnr(quality["fp8"][m - 1], quality["bf16"][m - 1]) for m in marks
                 }
             log(f"fp8 vs bf16 PSNR: {ps}")
+        save()
+    if "fp8-attention" in precisions:  # the same weights, self-attention in FP8 too
+        dit = gen.components.dit
+        if dit.precision == "bf16":
+            dit.to_fp8()
+        dit.fp8_attention = True
+        assert gen.precision == "fp8-attention"
+        measure(gen, "fp8-attention").close()
+        if "bf16" in frames:
+            report["fp8_attention_psnr_db"] = {
+                args.size: {
+                    str(c + 1): psnr(frames["fp8-attention"][c], frames["bf16"][c])
+                    for c in sorted(keep)
+                }
+            }
+            log(f"fp8-attention vs bf16 PSNR: {report['fp8_attention_psnr_db']}")
         save()
     report["dit_weight_bytes"] = {k: v["dit_weight_bytes"] for k, v in report["precisions"].items()}
     del gen

@@ -31,6 +31,8 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
             "--device",
             "cpu",
             "--quick",
+            "--precisions",
+            "bf16,fp8,fp8-attention",
             "--mem-online",
             "2",
             "--mem-offline",
@@ -48,7 +50,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["matmul_tflops"] > 0 and report["fp8_matmul_tflops"] > 0
-    assert set(report["precisions"]) == {"bf16", "fp8"}
+    assert set(report["precisions"]) == {"bf16", "fp8", "fp8-attention"}
     for precision, g in report["precisions"].items():
         assert g["precision"] == precision
         assert set(g["step_s"]) == {"step0", "step1", "step2", "step3"}
@@ -61,6 +63,9 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     saved = cfg.num_layers * sum(n * k * (4 - 1) - 4 * n for n, k in per_layer)
     weights = report["dit_weight_bytes"]
     assert weights["bf16"] - weights["fp8"] == saved
+    assert weights["fp8-attention"] == weights["fp8"]  # the same weights; other caches
+    psnr = report["fp8_attention_psnr_db"]["64*64"]
+    assert set(psnr) == {"1", "2"} and all(20 < v < 100 for v in psnr.values())
     err = report["fp8_error"]
     assert len(err["velocity_rel_error"]) == 4
     assert all(0 < e < 0.2 for e in err["velocity_rel_error"])
