@@ -21,6 +21,7 @@ from storage import keys
 from tests import media
 from tests.cli.processes import LoggedProcess, said
 from tests.conftest import free_port
+from tests.db.test_migrations import HEAD
 from tests.factories import failure, lease_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,12 +146,12 @@ def test_progress_line():
 
 def test_migrate_embedded_and_postgres(embedded_env, postgres_url_factory, capsys, monkeypatch):
     code, out, _ = run(capsys, "migrate", "--embedded")
-    assert code == 0 and out.strip() == "database at revision 0007"
-    assert migrate.current_revision(f"sqlite:///{embedded_env / 'longtake.sqlite3'}") == "0007"
+    assert code == 0 and out.strip() == f"database at revision {HEAD}"
+    assert migrate.current_revision(f"sqlite:///{embedded_env / 'longtake.sqlite3'}") == HEAD
 
     url = postgres_url_factory()
     monkeypatch.setenv("LONGTAKE_DATABASE_URL", url)
-    assert run(capsys, "migrate")[1].strip() == "database at revision 0007"
+    assert run(capsys, "migrate")[1].strip() == f"database at revision {HEAD}"
     assert run(capsys, "migrate", "base", "--down")[1].strip() == "database at revision None"
 
 

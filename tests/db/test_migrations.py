@@ -12,6 +12,7 @@ from db.database import make_engine
 from db.models import Base
 
 HEAD = "0008"
+"""The newest migration (the CLI's tests expect it too)."""
 EXPECTED_TABLES = {
     "jobs", "job_events", "outbox", "job_segments",
     "tenants", "api_keys", "batches", "uploads", "presenters", "webhooks", "webhook_deliveries",
