@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             attend = fa.CudnnFp8Attention(device)
             (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
-            factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+            factors = fa.factors_of(mq, mk, mv)
             kernel = lambda: attend.run(q8, k8, v8, factors).float() / mv  # noqa: E731
             measure("fp8_kernel", kernel, kernel())
             measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))

@@ -106,6 +106,12 @@ def _attend_float(
     return o.transpose(1, 2)
 
 
+def factors_of(mq: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor) -> torch.Tensor:
+    """The kernel's factors [4] float32 from the multipliers of q, k and v (0-dim each):
+    (1/m_q, 1/m_k, 1/m_v, m_v), the last the output's multiplier."""
+    return torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+
+
 def attend(
     q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor
 ) -> torch.Tensor:
@@ -125,11 +131,11 @@ _kernels: dict[torch.device, CudnnFp8Attention] = {}
 
 def kernel(device: torch.device) -> CudnnFp8Attention:
     """One execution context per device, made at its first use."""
-    kernel = _kernels.get(device)
-    if kernel is None:
+    context = _kernels.get(device)
+    if context is None:
         require(device)
-        kernel = _kernels[device] = CudnnFp8Attention(device)
-    return kernel
+        context = _kernels[device] = CudnnFp8Attention(device)
+    return context
 
 
 def require(device: torch.device) -> None:
@@ -226,8 +232,7 @@ class CudnnFp8Attention:
         """bf16 q [B, Lq, H, D], k and v [B, Lk, H, D] (contiguous), quantised per tensor here;
         returns O in q's dtype."""
         (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (q, k, v))
-        factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
-        return (self.run(q8, k8, v8, factors).float() / mv).to(q.dtype)
+        return (self.run(q8, k8, v8, factors_of(mq, mk, mv)).float() / mv).to(q.dtype)
 
     def run(
         self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor

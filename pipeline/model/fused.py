@@ -360,7 +360,7 @@ def fp8_attention_inputs(
     k_slot.copy_(fp8_attention.quantize(kr[0], mk))
     v_slot.copy_(fp8_attention.quantize(v[0].unflatten(1, heads), mv))
     mq = fp8_attention.pow2_multiplier(qr.abs().amax())
-    factors = torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
+    factors = fp8_attention.factors_of(mq, mk, mv)
     o_scale = mv.reciprocal().reshape(1, 1).expand(q.shape[1], 1).clone()
     return fp8_attention.quantize(qr, mq), factors, o_scale
 
