@@ -10,7 +10,10 @@ values of a linear layer's scale, in bf16. For each way of computing it:
 
   bf16          torch SDPA (cuDNN on Hopper), as the DiT runs today;
   fp8 kernel    cuDNN's fused FP8 SDPA (pipeline/model/fp8_attention.py) on inputs already in
-                e4m3 (what a cache kept in FP8 would cost);
+                e4m3 (what a cache kept in FP8 costs), over chunks of at most CHUNK_KEYS keys
+                merged into the o-projection's per-token rows, as the DiT runs it; and in one
+                pass over all the keys (where the sums' lost bits show), with the mean output
+                for values all 1 (exact: 1) of each;
   fp8 + quant   the same with Q, K and V quantised per call (amax, scale, cast) and O
                 dequantised: what it costs on today's bf16 cache;
   quantise      the quantisation of Q, K and V alone.
@@ -37,6 +40,7 @@ from ops.bench.timing import time_call
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
 from pipeline.model import fp8_attention as fa
+from pipeline.model import fused
 from pipeline.model import int8_attention as ia
 from pipeline.params import check_size_key
 from pipeline.presets import get_preset
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     want = reference(q, k, v)
     warmup, repeats = (1, 2) if args.quick else (5, args.repeats)
     rows: dict[str, dict[str, Any]] = {}
+    mass: dict[str, float] = {}
 
     def measure(name: str, fn: Any, out: torch.Tensor | None, count_flops: bool = True) -> float:
         seconds = time_call(fn, device, warmup, repeats)
@@ -108,8 +113,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             attend = fa.CudnnFp8Attention(device)
             (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
             factors = fa.factors_of(mq, mk, mv)
-            kernel = lambda: attend.run(q8, k8, v8, factors).float() / mv  # noqa: E731
-            measure("fp8_kernel", kernel, kernel())
+            for name, most in (("fp8_kernel_one_pass", lk), ("fp8_kernel", fa.CHUNK_KEYS)):
+
+                def kernel(most: int = most) -> torch.Tensor:
+                    out, scales = fused.fp8_attention_rows(
+                        *fa.partials(q8, k8, v8, factors, most), factors
+                    )
+                    return (out.float() * scales).view(q.shape)
+
+                measure(name, kernel, kernel())
+                # values all 1: the output must be 1; a sum over too many keys falls short
+                ones = torch.ones_like(v8, dtype=torch.float32).to(torch.float8_e4m3fn)
+                f1 = fa.factors_of(mq, mk, torch.ones((), device=device))
+                out, scales = fa.merge_rows(*fa.partials(q8, k8, ones, f1, most), f1)
+                mass[name] = float((out.float() * scales).mean())
+                log(f"{name}: values all 1 give {mass[name]:.4f}")
+            o8, stats = fa.partials(q8, k8, v8, factors)  # the chunks' merge alone
+            merge = lambda: fused.fp8_attention_rows(o8, stats, factors)  # noqa: E731
+            measure("fp8_merge_of_the_chunks", merge, None, count_flops=False)
             measure("fp8_with_quantisation", lambda: attend(q, k, v), attend(q, k, v))
         except Exception as exc:  # noqa: BLE001 - an unsupported plan is a result too
             failure = f"{type(exc).__name__}: {exc}"
@@ -153,6 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "layers": layers,
         "rows": rows,
         "rel_error_by_rounding": error_parts,
+        "chunk_keys": fa.CHUNK_KEYS,
+        "output_with_values_all_one": mass,
     }
 
 
@@ -214,6 +237,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['seconds'] * 1e3:.3f} | {tflops} | {r['per_step_s'] * 1e3:.1f} ms | {err} |"
         )
+    for name, mean in (report.get("output_with_values_all_one") or {}).items():
+        lines.append(f"{name}: values all 1 give {mean:.4f} (exact: 1)")
     parts = report.get("rel_error_by_rounding") or {}
     if parts:
         lines.append(

@@ -4,11 +4,11 @@ Hopper's tensor cores run FP8 products at twice the bf16 rate, and attention is 
 a DiT step on an H200 (docs/benchmarks.md, "Where a step's time goes"). torch's SDPA takes no
 float8 inputs, so the kernel is reached through the cuDNN frontend (the optional
 `nvidia-cudnn-frontend` package, `pip install longtake[cudnn]`). The DiT's precision
-"fp8-attention" runs its self-attention here (`attend`: q quantised as it is made, the keys and
-values already in e4m3 in their caches); `CudnnFp8Attention.__call__` quantises bf16 inputs
-itself, for measurements (`pipeline.model.attention`'s "fp8" backend).
+"fp8-attention" runs its self-attention here (`partials`, then `merge_rows`: q quantised as it
+is made, the keys and values already in e4m3 in their caches); `CudnnFp8Attention.__call__`
+quantises bf16 inputs itself, for measurements (`pipeline.model.attention`'s "fp8" backend).
 
-What one call computes, every tensor x held as x8 = e4m3(x · m_x) with a power-of-two
+What the kernel computes, every tensor x held as x8 = e4m3(x · m_x) with a power-of-two
 multiplier m_x (exact to apply and to undo) chosen from the tensor's largest magnitude:
 
     S  = (Q8 · K8ᵀ) · attn_scale / (m_q · m_k)       float32, per head
@@ -17,16 +17,34 @@ multiplier m_x (exact to apply and to undo) chosen from the tensor's largest mag
     O8 = e4m3(O · m_o)                                (on Hopper the kernel writes O in FP8)
 
 Every row of O is a convex combination of V's rows, so |O| ≤ max |V| and m_o = m_v can never
-saturate. `emulate` computes the same on any device in float32 (one softmax per row, where the
+saturate.
+
+Why the keys go in chunks: on Hopper the FP8 products' sums over the keys (P8 · V8) keep fewer
+bits than float32 as they grow, and every term added to a large sum loses its low bits: the
+output shrinks with the number of keys summed. Measured on an H200 (2026-12-04, cuDNN 9.19):
+values all 1 over the 16 278 keys of a 720×400 stream gave O = 0.73–0.75 instead of 1, and the
+14B DiT's own inputs an output 6–22 % too small (relative error 8–23 %, against 0.6–1.4 % for
+the same arithmetic in float32). So the keys are cut into chunks of at most `CHUNK_KEYS`, all
+chunks in one kernel call (the chunks as its batch, the queries repeated with stride 0); each
+chunk's output comes with its log-sum-exp, and `merge_rows` weighs the chunks by them
+(softmax over the chunks), the exact recombination of a softmax split over disjoint keys.
+At 2 035 keys a chunk the shrink is 1–3 % and the error 2.3–3.4 % (`ops/bench/fp8_attention.py`).
+
+`emulate` computes the same in float32 on any device (one softmax per chunk and row, where the
 kernel's is online, block by block): the reference for tests and for error estimates.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from pipeline.model import fp8
 
 E4M3_MAX = 448.0
 P_SCALE = 256.0
@@ -55,6 +73,39 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 ROUNDINGS = frozenset({"q", "k", "v", "p", "o"})
 """The tensors FP8 attention holds in e4m3: the inputs, the softmax numerators, the output."""
 
+CHUNK_KEYS = 2048
+"""The most keys one chunk of an FP8 attention sums over (the module's docstring says why)."""
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """How a cache's keys are cut: `full` chunks of `size` keys, then one of `tail` (if > 0);
+    as even as the number of chunks allows."""
+
+    size: int
+    full: int
+    tail: int
+
+    @classmethod
+    def of(cls, keys: int, most: int = CHUNK_KEYS) -> Chunks:
+        if keys < 1 or most < 1:
+            raise ValueError(f"cannot cut {keys} keys into chunks of at most {most}")
+        count = -(-keys // most)
+        size = -(-keys // count)
+        full = keys // size
+        return cls(size, full, keys - full * size)
+
+    @property
+    def count(self) -> int:
+        return self.full + (self.tail > 0)
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """(first key, end) of each chunk."""
+        ends = [self.size * (i + 1) for i in range(self.full)]
+        if self.tail:
+            ends.append(self.size * self.full + self.tail)
+        return list(zip([0, *ends[:-1]], ends, strict=True))
+
 
 def emulate(
     q: torch.Tensor,
@@ -62,11 +113,13 @@ def emulate(
     v: torch.Tensor,
     attn_scale: float | None = None,
     rounded: frozenset[str] = ROUNDINGS,
+    chunk_keys: int = CHUNK_KEYS,
 ) -> torch.Tensor:
     """What FP8 attention computes, in float32: q [B, Lq, H, D], k and v [B, Lk, H, D], any
-    float dtype. Returns O [B, Lq, H, D] float32 (after its own e4m3 rounding). `rounded`: the
-    tensors rounded to e4m3 (all of ROUNDINGS, as the kernel does; fewer to see where the
-    error comes from), the others kept in float32."""
+    float dtype. Returns O [B, Lq, H, D] float32 as the o-projection receives it (the chunks'
+    outputs rounded to e4m3, merged, and rounded per row). `rounded`: the tensors rounded to
+    e4m3 (all of ROUNDINGS, as the kernel does; fewer to see where the error comes from), the
+    others kept in float32."""
     unknown = set(rounded) - ROUNDINGS
     if unknown:
         raise ValueError(
@@ -77,14 +130,19 @@ def emulate(
         return quantize_per_tensor(t) if name in rounded else (t.float(), 1.0)
 
     (q8, mq), (k8, mk), (v8, mv) = held(q, "q"), held(k, "k"), held(v, "v")
-    o = _attend_float(q8, k8, v8, mq, mk, mv, attn_scale, round_p="p" in rounded)
-    if "o" in rounded:  # the output's own rounding, at m_o = m_v (or v's own multiplier)
-        mo = mv if "v" in rounded else pow2_multiplier(v.abs().amax())
-        o = quantize(o, mo).float() / mo
+    mo = mv if "v" in rounded else pow2_multiplier(v.abs().amax())
+    outs, lses = [], []
+    for a, b in Chunks.of(k.shape[1], chunk_keys).bounds():
+        o, lse = _chunk_float(q8, k8[:, a:b], v8[:, a:b], mq, mk, mv, attn_scale, "p" in rounded)
+        outs.append(quantize(o, mo).float() / mo if "o" in rounded else o)
+        lses.append(lse)
+    o = _weighted(outs, lses)
+    if "o" in rounded:  # the row quantisation the o-projection's input gets
+        o = fp8.dequantize(*fp8.quantize_rows(o.flatten(2))).view(o.shape)
     return o
 
 
-def _attend_float(
+def _chunk_float(
     q8: torch.Tensor,
     k8: torch.Tensor,
     v8: torch.Tensor,
@@ -93,17 +151,19 @@ def _attend_float(
     mv: torch.Tensor | float,
     attn_scale: float | None = None,
     round_p: bool = True,
-) -> torch.Tensor:
-    """The kernel's arithmetic in float32 on held tensors [B, L, H, D] (e4m3 or float32) and
-    their multipliers: O [B, Lq, H, D] float32, before its own rounding."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's arithmetic over one chunk of keys, in float32 on held tensors [B, L, H, D]
+    (e4m3 or float32) and their multipliers: O [B, Lq, H, D] float32 before its own rounding,
+    and the rows' log-sum-exp of S [B, H, Lq, 1] (the kernel's "stats")."""
     scale = 1.0 / math.sqrt(q8.shape[-1]) if attn_scale is None else attn_scale
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q8, k8, v8))  # [B, H, L, D]
     s = qf @ kf.transpose(-1, -2) * (scale / (mq * mk))
-    s = s - s.amax(dim=-1, keepdim=True)
-    numerators = s.exp()  # (0, 1]
+    top = s.amax(dim=-1, keepdim=True)
+    numerators = (s - top).exp()  # (0, 1]
     p8 = quantize(numerators, P_SCALE).float() if round_p else numerators * P_SCALE
-    o = (p8 @ vf) / (numerators.sum(dim=-1, keepdim=True) * P_SCALE) / mv
-    return o.transpose(1, 2)
+    total = numerators.sum(dim=-1, keepdim=True)
+    o = (p8 @ vf) / (total * P_SCALE) / mv
+    return o.transpose(1, 2), top + total.log()
 
 
 def factors_of(mq: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor) -> torch.Tensor:
@@ -112,18 +172,55 @@ def factors_of(mq: torch.Tensor, mk: torch.Tensor, mv: torch.Tensor) -> torch.Te
     return torch.stack([mq.reciprocal(), mk.reciprocal(), mv.reciprocal(), mv])
 
 
-def attend(
-    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor
-) -> torch.Tensor:
-    """Attention of e4m3 queries q8 [1, Lq, H, D] over e4m3 keys and values [1, Lk, H, D]
-    (each contiguous), held with multipliers m_q, m_k, m_v; factors [4] float32 =
-    (1/m_q, 1/m_k, 1/m_v, m_v). Returns O8 e4m3 [1, Lq, H, D], held with multiplier m_v
-    (O ≈ O8 / m_v). cuDNN's kernel on a Hopper GPU, the float32 emulation on the CPU."""
+def partials(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v8: torch.Tensor,
+    factors: torch.Tensor,
+    chunk_keys: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of e4m3 queries q8 [1, Lq, H, D] over each chunk (`Chunks`) of the e4m3 keys
+    and values [1, Lk, H, D] (each contiguous), held with multipliers m_q, m_k, m_v; factors
+    [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v). Returns the chunks' outputs O8 e4m3
+    [c, Lq, H, D], held with multiplier m_v, and their log-sum-exps [c, H, Lq, 1] float32, for
+    `merge_rows`. cuDNN's kernel on a Hopper GPU, the float32 emulation on the CPU. Chunks of
+    at most `chunk_keys` keys (default: CHUNK_KEYS)."""
+    chunk_keys = chunk_keys or CHUNK_KEYS
+    if q8.shape[0] != 1:
+        raise ValueError(f"FP8 attention takes one sequence at a time, not {q8.shape[0]}")
     if q8.is_cuda:
-        return kernel(q8.device).run(q8, k8, v8, factors)
+        return kernel(q8.device).run(q8, k8, v8, factors, chunk_keys)
     descale = factors[:3]
-    o = _attend_float(q8, k8, v8, 1 / descale[0], 1 / descale[1], 1 / descale[2])
-    return quantize(o, factors[3])
+    outs, lses = [], []
+    for a, b in Chunks.of(k8.shape[1], chunk_keys).bounds():
+        o, lse = _chunk_float(q8, k8[:, a:b], v8[:, a:b], *(1 / descale).unbind())
+        outs.append(quantize(o[0], factors[3]))
+        lses.append(lse[0])
+    return torch.stack(outs), torch.stack(lses)
+
+
+def merge_rows(
+    o8: torch.Tensor, stats: torch.Tensor, factors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunks' outputs o8 [c, Lq, H, D] e4m3 (held at m_v = factors[3]) weighed by their
+    log-sum-exps stats [c, H, Lq, 1]: attention over all the keys, quantised per token for an
+    FP8 linear, (e4m3 [1, Lq, H·D], float32 scales [1, Lq, 1])."""
+    o = _weighted([t.float() for t in o8.unbind(0)], stats.unbind(0)) * factors[2]  # [Lq, H, D]
+    return fp8.quantize_rows(o.flatten(1).unsqueeze(0))
+
+
+def _weighted(outs: list[torch.Tensor], lses: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The chunks' outputs [..., Lq, H, D] float32 weighed by the softmax of their log-sum-exps
+    [..., H, Lq, 1] across the chunks. Written term by term: compiled, it is one elementwise
+    kernel (a reduction over the chunk dimension made inductor's kernel ten times slower at
+    eight chunks on an H200)."""
+    lses = [t.float().transpose(-3, -2) for t in lses]  # [..., Lq, H, 1]
+    top = functools.reduce(torch.maximum, lses)
+    weights = [(t - top).exp() for t in lses]
+    total = functools.reduce(torch.add, weights)
+    return functools.reduce(
+        torch.add, [o * (w / total) for o, w in zip(outs, weights, strict=True)]
+    )
 
 
 _kernels: dict[torch.device, CudnnFp8Attention] = {}
@@ -161,9 +258,9 @@ def available(device: torch.device) -> bool:
 
 
 class CudnnFp8Attention:
-    """cuDNN's FP8 SDPA forward for q [B, Lq, H, D], k and v [B, Lk, H, D] (bf16 in and out,
-    quantised per tensor on the way in). One execution plan per shape, built at its first
-    call; the scales stay on the device."""
+    """cuDNN's FP8 SDPA forward over chunks of the keys (`partials`' contract). One execution
+    plan per shape (the chunks as the call's batch), built at its first call; the scales stay
+    on the device."""
 
     def __init__(self, device: torch.device):
         import cudnn
@@ -171,11 +268,9 @@ class CudnnFp8Attention:
         self.cudnn = cudnn
         self.device = device
         self.handle = cudnn.create_handle()
-        self._plans: dict[tuple[Any, ...], tuple[Any, dict[str, Any], torch.Tensor]] = {}
+        self._plans: dict[tuple[int, ...], tuple[Any, dict[str, Any], torch.Tensor]] = {}
         self._p_scale = torch.full((1, 1, 1, 1), P_SCALE, device=device)
         self._p_descale = self._p_scale.reciprocal()
-        # the kernel's amax outputs (of S and O), which nothing reads
-        self._amax = torch.empty(2, 1, 1, 1, 1, device=device)
 
     def __del__(self) -> None:
         handle = getattr(self, "handle", None)
@@ -185,8 +280,12 @@ class CudnnFp8Attention:
         except TypeError:  # at interpreter exit the frontend's functions may be gone
             pass
 
-    def _plan(self, q: torch.Tensor, k: torch.Tensor) -> tuple[Any, dict[str, Any], torch.Tensor]:
-        key = (tuple(q.shape), tuple(k.shape))
+    def _plan(
+        self, chunks: int, lq: int, lk: int, h: int, d: int
+    ) -> tuple[Any, dict[str, Any], torch.Tensor]:
+        """The graph of `chunks` attentions of the same lq queries [Lq, H, D] (batch stride 0)
+        over consecutive chunks of lk keys and values, O and the log-sum-exps out."""
+        key = (chunks, lq, lk, h, d)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
@@ -195,68 +294,84 @@ class CudnnFp8Attention:
         graph = cudnn.pygraph(
             io_data_type=e4m3, intermediate_data_type=f32, compute_data_type=f32, handle=self.handle
         )
-
-        def bhsd(shape: torch.Size, name: str) -> Any:  # [B, L, H, D] memory seen as BHSD
-            b, n, h, d = shape
-            return graph.tensor(
-                name=name, dim=(b, h, n, d), stride=(n * h * d, d, h * d, 1), data_type=e4m3
-            )
-
-        tq, tk, tv = bhsd(q.shape, "q"), bhsd(k.shape, "k"), bhsd(k.shape, "v")
+        # [B, L, H, D] memory seen as BHSD; the queries' batch stride 0: one copy for every chunk
+        tq = graph.tensor(name="q", dim=(chunks, h, lq, d), stride=(0, d, h * d, 1), data_type=e4m3)
+        kv_stride = (lk * h * d, d, h * d, 1)
+        tk = graph.tensor(name="k", dim=(chunks, h, lk, d), stride=kv_stride, data_type=e4m3)
+        tv = graph.tensor(name="v", dim=(chunks, h, lk, d), stride=kv_stride, data_type=e4m3)
         scalars = {
             n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=f32)
             for n in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
         }
-        common = dict(q=tq, k=tk, v=tv, attn_scale=1.0 / math.sqrt(q.shape[-1]), **scalars)
+        common = dict(q=tq, k=tk, v=tv, attn_scale=1.0 / math.sqrt(d), **scalars)
         try:  # newer frontends take generate_stats, older ones is_inference
-            o, _, amax_s, amax_o = graph.sdpa_fp8(**common, generate_stats=False)
+            o, stats, _, _ = graph.sdpa_fp8(**common, generate_stats=True)
         except TypeError:
-            o, _, amax_s, amax_o = graph.sdpa_fp8(**common, is_inference=True)
-        b, n, h, d = q.shape
-        o.set_output(True).set_dim((b, h, n, d)).set_stride((n * h * d, d, h * d, 1))
+            o, stats, _, _ = graph.sdpa_fp8(**common, is_inference=False)
+        # the amax outputs stay virtual: declared, they restrict the graph to fewer engines
+        o.set_output(True).set_dim((chunks, h, lq, d)).set_stride((lq * h * d, d, h * d, 1))
         o.set_data_type(e4m3)
-        for amax in (amax_s, amax_o):
-            amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1))
-            amax.set_data_type(f32)
+        stats.set_output(True).set_dim((chunks, h, lq, 1)).set_stride((h * lq, lq, 1, 1))
+        stats.set_data_type(f32)
         graph.validate()
         graph.build_operation_graph()
         graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
         graph.check_support()
         graph.build_plans()
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=self.device)
-        named = {"q": tq, "k": tk, "v": tv, "o": o, "amax_s": amax_s, "amax_o": amax_o, **scalars}
+        named = {"q": tq, "k": tk, "v": tv, "o": o, "stats": stats, **scalars}
         plan = self._plans[key] = (graph, named, workspace)
         return plan
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """bf16 q [B, Lq, H, D], k and v [B, Lk, H, D] (contiguous), quantised per tensor here;
-        returns O in q's dtype."""
-        (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (q, k, v))
-        return (self.run(q8, k8, v8, factors_of(mq, mk, mv)).float() / mv).to(q.dtype)
+        """bf16 q [B, Lq, H, D], k and v [B, Lk, H, D], quantised per tensor here; returns O in
+        q's dtype."""
+        out = torch.empty_like(q)
+        for b in range(q.shape[0]):
+            qb, kb, vb = (t[b : b + 1].contiguous() for t in (q, k, v))
+            (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (qb, kb, vb))
+            factors = factors_of(mq, mk, mv)
+            data, scale = merge_rows(*self.run(q8, k8, v8, factors), factors)
+            out[b] = fp8.dequantize(data, scale)[0].view(q.shape[1:])
+        return out
 
     def run(
-        self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor
-    ) -> torch.Tensor:
-        """The kernel alone (`attend`'s contract): e4m3 inputs [B, L, H, D] (contiguous) and
-        factors [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v); returns O8 e4m3, held with m_v."""
-        graph, t, workspace = self._plan(q8, k8)
-        out = torch.empty(q8.shape, dtype=torch.float8_e4m3fn, device=self.device)
-        f = factors.view(4, 1, 1, 1, 1)  # four [1, 1, 1, 1] views: no copies
-        pack = {
-            t["q"]: q8,
-            t["k"]: k8,
-            t["v"]: v8,
-            t["descale_q"]: f[0],
-            t["descale_k"]: f[1],
-            t["descale_v"]: f[2],
-            t["descale_s"]: self._p_descale,
-            t["scale_s"]: self._p_scale,
-            t["scale_o"]: f[3],
-            t["o"]: out,
-            t["amax_s"]: self._amax[0],
-            t["amax_o"]: self._amax[1],
-        }
+        self,
+        q8: torch.Tensor,
+        k8: torch.Tensor,
+        v8: torch.Tensor,
+        factors: torch.Tensor,
+        chunk_keys: int = CHUNK_KEYS,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kernel alone (`partials`' contract): e4m3 inputs [1, L, H, D] (contiguous) and
+        factors [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v); returns each chunk's O8 e4m3
+        [c, Lq, H, D], held with m_v, and its log-sum-exps [c, H, Lq, 1] float32. The full
+        chunks go in one call, a shorter last one in a second."""
+        _, lq, h, d = q8.shape
+        chunks = Chunks.of(k8.shape[1], chunk_keys)
+        out = torch.empty(chunks.count, lq, h, d, dtype=torch.float8_e4m3fn, device=self.device)
+        stats = torch.empty(chunks.count, h, lq, 1, dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self.cudnn.set_stream(handle=self.handle, stream=stream)
-        graph.execute(pack, workspace, handle=self.handle)
-        return out
+        f = factors.view(4, 1, 1, 1, 1)  # four [1, 1, 1, 1] views: no copies
+        split = chunks.full * chunks.size
+        calls = [(chunks.full, chunks.size, 0, split, 0)]
+        if chunks.tail:
+            calls.append((1, chunks.tail, split, k8.shape[1], chunks.full))
+        for count, size, first, end, at in calls:
+            graph, t, workspace = self._plan(count, lq, size, h, d)
+            pack = {
+                t["q"]: q8.expand(count, lq, h, d),
+                t["k"]: k8[0, first:end].view(count, size, h, d),
+                t["v"]: v8[0, first:end].view(count, size, h, d),
+                t["descale_q"]: f[0],
+                t["descale_k"]: f[1],
+                t["descale_v"]: f[2],
+                t["descale_s"]: self._p_descale,
+                t["scale_s"]: self._p_scale,
+                t["scale_o"]: f[3],
+                t["o"]: out[at : at + count],
+                t["stats"]: stats[at : at + count],
+            }
+            graph.execute(pack, workspace, handle=self.handle)
+        return out, stats

@@ -344,13 +344,12 @@ def fp8_attention_inputs(
     ref_freqs: torch.Tensor,
     ref_slot: torch.Tensor,
     kv_mults: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`norm_rope_into_cache` for an e4m3 cache (precision "fp8-attention"), the rotations
     quantised from float32: the keys (and the reference keys) written as e4m3(k · m_k), the
     values as e4m3(v · m_v), kv_mults [2] = (m_k, m_v); the queries quantised with their own
     power-of-two multiplier m_q, from their largest magnitude. Returns the queries e4m3
-    [1, L, H, D], the kernel's factors [4] float32 (1/m_q, 1/m_k, 1/m_v, m_v) and the scale of
-    every row of its output for the o-projection, [L, 1] float32 = 1/m_v.
+    [1, L, H, D] and the kernel's factors [4] float32 (1/m_q, 1/m_k, 1/m_v, m_v).
     """
     heads = (k_slot.shape[1], -1)
     qr = _rope_f32(_rms_norm(q, wq, eps).unflatten(2, heads), freqs)  # [1, L, H, D] float32
@@ -360,9 +359,16 @@ def fp8_attention_inputs(
     k_slot.copy_(fp8_attention.quantize(kr[0], mk))
     v_slot.copy_(fp8_attention.quantize(v[0].unflatten(1, heads), mv))
     mq = fp8_attention.pow2_multiplier(qr.abs().amax())
-    factors = fp8_attention.factors_of(mq, mk, mv)
-    o_scale = mv.reciprocal().reshape(1, 1).expand(q.shape[1], 1).clone()
-    return fp8_attention.quantize(qr, mq), factors, o_scale
+    return fp8_attention.quantize(qr, mq), fp8_attention.factors_of(mq, mk, mv)
+
+
+@gpu_compiled
+def fp8_attention_rows(
+    o8: torch.Tensor, stats: torch.Tensor, factors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fp8_attention.merge_rows` in one graph: the chunks' outputs of an FP8 attention merged
+    and quantised per token for the o-projection, (e4m3 [1, L, C], float32 scales [1, L, 1])."""
+    return fp8_attention.merge_rows(o8, stats, factors)
 
 
 # ---- a residual sum and the norm after it, in one graph ----------------------------------------

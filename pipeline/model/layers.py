@@ -203,9 +203,9 @@ class SelfAttention(nn.Module):
         s: CacheSlots,
     ) -> torch.Tensor:
         """Self-attention over an e4m3 cache: q, k, v [1, L, C] normalised, rotated and
-        quantised in one step (k and v into the cache), FP8 attention, and its e4m3 output
-        handed to the o-projection as FP8 rows (one scale for every row: 1 / m_v)."""
-        q8, factors, o_scale = fused.fp8_attention_inputs(
+        quantised in one step (k and v into the cache), FP8 attention over chunks of the
+        cache, and the chunks' outputs merged into the o-projection's FP8 rows."""
+        q8, factors = fused.fp8_attention_inputs(
             q,
             k,
             v,
@@ -220,10 +220,11 @@ class SelfAttention(nn.Module):
             s.ref_slot,
             s.kv_mults,
         )
-        o8 = fp8_attention.attend(q8, s.keys, s.values, factors).flatten(2)  # [1, L, C] e4m3
+        o8, stats = fp8_attention.partials(q8, s.keys, s.values, factors)
+        rows, scales = fused.fp8_attention_rows(o8, stats, factors)  # [1, L, C], [1, L, 1]
         if self.o.weight_fp8 is not None:
-            return self.o(Fp8Rows(o8, o_scale.view(1, -1, 1)))
-        return self.o((o8.float() * o_scale).to(q.dtype))
+            return self.o(Fp8Rows(rows, scales))
+        return self.o((rows.float() * scales).to(q.dtype))
 
 
 class CrossAttention(nn.Module):
