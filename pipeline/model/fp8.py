@@ -116,6 +116,8 @@ def linear(
         if bias is not None:
             y = y + bias.float()
         return y.to(out_dtype).reshape(*lead, -1)
+    # use_fast_accum stays off: Hopper's fast FP8 accumulation drops the low bits of long sums
+    # (docs/benchmarks.md, "Precision fp8-attention")
     y = torch._scaled_mm(
         a,
         w.data.t(),  # [K, N], column-major as the kernel wants it

@@ -107,6 +107,24 @@ def test_the_product_is_that_of_the_dequantised_operands(kernel, monkeypatch):
     assert 1e-3 < err < 0.06
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                          reason="needs a GPU"))],
+)  # fmt: skip
+def test_a_long_product_keeps_every_term_of_its_sum(device):
+    # K = the FFN's 13 824 equal terms. Hopper's fast FP8 accumulation keeps too few bits to
+    # add a small term to a large sum (FP8 attention lost a quarter of its sums over 16 278
+    # keys that way); fp8.linear leaves _scaled_mm's use_fast_accum off
+    k = 13824
+    x = torch.full((8, k), 0.875, device=device)  # scales 0.875 / 448 = 2^-9: exact
+    w = torch.full((16, k), 0.875, device=device)
+    rows = fp8.Fp8Rows(*fp8.quantize_rows(x))
+    y = fp8.linear(rows, fp8.Fp8Weight.quantize(w), None, torch.float32)
+    want = k * 0.875**2
+    assert ((y - want).abs() / want).max().item() < 1e-3
+
+
 def test_the_fused_steps_end_in_the_same_quantisation():
     g = torch.Generator().manual_seed(3)
     h = torch.randn(1, 20, 64, generator=g)
