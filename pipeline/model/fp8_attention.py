@@ -28,7 +28,8 @@ the same arithmetic in float32). So the keys are cut into chunks of at most `CHU
 chunks in one kernel call (the chunks as its batch, the queries repeated with stride 0); each
 chunk's output comes with its log-sum-exp, and `merge_rows` weighs the chunks by them
 (softmax over the chunks), the exact recombination of a softmax split over disjoint keys.
-At 2 035 keys a chunk the shrink is 1–3 % and the error 2.3–3.4 % (`ops/bench/fp8_attention.py`).
+At ~2 000 keys a chunk values all 1 give 1.000 (`ops/bench/fp8_attention.py`), and the DiT's
+own inputs an error of 2.3–3.4 % (`ops/bench/attention_capture.py`).
 
 `emulate` computes the same in float32 on any device (one softmax per chunk and row, where the
 kernel's is online, block by block): the reference for tests and for error estimates.
