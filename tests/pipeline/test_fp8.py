@@ -117,7 +117,7 @@ def test_a_long_product_keeps_every_term_of_its_sum(device):
     # add a small term to a large sum (FP8 attention lost a quarter of its sums over 16 278
     # keys that way); fp8.linear leaves _scaled_mm's use_fast_accum off
     k = 13824
-    x = torch.full((8, k), 0.875, device=device)  # scales 0.875 / 448 = 2^-9: exact
+    x = torch.full((16, k), 0.875, device=device)  # scales 0.875 / 448 = 2^-9: exact
     w = torch.full((16, k), 0.875, device=device)
     rows = fp8.Fp8Rows(*fp8.quantize_rows(x))
     y = fp8.linear(rows, fp8.Fp8Weight.quantize(w), None, torch.float32)
