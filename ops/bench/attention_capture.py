@@ -24,7 +24,6 @@ Random weights: real weights may differ. Prints a table and writes the figures a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -36,6 +35,7 @@ import torch
 
 from ops.bench.fp8_attention import reference, rel_error
 from ops.bench.generate import request
+from ops.bench.report import save_report
 from pipeline import Generator
 from pipeline.cache import KV_HEADROOM
 from pipeline.model import fp8_attention as fa
@@ -192,9 +192,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     report = run(args)
-    report["total_s"] = time.perf_counter() - T0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    save_report(args.out, report, T0)
     print()
     print(table(report))
 

@@ -20,7 +20,6 @@ timing candidates in each process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ops.bench.report import save_report
 from ops.bench.timing import time_call
 
 
@@ -205,9 +205,7 @@ def main() -> None:
         "dim": args.dim,
         **run(args),
     }
-    report["total_s"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    save_report(args.out, report, t0)
     print(table(report))
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import json
 import platform
 import shutil
 import statistics
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ops.bench.report import save_report
 from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
@@ -911,8 +911,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after each part: a run cut short keeps what it has
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
+        save_report(args.out, report, T0)
 
     log(f"building {args.preset} (random weights) on {device}")
     t = time.perf_counter()

@@ -26,7 +26,6 @@ Prints a table and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import date
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from ops.bench.generate import request as bench_request
+from ops.bench.report import save_report
 from pipeline import Generator, RenderRequest
 from pipeline.inputs import fit_image, load_image
 from pipeline.presenters import PresenterCache
@@ -191,8 +191,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
+        save_report(args.out, report, T0)
 
     req = bench_request(size, args.clips, args.steps)
     opens: dict[str, tuple[dict[str, Any], list[np.ndarray]]] = {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ops.bench.generate import block_velocities, refresh_text_kv, relative_errors, request
+from ops.bench.report import save_report
 from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
@@ -361,8 +361,7 @@ def main() -> None:
             f"[{precision}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s: "
             + ", ".join(f"{k} {v:.3f}" for k, v in clip["by_kind_s"].items())
         )
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
+        save_report(args.out, report, T0)
 
     def again(variant: str, undo: Callable[[], object]) -> None:
         """The last precision's clip profiled again, with a variant switched on (`undo`
@@ -373,8 +372,7 @@ def main() -> None:
         finally:
             undo()
         log(f"[{label}] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
+        save_report(args.out, report, T0)
 
     if args.persistent_rows:
         report["persistent_rows_applied"] = fused.set_persistent_rows(True)
@@ -416,8 +414,7 @@ def main() -> None:
         report["clips"]["fp8-attention"] = clip = profile_clip(gen, args, device)
         dit.fp8_attention = False
         log(f"[fp8-attention] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
-        report["total_s"] = time.perf_counter() - T0
-        args.out.write_text(json.dumps(report, indent=2))
+        save_report(args.out, report, T0)
     print()
     print(table(report))
 
