@@ -26,7 +26,6 @@ run) the fp8 path is `fp8_attention.emulate`, and times mean nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from datetime import date
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ops.bench.report import save_report
 from ops.bench.timing import time_call
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             attend = fa.CudnnFp8Attention(device)
             (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
             factors = fa.factors_of(mq, mk, mv)
+            # values all 1: the output must be 1; a sum over too many keys falls short
+            ones = torch.ones_like(v8, dtype=torch.float32).to(torch.float8_e4m3fn)
+            f1 = fa.factors_of(mq, mk, torch.ones((), device=device))
             for name, most in (("fp8_kernel_one_pass", lk), ("fp8_kernel", fa.CHUNK_KEYS)):
 
                 def kernel(most: int = most) -> torch.Tensor:
@@ -122,9 +125,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     return (out.float() * scales).view(q.shape)
 
                 measure(name, kernel, kernel())
-                # values all 1: the output must be 1; a sum over too many keys falls short
-                ones = torch.ones_like(v8, dtype=torch.float32).to(torch.float8_e4m3fn)
-                f1 = fa.factors_of(mq, mk, torch.ones((), device=device))
                 out, scales = fa.merge_rows(*fa.partials(q8, k8, ones, f1, most), f1)
                 mass[name] = float((out.float() * scales).mean())
                 log(f"{name}: values all 1 give {mass[name]:.4f}")
@@ -259,9 +259,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     report = run(args)
-    report["total_s"] = time.perf_counter() - T0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    save_report(args.out, report, T0)
     print()
     print(table(report))
 

@@ -332,7 +332,7 @@ class CudnnFp8Attention:
             qb, kb, vb = (t[b : b + 1].contiguous() for t in (q, k, v))
             (q8, mq), (k8, mk), (v8, mv) = (quantize_per_tensor(t) for t in (qb, kb, vb))
             factors = factors_of(mq, mk, mv)
-            data, scale = merge_rows(*self.run(q8, k8, v8, factors), factors)
+            data, scale = merge_rows(*self.run(q8, k8, v8, factors, CHUNK_KEYS), factors)
             out[b] = fp8.dequantize(data, scale)[0].view(q.shape[1:])
         return out
 
@@ -342,7 +342,7 @@ class CudnnFp8Attention:
         k8: torch.Tensor,
         v8: torch.Tensor,
         factors: torch.Tensor,
-        chunk_keys: int = CHUNK_KEYS,
+        chunk_keys: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel alone (`partials`' contract): e4m3 inputs [1, L, H, D] (contiguous) and
         factors [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v); returns each chunk's O8 e4m3
@@ -355,16 +355,17 @@ class CudnnFp8Attention:
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self.cudnn.set_stream(handle=self.handle, stream=stream)
         f = factors.view(4, 1, 1, 1, 1)  # four [1, 1, 1, 1] views: no copies
-        split = chunks.full * chunks.size
-        calls = [(chunks.full, chunks.size, 0, split, 0)]
+        calls = [(0, chunks.full, chunks.size)]  # (first chunk, chunks, keys each)
         if chunks.tail:
-            calls.append((1, chunks.tail, split, k8.shape[1], chunks.full))
-        for count, size, first, end, at in calls:
+            calls.append((chunks.full, 1, chunks.tail))
+        for at, count, size in calls:
+            first = at * chunks.size
+            keys = slice(first, first + count * size)
             graph, t, workspace = self._plan(count, lq, size, h, d)
             pack = {
                 t["q"]: q8.expand(count, lq, h, d),
-                t["k"]: k8[0, first:end].view(count, size, h, d),
-                t["v"]: v8[0, first:end].view(count, size, h, d),
+                t["k"]: k8[0, keys].view(count, size, h, d),
+                t["v"]: v8[0, keys].view(count, size, h, d),
                 t["descale_q"]: f[0],
                 t["descale_k"]: f[1],
                 t["descale_v"]: f[2],
