@@ -363,11 +363,10 @@ def fp8_attention_inputs(
 
 
 @gpu_compiled
-def fp8_attention_rows(
+def _fp8_attention_rows(
     o8: torch.Tensor, stats: torch.Tensor, factors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fp8_attention.merge_rows` in one graph: the chunks' outputs of an FP8 attention merged
-    and quantised per token for the o-projection, (e4m3 [1, L, C], float32 scales [1, L, 1])."""
+    """The arithmetic of `fp8_attention_rows`, compiled on a GPU."""
     return fp8_attention.merge_rows(o8, stats, factors)
 
 
@@ -506,3 +505,13 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if fp8_rows.usable(x):
         return fp8_rows.act_fp8(x, gelu=False)
     return _quantize_rows(x)
+
+
+def fp8_attention_rows(
+    o8: torch.Tensor, stats: torch.Tensor, factors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fp8_attention.merge_rows`: the chunks' outputs of an FP8 attention merged and quantised
+    per token for the o-projection, (e4m3 [1, L, C], float32 scales [1, L, 1])."""
+    if fp8_rows.usable(o8):
+        return fp8_rows.merge_fp8(o8, stats, factors)
+    return _fp8_attention_rows(o8, stats, factors)

@@ -83,3 +83,33 @@ def test_the_activation_kernels_compute_the_compiled_steps(width):
     q, s = fp8_rows.act_fp8(x, gelu=False)
     same_rows((q, s), x.float())
     assert (q[0, 3].float() == 0).all() and s[0, 3].item() == pytest.approx(1e-12 / 448)
+
+
+@pytest.mark.parametrize(("chunks", "heads", "dim"), [(8, 40, 128), (3, 5, 24), (1, 2, 64)])
+def test_the_merge_kernel_weighs_each_chunk_by_its_log_sum_exp(chunks, heads, dim):
+    g = torch.Generator(device="cuda").manual_seed(2)
+    tokens = 301
+    o = torch.randn(chunks, tokens, heads, dim, device="cuda", generator=g) * 100
+    o8 = o.clamp(-448, 448).to(fp8.E4M3)
+    # log-sum-exps far apart (a chunk that barely counts) and close (chunks that share a row)
+    stats = torch.randn(chunks, heads, tokens, 1, device="cuda", generator=g) * 6 + 40
+    factors = torch.tensor([0.5, 0.25, 1 / 64, 64.0], device="cuda")
+
+    weights = torch.softmax(stats, dim=0).transpose(1, 2)  # [c, L, H, 1]
+    want = (o8.float() * weights).sum(0) * factors[2]  # [L, H, D]
+    same_rows(fp8_rows.merge_fp8(o8, stats, factors), want.flatten(1).unsqueeze(0))
+
+
+def test_the_merge_kernel_is_the_merge_the_fp8_attention_path_calls():
+    from pipeline.model import fp8_attention, fused
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    o8 = (torch.randn(4, 64, 8, 64, device="cuda", generator=g) * 50).to(fp8.E4M3)
+    stats = torch.randn(4, 8, 64, 1, device="cuda", generator=g)
+    factors = torch.tensor([1.0, 1.0, 0.125, 8.0], device="cuda")
+    got = fused.fp8_attention_rows(o8, stats, factors)
+    assert torch.equal(
+        got[0].view(torch.uint8), fp8_rows.merge_fp8(o8, stats, factors)[0].view(torch.uint8)
+    )
+    want_q, want_s = fp8_attention.merge_rows(o8, stats, factors)
+    same_rows(got, fp8.dequantize(want_q, want_s))
