@@ -13,9 +13,8 @@ values of a linear layer's scale, in bf16. For each way of computing it:
                 e4m3 (what a cache kept in FP8 costs), over chunks of at most CHUNK_KEYS keys
                 merged into the o-projection's per-token rows, as the DiT runs it; and in one
                 pass over all the keys (where the sums' lost bits show), with the mean output
-                for values all 1 (exact: 1) of each; the kernel alone (and with a last chunk
-                as long as the others: what the shorter tail's second launch costs); the
-                merge alone, as a Triton kernel (at three widths) and compiled by inductor;
+                for values all 1 (exact: 1) of each; the kernel alone; the merge alone, as a
+                Triton kernel (at three widths) and compiled by inductor;
   fp8 + quant   the same with Q, K and V quantised per call (amax, scale, cast) and O
                 dequantised: what it costs on today's bf16 cache;
   quantise      the quantisation of Q, K and V alone.
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out, scales = fa.merge_rows(*fa.partials(q8, k8, ones, f1, most), f1)
                 mass[name] = float((out.float() * scales).mean())
                 log(f"{name}: values all 1 give {mass[name]:.4f}")
-            kernel_alone(q8, k8, v8, factors, measure)
+            measure("fp8_kernel_alone", lambda: fa.partials(q8, k8, v8, factors), None)
             o8, stats = fa.partials(q8, k8, v8, factors)  # the chunks' merge alone
             merge = lambda: fused.fp8_attention_rows(o8, stats, factors)  # noqa: E731
             measure("fp8_merge_of_the_chunks", merge, None, count_flops=False)
@@ -188,27 +187,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_keys": fa.CHUNK_KEYS,
         "output_with_values_all_one": mass,
     }
-
-
-def kernel_alone(
-    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, factors: torch.Tensor, measure: Any
-) -> None:
-    """The chunked kernel without its merge, and the same over the few more keys that make
-    the last chunk as long as the others (one call, no second launch for a shorter tail):
-    what the tail's own launch costs."""
-    measure("fp8_kernel_alone", lambda: fa.partials(q8, k8, v8, factors), None)
-    chunks = fa.Chunks.of(k8.shape[1])
-    if not chunks.tail:
-        return
-    extra = chunks.count * chunks.size - k8.shape[1]
-
-    def longer(t: torch.Tensor) -> torch.Tensor:
-        pad = t[:, :extra].view(torch.uint8)  # any keys: only the time is measured
-        return torch.cat([t.view(torch.uint8), pad], dim=1).view(t.dtype)
-
-    k_even, v_even = longer(k8), longer(v8)
-    assert fa.Chunks.of(k_even.shape[1]).tail == 0
-    measure("fp8_kernel_alone_no_tail", lambda: fa.partials(q8, k_even, v_even, factors), None)
 
 
 INT8_TILES = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3))

@@ -28,6 +28,11 @@ the same arithmetic in float32). So the keys are cut into chunks of at most `CHU
 chunks in one kernel call (the chunks as its batch, the queries repeated with stride 0); each
 chunk's output comes with its log-sum-exp, and `merge_rows` weighs the chunks by them
 (softmax over the chunks), the exact recombination of a softmax split over disjoint keys.
+The chunks' keys and values are found by offsets (cuDNN's ragged layout), each chunk with its
+own length (a padding mask): one call for all of them, however the last one falls, and nothing
+read past the keys' end. On an H200 (720×400, 2026-12-04, ops/bench/fp8_attention.py) the
+attention with its merge took 1.69 ms a layer where a second call for a shorter last chunk
+made it 1.89, and the DiT step fell from 0.175 s to 0.167 s (ops/bench/generate.py).
 At ~2 000 keys a chunk values all 1 give 1.000 (`ops/bench/fp8_attention.py`), and the DiT's
 own inputs an error of 2.3–3.4 % (`ops/bench/attention_capture.py`).
 
@@ -99,6 +104,10 @@ class Chunks:
     @property
     def count(self) -> int:
         return self.full + (self.tail > 0)
+
+    @property
+    def keys(self) -> int:
+        return self.size * self.full + self.tail
 
     def bounds(self) -> list[tuple[int, int]]:
         """(first key, end) of each chunk."""
@@ -282,37 +291,61 @@ class CudnnFp8Attention:
             pass
 
     def _plan(
-        self, chunks: int, lq: int, lk: int, h: int, d: int
+        self, chunks: Chunks, lq: int, h: int, d: int
     ) -> tuple[Any, dict[str, Any], torch.Tensor]:
-        """The graph of `chunks` attentions of the same lq queries [Lq, H, D] (batch stride 0)
-        over consecutive chunks of lk keys and values, O and the log-sum-exps out."""
-        key = (chunks, lq, lk, h, d)
+        """The graph of `chunks.count` attentions of the same lq queries [Lq, H, D] (batch
+        stride 0) over consecutive chunks of the keys and values, each chunk found by its
+        offset (ragged K and V) and as long as its own sequence length (a padding mask), O and
+        the log-sum-exps out; with the tensors that say where the chunks lie."""
+        key = (chunks, lq, h, d)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
+        if chunks.keys * h * d >= 2**31:
+            raise ValueError(f"{chunks.keys} keys of {h}x{d}: past the int32 offsets used here")
         cudnn = self.cudnn
-        e4m3, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+        e4m3, f32, i32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT, cudnn.data_type.INT32
         graph = cudnn.pygraph(
             io_data_type=e4m3, intermediate_data_type=f32, compute_data_type=f32, handle=self.handle
         )
+        count, lk = chunks.count, chunks.size
+
+        def tensor(name: str, dim: tuple[int, ...], stride: tuple[int, ...], dtype: Any) -> Any:
+            return graph.tensor(name=name, dim=dim, stride=stride, data_type=dtype)
+
         # [B, L, H, D] memory seen as BHSD; the queries' batch stride 0: one copy for every chunk
-        tq = graph.tensor(name="q", dim=(chunks, h, lq, d), stride=(0, d, h * d, 1), data_type=e4m3)
-        kv_stride = (lk * h * d, d, h * d, 1)
-        tk = graph.tensor(name="k", dim=(chunks, h, lk, d), stride=kv_stride, data_type=e4m3)
-        tv = graph.tensor(name="v", dim=(chunks, h, lk, d), stride=kv_stride, data_type=e4m3)
+        tq = tensor("q", (count, h, lq, d), (0, d, h * d, 1), e4m3)
+        kv_stride = (lk * h * d, d, h * d, 1)  # its batch stride unread: the offsets say
+        tk = tensor("k", (count, h, lk, d), kv_stride, e4m3)
+        tv = tensor("v", (count, h, lk, d), kv_stride, e4m3)
+        one = ((1, 1, 1, 1), (1, 1, 1, 1))
         scalars = {
-            n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=f32)
+            n: tensor(n, *one, f32)
             for n in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
         }
-        common = dict(q=tq, k=tk, v=tv, attn_scale=1.0 / math.sqrt(d), **scalars)
+        per_chunk = ((count, 1, 1, 1), (1, 1, 1, 1))
+        lengths = {n: tensor(n, *per_chunk, i32) for n in ("seq_len_q", "seq_len_kv")}
+        starts = {n: tensor(n, (count + 1, 1, 1, 1), (1, 1, 1, 1), i32) for n in ("k_at", "v_at")}
+        tk.set_ragged_offset(starts["k_at"])
+        tv.set_ragged_offset(starts["v_at"])
+        common = dict(
+            q=tq,
+            k=tk,
+            v=tv,
+            attn_scale=1.0 / math.sqrt(d),
+            use_padding_mask=True,
+            max_total_seq_len_kv=chunks.keys,
+            **scalars,
+            **lengths,
+        )
         try:  # newer frontends take generate_stats, older ones is_inference
             o, stats, _, _ = graph.sdpa_fp8(**common, generate_stats=True)
         except TypeError:
             o, stats, _, _ = graph.sdpa_fp8(**common, is_inference=False)
         # the amax outputs stay virtual: declared, they restrict the graph to fewer engines
-        o.set_output(True).set_dim((chunks, h, lq, d)).set_stride((lq * h * d, d, h * d, 1))
+        o.set_output(True).set_dim((count, h, lq, d)).set_stride((lq * h * d, d, h * d, 1))
         o.set_data_type(e4m3)
-        stats.set_output(True).set_dim((chunks, h, lq, 1)).set_stride((h * lq, lq, 1, 1))
+        stats.set_output(True).set_dim((count, h, lq, 1)).set_stride((h * lq, lq, 1, 1))
         stats.set_data_type(f32)
         graph.validate()
         graph.build_operation_graph()
@@ -320,7 +353,19 @@ class CudnnFp8Attention:
         graph.check_support()
         graph.build_plans()
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=self.device)
+        bounds = chunks.bounds()
+
+        def ints(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32, device=self.device).view(-1, 1, 1, 1)
+
+        at = ints([a * h * d for a, _ in bounds] + [chunks.keys * h * d])  # in elements
         named = {"q": tq, "k": tk, "v": tv, "o": o, "stats": stats, **scalars}
+        named["layout"] = {
+            lengths["seq_len_q"]: ints([lq] * count),
+            lengths["seq_len_kv"]: ints([b - a for a, b in bounds]),
+            starts["k_at"]: at,
+            starts["v_at"]: at,
+        }
         plan = self._plans[key] = (graph, named, workspace)
         return plan
 
@@ -346,34 +391,29 @@ class CudnnFp8Attention:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel alone (`partials`' contract): e4m3 inputs [1, L, H, D] (contiguous) and
         factors [4] float32 = (1/m_q, 1/m_k, 1/m_v, m_v); returns each chunk's O8 e4m3
-        [c, Lq, H, D], held with m_v, and its log-sum-exps [c, H, Lq, 1] float32. The full
-        chunks go in one call, a shorter last one in a second."""
+        [c, Lq, H, D], held with m_v, and its log-sum-exps [c, H, Lq, 1] float32. All chunks in
+        one call."""
         _, lq, h, d = q8.shape
         chunks = Chunks.of(k8.shape[1], chunk_keys)
+        graph, t, workspace = self._plan(chunks, lq, h, d)
         out = torch.empty(chunks.count, lq, h, d, dtype=torch.float8_e4m3fn, device=self.device)
         stats = torch.empty(chunks.count, h, lq, 1, dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self.cudnn.set_stream(handle=self.handle, stream=stream)
         f = factors.view(4, 1, 1, 1, 1)  # four [1, 1, 1, 1] views: no copies
-        calls = [(0, chunks.full, chunks.size)]  # (first chunk, chunks, keys each)
-        if chunks.tail:
-            calls.append((chunks.full, 1, chunks.tail))
-        for at, count, size in calls:
-            first = at * chunks.size
-            keys = slice(first, first + count * size)
-            graph, t, workspace = self._plan(count, lq, size, h, d)
-            pack = {
-                t["q"]: q8.expand(count, lq, h, d),
-                t["k"]: k8[0, keys].view(count, size, h, d),
-                t["v"]: v8[0, keys].view(count, size, h, d),
-                t["descale_q"]: f[0],
-                t["descale_k"]: f[1],
-                t["descale_v"]: f[2],
-                t["descale_s"]: self._p_descale,
-                t["scale_s"]: self._p_scale,
-                t["scale_o"]: f[3],
-                t["o"]: out[at : at + count],
-                t["stats"]: stats[at : at + count],
-            }
-            graph.execute(pack, workspace, handle=self.handle)
+        pack = {
+            t["q"]: q8.expand(chunks.count, lq, h, d),
+            t["k"]: k8,
+            t["v"]: v8,
+            t["descale_q"]: f[0],
+            t["descale_k"]: f[1],
+            t["descale_v"]: f[2],
+            t["descale_s"]: self._p_descale,
+            t["scale_s"]: self._p_scale,
+            t["scale_o"]: f[3],
+            t["o"]: out,
+            t["stats"]: stats,
+            **t["layout"],
+        }
+        graph.execute(pack, workspace, handle=self.handle)
         return out, stats

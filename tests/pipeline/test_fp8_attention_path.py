@@ -147,6 +147,13 @@ def test_chunks_cover_every_key_once_and_none_is_too_long(keys, most):
     assert lengths[: chunks.full] == [chunks.size] * chunks.full
 
 
+def _followed_by(t: torch.Tensor, extra: int, fill: float) -> torch.Tensor:
+    """t [1, L, H, D] in memory that goes on for `extra` more keys, all `fill`."""
+    room = torch.full((1, t.shape[1] + extra, *t.shape[2:]), fill, device=t.device).to(t.dtype)
+    room[:, : t.shape[1]] = t
+    return room[:, : t.shape[1]]
+
+
 def test_merging_the_chunks_is_attention_over_all_the_keys():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, 4, 32, generator=g) for n in (40, 300, 300))
@@ -223,6 +230,28 @@ def test_the_kernel_computes_what_the_emulation_does():
     want_o8, want_stats = fa.partials(*cpu)
     assert torch.allclose(stats.cpu(), want_stats, atol=1e-3)
     assert _rel(o8.float().cpu(), want_o8.float()) < 0.06
+
+
+@needs_hopper
+def test_the_kernel_reads_each_chunk_where_it_lies_and_nothing_past_the_keys():
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(1)
+    q, k, v = (torch.randn(1, n, 8, 128, device=dev, generator=g) for n in (512, 5000, 5000))
+    (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
+    factors = fa.factors_of(mq, mk, mv)
+    chunks = fa.Chunks.of(5000)
+    assert (chunks.count, chunks.size, chunks.tail) == (3, 1667, 1666)  # a shorter last chunk
+    o8, stats = fa.partials(q8, k8, v8, factors)
+    # each chunk alone, in a call of its own: the same outputs (another plan may round
+    # differently; a chunk read from the wrong place would differ everywhere)
+    for i, (a, b) in enumerate(chunks.bounds()):
+        alone = fa.partials(q8, k8[:, a:b].contiguous(), v8[:, a:b].contiguous(), factors, b - a)
+        assert torch.allclose(alone[1][0], stats[i], atol=1e-4)
+        assert (alone[0][0].float() != o8[i].float()).float().mean() < 1e-3
+    # the keys followed by the largest there are: read, they would take every row's softmax
+    past = fa.partials(q8, _followed_by(k8, 2048, 448.0), _followed_by(v8, 2048, 448.0), factors)
+    assert torch.equal(past[0].view(torch.uint8), o8.view(torch.uint8))
+    assert torch.equal(past[1], stats)
 
 
 def _tiny_caches(dtype: torch.dtype, layers: int = 2):
