@@ -1,7 +1,7 @@
 """Print the project's third-party requirements, read from its pyproject.toml.
 
-    python requirements.py pyproject.toml           # everything (the worker image)
-    python requirements.py pyproject.toml --api     # without the model stack (the API image)
+    python requirements.py pyproject.toml --extra cudnn   # the worker image
+    python requirements.py pyproject.toml --api           # without the model stack (the API image)
 
 The images install these first and the project itself afterwards with `--no-deps`, so that a
 change to the source does not reinstall every dependency.
@@ -20,6 +20,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 MODEL_STACK = frozenset(
@@ -42,21 +43,30 @@ def requirement_name(requirement: str) -> str:
     return normalise(match.group(1))
 
 
-def requirements(pyproject: dict, *, api: bool = False) -> list[str]:
-    """The `[project] dependencies` of a parsed pyproject, without the model stack if `api`."""
-    deps: list[str] = pyproject["project"]["dependencies"]
-    if not api:
-        return list(deps)
-    return [d for d in deps if requirement_name(d) not in MODEL_STACK]
+def requirements(pyproject: dict, *, api: bool = False, extras: Sequence[str] = ()) -> list[str]:
+    """The `[project] dependencies` of a parsed pyproject, without the model stack if `api`,
+    then those of the optional `extras` (the worker's cuDNN frontend, say)."""
+    deps: list[str] = list(pyproject["project"]["dependencies"])
+    if api:
+        deps = [d for d in deps if requirement_name(d) not in MODEL_STACK]
+    optional = pyproject["project"].get("optional-dependencies", {})
+    for extra in extras:
+        if extra not in optional:
+            raise ValueError(f"no optional dependencies {extra!r}; there are {sorted(optional)}")
+        deps += optional[extra]
+    return deps
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--api", action="store_true", help="leave out the model stack")
+    parser.add_argument(
+        "--extra", action="append", default=[], help="an optional group's too (repeatable)"
+    )
     args = parser.parse_args(argv)
     with args.pyproject.open("rb") as f:
-        lines = requirements(tomllib.load(f), api=args.api)
+        lines = requirements(tomllib.load(f), api=args.api, extras=args.extra)
     sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0
 

@@ -75,10 +75,11 @@ RUN apt-get update \
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
  && echo "torch==${TORCH_VERSION}" > /opt/venv/constraints.txt
 
-# Third-party requirements from pyproject.toml alone (cached across source changes).
+# Third-party requirements from pyproject.toml alone (cached across source changes), with the
+# cuDNN frontend: the precision fp8-attention's kernel (a worker on another GPU never loads it).
 COPY pyproject.toml /src/pyproject.toml
 COPY docker/requirements.py /src/docker/requirements.py
-RUN python /src/docker/requirements.py /src/pyproject.toml > /tmp/requirements.txt \
+RUN python /src/docker/requirements.py /src/pyproject.toml --extra cudnn > /tmp/requirements.txt \
  && pip install -c /opt/venv/constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 

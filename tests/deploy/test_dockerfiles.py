@@ -113,10 +113,31 @@ def test_worker_image_is_cuda_runtime_with_cuda_torch_from_the_pyproject():
     assert WORKER.args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
     assert WORKER.args["TORCH_VERSION"] in DEPENDENCIES["torch"].specifier
     # the rest from pyproject.toml, constrained to that torch; then the project
-    assert "python /src/docker/requirements.py /src/pyproject.toml > /tmp/requirements.txt" in run
+    assert (
+        "python /src/docker/requirements.py /src/pyproject.toml --extra cudnn"
+        " > /tmp/requirements.txt" in run
+    )
     assert "pip install -c /opt/venv/constraints.txt -r /tmp/requirements.txt" in run
     assert 'echo "torch==${TORCH_VERSION}" > /opt/venv/constraints.txt' in run
     assert "pip install --no-deps /src" in run
+
+
+def test_worker_requirements_add_the_cudnn_frontend_that_fp8_attention_needs():
+    base = image_requirements.requirements(PYPROJECT)
+    worker = image_requirements.requirements(PYPROJECT, extras=["cudnn"])
+    extra = PYPROJECT["project"]["optional-dependencies"]["cudnn"]
+    assert worker == base + extra
+    assert {image_requirements.requirement_name(r) for r in extra} == {"nvidia-cudnn-frontend"}
+    with pytest.raises(ValueError, match="no optional dependencies 'cuda'"):
+        image_requirements.requirements(PYPROJECT, extras=["cuda"])
+    out = subprocess.run(
+        [sys.executable, str(DOCKER / "requirements.py"), str(ROOT / "pyproject.toml")]
+        + ["--extra", "cudnn"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == worker
 
 
 def test_flash_attn_is_built_only_when_the_build_arg_asks():
