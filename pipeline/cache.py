@@ -45,6 +45,12 @@ magnitude from 2^-6 to 448, so the headroom costs precision only to values 2^-6 
 the sink's largest or smaller (about 1/1800)."""
 
 
+def kv_multipliers(amax: torch.Tensor) -> torch.Tensor:
+    """An e4m3 cache's multipliers [2] (keys, values) from the largest magnitudes [2] of a
+    sink's rotated keys and of its values: powers of two with `KV_HEADROOM` to spare."""
+    return pow2_multiplier(amax.float() * KV_HEADROOM)
+
+
 def kv_dtype(precision: params.Precision, dtype: torch.dtype) -> torch.dtype:
     """What a stream's key/value caches hold at `precision` (the model in `dtype`)."""
     return E4M3 if params.attention_in_fp8(precision) else dtype
@@ -252,8 +258,7 @@ class SinkPrefill:
         values, and the factor [2] that takes what the rings hold to them (1 where none were
         picked before: the rings are empty, or a resume's, written at these multipliers).
         On the device: no host synchronisation."""
-        amax = torch.stack([k.abs().amax(), v.abs().amax()]).float()
-        new = pow2_multiplier(amax * KV_HEADROOM)
+        new = kv_multipliers(torch.stack([k.abs().amax(), v.abs().amax()]))
         old = self.sink_keys.mults[layer - self.sink_keys.layers.start]
         ratio = torch.where(old > 0, new / old.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
         return new, ratio

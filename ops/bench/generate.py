@@ -19,7 +19,8 @@ Measures, in one run:
      and whether a compiled decoder's state, saved and restored, continues bit for bit;
   4. what fp8 costs in error: the relative error of the velocity against bf16's on the same
      inputs (one block, each step: the same latents, caches, prompt and audio; the fp8 model
-     is the bf16 model quantised), and the PSNR of the decoded frames against the bf16 render
+     is the bf16 model quantised; fp8-attention's on the same caches quantised to e4m3 as its
+     stream would hold them), and the PSNR of the decoded frames against the bf16 render
      of the same request after 1, 10 and 50 clips (`--quality-size`, `--quality-clips`;
      `--quality-only` runs these renders and nothing else). Random weights: real weights may
      differ;
@@ -61,8 +62,10 @@ from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
 from pipeline import state as state_io
 from pipeline import vae as vae_mod
+from pipeline.cache import E4M3, SinkKeys, StepKVCache, kv_multipliers
 from pipeline.model import fp8, fused
 from pipeline.model.attention import attention
+from pipeline.model.fp8_attention import quantize
 from pipeline.model.transformer import dit_flops_per_block_step
 from pipeline.stream import clip_noise, to_device
 from pipeline.text import encode_prompt
@@ -403,6 +406,28 @@ def block_velocities(
             velocities.append(v.float())
             x = d.schedule.euler(x, v, i)
     return inputs, velocities
+
+
+def e4m3_caches(stream: Any) -> tuple[list[StepKVCache], SinkKeys]:
+    """The stream's bf16 caches as a stream at precision fp8-attention holds them: each layer's
+    multipliers picked from its sink as a prefill picks them (`kv_multipliers`), every key and
+    value quantised at them; the reference keys as they are. The same inputs for FP8
+    attention's velocity."""
+    g, ref = stream.geometry, stream.sink_keys
+    layers, _, _, heads, dim = stream.caches[0].kv.shape
+    device, first = ref.ref.device, ref.layers.start
+    keys = SinkKeys(g, layers, heads, dim, device, ref.ref.dtype, first)
+    keys.ref.copy_(ref.ref)
+    for j in range(layers):  # the same sink in every step's cache: the first one's
+        sink = stream.caches[0].kv[j, :, : g.sink_tokens]  # [2, sink_tokens, H, D]
+        keys.mults[j] = kv_multipliers(sink.abs().amax(dim=(1, 2, 3)))
+    caches = []
+    for cache in stream.caches:
+        e4m3 = StepKVCache(g, layers, heads, dim, device, E4M3, first)
+        for j in range(layers):  # a layer at a time: float32 of one layer, not of all
+            e4m3.kv[j] = quantize(cache.kv[j], keys.mults[j].view(2, 1, 1, 1))
+        caches.append(e4m3)
+    return caches, keys
 
 
 def refresh_text_kv(gen: Generator, stream: Any) -> None:
@@ -771,6 +796,13 @@ def table(r: dict) -> str:
                 ", ".join(f"{e:.2%}" for e in err["velocity_rel_error"]),
             )
         )
+        if "velocity_rel_error_fp8_attention" in err:
+            rows.append(
+                (
+                    "fp8-attention velocity rel. error per step",
+                    ", ".join(f"{e:.2%}" for e in err["velocity_rel_error_fp8_attention"]),
+                )
+            )
         for size, marks in err["psnr_db"].items():
             rows.append(
                 (
@@ -1023,6 +1055,17 @@ def main() -> None:
             log(
                 f"fp8 velocity relative error per step: {report['fp8_error']['velocity_rel_error']}"
             )
+            if "fp8-attention" in precisions:  # the same inputs, the caches in e4m3
+                bf16_caches = stream.caches, stream.sink_keys
+                stream.caches, stream.sink_keys = e4m3_caches(stream)
+                try:
+                    _, v8a = block_velocities(stream, velocity_block, xs)
+                finally:
+                    stream.caches, stream.sink_keys = bf16_caches
+                errors = relative_errors(v8a, v16)
+                report["fp8_error"]["velocity_rel_error_fp8_attention"] = errors
+                log(f"fp8-attention velocity relative error per step: {errors}")
+                del v8a
             del xs, v16, v8
         stream.close()
         del stream

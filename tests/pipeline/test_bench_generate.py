@@ -69,6 +69,10 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     err = report["fp8_error"]
     assert len(err["velocity_rel_error"]) == 4
     assert all(0 < e < 0.2 for e in err["velocity_rel_error"])
+    # attention in FP8 on the same inputs, its caches quantised: the linears' error and more
+    with_attention = err["velocity_rel_error_fp8_attention"]
+    assert len(with_attention) == 4 and all(0 < e < 0.3 for e in with_attention)
+    assert sum(with_attention) > sum(err["velocity_rel_error"])
     assert set(err["psnr_db"]["64*64"]) == {"1", "2"}
     assert all(20 < v < 100 for v in err["psnr_db"]["64*64"].values())
     dec = report["decode"]
