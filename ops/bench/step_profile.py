@@ -34,7 +34,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ops.bench.generate import block_velocities, refresh_text_kv, relative_errors, request
+from ops.bench.generate import (
+    block_velocities,
+    e4m3_velocities,
+    refresh_text_kv,
+    relative_errors,
+    request,
+)
 from ops.bench.report import save_report
 from ops.bench.timing import time_call
 from pipeline import Generator
@@ -200,7 +206,9 @@ def velocity_errors(gen: Generator, args: argparse.Namespace) -> dict[str, list[
     """What each fp8 form costs against bf16 on the same inputs: the velocity of each step of
     one steady block (after two clips) in bf16, then with the DiT quantised in place, through
     fp8_rows' kernels (the default), and as asked through inductor's FP8 steps (--fp8-rows) or
-    with attention in FP8 as well (--fp8-attention). Leaves the DiT quantised."""
+    with attention in FP8 as well (--fp8-attention: self-attention over the caches quantised
+    to e4m3, as at precision fp8-attention, and every attention through the per-call `fp8`
+    backend). Leaves the DiT quantised."""
     stream = gen.open(request(args.size, 3, args.steps))
     next(stream)
     next(stream)
@@ -219,6 +227,7 @@ def velocity_errors(gen: Generator, args: argparse.Namespace) -> dict[str, list[
         errors["fp8+inductor-rows"] = relative_errors(v8, v16)
         errors["fp8 against fp8+inductor-rows"] = relative_errors(v8_rows, v8)
     if args.fp8_attention:
+        errors["fp8-attention"] = relative_errors(e4m3_velocities(stream, block, xs), v16)
         attention_mod.set_backend("fp8")
         try:
             _, v8_attention = block_velocities(stream, block, xs)

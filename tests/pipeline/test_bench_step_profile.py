@@ -82,6 +82,7 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
         "fp8",
         "fp8+inductor-rows",
         "fp8 against fp8+inductor-rows",
+        "fp8-attention",
         "fp8+fp8-backend-attention",
     }
     assert all(len(e) == 2 for e in errors.values())
@@ -89,3 +90,5 @@ def test_benchmark_dry_run_reports_every_figure(tmp_path):
     # every attention through the fp8 backend too: a velocity of its own, its error bounded
     fp8_attention = errors["fp8+fp8-backend-attention"]
     assert fp8_attention != errors["fp8"] and 0 < fp8_attention[0] < 0.5
+    # self-attention over the caches in e4m3, as at precision fp8-attention
+    assert errors["fp8-attention"] != errors["fp8"] and 0 < errors["fp8-attention"][0] < 0.5
