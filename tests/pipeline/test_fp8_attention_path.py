@@ -217,13 +217,18 @@ def test_the_kernel_keeps_the_mass_of_a_long_cache():
     assert abs(mean - 1) < 0.03
 
 
-@needs_hopper
-def test_the_kernel_computes_what_the_emulation_does():
+def _gpu_inputs(seed: int) -> tuple[torch.Tensor, ...]:
+    """e4m3 q [1, 512, 8, 128], k and v [1, 5000, 8, 128] on the GPU, and their factors."""
     dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(seed)
     q, k, v = (torch.randn(1, n, 8, 128, device=dev, generator=g) for n in (512, 5000, 5000))
     (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
-    factors = fa.factors_of(mq, mk, mv)
+    return q8, k8, v8, fa.factors_of(mq, mk, mv)
+
+
+@needs_hopper
+def test_the_kernel_computes_what_the_emulation_does():
+    q8, k8, v8, factors = _gpu_inputs(seed=0)
     o8, stats = fa.partials(q8, k8, v8, factors)
     assert o8.shape[0] == 3  # 5000 keys in chunks of at most 2048
     cpu = [t.cpu() for t in (q8, k8, v8, factors)]
@@ -234,11 +239,7 @@ def test_the_kernel_computes_what_the_emulation_does():
 
 @needs_hopper
 def test_the_kernel_reads_each_chunk_where_it_lies_and_nothing_past_the_keys():
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(1)
-    q, k, v = (torch.randn(1, n, 8, 128, device=dev, generator=g) for n in (512, 5000, 5000))
-    (q8, mq), (k8, mk), (v8, mv) = (fa.quantize_per_tensor(t) for t in (q, k, v))
-    factors = fa.factors_of(mq, mk, mv)
+    q8, k8, v8, factors = _gpu_inputs(seed=1)
     chunks = fa.Chunks.of(5000)
     assert (chunks.count, chunks.size, chunks.tail) == (3, 1667, 1666)  # a shorter last chunk
     o8, stats = fa.partials(q8, k8, v8, factors)
