@@ -206,6 +206,8 @@ def act_fp8(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 MERGE_WARPS = 8
+"""Warps of a merge program: on an H200 4, 8 and 16 came within 0.02 ms a layer of each other
+(ops/bench/fp8_attention.py times all three)."""
 
 
 def merge_fp8(
