@@ -35,7 +35,8 @@ import torch
 
 from ops.bench.fp8_attention import reference, rel_error
 from ops.bench.generate import request
-from ops.bench.report import save_report
+from ops.bench.options import add_model_options
+from ops.bench.report import finish
 from pipeline import Generator
 from pipeline.cache import KV_HEADROOM
 from pipeline.model import fp8_attention as fa
@@ -182,9 +183,7 @@ def table(report: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="liveavatar-14b")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="720*400")
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips-before", type=int, default=2, help="clips rendered before the capture")
     p.add_argument("--layers", default="0,1,10,20,30,39", help="comma-separated layer indices")
@@ -192,9 +191,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     report = run(args)
-    save_report(args.out, report, T0)
-    print()
-    print(table(report))
+    finish(args.out, report, T0, table)
 
 
 if __name__ == "__main__":

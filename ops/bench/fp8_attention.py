@@ -36,7 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ops.bench.report import save_report
+from ops.bench.options import add_model_options
+from ops.bench.report import finish
 from ops.bench.timing import time_call
 from pipeline.geometry import Geometry
 from pipeline.model import attention as attention_mod
@@ -260,18 +261,14 @@ def table(report: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="liveavatar-14b")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="720*400")
+    add_model_options(p)
     p.add_argument("--infer-frames", type=int, default=48)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--quick", action="store_true", help="small shapes for a dry run")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     report = run(args)
-    save_report(args.out, report, T0)
-    print()
-    print(table(report))
+    finish(args.out, report, T0, table)
 
 
 if __name__ == "__main__":

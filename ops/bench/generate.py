@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ops.bench.options import add_model_options
 from ops.bench.report import save_report
 from ops.bench.timing import seconds_of, time_call
 from pipeline import Generator, RenderRequest, Waveform
@@ -867,9 +868,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", default="liveavatar-14b")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="720*400")
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--clips", type=int, default=9, help="measured clips after the warm-up clip")
     p.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,3 +16,15 @@ def save_report(out: Path, report: dict[str, Any], started: float) -> None:
     report["total_s"] = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+
+
+def finish(
+    out: Path,
+    report: dict[str, Any],
+    started: float,
+    table: Callable[[dict[str, Any]], str],
+) -> None:
+    """The last `save_report`, then the report's table printed after a blank line."""
+    save_report(out, report, started)
+    print()
+    print(table(report))

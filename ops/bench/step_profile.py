@@ -41,6 +41,7 @@ from ops.bench.generate import (
     relative_errors,
     request,
 )
+from ops.bench.options import add_model_options
 from ops.bench.report import save_report
 from ops.bench.timing import time_call
 from pipeline import Generator
@@ -275,9 +276,7 @@ def table(report: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="liveavatar-14b")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="720*400")
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--precisions", default="bf16,fp8", help="bf16 first: fp8 quantises it")
     p.add_argument(
