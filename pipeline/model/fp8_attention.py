@@ -278,7 +278,9 @@ class CudnnFp8Attention:
         self.cudnn = cudnn
         self.device = device
         self.handle = cudnn.create_handle()
-        self._plans: dict[tuple[int, ...], tuple[Any, dict[str, Any], torch.Tensor]] = {}
+        self._plans: dict[
+            tuple[Chunks, int, int, int], tuple[Any, dict[str, Any], torch.Tensor]
+        ] = {}
         self._p_scale = torch.full((1, 1, 1, 1), P_SCALE, device=device)
         self._p_descale = self._p_scale.reciprocal()
 
