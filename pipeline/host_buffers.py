@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 
 import torch
 
@@ -208,6 +208,14 @@ class HostBuffers:
             future.set_result(make_buffer(spec, self.page_lock, self.shared))
         except BaseException as exc:  # raised to whoever asks for that buffer
             future.set_exception(exc)
+
+    def wait(self) -> None:
+        """Return once every buffer asked for so far is made (or has failed: `buffer` raises
+        it). Page-locking beside a stream's first clips delays their launches; a benchmark of
+        the steady loop waits here first."""
+        with self._lock:
+            held = [f for _, f in self._made.values()]
+        wait(held)
 
     def nbytes(self) -> int:
         """Bytes of the buffers made so far."""

@@ -316,6 +316,12 @@ def bench_generation(
         kept[0] = first.frames
     timer.collect(keep=False)
     log(f"[{precision}] warm-up clip {time.perf_counter() - t:.1f}s")
+    # capture buffers are page-locked once per worker and shape, in a thread started at the
+    # open; still running, it would slow the measured blocks' launches (pipeline.host_buffers)
+    t = time.perf_counter()
+    gen.host_buffers.wait()
+    buffers_wait_s = time.perf_counter() - t
+    log(f"[{precision}] capture buffers ready after {buffers_wait_s:.1f}s more")
 
     sync(device)
     t = time.perf_counter()
@@ -359,6 +365,7 @@ def bench_generation(
             "compiled": stream.decoder.compiled,
             "channels_last": stream.decoder.channels_last,
         },
+        "capture_buffers_wait_s": buffers_wait_s,
         "loop_s": loop_s,
         "fps": frames / loop_s,
         "block_s": loop_s / (args.clips * g.blocks_per_clip),

@@ -162,3 +162,24 @@ def test_a_copy_is_split_at_the_host_buffers_pieces_and_copies_every_value(
         assert any(p <= ptr and ptr + n <= p + length for p, length in pieces)
     with pytest.raises(ValueError, match="copy of"):
         hb.copy_piecewise(dst, src[:3])
+
+
+def test_wait_returns_once_every_reserved_buffer_is_made(monkeypatch):
+    gate = threading.Event()
+    make = hb.make_buffer
+
+    def slow_make(spec, page_lock, shared=False):
+        gate.wait(timeout=30)
+        return make(spec, page_lock, shared)
+
+    monkeypatch.setattr(hb, "make_buffer", slow_make)
+    buffers = HostBuffers(page_lock=False)
+    buffers.reserve({"ring": ((3, 5), torch.bfloat16), "sink": ((7,), torch.float32)})
+    waited = threading.Event()
+    waiter = threading.Thread(target=lambda: (buffers.wait(), waited.set()))
+    waiter.start()
+    assert not waited.wait(timeout=0.2)  # the buffers are still being made
+    assert buffers.nbytes() == 0
+    gate.set()
+    waiter.join(timeout=30)
+    assert waited.is_set() and buffers.nbytes() == 3 * 5 * 2 + 7 * 4
