@@ -159,10 +159,15 @@ def _kernel(name: str) -> Any:
     return _kernels[name]
 
 
+def _pow2(n: int) -> int:
+    """n padded to a power of two (at least 2): a Triton block's extent."""
+    return 1 << max(n - 1, 1).bit_length()
+
+
 def _launch_shape(n_cols: int) -> tuple[int, int]:
     """(BLOCK, warps) for rows of n_cols: the row padded to a power of two, ~16 float32
     values a thread (5120: 8192 and 16 warps; 13 824: 16 384 and 32)."""
-    block = 1 << max(n_cols - 1, 1).bit_length()
+    block = _pow2(n_cols)
     return block, max(4, min(32, block // 512))
 
 
@@ -224,8 +229,8 @@ def merge_fp8(
         o8, stats.contiguous(), factors, q, s,
         tokens, heads, dim,
         CHUNKS=chunks,
-        HEADS=1 << max(heads - 1, 1).bit_length(),
-        DIM=1 << max(dim - 1, 1).bit_length(),
+        HEADS=_pow2(heads),
+        DIM=_pow2(dim),
         num_warps=warps,
     )  # fmt: skip
     return q, s
