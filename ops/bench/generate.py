@@ -957,7 +957,6 @@ def main() -> None:
         "fp8_kernel": fp8.kernel(device, out_dtype),
         "precisions": {},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after each part: a run cut short keeps what it has
         save_report(args.out, report, T0)

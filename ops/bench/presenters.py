@@ -188,7 +188,6 @@ def main() -> None:
         "build_s": time.perf_counter() - t,
         "opens": {},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
         save_report(args.out, report, T0)

@@ -42,7 +42,7 @@ from ops.bench.generate import (
     request,
 )
 from ops.bench.options import add_model_options
-from ops.bench.report import save_report
+from ops.bench.report import finish, save_report
 from ops.bench.timing import time_call
 from pipeline import Generator
 from pipeline.geometry import Geometry
@@ -356,7 +356,6 @@ def main() -> None:
         ),
         "clips": {},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for precision in precisions:
         if precision == "fp8" and gen.precision != "fp8":
             if args.fp8_rows or args.fp8_attention:  # quantises the DiT
@@ -422,9 +421,7 @@ def main() -> None:
         report["clips"]["fp8-attention"] = clip = profile_clip(gen, args, device)
         dit.fp8_attention = False
         log(f"[fp8-attention] clip {clip['clip_wall_s']:.2f} s, device {clip['device_s']:.2f} s")
-        save_report(args.out, report, T0)
-    print()
-    print(table(report))
+    finish(args.out, report, T0, table)
 
 
 if __name__ == "__main__":
